@@ -1,0 +1,172 @@
+//! `sandpit.v1.SandboxService`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::auth::caller;
+use super::convert::duration;
+use crate::lifecycle::Manager;
+use crate::policy::CreateSandbox;
+use crate::proto;
+use crate::proto::sandbox_service_server::SandboxService;
+use crate::runtime::{ExecSpec, Runtime};
+use crate::Error;
+
+type StatusStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+pub struct SandboxApi<R: Runtime> {
+    manager: Arc<Manager<R>>,
+}
+
+impl<R: Runtime> SandboxApi<R> {
+    pub fn new(manager: Arc<Manager<R>>) -> Self {
+        SandboxApi { manager }
+    }
+}
+
+fn required(field: &'static str, value: &str) -> Result<(), Status> {
+    if value.trim().is_empty() {
+        return Err(Error::invalid(field, "must not be empty").into());
+    }
+    Ok(())
+}
+
+fn opt(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[tonic::async_trait]
+impl<R: Runtime> SandboxService for SandboxApi<R> {
+    async fn create_sandbox(
+        &self,
+        req: Request<proto::CreateSandboxRequest>,
+    ) -> Result<Response<proto::Sandbox>, Status> {
+        let caller = caller(&req)?;
+        let create = CreateSandbox::try_from(req.into_inner())?;
+        let sb = self.manager.create(&caller, create).await?;
+        Ok(Response::new(sb.into()))
+    }
+
+    async fn get_sandbox(
+        &self,
+        req: Request<proto::GetSandboxRequest>,
+    ) -> Result<Response<proto::Sandbox>, Status> {
+        let caller = caller(&req)?;
+        let id = req.into_inner().id;
+        required("id", &id)?;
+        Ok(Response::new(self.manager.get(&caller, &id)?.into()))
+    }
+
+    async fn list_sandboxes(
+        &self,
+        req: Request<proto::ListSandboxesRequest>,
+    ) -> Result<Response<proto::ListSandboxesResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let list = self
+            .manager
+            .list(&caller, opt(r.experiment), r.include_ended)?;
+        Ok(Response::new(proto::ListSandboxesResponse {
+            sandboxes: list.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn extend_sandbox(
+        &self,
+        req: Request<proto::ExtendSandboxRequest>,
+    ) -> Result<Response<proto::Sandbox>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        required("id", &r.id)?;
+        let ttl = r
+            .ttl
+            .as_ref()
+            .ok_or_else(|| Error::invalid("ttl", "must be set"))?;
+        let ttl = duration("ttl", ttl)?;
+        Ok(Response::new(
+            self.manager.extend(&caller, &r.id, ttl).await?.into(),
+        ))
+    }
+
+    async fn delete_sandbox(
+        &self,
+        req: Request<proto::DeleteSandboxRequest>,
+    ) -> Result<Response<proto::Sandbox>, Status> {
+        let caller = caller(&req)?;
+        let id = req.into_inner().id;
+        required("id", &id)?;
+        Ok(Response::new(
+            self.manager.delete(&caller, &id).await?.into(),
+        ))
+    }
+
+    type WatchSandboxesStream = StatusStream<proto::SandboxEvent>;
+
+    async fn watch_sandboxes(
+        &self,
+        req: Request<proto::WatchSandboxesRequest>,
+    ) -> Result<Response<Self::WatchSandboxesStream>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let events = self.manager.watch(&caller, opt(r.id), opt(r.experiment));
+        Ok(Response::new(events.map(|e| Ok(e.into())).boxed()))
+    }
+
+    type ExecStream = StatusStream<proto::ExecOutput>;
+
+    async fn exec(
+        &self,
+        req: Request<proto::ExecRequest>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        required("id", &r.id)?;
+        let timeout = r
+            .timeout
+            .as_ref()
+            .map(|d| duration("timeout", d))
+            .transpose()?;
+        let spec = ExecSpec {
+            command: r.command,
+            env: r.env,
+            workdir: opt(r.workdir),
+        };
+        let out = self.manager.exec(&caller, &r.id, spec, timeout).await?;
+        Ok(Response::new(
+            out.map(|o| o.map(Into::into).map_err(Status::from)).boxed(),
+        ))
+    }
+
+    type PullImageStream = StatusStream<proto::PullProgress>;
+
+    async fn pull_image(
+        &self,
+        req: Request<proto::PullImageRequest>,
+    ) -> Result<Response<Self::PullImageStream>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let progress = self
+            .manager
+            .pull_image(&caller, &r.profile, opt(r.image).as_deref())?;
+        let done = futures_util::stream::once(async {
+            Ok(proto::PullProgress {
+                done: true,
+                ..Default::default()
+            })
+        });
+        // Progress, then a final `done` message unless the pull failed.
+        let stream = progress
+            .map(|p| p.map(Into::into).map_err(Status::from))
+            .chain(done);
+        let mut failed = false;
+        let stream = stream.take_while(move |item| {
+            let keep = !failed;
+            failed |= item.is_err();
+            std::future::ready(keep)
+        });
+        Ok(Response::new(stream.boxed()))
+    }
+}

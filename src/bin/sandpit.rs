@@ -1,0 +1,551 @@
+//! `sandpit`: the command-line client. Tables for people, `--json` (proto3
+//! JSON mapping) for scripts; errors are one line naming the gRPC status.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use sandpit::config::{default_data_dir, ADDR_FILE, LOCAL_TOKEN_FILE};
+use sandpit::proto::{self, exec_output::Output, sandbox_service_client::SandboxServiceClient};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
+
+const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Sandpit client: create and manage AI prototyping sandboxes"
+)]
+struct Cli {
+    /// Daemon address. Default: the address a local daemon wrote to its data
+    /// directory, else http://127.0.0.1:50051.
+    #[arg(long, env = "SANDPIT_ADDR", global = true)]
+    addr: Option<String>,
+    /// Bearer token. Default: a local daemon's generated token.
+    #[arg(long, env = "SANDPIT_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Data directory of a local daemon, for its token and address.
+    #[arg(long, env = "SANDPIT_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// PEM CA certificate to verify an https:// daemon.
+    #[arg(long, env = "SANDPIT_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// Print responses in the proto3 JSON mapping.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a sandbox and wait until it runs.
+    Create {
+        #[arg(long)]
+        experiment: String,
+        #[arg(long)]
+        profile: String,
+        /// OFFICIAL, OFFICIAL-SENSITIVE, SECRET or TOP-SECRET.
+        #[arg(long)]
+        classification: String,
+        /// Time to live, e.g. 10m or 1h30m. Default: the profile's.
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+        /// Image; default: the profile's first.
+        #[arg(long)]
+        image: Option<String>,
+    },
+    /// Show one sandbox.
+    Get { id: String },
+    /// List sandboxes.
+    Ls {
+        /// Include expired, deleted, failed and lost sandboxes.
+        #[arg(long, short)]
+        all: bool,
+        #[arg(long)]
+        experiment: Option<String>,
+    },
+    /// Set a new ttl, counted from now.
+    Extend {
+        id: String,
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+    /// Delete a sandbox.
+    Rm { id: String },
+    /// Run a command in a sandbox; exits with the command's exit code.
+    Exec {
+        id: String,
+        /// KEY=VALUE, repeatable.
+        #[arg(long, short)]
+        env: Vec<String>,
+        #[arg(long, short)]
+        workdir: Option<String>,
+        #[arg(long, value_parser = parse_ttl)]
+        timeout: Option<Duration>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Follow sandbox lifecycle events.
+    Watch {
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        experiment: Option<String>,
+    },
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    sandpit::time::parse_duration(s)
+}
+
+type Client = SandboxServiceClient<InterceptedService<Channel, Auth>>;
+
+#[derive(Clone)]
+struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A failure: a gRPC status from the daemon, or a local problem.
+enum Failure {
+    Status(Status),
+    Local(String),
+}
+
+impl From<Status> for Failure {
+    fn from(s: Status) -> Self {
+        Failure::Status(s)
+    }
+}
+
+fn code_name(c: Code) -> &'static str {
+    match c {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sandpit: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(Failure::Status(s)) => {
+            let msg = s.message().replace('\n', " ");
+            eprintln!("sandpit: {}: {msg}", code_name(s.code()));
+            ExitCode::FAILURE
+        }
+        Err(Failure::Local(msg)) => {
+            eprintln!("sandpit: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+async fn connect(cli: &Cli) -> Result<Client, Failure> {
+    let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
+    let addr = cli
+        .addr
+        .clone()
+        .or_else(|| read_trimmed(&data_dir.join(ADDR_FILE)))
+        .unwrap_or_else(|| DEFAULT_ADDR.to_string());
+    let token = cli
+        .token
+        .clone()
+        .or_else(|| read_trimmed(&data_dir.join(LOCAL_TOKEN_FILE)));
+    let mut endpoint = Endpoint::from_shared(addr.clone())
+        .map_err(|e| Failure::Local(format!("--addr {addr}: {e}")))?;
+    if addr.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        match &cli.ca_cert {
+            Some(ca) => {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| Failure::Local(format!("--ca-cert {}: {e}", ca.display())))?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            None => {
+                return Err(Failure::Local(
+                    "an https:// address needs --ca-cert (or SANDPIT_CA_CERT)".into(),
+                ))
+            }
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| Failure::Local(format!("tls: {e}")))?;
+    }
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| Failure::Status(Status::unavailable(format!("cannot reach {addr}: {e}"))))?;
+    let auth = match token {
+        Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+            Failure::Local("the token contains characters not allowed in a header".into())
+        })?),
+        None => None,
+    };
+    Ok(SandboxServiceClient::with_interceptor(channel, Auth(auth)))
+}
+
+fn json<T: serde::Serialize>(msg: &T) -> Result<(), Failure> {
+    let s = serde_json::to_string_pretty(msg).map_err(|e| Failure::Local(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+fn json_line<T: serde::Serialize>(msg: &T) -> Result<(), Failure> {
+    let s = serde_json::to_string(msg).map_err(|e| Failure::Local(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let mut client = connect(&cli).await?;
+    match cli.command {
+        Command::Create {
+            experiment,
+            profile,
+            classification,
+            ttl,
+            image,
+        } => {
+            pull(
+                &mut client,
+                &profile,
+                image.clone().unwrap_or_default(),
+                cli.json,
+            )
+            .await?;
+            let req = proto::CreateSandboxRequest {
+                experiment,
+                profile,
+                classification,
+                ttl: ttl.map(|d| pbjson_types::Duration {
+                    seconds: d.as_secs() as i64,
+                    nanos: d.subsec_nanos() as i32,
+                }),
+                image: image.unwrap_or_default(),
+            };
+            let sb = client.create_sandbox(req).await?.into_inner();
+            if cli.json {
+                json(&sb)?;
+            } else {
+                print_sandbox(&sb);
+            }
+        }
+        Command::Get { id } => {
+            let sb = client
+                .get_sandbox(proto::GetSandboxRequest { id })
+                .await?
+                .into_inner();
+            if cli.json {
+                json(&sb)?;
+            } else {
+                print_sandbox(&sb);
+            }
+        }
+        Command::Ls { all, experiment } => {
+            let req = proto::ListSandboxesRequest {
+                include_ended: all,
+                experiment: experiment.unwrap_or_default(),
+            };
+            let list = client.list_sandboxes(req).await?.into_inner();
+            if cli.json {
+                json(&list)?;
+            } else {
+                print_table(&list.sandboxes);
+            }
+        }
+        Command::Extend { id, ttl } => {
+            let req = proto::ExtendSandboxRequest {
+                id,
+                ttl: Some(pbjson_types::Duration {
+                    seconds: ttl.as_secs() as i64,
+                    nanos: ttl.subsec_nanos() as i32,
+                }),
+            };
+            let sb = client.extend_sandbox(req).await?.into_inner();
+            if cli.json {
+                json(&sb)?;
+            } else {
+                println!("{} now expires {}", sb.id, when(sb.expires_at.as_ref()));
+            }
+        }
+        Command::Rm { id } => {
+            let sb = client
+                .delete_sandbox(proto::DeleteSandboxRequest { id })
+                .await?
+                .into_inner();
+            if cli.json {
+                json(&sb)?;
+            } else {
+                println!("{} {}", sb.id, state_name(sb.state));
+            }
+        }
+        Command::Exec {
+            id,
+            env,
+            workdir,
+            timeout,
+            command,
+        } => {
+            let req = proto::ExecRequest {
+                id,
+                command,
+                env,
+                workdir: workdir.unwrap_or_default(),
+                timeout: timeout.map(|d| pbjson_types::Duration {
+                    seconds: d.as_secs() as i64,
+                    nanos: 0,
+                }),
+            };
+            let mut stream = client.exec(req).await?.into_inner();
+            let mut code = None;
+            while let Some(msg) = stream.next().await {
+                let msg = msg?;
+                if cli.json {
+                    json_line(&msg)?;
+                }
+                match msg.output {
+                    Some(Output::Stdout(b)) if !cli.json => {
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(&b);
+                        let _ = out.flush();
+                    }
+                    Some(Output::Stderr(b)) if !cli.json => {
+                        let _ = std::io::stderr().write_all(&b);
+                    }
+                    Some(Output::ExitCode(c)) => code = Some(c),
+                    _ => {}
+                }
+            }
+            let code = code.ok_or_else(|| {
+                Failure::Local("the exec stream ended without an exit code".into())
+            })?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        Command::Watch { id, experiment } => {
+            let req = proto::WatchSandboxesRequest {
+                id: id.unwrap_or_default(),
+                experiment: experiment.unwrap_or_default(),
+            };
+            let mut stream = client.watch_sandboxes(req).await?.into_inner();
+            while let Some(ev) = stream.next().await {
+                let ev = ev?;
+                if cli.json {
+                    json_line(&ev)?;
+                } else {
+                    let kind = proto::SandboxEventKind::try_from(ev.kind)
+                        .map(|k| {
+                            k.as_str_name()
+                                .trim_start_matches("SANDBOX_EVENT_KIND_")
+                                .to_lowercase()
+                        })
+                        .unwrap_or_default();
+                    let sb = ev.sandbox.unwrap_or_default();
+                    println!(
+                        "{}  {:<14} {:<16} {:<20} {}",
+                        when_abs(ev.time.as_ref()),
+                        kind,
+                        sb.id,
+                        sb.experiment,
+                        ev.message
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Makes sure the image is on the daemon's engine, showing pull progress.
+async fn pull(
+    client: &mut Client,
+    profile: &str,
+    image: String,
+    quiet: bool,
+) -> Result<(), Failure> {
+    let mut stream = client
+        .pull_image(proto::PullImageRequest {
+            profile: profile.to_string(),
+            image,
+        })
+        .await?
+        .into_inner();
+    let mut shown = false;
+    while let Some(p) = stream.next().await {
+        let p = p?;
+        if p.done || quiet {
+            continue;
+        }
+        shown = true;
+        if p.total > 0 {
+            eprint!(
+                "\r{} {}: {}/{} bytes        ",
+                p.layer, p.status, p.current, p.total
+            );
+        } else {
+            eprint!("\r{} {}                        ", p.layer, p.status);
+        }
+    }
+    if shown {
+        eprintln!();
+    }
+    Ok(())
+}
+
+fn state_name(s: i32) -> String {
+    proto::SandboxState::try_from(s)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("SANDBOX_STATE_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn to_system(t: &pbjson_types::Timestamp) -> SystemTime {
+    sandpit::time::from_millis(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+fn when_abs(t: Option<&pbjson_types::Timestamp>) -> String {
+    t.map(|t| sandpit::time::rfc3339(to_system(t)))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// An absolute time with how far it is from now: `2026-11-26T16:00:00Z (in 9m 59s)`.
+fn when(t: Option<&pbjson_types::Timestamp>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let t = to_system(t);
+    let now = SystemTime::now();
+    let rel = match t.duration_since(now) {
+        Ok(d) => format!("in {}", sandpit::time::format_duration(d)),
+        Err(e) => format!("{} ago", sandpit::time::format_duration(e.duration())),
+    };
+    format!("{} ({rel})", sandpit::time::rfc3339(t))
+}
+
+fn print_sandbox(sb: &proto::Sandbox) {
+    let rows = [
+        ("id", sb.id.clone()),
+        ("state", state_name(sb.state)),
+        ("experiment", sb.experiment.clone()),
+        ("owner", format!("{} (team {})", sb.owner, sb.team)),
+        ("profile", sb.profile.clone()),
+        ("classification", sb.classification.clone()),
+        ("image", sb.image.clone()),
+        ("created", when(sb.created_at.as_ref())),
+        ("expires", when(sb.expires_at.as_ref())),
+        ("max expiry", when(sb.max_expires_at.as_ref())),
+        ("container", sb.container_id.chars().take(12).collect()),
+        ("node", sb.node.clone()),
+    ];
+    for (k, v) in rows {
+        println!("{k:<15} {v}");
+    }
+    if !sb.state_reason.is_empty() {
+        println!("{:<15} {}", "reason", sb.state_reason);
+    }
+    if let Some(code) = sb.exit_code {
+        println!(
+            "{:<15} {code}{}",
+            "exit code",
+            if sb.oom_killed { " (OOM killed)" } else { "" }
+        );
+    }
+}
+
+fn print_table(list: &[proto::Sandbox]) {
+    let header = [
+        "ID",
+        "EXPERIMENT",
+        "TEAM",
+        "PROFILE",
+        "CLASSIFICATION",
+        "STATE",
+        "EXPIRES",
+    ];
+    let rows: Vec<[String; 7]> = list
+        .iter()
+        .map(|s| {
+            let expires = match s.expires_at.as_ref().map(to_system) {
+                Some(t) => match t.duration_since(SystemTime::now()) {
+                    Ok(d) => format!("in {}", sandpit::time::format_duration(d)),
+                    Err(e) => format!("{} ago", sandpit::time::format_duration(e.duration())),
+                },
+                None => "-".into(),
+            };
+            [
+                s.id.clone(),
+                s.experiment.clone(),
+                s.team.clone(),
+                s.profile.clone(),
+                s.classification.clone(),
+                state_name(s.state),
+                expires,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: [&str; 7]| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header);
+    for r in &rows {
+        line(r.each_ref().map(String::as_str));
+    }
+}

@@ -1,0 +1,369 @@
+//! Daemon configuration: embedded defaults, then an optional TOML file, then
+//! `SANDPIT__*` environment variables (nested keys joined by `__`). Unknown
+//! keys are errors that name the key; `sandpitd` exits 64 on any of them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::policy::Classification;
+use crate::time::de_duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_PROFILES_DIR: &str = "./sandbox-profiles";
+pub const DEFAULT_NODE: &str = "local";
+/// The non-root user every sandbox runs as (nobody:nogroup).
+pub const DEFAULT_SANDBOX_USER: &str = "65534:65534";
+/// File in the data directory holding the generated local token.
+pub const LOCAL_TOKEN_FILE: &str = "local-token";
+/// File in the data directory holding the address the daemon listens on.
+pub const ADDR_FILE: &str = "sandpitd.addr";
+pub const ENV_PREFIX: &str = "SANDPIT";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address (host:port; port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// SQLite store, generated token and address file live here.
+    pub data_dir: PathBuf,
+    pub profiles_dir: PathBuf,
+    /// The host's accreditation ceiling.
+    pub max_classification: Classification,
+    /// Serve plaintext gRPC on a non-loopback address. Unsafe; logged.
+    pub allow_insecure_listen: bool,
+    pub tls: Option<TlsConfig>,
+    pub identities: Vec<IdentityConfig>,
+    pub docker: DockerConfig,
+    pub lifecycle: LifecycleConfig,
+    pub sandbox: SandboxConfig,
+    /// Extra labels put on every Docker object the daemon creates.
+    pub labels: BTreeMap<String, String>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub name: String,
+    pub team: String,
+    pub roles: Vec<crate::auth::Role>,
+    /// Hex SHA-256 of the bearer token.
+    pub token_sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Engine address (unix:///var/run/docker.sock, tcp://...). Unset: DOCKER_HOST or the local socket.
+    pub host: Option<String>,
+    /// Name of this engine in sandbox records.
+    pub node: String,
+    /// Per-call timeout.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// Watchers are warned this long before a sandbox expires.
+    #[serde(deserialize_with = "de_duration")]
+    pub expiry_warning: Duration,
+    /// Full reconcile with Docker this often (events cover the time between).
+    #[serde(deserialize_with = "de_duration")]
+    pub reconcile_interval: Duration,
+    /// A labelled container with no record is removed once it is this old.
+    #[serde(deserialize_with = "de_duration")]
+    pub orphan_grace: Duration,
+    /// On SIGTERM/SIGINT, in-flight calls get this long to finish.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_grace: Duration,
+    /// Exec commands are cut off after this long unless the request says otherwise.
+    #[serde(deserialize_with = "de_duration")]
+    pub exec_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// uid:gid every sandbox runs as; never root.
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// tracing filter, e.g. `info,sandpit=debug`. RUST_LOG wins when set.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The embedded defaults, as TOML: one place that names every key.
+fn defaults() -> String {
+    format!(
+        r#"
+listen = "{DEFAULT_LISTEN}"
+data_dir = "{data_dir}"
+profiles_dir = "{DEFAULT_PROFILES_DIR}"
+max_classification = "OFFICIAL-SENSITIVE"
+allow_insecure_listen = false
+identities = []
+labels = {{}}
+
+[docker]
+node = "{DEFAULT_NODE}"
+timeout = "2m"
+
+[lifecycle]
+expiry_warning = "1m"
+reconcile_interval = "30s"
+orphan_grace = "1m"
+shutdown_grace = "10s"
+exec_timeout = "10m"
+
+[sandbox]
+user = "{DEFAULT_SANDBOX_USER}"
+
+[log]
+format = "text"
+filter = "info"
+"#,
+        data_dir = default_data_dir().display().to_string().replace('\\', "/"),
+    )
+}
+
+/// `$XDG_DATA_HOME/sandpit`, else `~/.local/share/sandpit`, else `./sandpit-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("sandpit");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h).join(".local/share/sandpit");
+    }
+    PathBuf::from("./sandpit-data")
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            &defaults(),
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!("{}: no such file", path.display())));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let vars: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(vars)),
+        );
+        let where_ = file
+            .map(|p| format!("{}: ", p.display()))
+            .unwrap_or_default();
+        let cfg: Config = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(format!("{where_}{e}")))?;
+        cfg.validate()
+            .map_err(|e| ConfigError(format!("{where_}{e}")))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (i, id) in self.identities.iter().enumerate() {
+            let field = |f: &str| format!("identities[{i}].{f}");
+            if id.name.trim().is_empty() {
+                return Err(format!("{}: must not be empty", field("name")));
+            }
+            if id.team.trim().is_empty() {
+                return Err(format!("{}: must not be empty", field("team")));
+            }
+            if id.roles.is_empty() {
+                return Err(format!("{}: at least one role is needed", field("roles")));
+            }
+            let h = &id.token_sha256;
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "{}: must be 64 hex digits (sha256 of the token)",
+                    field("token_sha256")
+                ));
+            }
+            if self.identities[..i]
+                .iter()
+                .any(|o| o.token_sha256.eq_ignore_ascii_case(h))
+            {
+                return Err(format!(
+                    "{}: the same token is given to two identities",
+                    field("token_sha256")
+                ));
+            }
+        }
+        let user = self.sandbox.user.trim();
+        let uid = user.split(':').next().unwrap_or_default();
+        if uid.is_empty() || uid == "0" || uid == "root" {
+            return Err(format!(
+                "sandbox.user: '{user}' would run sandboxes as root"
+            ));
+        }
+        if !self.listen.ip().is_loopback() && self.tls.is_none() && !self.allow_insecure_listen {
+            return Err(format!(
+                "listen: {} is not a loopback address and no [tls] is configured; \
+                 set tls.cert and tls.key, or allow_insecure_listen = true to accept plaintext",
+                self.listen
+            ));
+        }
+        if self.lifecycle.reconcile_interval.is_zero() {
+            return Err("lifecycle.reconcile_interval: must be above zero".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(content: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(content.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn embedded_defaults_are_safe() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert!(c.listen.ip().is_loopback());
+        assert_eq!(c.listen.port(), 50051);
+        assert_eq!(c.max_classification, Classification::OfficialSensitive);
+        assert!(!c.allow_insecure_listen && c.tls.is_none() && c.identities.is_empty());
+        assert_eq!(c.sandbox.user, DEFAULT_SANDBOX_USER);
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let f = file("listen = \"127.0.0.1:6000\"\n[lifecycle]\norphan_grace = \"5s\"\n");
+        let c = Config::load_from(
+            Some(f.path()),
+            env(&[
+                ("SANDPIT__LISTEN", "127.0.0.1:7000"),
+                ("SANDPIT__LIFECYCLE__EXPIRY_WARNING", "10s"),
+                ("SANDPIT_ADDR", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.lifecycle.orphan_grace, Duration::from_secs(5));
+        assert_eq!(c.lifecycle.expiry_warning, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let f = file("listen = \"127.0.0.1:6000\"\nlisten_port = 3\n");
+        let e = Config::load_from(Some(f.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen_port"), "{e}");
+        let e = Config::load_from(None, env(&[("SANDPIT__LIFECYCLE__NAP", "1s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nap"), "{e}");
+    }
+
+    #[test]
+    fn unsafe_settings_are_refused() {
+        let e = Config::load_from(None, env(&[("SANDPIT__LISTEN", "0.0.0.0:50051")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen") && e.contains("tls"), "{e}");
+        let ok = Config::load_from(
+            None,
+            env(&[
+                ("SANDPIT__LISTEN", "0.0.0.0:50051"),
+                ("SANDPIT__ALLOW_INSECURE_LISTEN", "true"),
+            ]),
+        );
+        assert!(ok.is_ok());
+        let e = Config::load_from(None, env(&[("SANDPIT__SANDBOX__USER", "0:0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sandbox.user"), "{e}");
+        let f = file("[[identities]]\nname = \"a\"\nteam = \"t\"\nroles = [\"requester\"]\ntoken_sha256 = \"abc\"\n");
+        let e = Config::load_from(Some(f.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("identities[0].token_sha256"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Config::load_from(None, env(&[("SANDPIT__MAX_CLASSIFICATION", "RESTRICTED")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RESTRICTED"), "{e}");
+        let e = Config::load_from(None, env(&[("SANDPIT__LIFECYCLE__ORPHAN_GRACE", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("soon"), "{e}");
+        let e = Config::load_from(Some(Path::new("/nonexistent/sandpit.toml")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no such file"), "{e}");
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/sandpit.example.toml");
+        Config::load_from(Some(&path), env(&[])).unwrap();
+    }
+}

@@ -1,0 +1,122 @@
+//! The crate's one error type. Each variant says what went wrong in terms a
+//! caller can act on; [`crate::api::status`] maps it to a gRPC code in one place.
+
+use std::path::PathBuf;
+
+use crate::policy::Rule;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is missing or malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+
+    /// Policy refused the request; `rule` names the admission rule.
+    #[error("denied by rule '{rule}': {reason}")]
+    Denied { rule: Rule, reason: String },
+
+    /// The request is well formed but the object's state does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+
+    #[error("{kind} '{id}' not found")]
+    NotFound { kind: &'static str, id: String },
+
+    #[error("missing or unknown credentials")]
+    Unauthenticated,
+
+    #[error("{0}")]
+    PermissionDenied(String),
+
+    /// The image is not on the engine and pulling it failed.
+    #[error(
+        "image '{image}' is not present on the Docker engine and could not be pulled ({reason}); \
+         load it with `docker load` or `docker import` (e.g. scripts/build-image.sh {image}), \
+         or make its registry reachable"
+    )]
+    ImageUnavailable { image: String, reason: String },
+
+    /// The container engine cannot be reached; the daemon keeps serving and retries.
+    #[error("container engine unavailable: {0}")]
+    Unavailable(String),
+
+    /// The container engine answered with an error.
+    #[error("docker {op} failed: {message}")]
+    Docker { op: &'static str, message: String },
+
+    #[error("store: {0}")]
+    Store(String),
+
+    /// A configuration or profile file is invalid.
+    #[error("{}: {field}: {reason}", file.display())]
+    Config {
+        file: PathBuf,
+        field: String,
+        reason: String,
+    },
+
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+
+    #[error("daemon is shutting down")]
+    ShuttingDown,
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn denied(rule: Rule, reason: impl Into<String>) -> Self {
+        Error::Denied {
+            rule,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
+        Error::NotFound {
+            kind,
+            id: id.into(),
+        }
+    }
+
+    /// A short stable label for logs and metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument { .. } => "invalid_argument",
+            Error::Denied { .. } => "denied",
+            Error::FailedPrecondition(_) => "failed_precondition",
+            Error::NotFound { .. } => "not_found",
+            Error::Unauthenticated => "unauthenticated",
+            Error::PermissionDenied(_) => "permission_denied",
+            Error::ImageUnavailable { .. } => "image_unavailable",
+            Error::Unavailable(_) => "unavailable",
+            Error::Docker { .. } => "docker",
+            Error::Store(_) => "store",
+            Error::Config { .. } => "config",
+            Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::ShuttingDown => "shutting_down",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// Transient failures worth retrying (engine down, engine hiccup).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::Docker { .. })
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Store(e.to_string())
+    }
+}

@@ -1,0 +1,37 @@
+//! Sandpit: a self-hosted sandbox daemon for AI prototyping teams.
+//!
+//! Layout, from the pure core outwards:
+//! - [`policy`]: classifications, profiles and admission; pure, no I/O beyond reading profile files.
+//! - [`store`]: the durable record of every sandbox (SQLite behind the [`store::Store`] trait).
+//! - [`runtime`]: the container engine behind the [`runtime::Runtime`] trait; [`runtime::docker`] is bollard.
+//! - [`lifecycle`]: the manager that provisions, extends, tears down, expires and reconciles sandboxes.
+//! - [`api`]: tonic services; decode, convert, call the core, map [`Error`] to a gRPC status.
+//! - [`config`], [`auth`], [`server`]: what the `sandpitd` binary wires together.
+//!
+//! The core never sees protobuf or bollard types.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod lifecycle;
+pub mod policy;
+pub mod runtime;
+pub mod sandbox;
+pub mod server;
+pub mod store;
+pub mod time;
+
+pub use error::{Error, Result};
+
+/// Generated protobuf and gRPC code for `sandpit.v1`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("sandpit.v1");
+    include!(concat!(env!("OUT_DIR"), "/sandpit.v1.serde.rs"));
+
+    /// Encoded descriptors of every file, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/sandpit_descriptor.bin"));
+}

@@ -1,0 +1,621 @@
+//! The lifecycle manager: provisions, extends, tears down, expires and
+//! reconciles sandboxes, written against the [`Runtime`] and [`Store`] traits.
+//!
+//! Invariants:
+//! - a record is written (`provisioning`) before any Docker object exists, so
+//!   a crash at any point leaves something reconcile can find;
+//! - provisioning runs in its own task: a client hanging up cannot leave half
+//!   a sandbox, and an abandoned create is torn down;
+//! - every transition of one sandbox holds that sandbox's lock;
+//! - teardown is idempotent and converges on what Docker actually has.
+
+mod expiry;
+mod locks;
+mod reconcile;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+pub use expiry::{Due, Scheduler};
+pub use reconcile::ReconcileReport;
+
+use crate::auth::Caller;
+use crate::policy::{admit, extend_deadline, CreateSandbox, HostPolicy, ProfileSet};
+use crate::runtime::{
+    labels, BoxStream, ContainerSpec, ExecChunk, ExecSpec, PullProgress, Runtime,
+};
+use crate::sandbox::{new_id, EventKind, Sandbox, SandboxEvent, SandboxState};
+use crate::store::{ListFilter, Store};
+use crate::{Error, Result};
+
+/// Events kept for slow watchers before they miss some.
+const EVENT_BUFFER: usize = 1024;
+/// Expiry teardowns running at once.
+const EXPIRY_PARALLELISM: usize = 64;
+/// Retry delays for teardowns that failed because the engine was unavailable.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// What the manager needs from configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: HostPolicy,
+    /// uid:gid of every sandbox.
+    pub user: String,
+    /// Extra labels on every Docker object.
+    pub labels: BTreeMap<String, String>,
+    pub expiry_warning: Duration,
+    pub reconcile_interval: Duration,
+    pub orphan_grace: Duration,
+    pub exec_timeout: Duration,
+}
+
+/// One item of an exec's output stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecOutput {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(i64),
+}
+
+pub struct Manager<R: Runtime> {
+    runtime: R,
+    store: Arc<dyn Store>,
+    profiles: RwLock<Arc<ProfileSet>>,
+    settings: Settings,
+    instance: String,
+    scheduler: Scheduler,
+    events: broadcast::Sender<SandboxEvent>,
+    locks: locks::KeyedLocks,
+    /// Sandboxes whose create is in flight in this process; reconcile leaves them be.
+    creating: Mutex<HashSet<String>>,
+    shutdown: watch::Sender<bool>,
+    due_rx: Mutex<Option<mpsc::UnboundedReceiver<Due>>>,
+}
+
+/// Background tasks of a started manager; aborted when dropped.
+pub struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+impl<R: Runtime> Manager<R> {
+    pub fn new(
+        runtime: R,
+        store: Arc<dyn Store>,
+        profiles: ProfileSet,
+        settings: Settings,
+    ) -> Result<Arc<Self>> {
+        let instance = store.instance_id()?;
+        let (due_tx, due_rx) = mpsc::unbounded_channel();
+        Ok(Arc::new(Manager {
+            runtime,
+            store,
+            profiles: RwLock::new(Arc::new(profiles)),
+            settings,
+            instance,
+            scheduler: Scheduler::spawn(due_tx),
+            events: broadcast::channel(EVENT_BUFFER).0,
+            locks: locks::KeyedLocks::default(),
+            creating: Mutex::new(HashSet::new()),
+            shutdown: watch::channel(false).0,
+            due_rx: Mutex::new(Some(due_rx)),
+        }))
+    }
+
+    /// Schedules every live record's expiry from the store (no Docker needed,
+    /// so a restart serves at once), then starts expiry handling, periodic
+    /// reconcile and the Docker event follower.
+    pub fn start(self: &Arc<Self>) -> Result<Tasks> {
+        for sb in self.store.list(&ListFilter::default())? {
+            if sb.state != SandboxState::Provisioning {
+                self.schedule(&sb);
+            }
+        }
+        let due_rx = self.due_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let due_rx = due_rx.ok_or_else(|| Error::Internal("manager started twice".into()))?;
+        Ok(Tasks(vec![
+            tokio::spawn(Arc::clone(self).dispatch_due(due_rx)),
+            tokio::spawn(Arc::clone(self).reconcile_loop()),
+            tokio::spawn(Arc::clone(self).follow_events()),
+        ]))
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub fn profiles(&self) -> Arc<ProfileSet> {
+        self.profiles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Tells streaming calls (watch, exec) to finish: the daemon is stopping.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Resolves once [`Manager::begin_shutdown`] has been called.
+    pub fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    fn emit(&self, kind: EventKind, sandbox: &Sandbox, message: impl Into<String>) {
+        // No receivers is fine: nobody is watching.
+        let _ = self.events.send(SandboxEvent {
+            kind,
+            time: SystemTime::now(),
+            sandbox: sandbox.clone(),
+            message: message.into(),
+        });
+    }
+
+    fn schedule(&self, sb: &Sandbox) {
+        let warn_at = sb.expires_at.checked_sub(self.settings.expiry_warning);
+        self.scheduler.schedule(&sb.id, sb.expires_at, warn_at);
+    }
+
+    fn container_spec(&self, sb: &Sandbox) -> ContainerSpec {
+        ContainerSpec {
+            name: container_name(&sb.id),
+            hostname: sb.id.clone(),
+            image: sb.image.clone(),
+            command: sb.profile.command.clone(),
+            user: self.settings.user.clone(),
+            env: vec![
+                format!("SANDPIT_SANDBOX_ID={}", sb.id),
+                format!("SANDPIT_EXPERIMENT={}", sb.experiment),
+            ],
+            labels: labels::for_sandbox(sb, &self.instance, &self.settings.labels),
+            resources: sb.profile.resources.clone(),
+        }
+    }
+
+    /// A visible record, or not-found (other teams' sandboxes are not acknowledged).
+    fn visible(&self, caller: &Caller, id: &str) -> Result<Sandbox> {
+        match self.store.get(id)? {
+            Some(sb) if caller.may_see(&sb.team) => Ok(sb),
+            _ => Err(Error::not_found("sandbox", id)),
+        }
+    }
+
+    // ---- requests ------------------------------------------------------
+
+    /// Admits and provisions a sandbox; returns it running.
+    pub async fn create(self: &Arc<Self>, caller: &Caller, req: CreateSandbox) -> Result<Sandbox> {
+        if *self.shutdown.borrow() {
+            return Err(Error::ShuttingDown);
+        }
+        if !caller.has(crate::auth::Role::Requester) {
+            return Err(Error::PermissionDenied(
+                "creating sandboxes needs the requester role".into(),
+            ));
+        }
+        let plan = admit(
+            &req,
+            &caller.name,
+            &caller.team,
+            &self.profiles(),
+            self.settings.host,
+            SystemTime::now(),
+        )?;
+        let sb = Sandbox::provisioning(new_id(), self.runtime.node().to_string(), plan);
+        self.creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sb.id.clone());
+        if let Err(e) = self.store.put(&sb) {
+            self.creating
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&sb.id);
+            return Err(e);
+        }
+
+        // Provision in a task of its own. The caller acknowledges receipt; if
+        // it hung up first, the task tears the new sandbox down again.
+        let (result_tx, result_rx) = oneshot::channel();
+        let (ack_tx, ack_rx) = oneshot::channel::<()>();
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let id = sb.id.clone();
+            let result = this.provision(sb).await;
+            let ok = result.is_ok();
+            let delivered = result_tx.send(result).is_ok() && ack_rx.await.is_ok();
+            if ok && !delivered {
+                tracing::info!(sandbox = %id, "client went away during create; tearing down");
+                if let Err(e) = this
+                    .teardown(
+                        &id,
+                        SandboxState::Failed,
+                        "create abandoned by the client",
+                        |_| true,
+                    )
+                    .await
+                {
+                    tracing::warn!(sandbox = %id, error = %e, "teardown of abandoned create failed; reconcile will retry");
+                }
+            }
+            this.creating
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+        let result = result_rx
+            .await
+            .map_err(|_| Error::Internal("provisioning task ended without a result".into()))?;
+        let _ = ack_tx.send(());
+        result
+    }
+
+    async fn provision(&self, mut sb: Sandbox) -> Result<Sandbox> {
+        let _guard = self.locks.lock(&sb.id).await;
+        let started = std::time::Instant::now();
+        let result = async {
+            self.runtime.ensure_image(&sb.image).await?;
+            self.runtime.create(&self.container_spec(&sb)).await
+        }
+        .await;
+        let container_id = match result {
+            Ok(cid) => cid,
+            Err(e) => {
+                // Docker may have created the container even though the call
+                // failed: remove by name before recording the failure.
+                let _ = self.runtime.remove(&container_name(&sb.id)).await;
+                sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
+                if let Err(se) = self.store.put(&sb) {
+                    tracing::error!(sandbox = %sb.id, error = %se, "could not record failed create");
+                }
+                self.emit(EventKind::Failed, &sb, e.to_string());
+                return Err(e);
+            }
+        };
+        sb.container_id = Some(container_id.clone());
+        sb.state = SandboxState::Running;
+        if let Err(e) = self.store.put(&sb) {
+            let _ = self.runtime.remove(&container_id).await;
+            return Err(e);
+        }
+        self.schedule(&sb);
+        tracing::info!(sandbox = %sb.id, experiment = %sb.experiment, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox running");
+        self.emit(EventKind::Created, &sb, "running");
+        Ok(sb)
+    }
+
+    pub fn get(&self, caller: &Caller, id: &str) -> Result<Sandbox> {
+        self.visible(caller, id)
+    }
+
+    pub fn list(
+        &self,
+        caller: &Caller,
+        experiment: Option<String>,
+        include_ended: bool,
+    ) -> Result<Vec<Sandbox>> {
+        let team = (!caller.sees_all_teams()).then(|| caller.team.clone());
+        if team.is_some() && !caller.has(crate::auth::Role::Requester) {
+            return Ok(Vec::new());
+        }
+        self.store.list(&ListFilter {
+            team,
+            experiment,
+            include_ended,
+        })
+    }
+
+    /// Sets the sandbox to expire `ttl` from now, within its profile's limits.
+    pub async fn extend(&self, caller: &Caller, id: &str, ttl: Duration) -> Result<Sandbox> {
+        let sb = self.visible(caller, id)?;
+        if !caller.may_use(&sb.team) {
+            return Err(Error::PermissionDenied(
+                "extending sandboxes needs the requester role in their team".into(),
+            ));
+        }
+        let _guard = self.locks.lock(id).await;
+        let mut sb = self.visible(caller, id)?;
+        if sb.state != SandboxState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox '{id}' is {}, not running",
+                sb.state.as_str()
+            )));
+        }
+        sb.expires_at = extend_deadline(&sb.profile, sb.max_expires_at, ttl, SystemTime::now())?;
+        self.store.put(&sb)?;
+        self.schedule(&sb);
+        self.emit(
+            EventKind::Extended,
+            &sb,
+            format!("now expires at {}", crate::time::rfc3339(sb.expires_at)),
+        );
+        Ok(sb)
+    }
+
+    /// Tears a sandbox down. Deleting an ended sandbox returns its record.
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<Sandbox> {
+        let sb = self.visible(caller, id)?;
+        if !caller.may_delete(&sb.team) {
+            return Err(Error::PermissionDenied(
+                "deleting sandboxes needs the requester (own team) or operator role".into(),
+            ));
+        }
+        self.teardown(
+            id,
+            SandboxState::Deleted,
+            format!("deleted by {}", caller.name),
+            |_| true,
+        )
+        .await
+    }
+
+    /// Makes an image a profile allows present, pulling it with progress.
+    pub fn pull_image(
+        &self,
+        caller: &Caller,
+        profile: &str,
+        image: Option<&str>,
+    ) -> Result<BoxStream<Result<PullProgress>>> {
+        if !caller.has(crate::auth::Role::Requester) {
+            return Err(Error::PermissionDenied(
+                "pulling images needs the requester role".into(),
+            ));
+        }
+        crate::policy::admission::validate_name("profile", profile)?;
+        let profiles = self.profiles();
+        let p = profiles
+            .get(profile)
+            .ok_or_else(|| Error::invalid("profile", format!("unknown profile '{profile}'")))?;
+        let image = match image {
+            Some(i) if p.images.iter().any(|a| a == i) => i.to_string(),
+            Some(i) => {
+                return Err(Error::denied(
+                    crate::policy::Rule::ImageAllowlist,
+                    format!("image '{i}' is not allowed by profile '{profile}'"),
+                ))
+            }
+            None => p.default_image().to_string(),
+        };
+        Ok(self.runtime.pull_image(&image))
+    }
+
+    /// Runs a command in a running sandbox: its output, then its exit code.
+    pub async fn exec(
+        &self,
+        caller: &Caller,
+        id: &str,
+        spec: ExecSpec,
+        timeout: Option<Duration>,
+    ) -> Result<BoxStream<Result<ExecOutput>>> {
+        let sb = self.visible(caller, id)?;
+        if !caller.may_use(&sb.team) {
+            return Err(Error::PermissionDenied(
+                "exec needs the requester role in the sandbox's team".into(),
+            ));
+        }
+        if spec.command.is_empty() || spec.command[0].is_empty() {
+            return Err(Error::invalid("command", "must not be empty"));
+        }
+        if let Some(bad) = spec
+            .env
+            .iter()
+            .find(|e| !e.contains('=') || e.starts_with('='))
+        {
+            return Err(Error::invalid("env", format!("'{bad}' is not KEY=VALUE")));
+        }
+        let (Some(cid), SandboxState::Running) = (sb.container_id.clone(), sb.state) else {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox '{id}' is {}, not running",
+                sb.state.as_str()
+            )));
+        };
+        let session = self.runtime.exec(&cid, spec).await?;
+        let deadline = tokio::time::Instant::now() + timeout.unwrap_or(self.settings.exec_timeout);
+        let (tx, rx) = mpsc::channel(16);
+        let runtime = self.runtime.clone();
+        let stop = self.shutdown_signal();
+        let mut output = session.output;
+        // Stream output until it ends, the deadline passes, the daemon stops
+        // or the caller leaves; then the exit code.
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                let item = tokio::select! {
+                    item = output.next() => item,
+                    () = tokio::time::sleep_until(deadline) => {
+                        let _ = tx.send(Err(Error::DeadlineExceeded("exec ran past its timeout".into()))).await;
+                        return;
+                    }
+                    () = &mut stop => {
+                        let _ = tx.send(Err(Error::ShuttingDown)).await;
+                        return;
+                    }
+                };
+                let out = match item {
+                    None => break,
+                    Some(Ok(ExecChunk::Stdout(b))) => Ok(ExecOutput::Stdout(b)),
+                    Some(Ok(ExecChunk::Stderr(b))) => Ok(ExecOutput::Stderr(b)),
+                    Some(Err(e)) => Err(e),
+                };
+                if tx.send(out).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx
+                .send(
+                    exit_code(&runtime, &session.exec_id)
+                        .await
+                        .map(ExecOutput::Exit),
+                )
+                .await;
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+    }
+
+    /// Lifecycle events the caller may see, optionally of one sandbox or experiment.
+    pub fn watch(
+        &self,
+        caller: &Caller,
+        id: Option<String>,
+        experiment: Option<String>,
+    ) -> BoxStream<SandboxEvent> {
+        let caller = caller.clone();
+        let shutdown = self.shutdown_signal();
+        tokio_stream::wrappers::BroadcastStream::new(self.events.subscribe())
+            .filter_map(move |e| {
+                let keep = match e {
+                    Ok(e) => Some(e).filter(|e| {
+                        caller.may_see(&e.sandbox.team)
+                            && id.as_ref().is_none_or(|i| *i == e.sandbox.id)
+                            && experiment
+                                .as_ref()
+                                .is_none_or(|x| *x == e.sandbox.experiment)
+                    }),
+                    Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "a watcher fell behind and missed events");
+                        None
+                    }
+                };
+                std::future::ready(keep)
+            })
+            .take_until(shutdown)
+            .boxed()
+    }
+
+    // ---- daemon-driven transitions ------------------------------------
+
+    /// Ends a sandbox: kill and remove its container, record `state`. Holds
+    /// the sandbox's lock; does nothing to an ended sandbox or when `still`
+    /// says the reason no longer holds (e.g. it was extended meanwhile).
+    async fn teardown(
+        &self,
+        id: &str,
+        state: SandboxState,
+        reason: impl Into<String>,
+        still: impl FnOnce(&Sandbox) -> bool,
+    ) -> Result<Sandbox> {
+        let _guard = self.locks.lock(id).await;
+        let mut sb = self
+            .store
+            .get(id)?
+            .ok_or_else(|| Error::not_found("sandbox", id))?;
+        if sb.state.is_ended() || !still(&sb) {
+            return Ok(sb);
+        }
+        let target = sb
+            .container_id
+            .clone()
+            .unwrap_or_else(|| container_name(id));
+        self.runtime.remove(&target).await?;
+        sb.end(state, reason, SystemTime::now());
+        self.store.put(&sb)?;
+        self.scheduler.cancel(id);
+        let kind = match state {
+            SandboxState::Expired => EventKind::Expired,
+            SandboxState::Deleted => EventKind::Deleted,
+            SandboxState::Lost => EventKind::Lost,
+            _ => EventKind::Failed,
+        };
+        tracing::info!(sandbox = %id, state = state.as_str(), reason = %sb.state_reason, "sandbox ended");
+        self.emit(kind, &sb, sb.state_reason.clone());
+        Ok(sb)
+    }
+
+    /// Handles due deadlines: warnings at once, expiries in bounded parallel,
+    /// each retried with backoff while the engine is unavailable.
+    async fn dispatch_due(self: Arc<Self>, mut due: mpsc::UnboundedReceiver<Due>) {
+        let permits = Arc::new(Semaphore::new(EXPIRY_PARALLELISM));
+        while let Some(d) = due.recv().await {
+            match d {
+                Due::Warn(id) => {
+                    if let Ok(Some(sb)) = self.store.get(&id) {
+                        if !sb.state.is_ended() {
+                            let left = sb
+                                .expires_at
+                                .duration_since(SystemTime::now())
+                                .unwrap_or_default();
+                            self.emit(
+                                EventKind::ExpiringSoon,
+                                &sb,
+                                format!("expires in {}", crate::time::format_duration(left)),
+                            );
+                        }
+                    }
+                }
+                Due::Expire(id) => {
+                    let this = Arc::clone(&self);
+                    let permits = Arc::clone(&permits);
+                    tokio::spawn(async move {
+                        let _permit = permits.acquire_owned().await;
+                        this.expire(&id).await;
+                    });
+                }
+            }
+        }
+    }
+
+    async fn expire(&self, id: &str) {
+        let mut delay = RETRY_MIN;
+        loop {
+            let now = SystemTime::now();
+            match self
+                .teardown(id, SandboxState::Expired, "ttl reached", |sb| {
+                    sb.expires_at <= now
+                })
+                .await
+            {
+                Ok(_) | Err(Error::NotFound { .. }) => return,
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "expiry teardown failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+}
+
+impl<R: Runtime> Manager<R> {
+    /// The sandboxes in the store that own (or may own) Docker objects.
+    fn live_records(&self) -> Result<Vec<Sandbox>> {
+        self.store.list(&ListFilter::default())
+    }
+
+    fn is_creating(&self, id: &str) -> bool {
+        self.creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+}
+
+/// An exec's exit code. Its output can end a moment before Docker marks it finished.
+async fn exit_code<R: Runtime>(runtime: &R, exec_id: &str) -> Result<i64> {
+    for _ in 0..100 {
+        if let Some(code) = runtime.exec_exit_code(exec_id).await? {
+            return Ok(code);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(Error::Internal(
+        "exec output ended but the command did not finish".into(),
+    ))
+}
+
+/// The Docker name of a sandbox's container.
+pub fn container_name(id: &str) -> String {
+    format!("sandpit-{id}")
+}

@@ -1,0 +1,244 @@
+//! Reconciliation: converge the store and Docker, on start, periodically and
+//! after every reconnect of the event stream; and follow Docker's events so
+//! exits and OOM kills show up at once.
+//!
+//! After Nomad's dangling-container rules: a container with a live record is
+//! never removed by reconcile; a labelled container with no record is removed
+//! once older than the grace period (its create may still be in flight in
+//! another call); a container without our labels is never seen, let alone touched.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+
+use super::{container_name, Manager};
+use crate::runtime::{labels, ManagedContainer, Runtime, RuntimeEvent};
+use crate::sandbox::{EventKind, SandboxState};
+use crate::{Error, Result};
+
+/// Backoff bounds for reconnecting to Docker's event stream.
+const EVENTS_RETRY_MIN: Duration = Duration::from_millis(500);
+const EVENTS_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// What one reconcile pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub adopted: usize,
+    pub orphans_removed: usize,
+    pub leftovers_removed: usize,
+    pub lost: usize,
+    pub exited: usize,
+    pub failed_provisioning: usize,
+}
+
+impl<R: Runtime> Manager<R> {
+    /// One full pass over Docker's and the store's view.
+    pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        let containers = self.runtime.list(&labels::selector(&self.instance)).await?;
+        let records = self.live_records()?;
+        let now = SystemTime::now();
+        let mut report = ReconcileReport::default();
+
+        let mut by_sandbox: HashMap<String, Vec<ManagedContainer>> = HashMap::new();
+        for c in containers {
+            let record = match &c.sandbox_id {
+                Some(id) => self.store.get(id)?,
+                None => None,
+            };
+            match (record, &c.sandbox_id) {
+                (Some(r), Some(id)) if !r.state.is_ended() => {
+                    by_sandbox.entry(id.clone()).or_default().push(c)
+                }
+                (Some(_), _) => {
+                    // The record ended but its container survived (a teardown cut short).
+                    self.runtime.remove(&c.id).await?;
+                    report.leftovers_removed += 1;
+                }
+                (None, id) => {
+                    let in_flight = id.as_deref().is_some_and(|id| self.is_creating(id));
+                    if !in_flight
+                        && crate::runtime::docker::age(c.created, now) >= self.settings.orphan_grace
+                    {
+                        tracing::info!(container = %c.id, sandbox = ?id, "removing labelled container with no record");
+                        self.runtime.remove(&c.id).await?;
+                        report.orphans_removed += 1;
+                    }
+                }
+            }
+        }
+
+        for sb in records {
+            if self.is_creating(&sb.id) {
+                continue;
+            }
+            let containers = by_sandbox.remove(&sb.id).unwrap_or_default();
+            let container = containers
+                .iter()
+                .find(|c| Some(&c.id) == sb.container_id.as_ref())
+                .or(containers.first());
+            match (sb.state, container) {
+                (SandboxState::Provisioning, _) => {
+                    // A create cut short by a crash of the daemon: it was never acknowledged.
+                    self.teardown(
+                        &sb.id,
+                        SandboxState::Failed,
+                        "daemon stopped during provisioning",
+                        |s| s.state == SandboxState::Provisioning,
+                    )
+                    .await?;
+                    report.failed_provisioning += 1;
+                }
+                (_, None) => {
+                    if self.mark_lost(&sb.id).await? {
+                        report.lost += 1;
+                    }
+                }
+                (SandboxState::Running, Some(c)) if !c.running => {
+                    if self.record_exit(&sb.id).await? {
+                        report.exited += 1;
+                    }
+                }
+                (_, Some(_)) => {
+                    // Live: keep (or put back) its deadlines; an expired one falls due at once.
+                    self.schedule(&sb);
+                    report.adopted += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Marks a record `lost` if its container is really gone.
+    async fn mark_lost(&self, id: &str) -> Result<bool> {
+        let _guard = self.locks.lock(id).await;
+        let Some(mut sb) = self.store.get(id)? else {
+            return Ok(false);
+        };
+        if sb.state.is_ended() {
+            return Ok(false);
+        }
+        let target = sb
+            .container_id
+            .clone()
+            .unwrap_or_else(|| container_name(id));
+        if self.runtime.status(&target).await?.is_some() {
+            return Ok(false);
+        }
+        sb.end(
+            SandboxState::Lost,
+            "container vanished from Docker",
+            SystemTime::now(),
+        );
+        self.store.put(&sb)?;
+        self.scheduler.cancel(id);
+        tracing::warn!(sandbox = %id, "sandbox lost: its container is gone");
+        self.emit(EventKind::Lost, &sb, sb.state_reason.clone());
+        Ok(true)
+    }
+
+    /// Records that a running sandbox's main process ended, with its exit
+    /// code and whether the OOM killer did it. The stopped container stays
+    /// until expiry or delete.
+    async fn record_exit(&self, id: &str) -> Result<bool> {
+        let _guard = self.locks.lock(id).await;
+        let Some(mut sb) = self.store.get(id)? else {
+            return Ok(false);
+        };
+        let Some(cid) = sb.container_id.clone() else {
+            return Ok(false);
+        };
+        if sb.state != SandboxState::Running {
+            return Ok(false);
+        }
+        let Some(status) = self.runtime.status(&cid).await? else {
+            return Ok(false);
+        };
+        if status.running {
+            return Ok(false);
+        }
+        sb.state = SandboxState::Exited;
+        sb.exit_code = status.exit_code;
+        sb.oom_killed |= status.oom_killed;
+        sb.state_reason = if sb.oom_killed {
+            "killed by the OOM killer (memory limit reached)".to_string()
+        } else {
+            format!(
+                "main process exited with code {}",
+                status.exit_code.unwrap_or(-1)
+            )
+        };
+        self.store.put(&sb)?;
+        tracing::info!(sandbox = %id, exit_code = ?sb.exit_code, oom_killed = sb.oom_killed, "sandbox exited");
+        self.emit(EventKind::Exited, &sb, sb.state_reason.clone());
+        Ok(true)
+    }
+
+    async fn record_oom(&self, id: &str) -> Result<()> {
+        let _guard = self.locks.lock(id).await;
+        if let Some(mut sb) = self.store.get(id)? {
+            if !sb.state.is_ended() && !sb.oom_killed {
+                sb.oom_killed = true;
+                self.store.put(&sb)?;
+                tracing::warn!(sandbox = %id, "OOM kill inside sandbox");
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn reconcile_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.settings.reconcile_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.reconcile_logged("periodic").await;
+        }
+    }
+
+    async fn reconcile_logged(&self, why: &str) {
+        match self.reconcile().await {
+            Ok(r) if r != ReconcileReport::default() => {
+                tracing::info!(why, report = ?r, "reconciled with Docker")
+            }
+            Ok(_) => tracing::debug!(why, "reconciled with Docker: nothing to do"),
+            Err(e @ Error::Unavailable(_)) => {
+                tracing::warn!(why, error = %e, "reconcile skipped: Docker unavailable")
+            }
+            Err(e) => tracing::error!(why, error = %e, "reconcile failed"),
+        }
+    }
+
+    /// Follows Docker's event stream for this instance's containers,
+    /// reconnecting with backoff and reconciling after each reconnect to
+    /// catch whatever happened while it was away.
+    pub(super) async fn follow_events(self: Arc<Self>) {
+        let mut delay = EVENTS_RETRY_MIN;
+        let mut first = true;
+        loop {
+            let mut events = self.runtime.events(&labels::selector(&self.instance));
+            if !first {
+                self.reconcile_logged("event stream reconnected").await;
+            }
+            first = false;
+            while let Some(ev) = events.next().await {
+                delay = EVENTS_RETRY_MIN;
+                let result = match ev {
+                    Ok(RuntimeEvent::Died { sandbox_id, .. }) => {
+                        self.record_exit(&sandbox_id).await.map(|_| ())
+                    }
+                    Ok(RuntimeEvent::Oom { sandbox_id, .. }) => self.record_oom(&sandbox_id).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Docker event stream failed");
+                        break;
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "handling a Docker event failed");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(EVENTS_RETRY_MAX);
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! Admission: a pure function from (request, caller, profile, host policy,
+//! now) to a provisioning [`Plan`] or a denial naming the [`Rule`] that denied it.
+//!
+//! Rules, in the order they are checked (DESIGN.md "Classification"):
+//! 1. `host-ceiling`: nothing above the host's accreditation ceiling;
+//! 2. `profile-classification`: within the profile's ceiling;
+//! 3. `image-allowlist`: the image is one the profile allows;
+//! 4. `ttl` and `max-lifetime`: within the profile's lifetime limits.
+//!
+//! The register rules (experiment exists, belongs to the team, approved,
+//! declared classification) join here when the AI register lands.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use super::classification::Classification;
+use super::profile::{Profile, ProfileSet};
+use crate::error::{Error, Result};
+
+/// Longest accepted experiment id or image reference.
+const MAX_ID_LEN: usize = 128;
+const MAX_IMAGE_LEN: usize = 255;
+
+/// Host-wide policy from config.
+#[derive(Debug, Clone, Copy)]
+pub struct HostPolicy {
+    /// The host's accreditation ceiling: nothing above it is ever provisioned.
+    pub max_classification: Classification,
+}
+
+/// The rule that denied a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    HostCeiling,
+    ProfileClassification,
+    ImageAllowlist,
+    Ttl,
+    MaxLifetime,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::HostCeiling => "host-ceiling",
+            Rule::ProfileClassification => "profile-classification",
+            Rule::ImageAllowlist => "image-allowlist",
+            Rule::Ttl => "ttl",
+            Rule::MaxLifetime => "max-lifetime",
+        }
+    }
+
+    /// Whether the denial depends on the state of an object (and may pass
+    /// later) rather than on the request alone.
+    pub fn depends_on_state(self) -> bool {
+        matches!(self, Rule::MaxLifetime)
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A create request after decoding, before policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateSandbox {
+    pub experiment: String,
+    pub profile: String,
+    pub classification: Classification,
+    /// `None`: the profile's default ttl.
+    pub ttl: Option<Duration>,
+    /// `None`: the profile's first image.
+    pub image: Option<String>,
+}
+
+impl CreateSandbox {
+    /// Checks the shape of every field; policy comes after, in [`admit`].
+    pub fn validate(&self) -> Result<()> {
+        validate_name("experiment", &self.experiment)?;
+        validate_name("profile", &self.profile)?;
+        if self.ttl.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid("ttl", "must be above zero"));
+        }
+        if let Some(image) = &self.image {
+            validate_image(image)?;
+        }
+        Ok(())
+    }
+}
+
+/// Identifiers: 1-128 of letters, digits, `.`, `_`, `-`.
+pub fn validate_name(field: &'static str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(Error::invalid(
+            field,
+            format!("longer than {MAX_ID_LEN} characters"),
+        ));
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(Error::invalid(
+            field,
+            format!("'{value}' may contain only letters, digits, '.', '_' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_image(image: &str) -> Result<()> {
+    if image.is_empty()
+        || image.len() > MAX_IMAGE_LEN
+        || image.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(Error::invalid(
+            "image",
+            format!("'{image}' is not an image reference"),
+        ));
+    }
+    Ok(())
+}
+
+/// What the runtime provisions once admission says yes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub experiment: String,
+    pub owner: String,
+    pub team: String,
+    pub profile: Profile,
+    pub classification: Classification,
+    pub image: String,
+    pub created_at: SystemTime,
+    pub expires_at: SystemTime,
+    /// The latest any extension may reach.
+    pub max_expires_at: SystemTime,
+}
+
+/// Decides a create request. Validates the request's shape first.
+pub fn admit(
+    req: &CreateSandbox,
+    owner: &str,
+    team: &str,
+    profiles: &ProfileSet,
+    host: HostPolicy,
+    now: SystemTime,
+) -> Result<Plan> {
+    req.validate()?;
+    let profile = profiles.get(&req.profile).ok_or_else(|| {
+        let known: Vec<&str> = profiles.names().collect();
+        Error::invalid(
+            "profile",
+            format!(
+                "unknown profile '{}' (known: {})",
+                req.profile,
+                known.join(", ")
+            ),
+        )
+    })?;
+    if req.classification > host.max_classification {
+        return Err(Error::denied(
+            Rule::HostCeiling,
+            format!(
+                "{} is above this host's accreditation ceiling {}",
+                req.classification, host.max_classification
+            ),
+        ));
+    }
+    if req.classification > profile.max_classification {
+        return Err(Error::denied(
+            Rule::ProfileClassification,
+            format!(
+                "{} is above profile '{}' ceiling {}",
+                req.classification, profile.name, profile.max_classification
+            ),
+        ));
+    }
+    let image = match &req.image {
+        Some(i) if profile.images.iter().any(|a| a == i) => i.clone(),
+        Some(i) => {
+            return Err(Error::denied(
+                Rule::ImageAllowlist,
+                format!(
+                    "image '{i}' is not allowed by profile '{}' (allowed: {})",
+                    profile.name,
+                    profile.images.join(", ")
+                ),
+            ))
+        }
+        None => profile.default_image().to_string(),
+    };
+    let ttl = req.ttl.unwrap_or(profile.lifetime.default_ttl);
+    check_ttl(profile, ttl)?;
+    let max_expires_at = now + profile.lifetime.max_lifetime;
+    Ok(Plan {
+        experiment: req.experiment.clone(),
+        owner: owner.to_string(),
+        team: team.to_string(),
+        profile: profile.clone(),
+        classification: req.classification,
+        image,
+        created_at: now,
+        expires_at: now + ttl,
+        max_expires_at,
+    })
+}
+
+fn check_ttl(profile: &Profile, ttl: Duration) -> Result<()> {
+    if ttl.is_zero() {
+        return Err(Error::invalid("ttl", "must be above zero"));
+    }
+    if ttl > profile.lifetime.max_ttl {
+        return Err(Error::denied(
+            Rule::Ttl,
+            format!(
+                "ttl {} exceeds profile '{}' max_ttl {}",
+                crate::time::format_duration(ttl),
+                profile.name,
+                crate::time::format_duration(profile.lifetime.max_ttl)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The new expiry for "ttl from now", within the limits of the profile the
+/// sandbox was created with and its maximum lifetime.
+pub fn extend_deadline(
+    profile: &Profile,
+    max_expires_at: SystemTime,
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<SystemTime> {
+    check_ttl(profile, ttl)?;
+    let new = now + ttl;
+    if new > max_expires_at {
+        let left = max_expires_at.duration_since(now).unwrap_or_default();
+        return Err(Error::denied(
+            Rule::MaxLifetime,
+            format!(
+                "ttl {} would pass the sandbox's maximum lifetime ({} from creation); at most {} is left",
+                crate::time::format_duration(ttl),
+                crate::time::format_duration(profile.lifetime.max_lifetime),
+                crate::time::format_duration(left)
+            ),
+        ));
+    }
+    Ok(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::policy::profile::Lifetime;
+
+    fn profile(max: Classification) -> Profile {
+        let mut p = Profile::parse(
+            Path::new("p.toml"),
+            "max_classification = \"OFFICIAL\"\nimages = [\"img:1\", \"img:2\"]\n",
+        )
+        .unwrap();
+        p.max_classification = max;
+        p.lifetime = Lifetime {
+            default_ttl: Duration::from_secs(600),
+            max_ttl: Duration::from_secs(3600),
+            max_lifetime: Duration::from_secs(4 * 3600),
+        };
+        p
+    }
+
+    fn req(c: Classification) -> CreateSandbox {
+        CreateSandbox {
+            experiment: "exp-1".into(),
+            profile: "p".into(),
+            classification: c,
+            ttl: None,
+            image: None,
+        }
+    }
+
+    const HOST: HostPolicy = HostPolicy {
+        max_classification: Classification::OfficialSensitive,
+    };
+
+    fn set(max: Classification) -> ProfileSet {
+        ProfileSet::from_profiles([profile(max)])
+    }
+
+    fn rule_of(e: Error) -> Rule {
+        match e {
+            Error::Denied { rule, .. } => rule,
+            other => panic!("expected a denial, got {other}"),
+        }
+    }
+
+    #[test]
+    fn plan_uses_profile_defaults() {
+        let now = SystemTime::now();
+        let plan = admit(
+            &req(Classification::Official),
+            "alice",
+            "a",
+            &set(Classification::Official),
+            HOST,
+            now,
+        )
+        .unwrap();
+        assert_eq!(plan.image, "img:1");
+        assert_eq!(plan.expires_at, now + Duration::from_secs(600));
+        assert_eq!(plan.max_expires_at, now + Duration::from_secs(4 * 3600));
+        assert_eq!((plan.owner.as_str(), plan.team.as_str()), ("alice", "a"));
+    }
+
+    #[test]
+    fn each_rule_denies_by_name() {
+        let now = SystemTime::now();
+        let s = set(Classification::Official);
+        let e = admit(
+            &req(Classification::Secret),
+            "u",
+            "t",
+            &set(Classification::TopSecret),
+            HOST,
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(rule_of(e), Rule::HostCeiling);
+        let e = admit(
+            &req(Classification::OfficialSensitive),
+            "u",
+            "t",
+            &s,
+            HOST,
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(rule_of(e), Rule::ProfileClassification);
+        let r = CreateSandbox {
+            image: Some("evil:latest".into()),
+            ..req(Classification::Official)
+        };
+        let e = admit(&r, "u", "t", &s, HOST, now).unwrap_err();
+        assert!(e.to_string().contains("image-allowlist") && e.to_string().contains("evil:latest"));
+        let r = CreateSandbox {
+            ttl: Some(Duration::from_secs(7200)),
+            ..req(Classification::Official)
+        };
+        assert_eq!(
+            rule_of(admit(&r, "u", "t", &s, HOST, now).unwrap_err()),
+            Rule::Ttl
+        );
+    }
+
+    #[test]
+    fn malformed_fields_are_invalid_arguments() {
+        let s = set(Classification::Official);
+        let now = SystemTime::now();
+        let cases = [
+            (
+                CreateSandbox {
+                    experiment: "".into(),
+                    ..req(Classification::Official)
+                },
+                "experiment",
+            ),
+            (
+                CreateSandbox {
+                    experiment: "a b".into(),
+                    ..req(Classification::Official)
+                },
+                "experiment",
+            ),
+            (
+                CreateSandbox {
+                    profile: "".into(),
+                    ..req(Classification::Official)
+                },
+                "profile",
+            ),
+            (
+                CreateSandbox {
+                    profile: "nope".into(),
+                    ..req(Classification::Official)
+                },
+                "profile",
+            ),
+            (
+                CreateSandbox {
+                    ttl: Some(Duration::ZERO),
+                    ..req(Classification::Official)
+                },
+                "ttl",
+            ),
+            (
+                CreateSandbox {
+                    image: Some("".into()),
+                    ..req(Classification::Official)
+                },
+                "image",
+            ),
+        ];
+        for (r, field) in cases {
+            match admit(&r, "u", "t", &s, HOST, now) {
+                Err(Error::InvalidArgument { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn extension_limits() {
+        let p = profile(Classification::Official);
+        let now = SystemTime::now();
+        let max = now + Duration::from_secs(1800);
+        assert_eq!(
+            extend_deadline(&p, max, Duration::from_secs(60), now).unwrap(),
+            now + Duration::from_secs(60)
+        );
+        let e = extend_deadline(&p, max, Duration::from_secs(3601), now).unwrap_err();
+        assert_eq!(rule_of(e), Rule::Ttl);
+        let e = extend_deadline(&p, max, Duration::from_secs(1801), now).unwrap_err();
+        assert_eq!(rule_of(e), Rule::MaxLifetime);
+        assert!(matches!(
+            extend_deadline(&p, max, Duration::ZERO, now),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+
+    fn classification() -> impl Strategy<Value = Classification> {
+        prop::sample::select(Classification::ALL.to_vec())
+    }
+
+    proptest! {
+        /// Whatever is asked, a plan never exceeds the host ceiling, the
+        /// profile's ceiling, its allowed images or its lifetime limits.
+        #[test]
+        fn admitted_plans_respect_every_limit(
+            c in classification(),
+            host in classification(),
+            prof in classification(),
+            ttl in prop::option::of(0u64..20_000),
+            image in prop::option::of(prop::sample::select(vec!["img:1", "img:2", "other", ""])),
+            experiment in "[a-z0-9 ._-]{0,12}",
+        ) {
+            let r = CreateSandbox {
+                experiment,
+                profile: "p".into(),
+                classification: c,
+                ttl: ttl.map(Duration::from_secs),
+                image: image.map(String::from),
+            };
+            let now = SystemTime::now();
+            let s = set(prof);
+            if let Ok(plan) = admit(&r, "u", "t", &s, HostPolicy { max_classification: host }, now) {
+                let p = s.get("p").unwrap();
+                prop_assert!(plan.classification <= host && plan.classification <= prof);
+                prop_assert!(p.images.contains(&plan.image));
+                let ttl = plan.expires_at.duration_since(now).unwrap();
+                prop_assert!(!ttl.is_zero() && ttl <= p.lifetime.max_ttl);
+                prop_assert!(plan.expires_at <= plan.max_expires_at);
+            }
+        }
+
+        /// Extensions never pass the maximum lifetime nor the max ttl.
+        #[test]
+        fn extensions_stay_within_limits(ttl in 0u64..20_000, left in 0u64..20_000) {
+            let p = profile(Classification::Official);
+            let now = SystemTime::now();
+            let max = now + Duration::from_secs(left);
+            if let Ok(new) = extend_deadline(&p, max, Duration::from_secs(ttl), now) {
+                prop_assert!(new <= max && new > now);
+                prop_assert!(new.duration_since(now).unwrap() <= p.lifetime.max_ttl);
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Pure policy: what may be provisioned, by whom, with what limits.
+//!
+//! Nothing here touches Docker, the store or the network; every function is a
+//! function of its arguments, so it is tested exhaustively (see the property
+//! tests in [`admission`]).
+
+pub mod admission;
+pub mod classification;
+pub mod profile;
+pub mod size;
+
+pub use admission::{admit, extend_deadline, CreateSandbox, HostPolicy, Plan, Rule};
+pub use classification::Classification;
+pub use profile::{Lifetime, NetworkMode, Profile, ProfileError, ProfileSet, Resources};

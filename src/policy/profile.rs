@@ -1,0 +1,479 @@
+//! Profiles: operator-written templates in `sandbox-profiles/*.toml`.
+//!
+//! A profile's name is its file stem. Files are parsed strictly (unknown
+//! fields are errors) and then checked for impossible or unsafe claims; every
+//! problem is reported with the file and the field it concerns.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::classification::Classification;
+use super::size::de_size;
+use crate::time::de_duration;
+
+/// Docker refuses memory limits below 6 MiB.
+const MIN_MEMORY: u64 = 6 << 20;
+/// The init process and a shell need a few pids.
+const MIN_PIDS: i64 = 8;
+const MAX_CPUS: f64 = 1024.0;
+
+/// A validated profile. Serialisable so that each sandbox record keeps the
+/// profile it was created with, whatever reloads happen later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    pub max_classification: Classification,
+    pub requires_approval: bool,
+    pub images: Vec<String>,
+    pub command: Vec<String>,
+    pub resources: Resources,
+    pub lifetime: Lifetime,
+    pub network: NetworkMode,
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub cpus: f64,
+    #[serde(deserialize_with = "de_size")]
+    pub memory: u64,
+    pub pids: i64,
+    #[serde(deserialize_with = "de_size")]
+    pub tmpfs: u64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpus: 1.0,
+            memory: 512 << 20,
+            pids: 256,
+            tmpfs: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lifetime {
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub default_ttl: Duration,
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub max_ttl: Duration,
+    /// Longest a sandbox may live from creation, extensions included.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub max_lifetime: Duration,
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+impl Default for Lifetime {
+    fn default() -> Self {
+        Lifetime {
+            default_ttl: Duration::from_secs(3600),
+            max_ttl: Duration::from_secs(8 * 3600),
+            max_lifetime: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// How a sandbox reaches the network. Only `none` (loopback only) is
+/// provisioned today; the isolated, allowlist and open modes arrive with
+/// per-sandbox networks and the egress proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    None,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+        }
+    }
+}
+
+/// What an operator writes; turned into a [`Profile`] by [`Profile::parse`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    #[serde(default)]
+    description: String,
+    max_classification: Classification,
+    #[serde(default)]
+    requires_approval: bool,
+    images: Vec<String>,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    resources: Resources,
+    #[serde(default)]
+    lifetime: Lifetime,
+    #[serde(default)]
+    network: NetworkFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkFile {
+    mode: NetworkMode,
+}
+
+impl Default for NetworkFile {
+    fn default() -> Self {
+        NetworkFile {
+            mode: NetworkMode::None,
+        }
+    }
+}
+
+/// One problem with one profile file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileError {
+    pub file: PathBuf,
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ProfileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        } else {
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.field,
+                self.reason
+            )
+        }
+    }
+}
+
+impl Profile {
+    /// Parses and validates one profile. The name is the file stem.
+    pub fn parse(file: &Path, content: &str) -> Result<Profile, Vec<ProfileError>> {
+        let err = |field: &str, reason: String| ProfileError {
+            file: file.to_path_buf(),
+            field: field.to_string(),
+            reason,
+        };
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let raw: ProfileFile = toml::from_str(content).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| content[..s.start].matches('\n').count() + 1);
+            let field = line.map(|l| format!("line {l}")).unwrap_or_default();
+            vec![err(&field, e.message().trim().to_string())]
+        })?;
+
+        let mut errors = Vec::new();
+        if !valid_name(&name) {
+            errors.push(err(
+                "name",
+                format!("file stem '{name}' must be 1-63 of a-z, 0-9 and '-', starting with a letter or digit"),
+            ));
+        }
+        if raw.images.is_empty() {
+            errors.push(err("images", "at least one image must be allowed".into()));
+        }
+        for (i, image) in raw.images.iter().enumerate() {
+            if image.trim().is_empty() || image.chars().any(char::is_whitespace) {
+                errors.push(err(
+                    &format!("images[{i}]"),
+                    format!("'{image}' is not an image reference"),
+                ));
+            }
+        }
+        if raw.command.iter().any(|a| a.contains('\0')) {
+            errors.push(err("command", "arguments must not contain NUL".into()));
+        }
+        let r = &raw.resources;
+        if !(r.cpus > 0.0 && r.cpus <= MAX_CPUS) {
+            errors.push(err(
+                "resources.cpus",
+                format!("{} must be above 0 and at most {MAX_CPUS}", r.cpus),
+            ));
+        }
+        if r.memory < MIN_MEMORY {
+            errors.push(err(
+                "resources.memory",
+                format!("{} bytes is below Docker's minimum of 6MiB", r.memory),
+            ));
+        }
+        if r.pids < MIN_PIDS {
+            errors.push(err(
+                "resources.pids",
+                format!("{} is below the minimum of {MIN_PIDS}", r.pids),
+            ));
+        }
+        if r.tmpfs == 0 {
+            errors.push(err(
+                "resources.tmpfs",
+                "scratch space must be above 0".into(),
+            ));
+        }
+        let l = &raw.lifetime;
+        if l.default_ttl.is_zero() {
+            errors.push(err("lifetime.default_ttl", "must be above 0".into()));
+        }
+        if l.default_ttl > l.max_ttl {
+            errors.push(err(
+                "lifetime.default_ttl",
+                "must not exceed lifetime.max_ttl".into(),
+            ));
+        }
+        if l.max_ttl > l.max_lifetime {
+            errors.push(err(
+                "lifetime.max_ttl",
+                "must not exceed lifetime.max_lifetime".into(),
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Profile {
+            name,
+            description: raw.description,
+            max_classification: raw.max_classification,
+            requires_approval: raw.requires_approval,
+            images: raw.images,
+            command: raw.command,
+            resources: raw.resources,
+            lifetime: raw.lifetime,
+            network: raw.network.mode,
+            source: file.to_path_buf(),
+        })
+    }
+
+    /// The image used when a request names none.
+    pub fn default_image(&self) -> &str {
+        &self.images[0]
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// Every profile in a directory, by name.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileSet {
+    profiles: BTreeMap<String, Profile>,
+}
+
+impl ProfileSet {
+    /// Loads every `*.toml` in `dir`. Any invalid file fails the whole set,
+    /// with every error of every file reported.
+    pub fn load_dir(dir: &Path) -> Result<ProfileSet, Vec<ProfileError>> {
+        let dir_err = |reason: String| {
+            vec![ProfileError {
+                file: dir.to_path_buf(),
+                field: String::new(),
+                reason,
+            }]
+        };
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| dir_err(format!("cannot read profiles directory: {e}")))?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        let mut set = ProfileSet::default();
+        let mut errors = Vec::new();
+        for path in paths {
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|e| dir_err(format!("cannot read {}: {e}", path.display())))
+                .and_then(|content| Profile::parse(&path, &content));
+            match parsed {
+                Ok(p) => {
+                    set.profiles.insert(p.name.clone(), p);
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        if set.profiles.is_empty() {
+            return Err(dir_err("no *.toml profiles found".into()));
+        }
+        Ok(set)
+    }
+
+    pub fn from_profiles(profiles: impl IntoIterator<Item = Profile>) -> ProfileSet {
+        ProfileSet {
+            profiles: profiles.into_iter().map(|p| (p.name.clone(), p)).collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Profile> {
+        self.profiles.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.profiles.keys().map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Profile> {
+        self.profiles.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.profiles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        description = "test"
+        max_classification = "OFFICIAL"
+        images = ["sandpit/base:local"]
+        command = ["sleep", "infinity"]
+        [resources]
+        cpus = 0.5
+        memory = "256MiB"
+        pids = 64
+        tmpfs = "16MiB"
+        [lifetime]
+        default_ttl = "10m"
+        max_ttl = "1h"
+        max_lifetime = "4h"
+        [network]
+        mode = "none"
+    "#;
+
+    fn parse(content: &str) -> Result<Profile, Vec<ProfileError>> {
+        Profile::parse(Path::new("/p/official-none.toml"), content)
+    }
+
+    #[test]
+    fn parses_a_full_profile() {
+        let p = parse(GOOD).unwrap();
+        assert_eq!(p.name, "official-none");
+        assert_eq!(p.max_classification, Classification::Official);
+        assert_eq!(p.resources.memory, 256 << 20);
+        assert_eq!(p.lifetime.max_ttl, Duration::from_secs(3600));
+        assert_eq!(p.default_image(), "sandpit/base:local");
+    }
+
+    #[test]
+    fn defaults_fill_optional_tables() {
+        let p = parse("max_classification = \"OFFICIAL\"\nimages = [\"x\"]\n").unwrap();
+        assert_eq!(p.resources, Resources::default());
+        assert_eq!(p.lifetime, Lifetime::default());
+        assert_eq!(p.network, NetworkMode::None);
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let e = parse("max_classification = \"OFFICIAL\"\nimages = [\"x\"]\nprivileged = true\n")
+            .unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].field, "line 3");
+        assert!(e[0].reason.contains("privileged"), "{}", e[0].reason);
+        assert!(e[0]
+            .to_string()
+            .starts_with("/p/official-none.toml: line 3:"));
+    }
+
+    #[test]
+    fn impossible_limits_are_all_reported() {
+        let bad = GOOD
+            .replace("cpus = 0.5", "cpus = 0.0")
+            .replace("\"256MiB\"", "\"1MiB\"")
+            .replace("pids = 64", "pids = 1")
+            .replace("default_ttl = \"10m\"", "default_ttl = \"2h\"")
+            .replace("max_lifetime = \"4h\"", "max_lifetime = \"30m\"");
+        let fields: Vec<String> = parse(&bad)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        for f in [
+            "resources.cpus",
+            "resources.memory",
+            "resources.pids",
+            "lifetime.default_ttl",
+            "lifetime.max_ttl",
+        ] {
+            assert!(
+                fields.contains(&f.to_string()),
+                "{f} missing from {fields:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn network_modes_not_yet_provisioned_are_refused() {
+        let e = parse(&GOOD.replace("mode = \"none\"", "mode = \"open\"")).unwrap_err();
+        assert!(e[0].reason.contains("unknown variant"), "{}", e[0].reason);
+    }
+
+    #[test]
+    fn bad_names_and_images() {
+        let e = Profile::parse(Path::new("Bad_Name.toml"), GOOD).unwrap_err();
+        assert_eq!(e[0].field, "name");
+        let e = parse("max_classification = \"OFFICIAL\"\nimages = []\n").unwrap_err();
+        assert_eq!(e[0].field, "images");
+        let e = parse("max_classification = \"OFFICIAL\"\nimages = [\"a b\"]\n").unwrap_err();
+        assert_eq!(e[0].field, "images[0]");
+    }
+
+    #[test]
+    fn load_dir_reports_every_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("good.toml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("bad-one.toml"), "images = 3").unwrap();
+        std::fs::write(
+            dir.path().join("bad-two.toml"),
+            GOOD.replace("pids = 64", "pids = 0"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.md"), "ignored").unwrap();
+        let errors = ProfileSet::load_dir(dir.path()).unwrap_err();
+        let files: Vec<_> = errors
+            .iter()
+            .map(|e| e.file.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(files, ["bad-one.toml", "bad-two.toml"]);
+        std::fs::remove_file(dir.path().join("bad-one.toml")).unwrap();
+        std::fs::remove_file(dir.path().join("bad-two.toml")).unwrap();
+        let set = ProfileSet::load_dir(dir.path()).unwrap();
+        assert_eq!(set.names().collect::<Vec<_>>(), ["good"]);
+    }
+
+    #[test]
+    fn repository_profiles_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sandbox-profiles");
+        let set = ProfileSet::load_dir(&dir).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(!set.is_empty());
+    }
+}

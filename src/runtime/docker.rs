@@ -1,0 +1,518 @@
+//! The Docker engine through bollard. The one place that knows Docker's types:
+//! it turns a [`ContainerSpec`] into a hardened container (CIS Docker Benchmark
+//! section 5), and Docker's errors into [`Error`]s.
+//!
+//! The client is connected lazily and its API version negotiated on first
+//! success, so the daemon starts and serves while the engine is down, answers
+//! `UNAVAILABLE`, and recovers by itself when the engine returns.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::{
+    labels, BoxStream, ContainerSpec, ContainerStatus, ExecChunk, ExecSession, ExecSpec,
+    ManagedContainer, PullProgress, Runtime, RuntimeEvent,
+};
+use crate::{Error, Result};
+
+/// Scratch space mount inside every sandbox (the root filesystem is read-only).
+pub const SCRATCH_DIR: &str = "/tmp";
+const LOG_MAX_SIZE: &str = "10m";
+
+/// Cheap to clone: clones share one client.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    host: Option<String>,
+    timeout: Duration,
+    node: String,
+    client: RwLock<Option<Docker>>,
+}
+
+impl DockerRuntime {
+    /// `host`: e.g. `unix:///var/run/docker.sock`; `None` uses DOCKER_HOST or the local socket.
+    pub fn new(host: Option<String>, timeout: Duration, node: String) -> DockerRuntime {
+        DockerRuntime {
+            inner: Arc::new(Inner {
+                host,
+                timeout,
+                node,
+                client: RwLock::new(None),
+            }),
+        }
+    }
+
+    /// The negotiated client, connecting first if needed.
+    async fn docker(&self) -> Result<Docker> {
+        let inner = &self.inner;
+        if let Some(d) = inner
+            .client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return Ok(d.clone());
+        }
+        let mut d = match &inner.host {
+            Some(h) => Docker::connect_with_host(h),
+            None => Docker::connect_with_defaults(),
+        }
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+        d.set_timeout(inner.timeout);
+        let d = d
+            .negotiate_version()
+            .await
+            .map_err(|e| map_err("connect", e))?;
+        tracing::info!(version = %d.client_version(), "connected to the Docker engine");
+        *inner.client.write().unwrap_or_else(|p| p.into_inner()) = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Docker's own view of the engine, for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        self.docker()
+            .await?
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err("ping", e))
+    }
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// Connection-level failures mean the engine is unavailable; answers are Docker errors.
+fn map_err(op: &'static str, e: BollardError) -> Error {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => Error::Docker {
+            op,
+            message: format!("{message} (HTTP {status_code})"),
+        },
+        BollardError::IOError { .. }
+        | BollardError::HyperResponseError { .. }
+        | BollardError::HttpClientError { .. }
+        | BollardError::SocketNotFoundError(_)
+        | BollardError::RequestTimeoutError
+        | BollardError::HyperLegacyError { .. } => Error::Unavailable(format!("{op}: {e}")),
+        other => Error::Docker {
+            op,
+            message: other.to_string(),
+        },
+    }
+}
+
+/// The container Docker is asked for: the spec plus every hardening setting.
+pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let r = &spec.resources;
+    let memory = i64::try_from(r.memory).unwrap_or(i64::MAX);
+    let host_config = HostConfig {
+        // Limits: memory with swap equal (no swap), cpus, pids.
+        memory: Some(memory),
+        memory_swap: Some(memory),
+        nano_cpus: Some((r.cpus * 1e9) as i64),
+        pids_limit: Some(r.pids),
+        // No capabilities, no privilege escalation; Docker's default seccomp
+        // and AppArmor profiles stay in force because nothing overrides them.
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        privileged: Some(false),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(HashMap::from([(
+            SCRATCH_DIR.to_string(),
+            format!("rw,nosuid,nodev,size={},mode=1777", r.tmpfs),
+        )])),
+        // Own namespaces, no network, nothing published or mounted.
+        network_mode: Some("none".into()),
+        ipc_mode: Some("private".into()),
+        publish_all_ports: Some(false),
+        init: Some(true),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        }),
+        auto_remove: Some(false),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
+                ("max-file".to_string(), "1".to_string()),
+            ])),
+        }),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+        user: Some(spec.user.clone()),
+        hostname: Some(spec.hostname.clone()),
+        env: Some(spec.env.clone()),
+        working_dir: Some(SCRATCH_DIR.into()),
+        labels: Some(spec.labels.clone()),
+        network_disabled: Some(true),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+fn label_filters(selector: &HashMap<String, String>) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_string(),
+        selector.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+    )])
+}
+
+/// `image:tag` split for the pull API; a digest or no tag pulls as named.
+fn split_image(image: &str) -> (&str, Option<&str>) {
+    if image.contains('@') {
+        return (image, None);
+    }
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag)),
+        _ => (image, Some("latest")),
+    }
+}
+
+impl Runtime for DockerRuntime {
+    fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<()> {
+        let d = self.docker().await?;
+        match d.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(map_err("inspect image", e)),
+        }
+        tracing::info!(%image, "image missing locally, pulling");
+        let mut progress = self.pull_image(image);
+        while let Some(p) = progress.next().await {
+            p?;
+        }
+        Ok(())
+    }
+
+    fn pull_image(&self, image: &str) -> BoxStream<Result<PullProgress>> {
+        let rt = self.clone();
+        let image = image.to_string();
+        futures_util::stream::once(async move {
+            let d = rt.docker().await?;
+            match d.inspect_image(&image).await {
+                Ok(_) => return Ok(futures_util::stream::empty().boxed()),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(map_err("inspect image", e)),
+            }
+            let (repo, tag) = split_image(&image);
+            let mut opts = CreateImageOptionsBuilder::default().from_image(repo);
+            if let Some(t) = tag {
+                opts = opts.tag(t);
+            }
+            let unavailable = move |reason: String| Error::ImageUnavailable {
+                image: image.clone(),
+                reason,
+            };
+            Ok(d.create_image(Some(opts.build()), None, None)
+                .map(move |r| match r {
+                    Ok(info) => match info.error_detail.and_then(|e| e.message) {
+                        Some(err) => Err(unavailable(err)),
+                        None => {
+                            let detail = info.progress_detail.unwrap_or_default();
+                            Ok(PullProgress {
+                                status: info.status.unwrap_or_default(),
+                                layer: info.id.unwrap_or_default(),
+                                current: detail.current.unwrap_or(0),
+                                total: detail.total.unwrap_or(0),
+                            })
+                        }
+                    },
+                    Err(e) => Err(match map_err("pull", e) {
+                        Error::Docker { message, .. } => unavailable(message),
+                        other => other,
+                    }),
+                })
+                .boxed())
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+        let d = self.docker().await?;
+        let opts = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let created = d
+            .create_container(Some(opts), create_body(spec))
+            .await
+            .map_err(|e| match e {
+                BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                } => Error::ImageUnavailable {
+                    image: spec.image.clone(),
+                    reason: "not present on the engine".into(),
+                },
+                other => map_err("create container", other),
+            })?;
+        if let Err(e) = d.start_container(&created.id, None).await {
+            // Never leave a created-but-not-started container behind.
+            let _ = self.remove(&created.id).await;
+            return Err(map_err("start container", e));
+        }
+        Ok(created.id)
+    }
+
+    async fn remove(&self, container: &str) -> Result<()> {
+        let d = self.docker().await?;
+        // force: SIGKILL then remove, with no stop grace period.
+        let opts = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match d.remove_container(container, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            // Docker answers 409 while a removal of the same container is already in progress.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
+            Err(e) => Err(map_err("remove container", e)),
+        }
+    }
+
+    async fn list(&self, selector: &HashMap<String, String>) -> Result<Vec<ManagedContainer>> {
+        let d = self.docker().await?;
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&label_filters(selector))
+            .build();
+        let list = d
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| map_err("list containers", e))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let id = c.id?;
+                let labels = c.labels.unwrap_or_default();
+                Some(ManagedContainer {
+                    id,
+                    sandbox_id: labels.get(labels::SANDBOX).cloned(),
+                    running: c.state.is_some_and(|s| s.to_string() == "running"),
+                    created: UNIX_EPOCH + Duration::from_secs(c.created.unwrap_or(0).max(0) as u64),
+                })
+            })
+            .collect())
+    }
+
+    async fn status(&self, container: &str) -> Result<Option<ContainerStatus>> {
+        let d = self.docker().await?;
+        match d.inspect_container(container, None).await {
+            Ok(i) => {
+                let s = i.state.unwrap_or_default();
+                Ok(Some(ContainerStatus {
+                    running: s.running.unwrap_or(false),
+                    exit_code: s.exit_code,
+                    oom_killed: s.oom_killed.unwrap_or(false),
+                }))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(map_err("inspect container", e)),
+        }
+    }
+
+    async fn exec(&self, container: &str, spec: ExecSpec) -> Result<ExecSession> {
+        let d = self.docker().await?;
+        let opts = CreateExecOptions::<String> {
+            cmd: Some(spec.command),
+            env: Some(spec.env),
+            working_dir: spec.workdir,
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            privileged: Some(false),
+            ..Default::default()
+        };
+        let exec = d
+            .create_exec(container, opts)
+            .await
+            .map_err(|e| map_err("create exec", e))?;
+        match d
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| map_err("start exec", e))?
+        {
+            StartExecResults::Attached { output, .. } => Ok(ExecSession {
+                exec_id: exec.id,
+                output: output
+                    .filter_map(|r| async move {
+                        match r {
+                            Ok(bollard::container::LogOutput::StdOut { message }) => {
+                                Some(Ok(ExecChunk::Stdout(message.to_vec())))
+                            }
+                            Ok(bollard::container::LogOutput::StdErr { message }) => {
+                                Some(Ok(ExecChunk::Stderr(message.to_vec())))
+                            }
+                            Ok(bollard::container::LogOutput::Console { message }) => {
+                                Some(Ok(ExecChunk::Stdout(message.to_vec())))
+                            }
+                            Ok(bollard::container::LogOutput::StdIn { .. }) => None,
+                            Err(e) => Some(Err(map_err("exec output", e))),
+                        }
+                    })
+                    .boxed(),
+            }),
+            StartExecResults::Detached => Err(Error::Internal("exec started detached".into())),
+        }
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
+        let d = self.docker().await?;
+        let i = d
+            .inspect_exec(exec_id)
+            .await
+            .map_err(|e| map_err("inspect exec", e))?;
+        Ok(if i.running.unwrap_or(false) {
+            None
+        } else {
+            i.exit_code
+        })
+    }
+
+    fn events(&self, selector: &HashMap<String, String>) -> BoxStream<Result<RuntimeEvent>> {
+        let mut filters = label_filters(selector);
+        filters.insert("type".into(), vec!["container".into()]);
+        filters.insert("event".into(), vec!["die".into(), "oom".into()]);
+        let rt = self.clone();
+        futures_util::stream::once(async move {
+            let d = rt.docker().await?;
+            let opts = EventsOptionsBuilder::default().filters(&filters).build();
+            Ok::<_, Error>(d.events(Some(opts)).filter_map(|r| async move {
+                match r {
+                    Ok(ev) => {
+                        let actor = ev.actor.unwrap_or_default();
+                        let container_id = actor.id?;
+                        let sandbox_id = actor
+                            .attributes
+                            .unwrap_or_default()
+                            .remove(labels::SANDBOX)?;
+                        match ev.action.as_deref() {
+                            Some("die") => Some(Ok(RuntimeEvent::Died {
+                                container_id,
+                                sandbox_id,
+                            })),
+                            Some("oom") => Some(Ok(RuntimeEvent::Oom {
+                                container_id,
+                                sandbox_id,
+                            })),
+                            _ => None,
+                        }
+                    }
+                    Err(e) => Some(Err(map_err("events", e))),
+                }
+            }))
+        })
+        .try_flatten()
+        .boxed()
+    }
+}
+
+/// The creation time of a container list entry, for orphan grace periods.
+pub fn age(created: SystemTime, now: SystemTime) -> Duration {
+    now.duration_since(created).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Resources;
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec {
+            name: "sandpit-sb-1".into(),
+            hostname: "sb-1".into(),
+            image: "img:1".into(),
+            command: vec![],
+            user: "65534:65534".into(),
+            env: vec![],
+            labels: HashMap::from([("sandpit.managed".into(), "true".into())]),
+            resources: Resources {
+                cpus: 0.5,
+                memory: 64 << 20,
+                pids: 32,
+                tmpfs: 8 << 20,
+            },
+        }
+    }
+
+    #[test]
+    fn every_container_is_hardened() {
+        let b = create_body(&spec());
+        let h = b.host_config.unwrap();
+        assert_eq!(b.user.as_deref(), Some("65534:65534"));
+        assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(
+            h.security_opt,
+            Some(vec!["no-new-privileges:true".to_string()])
+        );
+        assert_eq!(
+            (h.readonly_rootfs, h.privileged, h.init),
+            (Some(true), Some(false), Some(true))
+        );
+        assert_eq!(h.memory, h.memory_swap);
+        assert_eq!(h.nano_cpus, Some(500_000_000));
+        assert_eq!(h.pids_limit, Some(32));
+        assert_eq!(h.network_mode.as_deref(), Some("none"));
+        assert!(
+            h.binds.is_none()
+                && h.mounts.is_none()
+                && h.devices.is_none()
+                && h.port_bindings.is_none()
+        );
+        assert!(h.tmpfs.unwrap()["/tmp"].contains(&format!("size={}", 8 << 20)));
+        assert_eq!(
+            h.restart_policy.unwrap().name,
+            Some(RestartPolicyNameEnum::NO)
+        );
+        assert!(h.pid_mode.is_none() && h.uts_mode.is_none() && h.cap_add.is_none());
+        assert!(b.cmd.is_none(), "an empty command keeps the image default");
+    }
+
+    #[test]
+    fn image_names_split_for_pull() {
+        assert_eq!(split_image("alpine"), ("alpine", Some("latest")));
+        assert_eq!(split_image("alpine:3"), ("alpine", Some("3")));
+        assert_eq!(
+            split_image("reg:5000/a/b"),
+            ("reg:5000/a/b", Some("latest"))
+        );
+        assert_eq!(split_image("reg:5000/a/b:1"), ("reg:5000/a/b", Some("1")));
+        assert_eq!(split_image("a@sha256:00"), ("a@sha256:00", None));
+    }
+}

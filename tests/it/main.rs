@@ -1,0 +1,13 @@
+//! Integration tests: the real `sandpitd` binary against the real Docker
+//! engine, over real gRPC. One binary (this folder) to keep link time down.
+//!
+//! Every Docker object a test makes carries `sandpit.test-run=<unique id>`
+//! and is removed when its [`support::Daemon`] is dropped, pass or fail.
+
+mod support;
+
+mod cli;
+mod docker_outage;
+mod lifecycle;
+mod reconcile;
+mod requests;

@@ -1,0 +1,433 @@
+//! Test harness: a locally built image, a daemon spawned on port 0 with a
+//! temporary data directory, authenticated clients, and cleanup by label.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use sandpit::proto::sandbox_service_client::SandboxServiceClient;
+use sandpit::proto::{self, CreateSandboxRequest};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+pub const TEST_RUN_LABEL: &str = "sandpit.test-run";
+pub const PROFILE: &str = "test-none";
+
+/// Tokens of the identities every test daemon knows.
+pub const TEAM_A: &str = "token-team-a";
+pub const TEAM_B: &str = "token-team-b";
+pub const OPERATOR: &str = "token-operator";
+pub const AUDITOR: &str = "token-auditor";
+
+/// The image every test sandbox runs, built once per test process from this
+/// machine's own binaries (no registry is reachable).
+pub fn image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let tag = "sandpit-test/base:latest".to_string();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-image.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg(&tag)
+            .arg("sandpit.test-image=true")
+            .output()
+            .expect("run build-image.sh");
+        assert!(
+            out.status.success(),
+            "building the test image failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tag
+    })
+}
+
+pub fn unique(prefix: &str) -> String {
+    let mut b = [0u8; 5];
+    getrandom::fill(&mut b).unwrap();
+    format!("{prefix}-{}", hex::encode(b))
+}
+
+fn sha256(s: &str) -> String {
+    sandpit::auth::sha256_hex(s.as_bytes())
+}
+
+/// Knobs a test may turn; the rest is fixed.
+#[derive(Clone)]
+pub struct Options {
+    pub orphan_grace: &'static str,
+    pub reconcile_interval: &'static str,
+    pub expiry_warning: &'static str,
+    pub docker_host: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            orphan_grace: "30s",
+            reconcile_interval: "2s",
+            expiry_warning: "1s",
+            docker_host: None,
+        }
+    }
+}
+
+/// A running `sandpitd` and everything it made. Dropping it kills the
+/// daemon and removes every Docker object carrying this run's label.
+pub struct Daemon {
+    pub run: String,
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    child: Option<Child>,
+    config: PathBuf,
+}
+
+impl Daemon {
+    pub async fn start() -> Daemon {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(opts: Options) -> Daemon {
+        let image = image();
+        let dir = tempfile::tempdir().unwrap();
+        let run = unique("run");
+        let profiles = dir.path().join("profiles");
+        std::fs::create_dir(&profiles).unwrap();
+        std::fs::write(
+            profiles.join(format!("{PROFILE}.toml")),
+            format!(
+                r#"
+description = "test profile"
+max_classification = "OFFICIAL"
+images = ["{image}", "sandpit-test/absent:never"]
+command = ["sleep", "infinity"]
+[resources]
+cpus = 0.5
+memory = "64MiB"
+pids = 64
+tmpfs = "16MiB"
+[lifetime]
+default_ttl = "5m"
+max_ttl = "10m"
+max_lifetime = "15m"
+[network]
+mode = "none"
+"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            profiles.join("test-sensitive.toml"),
+            format!(
+                "max_classification = \"OFFICIAL-SENSITIVE\"\nimages = [\"{image}\"]\ncommand = [\"sleep\", \"infinity\"]\n\
+                 [lifetime]\ndefault_ttl = \"1m\"\nmax_ttl = \"10m\"\nmax_lifetime = \"10m\"\n"
+            ),
+        )
+        .unwrap();
+        let host = opts
+            .docker_host
+            .map(|h| format!("host = \"{h}\"\n"))
+            .unwrap_or_default();
+        let config = dir.path().join("sandpit.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+profiles_dir = "{profiles}"
+max_classification = "OFFICIAL-SENSITIVE"
+
+[labels]
+"{TEST_RUN_LABEL}" = "{run}"
+
+[docker]
+{host}timeout = "30s"
+
+[lifecycle]
+orphan_grace = "{grace}"
+reconcile_interval = "{interval}"
+expiry_warning = "{warning}"
+shutdown_grace = "3s"
+
+[[identities]]
+name = "alice"
+team = "team-a"
+roles = ["requester"]
+token_sha256 = "{a}"
+
+[[identities]]
+name = "bob"
+team = "team-b"
+roles = ["requester"]
+token_sha256 = "{b}"
+
+[[identities]]
+name = "olive"
+team = "platform"
+roles = ["operator"]
+token_sha256 = "{op}"
+
+[[identities]]
+name = "ada"
+team = "alg"
+roles = ["auditor"]
+token_sha256 = "{aud}"
+"#,
+                data = dir.path().join("data").display(),
+                profiles = profiles.display(),
+                grace = opts.orphan_grace,
+                interval = opts.reconcile_interval,
+                warning = opts.expiry_warning,
+                a = sha256(TEAM_A),
+                b = sha256(TEAM_B),
+                op = sha256(OPERATOR),
+                aud = sha256(AUDITOR),
+            ),
+        )
+        .unwrap();
+        let mut d = Daemon {
+            run,
+            dir,
+            addr: String::new(),
+            child: None,
+            config,
+        };
+        d.spawn().await;
+        d
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts the daemon binary and waits until it serves.
+    pub async fn spawn(&mut self) {
+        let addr_file = self.data_dir().join("sandpitd.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("sandpitd.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sandpitd"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info,sandpit=debug")
+            .env_remove("SANDPIT__LISTEN")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sandpitd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                self.addr = a.trim().to_string();
+                break;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sandpitd exited with {status} at start:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sandpitd did not start:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sandpitd.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sandpitd did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn client(&self, token: &str) -> Client {
+        let channel = Channel::from_shared(self.addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        SandboxServiceClient::with_interceptor(
+            channel,
+            Bearer(Some(format!("Bearer {token}").parse().unwrap())),
+        )
+    }
+
+    pub async fn anonymous(&self) -> Client {
+        let channel = Channel::from_shared(self.addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        SandboxServiceClient::with_interceptor(channel, Bearer(None))
+    }
+
+    /// Containers of this run, by `sandpit.sandbox` label (or name when unlabelled).
+    pub async fn containers(&self) -> Vec<bollard::models::ContainerSummary> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{TEST_RUN_LABEL}={}", self.run)],
+        )]);
+        let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        docker().await.list_containers(Some(opts)).await.unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- sandpitd log ({}) ----\n{}", self.run, self.log());
+        }
+        remove_labelled(&format!("{TEST_RUN_LABEL}={}", self.run));
+    }
+}
+
+/// Removes every container, network and volume carrying `label`.
+pub fn remove_labelled(label: &str) {
+    let filter = format!("label={label}");
+    let list = |args: &[&str]| -> Vec<String> {
+        let out = Command::new("docker")
+            .args(args)
+            .output()
+            .expect("docker CLI");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let containers = list(&["ps", "-aq", "--filter", &filter]);
+    if !containers.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v"])
+            .args(&containers)
+            .output();
+    }
+    let networks = list(&["network", "ls", "-q", "--filter", &filter]);
+    if !networks.is_empty() {
+        let _ = Command::new("docker")
+            .args(["network", "rm"])
+            .args(&networks)
+            .output();
+    }
+    let volumes = list(&["volume", "ls", "-q", "--filter", &filter]);
+    if !volumes.is_empty() {
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f"])
+            .args(&volumes)
+            .output();
+    }
+}
+
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Client = SandboxServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub async fn docker() -> Docker {
+    Docker::connect_with_defaults()
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap()
+}
+
+pub fn ttl(secs: i64) -> Option<pbjson_types::Duration> {
+    Some(pbjson_types::Duration {
+        seconds: secs,
+        nanos: 0,
+    })
+}
+
+pub fn create_req(experiment: &str, ttl_secs: i64) -> CreateSandboxRequest {
+    CreateSandboxRequest {
+        experiment: experiment.into(),
+        profile: PROFILE.into(),
+        classification: "OFFICIAL".into(),
+        ttl: ttl(ttl_secs),
+        image: String::new(),
+    }
+}
+
+pub async fn create(client: &mut Client, ttl_secs: i64) -> proto::Sandbox {
+    client
+        .create_sandbox(create_req("exp-test", ttl_secs))
+        .await
+        .expect("create")
+        .into_inner()
+}
+
+pub fn state(sb: &proto::Sandbox) -> proto::SandboxState {
+    proto::SandboxState::try_from(sb.state).unwrap()
+}
+
+/// Polls `f` until it returns `Some`, or panics after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether Docker has a container by this id.
+pub async fn container_exists(id: &str) -> bool {
+    docker().await.inspect_container(id, None).await.is_ok()
+}
+
+pub fn to_system(t: &pbjson_types::Timestamp) -> std::time::SystemTime {
+    sandpit::time::from_millis(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
