@@ -22,9 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".google.protobuf", "::pbjson_types")
         .compile_protos(&protos, &["proto"])?;
     let set = std::fs::read(&descriptors)?;
-    pbjson_build::Builder::new()
-        .register_descriptors(&set)?
-        .build(&[".sandpit"])?;
+    pbjson_build::Builder::new().register_descriptors(&set)?.build(&[".sandpit"])?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

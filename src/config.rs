@@ -50,6 +50,8 @@ pub struct Config {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// CA that signs client certificates; set it to accept mutual TLS.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,7 +61,9 @@ pub struct IdentityConfig {
     pub team: String,
     pub roles: Vec<crate::auth::Role>,
     /// Hex SHA-256 of the bearer token.
-    pub token_sha256: String,
+    pub token_sha256: Option<String>,
+    /// Subject of the client certificate (mutual TLS), e.g. `CN=alice, O=ONS`.
+    pub cert_subject: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,20 +182,16 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            &defaults(),
-            config::FileFormat::Toml,
-        ));
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(&defaults(), config::FileFormat::Toml));
         if let Some(path) = file {
             if !path.is_file() {
                 return Err(ConfigError(format!("{}: no such file", path.display())));
             }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        let vars: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
-            .collect();
+        let vars: config::Map<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__"))).collect();
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
@@ -199,15 +199,10 @@ impl Config {
                 .try_parsing(true)
                 .source(Some(vars)),
         );
-        let where_ = file
-            .map(|p| format!("{}: ", p.display()))
-            .unwrap_or_default();
-        let cfg: Config = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError(format!("{where_}{e}")))?;
-        cfg.validate()
-            .map_err(|e| ConfigError(format!("{where_}{e}")))?;
+        let where_ = file.map(|p| format!("{}: ", p.display())).unwrap_or_default();
+        let cfg: Config =
+            builder.build().and_then(|c| c.try_deserialize()).map_err(|e| ConfigError(format!("{where_}{e}")))?;
+        cfg.validate().map_err(|e| ConfigError(format!("{where_}{e}")))?;
         Ok(cfg)
     }
 
@@ -223,29 +218,31 @@ impl Config {
             if id.roles.is_empty() {
                 return Err(format!("{}: at least one role is needed", field("roles")));
             }
-            let h = &id.token_sha256;
-            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(format!(
-                    "{}: must be 64 hex digits (sha256 of the token)",
-                    field("token_sha256")
-                ));
+            if id.token_sha256.is_none() && id.cert_subject.is_none() {
+                return Err(format!("identities[{i}]: needs token_sha256 or cert_subject"));
             }
-            if self.identities[..i]
-                .iter()
-                .any(|o| o.token_sha256.eq_ignore_ascii_case(h))
-            {
-                return Err(format!(
-                    "{}: the same token is given to two identities",
-                    field("token_sha256")
-                ));
+            if let Some(h) = &id.token_sha256 {
+                if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(format!("{}: must be 64 hex digits (sha256 of the token)", field("token_sha256")));
+                }
+                let dup = self.identities[..i].iter().filter_map(|o| o.token_sha256.as_ref()).any(|o| o.eq_ignore_ascii_case(h));
+                if dup {
+                    return Err(format!("{}: the same token is given to two identities", field("token_sha256")));
+                }
+            }
+            if let Some(s) = &id.cert_subject {
+                if !s.contains('=') {
+                    return Err(format!("{}: '{s}' is not a subject like CN=alice, O=ONS", field("cert_subject")));
+                }
+                if id.cert_subject.is_some() && self.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+                    return Err(format!("{}: needs tls.client_ca to verify client certificates", field("cert_subject")));
+                }
             }
         }
         let user = self.sandbox.user.trim();
         let uid = user.split(':').next().unwrap_or_default();
         if uid.is_empty() || uid == "0" || uid == "root" {
-            return Err(format!(
-                "sandbox.user: '{user}' would run sandboxes as root"
-            ));
+            return Err(format!("sandbox.user: '{user}' would run sandboxes as root"));
         }
         if !self.listen.ip().is_loopback() && self.tls.is_none() && !self.allow_insecure_listen {
             return Err(format!(
@@ -268,10 +265,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn file(content: &str) -> tempfile::NamedTempFile {
@@ -310,54 +304,35 @@ mod tests {
     #[test]
     fn unknown_keys_are_named() {
         let f = file("listen = \"127.0.0.1:6000\"\nlisten_port = 3\n");
-        let e = Config::load_from(Some(f.path()), env(&[]))
-            .unwrap_err()
-            .to_string();
+        let e = Config::load_from(Some(f.path()), env(&[])).unwrap_err().to_string();
         assert!(e.contains("listen_port"), "{e}");
-        let e = Config::load_from(None, env(&[("SANDPIT__LIFECYCLE__NAP", "1s")]))
-            .unwrap_err()
-            .to_string();
+        let e = Config::load_from(None, env(&[("SANDPIT__LIFECYCLE__NAP", "1s")])).unwrap_err().to_string();
         assert!(e.contains("nap"), "{e}");
     }
 
     #[test]
     fn unsafe_settings_are_refused() {
-        let e = Config::load_from(None, env(&[("SANDPIT__LISTEN", "0.0.0.0:50051")]))
-            .unwrap_err()
-            .to_string();
+        let e = Config::load_from(None, env(&[("SANDPIT__LISTEN", "0.0.0.0:50051")])).unwrap_err().to_string();
         assert!(e.contains("listen") && e.contains("tls"), "{e}");
         let ok = Config::load_from(
             None,
-            env(&[
-                ("SANDPIT__LISTEN", "0.0.0.0:50051"),
-                ("SANDPIT__ALLOW_INSECURE_LISTEN", "true"),
-            ]),
+            env(&[("SANDPIT__LISTEN", "0.0.0.0:50051"), ("SANDPIT__ALLOW_INSECURE_LISTEN", "true")]),
         );
         assert!(ok.is_ok());
-        let e = Config::load_from(None, env(&[("SANDPIT__SANDBOX__USER", "0:0")]))
-            .unwrap_err()
-            .to_string();
+        let e = Config::load_from(None, env(&[("SANDPIT__SANDBOX__USER", "0:0")])).unwrap_err().to_string();
         assert!(e.contains("sandbox.user"), "{e}");
         let f = file("[[identities]]\nname = \"a\"\nteam = \"t\"\nroles = [\"requester\"]\ntoken_sha256 = \"abc\"\n");
-        let e = Config::load_from(Some(f.path()), env(&[]))
-            .unwrap_err()
-            .to_string();
+        let e = Config::load_from(Some(f.path()), env(&[])).unwrap_err().to_string();
         assert!(e.contains("identities[0].token_sha256"), "{e}");
     }
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = Config::load_from(None, env(&[("SANDPIT__MAX_CLASSIFICATION", "RESTRICTED")]))
-            .unwrap_err()
-            .to_string();
+        let e = Config::load_from(None, env(&[("SANDPIT__MAX_CLASSIFICATION", "RESTRICTED")])).unwrap_err().to_string();
         assert!(e.contains("RESTRICTED"), "{e}");
-        let e = Config::load_from(None, env(&[("SANDPIT__LIFECYCLE__ORPHAN_GRACE", "soon")]))
-            .unwrap_err()
-            .to_string();
+        let e = Config::load_from(None, env(&[("SANDPIT__LIFECYCLE__ORPHAN_GRACE", "soon")])).unwrap_err().to_string();
         assert!(e.contains("soon"), "{e}");
-        let e = Config::load_from(Some(Path::new("/nonexistent/sandpit.toml")), env(&[]))
-            .unwrap_err()
-            .to_string();
+        let e = Config::load_from(Some(Path::new("/nonexistent/sandpit.toml")), env(&[])).unwrap_err().to_string();
         assert!(e.contains("no such file"), "{e}");
     }
 

@@ -51,11 +51,7 @@ pub enum Error {
 
     /// A configuration or profile file is invalid.
     #[error("{}: {field}: {reason}", file.display())]
-    Config {
-        file: PathBuf,
-        field: String,
-        reason: String,
-    },
+    Config { file: PathBuf, field: String, reason: String },
 
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
@@ -69,24 +65,15 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            field,
-            reason: reason.into(),
-        }
+        Error::InvalidArgument { field, reason: reason.into() }
     }
 
     pub fn denied(rule: Rule, reason: impl Into<String>) -> Self {
-        Error::Denied {
-            rule,
-            reason: reason.into(),
-        }
+        Error::Denied { rule, reason: reason.into() }
     }
 
     pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
-        Error::NotFound {
-            kind,
-            id: id.into(),
-        }
+        Error::NotFound { kind, id: id.into() }
     }
 
     /// A short stable label for logs and metrics.
@@ -109,6 +96,27 @@ impl Error {
         }
     }
 
+    /// The gRPC status code this error is answered with: the one table.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::Denied { rule, .. } if rule.depends_on_state() => Code::FailedPrecondition,
+            Error::Denied { .. } => Code::PermissionDenied,
+            Error::FailedPrecondition(_) | Error::ImageUnavailable { .. } => Code::FailedPrecondition,
+            Error::NotFound { .. } => Code::NotFound,
+            Error::Unauthenticated => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Unavailable(_) | Error::ShuttingDown => Code::Unavailable,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Docker { .. } | Error::Store(_) | Error::Config { .. } | Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// Whether the request was refused (rather than attempted and failed).
+    pub fn is_denial(&self) -> bool {
+        matches!(self, Error::Denied { .. } | Error::PermissionDenied(_) | Error::Unauthenticated)
+    }
+
     /// Transient failures worth retrying (engine down, engine hiccup).
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Unavailable(_) | Error::Docker { .. })
@@ -118,5 +126,36 @@ impl Error {
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         Error::Store(e.to_string())
+    }
+}
+
+/// The gRPC status codes the daemon answers with, named as gRPC names them
+/// (these names are what the audit log records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Ok,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    PermissionDenied,
+    FailedPrecondition,
+    Internal,
+    Unavailable,
+    Unauthenticated,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Ok => "OK",
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::NotFound => "NOT_FOUND",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Internal => "INTERNAL",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+        }
     }
 }

@@ -12,11 +12,13 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod lifecycle;
 pub mod policy;
+pub mod register;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
@@ -32,6 +34,5 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/sandpit.v1.serde.rs"));
 
     /// Encoded descriptors of every file, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/sandpit_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sandpit_descriptor.bin"));
 }

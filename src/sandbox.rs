@@ -37,13 +37,7 @@ impl SandboxState {
 
     /// Ended sandboxes own nothing in Docker and never change again.
     pub fn is_ended(self) -> bool {
-        matches!(
-            self,
-            SandboxState::Expired
-                | SandboxState::Deleted
-                | SandboxState::Failed
-                | SandboxState::Lost
-        )
+        matches!(self, SandboxState::Expired | SandboxState::Deleted | SandboxState::Failed | SandboxState::Lost)
     }
 }
 

@@ -7,14 +7,18 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::api::auth::Authenticator;
+use crate::api::audit::AuditApi;
+use crate::api::auth::Gate;
+use crate::api::register::RegisterApi;
 use crate::api::sandbox::SandboxApi;
 use crate::auth::{local_caller, local_token, Identities};
 use crate::config::{Config, ADDR_FILE};
 use crate::lifecycle::{Manager, Settings};
 use crate::policy::{HostPolicy, ProfileSet};
+use crate::proto::audit_service_server::AuditServiceServer;
+use crate::proto::register_service_server::RegisterServiceServer;
 use crate::proto::sandbox_service_server::SandboxServiceServer;
 use crate::runtime::docker::DockerRuntime;
 use crate::store::SqliteStore;
@@ -32,35 +36,22 @@ pub enum StartError {
 /// Prepares the data directory: created if missing, private to the daemon's user.
 fn data_dir(path: &Path) -> Result<(), StartError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path)
-        .map_err(|e| StartError::Io(format!("data_dir {}: {e}", path.display())))?;
+    std::fs::create_dir_all(path).map_err(|e| StartError::Io(format!("data_dir {}: {e}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| StartError::Io(format!("data_dir {}: {e}", path.display())))
 }
 
 /// Runs the daemon until `shutdown` resolves, then drains in-flight calls for
 /// up to the configured grace period. Sandboxes are left running.
-pub async fn run(
-    cfg: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
-    let profiles = ProfileSet::load_dir(&cfg.profiles_dir).map_err(|errors| {
-        StartError::Config(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        )
-    })?;
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    let profiles = ProfileSet::load_dir(&cfg.profiles_dir)
+        .map_err(|errors| StartError::Config(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
     data_dir(&cfg.data_dir)?;
-    let store = SqliteStore::open(&cfg.data_dir.join("sandpit.db"))
-        .map_err(|e| StartError::Io(e.to_string()))?;
+    let store = SqliteStore::open(&cfg.data_dir.join("sandpit.db")).map_err(|e| StartError::Io(e.to_string()))?;
 
     let mut identities = Identities::from_config(&cfg.identities);
     if identities.is_empty() {
-        let token =
-            local_token(&cfg.data_dir).map_err(|e| StartError::Io(format!("local token: {e}")))?;
+        let token = local_token(&cfg.data_dir).map_err(|e| StartError::Io(format!("local token: {e}")))?;
         identities.insert(&token, local_caller());
         tracing::info!(
             path = %cfg.data_dir.join(crate::config::LOCAL_TOKEN_FILE).display(),
@@ -68,18 +59,12 @@ pub async fn run(
         );
     }
 
-    let runtime = DockerRuntime::new(
-        cfg.docker.host.clone(),
-        cfg.docker.timeout,
-        cfg.docker.node.clone(),
-    );
+    let runtime = DockerRuntime::new(cfg.docker.host.clone(), cfg.docker.timeout, cfg.docker.node.clone());
     if let Err(e) = runtime.ping().await {
         tracing::warn!(error = %e, "Docker is not reachable yet; serving anyway and retrying");
     }
     let settings = Settings {
-        host: HostPolicy {
-            max_classification: cfg.max_classification,
-        },
+        host: HostPolicy { max_classification: cfg.max_classification },
         user: cfg.sandbox.user.clone(),
         labels: cfg.labels.clone(),
         expiry_warning: cfg.lifecycle.expiry_warning,
@@ -87,37 +72,36 @@ pub async fn run(
         orphan_grace: cfg.lifecycle.orphan_grace,
         exec_timeout: cfg.lifecycle.exec_timeout,
     };
-    let manager = Manager::new(runtime, Arc::new(store), profiles, settings)
-        .map_err(|e| StartError::Io(e.to_string()))?;
+    let manager =
+        Manager::new(runtime, Arc::new(store), profiles, settings).map_err(|e| StartError::Io(e.to_string()))?;
     let _tasks = manager.start().map_err(|e| StartError::Io(e.to_string()))?;
 
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| StartError::Io(format!("listen {}: {e}", cfg.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Io(e.to_string()))?;
+    let listener =
+        TcpListener::bind(cfg.listen).await.map_err(|e| StartError::Io(format!("listen {}: {e}", cfg.listen)))?;
+    let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     std::fs::write(cfg.data_dir.join(ADDR_FILE), format!("{scheme}://{addr}\n"))
         .map_err(|e| StartError::Io(format!("address file: {e}")))?;
 
     let mut builder = Server::builder();
     if let Some(tls) = &cfg.tls {
-        let read = |p: &Path| {
-            std::fs::read(p).map_err(|e| StartError::Config(format!("tls: {}: {e}", p.display())))
-        };
+        let read = |p: &Path| std::fs::read(p).map_err(|e| StartError::Config(format!("tls: {}: {e}", p.display())));
         let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(identity))
-            .map_err(|e| StartError::Config(format!("tls: {e}")))?;
+        let mut server_tls = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &tls.client_ca {
+            // Client certificates are verified against this CA; callers
+            // without one may still present a bearer token.
+            server_tls = server_tls.client_ca_root(Certificate::from_pem(read(ca)?)).client_auth_optional(true);
+        }
+        builder = builder.tls_config(server_tls).map_err(|e| StartError::Config(format!("tls: {e}")))?;
     } else if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "serving plaintext gRPC on a non-loopback address (allow_insecure_listen = true)");
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<SandboxServiceServer<SandboxApi<DockerRuntime>>>()
-        .await;
+    health.set_serving::<SandboxServiceServer<SandboxApi<DockerRuntime>>>().await;
+    health.set_serving::<RegisterServiceServer<RegisterApi<DockerRuntime>>>().await;
+    health.set_serving::<AuditServiceServer<AuditApi<DockerRuntime>>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -129,11 +113,10 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| StartError::Io(e.to_string()))?;
 
-    let auth = Authenticator::new(identities);
-    let sandboxes =
-        SandboxServiceServer::with_interceptor(SandboxApi::new(Arc::clone(&manager)), move |r| {
-            auth.intercept(r)
-        });
+    let gate = Gate::new(identities, Arc::clone(&manager) as Arc<dyn crate::api::auth::AuditSink>);
+    let sandboxes = SandboxServiceServer::new(SandboxApi::new(Arc::clone(&manager), gate.clone()));
+    let register = RegisterServiceServer::new(RegisterApi::new(Arc::clone(&manager), gate.clone()));
+    let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(&manager), gate));
 
     tracing::info!(%addr, instance = manager.instance(), profiles = manager.profiles().len(), "sandpitd serving");
     let signalled = {
@@ -149,6 +132,8 @@ pub async fn run(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(sandboxes)
+        .add_service(register)
+        .add_service(audit)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signalled);
 
     // Drain: once shutdown begins, in-flight calls get the grace period.

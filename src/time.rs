@@ -7,8 +7,7 @@ use serde::{Deserialize, Deserializer};
 
 /// Parses `90s`, `10m`, `1h 30m`, `2d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("'{s}' is not a duration like 10m or 1h30m ({e})"))
+    humantime::parse_duration(s.trim()).map_err(|e| format!("'{s}' is not a duration like 10m or 1h30m ({e})"))
 }
 
 /// Formats a duration compactly, to the second: `1h 30m`.
@@ -57,9 +56,7 @@ pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
 
 /// Serde helper for optional durations.
 pub fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    Option::<String>::deserialize(d)?
-        .map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
-        .transpose()
+    Option::<String>::deserialize(d)?.map(|s| parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
 }
 
 #[cfg(test)]

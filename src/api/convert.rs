@@ -2,7 +2,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::lifecycle::ExecOutput;
+use crate::audit::{AuditRecord, VerifyReport};
+use crate::lifecycle::{ActiveExperiment, ExecOutput};
+use crate::register::{self, Experiment, NewExperiment};
+use crate::store::AuditQuery;
 use crate::policy::CreateSandbox;
 use crate::proto;
 use crate::runtime::PullProgress;
@@ -11,10 +14,7 @@ use crate::Error;
 
 pub fn timestamp(t: SystemTime) -> pbjson_types::Timestamp {
     let ms = crate::time::to_millis(t);
-    pbjson_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    pbjson_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 /// A protobuf duration as a std one; negative or out-of-range is an error naming `field`.
@@ -30,10 +30,7 @@ pub fn duration(field: &'static str, d: &pbjson_types::Duration) -> Result<Durat
 }
 
 pub fn proto_duration(d: Duration) -> pbjson_types::Duration {
-    pbjson_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
+    pbjson_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -44,13 +41,7 @@ impl TryFrom<proto::CreateSandboxRequest> for CreateSandbox {
     type Error = Error;
 
     fn try_from(r: proto::CreateSandboxRequest) -> Result<Self, Error> {
-        if r.classification.trim().is_empty() {
-            return Err(Error::invalid("classification", "must not be empty"));
-        }
-        let classification = r
-            .classification
-            .parse()
-            .map_err(|e: String| Error::invalid("classification", e))?;
+        let classification = classification("classification", &r.classification)?;
         let req = CreateSandbox {
             experiment: r.experiment,
             profile: r.profile,
@@ -146,12 +137,206 @@ impl From<ExecOutput> for proto::ExecOutput {
 
 impl From<PullProgress> for proto::PullProgress {
     fn from(p: PullProgress) -> Self {
-        proto::PullProgress {
-            status: p.status,
-            layer: p.layer,
-            current: p.current,
-            total: p.total,
-            done: false,
+        proto::PullProgress { status: p.status, layer: p.layer, current: p.current, total: p.total, done: false }
+    }
+}
+
+pub fn system_time(field: &'static str, t: &pbjson_types::Timestamp) -> Result<SystemTime, Error> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(Error::invalid(field, "nanos out of range"));
+    }
+    let ms = t.seconds.checked_mul(1000).and_then(|ms| ms.checked_add(i64::from(t.nanos) / 1_000_000));
+    ms.map(crate::time::from_millis).ok_or_else(|| Error::invalid(field, "out of range"))
+}
+
+fn classification(field: &'static str, s: &str) -> Result<crate::policy::Classification, Error> {
+    if s.trim().is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    s.parse().map_err(|e: String| Error::invalid(field, e))
+}
+
+impl TryFrom<proto::RegisterExperimentRequest> for NewExperiment {
+    type Error = Error;
+
+    fn try_from(r: proto::RegisterExperimentRequest) -> Result<Self, Error> {
+        let risks = r
+            .risks
+            .into_iter()
+            .map(|k| {
+                Ok(register::Risk {
+                    likelihood: k.likelihood.parse().map_err(|e: String| Error::invalid("risks.likelihood", e))?,
+                    impact: k.impact.parse().map_err(|e: String| Error::invalid("risks.impact", e))?,
+                    description: k.description,
+                    mitigation: k.mitigation,
+                    owner: k.owner,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(NewExperiment {
+            title: r.title,
+            purpose: r.purpose,
+            ai_tools: r.ai_tools,
+            models: r.models,
+            classification: classification("classification", &r.classification)?,
+            datasets: r.datasets,
+            risks,
+            planned_end: r.planned_end.as_ref().map(|t| system_time("planned_end", t)).transpose()?,
+        })
+    }
+}
+
+pub fn experiment_status(s: register::Status) -> proto::ExperimentStatus {
+    match s {
+        register::Status::Proposed => proto::ExperimentStatus::Proposed,
+        register::Status::Approved => proto::ExperimentStatus::Approved,
+        register::Status::Rejected => proto::ExperimentStatus::Rejected,
+        register::Status::Closed => proto::ExperimentStatus::Closed,
+    }
+}
+
+pub fn status_filter(s: i32) -> Result<Option<register::Status>, Error> {
+    match proto::ExperimentStatus::try_from(s) {
+        Ok(proto::ExperimentStatus::Unspecified) => Ok(None),
+        Ok(proto::ExperimentStatus::Proposed) => Ok(Some(register::Status::Proposed)),
+        Ok(proto::ExperimentStatus::Approved) => Ok(Some(register::Status::Approved)),
+        Ok(proto::ExperimentStatus::Rejected) => Ok(Some(register::Status::Rejected)),
+        Ok(proto::ExperimentStatus::Closed) => Ok(Some(register::Status::Closed)),
+        Err(_) => Err(Error::invalid("status", format!("{s} is not an experiment status"))),
+    }
+}
+
+pub fn outcome(o: i32) -> Result<register::Outcome, Error> {
+    match proto::ExperimentOutcome::try_from(o) {
+        Ok(proto::ExperimentOutcome::Succeeded) => Ok(register::Outcome::Succeeded),
+        Ok(proto::ExperimentOutcome::Failed) => Ok(register::Outcome::Failed),
+        Ok(proto::ExperimentOutcome::Abandoned) => Ok(register::Outcome::Abandoned),
+        _ => Err(Error::invalid("outcome", "must be succeeded, failed or abandoned")),
+    }
+}
+
+impl From<Experiment> for proto::Experiment {
+    fn from(e: Experiment) -> Self {
+        proto::Experiment {
+            id: e.id,
+            title: e.title,
+            team: e.team,
+            owner: e.owner,
+            purpose: e.purpose,
+            ai_tools: e.ai_tools,
+            models: e.models,
+            classification: e.classification.to_string(),
+            datasets: e.datasets,
+            risks: e
+                .risks
+                .into_iter()
+                .map(|r| proto::Risk {
+                    description: r.description,
+                    likelihood: r.likelihood.to_string(),
+                    impact: r.impact.to_string(),
+                    mitigation: r.mitigation,
+                    owner: r.owner,
+                })
+                .collect(),
+            status: experiment_status(e.status) as i32,
+            approvals: e
+                .approvals
+                .into_iter()
+                .map(|a| proto::Approval {
+                    approver: a.approver,
+                    time: Some(timestamp(a.time)),
+                    decision: a.decision.as_str().to_string(),
+                    conditions: a.conditions,
+                })
+                .collect(),
+            outcome: match e.outcome {
+                None => proto::ExperimentOutcome::Unspecified,
+                Some(register::Outcome::Succeeded) => proto::ExperimentOutcome::Succeeded,
+                Some(register::Outcome::Failed) => proto::ExperimentOutcome::Failed,
+                Some(register::Outcome::Abandoned) => proto::ExperimentOutcome::Abandoned,
+            } as i32,
+            lessons_learnt: e.lessons_learnt,
+            created_at: Some(timestamp(e.created_at)),
+            planned_end: e.planned_end.map(timestamp),
+            closed_at: e.closed_at.map(timestamp),
+        }
+    }
+}
+
+impl From<AuditRecord> for proto::AuditEvent {
+    fn from(r: AuditRecord) -> Self {
+        let e = r.entry;
+        proto::AuditEvent {
+            seq: r.seq,
+            time: Some(timestamp(e.time)),
+            actor: e.actor,
+            role: e.role,
+            action: e.action,
+            target: e.target,
+            experiment: e.experiment,
+            sandbox: e.sandbox,
+            outcome: e.outcome.as_str().to_string(),
+            code: e.code,
+            reason: e.reason,
+            source: e.source,
+            prev_hash: hex::encode(r.prev_hash),
+            hash: hex::encode(r.hash),
+        }
+    }
+}
+
+impl From<VerifyReport> for proto::VerifyAuditLogResponse {
+    fn from(r: VerifyReport) -> Self {
+        proto::VerifyAuditLogResponse {
+            ok: r.ok,
+            records: r.records,
+            first_bad_seq: r.first_bad_seq,
+            reason: r.reason,
+            head_hash: hex::encode(r.head_hash),
+        }
+    }
+}
+
+/// Default and largest audit page.
+const PAGE_DEFAULT: usize = 100;
+const PAGE_MAX: usize = 1000;
+
+impl TryFrom<proto::QueryAuditLogRequest> for AuditQuery {
+    type Error = Error;
+
+    fn try_from(r: proto::QueryAuditLogRequest) -> Result<Self, Error> {
+        let after_seq = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token.parse().map_err(|_| Error::invalid("page_token", "not a token this service issued"))?
+        };
+        let limit = match r.page_size as usize {
+            0 => PAGE_DEFAULT,
+            n if n > PAGE_MAX => return Err(Error::invalid("page_size", format!("at most {PAGE_MAX}"))),
+            n => n,
+        };
+        Ok(AuditQuery {
+            since: r.since.as_ref().map(|t| system_time("since", t)).transpose()?,
+            until: r.until.as_ref().map(|t| system_time("until", t)).transpose()?,
+            actor: non_empty(r.actor),
+            experiment: non_empty(r.experiment),
+            sandbox: non_empty(r.sandbox),
+            action: non_empty(r.action),
+            after_seq,
+            limit,
+        })
+    }
+}
+
+impl From<ActiveExperiment> for proto::ActiveExperiment {
+    fn from(a: ActiveExperiment) -> Self {
+        proto::ActiveExperiment {
+            experiment: Some(a.experiment.into()),
+            sandboxes: a
+                .sandboxes
+                .into_iter()
+                .map(|(s, left)| proto::ActiveSandbox { sandbox: Some(s.into()), time_left: Some(proto_duration(left)) })
+                .collect(),
         }
     }
 }
@@ -182,67 +367,19 @@ mod tests {
         let ok = CreateSandbox::try_from(req()).unwrap();
         assert_eq!(ok.ttl, Some(Duration::from_secs(60)));
         assert_eq!(ok.image, None);
+        assert_eq!(field_of(proto::CreateSandboxRequest { classification: "".into(), ..req() }), "classification");
         assert_eq!(
-            field_of(proto::CreateSandboxRequest {
-                classification: "".into(),
-                ..req()
-            }),
+            field_of(proto::CreateSandboxRequest { classification: "RESTRICTED".into(), ..req() }),
             "classification"
         );
-        assert_eq!(
-            field_of(proto::CreateSandboxRequest {
-                classification: "RESTRICTED".into(),
-                ..req()
-            }),
-            "classification"
-        );
-        assert_eq!(
-            field_of(proto::CreateSandboxRequest {
-                experiment: "".into(),
-                ..req()
-            }),
-            "experiment"
-        );
-        assert_eq!(
-            field_of(proto::CreateSandboxRequest {
-                profile: "".into(),
-                ..req()
-            }),
-            "profile"
-        );
-        let neg = pbjson_types::Duration {
-            seconds: -1,
-            nanos: 0,
-        };
-        assert_eq!(
-            field_of(proto::CreateSandboxRequest {
-                ttl: Some(neg),
-                ..req()
-            }),
-            "ttl"
-        );
-        let zero = pbjson_types::Duration {
-            seconds: 0,
-            nanos: 0,
-        };
-        assert_eq!(
-            field_of(proto::CreateSandboxRequest {
-                ttl: Some(zero),
-                ..req()
-            }),
-            "ttl"
-        );
-        let huge = pbjson_types::Duration {
-            seconds: i64::MAX,
-            nanos: 0,
-        };
-        assert_eq!(
-            field_of(proto::CreateSandboxRequest {
-                ttl: Some(huge),
-                ..req()
-            }),
-            "ttl"
-        );
+        assert_eq!(field_of(proto::CreateSandboxRequest { experiment: "".into(), ..req() }), "experiment");
+        assert_eq!(field_of(proto::CreateSandboxRequest { profile: "".into(), ..req() }), "profile");
+        let neg = pbjson_types::Duration { seconds: -1, nanos: 0 };
+        assert_eq!(field_of(proto::CreateSandboxRequest { ttl: Some(neg), ..req() }), "ttl");
+        let zero = pbjson_types::Duration { seconds: 0, nanos: 0 };
+        assert_eq!(field_of(proto::CreateSandboxRequest { ttl: Some(zero), ..req() }), "ttl");
+        let huge = pbjson_types::Duration { seconds: i64::MAX, nanos: 0 };
+        assert_eq!(field_of(proto::CreateSandboxRequest { ttl: Some(huge), ..req() }), "ttl");
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! The gRPC layer: thin. Each handler authenticates (the interceptor did),
-//! converts the request into domain types ([`convert`]), calls the
-//! [`crate::lifecycle::Manager`], and maps the one [`crate::Error`] type to a
-//! status ([`status`]).
+//! The gRPC layer: thin. Each handler authorizes the call ([`auth::Gate`],
+//! the one role table), converts the request into domain types
+//! ([`convert`]), calls the [`crate::lifecycle::Manager`], and maps the one
+//! [`crate::Error`] type to a status ([`status`]).
 
+pub mod audit;
 pub mod auth;
 pub mod convert;
+pub mod register;
 pub mod sandbox;
 pub mod status;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::auth::{Gate, Method};
 use super::convert::duration;
 use crate::lifecycle::Manager;
 use crate::policy::CreateSandbox;
@@ -19,11 +19,12 @@ type StatusStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'st
 
 pub struct SandboxApi<R: Runtime> {
     manager: Arc<Manager<R>>,
+    gate: Gate,
 }
 
 impl<R: Runtime> SandboxApi<R> {
-    pub fn new(manager: Arc<Manager<R>>) -> Self {
-        SandboxApi { manager }
+    pub fn new(manager: Arc<Manager<R>>, gate: Gate) -> Self {
+        SandboxApi { manager, gate }
     }
 }
 
@@ -44,17 +45,14 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         &self,
         req: Request<proto::CreateSandboxRequest>,
     ) -> Result<Response<proto::Sandbox>, Status> {
-        let caller = caller(&req)?;
+        let caller = self.gate.authorize(&req, Method::CreateSandbox)?;
         let create = CreateSandbox::try_from(req.into_inner())?;
         let sb = self.manager.create(&caller, create).await?;
         Ok(Response::new(sb.into()))
     }
 
-    async fn get_sandbox(
-        &self,
-        req: Request<proto::GetSandboxRequest>,
-    ) -> Result<Response<proto::Sandbox>, Status> {
-        let caller = caller(&req)?;
+    async fn get_sandbox(&self, req: Request<proto::GetSandboxRequest>) -> Result<Response<proto::Sandbox>, Status> {
+        let caller = self.gate.authorize(&req, Method::GetSandbox)?;
         let id = req.into_inner().id;
         required("id", &id)?;
         Ok(Response::new(self.manager.get(&caller, &id)?.into()))
@@ -64,43 +62,32 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         &self,
         req: Request<proto::ListSandboxesRequest>,
     ) -> Result<Response<proto::ListSandboxesResponse>, Status> {
-        let caller = caller(&req)?;
+        let caller = self.gate.authorize(&req, Method::ListSandboxes)?;
         let r = req.into_inner();
-        let list = self
-            .manager
-            .list(&caller, opt(r.experiment), r.include_ended)?;
-        Ok(Response::new(proto::ListSandboxesResponse {
-            sandboxes: list.into_iter().map(Into::into).collect(),
-        }))
+        let list = self.manager.list(&caller, opt(r.experiment), r.include_ended)?;
+        Ok(Response::new(proto::ListSandboxesResponse { sandboxes: list.into_iter().map(Into::into).collect() }))
     }
 
     async fn extend_sandbox(
         &self,
         req: Request<proto::ExtendSandboxRequest>,
     ) -> Result<Response<proto::Sandbox>, Status> {
-        let caller = caller(&req)?;
+        let caller = self.gate.authorize(&req, Method::ExtendSandbox)?;
         let r = req.into_inner();
         required("id", &r.id)?;
-        let ttl = r
-            .ttl
-            .as_ref()
-            .ok_or_else(|| Error::invalid("ttl", "must be set"))?;
+        let ttl = r.ttl.as_ref().ok_or_else(|| Error::invalid("ttl", "must be set"))?;
         let ttl = duration("ttl", ttl)?;
-        Ok(Response::new(
-            self.manager.extend(&caller, &r.id, ttl).await?.into(),
-        ))
+        Ok(Response::new(self.manager.extend(&caller, &r.id, ttl).await?.into()))
     }
 
     async fn delete_sandbox(
         &self,
         req: Request<proto::DeleteSandboxRequest>,
     ) -> Result<Response<proto::Sandbox>, Status> {
-        let caller = caller(&req)?;
+        let caller = self.gate.authorize(&req, Method::DeleteSandbox)?;
         let id = req.into_inner().id;
         required("id", &id)?;
-        Ok(Response::new(
-            self.manager.delete(&caller, &id).await?.into(),
-        ))
+        Ok(Response::new(self.manager.delete(&caller, &id).await?.into()))
     }
 
     type WatchSandboxesStream = StatusStream<proto::SandboxEvent>;
@@ -109,7 +96,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         &self,
         req: Request<proto::WatchSandboxesRequest>,
     ) -> Result<Response<Self::WatchSandboxesStream>, Status> {
-        let caller = caller(&req)?;
+        let caller = self.gate.authorize(&req, Method::WatchSandboxes)?;
         let r = req.into_inner();
         let events = self.manager.watch(&caller, opt(r.id), opt(r.experiment));
         Ok(Response::new(events.map(|e| Ok(e.into())).boxed()))
@@ -117,27 +104,14 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
 
     type ExecStream = StatusStream<proto::ExecOutput>;
 
-    async fn exec(
-        &self,
-        req: Request<proto::ExecRequest>,
-    ) -> Result<Response<Self::ExecStream>, Status> {
-        let caller = caller(&req)?;
+    async fn exec(&self, req: Request<proto::ExecRequest>) -> Result<Response<Self::ExecStream>, Status> {
+        let caller = self.gate.authorize(&req, Method::Exec)?;
         let r = req.into_inner();
         required("id", &r.id)?;
-        let timeout = r
-            .timeout
-            .as_ref()
-            .map(|d| duration("timeout", d))
-            .transpose()?;
-        let spec = ExecSpec {
-            command: r.command,
-            env: r.env,
-            workdir: opt(r.workdir),
-        };
+        let timeout = r.timeout.as_ref().map(|d| duration("timeout", d)).transpose()?;
+        let spec = ExecSpec { command: r.command, env: r.env, workdir: opt(r.workdir) };
         let out = self.manager.exec(&caller, &r.id, spec, timeout).await?;
-        Ok(Response::new(
-            out.map(|o| o.map(Into::into).map_err(Status::from)).boxed(),
-        ))
+        Ok(Response::new(out.map(|o| o.map(Into::into).map_err(Status::from)).boxed()))
     }
 
     type PullImageStream = StatusStream<proto::PullProgress>;
@@ -146,21 +120,12 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         &self,
         req: Request<proto::PullImageRequest>,
     ) -> Result<Response<Self::PullImageStream>, Status> {
-        let caller = caller(&req)?;
+        let caller = self.gate.authorize(&req, Method::PullImage)?;
         let r = req.into_inner();
-        let progress = self
-            .manager
-            .pull_image(&caller, &r.profile, opt(r.image).as_deref())?;
-        let done = futures_util::stream::once(async {
-            Ok(proto::PullProgress {
-                done: true,
-                ..Default::default()
-            })
-        });
+        let progress = self.manager.pull_image(&caller, &r.profile, opt(r.image).as_deref())?;
+        let done = futures_util::stream::once(async { Ok(proto::PullProgress { done: true, ..Default::default() }) });
         // Progress, then a final `done` message unless the pull failed.
-        let stream = progress
-            .map(|p| p.map(Into::into).map_err(Status::from))
-            .chain(done);
+        let stream = progress.map(|p| p.map(Into::into).map_err(Status::from)).chain(done);
         let mut failed = false;
         let stream = stream.take_while(move |item| {
             let keep = !failed;

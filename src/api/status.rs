@@ -1,34 +1,31 @@
-//! The one table from [`Error`] to gRPC status codes.
+//! [`Error`] to gRPC status: the code comes from [`Error::code`], the one table.
 
-use tonic::{Code, Status};
+use tonic::Status;
 
+use crate::error::Code;
 use crate::Error;
 
-pub fn code(e: &Error) -> Code {
-    match e {
-        Error::InvalidArgument { .. } => Code::InvalidArgument,
-        Error::Denied { rule, .. } if rule.depends_on_state() => Code::FailedPrecondition,
-        Error::Denied { .. } => Code::PermissionDenied,
-        Error::FailedPrecondition(_) => Code::FailedPrecondition,
-        Error::NotFound { .. } => Code::NotFound,
-        Error::Unauthenticated => Code::Unauthenticated,
-        Error::PermissionDenied(_) => Code::PermissionDenied,
-        Error::ImageUnavailable { .. } => Code::FailedPrecondition,
-        Error::Unavailable(_) | Error::ShuttingDown => Code::Unavailable,
-        Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-        Error::Docker { .. } | Error::Store(_) | Error::Config { .. } | Error::Internal(_) => {
-            Code::Internal
-        }
+pub fn tonic_code(c: Code) -> tonic::Code {
+    match c {
+        Code::Ok => tonic::Code::Ok,
+        Code::InvalidArgument => tonic::Code::InvalidArgument,
+        Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        Code::NotFound => tonic::Code::NotFound,
+        Code::PermissionDenied => tonic::Code::PermissionDenied,
+        Code::FailedPrecondition => tonic::Code::FailedPrecondition,
+        Code::Internal => tonic::Code::Internal,
+        Code::Unavailable => tonic::Code::Unavailable,
+        Code::Unauthenticated => tonic::Code::Unauthenticated,
     }
 }
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
-        let code = code(&e);
+        let code = e.code();
         if code == Code::Internal {
             tracing::error!(error = %e, "internal error");
         }
-        Status::new(code, e.to_string())
+        Status::new(tonic_code(code), e.to_string())
     }
 }
 
@@ -39,13 +36,11 @@ mod tests {
 
     #[test]
     fn denials_by_rule() {
-        assert_eq!(code(&Error::denied(Rule::Ttl, "x")), Code::PermissionDenied);
-        assert_eq!(
-            code(&Error::denied(Rule::MaxLifetime, "x")),
-            Code::FailedPrecondition
-        );
-        assert_eq!(code(&Error::Unavailable("x".into())), Code::Unavailable);
+        assert_eq!(Error::denied(Rule::Ttl, "x").code(), Code::PermissionDenied);
+        assert_eq!(Error::denied(Rule::MaxLifetime, "x").code(), Code::FailedPrecondition);
+        assert_eq!(Error::denied(Rule::ExperimentApproval, "x").code(), Code::FailedPrecondition);
+        assert_eq!(Error::Unavailable("x".into()).code(), Code::Unavailable);
         let s = Status::from(Error::invalid("ttl", "must be above zero"));
-        assert_eq!(s.message(), "ttl: must be above zero");
+        assert_eq!((s.code(), s.message()), (tonic::Code::InvalidArgument, "ttl: must be above zero"));
     }
 }

@@ -18,10 +18,7 @@ use tonic::{Code, Request, Status};
 const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Sandpit client: create and manage AI prototyping sandboxes"
-)]
+#[command(version, about = "Sandpit client: create and manage AI prototyping sandboxes")]
 struct Cli {
     /// Daemon address. Default: the address a local daemon wrote to its data
     /// directory, else http://127.0.0.1:50051.
@@ -155,10 +152,7 @@ fn code_name(c: Code) -> &'static str {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sandpit: {e}");
@@ -180,10 +174,7 @@ fn main() -> ExitCode {
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
@@ -193,29 +184,19 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
         .clone()
         .or_else(|| read_trimmed(&data_dir.join(ADDR_FILE)))
         .unwrap_or_else(|| DEFAULT_ADDR.to_string());
-    let token = cli
-        .token
-        .clone()
-        .or_else(|| read_trimmed(&data_dir.join(LOCAL_TOKEN_FILE)));
-    let mut endpoint = Endpoint::from_shared(addr.clone())
-        .map_err(|e| Failure::Local(format!("--addr {addr}: {e}")))?;
+    let token = cli.token.clone().or_else(|| read_trimmed(&data_dir.join(LOCAL_TOKEN_FILE)));
+    let mut endpoint =
+        Endpoint::from_shared(addr.clone()).map_err(|e| Failure::Local(format!("--addr {addr}: {e}")))?;
     if addr.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         match &cli.ca_cert {
             Some(ca) => {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| Failure::Local(format!("--ca-cert {}: {e}", ca.display())))?;
+                let pem = std::fs::read(ca).map_err(|e| Failure::Local(format!("--ca-cert {}: {e}", ca.display())))?;
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
             }
-            None => {
-                return Err(Failure::Local(
-                    "an https:// address needs --ca-cert (or SANDPIT_CA_CERT)".into(),
-                ))
-            }
+            None => return Err(Failure::Local("an https:// address needs --ca-cert (or SANDPIT_CA_CERT)".into())),
         }
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| Failure::Local(format!("tls: {e}")))?;
+        endpoint = endpoint.tls_config(tls).map_err(|e| Failure::Local(format!("tls: {e}")))?;
     }
     let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
@@ -223,9 +204,11 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
         .await
         .map_err(|e| Failure::Status(Status::unavailable(format!("cannot reach {addr}: {e}"))))?;
     let auth = match token {
-        Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
-            Failure::Local("the token contains characters not allowed in a header".into())
-        })?),
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| Failure::Local("the token contains characters not allowed in a header".into()))?,
+        ),
         None => None,
     };
     Ok(SandboxServiceClient::with_interceptor(channel, Auth(auth)))
@@ -246,28 +229,14 @@ fn json_line<T: serde::Serialize>(msg: &T) -> Result<(), Failure> {
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let mut client = connect(&cli).await?;
     match cli.command {
-        Command::Create {
-            experiment,
-            profile,
-            classification,
-            ttl,
-            image,
-        } => {
-            pull(
-                &mut client,
-                &profile,
-                image.clone().unwrap_or_default(),
-                cli.json,
-            )
-            .await?;
+        Command::Create { experiment, profile, classification, ttl, image } => {
+            pull(&mut client, &profile, image.clone().unwrap_or_default(), cli.json).await?;
             let req = proto::CreateSandboxRequest {
                 experiment,
                 profile,
                 classification,
-                ttl: ttl.map(|d| pbjson_types::Duration {
-                    seconds: d.as_secs() as i64,
-                    nanos: d.subsec_nanos() as i32,
-                }),
+                ttl: ttl
+                    .map(|d| pbjson_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }),
                 image: image.unwrap_or_default(),
             };
             let sb = client.create_sandbox(req).await?.into_inner();
@@ -278,10 +247,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         }
         Command::Get { id } => {
-            let sb = client
-                .get_sandbox(proto::GetSandboxRequest { id })
-                .await?
-                .into_inner();
+            let sb = client.get_sandbox(proto::GetSandboxRequest { id }).await?.into_inner();
             if cli.json {
                 json(&sb)?;
             } else {
@@ -289,10 +255,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         }
         Command::Ls { all, experiment } => {
-            let req = proto::ListSandboxesRequest {
-                include_ended: all,
-                experiment: experiment.unwrap_or_default(),
-            };
+            let req = proto::ListSandboxesRequest { include_ended: all, experiment: experiment.unwrap_or_default() };
             let list = client.list_sandboxes(req).await?.into_inner();
             if cli.json {
                 json(&list)?;
@@ -303,10 +266,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Extend { id, ttl } => {
             let req = proto::ExtendSandboxRequest {
                 id,
-                ttl: Some(pbjson_types::Duration {
-                    seconds: ttl.as_secs() as i64,
-                    nanos: ttl.subsec_nanos() as i32,
-                }),
+                ttl: Some(pbjson_types::Duration { seconds: ttl.as_secs() as i64, nanos: ttl.subsec_nanos() as i32 }),
             };
             let sb = client.extend_sandbox(req).await?.into_inner();
             if cli.json {
@@ -316,32 +276,20 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         }
         Command::Rm { id } => {
-            let sb = client
-                .delete_sandbox(proto::DeleteSandboxRequest { id })
-                .await?
-                .into_inner();
+            let sb = client.delete_sandbox(proto::DeleteSandboxRequest { id }).await?.into_inner();
             if cli.json {
                 json(&sb)?;
             } else {
                 println!("{} {}", sb.id, state_name(sb.state));
             }
         }
-        Command::Exec {
-            id,
-            env,
-            workdir,
-            timeout,
-            command,
-        } => {
+        Command::Exec { id, env, workdir, timeout, command } => {
             let req = proto::ExecRequest {
                 id,
                 command,
                 env,
                 workdir: workdir.unwrap_or_default(),
-                timeout: timeout.map(|d| pbjson_types::Duration {
-                    seconds: d.as_secs() as i64,
-                    nanos: 0,
-                }),
+                timeout: timeout.map(|d| pbjson_types::Duration { seconds: d.as_secs() as i64, nanos: 0 }),
             };
             let mut stream = client.exec(req).await?.into_inner();
             let mut code = None;
@@ -363,16 +311,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     _ => {}
                 }
             }
-            let code = code.ok_or_else(|| {
-                Failure::Local("the exec stream ended without an exit code".into())
-            })?;
+            let code = code.ok_or_else(|| Failure::Local("the exec stream ended without an exit code".into()))?;
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Command::Watch { id, experiment } => {
-            let req = proto::WatchSandboxesRequest {
-                id: id.unwrap_or_default(),
-                experiment: experiment.unwrap_or_default(),
-            };
+            let req =
+                proto::WatchSandboxesRequest { id: id.unwrap_or_default(), experiment: experiment.unwrap_or_default() };
             let mut stream = client.watch_sandboxes(req).await?.into_inner();
             while let Some(ev) = stream.next().await {
                 let ev = ev?;
@@ -380,11 +324,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     json_line(&ev)?;
                 } else {
                     let kind = proto::SandboxEventKind::try_from(ev.kind)
-                        .map(|k| {
-                            k.as_str_name()
-                                .trim_start_matches("SANDBOX_EVENT_KIND_")
-                                .to_lowercase()
-                        })
+                        .map(|k| k.as_str_name().trim_start_matches("SANDBOX_EVENT_KIND_").to_lowercase())
                         .unwrap_or_default();
                     let sb = ev.sandbox.unwrap_or_default();
                     println!(
@@ -403,19 +343,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
 }
 
 /// Makes sure the image is on the daemon's engine, showing pull progress.
-async fn pull(
-    client: &mut Client,
-    profile: &str,
-    image: String,
-    quiet: bool,
-) -> Result<(), Failure> {
-    let mut stream = client
-        .pull_image(proto::PullImageRequest {
-            profile: profile.to_string(),
-            image,
-        })
-        .await?
-        .into_inner();
+async fn pull(client: &mut Client, profile: &str, image: String, quiet: bool) -> Result<(), Failure> {
+    let mut stream =
+        client.pull_image(proto::PullImageRequest { profile: profile.to_string(), image }).await?.into_inner();
     let mut shown = false;
     while let Some(p) = stream.next().await {
         let p = p?;
@@ -424,10 +354,7 @@ async fn pull(
         }
         shown = true;
         if p.total > 0 {
-            eprint!(
-                "\r{} {}: {}/{} bytes        ",
-                p.layer, p.status, p.current, p.total
-            );
+            eprint!("\r{} {}: {}/{} bytes        ", p.layer, p.status, p.current, p.total);
         } else {
             eprint!("\r{} {}                        ", p.layer, p.status);
         }
@@ -440,11 +367,7 @@ async fn pull(
 
 fn state_name(s: i32) -> String {
     proto::SandboxState::try_from(s)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("SANDBOX_STATE_")
-                .to_lowercase()
-        })
+        .map(|s| s.as_str_name().trim_start_matches("SANDBOX_STATE_").to_lowercase())
         .unwrap_or_else(|_| "unknown".into())
 }
 
@@ -453,8 +376,7 @@ fn to_system(t: &pbjson_types::Timestamp) -> SystemTime {
 }
 
 fn when_abs(t: Option<&pbjson_types::Timestamp>) -> String {
-    t.map(|t| sandpit::time::rfc3339(to_system(t)))
-        .unwrap_or_else(|| "-".into())
+    t.map(|t| sandpit::time::rfc3339(to_system(t))).unwrap_or_else(|| "-".into())
 }
 
 /// An absolute time with how far it is from now: `2026-11-26T16:00:00Z (in 9m 59s)`.
@@ -491,24 +413,12 @@ fn print_sandbox(sb: &proto::Sandbox) {
         println!("{:<15} {}", "reason", sb.state_reason);
     }
     if let Some(code) = sb.exit_code {
-        println!(
-            "{:<15} {code}{}",
-            "exit code",
-            if sb.oom_killed { " (OOM killed)" } else { "" }
-        );
+        println!("{:<15} {code}{}", "exit code", if sb.oom_killed { " (OOM killed)" } else { "" });
     }
 }
 
 fn print_table(list: &[proto::Sandbox]) {
-    let header = [
-        "ID",
-        "EXPERIMENT",
-        "TEAM",
-        "PROFILE",
-        "CLASSIFICATION",
-        "STATE",
-        "EXPIRES",
-    ];
+    let header = ["ID", "EXPERIMENT", "TEAM", "PROFILE", "CLASSIFICATION", "STATE", "EXPIRES"];
     let rows: Vec<[String; 7]> = list
         .iter()
         .map(|s| {
@@ -537,11 +447,7 @@ fn print_table(list: &[proto::Sandbox]) {
         }
     }
     let line = |cells: [&str; 7]| {
-        let s: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let s: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(header);

@@ -19,11 +19,7 @@ pub enum Due {
 
 #[derive(Debug)]
 enum Command {
-    Schedule {
-        id: String,
-        expires_at: SystemTime,
-        warn_at: Option<SystemTime>,
-    },
+    Schedule { id: String, expires_at: SystemTime, warn_at: Option<SystemTime> },
     Cancel(String),
 }
 
@@ -44,11 +40,7 @@ impl Scheduler {
     /// Sets (or replaces) a sandbox's deadlines. A warning time that has
     /// passed is dropped; an expiry that has passed falls due at once.
     pub fn schedule(&self, id: &str, expires_at: SystemTime, warn_at: Option<SystemTime>) {
-        let _ = self.tx.send(Command::Schedule {
-            id: id.to_string(),
-            expires_at,
-            warn_at,
-        });
+        let _ = self.tx.send(Command::Schedule { id: id.to_string(), expires_at, warn_at });
     }
 
     pub fn cancel(&self, id: &str) {
@@ -73,13 +65,7 @@ impl Queue {
         }
     }
 
-    fn schedule(
-        &mut self,
-        id: String,
-        expires_at: SystemTime,
-        warn_at: Option<SystemTime>,
-        now: SystemTime,
-    ) {
+    fn schedule(&mut self, id: String, expires_at: SystemTime, warn_at: Option<SystemTime>, now: SystemTime) {
         self.cancel(&id);
         let mut entries = vec![(expires_at, EXPIRE)];
         if let Some(w) = warn_at.filter(|w| *w > now && *w < expires_at) {
@@ -109,11 +95,7 @@ impl Queue {
                     self.by_id.remove(&id);
                 }
             }
-            due.push(if k == WARN {
-                Due::Warn(id)
-            } else {
-                Due::Expire(id)
-            });
+            due.push(if k == WARN { Due::Warn(id) } else { Due::Expire(id) });
         }
         due
     }
@@ -160,10 +142,7 @@ mod tests {
         q.schedule("b".into(), t0 + s(3), None, t0);
         q.schedule("c".into(), t0 + s(4), None, t0);
         q.cancel("c");
-        assert_eq!(
-            q.pop_due(t0 + s(6)),
-            [Due::Expire("b".into()), Due::Warn("a".into())]
-        );
+        assert_eq!(q.pop_due(t0 + s(6)), [Due::Expire("b".into()), Due::Warn("a".into())]);
         // An extension replaces the old expiry.
         q.schedule("a".into(), t0 + s(20), Some(t0 + s(5)), t0 + s(6));
         assert!(q.pop_due(t0 + s(19)).is_empty());
@@ -182,10 +161,7 @@ mod tests {
         sched.cancel("gone");
         assert_eq!(rx.recv().await, Some(Due::Expire("soon".into())));
         let at = SystemTime::now().duration_since(start).unwrap();
-        assert!(
-            at >= Duration::from_millis(100) && at < Duration::from_millis(250),
-            "{at:?}"
-        );
+        assert!(at >= Duration::from_millis(100) && at < Duration::from_millis(250), "{at:?}");
         assert_eq!(rx.recv().await, Some(Due::Expire("late".into())));
     }
 }

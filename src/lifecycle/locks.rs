@@ -45,17 +45,9 @@ mod tests {
     async fn same_key_serialises_other_keys_do_not() {
         let locks = Arc::new(KeyedLocks::default());
         let g = locks.lock("a").await;
-        let _other = tokio::time::timeout(Duration::from_millis(50), locks.lock("b"))
-            .await
-            .expect("b is free");
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), locks.lock("a"))
-                .await
-                .is_err()
-        );
+        let _other = tokio::time::timeout(Duration::from_millis(50), locks.lock("b")).await.expect("b is free");
+        assert!(tokio::time::timeout(Duration::from_millis(50), locks.lock("a")).await.is_err());
         drop(g);
-        tokio::time::timeout(Duration::from_millis(50), locks.lock("a"))
-            .await
-            .expect("a is free again");
+        tokio::time::timeout(Duration::from_millis(50), locks.lock("a")).await.expect("a is free again");
     }
 }

@@ -9,6 +9,7 @@
 //! - every transition of one sandbox holds that sandbox's lock;
 //! - teardown is idempotent and converges on what Docker actually has.
 
+mod experiments;
 mod expiry;
 mod locks;
 mod reconcile;
@@ -21,20 +22,23 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
+pub use experiments::ActiveExperiment;
 pub use expiry::{Due, Scheduler};
 pub use reconcile::ReconcileReport;
 
+use crate::audit::{action, AuditEntry, AuditRecord, Outcome, VerifyReport, DAEMON};
 use crate::auth::Caller;
+use crate::store::AuditQuery;
 use crate::policy::{admit, extend_deadline, CreateSandbox, HostPolicy, ProfileSet};
-use crate::runtime::{
-    labels, BoxStream, ContainerSpec, ExecChunk, ExecSpec, PullProgress, Runtime,
-};
+use crate::runtime::{labels, BoxStream, ContainerSpec, ExecChunk, ExecSpec, PullProgress, Runtime};
 use crate::sandbox::{new_id, EventKind, Sandbox, SandboxEvent, SandboxState};
 use crate::store::{ListFilter, Store};
 use crate::{Error, Result};
 
 /// Events kept for slow watchers before they miss some.
 const EVENT_BUFFER: usize = 1024;
+/// Longest command line kept in an exec's audit record.
+const AUDIT_COMMAND_MAX: usize = 512;
 /// Expiry teardowns running at once.
 const EXPIRY_PARALLELISM: usize = 64;
 /// Retry delays for teardowns that failed because the engine was unavailable.
@@ -71,6 +75,7 @@ pub struct Manager<R: Runtime> {
     instance: String,
     scheduler: Scheduler,
     events: broadcast::Sender<SandboxEvent>,
+    audit: broadcast::Sender<AuditRecord>,
     locks: locks::KeyedLocks,
     /// Sandboxes whose create is in flight in this process; reconcile leaves them be.
     creating: Mutex<HashSet<String>>,
@@ -90,12 +95,7 @@ impl Drop for Tasks {
 }
 
 impl<R: Runtime> Manager<R> {
-    pub fn new(
-        runtime: R,
-        store: Arc<dyn Store>,
-        profiles: ProfileSet,
-        settings: Settings,
-    ) -> Result<Arc<Self>> {
+    pub fn new(runtime: R, store: Arc<dyn Store>, profiles: ProfileSet, settings: Settings) -> Result<Arc<Self>> {
         let instance = store.instance_id()?;
         let (due_tx, due_rx) = mpsc::unbounded_channel();
         Ok(Arc::new(Manager {
@@ -106,6 +106,7 @@ impl<R: Runtime> Manager<R> {
             instance,
             scheduler: Scheduler::spawn(due_tx),
             events: broadcast::channel(EVENT_BUFFER).0,
+            audit: broadcast::channel(EVENT_BUFFER).0,
             locks: locks::KeyedLocks::default(),
             creating: Mutex::new(HashSet::new()),
             shutdown: watch::channel(false).0,
@@ -136,10 +137,7 @@ impl<R: Runtime> Manager<R> {
     }
 
     pub fn profiles(&self) -> Arc<ProfileSet> {
-        self.profiles
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.profiles.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Tells streaming calls (watch, exec) to finish: the daemon is stopping.
@@ -165,6 +163,66 @@ impl<R: Runtime> Manager<R> {
         });
     }
 
+    /// An audit entry for an action on a sandbox or experiment. `caller`
+    /// `None` means the daemon acted on its own.
+    fn entry(
+        &self,
+        caller: Option<&Caller>,
+        action: &str,
+        experiment: &str,
+        sandbox: &str,
+        result: std::result::Result<String, &Error>,
+    ) -> AuditEntry {
+        let (outcome, code, reason) = match result {
+            Ok(reason) => (Outcome::Succeeded, crate::error::Code::Ok, reason),
+            Err(e) => {
+                let outcome = if e.is_denial() { Outcome::Denied } else { Outcome::Failed };
+                (outcome, e.code(), e.to_string())
+            }
+        };
+        AuditEntry {
+            time: SystemTime::now(),
+            actor: caller.map_or(DAEMON, |c| c.name.as_str()).to_string(),
+            role: caller.map_or("", |c| c.role_name()).to_string(),
+            action: action.to_string(),
+            target: if sandbox.is_empty() { experiment } else { sandbox }.to_string(),
+            experiment: experiment.to_string(),
+            sandbox: sandbox.to_string(),
+            outcome,
+            code: code.as_str().to_string(),
+            reason,
+            source: caller.map_or("daemon", |c| c.source.as_str()).to_string(),
+        }
+    }
+
+    fn published(&self, rec: Option<AuditRecord>) {
+        if let Some(r) = rec {
+            let _ = self.audit.send(r);
+        }
+    }
+
+    /// Writes a sandbox record and the audit record of its change, atomically.
+    fn commit(&self, sb: &Sandbox, entry: AuditEntry) -> Result<()> {
+        let rec = self.store.put(sb, Some(entry))?;
+        self.published(rec);
+        Ok(())
+    }
+
+    /// Appends an audit record that goes with no state change.
+    pub fn record(&self, entry: AuditEntry) {
+        match self.store.append_audit(entry) {
+            Ok(r) => {
+                let _ = self.audit.send(r);
+            }
+            Err(e) => tracing::error!(error = %e, "could not append to the audit log"),
+        }
+    }
+
+    /// Records a refused or failed request that changed nothing.
+    fn record_error(&self, caller: &Caller, action: &str, experiment: &str, sandbox: &str, e: &Error) {
+        self.record(self.entry(Some(caller), action, experiment, sandbox, Err(e)));
+    }
+
     fn schedule(&self, sb: &Sandbox) {
         let warn_at = sb.expires_at.checked_sub(self.settings.expiry_warning);
         self.scheduler.schedule(&sb.id, sb.expires_at, warn_at);
@@ -177,10 +235,7 @@ impl<R: Runtime> Manager<R> {
             image: sb.image.clone(),
             command: sb.profile.command.clone(),
             user: self.settings.user.clone(),
-            env: vec![
-                format!("SANDPIT_SANDBOX_ID={}", sb.id),
-                format!("SANDPIT_EXPERIMENT={}", sb.experiment),
-            ],
+            env: vec![format!("SANDPIT_SANDBOX_ID={}", sb.id), format!("SANDPIT_EXPERIMENT={}", sb.experiment)],
             labels: labels::for_sandbox(sb, &self.instance, &self.settings.labels),
             resources: sb.profile.resources.clone(),
         }
@@ -201,29 +256,22 @@ impl<R: Runtime> Manager<R> {
         if *self.shutdown.borrow() {
             return Err(Error::ShuttingDown);
         }
-        if !caller.has(crate::auth::Role::Requester) {
-            return Err(Error::PermissionDenied(
-                "creating sandboxes needs the requester role".into(),
-            ));
-        }
-        let plan = admit(
-            &req,
-            &caller.name,
-            &caller.team,
-            &self.profiles(),
-            self.settings.host,
-            SystemTime::now(),
-        )?;
+        let admitted = self.store.get_experiment(&req.experiment).and_then(|experiment| {
+            let profiles = self.profiles();
+            admit(&req, &caller.name, &caller.team, experiment.as_ref(), &profiles, self.settings.host, SystemTime::now())
+        });
+        let plan = match admitted {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.record_error(caller, action::CREATE_SANDBOX, &req.experiment, "", &e);
+                return Err(e);
+            }
+        };
         let sb = Sandbox::provisioning(new_id(), self.runtime.node().to_string(), plan);
-        self.creating
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(sb.id.clone());
-        if let Err(e) = self.store.put(&sb) {
-            self.creating
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&sb.id);
+        self.creating.lock().unwrap_or_else(|p| p.into_inner()).insert(sb.id.clone());
+        if let Err(e) = self.store.put(&sb, None) {
+            self.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&sb.id);
+            self.record_error(caller, action::CREATE_SANDBOX, &sb.experiment, &sb.id, &e);
             return Err(e);
         }
 
@@ -232,38 +280,27 @@ impl<R: Runtime> Manager<R> {
         let (result_tx, result_rx) = oneshot::channel();
         let (ack_tx, ack_rx) = oneshot::channel::<()>();
         let this = Arc::clone(self);
+        let caller = caller.clone();
         tokio::spawn(async move {
             let id = sb.id.clone();
-            let result = this.provision(sb).await;
+            let result = this.provision(&caller, sb).await;
             let ok = result.is_ok();
             let delivered = result_tx.send(result).is_ok() && ack_rx.await.is_ok();
             if ok && !delivered {
                 tracing::info!(sandbox = %id, "client went away during create; tearing down");
-                if let Err(e) = this
-                    .teardown(
-                        &id,
-                        SandboxState::Failed,
-                        "create abandoned by the client",
-                        |_| true,
-                    )
-                    .await
-                {
+                let reason = "create abandoned by the client";
+                if let Err(e) = this.teardown(&id, SandboxState::Failed, reason, None, action::ABANDON, |_| true).await {
                     tracing::warn!(sandbox = %id, error = %e, "teardown of abandoned create failed; reconcile will retry");
                 }
             }
-            this.creating
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            this.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         });
-        let result = result_rx
-            .await
-            .map_err(|_| Error::Internal("provisioning task ended without a result".into()))?;
+        let result = result_rx.await.map_err(|_| Error::Internal("provisioning task ended without a result".into()))?;
         let _ = ack_tx.send(());
         result
     }
 
-    async fn provision(&self, mut sb: Sandbox) -> Result<Sandbox> {
+    async fn provision(&self, caller: &Caller, mut sb: Sandbox) -> Result<Sandbox> {
         let _guard = self.locks.lock(&sb.id).await;
         let started = std::time::Instant::now();
         let result = async {
@@ -278,7 +315,8 @@ impl<R: Runtime> Manager<R> {
                 // failed: remove by name before recording the failure.
                 let _ = self.runtime.remove(&container_name(&sb.id)).await;
                 sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
-                if let Err(se) = self.store.put(&sb) {
+                let entry = self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Err(&e));
+                if let Err(se) = self.commit(&sb, entry) {
                     tracing::error!(sandbox = %sb.id, error = %se, "could not record failed create");
                 }
                 self.emit(EventKind::Failed, &sb, e.to_string());
@@ -287,8 +325,13 @@ impl<R: Runtime> Manager<R> {
         };
         sb.container_id = Some(container_id.clone());
         sb.state = SandboxState::Running;
-        if let Err(e) = self.store.put(&sb) {
+        let reason = format!("{} {} {} until {}", sb.profile.name, sb.classification, sb.image, crate::time::rfc3339(sb.expires_at));
+        let entry = self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason));
+        if let Err(e) = self.commit(&sb, entry) {
+            // Not on record, not audited: refuse the create and leave nothing behind.
             let _ = self.runtime.remove(&container_id).await;
+            sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
+            let _ = self.store.put(&sb, None);
             return Err(e);
         }
         self.schedule(&sb);
@@ -301,65 +344,60 @@ impl<R: Runtime> Manager<R> {
         self.visible(caller, id)
     }
 
-    pub fn list(
-        &self,
-        caller: &Caller,
-        experiment: Option<String>,
-        include_ended: bool,
-    ) -> Result<Vec<Sandbox>> {
+    pub fn list(&self, caller: &Caller, experiment: Option<String>, include_ended: bool) -> Result<Vec<Sandbox>> {
         let team = (!caller.sees_all_teams()).then(|| caller.team.clone());
         if team.is_some() && !caller.has(crate::auth::Role::Requester) {
             return Ok(Vec::new());
         }
-        self.store.list(&ListFilter {
-            team,
-            experiment,
-            include_ended,
-        })
+        self.store.list(&ListFilter { team, experiment, include_ended })
     }
 
     /// Sets the sandbox to expire `ttl` from now, within its profile's limits.
     pub async fn extend(&self, caller: &Caller, id: &str, ttl: Duration) -> Result<Sandbox> {
+        let result = self.extend_inner(caller, id, ttl).await;
+        if let Err(e) = &result {
+            let experiment = self.store.get(id).ok().flatten().map(|s| s.experiment).unwrap_or_default();
+            self.record_error(caller, action::EXTEND_SANDBOX, &experiment, id, e);
+        }
+        result
+    }
+
+    async fn extend_inner(&self, caller: &Caller, id: &str, ttl: Duration) -> Result<Sandbox> {
         let sb = self.visible(caller, id)?;
         if !caller.may_use(&sb.team) {
-            return Err(Error::PermissionDenied(
-                "extending sandboxes needs the requester role in their team".into(),
-            ));
+            return Err(Error::PermissionDenied("extending sandboxes needs the requester role in their team".into()));
         }
         let _guard = self.locks.lock(id).await;
         let mut sb = self.visible(caller, id)?;
         if sb.state != SandboxState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "sandbox '{id}' is {}, not running",
-                sb.state.as_str()
-            )));
+            return Err(Error::FailedPrecondition(format!("sandbox '{id}' is {}, not running", sb.state.as_str())));
         }
         sb.expires_at = extend_deadline(&sb.profile, sb.max_expires_at, ttl, SystemTime::now())?;
-        self.store.put(&sb)?;
+        let reason = format!("ttl {} until {}", crate::time::format_duration(ttl), crate::time::rfc3339(sb.expires_at));
+        self.commit(&sb, self.entry(Some(caller), action::EXTEND_SANDBOX, &sb.experiment, id, Ok(reason)))?;
         self.schedule(&sb);
-        self.emit(
-            EventKind::Extended,
-            &sb,
-            format!("now expires at {}", crate::time::rfc3339(sb.expires_at)),
-        );
+        self.emit(EventKind::Extended, &sb, format!("now expires at {}", crate::time::rfc3339(sb.expires_at)));
         Ok(sb)
     }
 
     /// Tears a sandbox down. Deleting an ended sandbox returns its record.
     pub async fn delete(&self, caller: &Caller, id: &str) -> Result<Sandbox> {
-        let sb = self.visible(caller, id)?;
-        if !caller.may_delete(&sb.team) {
-            return Err(Error::PermissionDenied(
-                "deleting sandboxes needs the requester (own team) or operator role".into(),
-            ));
+        let result = async {
+            let sb = self.visible(caller, id)?;
+            if !caller.may_delete(&sb.team) {
+                return Err(Error::PermissionDenied(
+                    "deleting sandboxes needs the requester (own team) or operator role".into(),
+                ));
+            }
+            let reason = format!("deleted by {}", caller.name);
+            self.teardown(id, SandboxState::Deleted, reason, Some(caller), action::DELETE_SANDBOX, |_| true).await
         }
-        self.teardown(
-            id,
-            SandboxState::Deleted,
-            format!("deleted by {}", caller.name),
-            |_| true,
-        )
-        .await
+        .await;
+        if let Err(e) = &result {
+            let experiment = self.store.get(id).ok().flatten().map(|s| s.experiment).unwrap_or_default();
+            self.record_error(caller, action::DELETE_SANDBOX, &experiment, id, e);
+        }
+        result
     }
 
     /// Makes an image a profile allows present, pulling it with progress.
@@ -369,16 +407,19 @@ impl<R: Runtime> Manager<R> {
         profile: &str,
         image: Option<&str>,
     ) -> Result<BoxStream<Result<PullProgress>>> {
-        if !caller.has(crate::auth::Role::Requester) {
-            return Err(Error::PermissionDenied(
-                "pulling images needs the requester role".into(),
-            ));
+        let result = self.pull_image_inner(profile, image);
+        match &result {
+            Ok((image, _)) => self.record(self.entry(Some(caller), action::PULL_IMAGE, "", "", Ok(format!("image {image}")))),
+            Err(e) => self.record_error(caller, action::PULL_IMAGE, "", "", e),
         }
+        result.map(|(_, stream)| stream)
+    }
+
+    fn pull_image_inner(&self, profile: &str, image: Option<&str>) -> Result<(String, BoxStream<Result<PullProgress>>)> {
         crate::policy::admission::validate_name("profile", profile)?;
         let profiles = self.profiles();
-        let p = profiles
-            .get(profile)
-            .ok_or_else(|| Error::invalid("profile", format!("unknown profile '{profile}'")))?;
+        let p =
+            profiles.get(profile).ok_or_else(|| Error::invalid("profile", format!("unknown profile '{profile}'")))?;
         let image = match image {
             Some(i) if p.images.iter().any(|a| a == i) => i.to_string(),
             Some(i) => {
@@ -389,7 +430,8 @@ impl<R: Runtime> Manager<R> {
             }
             None => p.default_image().to_string(),
         };
-        Ok(self.runtime.pull_image(&image))
+        let stream = self.runtime.pull_image(&image);
+        Ok((image, stream))
     }
 
     /// Runs a command in a running sandbox: its output, then its exit code.
@@ -400,28 +442,43 @@ impl<R: Runtime> Manager<R> {
         spec: ExecSpec,
         timeout: Option<Duration>,
     ) -> Result<BoxStream<Result<ExecOutput>>> {
+        let result = self.exec_inner(caller, id, spec, timeout).await;
+        if let Err(e) = &result {
+            let experiment = self.store.get(id).ok().flatten().map(|s| s.experiment).unwrap_or_default();
+            self.record_error(caller, action::EXEC, &experiment, id, e);
+        }
+        result
+    }
+
+    async fn exec_inner(
+        &self,
+        caller: &Caller,
+        id: &str,
+        spec: ExecSpec,
+        timeout: Option<Duration>,
+    ) -> Result<BoxStream<Result<ExecOutput>>> {
         let sb = self.visible(caller, id)?;
         if !caller.may_use(&sb.team) {
-            return Err(Error::PermissionDenied(
-                "exec needs the requester role in the sandbox's team".into(),
-            ));
+            return Err(Error::PermissionDenied("exec needs the requester role in the sandbox's team".into()));
         }
         if spec.command.is_empty() || spec.command[0].is_empty() {
             return Err(Error::invalid("command", "must not be empty"));
         }
-        if let Some(bad) = spec
-            .env
-            .iter()
-            .find(|e| !e.contains('=') || e.starts_with('='))
-        {
+        if let Some(bad) = spec.env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
             return Err(Error::invalid("env", format!("'{bad}' is not KEY=VALUE")));
         }
         let (Some(cid), SandboxState::Running) = (sb.container_id.clone(), sb.state) else {
-            return Err(Error::FailedPrecondition(format!(
-                "sandbox '{id}' is {}, not running",
-                sb.state.as_str()
-            )));
+            return Err(Error::FailedPrecondition(format!("sandbox '{id}' is {}, not running", sb.state.as_str())));
         };
+        // On record before the command runs: what was run, by whom.
+        let mut command = spec.command.join(" ");
+        if command.len() > AUDIT_COMMAND_MAX {
+            let cut = (0..=AUDIT_COMMAND_MAX).rev().find(|i| command.is_char_boundary(*i)).unwrap_or(0);
+            command.truncate(cut);
+            command.push('…');
+        }
+        let entry = self.entry(Some(caller), action::EXEC, &sb.experiment, id, Ok(format!("command: {command}")));
+        self.published(Some(self.store.append_audit(entry)?));
         let session = self.runtime.exec(&cid, spec).await?;
         let deadline = tokio::time::Instant::now() + timeout.unwrap_or(self.settings.exec_timeout);
         let (tx, rx) = mpsc::channel(16);
@@ -454,24 +511,13 @@ impl<R: Runtime> Manager<R> {
                     return;
                 }
             }
-            let _ = tx
-                .send(
-                    exit_code(&runtime, &session.exec_id)
-                        .await
-                        .map(ExecOutput::Exit),
-                )
-                .await;
+            let _ = tx.send(exit_code(&runtime, &session.exec_id).await.map(ExecOutput::Exit)).await;
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
     }
 
     /// Lifecycle events the caller may see, optionally of one sandbox or experiment.
-    pub fn watch(
-        &self,
-        caller: &Caller,
-        id: Option<String>,
-        experiment: Option<String>,
-    ) -> BoxStream<SandboxEvent> {
+    pub fn watch(&self, caller: &Caller, id: Option<String>, experiment: Option<String>) -> BoxStream<SandboxEvent> {
         let caller = caller.clone();
         let shutdown = self.shutdown_signal();
         tokio_stream::wrappers::BroadcastStream::new(self.events.subscribe())
@@ -480,9 +526,7 @@ impl<R: Runtime> Manager<R> {
                     Ok(e) => Some(e).filter(|e| {
                         caller.may_see(&e.sandbox.team)
                             && id.as_ref().is_none_or(|i| *i == e.sandbox.id)
-                            && experiment
-                                .as_ref()
-                                .is_none_or(|x| *x == e.sandbox.experiment)
+                            && experiment.as_ref().is_none_or(|x| *x == e.sandbox.experiment)
                     }),
                     Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "a watcher fell behind and missed events");
@@ -491,6 +535,25 @@ impl<R: Runtime> Manager<R> {
                 };
                 std::future::ready(keep)
             })
+            .take_until(shutdown)
+            .boxed()
+    }
+
+    // ---- the audit log ------------------------------------------------
+
+    pub fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        self.store.query_audit(q)
+    }
+
+    pub fn verify_audit(&self) -> Result<VerifyReport> {
+        self.store.verify_audit()
+    }
+
+    /// Audit records as they are written.
+    pub fn watch_audit(&self) -> BoxStream<AuditRecord> {
+        let shutdown = self.shutdown_signal();
+        tokio_stream::wrappers::BroadcastStream::new(self.audit.subscribe())
+            .filter_map(|r| std::future::ready(r.ok()))
             .take_until(shutdown)
             .boxed()
     }
@@ -505,23 +568,19 @@ impl<R: Runtime> Manager<R> {
         id: &str,
         state: SandboxState,
         reason: impl Into<String>,
+        caller: Option<&Caller>,
+        action: &str,
         still: impl FnOnce(&Sandbox) -> bool,
     ) -> Result<Sandbox> {
         let _guard = self.locks.lock(id).await;
-        let mut sb = self
-            .store
-            .get(id)?
-            .ok_or_else(|| Error::not_found("sandbox", id))?;
+        let mut sb = self.store.get(id)?.ok_or_else(|| Error::not_found("sandbox", id))?;
         if sb.state.is_ended() || !still(&sb) {
             return Ok(sb);
         }
-        let target = sb
-            .container_id
-            .clone()
-            .unwrap_or_else(|| container_name(id));
+        let target = sb.container_id.clone().unwrap_or_else(|| container_name(id));
         self.runtime.remove(&target).await?;
         sb.end(state, reason, SystemTime::now());
-        self.store.put(&sb)?;
+        self.commit(&sb, self.entry(caller, action, &sb.experiment, id, Ok(sb.state_reason.clone())))?;
         self.scheduler.cancel(id);
         let kind = match state {
             SandboxState::Expired => EventKind::Expired,
@@ -543,10 +602,7 @@ impl<R: Runtime> Manager<R> {
                 Due::Warn(id) => {
                     if let Ok(Some(sb)) = self.store.get(&id) {
                         if !sb.state.is_ended() {
-                            let left = sb
-                                .expires_at
-                                .duration_since(SystemTime::now())
-                                .unwrap_or_default();
+                            let left = sb.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
                             self.emit(
                                 EventKind::ExpiringSoon,
                                 &sb,
@@ -571,12 +627,7 @@ impl<R: Runtime> Manager<R> {
         let mut delay = RETRY_MIN;
         loop {
             let now = SystemTime::now();
-            match self
-                .teardown(id, SandboxState::Expired, "ttl reached", |sb| {
-                    sb.expires_at <= now
-                })
-                .await
-            {
+            match self.teardown(id, SandboxState::Expired, "ttl reached", None, action::EXPIRE, |sb| sb.expires_at <= now).await {
                 Ok(_) | Err(Error::NotFound { .. }) => return,
                 Err(e) => {
                     tracing::warn!(sandbox = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "expiry teardown failed");
@@ -595,10 +646,7 @@ impl<R: Runtime> Manager<R> {
     }
 
     fn is_creating(&self, id: &str) -> bool {
-        self.creating
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
+        self.creating.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
     }
 }
 
@@ -610,9 +658,7 @@ async fn exit_code<R: Runtime>(runtime: &R, exec_id: &str) -> Result<i64> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Err(Error::Internal(
-        "exec output ended but the command did not finish".into(),
-    ))
+    Err(Error::Internal("exec output ended but the command did not finish".into()))
 }
 
 /// The Docker name of a sandbox's container.

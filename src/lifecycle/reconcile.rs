@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 
 use super::{container_name, Manager};
+use crate::audit::action;
 use crate::runtime::{labels, ManagedContainer, Runtime, RuntimeEvent};
 use crate::sandbox::{EventKind, SandboxState};
 use crate::{Error, Result};
@@ -48,21 +49,22 @@ impl<R: Runtime> Manager<R> {
                 None => None,
             };
             match (record, &c.sandbox_id) {
-                (Some(r), Some(id)) if !r.state.is_ended() => {
-                    by_sandbox.entry(id.clone()).or_default().push(c)
-                }
+                (Some(r), Some(id)) if !r.state.is_ended() => by_sandbox.entry(id.clone()).or_default().push(c),
                 (Some(_), _) => {
                     // The record ended but its container survived (a teardown cut short).
                     self.runtime.remove(&c.id).await?;
+                    let sandbox = c.sandbox_id.as_deref().unwrap_or_default();
+                    let reason = format!("removed container {} of an ended sandbox", c.id);
+                    self.record(self.entry(None, action::REMOVE_LEFTOVER, "", sandbox, Ok(reason)));
                     report.leftovers_removed += 1;
                 }
                 (None, id) => {
                     let in_flight = id.as_deref().is_some_and(|id| self.is_creating(id));
-                    if !in_flight
-                        && crate::runtime::docker::age(c.created, now) >= self.settings.orphan_grace
-                    {
+                    if !in_flight && crate::runtime::docker::age(c.created, now) >= self.settings.orphan_grace {
                         tracing::info!(container = %c.id, sandbox = ?id, "removing labelled container with no record");
                         self.runtime.remove(&c.id).await?;
+                        let reason = format!("removed labelled container {} with no record", c.id);
+                        self.record(self.entry(None, action::REMOVE_ORPHAN, "", id.as_deref().unwrap_or_default(), Ok(reason)));
                         report.orphans_removed += 1;
                     }
                 }
@@ -74,19 +76,14 @@ impl<R: Runtime> Manager<R> {
                 continue;
             }
             let containers = by_sandbox.remove(&sb.id).unwrap_or_default();
-            let container = containers
-                .iter()
-                .find(|c| Some(&c.id) == sb.container_id.as_ref())
-                .or(containers.first());
+            let container = containers.iter().find(|c| Some(&c.id) == sb.container_id.as_ref()).or(containers.first());
             match (sb.state, container) {
                 (SandboxState::Provisioning, _) => {
                     // A create cut short by a crash of the daemon: it was never acknowledged.
-                    self.teardown(
-                        &sb.id,
-                        SandboxState::Failed,
-                        "daemon stopped during provisioning",
-                        |s| s.state == SandboxState::Provisioning,
-                    )
+                    let reason = "daemon stopped during provisioning";
+                    self.teardown(&sb.id, SandboxState::Failed, reason, None, action::INTERRUPTED, |s| {
+                        s.state == SandboxState::Provisioning
+                    })
                     .await?;
                     report.failed_provisioning += 1;
                 }
@@ -119,19 +116,12 @@ impl<R: Runtime> Manager<R> {
         if sb.state.is_ended() {
             return Ok(false);
         }
-        let target = sb
-            .container_id
-            .clone()
-            .unwrap_or_else(|| container_name(id));
+        let target = sb.container_id.clone().unwrap_or_else(|| container_name(id));
         if self.runtime.status(&target).await?.is_some() {
             return Ok(false);
         }
-        sb.end(
-            SandboxState::Lost,
-            "container vanished from Docker",
-            SystemTime::now(),
-        );
-        self.store.put(&sb)?;
+        sb.end(SandboxState::Lost, "container vanished from Docker", SystemTime::now());
+        self.commit(&sb, self.entry(None, action::LOST, &sb.experiment, id, Ok(sb.state_reason.clone())))?;
         self.scheduler.cancel(id);
         tracing::warn!(sandbox = %id, "sandbox lost: its container is gone");
         self.emit(EventKind::Lost, &sb, sb.state_reason.clone());
@@ -164,12 +154,9 @@ impl<R: Runtime> Manager<R> {
         sb.state_reason = if sb.oom_killed {
             "killed by the OOM killer (memory limit reached)".to_string()
         } else {
-            format!(
-                "main process exited with code {}",
-                status.exit_code.unwrap_or(-1)
-            )
+            format!("main process exited with code {}", status.exit_code.unwrap_or(-1))
         };
-        self.store.put(&sb)?;
+        self.commit(&sb, self.entry(None, action::EXIT, &sb.experiment, id, Ok(sb.state_reason.clone())))?;
         tracing::info!(sandbox = %id, exit_code = ?sb.exit_code, oom_killed = sb.oom_killed, "sandbox exited");
         self.emit(EventKind::Exited, &sb, sb.state_reason.clone());
         Ok(true)
@@ -180,7 +167,8 @@ impl<R: Runtime> Manager<R> {
         if let Some(mut sb) = self.store.get(id)? {
             if !sb.state.is_ended() && !sb.oom_killed {
                 sb.oom_killed = true;
-                self.store.put(&sb)?;
+                let reason = "the kernel OOM killer struck inside the sandbox".to_string();
+                self.commit(&sb, self.entry(None, action::OOM_KILL, &sb.experiment, id, Ok(reason)))?;
                 tracing::warn!(sandbox = %id, "OOM kill inside sandbox");
             }
         }
@@ -224,9 +212,7 @@ impl<R: Runtime> Manager<R> {
             while let Some(ev) = events.next().await {
                 delay = EVENTS_RETRY_MIN;
                 let result = match ev {
-                    Ok(RuntimeEvent::Died { sandbox_id, .. }) => {
-                        self.record_exit(&sandbox_id).await.map(|_| ())
-                    }
+                    Ok(RuntimeEvent::Died { sandbox_id, .. }) => self.record_exit(&sandbox_id).await.map(|_| ()),
                     Ok(RuntimeEvent::Oom { sandbox_id, .. }) => self.record_oom(&sandbox_id).await,
                     Err(e) => {
                         tracing::warn!(error = %e, "Docker event stream failed");

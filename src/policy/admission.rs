@@ -4,11 +4,13 @@
 //! Rules, in the order they are checked (DESIGN.md "Classification"):
 //! 1. `host-ceiling`: nothing above the host's accreditation ceiling;
 //! 2. `profile-classification`: within the profile's ceiling;
-//! 3. `image-allowlist`: the image is one the profile allows;
-//! 4. `ttl` and `max-lifetime`: within the profile's lifetime limits.
-//!
-//! The register rules (experiment exists, belongs to the team, approved,
-//! declared classification) join here when the AI register lands.
+//!    `experiment-classification`: within the experiment's declared classification;
+//! 3. `experiment-registered`: the experiment exists and belongs to the caller's team;
+//!    `experiment-status`: it is neither rejected nor closed;
+//!    `experiment-approval`: it is approved when the classification is
+//!    OFFICIAL-SENSITIVE or above, or the profile requires approval;
+//! 4. `image-allowlist`: the image is one the profile allows;
+//! 5. `ttl` and `max-lifetime`: within the profile's lifetime limits.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -16,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use super::classification::Classification;
 use super::profile::{Profile, ProfileSet};
 use crate::error::{Error, Result};
+use crate::register::{Experiment, Status};
 
 /// Longest accepted experiment id or image reference.
 const MAX_ID_LEN: usize = 128;
@@ -33,6 +36,11 @@ pub struct HostPolicy {
 pub enum Rule {
     HostCeiling,
     ProfileClassification,
+    ExperimentClassification,
+    ExperimentRegistered,
+    ExperimentStatus,
+    ExperimentApproval,
+    SelfApproval,
     ImageAllowlist,
     Ttl,
     MaxLifetime,
@@ -43,6 +51,11 @@ impl Rule {
         match self {
             Rule::HostCeiling => "host-ceiling",
             Rule::ProfileClassification => "profile-classification",
+            Rule::ExperimentClassification => "experiment-classification",
+            Rule::ExperimentRegistered => "experiment-registered",
+            Rule::ExperimentStatus => "experiment-status",
+            Rule::ExperimentApproval => "experiment-approval",
+            Rule::SelfApproval => "self-approval",
             Rule::ImageAllowlist => "image-allowlist",
             Rule::Ttl => "ttl",
             Rule::MaxLifetime => "max-lifetime",
@@ -52,7 +65,10 @@ impl Rule {
     /// Whether the denial depends on the state of an object (and may pass
     /// later) rather than on the request alone.
     pub fn depends_on_state(self) -> bool {
-        matches!(self, Rule::MaxLifetime)
+        matches!(
+            self,
+            Rule::MaxLifetime | Rule::ExperimentRegistered | Rule::ExperimentStatus | Rule::ExperimentApproval
+        )
     }
 }
 
@@ -95,32 +111,17 @@ pub fn validate_name(field: &'static str, value: &str) -> Result<()> {
         return Err(Error::invalid(field, "must not be empty"));
     }
     if value.len() > MAX_ID_LEN {
-        return Err(Error::invalid(
-            field,
-            format!("longer than {MAX_ID_LEN} characters"),
-        ));
+        return Err(Error::invalid(field, format!("longer than {MAX_ID_LEN} characters")));
     }
-    if !value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(Error::invalid(
-            field,
-            format!("'{value}' may contain only letters, digits, '.', '_' and '-'"),
-        ));
+    if !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(Error::invalid(field, format!("'{value}' may contain only letters, digits, '.', '_' and '-'")));
     }
     Ok(())
 }
 
 fn validate_image(image: &str) -> Result<()> {
-    if image.is_empty()
-        || image.len() > MAX_IMAGE_LEN
-        || image.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(Error::invalid(
-            "image",
-            format!("'{image}' is not an image reference"),
-        ));
+    if image.is_empty() || image.len() > MAX_IMAGE_LEN || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::invalid("image", format!("'{image}' is not an image reference")));
     }
     Ok(())
 }
@@ -141,10 +142,12 @@ pub struct Plan {
 }
 
 /// Decides a create request. Validates the request's shape first.
+/// `experiment` is the register entry named by the request, if it exists.
 pub fn admit(
     req: &CreateSandbox,
     owner: &str,
     team: &str,
+    experiment: Option<&Experiment>,
     profiles: &ProfileSet,
     host: HostPolicy,
     now: SystemTime,
@@ -152,22 +155,12 @@ pub fn admit(
     req.validate()?;
     let profile = profiles.get(&req.profile).ok_or_else(|| {
         let known: Vec<&str> = profiles.names().collect();
-        Error::invalid(
-            "profile",
-            format!(
-                "unknown profile '{}' (known: {})",
-                req.profile,
-                known.join(", ")
-            ),
-        )
+        Error::invalid("profile", format!("unknown profile '{}' (known: {})", req.profile, known.join(", ")))
     })?;
     if req.classification > host.max_classification {
         return Err(Error::denied(
             Rule::HostCeiling,
-            format!(
-                "{} is above this host's accreditation ceiling {}",
-                req.classification, host.max_classification
-            ),
+            format!("{} is above this host's accreditation ceiling {}", req.classification, host.max_classification),
         ));
     }
     if req.classification > profile.max_classification {
@@ -176,6 +169,37 @@ pub fn admit(
             format!(
                 "{} is above profile '{}' ceiling {}",
                 req.classification, profile.name, profile.max_classification
+            ),
+        ));
+    }
+    let experiment = experiment.filter(|e| e.team == team).ok_or_else(|| {
+        Error::denied(
+            Rule::ExperimentRegistered,
+            format!("experiment '{}' is not in the register for team '{team}'; register it first", req.experiment),
+        )
+    })?;
+    if req.classification > experiment.classification {
+        return Err(Error::denied(
+            Rule::ExperimentClassification,
+            format!(
+                "{} is above experiment '{}' declared classification {}",
+                req.classification, experiment.id, experiment.classification
+            ),
+        ));
+    }
+    if matches!(experiment.status, Status::Rejected | Status::Closed) {
+        return Err(Error::denied(
+            Rule::ExperimentStatus,
+            format!("experiment '{}' is {}", experiment.id, experiment.status.as_str()),
+        ));
+    }
+    let needs_approval = req.classification >= Classification::OfficialSensitive || profile.requires_approval;
+    if needs_approval && experiment.status != Status::Approved {
+        return Err(Error::denied(
+            Rule::ExperimentApproval,
+            format!(
+                "experiment '{}' must be approved before sandboxes at {} (or from profile '{}', which requires approval)",
+                experiment.id, req.classification, profile.name
             ),
         ));
     }
@@ -262,11 +286,9 @@ mod tests {
     use crate::policy::profile::Lifetime;
 
     fn profile(max: Classification) -> Profile {
-        let mut p = Profile::parse(
-            Path::new("p.toml"),
-            "max_classification = \"OFFICIAL\"\nimages = [\"img:1\", \"img:2\"]\n",
-        )
-        .unwrap();
+        let mut p =
+            Profile::parse(Path::new("p.toml"), "max_classification = \"OFFICIAL\"\nimages = [\"img:1\", \"img:2\"]\n")
+                .unwrap();
         p.max_classification = max;
         p.lifetime = Lifetime {
             default_ttl: Duration::from_secs(600),
@@ -277,18 +299,30 @@ mod tests {
     }
 
     fn req(c: Classification) -> CreateSandbox {
-        CreateSandbox {
-            experiment: "exp-1".into(),
-            profile: "p".into(),
-            classification: c,
-            ttl: None,
-            image: None,
-        }
+        CreateSandbox { experiment: "exp-1".into(), profile: "p".into(), classification: c, ttl: None, image: None }
     }
 
-    const HOST: HostPolicy = HostPolicy {
-        max_classification: Classification::OfficialSensitive,
-    };
+    fn exp(c: Classification, status: Status) -> Experiment {
+        let n = crate::register::NewExperiment {
+            title: "t".into(),
+            purpose: "p".into(),
+            ai_tools: vec![],
+            models: vec![],
+            classification: c,
+            datasets: vec![],
+            risks: vec![],
+            planned_end: None,
+        };
+        let mut e = Experiment::new("exp-1".into(), "u", "t", n, SystemTime::now()).unwrap();
+        e.status = status;
+        e
+    }
+
+    fn top() -> Experiment {
+        exp(Classification::TopSecret, Status::Approved)
+    }
+
+    const HOST: HostPolicy = HostPolicy { max_classification: Classification::OfficialSensitive };
 
     fn set(max: Classification) -> ProfileSet {
         ProfileSet::from_profiles([profile(max)])
@@ -307,7 +341,8 @@ mod tests {
         let plan = admit(
             &req(Classification::Official),
             "alice",
-            "a",
+            "t",
+            Some(&top()),
             &set(Classification::Official),
             HOST,
             now,
@@ -316,47 +351,51 @@ mod tests {
         assert_eq!(plan.image, "img:1");
         assert_eq!(plan.expires_at, now + Duration::from_secs(600));
         assert_eq!(plan.max_expires_at, now + Duration::from_secs(4 * 3600));
-        assert_eq!((plan.owner.as_str(), plan.team.as_str()), ("alice", "a"));
+        assert_eq!((plan.owner.as_str(), plan.team.as_str()), ("alice", "t"));
     }
 
     #[test]
     fn each_rule_denies_by_name() {
         let now = SystemTime::now();
         let s = set(Classification::Official);
-        let e = admit(
-            &req(Classification::Secret),
-            "u",
-            "t",
-            &set(Classification::TopSecret),
-            HOST,
-            now,
-        )
-        .unwrap_err();
+        let e = admit(&req(Classification::Secret), "u", "t", Some(&top()), &set(Classification::TopSecret), HOST, now)
+            .unwrap_err();
         assert_eq!(rule_of(e), Rule::HostCeiling);
-        let e = admit(
-            &req(Classification::OfficialSensitive),
-            "u",
-            "t",
-            &s,
-            HOST,
-            now,
-        )
-        .unwrap_err();
+        let e = admit(&req(Classification::OfficialSensitive), "u", "t", Some(&top()), &s, HOST, now).unwrap_err();
         assert_eq!(rule_of(e), Rule::ProfileClassification);
-        let r = CreateSandbox {
-            image: Some("evil:latest".into()),
-            ..req(Classification::Official)
-        };
-        let e = admit(&r, "u", "t", &s, HOST, now).unwrap_err();
+        let r = CreateSandbox { image: Some("evil:latest".into()), ..req(Classification::Official) };
+        let e = admit(&r, "u", "t", Some(&top()), &s, HOST, now).unwrap_err();
         assert!(e.to_string().contains("image-allowlist") && e.to_string().contains("evil:latest"));
-        let r = CreateSandbox {
-            ttl: Some(Duration::from_secs(7200)),
-            ..req(Classification::Official)
-        };
+        let r = CreateSandbox { ttl: Some(Duration::from_secs(7200)), ..req(Classification::Official) };
+        assert_eq!(rule_of(admit(&r, "u", "t", Some(&top()), &s, HOST, now).unwrap_err()), Rule::Ttl);
+    }
+
+    #[test]
+    fn experiment_rules() {
+        let now = SystemTime::now();
+        let s = set(Classification::TopSecret);
+        let os = req(Classification::OfficialSensitive);
+        let deny =
+            |e: Option<&Experiment>, r: &CreateSandbox| rule_of(admit(r, "u", "t", e, &s, HOST, now).unwrap_err());
+        assert_eq!(deny(None, &os), Rule::ExperimentRegistered);
+        let mut other_team = top();
+        other_team.team = "someone-else".into();
+        assert_eq!(deny(Some(&other_team), &os), Rule::ExperimentRegistered);
+        assert_eq!(deny(Some(&exp(Classification::Official, Status::Approved)), &os), Rule::ExperimentClassification);
         assert_eq!(
-            rule_of(admit(&r, "u", "t", &s, HOST, now).unwrap_err()),
-            Rule::Ttl
+            deny(Some(&exp(Classification::OfficialSensitive, Status::Proposed)), &os),
+            Rule::ExperimentApproval
         );
+        assert_eq!(deny(Some(&exp(Classification::OfficialSensitive, Status::Closed)), &os), Rule::ExperimentStatus);
+        assert_eq!(deny(Some(&exp(Classification::OfficialSensitive, Status::Rejected)), &os), Rule::ExperimentStatus);
+        // OFFICIAL needs no approval, unless the profile says so.
+        let proposed = exp(Classification::Official, Status::Proposed);
+        assert!(admit(&req(Classification::Official), "u", "t", Some(&proposed), &s, HOST, now).is_ok());
+        let mut strict = profile(Classification::TopSecret);
+        strict.requires_approval = true;
+        let strict = ProfileSet::from_profiles([strict]);
+        let e = admit(&req(Classification::Official), "u", "t", Some(&proposed), &strict, HOST, now).unwrap_err();
+        assert_eq!(rule_of(e), Rule::ExperimentApproval);
     }
 
     #[test]
@@ -364,51 +403,15 @@ mod tests {
         let s = set(Classification::Official);
         let now = SystemTime::now();
         let cases = [
-            (
-                CreateSandbox {
-                    experiment: "".into(),
-                    ..req(Classification::Official)
-                },
-                "experiment",
-            ),
-            (
-                CreateSandbox {
-                    experiment: "a b".into(),
-                    ..req(Classification::Official)
-                },
-                "experiment",
-            ),
-            (
-                CreateSandbox {
-                    profile: "".into(),
-                    ..req(Classification::Official)
-                },
-                "profile",
-            ),
-            (
-                CreateSandbox {
-                    profile: "nope".into(),
-                    ..req(Classification::Official)
-                },
-                "profile",
-            ),
-            (
-                CreateSandbox {
-                    ttl: Some(Duration::ZERO),
-                    ..req(Classification::Official)
-                },
-                "ttl",
-            ),
-            (
-                CreateSandbox {
-                    image: Some("".into()),
-                    ..req(Classification::Official)
-                },
-                "image",
-            ),
+            (CreateSandbox { experiment: "".into(), ..req(Classification::Official) }, "experiment"),
+            (CreateSandbox { experiment: "a b".into(), ..req(Classification::Official) }, "experiment"),
+            (CreateSandbox { profile: "".into(), ..req(Classification::Official) }, "profile"),
+            (CreateSandbox { profile: "nope".into(), ..req(Classification::Official) }, "profile"),
+            (CreateSandbox { ttl: Some(Duration::ZERO), ..req(Classification::Official) }, "ttl"),
+            (CreateSandbox { image: Some("".into()), ..req(Classification::Official) }, "image"),
         ];
         for (r, field) in cases {
-            match admit(&r, "u", "t", &s, HOST, now) {
+            match admit(&r, "u", "t", Some(&top()), &s, HOST, now) {
                 Err(Error::InvalidArgument { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: {other:?}"),
             }
@@ -420,18 +423,12 @@ mod tests {
         let p = profile(Classification::Official);
         let now = SystemTime::now();
         let max = now + Duration::from_secs(1800);
-        assert_eq!(
-            extend_deadline(&p, max, Duration::from_secs(60), now).unwrap(),
-            now + Duration::from_secs(60)
-        );
+        assert_eq!(extend_deadline(&p, max, Duration::from_secs(60), now).unwrap(), now + Duration::from_secs(60));
         let e = extend_deadline(&p, max, Duration::from_secs(3601), now).unwrap_err();
         assert_eq!(rule_of(e), Rule::Ttl);
         let e = extend_deadline(&p, max, Duration::from_secs(1801), now).unwrap_err();
         assert_eq!(rule_of(e), Rule::MaxLifetime);
-        assert!(matches!(
-            extend_deadline(&p, max, Duration::ZERO, now),
-            Err(Error::InvalidArgument { .. })
-        ));
+        assert!(matches!(extend_deadline(&p, max, Duration::ZERO, now), Err(Error::InvalidArgument { .. })));
     }
 
     fn classification() -> impl Strategy<Value = Classification> {
@@ -449,6 +446,8 @@ mod tests {
             ttl in prop::option::of(0u64..20_000),
             image in prop::option::of(prop::sample::select(vec!["img:1", "img:2", "other", ""])),
             experiment in "[a-z0-9 ._-]{0,12}",
+            declared in classification(),
+            status in prop::sample::select(vec![Status::Proposed, Status::Approved, Status::Rejected, Status::Closed]),
         ) {
             let r = CreateSandbox {
                 experiment,
@@ -459,9 +458,12 @@ mod tests {
             };
             let now = SystemTime::now();
             let s = set(prof);
-            if let Ok(plan) = admit(&r, "u", "t", &s, HostPolicy { max_classification: host }, now) {
+            let e = exp(declared, status);
+            if let Ok(plan) = admit(&r, "u", "t", Some(&e), &s, HostPolicy { max_classification: host }, now) {
                 let p = s.get("p").unwrap();
-                prop_assert!(plan.classification <= host && plan.classification <= prof);
+                prop_assert!(plan.classification <= host && plan.classification <= prof && plan.classification <= declared);
+                prop_assert!(matches!(status, Status::Proposed | Status::Approved));
+                prop_assert!(plan.classification == Classification::Official || status == Status::Approved);
                 prop_assert!(p.images.contains(&plan.image));
                 let ttl = plan.expires_at.duration_since(now).unwrap();
                 prop_assert!(!ttl.is_zero() && ttl <= p.lifetime.max_ttl);

@@ -45,23 +45,12 @@ impl FromStr for Classification {
 
     /// Accepts the canonical names in any case, with `-`, `_` or a space between words.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let norm: String = s
-            .trim()
-            .chars()
-            .map(|c| {
-                if c == '_' || c == ' ' {
-                    '-'
-                } else {
-                    c.to_ascii_uppercase()
-                }
-            })
-            .collect();
+        let norm: String =
+            s.trim().chars().map(|c| if c == '_' || c == ' ' { '-' } else { c.to_ascii_uppercase() }).collect();
         Classification::ALL
             .into_iter()
             .find(|c| c.as_str() == norm)
-            .ok_or_else(|| {
-                format!("'{s}' is not a classification (OFFICIAL, OFFICIAL-SENSITIVE, SECRET, TOP-SECRET)")
-            })
+            .ok_or_else(|| format!("'{s}' is not a classification (OFFICIAL, OFFICIAL-SENSITIVE, SECRET, TOP-SECRET)"))
     }
 }
 
@@ -92,19 +81,10 @@ mod tests {
     fn parses_spellings_and_round_trips() {
         for c in Classification::ALL {
             assert_eq!(c.as_str().parse::<Classification>().unwrap(), c);
-            assert_eq!(
-                c.as_str().to_lowercase().parse::<Classification>().unwrap(),
-                c
-            );
+            assert_eq!(c.as_str().to_lowercase().parse::<Classification>().unwrap(), c);
         }
-        assert_eq!(
-            "official_sensitive".parse::<Classification>().unwrap(),
-            Classification::OfficialSensitive
-        );
-        assert_eq!(
-            "Top Secret".parse::<Classification>().unwrap(),
-            Classification::TopSecret
-        );
+        assert_eq!("official_sensitive".parse::<Classification>().unwrap(), Classification::OfficialSensitive);
+        assert_eq!("Top Secret".parse::<Classification>().unwrap(), Classification::TopSecret);
         assert!("RESTRICTED".parse::<Classification>().is_err());
         assert!("".parse::<Classification>().is_err());
     }

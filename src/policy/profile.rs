@@ -50,12 +50,7 @@ pub struct Resources {
 
 impl Default for Resources {
     fn default() -> Self {
-        Resources {
-            cpus: 1.0,
-            memory: 512 << 20,
-            pids: 256,
-            tmpfs: 64 << 20,
-        }
+        Resources { cpus: 1.0, memory: 512 << 20, pids: 256, tmpfs: 64 << 20 }
     }
 }
 
@@ -130,9 +125,7 @@ struct NetworkFile {
 
 impl Default for NetworkFile {
     fn default() -> Self {
-        NetworkFile {
-            mode: NetworkMode::None,
-        }
+        NetworkFile { mode: NetworkMode::None }
     }
 }
 
@@ -149,13 +142,7 @@ impl fmt::Display for ProfileError {
         if self.field.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.reason)
         } else {
-            write!(
-                f,
-                "{}: {}: {}",
-                self.file.display(),
-                self.field,
-                self.reason
-            )
+            write!(f, "{}: {}: {}", self.file.display(), self.field, self.reason)
         }
     }
 }
@@ -163,20 +150,11 @@ impl fmt::Display for ProfileError {
 impl Profile {
     /// Parses and validates one profile. The name is the file stem.
     pub fn parse(file: &Path, content: &str) -> Result<Profile, Vec<ProfileError>> {
-        let err = |field: &str, reason: String| ProfileError {
-            file: file.to_path_buf(),
-            field: field.to_string(),
-            reason,
-        };
-        let name = file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
+        let err =
+            |field: &str, reason: String| ProfileError { file: file.to_path_buf(), field: field.to_string(), reason };
+        let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
         let raw: ProfileFile = toml::from_str(content).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| content[..s.start].matches('\n').count() + 1);
+            let line = e.span().map(|s| content[..s.start].matches('\n').count() + 1);
             let field = line.map(|l| format!("line {l}")).unwrap_or_default();
             vec![err(&field, e.message().trim().to_string())]
         })?;
@@ -193,10 +171,7 @@ impl Profile {
         }
         for (i, image) in raw.images.iter().enumerate() {
             if image.trim().is_empty() || image.chars().any(char::is_whitespace) {
-                errors.push(err(
-                    &format!("images[{i}]"),
-                    format!("'{image}' is not an image reference"),
-                ));
+                errors.push(err(&format!("images[{i}]"), format!("'{image}' is not an image reference")));
             }
         }
         if raw.command.iter().any(|a| a.contains('\0')) {
@@ -204,44 +179,26 @@ impl Profile {
         }
         let r = &raw.resources;
         if !(r.cpus > 0.0 && r.cpus <= MAX_CPUS) {
-            errors.push(err(
-                "resources.cpus",
-                format!("{} must be above 0 and at most {MAX_CPUS}", r.cpus),
-            ));
+            errors.push(err("resources.cpus", format!("{} must be above 0 and at most {MAX_CPUS}", r.cpus)));
         }
         if r.memory < MIN_MEMORY {
-            errors.push(err(
-                "resources.memory",
-                format!("{} bytes is below Docker's minimum of 6MiB", r.memory),
-            ));
+            errors.push(err("resources.memory", format!("{} bytes is below Docker's minimum of 6MiB", r.memory)));
         }
         if r.pids < MIN_PIDS {
-            errors.push(err(
-                "resources.pids",
-                format!("{} is below the minimum of {MIN_PIDS}", r.pids),
-            ));
+            errors.push(err("resources.pids", format!("{} is below the minimum of {MIN_PIDS}", r.pids)));
         }
         if r.tmpfs == 0 {
-            errors.push(err(
-                "resources.tmpfs",
-                "scratch space must be above 0".into(),
-            ));
+            errors.push(err("resources.tmpfs", "scratch space must be above 0".into()));
         }
         let l = &raw.lifetime;
         if l.default_ttl.is_zero() {
             errors.push(err("lifetime.default_ttl", "must be above 0".into()));
         }
         if l.default_ttl > l.max_ttl {
-            errors.push(err(
-                "lifetime.default_ttl",
-                "must not exceed lifetime.max_ttl".into(),
-            ));
+            errors.push(err("lifetime.default_ttl", "must not exceed lifetime.max_ttl".into()));
         }
         if l.max_ttl > l.max_lifetime {
-            errors.push(err(
-                "lifetime.max_ttl",
-                "must not exceed lifetime.max_lifetime".into(),
-            ));
+            errors.push(err("lifetime.max_ttl", "must not exceed lifetime.max_lifetime".into()));
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -271,8 +228,7 @@ fn valid_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// Every profile in a directory, by name.
@@ -285,15 +241,8 @@ impl ProfileSet {
     /// Loads every `*.toml` in `dir`. Any invalid file fails the whole set,
     /// with every error of every file reported.
     pub fn load_dir(dir: &Path) -> Result<ProfileSet, Vec<ProfileError>> {
-        let dir_err = |reason: String| {
-            vec![ProfileError {
-                file: dir.to_path_buf(),
-                field: String::new(),
-                reason,
-            }]
-        };
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| dir_err(format!("cannot read profiles directory: {e}")))?;
+        let dir_err = |reason: String| vec![ProfileError { file: dir.to_path_buf(), field: String::new(), reason }];
+        let entries = std::fs::read_dir(dir).map_err(|e| dir_err(format!("cannot read profiles directory: {e}")))?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
@@ -322,9 +271,7 @@ impl ProfileSet {
     }
 
     pub fn from_profiles(profiles: impl IntoIterator<Item = Profile>) -> ProfileSet {
-        ProfileSet {
-            profiles: profiles.into_iter().map(|p| (p.name.clone(), p)).collect(),
-        }
+        ProfileSet { profiles: profiles.into_iter().map(|p| (p.name.clone(), p)).collect() }
     }
 
     pub fn get(&self, name: &str) -> Option<&Profile> {
@@ -394,14 +341,11 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named_with_its_line() {
-        let e = parse("max_classification = \"OFFICIAL\"\nimages = [\"x\"]\nprivileged = true\n")
-            .unwrap_err();
+        let e = parse("max_classification = \"OFFICIAL\"\nimages = [\"x\"]\nprivileged = true\n").unwrap_err();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].field, "line 3");
         assert!(e[0].reason.contains("privileged"), "{}", e[0].reason);
-        assert!(e[0]
-            .to_string()
-            .starts_with("/p/official-none.toml: line 3:"));
+        assert!(e[0].to_string().starts_with("/p/official-none.toml: line 3:"));
     }
 
     #[test]
@@ -412,22 +356,9 @@ mod tests {
             .replace("pids = 64", "pids = 1")
             .replace("default_ttl = \"10m\"", "default_ttl = \"2h\"")
             .replace("max_lifetime = \"4h\"", "max_lifetime = \"30m\"");
-        let fields: Vec<String> = parse(&bad)
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.field)
-            .collect();
-        for f in [
-            "resources.cpus",
-            "resources.memory",
-            "resources.pids",
-            "lifetime.default_ttl",
-            "lifetime.max_ttl",
-        ] {
-            assert!(
-                fields.contains(&f.to_string()),
-                "{f} missing from {fields:?}"
-            );
+        let fields: Vec<String> = parse(&bad).unwrap_err().into_iter().map(|e| e.field).collect();
+        for f in ["resources.cpus", "resources.memory", "resources.pids", "lifetime.default_ttl", "lifetime.max_ttl"] {
+            assert!(fields.contains(&f.to_string()), "{f} missing from {fields:?}");
         }
     }
 
@@ -452,17 +383,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("good.toml"), GOOD).unwrap();
         std::fs::write(dir.path().join("bad-one.toml"), "images = 3").unwrap();
-        std::fs::write(
-            dir.path().join("bad-two.toml"),
-            GOOD.replace("pids = 64", "pids = 0"),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("bad-two.toml"), GOOD.replace("pids = 64", "pids = 0")).unwrap();
         std::fs::write(dir.path().join("notes.md"), "ignored").unwrap();
         let errors = ProfileSet::load_dir(dir.path()).unwrap_err();
-        let files: Vec<_> = errors
-            .iter()
-            .map(|e| e.file.file_name().unwrap().to_str().unwrap())
-            .collect();
+        let files: Vec<_> = errors.iter().map(|e| e.file.file_name().unwrap().to_str().unwrap()).collect();
         assert_eq!(files, ["bad-one.toml", "bad-two.toml"]);
         std::fs::remove_file(dir.path().join("bad-one.toml")).unwrap();
         std::fs::remove_file(dir.path().join("bad-two.toml")).unwrap();

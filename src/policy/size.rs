@@ -6,9 +6,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size like 512MiB"))?;
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size like 512MiB"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "K" | "KiB" | "k" => 1 << 10,
@@ -17,14 +15,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "'{s}': unknown unit '{other}' (use B, KiB, MiB, GiB)"
-            ))
-        }
+        other => return Err(format!("'{s}': unknown unit '{other}' (use B, KiB, MiB, GiB)")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
 }
 
 pub fn format_size(n: u64) -> String {

@@ -12,19 +12,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, RestartPolicy, RestartPolicyNameEnum,
-};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::{
-    labels, BoxStream, ContainerSpec, ContainerStatus, ExecChunk, ExecSession, ExecSpec,
-    ManagedContainer, PullProgress, Runtime, RuntimeEvent,
+    labels, BoxStream, ContainerSpec, ContainerStatus, ExecChunk, ExecSession, ExecSpec, ManagedContainer,
+    PullProgress, Runtime, RuntimeEvent,
 };
 use crate::{Error, Result};
 
@@ -48,25 +46,13 @@ struct Inner {
 impl DockerRuntime {
     /// `host`: e.g. `unix:///var/run/docker.sock`; `None` uses DOCKER_HOST or the local socket.
     pub fn new(host: Option<String>, timeout: Duration, node: String) -> DockerRuntime {
-        DockerRuntime {
-            inner: Arc::new(Inner {
-                host,
-                timeout,
-                node,
-                client: RwLock::new(None),
-            }),
-        }
+        DockerRuntime { inner: Arc::new(Inner { host, timeout, node, client: RwLock::new(None) }) }
     }
 
     /// The negotiated client, connecting first if needed.
     async fn docker(&self) -> Result<Docker> {
         let inner = &self.inner;
-        if let Some(d) = inner
-            .client
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
+        if let Some(d) = inner.client.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
             return Ok(d.clone());
         }
         let mut d = match &inner.host {
@@ -75,10 +61,7 @@ impl DockerRuntime {
         }
         .map_err(|e| Error::Unavailable(e.to_string()))?;
         d.set_timeout(inner.timeout);
-        let d = d
-            .negotiate_version()
-            .await
-            .map_err(|e| map_err("connect", e))?;
+        let d = d.negotiate_version().await.map_err(|e| map_err("connect", e))?;
         tracing::info!(version = %d.client_version(), "connected to the Docker engine");
         *inner.client.write().unwrap_or_else(|p| p.into_inner()) = Some(d.clone());
         Ok(d)
@@ -86,45 +69,27 @@ impl DockerRuntime {
 
     /// Docker's own view of the engine, for health checks.
     pub async fn ping(&self) -> Result<()> {
-        self.docker()
-            .await?
-            .ping()
-            .await
-            .map(|_| ())
-            .map_err(|e| map_err("ping", e))
+        self.docker().await?.ping().await.map(|_| ()).map_err(|e| map_err("ping", e))
     }
 }
 
 fn is_not_found(e: &BollardError) -> bool {
-    matches!(
-        e,
-        BollardError::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
+    matches!(e, BollardError::DockerResponseServerError { status_code: 404, .. })
 }
 
 /// Connection-level failures mean the engine is unavailable; answers are Docker errors.
 fn map_err(op: &'static str, e: BollardError) -> Error {
     match e {
-        BollardError::DockerResponseServerError {
-            status_code,
-            message,
-        } => Error::Docker {
-            op,
-            message: format!("{message} (HTTP {status_code})"),
-        },
+        BollardError::DockerResponseServerError { status_code, message } => {
+            Error::Docker { op, message: format!("{message} (HTTP {status_code})") }
+        }
         BollardError::IOError { .. }
         | BollardError::HyperResponseError { .. }
         | BollardError::HttpClientError { .. }
         | BollardError::SocketNotFoundError(_)
         | BollardError::RequestTimeoutError
         | BollardError::HyperLegacyError { .. } => Error::Unavailable(format!("{op}: {e}")),
-        other => Error::Docker {
-            op,
-            message: other.to_string(),
-        },
+        other => Error::Docker { op, message: other.to_string() },
     }
 }
 
@@ -144,19 +109,13 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         security_opt: Some(vec!["no-new-privileges:true".into()]),
         privileged: Some(false),
         readonly_rootfs: Some(true),
-        tmpfs: Some(HashMap::from([(
-            SCRATCH_DIR.to_string(),
-            format!("rw,nosuid,nodev,size={},mode=1777", r.tmpfs),
-        )])),
+        tmpfs: Some(HashMap::from([(SCRATCH_DIR.to_string(), format!("rw,nosuid,nodev,size={},mode=1777", r.tmpfs))])),
         // Own namespaces, no network, nothing published or mounted.
         network_mode: Some("none".into()),
         ipc_mode: Some("private".into()),
         publish_all_ports: Some(false),
         init: Some(true),
-        restart_policy: Some(RestartPolicy {
-            name: Some(RestartPolicyNameEnum::NO),
-            maximum_retry_count: None,
-        }),
+        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
         auto_remove: Some(false),
         log_config: Some(HostConfigLogConfig {
             typ: Some("json-file".into()),
@@ -182,10 +141,7 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
 }
 
 fn label_filters(selector: &HashMap<String, String>) -> HashMap<String, Vec<String>> {
-    HashMap::from([(
-        "label".to_string(),
-        selector.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-    )])
+    HashMap::from([("label".to_string(), selector.iter().map(|(k, v)| format!("{k}={v}")).collect())])
 }
 
 /// `image:tag` split for the pull API; a digest or no tag pulls as named.
@@ -234,10 +190,7 @@ impl Runtime for DockerRuntime {
             if let Some(t) = tag {
                 opts = opts.tag(t);
             }
-            let unavailable = move |reason: String| Error::ImageUnavailable {
-                image: image.clone(),
-                reason,
-            };
+            let unavailable = move |reason: String| Error::ImageUnavailable { image: image.clone(), reason };
             Ok(d.create_image(Some(opts.build()), None, None)
                 .map(move |r| match r {
                     Ok(info) => match info.error_detail.and_then(|e| e.message) {
@@ -265,21 +218,13 @@ impl Runtime for DockerRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String> {
         let d = self.docker().await?;
-        let opts = CreateContainerOptionsBuilder::default()
-            .name(&spec.name)
-            .build();
-        let created = d
-            .create_container(Some(opts), create_body(spec))
-            .await
-            .map_err(|e| match e {
-                BollardError::DockerResponseServerError {
-                    status_code: 404, ..
-                } => Error::ImageUnavailable {
-                    image: spec.image.clone(),
-                    reason: "not present on the engine".into(),
-                },
-                other => map_err("create container", other),
-            })?;
+        let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let created = d.create_container(Some(opts), create_body(spec)).await.map_err(|e| match e {
+            BollardError::DockerResponseServerError { status_code: 404, .. } => {
+                Error::ImageUnavailable { image: spec.image.clone(), reason: "not present on the engine".into() }
+            }
+            other => map_err("create container", other),
+        })?;
         if let Err(e) = d.start_container(&created.id, None).await {
             // Never leave a created-but-not-started container behind.
             let _ = self.remove(&created.id).await;
@@ -291,32 +236,24 @@ impl Runtime for DockerRuntime {
     async fn remove(&self, container: &str) -> Result<()> {
         let d = self.docker().await?;
         // force: SIGKILL then remove, with no stop grace period.
-        let opts = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
-            .build();
+        let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         match d.remove_container(container, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             // Docker answers 409 while a removal of the same container is already in progress.
-            Err(BollardError::DockerResponseServerError {
-                status_code: 409,
-                message,
-            }) if message.contains("already in progress") => Ok(()),
+            Err(BollardError::DockerResponseServerError { status_code: 409, message })
+                if message.contains("already in progress") =>
+            {
+                Ok(())
+            }
             Err(e) => Err(map_err("remove container", e)),
         }
     }
 
     async fn list(&self, selector: &HashMap<String, String>) -> Result<Vec<ManagedContainer>> {
         let d = self.docker().await?;
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&label_filters(selector))
-            .build();
-        let list = d
-            .list_containers(Some(opts))
-            .await
-            .map_err(|e| map_err("list containers", e))?;
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&label_filters(selector)).build();
+        let list = d.list_containers(Some(opts)).await.map_err(|e| map_err("list containers", e))?;
         Ok(list
             .into_iter()
             .filter_map(|c| {
@@ -359,15 +296,8 @@ impl Runtime for DockerRuntime {
             privileged: Some(false),
             ..Default::default()
         };
-        let exec = d
-            .create_exec(container, opts)
-            .await
-            .map_err(|e| map_err("create exec", e))?;
-        match d
-            .start_exec(&exec.id, None)
-            .await
-            .map_err(|e| map_err("start exec", e))?
-        {
+        let exec = d.create_exec(container, opts).await.map_err(|e| map_err("create exec", e))?;
+        match d.start_exec(&exec.id, None).await.map_err(|e| map_err("start exec", e))? {
             StartExecResults::Attached { output, .. } => Ok(ExecSession {
                 exec_id: exec.id,
                 output: output
@@ -394,15 +324,8 @@ impl Runtime for DockerRuntime {
 
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
         let d = self.docker().await?;
-        let i = d
-            .inspect_exec(exec_id)
-            .await
-            .map_err(|e| map_err("inspect exec", e))?;
-        Ok(if i.running.unwrap_or(false) {
-            None
-        } else {
-            i.exit_code
-        })
+        let i = d.inspect_exec(exec_id).await.map_err(|e| map_err("inspect exec", e))?;
+        Ok(if i.running.unwrap_or(false) { None } else { i.exit_code })
     }
 
     fn events(&self, selector: &HashMap<String, String>) -> BoxStream<Result<RuntimeEvent>> {
@@ -418,19 +341,10 @@ impl Runtime for DockerRuntime {
                     Ok(ev) => {
                         let actor = ev.actor.unwrap_or_default();
                         let container_id = actor.id?;
-                        let sandbox_id = actor
-                            .attributes
-                            .unwrap_or_default()
-                            .remove(labels::SANDBOX)?;
+                        let sandbox_id = actor.attributes.unwrap_or_default().remove(labels::SANDBOX)?;
                         match ev.action.as_deref() {
-                            Some("die") => Some(Ok(RuntimeEvent::Died {
-                                container_id,
-                                sandbox_id,
-                            })),
-                            Some("oom") => Some(Ok(RuntimeEvent::Oom {
-                                container_id,
-                                sandbox_id,
-                            })),
+                            Some("die") => Some(Ok(RuntimeEvent::Died { container_id, sandbox_id })),
+                            Some("oom") => Some(Ok(RuntimeEvent::Oom { container_id, sandbox_id })),
                             _ => None,
                         }
                     }
@@ -462,12 +376,7 @@ mod tests {
             user: "65534:65534".into(),
             env: vec![],
             labels: HashMap::from([("sandpit.managed".into(), "true".into())]),
-            resources: Resources {
-                cpus: 0.5,
-                memory: 64 << 20,
-                pids: 32,
-                tmpfs: 8 << 20,
-            },
+            resources: Resources { cpus: 0.5, memory: 64 << 20, pids: 32, tmpfs: 8 << 20 },
         }
     }
 
@@ -477,29 +386,15 @@ mod tests {
         let h = b.host_config.unwrap();
         assert_eq!(b.user.as_deref(), Some("65534:65534"));
         assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
-        assert_eq!(
-            h.security_opt,
-            Some(vec!["no-new-privileges:true".to_string()])
-        );
-        assert_eq!(
-            (h.readonly_rootfs, h.privileged, h.init),
-            (Some(true), Some(false), Some(true))
-        );
+        assert_eq!(h.security_opt, Some(vec!["no-new-privileges:true".to_string()]));
+        assert_eq!((h.readonly_rootfs, h.privileged, h.init), (Some(true), Some(false), Some(true)));
         assert_eq!(h.memory, h.memory_swap);
         assert_eq!(h.nano_cpus, Some(500_000_000));
         assert_eq!(h.pids_limit, Some(32));
         assert_eq!(h.network_mode.as_deref(), Some("none"));
-        assert!(
-            h.binds.is_none()
-                && h.mounts.is_none()
-                && h.devices.is_none()
-                && h.port_bindings.is_none()
-        );
+        assert!(h.binds.is_none() && h.mounts.is_none() && h.devices.is_none() && h.port_bindings.is_none());
         assert!(h.tmpfs.unwrap()["/tmp"].contains(&format!("size={}", 8 << 20)));
-        assert_eq!(
-            h.restart_policy.unwrap().name,
-            Some(RestartPolicyNameEnum::NO)
-        );
+        assert_eq!(h.restart_policy.unwrap().name, Some(RestartPolicyNameEnum::NO));
         assert!(h.pid_mode.is_none() && h.uts_mode.is_none() && h.cap_add.is_none());
         assert!(b.cmd.is_none(), "an empty command keeps the image default");
     }
@@ -508,10 +403,7 @@ mod tests {
     fn image_names_split_for_pull() {
         assert_eq!(split_image("alpine"), ("alpine", Some("latest")));
         assert_eq!(split_image("alpine:3"), ("alpine", Some("3")));
-        assert_eq!(
-            split_image("reg:5000/a/b"),
-            ("reg:5000/a/b", Some("latest"))
-        );
+        assert_eq!(split_image("reg:5000/a/b"), ("reg:5000/a/b", Some("latest")));
         assert_eq!(split_image("reg:5000/a/b:1"), ("reg:5000/a/b", Some("1")));
         assert_eq!(split_image("a@sha256:00"), ("a@sha256:00", None));
     }

@@ -21,21 +21,13 @@ pub const NODE: &str = "sandpit.node";
 
 /// The labels that select everything one daemon instance manages.
 pub fn selector(instance: &str) -> HashMap<String, String> {
-    HashMap::from([
-        (MANAGED.to_string(), "true".to_string()),
-        (INSTANCE.to_string(), instance.to_string()),
-    ])
+    HashMap::from([(MANAGED.to_string(), "true".to_string()), (INSTANCE.to_string(), instance.to_string())])
 }
 
 /// Every label of a sandbox's objects: the operator's extra labels first, so
 /// that the daemon's own always win.
-pub fn for_sandbox(
-    sb: &Sandbox,
-    instance: &str,
-    extra: &BTreeMap<String, String>,
-) -> HashMap<String, String> {
-    let mut l: HashMap<String, String> =
-        extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+pub fn for_sandbox(sb: &Sandbox, instance: &str, extra: &BTreeMap<String, String>) -> HashMap<String, String> {
+    let mut l: HashMap<String, String> = extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     l.extend(selector(instance));
     l.extend([
         (SANDBOX.to_string(), sb.id.clone()),

@@ -55,15 +55,9 @@ pub struct ContainerStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuntimeEvent {
     /// The main process ended.
-    Died {
-        container_id: String,
-        sandbox_id: String,
-    },
+    Died { container_id: String, sandbox_id: String },
     /// The kernel OOM killer struck inside the container.
-    Oom {
-        container_id: String,
-        sandbox_id: String,
-    },
+    Oom { container_id: String, sandbox_id: String },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -113,23 +107,13 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     fn remove(&self, container: &str) -> impl Future<Output = Result<()>> + Send;
 
     /// Every container (running or not) carrying all of `selector`'s labels.
-    fn list(
-        &self,
-        selector: &HashMap<String, String>,
-    ) -> impl Future<Output = Result<Vec<ManagedContainer>>> + Send;
+    fn list(&self, selector: &HashMap<String, String>) -> impl Future<Output = Result<Vec<ManagedContainer>>> + Send;
 
     /// The container's process state; `None` if it does not exist.
-    fn status(
-        &self,
-        container: &str,
-    ) -> impl Future<Output = Result<Option<ContainerStatus>>> + Send;
+    fn status(&self, container: &str) -> impl Future<Output = Result<Option<ContainerStatus>>> + Send;
 
     /// Starts a command in a running container.
-    fn exec(
-        &self,
-        container: &str,
-        spec: ExecSpec,
-    ) -> impl Future<Output = Result<ExecSession>> + Send;
+    fn exec(&self, container: &str, spec: ExecSpec) -> impl Future<Output = Result<ExecSession>> + Send;
 
     /// The exit code of a finished exec (`None` while it runs).
     fn exec_exit_code(&self, exec_id: &str) -> impl Future<Output = Result<Option<i64>>> + Send;

@@ -1,11 +1,19 @@
-//! Durable sandbox records behind a small trait, so the lifecycle manager does
-//! not care whether they live in a local SQLite file (today) or a shared
-//! database (a fleet of daemons, later).
+//! Durable state behind a small trait, so the lifecycle manager does not care
+//! whether it lives in a local SQLite file (today) or a shared database (a
+//! fleet of daemons, later): sandbox records, the AI register, and the
+//! hash-chained audit log.
+//!
+//! A state change and the audit record that describes it are written in one
+//! transaction: if the audit log cannot be written, the change does not happen.
 
 mod sqlite;
 
 pub use sqlite::SqliteStore;
 
+use std::time::SystemTime;
+
+use crate::audit::{AuditEntry, AuditRecord, VerifyReport};
+use crate::register::{Experiment, Status};
 use crate::sandbox::Sandbox;
 use crate::Result;
 
@@ -19,13 +27,43 @@ pub struct ListFilter {
     pub include_ended: bool,
 }
 
+#[derive(Debug, Clone, Default)]
+pub struct ExperimentFilter {
+    pub team: Option<String>,
+    pub status: Option<Status>,
+}
+
+/// Which audit records [`Store::query_audit`] returns, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    pub actor: Option<String>,
+    pub experiment: Option<String>,
+    pub sandbox: Option<String>,
+    pub action: Option<String>,
+    /// Only records after this sequence number (pagination).
+    pub after_seq: u64,
+    pub limit: usize,
+}
+
 pub trait Store: Send + Sync + 'static {
-    /// Inserts or replaces a record.
-    fn put(&self, sandbox: &Sandbox) -> Result<()>;
+    /// Inserts or replaces a record, with the audit record of the change.
+    fn put(&self, sandbox: &Sandbox, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>>;
     fn get(&self, id: &str) -> Result<Option<Sandbox>>;
     /// Records matching `filter`, oldest first.
     fn list(&self, filter: &ListFilter) -> Result<Vec<Sandbox>>;
     /// A stable id for this daemon's data, put in the labels of everything it
     /// creates so that two daemons on one engine never touch each other's objects.
     fn instance_id(&self) -> Result<String>;
+
+    fn put_experiment(&self, experiment: &Experiment, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>>;
+    fn get_experiment(&self, id: &str) -> Result<Option<Experiment>>;
+    fn list_experiments(&self, filter: &ExperimentFilter) -> Result<Vec<Experiment>>;
+
+    /// Appends an audit record that goes with no other change (e.g. a denial).
+    fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord>;
+    fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
+    /// Recomputes the whole chain.
+    fn verify_audit(&self) -> Result<VerifyReport>;
 }

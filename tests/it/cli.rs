@@ -33,11 +33,7 @@ async fn cli_create_get_exec_extend_rm() {
             "--json",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let sb: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for field in [
         "id",
@@ -57,24 +53,13 @@ async fn cli_create_get_exec_extend_rm() {
     assert_eq!(sb["state"], "SANDBOX_STATE_RUNNING");
     let id = sb["id"].as_str().unwrap();
 
-    let out = sandpit(
-        &d,
-        TEAM_A,
-        &["exec", id, "--", "sh", "-c", "echo hello; exit 7"],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "exec exits with the command's code"
-    );
+    let out = sandpit(&d, TEAM_A, &["exec", id, "--", "sh", "-c", "echo hello; exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "exec exits with the command's code");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
 
     let out = sandpit(&d, TEAM_A, &["ls"]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        table.starts_with("ID") && table.contains(id) && table.contains("running"),
-        "{table}"
-    );
+    assert!(table.starts_with("ID") && table.contains(id) && table.contains("running"), "{table}");
 
     let out = sandpit(&d, TEAM_A, &["extend", id, "--ttl", "2h"]);
     assert_eq!(out.status.code(), Some(1));

@@ -54,53 +54,24 @@ impl Drop for Proxy {
 async fn docker_outage_gives_unavailable_and_the_daemon_recovers() {
     let sockdir = tempfile::tempdir().unwrap();
     let sock = sockdir.path().join("docker.sock");
-    let d = Daemon::with(Options {
-        docker_host: Some(format!("unix://{}", sock.display())),
-        ..Default::default()
-    })
-    .await;
+    let d =
+        Daemon::with(Options { docker_host: Some(format!("unix://{}", sock.display())), ..Default::default() }).await;
     let mut c = d.client(TEAM_A).await;
 
     // Docker was never there: the daemon serves anyway.
-    let e = c
-        .create_sandbox(create_req("exp-outage", 60))
-        .await
-        .unwrap_err();
+    let e = c.create_sandbox(create_req("exp-outage", 60)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
-    assert!(
-        c.list_sandboxes(proto::ListSandboxesRequest::default())
-            .await
-            .is_ok(),
-        "reads still work"
-    );
-    let failed = c
-        .list_sandboxes(proto::ListSandboxesRequest {
-            include_ended: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert!(failed
-        .into_inner()
-        .sandboxes
-        .iter()
-        .all(|s| state(s) == SandboxState::Failed));
+    assert!(c.list_sandboxes(proto::ListSandboxesRequest::default()).await.is_ok(), "reads still work");
+    let failed =
+        c.list_sandboxes(proto::ListSandboxesRequest { include_ended: true, ..Default::default() }).await.unwrap();
+    assert!(failed.into_inner().sandboxes.iter().all(|s| state(s) == SandboxState::Failed));
 
     // Docker arrives: creates work with no restart.
     let proxy = Proxy::start(&sock);
-    let sb = eventually(
-        Duration::from_secs(10),
-        "create after Docker returns",
-        || {
-            let mut c = c.clone();
-            async move {
-                c.create_sandbox(create_req("exp-outage", 60))
-                    .await
-                    .ok()
-                    .map(|r| r.into_inner())
-            }
-        },
-    )
+    let sb = eventually(Duration::from_secs(10), "create after Docker returns", || {
+        let mut c = c.clone();
+        async move { c.create_sandbox(create_req("exp-outage", 60)).await.ok().map(|r| r.into_inner()) }
+    })
     .await;
     assert_eq!(state(&sb), SandboxState::Running);
 
@@ -108,33 +79,17 @@ async fn docker_outage_gives_unavailable_and_the_daemon_recovers() {
     drop(proxy);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let _ = std::fs::remove_file(&sock);
-    let e = c
-        .delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() })
-        .await
-        .unwrap_err();
+    let e = c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
-    let rec = c
-        .get_sandbox(proto::GetSandboxRequest { id: sb.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let rec = c.get_sandbox(proto::GetSandboxRequest { id: sb.id.clone() }).await.unwrap().into_inner();
     assert_eq!(state(&rec), SandboxState::Running);
 
     let _proxy = Proxy::start(&sock);
-    let del = eventually(
-        Duration::from_secs(10),
-        "delete after Docker returns",
-        || {
-            let mut c = c.clone();
-            let id = sb.id.clone();
-            async move {
-                c.delete_sandbox(proto::DeleteSandboxRequest { id })
-                    .await
-                    .ok()
-                    .map(|r| r.into_inner())
-            }
-        },
-    )
+    let del = eventually(Duration::from_secs(10), "delete after Docker returns", || {
+        let mut c = c.clone();
+        let id = sb.id.clone();
+        async move { c.delete_sandbox(proto::DeleteSandboxRequest { id }).await.ok().map(|r| r.into_inner()) }
+    })
     .await;
     assert_eq!(state(&del), SandboxState::Deleted);
     assert!(!container_exists(&sb.container_id).await);

@@ -15,37 +15,20 @@ async fn create_runs_a_hardened_container() {
     let sb = create(&mut c, 120).await;
     assert_eq!(state(&sb), SandboxState::Running);
     assert!(sb.id.starts_with("sb-"));
-    assert_eq!(
-        (sb.owner.as_str(), sb.team.as_str(), sb.profile.as_str()),
-        ("alice", "team-a", PROFILE)
-    );
+    assert_eq!((sb.owner.as_str(), sb.team.as_str(), sb.profile.as_str()), ("alice", "team-a", PROFILE));
     assert_eq!(sb.classification, "OFFICIAL");
 
-    let i = docker()
-        .await
-        .inspect_container(&sb.container_id, None)
-        .await
-        .unwrap();
+    let i = docker().await.inspect_container(&sb.container_id, None).await.unwrap();
     assert!(i.state.unwrap().running.unwrap());
     let cfg = i.config.unwrap();
     let h = i.host_config.unwrap();
     assert_eq!(cfg.user.as_deref(), Some("65534:65534"), "non-root user");
-    assert_eq!(
-        h.cap_drop,
-        Some(vec!["ALL".to_string()]),
-        "all capabilities dropped"
-    );
+    assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]), "all capabilities dropped");
     assert!(h.cap_add.unwrap_or_default().is_empty());
-    assert_eq!(
-        h.security_opt,
-        Some(vec!["no-new-privileges:true".to_string()])
-    );
+    assert_eq!(h.security_opt, Some(vec!["no-new-privileges:true".to_string()]));
     assert_eq!(h.readonly_rootfs, Some(true), "read-only root");
     let tmpfs = h.tmpfs.unwrap();
-    assert!(
-        tmpfs["/tmp"].contains(&format!("size={}", 16 << 20)),
-        "{tmpfs:?}"
-    );
+    assert!(tmpfs["/tmp"].contains(&format!("size={}", 16 << 20)), "{tmpfs:?}");
     assert_eq!(h.pids_limit, Some(64));
     assert_eq!(h.memory, Some(64 << 20));
     assert_eq!(h.memory_swap, h.memory, "swap equal to memory");
@@ -57,10 +40,7 @@ async fn create_runs_a_hardened_container() {
     assert!(h.port_bindings.unwrap_or_default().is_empty() && h.publish_all_ports != Some(true));
     assert!(h.binds.unwrap_or_default().is_empty() && h.mounts.unwrap_or_default().is_empty());
     assert!(h.devices.unwrap_or_default().is_empty());
-    assert_eq!(
-        h.restart_policy.unwrap().name,
-        Some(bollard::models::RestartPolicyNameEnum::NO)
-    );
+    assert_eq!(h.restart_policy.unwrap().name, Some(bollard::models::RestartPolicyNameEnum::NO));
     assert_eq!(h.init, Some(true));
     let sec = h.security_opt.unwrap_or_default().join(",");
     assert!(!sec.contains("unconfined"), "default seccomp/AppArmor kept");
@@ -82,16 +62,8 @@ async fn create_runs_a_hardened_container() {
     assert!(want.duration_since(expires).unwrap_or_default() < Duration::from_secs(1));
 
     // From inside: no effective capabilities, no new privileges, read-only root.
-    let (out, _, code) = exec(
-        &mut c,
-        &sb.id,
-        &[
-            "sh",
-            "-c",
-            "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; id -u",
-        ],
-    )
-    .await;
+    let (out, _, code) =
+        exec(&mut c, &sb.id, &["sh", "-c", "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; id -u"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
@@ -119,11 +91,7 @@ pub async fn exec(c: &mut Client, id: &str, cmd: &[&str]) -> (String, String, i6
             Output::ExitCode(c) => code = Some(c),
         }
     }
-    (
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-        code.expect("exit code"),
-    )
+    (String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap(), code.expect("exit code"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,34 +99,16 @@ async fn exec_streams_output_and_exit_code() {
     let d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
     let sb = create(&mut c, 120).await;
-    let (out, err, code) = exec(
-        &mut c,
-        &sb.id,
-        &["sh", "-c", "echo out; echo err >&2; exit 3"],
-    )
-    .await;
+    let (out, err, code) = exec(&mut c, &sb.id, &["sh", "-c", "echo out; echo err >&2; exit 3"]).await;
     assert_eq!((out.as_str(), err.as_str(), code), ("out\n", "err\n", 3));
-    let (out, _, code) = exec(
-        &mut c,
-        &sb.id,
-        &["sh", "-c", "yes line | head -n 20000 | wc -l"],
-    )
-    .await;
+    let (out, _, code) = exec(&mut c, &sb.id, &["sh", "-c", "yes line | head -n 20000 | wc -l"]).await;
     assert_eq!((out.trim(), code), ("20000", 0));
 
-    let req = proto::ExecRequest {
-        id: sb.id.clone(),
-        command: vec![],
-        ..Default::default()
-    };
+    let req = proto::ExecRequest { id: sb.id.clone(), command: vec![], ..Default::default() };
     let e = c.exec(req).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("command"), "{}", e.message());
-    let req = proto::ExecRequest {
-        id: sb.id.clone(),
-        command: vec!["/bin/nonexistent".into()],
-        ..Default::default()
-    };
+    let req = proto::ExecRequest { id: sb.id.clone(), command: vec!["/bin/nonexistent".into()], ..Default::default() };
     let mut s = c.exec(req).await.unwrap().into_inner();
     let mut code = None;
     while let Some(m) = s.next().await {
@@ -166,19 +116,13 @@ async fn exec_streams_output_and_exit_code() {
             code = Some(x);
         }
     }
-    assert!(
-        matches!(code, Some(126 | 127)),
-        "a missing program fails as in a shell: {code:?}"
-    );
+    assert!(matches!(code, Some(126 | 127)), "a missing program fails as in a shell: {code:?}");
 
     // A command past its timeout is cut off with DEADLINE_EXCEEDED.
     let req = proto::ExecRequest {
         id: sb.id.clone(),
         command: vec!["sleep".into(), "30".into()],
-        timeout: Some(pbjson_types::Duration {
-            seconds: 1,
-            nanos: 0,
-        }),
+        timeout: Some(pbjson_types::Duration { seconds: 1, nanos: 0 }),
         ..Default::default()
     };
     let started = std::time::Instant::now();
@@ -201,84 +145,34 @@ async fn extend_within_and_beyond_the_profile_limits() {
     let sb = create(&mut c, 60).await;
 
     let before = SystemTime::now();
-    let ext = c
-        .extend_sandbox(proto::ExtendSandboxRequest {
-            id: sb.id.clone(),
-            ttl: ttl(540),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ext =
+        c.extend_sandbox(proto::ExtendSandboxRequest { id: sb.id.clone(), ttl: ttl(540) }).await.unwrap().into_inner();
     let expires = to_system(ext.expires_at.as_ref().unwrap());
     let from_now = expires.duration_since(before).unwrap();
-    assert!(
-        from_now >= Duration::from_secs(539) && from_now <= Duration::from_secs(542),
-        "{from_now:?}"
-    );
+    assert!(from_now >= Duration::from_secs(539) && from_now <= Duration::from_secs(542), "{from_now:?}");
     assert_eq!(
-        c.get_sandbox(proto::GetSandboxRequest { id: sb.id.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .expires_at,
+        c.get_sandbox(proto::GetSandboxRequest { id: sb.id.clone() }).await.unwrap().into_inner().expires_at,
         ext.expires_at
     );
 
-    let e = c
-        .extend_sandbox(proto::ExtendSandboxRequest {
-            id: sb.id.clone(),
-            ttl: ttl(11 * 60),
-        })
-        .await
-        .unwrap_err();
+    let e = c.extend_sandbox(proto::ExtendSandboxRequest { id: sb.id.clone(), ttl: ttl(11 * 60) }).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    assert!(
-        e.message().contains("'ttl'") && e.message().contains("max_ttl"),
-        "{}",
-        e.message()
-    );
-    let e = c
-        .extend_sandbox(proto::ExtendSandboxRequest {
-            id: sb.id.clone(),
-            ttl: ttl(0),
-        })
-        .await
-        .unwrap_err();
+    assert!(e.message().contains("'ttl'") && e.message().contains("max_ttl"), "{}", e.message());
+    let e = c.extend_sandbox(proto::ExtendSandboxRequest { id: sb.id.clone(), ttl: ttl(0) }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = c
-        .extend_sandbox(proto::ExtendSandboxRequest {
-            id: sb.id.clone(),
-            ttl: None,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (e.code(), e.message()),
-        (Code::InvalidArgument, "ttl: must be set")
-    );
+    let e = c.extend_sandbox(proto::ExtendSandboxRequest { id: sb.id.clone(), ttl: None }).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "ttl: must be set"));
 
     // A profile whose max lifetime equals its max ttl: any extension past creation + lifetime is refused.
     let mut req = create_req("exp-test", 60);
     req.profile = "test-sensitive".into();
     let sens = c.create_sandbox(req).await.unwrap().into_inner();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let e = c
-        .extend_sandbox(proto::ExtendSandboxRequest {
-            id: sens.id.clone(),
-            ttl: ttl(600),
-        })
-        .await
-        .unwrap_err();
+    let e = c.extend_sandbox(proto::ExtendSandboxRequest { id: sens.id.clone(), ttl: ttl(600) }).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("max-lifetime"), "{}", e.message());
     assert_eq!(
-        c.get_sandbox(proto::GetSandboxRequest {
-            id: sens.id.clone()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .expires_at,
+        c.get_sandbox(proto::GetSandboxRequest { id: sens.id.clone() }).await.unwrap().into_inner().expires_at,
         sens.expires_at,
         "a refused extension changes nothing"
     );
@@ -289,56 +183,28 @@ async fn delete_is_idempotent_and_removes_the_container() {
     let d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
     let sb = create(&mut c, 120).await;
-    let del = c
-        .delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let del = c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap().into_inner();
     assert_eq!(state(&del), SandboxState::Deleted);
     assert!(del.state_reason.contains("alice"), "{}", del.state_reason);
     assert!(!container_exists(&sb.container_id).await);
-    let again = c
-        .delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap().into_inner();
     assert_eq!(again, del, "a second delete returns the same record");
     // Ended sandboxes leave the default listing but stay on record.
-    let active = c
-        .list_sandboxes(proto::ListSandboxesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let active = c.list_sandboxes(proto::ListSandboxesRequest::default()).await.unwrap().into_inner();
     assert!(active.sandboxes.iter().all(|s| s.id != sb.id));
     let all = c
-        .list_sandboxes(proto::ListSandboxesRequest {
-            include_ended: true,
-            ..Default::default()
-        })
+        .list_sandboxes(proto::ListSandboxesRequest { include_ended: true, ..Default::default() })
         .await
         .unwrap()
         .into_inner();
     assert!(all.sandboxes.iter().any(|s| s.id == sb.id));
     // Exec into a deleted sandbox is a precondition failure, not a crash.
-    let req = proto::ExecRequest {
-        id: sb.id.clone(),
-        command: vec!["true".into()],
-        ..Default::default()
-    };
-    assert_eq!(
-        c.exec(req).await.unwrap_err().code(),
-        Code::FailedPrecondition
-    );
+    let req = proto::ExecRequest { id: sb.id.clone(), command: vec!["true".into()], ..Default::default() };
+    assert_eq!(c.exec(req).await.unwrap_err().code(), Code::FailedPrecondition);
     // An operator may delete any team's sandbox.
     let other = create(&mut c, 120).await;
     let mut op = d.client(OPERATOR).await;
-    let del = op
-        .delete_sandbox(proto::DeleteSandboxRequest {
-            id: other.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let del = op.delete_sandbox(proto::DeleteSandboxRequest { id: other.id.clone() }).await.unwrap().into_inner();
     assert_eq!(state(&del), SandboxState::Deleted);
 }
 
@@ -346,38 +212,20 @@ async fn delete_is_idempotent_and_removes_the_container() {
 async fn expiry_tears_down_within_two_seconds_and_warns_first() {
     let d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
-    let mut watch = c
-        .watch_sandboxes(proto::WatchSandboxesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = c.watch_sandboxes(proto::WatchSandboxesRequest::default()).await.unwrap().into_inner();
     let sb = create(&mut c, 3).await;
     let expires_at = to_system(sb.expires_at.as_ref().unwrap());
 
-    let gone = eventually(
-        Duration::from_secs(10),
-        "container removed at expiry",
-        || {
-            let cid = sb.container_id.clone();
-            async move { (!container_exists(&cid).await).then(SystemTime::now) }
-        },
-    )
+    let gone = eventually(Duration::from_secs(10), "container removed at expiry", || {
+        let cid = sb.container_id.clone();
+        async move { (!container_exists(&cid).await).then(SystemTime::now) }
+    })
     .await;
     let late = gone.duration_since(expires_at).unwrap_or_default();
-    assert!(
-        late < Duration::from_secs(2),
-        "torn down {late:?} after expiry"
-    );
-    assert!(
-        gone >= expires_at - Duration::from_millis(5),
-        "torn down before its expiry"
-    );
+    assert!(late < Duration::from_secs(2), "torn down {late:?} after expiry");
+    assert!(gone >= expires_at - Duration::from_millis(5), "torn down before its expiry");
 
-    let rec = c
-        .get_sandbox(proto::GetSandboxRequest { id: sb.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let rec = c.get_sandbox(proto::GetSandboxRequest { id: sb.id.clone() }).await.unwrap().into_inner();
     assert_eq!(state(&rec), SandboxState::Expired);
     assert!(rec.ended_at.is_some());
 
@@ -390,14 +238,7 @@ async fn expiry_tears_down_within_two_seconds_and_warns_first() {
             break;
         }
     }
-    assert_eq!(
-        kinds,
-        [
-            SandboxEventKind::Created,
-            SandboxEventKind::ExpiringSoon,
-            SandboxEventKind::Expired
-        ]
-    );
+    assert_eq!(kinds, [SandboxEventKind::Created, SandboxEventKind::ExpiringSoon, SandboxEventKind::Expired]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -407,21 +248,14 @@ async fn a_container_killed_from_outside_shows_as_exited() {
     let sb = create(&mut c, 120).await;
     docker()
         .await
-        .kill_container(
-            &sb.container_id,
-            None::<bollard::query_parameters::KillContainerOptions>,
-        )
+        .kill_container(&sb.container_id, None::<bollard::query_parameters::KillContainerOptions>)
         .await
         .unwrap();
     let rec = eventually(Duration::from_secs(5), "exited state", || {
         let mut c = c.clone();
         let id = sb.id.clone();
         async move {
-            let r = c
-                .get_sandbox(proto::GetSandboxRequest { id })
-                .await
-                .unwrap()
-                .into_inner();
+            let r = c.get_sandbox(proto::GetSandboxRequest { id }).await.unwrap().into_inner();
             (state(&r) == SandboxState::Exited).then_some(r)
         }
     })
@@ -429,9 +263,7 @@ async fn a_container_killed_from_outside_shows_as_exited() {
     assert_eq!(rec.exit_code, Some(137));
     assert!(rec.state_reason.contains("137"), "{}", rec.state_reason);
     // Deleting it still removes the stopped container.
-    c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() })
-        .await
-        .unwrap();
+    c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap();
     assert!(!container_exists(&sb.container_id).await);
 }
 
@@ -443,22 +275,11 @@ async fn sigterm_exits_zero_and_leaves_sandboxes_running() {
     let status = d.terminate();
     assert!(status.success(), "exit status {status}");
     assert!(d.log().contains("sandboxes are left running"));
-    let i = docker()
-        .await
-        .inspect_container(&sb.container_id, None)
-        .await
-        .unwrap();
-    assert!(
-        i.state.unwrap().running.unwrap(),
-        "sandbox survives the daemon"
-    );
+    let i = docker().await.inspect_container(&sb.container_id, None).await.unwrap();
+    assert!(i.state.unwrap().running.unwrap(), "sandbox survives the daemon");
     d.spawn().await;
     let mut c = d.client(TEAM_A).await;
-    let rec = c
-        .get_sandbox(proto::GetSandboxRequest { id: sb.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let rec = c.get_sandbox(proto::GetSandboxRequest { id: sb.id.clone() }).await.unwrap().into_inner();
     assert_eq!(state(&rec), SandboxState::Running);
     assert_eq!(rec.expires_at, sb.expires_at);
     let (out, _, _) = exec(&mut c, &sb.id, &["echo", "still here"]).await;

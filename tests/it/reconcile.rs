@@ -21,57 +21,25 @@ async fn kill9_restart_adopts_live_sandboxes_and_removes_expired_ones() {
     d.kill9();
     // Expire while the daemon is down: nothing may remove it yet.
     let doomed_at = to_system(doomed.expires_at.as_ref().unwrap());
-    tokio::time::sleep(
-        doomed_at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default()
-            + Duration::from_millis(500),
-    )
-    .await;
-    assert!(
-        container_exists(&doomed.container_id).await,
-        "nothing tears down while the daemon is away"
-    );
+    tokio::time::sleep(doomed_at.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_millis(500))
+        .await;
+    assert!(container_exists(&doomed.container_id).await, "nothing tears down while the daemon is away");
 
     d.spawn().await;
     let mut c = d.client(TEAM_A).await;
-    let rec = c
-        .get_sandbox(proto::GetSandboxRequest {
-            id: live.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rec = c.get_sandbox(proto::GetSandboxRequest { id: live.id.clone() }).await.unwrap().into_inner();
     assert_eq!(state(&rec), SandboxState::Running);
-    assert_eq!(
-        rec.expires_at, live.expires_at,
-        "adopted with its original expiry"
-    );
+    assert_eq!(rec.expires_at, live.expires_at, "adopted with its original expiry");
     assert!(container_exists(&live.container_id).await);
 
-    eventually(
-        Duration::from_secs(5),
-        "expired sandbox removed after restart",
-        || {
-            let cid = doomed.container_id.clone();
-            async move { (!container_exists(&cid).await).then_some(()) }
-        },
-    )
+    eventually(Duration::from_secs(5), "expired sandbox removed after restart", || {
+        let cid = doomed.container_id.clone();
+        async move { (!container_exists(&cid).await).then_some(()) }
+    })
     .await;
-    let rec = c
-        .get_sandbox(proto::GetSandboxRequest {
-            id: doomed.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rec = c.get_sandbox(proto::GetSandboxRequest { id: doomed.id.clone() }).await.unwrap().into_inner();
     assert_eq!(state(&rec), SandboxState::Expired);
-    let running: Vec<_> = d
-        .containers()
-        .await
-        .into_iter()
-        .filter_map(|c| c.id)
-        .collect();
+    let running: Vec<_> = d.containers().await.into_iter().filter_map(|c| c.id).collect();
     assert_eq!(running, vec![live.container_id.clone()]);
 }
 
@@ -80,10 +48,7 @@ async fn start_container(name: &str, labels: HashMap<String, String>) -> String 
         image: Some(image().to_string()),
         cmd: Some(vec!["sleep".into(), "300".into()]),
         labels: Some(labels),
-        host_config: Some(bollard::models::HostConfig {
-            network_mode: Some("none".into()),
-            ..Default::default()
-        }),
+        host_config: Some(bollard::models::HostConfig { network_mode: Some("none".into()), ..Default::default() }),
         ..Default::default()
     };
     let docker = docker().await;
@@ -95,23 +60,11 @@ async fn start_container(name: &str, labels: HashMap<String, String>) -> String 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn labelled_orphans_are_removed_after_grace_and_nothing_else_is_touched() {
-    let d = Daemon::with(Options {
-        orphan_grace: "2s",
-        reconcile_interval: "1s",
-        ..Default::default()
-    })
-    .await;
+    let d = Daemon::with(Options { orphan_grace: "2s", reconcile_interval: "1s", ..Default::default() }).await;
     let mut c = d.client(TEAM_A).await;
     let sb = create(&mut c, 300).await;
-    let labels = docker()
-        .await
-        .inspect_container(&sb.container_id, None)
-        .await
-        .unwrap()
-        .config
-        .unwrap()
-        .labels
-        .unwrap();
+    let labels =
+        docker().await.inspect_container(&sb.container_id, None).await.unwrap().config.unwrap().labels.unwrap();
     let instance = labels["sandpit.instance"].clone();
     let run = (TEST_RUN_LABEL.to_string(), d.run.clone());
 
@@ -139,10 +92,7 @@ async fn labelled_orphans_are_removed_after_grace_and_nothing_else_is_touched() 
 
     // Within the grace period the orphan is left alone (its create may be in flight).
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(
-        container_exists(&orphan).await,
-        "removed before its grace period"
-    );
+    assert!(container_exists(&orphan).await, "removed before its grace period");
 
     eventually(Duration::from_secs(8), "orphan removed", || {
         let id = orphan.clone();
@@ -150,55 +100,28 @@ async fn labelled_orphans_are_removed_after_grace_and_nothing_else_is_touched() 
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        container_exists(&other_daemon).await,
-        "another daemon's container is never touched"
-    );
-    assert!(
-        container_exists(&unlabelled).await,
-        "an unlabelled container is never touched"
-    );
-    assert!(
-        container_exists(&sb.container_id).await,
-        "a tracked sandbox is never removed by reconcile"
-    );
+    assert!(container_exists(&other_daemon).await, "another daemon's container is never touched");
+    assert!(container_exists(&unlabelled).await, "an unlabelled container is never touched");
+    assert!(container_exists(&sb.container_id).await, "a tracked sandbox is never removed by reconcile");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_whose_container_vanished_is_marked_lost() {
-    let d = Daemon::with(Options {
-        reconcile_interval: "1s",
-        ..Default::default()
-    })
-    .await;
+    let d = Daemon::with(Options { reconcile_interval: "1s", ..Default::default() }).await;
     let mut c = d.client(TEAM_A).await;
     let sb = create(&mut c, 300).await;
-    let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
-        .force(true)
-        .build();
-    docker()
-        .await
-        .remove_container(&sb.container_id, Some(opts))
-        .await
-        .unwrap();
+    let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::default().force(true).build();
+    docker().await.remove_container(&sb.container_id, Some(opts)).await.unwrap();
     let rec = eventually(Duration::from_secs(6), "lost state", || {
         let mut c = c.clone();
         let id = sb.id.clone();
         async move {
-            let r = c
-                .get_sandbox(proto::GetSandboxRequest { id })
-                .await
-                .unwrap()
-                .into_inner();
+            let r = c.get_sandbox(proto::GetSandboxRequest { id }).await.unwrap().into_inner();
             (state(&r) == SandboxState::Lost).then_some(r)
         }
     })
     .await;
-    assert!(
-        rec.state_reason.contains("vanished"),
-        "{}",
-        rec.state_reason
-    );
+    assert!(rec.state_reason.contains("vanished"), "{}", rec.state_reason);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -207,39 +130,20 @@ async fn a_create_abandoned_by_its_client_leaves_nothing() {
     let mut c = d.client(TEAM_A).await;
     // Hang up while the daemon is provisioning.
     let call = c.create_sandbox(create_req("exp-abandoned", 120));
-    assert!(
-        tokio::time::timeout(Duration::from_millis(60), call)
-            .await
-            .is_err(),
-        "create finished before the hang-up"
-    );
+    assert!(tokio::time::timeout(Duration::from_millis(60), call).await.is_err(), "create finished before the hang-up");
 
     let c = d.client(TEAM_A).await;
-    let rec = eventually(
-        Duration::from_secs(10),
-        "abandoned create recorded as failed",
-        || {
-            let mut c = c.clone();
-            async move {
-                let req = proto::ListSandboxesRequest {
-                    include_ended: true,
-                    experiment: "exp-abandoned".into(),
-                };
-                let list = c.list_sandboxes(req).await.unwrap().into_inner().sandboxes;
-                list.into_iter().find(|s| state(s) == SandboxState::Failed)
-            }
-        },
-    )
+    let rec = eventually(Duration::from_secs(10), "abandoned create recorded as failed", || {
+        let mut c = c.clone();
+        async move {
+            let req = proto::ListSandboxesRequest { include_ended: true, experiment: "exp-abandoned".into() };
+            let list = c.list_sandboxes(req).await.unwrap().into_inner().sandboxes;
+            list.into_iter().find(|s| state(s) == SandboxState::Failed)
+        }
+    })
     .await;
-    assert!(
-        rec.state_reason.contains("abandoned"),
-        "{}",
-        rec.state_reason
-    );
-    assert!(
-        d.containers().await.is_empty(),
-        "no container is left behind"
-    );
+    assert!(rec.state_reason.contains("abandoned"), "{}", rec.state_reason);
+    assert!(d.containers().await.is_empty(), "no container is left behind");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -250,26 +154,11 @@ async fn a_missing_image_fails_cleanly_naming_the_image() {
     req.image = "sandpit-test/absent:never".into();
     let e = c.create_sandbox(req).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(
-        e.message().contains("sandpit-test/absent:never"),
-        "{}",
-        e.message()
-    );
-    assert!(
-        e.message().contains("docker load") || e.message().contains("docker import"),
-        "{}",
-        e.message()
-    );
+    assert!(e.message().contains("sandpit-test/absent:never"), "{}", e.message());
+    assert!(e.message().contains("docker load") || e.message().contains("docker import"), "{}", e.message());
     assert!(d.containers().await.is_empty());
-    let req = proto::ListSandboxesRequest {
-        include_ended: true,
-        experiment: "exp-noimage".into(),
-    };
+    let req = proto::ListSandboxesRequest { include_ended: true, experiment: "exp-noimage".into() };
     let list = c.list_sandboxes(req).await.unwrap().into_inner().sandboxes;
     assert_eq!(list.len(), 1);
-    assert_eq!(
-        state(&list[0]),
-        SandboxState::Failed,
-        "the failure is on record"
-    );
+    assert_eq!(state(&list[0]), SandboxState::Failed, "the failure is on record");
 }

@@ -14,118 +14,64 @@ async fn bad_create_requests_are_refused_with_the_right_status() {
     let cases: Vec<(&str, CreateSandboxRequest, Code, &str)> = vec![
         (
             "unknown profile",
-            CreateSandboxRequest {
-                profile: "nope".into(),
-                ..base()
-            },
+            CreateSandboxRequest { profile: "nope".into(), ..base() },
             Code::InvalidArgument,
             "profile: unknown profile 'nope'",
         ),
         (
             "empty profile",
-            CreateSandboxRequest {
-                profile: "".into(),
-                ..base()
-            },
+            CreateSandboxRequest { profile: "".into(), ..base() },
             Code::InvalidArgument,
             "profile: must not be empty",
         ),
         (
             "empty experiment",
-            CreateSandboxRequest {
-                experiment: "".into(),
-                ..base()
-            },
+            CreateSandboxRequest { experiment: "".into(), ..base() },
             Code::InvalidArgument,
             "experiment: must not be empty",
         ),
         (
             "bad experiment",
-            CreateSandboxRequest {
-                experiment: "a;rm -rf".into(),
-                ..base()
-            },
+            CreateSandboxRequest { experiment: "a;rm -rf".into(), ..base() },
             Code::InvalidArgument,
             "experiment:",
         ),
         (
             "empty classification",
-            CreateSandboxRequest {
-                classification: "".into(),
-                ..base()
-            },
+            CreateSandboxRequest { classification: "".into(), ..base() },
             Code::InvalidArgument,
             "classification: must not be empty",
         ),
         (
             "unknown classification",
-            CreateSandboxRequest {
-                classification: "RESTRICTED".into(),
-                ..base()
-            },
+            CreateSandboxRequest { classification: "RESTRICTED".into(), ..base() },
             Code::InvalidArgument,
             "classification:",
         ),
-        (
-            "zero ttl",
-            CreateSandboxRequest {
-                ttl: ttl(0),
-                ..base()
-            },
-            Code::InvalidArgument,
-            "ttl: must be above zero",
-        ),
-        (
-            "negative ttl",
-            CreateSandboxRequest {
-                ttl: ttl(-5),
-                ..base()
-            },
-            Code::InvalidArgument,
-            "ttl:",
-        ),
-        (
-            "huge ttl",
-            CreateSandboxRequest {
-                ttl: ttl(i64::MAX),
-                ..base()
-            },
-            Code::InvalidArgument,
-            "ttl:",
-        ),
+        ("zero ttl", CreateSandboxRequest { ttl: ttl(0), ..base() }, Code::InvalidArgument, "ttl: must be above zero"),
+        ("negative ttl", CreateSandboxRequest { ttl: ttl(-5), ..base() }, Code::InvalidArgument, "ttl:"),
+        ("huge ttl", CreateSandboxRequest { ttl: ttl(i64::MAX), ..base() }, Code::InvalidArgument, "ttl:"),
         (
             "ttl over the profile max",
-            CreateSandboxRequest {
-                ttl: ttl(3600),
-                ..base()
-            },
+            CreateSandboxRequest { ttl: ttl(3600), ..base() },
             Code::PermissionDenied,
             "rule 'ttl'",
         ),
         (
             "image not allowed",
-            CreateSandboxRequest {
-                image: "alpine:latest".into(),
-                ..base()
-            },
+            CreateSandboxRequest { image: "alpine:latest".into(), ..base() },
             Code::PermissionDenied,
             "rule 'image-allowlist'",
         ),
         (
             "above the profile",
-            CreateSandboxRequest {
-                classification: "OFFICIAL-SENSITIVE".into(),
-                ..base()
-            },
+            CreateSandboxRequest { classification: "OFFICIAL-SENSITIVE".into(), ..base() },
             Code::PermissionDenied,
             "rule 'profile-classification'",
         ),
         (
             "above the host ceiling",
-            CreateSandboxRequest {
-                classification: "SECRET".into(),
-                ..base()
-            },
+            CreateSandboxRequest { classification: "SECRET".into(), ..base() },
             Code::PermissionDenied,
             "rule 'host-ceiling'",
         ),
@@ -133,27 +79,12 @@ async fn bad_create_requests_are_refused_with_the_right_status() {
     for (what, req, code, msg) in cases {
         let e = c.create_sandbox(req).await.expect_err(what);
         assert_eq!(e.code(), code, "{what}: {}", e.message());
-        assert!(
-            e.message().contains(msg),
-            "{what}: '{}' lacks '{msg}'",
-            e.message()
-        );
+        assert!(e.message().contains(msg), "{what}: '{}' lacks '{msg}'", e.message());
     }
-    assert!(
-        d.containers().await.is_empty(),
-        "no refused request provisioned anything"
-    );
-    let all = c
-        .list_sandboxes(proto::ListSandboxesRequest {
-            include_ended: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert!(
-        all.into_inner().sandboxes.is_empty(),
-        "no refused request left a record"
-    );
+    assert!(d.containers().await.is_empty(), "no refused request provisioned anything");
+    let all =
+        c.list_sandboxes(proto::ListSandboxesRequest { include_ended: true, ..Default::default() }).await.unwrap();
+    assert!(all.into_inner().sandboxes.is_empty(), "no refused request left a record");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -166,88 +97,38 @@ async fn teams_cannot_see_or_touch_each_others_sandboxes() {
         assert_eq!(e.code(), Code::NotFound, "{}", e.message());
         assert!(e.message().contains(&sb.id));
     };
-    not_found(
-        b.get_sandbox(proto::GetSandboxRequest { id: sb.id.clone() })
-            .await
-            .unwrap_err(),
-    );
-    not_found(
-        b.extend_sandbox(proto::ExtendSandboxRequest {
-            id: sb.id.clone(),
-            ttl: ttl(60),
-        })
-        .await
-        .unwrap_err(),
-    );
-    not_found(
-        b.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() })
-            .await
-            .unwrap_err(),
-    );
-    let exec = proto::ExecRequest {
-        id: sb.id.clone(),
-        command: vec!["true".into()],
-        ..Default::default()
-    };
+    not_found(b.get_sandbox(proto::GetSandboxRequest { id: sb.id.clone() }).await.unwrap_err());
+    not_found(b.extend_sandbox(proto::ExtendSandboxRequest { id: sb.id.clone(), ttl: ttl(60) }).await.unwrap_err());
+    not_found(b.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap_err());
+    let exec = proto::ExecRequest { id: sb.id.clone(), command: vec!["true".into()], ..Default::default() };
     not_found(b.exec(exec).await.unwrap_err());
-    let list = b
-        .list_sandboxes(proto::ListSandboxesRequest {
-            include_ended: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let list =
+        b.list_sandboxes(proto::ListSandboxesRequest { include_ended: true, ..Default::default() }).await.unwrap();
     assert!(list.into_inner().sandboxes.is_empty());
-    assert!(
-        container_exists(&sb.container_id).await,
-        "still running after team b's attempts"
-    );
+    assert!(container_exists(&sb.container_id).await, "still running after team b's attempts");
 
     // Auditors see every team's sandboxes but cannot change them.
     let mut aud = d.client(AUDITOR).await;
-    let list = aud
-        .list_sandboxes(proto::ListSandboxesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let list = aud.list_sandboxes(proto::ListSandboxesRequest::default()).await.unwrap().into_inner();
     assert_eq!(list.sandboxes.len(), 1);
-    let e = aud
-        .delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() })
-        .await
-        .unwrap_err();
+    let e = aud.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    let e = aud
-        .create_sandbox(create_req("exp-aud", 60))
-        .await
-        .unwrap_err();
+    let e = aud.create_sandbox(create_req("exp-aud", 60)).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
 
     // Missing or unknown credentials.
     let mut anon = d.anonymous().await;
     assert_eq!(
-        anon.list_sandboxes(proto::ListSandboxesRequest::default())
-            .await
-            .unwrap_err()
-            .code(),
+        anon.list_sandboxes(proto::ListSandboxesRequest::default()).await.unwrap_err().code(),
         Code::Unauthenticated
     );
     let mut wrong = d.client("not-a-token").await;
     assert_eq!(
-        wrong
-            .get_sandbox(proto::GetSandboxRequest { id: sb.id.clone() })
-            .await
-            .unwrap_err()
-            .code(),
+        wrong.get_sandbox(proto::GetSandboxRequest { id: sb.id.clone() }).await.unwrap_err().code(),
         Code::Unauthenticated
     );
 
     // Empty ids name the field.
-    let e = a
-        .get_sandbox(proto::GetSandboxRequest { id: "".into() })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (e.code(), e.message()),
-        (Code::InvalidArgument, "id: must not be empty")
-    );
+    let e = a.get_sandbox(proto::GetSandboxRequest { id: "".into() }).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "id: must not be empty"));
 }

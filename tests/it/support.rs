@@ -37,11 +37,7 @@ pub fn image() -> &'static str {
             .arg("sandpit.test-image=true")
             .output()
             .expect("run build-image.sh");
-        assert!(
-            out.status.success(),
-            "building the test image failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "building the test image failed: {}", String::from_utf8_lossy(&out.stderr));
         tag
     })
 }
@@ -67,12 +63,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            orphan_grace: "30s",
-            reconcile_interval: "2s",
-            expiry_warning: "1s",
-            docker_host: None,
-        }
+        Options { orphan_grace: "30s", reconcile_interval: "2s", expiry_warning: "1s", docker_host: None }
     }
 }
 
@@ -128,10 +119,7 @@ mode = "none"
             ),
         )
         .unwrap();
-        let host = opts
-            .docker_host
-            .map(|h| format!("host = \"{h}\"\n"))
-            .unwrap_or_default();
+        let host = opts.docker_host.map(|h| format!("host = \"{h}\"\n")).unwrap_or_default();
         let config = dir.path().join("sandpit.toml");
         std::fs::write(
             &config,
@@ -190,13 +178,7 @@ token_sha256 = "{aud}"
             ),
         )
         .unwrap();
-        let mut d = Daemon {
-            run,
-            dir,
-            addr: String::new(),
-            child: None,
-            config,
-        };
+        let mut d = Daemon { run, dir, addr: String::new(), child: None, config };
         d.spawn().await;
         d
     }
@@ -209,11 +191,8 @@ token_sha256 = "{aud}"
     pub async fn spawn(&mut self) {
         let addr_file = self.data_dir().join("sandpitd.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("sandpitd.log"))
-            .unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("sandpitd.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_sandpitd"))
             .arg("--config")
             .arg(&self.config)
@@ -233,11 +212,7 @@ token_sha256 = "{aud}"
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("sandpitd exited with {status} at start:\n{}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "sandpitd did not start:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "sandpitd did not start:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -257,55 +232,32 @@ token_sha256 = "{aud}"
     /// SIGTERM, then the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("daemon running");
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status()
-            .unwrap();
+        Command::new("kill").arg("-TERM").arg(c.id().to_string()).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(s) = c.try_wait().unwrap() {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "sandpitd did not stop on SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "sandpitd did not stop on SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub async fn client(&self, token: &str) -> Client {
-        let channel = Channel::from_shared(self.addr.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        SandboxServiceClient::with_interceptor(
-            channel,
-            Bearer(Some(format!("Bearer {token}").parse().unwrap())),
-        )
+        let channel = Channel::from_shared(self.addr.clone()).unwrap().connect().await.unwrap();
+        SandboxServiceClient::with_interceptor(channel, Bearer(Some(format!("Bearer {token}").parse().unwrap())))
     }
 
     pub async fn anonymous(&self) -> Client {
-        let channel = Channel::from_shared(self.addr.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = Channel::from_shared(self.addr.clone()).unwrap().connect().await.unwrap();
         SandboxServiceClient::with_interceptor(channel, Bearer(None))
     }
 
     /// Containers of this run, by `sandpit.sandbox` label (or name when unlabelled).
     pub async fn containers(&self) -> Vec<bollard::models::ContainerSummary> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{TEST_RUN_LABEL}={}", self.run)],
-        )]);
-        let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
+        let filters = HashMap::from([("label".to_string(), vec![format!("{TEST_RUN_LABEL}={}", self.run)])]);
+        let opts =
+            bollard::query_parameters::ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         docker().await.list_containers(Some(opts)).await.unwrap()
     }
 }
@@ -324,35 +276,20 @@ impl Drop for Daemon {
 pub fn remove_labelled(label: &str) {
     let filter = format!("label={label}");
     let list = |args: &[&str]| -> Vec<String> {
-        let out = Command::new("docker")
-            .args(args)
-            .output()
-            .expect("docker CLI");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(String::from)
-            .collect()
+        let out = Command::new("docker").args(args).output().expect("docker CLI");
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
     };
     let containers = list(&["ps", "-aq", "--filter", &filter]);
     if !containers.is_empty() {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", "-v"])
-            .args(&containers)
-            .output();
+        let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&containers).output();
     }
     let networks = list(&["network", "ls", "-q", "--filter", &filter]);
     if !networks.is_empty() {
-        let _ = Command::new("docker")
-            .args(["network", "rm"])
-            .args(&networks)
-            .output();
+        let _ = Command::new("docker").args(["network", "rm"]).args(&networks).output();
     }
     let volumes = list(&["volume", "ls", "-q", "--filter", &filter]);
     if !volumes.is_empty() {
-        let _ = Command::new("docker")
-            .args(["volume", "rm", "-f"])
-            .args(&volumes)
-            .output();
+        let _ = Command::new("docker").args(["volume", "rm", "-f"]).args(&volumes).output();
     }
 }
 
@@ -371,18 +308,11 @@ impl tonic::service::Interceptor for Bearer {
 pub type Client = SandboxServiceClient<InterceptedService<Channel, Bearer>>;
 
 pub async fn docker() -> Docker {
-    Docker::connect_with_defaults()
-        .unwrap()
-        .negotiate_version()
-        .await
-        .unwrap()
+    Docker::connect_with_defaults().unwrap().negotiate_version().await.unwrap()
 }
 
 pub fn ttl(secs: i64) -> Option<pbjson_types::Duration> {
-    Some(pbjson_types::Duration {
-        seconds: secs,
-        nanos: 0,
-    })
+    Some(pbjson_types::Duration { seconds: secs, nanos: 0 })
 }
 
 pub fn create_req(experiment: &str, ttl_secs: i64) -> CreateSandboxRequest {
@@ -396,11 +326,7 @@ pub fn create_req(experiment: &str, ttl_secs: i64) -> CreateSandboxRequest {
 }
 
 pub async fn create(client: &mut Client, ttl_secs: i64) -> proto::Sandbox {
-    client
-        .create_sandbox(create_req("exp-test", ttl_secs))
-        .await
-        .expect("create")
-        .into_inner()
+    client.create_sandbox(create_req("exp-test", ttl_secs)).await.expect("create").into_inner()
 }
 
 pub fn state(sb: &proto::Sandbox) -> proto::SandboxState {

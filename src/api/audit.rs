@@ -1,0 +1,253 @@
+//! `sandpit.v1.AuditService`: the audit log and the oversight views for the
+//! AI Leadership Group.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::auth::{Gate, Method};
+use crate::lifecycle::Manager;
+use crate::proto;
+use crate::proto::audit_service_server::AuditService;
+use crate::runtime::Runtime;
+use crate::store::AuditQuery;
+use crate::Error;
+
+type StatusStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Exports are streamed in chunks of this size.
+const EXPORT_CHUNK: usize = 64 * 1024;
+
+pub struct AuditApi<R: Runtime> {
+    manager: Arc<Manager<R>>,
+    gate: Gate,
+}
+
+impl<R: Runtime> AuditApi<R> {
+    pub fn new(manager: Arc<Manager<R>>, gate: Gate) -> Self {
+        AuditApi { manager, gate }
+    }
+}
+
+#[tonic::async_trait]
+impl<R: Runtime> AuditService for AuditApi<R> {
+    async fn query_audit_log(
+        &self,
+        req: Request<proto::QueryAuditLogRequest>,
+    ) -> Result<Response<proto::QueryAuditLogResponse>, Status> {
+        self.gate.authorize(&req, Method::QueryAuditLog)?;
+        let q = AuditQuery::try_from(req.into_inner())?;
+        let page = self.manager.query_audit(&q)?;
+        let next_page_token =
+            if page.len() == q.limit { page.last().map(|r| r.seq.to_string()).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(proto::QueryAuditLogResponse {
+            events: page.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    type WatchAuditLogStream = StatusStream<proto::AuditEvent>;
+
+    async fn watch_audit_log(
+        &self,
+        req: Request<proto::WatchAuditLogRequest>,
+    ) -> Result<Response<Self::WatchAuditLogStream>, Status> {
+        self.gate.authorize(&req, Method::WatchAuditLog)?;
+        Ok(Response::new(self.manager.watch_audit().map(|r| Ok(r.into())).boxed()))
+    }
+
+    async fn verify_audit_log(
+        &self,
+        req: Request<proto::VerifyAuditLogRequest>,
+    ) -> Result<Response<proto::VerifyAuditLogResponse>, Status> {
+        self.gate.authorize(&req, Method::VerifyAuditLog)?;
+        let manager = Arc::clone(&self.manager);
+        let report = tokio::task::spawn_blocking(move || manager.verify_audit())
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        Ok(Response::new(report.into()))
+    }
+
+    type ExportStream = StatusStream<proto::ExportChunk>;
+
+    async fn export(&self, req: Request<proto::ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
+        self.gate.authorize(&req, Method::Export)?;
+        let r = req.into_inner();
+        let format = proto::ExportFormat::try_from(r.format).unwrap_or(proto::ExportFormat::Unspecified);
+        let csv = match format {
+            proto::ExportFormat::Json => false,
+            proto::ExportFormat::Csv => true,
+            proto::ExportFormat::Unspecified => return Err(Error::invalid("format", "must be json or csv").into()),
+        };
+        let data = match proto::ExportKind::try_from(r.kind).unwrap_or(proto::ExportKind::Unspecified) {
+            proto::ExportKind::Register => {
+                let list: Vec<proto::Experiment> =
+                    self.manager.all_experiments()?.into_iter().map(Into::into).collect();
+                if csv { register_csv(&list) } else { json(&list)? }
+            }
+            proto::ExportKind::ActiveSandboxes => {
+                let list: Vec<proto::Sandbox> =
+                    self.manager.active_sandboxes()?.into_iter().map(Into::into).collect();
+                if csv { sandboxes_csv(&list) } else { json(&list)? }
+            }
+            proto::ExportKind::Unspecified => {
+                return Err(Error::invalid("kind", "must be register or active_sandboxes").into())
+            }
+        };
+        let chunks: Vec<Result<proto::ExportChunk, Status>> =
+            data.chunks(EXPORT_CHUNK).map(|c| Ok(proto::ExportChunk { data: c.to_vec() })).collect();
+        Ok(Response::new(futures_util::stream::iter(chunks).boxed()))
+    }
+
+    async fn list_active_experiments(
+        &self,
+        req: Request<proto::ListActiveExperimentsRequest>,
+    ) -> Result<Response<proto::ListActiveExperimentsResponse>, Status> {
+        self.gate.authorize(&req, Method::ListActiveExperiments)?;
+        let list = self.manager.active_experiments()?;
+        Ok(Response::new(proto::ListActiveExperimentsResponse { experiments: list.into_iter().map(Into::into).collect() }))
+    }
+}
+
+/// The proto3 JSON mapping of a list, one document.
+fn json<T: serde::Serialize>(list: &[T]) -> Result<Vec<u8>, Error> {
+    let mut out = serde_json::to_vec_pretty(list).map_err(|e| Error::Internal(e.to_string()))?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// One CSV field, quoted when it must be (RFC 4180).
+fn field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn csv(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Vec<u8> {
+    let mut out = header.join(",");
+    out.push_str("\r\n");
+    for row in rows {
+        let cells: Vec<String> = row.iter().map(|c| field(c)).collect();
+        out.push_str(&cells.join(","));
+        out.push_str("\r\n");
+    }
+    out.into_bytes()
+}
+
+fn time(t: Option<&pbjson_types::Timestamp>) -> String {
+    t.map(|t| crate::time::rfc3339(crate::time::from_millis(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)))
+        .unwrap_or_default()
+}
+
+fn enum_name(name: &str, prefix: &str) -> String {
+    name.trim_start_matches(prefix).to_ascii_lowercase()
+}
+
+fn register_csv(list: &[proto::Experiment]) -> Vec<u8> {
+    let header = [
+        "id",
+        "title",
+        "team",
+        "owner",
+        "purpose",
+        "classification",
+        "status",
+        "ai_tools",
+        "models",
+        "datasets",
+        "risks",
+        "approvals",
+        "outcome",
+        "lessons_learnt",
+        "created_at",
+        "planned_end",
+        "closed_at",
+    ];
+    let rows = list.iter().map(|e| {
+        let status = proto::ExperimentStatus::try_from(e.status).map(|s| s.as_str_name()).unwrap_or_default();
+        let outcome = proto::ExperimentOutcome::try_from(e.outcome).map(|s| s.as_str_name()).unwrap_or_default();
+        let risks: Vec<String> = e
+            .risks
+            .iter()
+            .map(|r| format!("{} (likelihood {}, impact {}; mitigation: {}; owner: {})", r.description, r.likelihood, r.impact, r.mitigation, r.owner))
+            .collect();
+        let approvals: Vec<String> = e
+            .approvals
+            .iter()
+            .map(|a| format!("{} by {} at {}: {}", a.decision, a.approver, time(a.time.as_ref()), a.conditions))
+            .collect();
+        vec![
+            e.id.clone(),
+            e.title.clone(),
+            e.team.clone(),
+            e.owner.clone(),
+            e.purpose.clone(),
+            e.classification.clone(),
+            enum_name(status, "EXPERIMENT_STATUS_"),
+            e.ai_tools.join("; "),
+            e.models.join("; "),
+            e.datasets.join("; "),
+            risks.join(" | "),
+            approvals.join(" | "),
+            if e.outcome == 0 { String::new() } else { enum_name(outcome, "EXPERIMENT_OUTCOME_") },
+            e.lessons_learnt.clone(),
+            time(e.created_at.as_ref()),
+            time(e.planned_end.as_ref()),
+            time(e.closed_at.as_ref()),
+        ]
+    });
+    csv(&header, rows)
+}
+
+fn sandboxes_csv(list: &[proto::Sandbox]) -> Vec<u8> {
+    let header = [
+        "id",
+        "experiment",
+        "owner",
+        "team",
+        "profile",
+        "classification",
+        "image",
+        "state",
+        "created_at",
+        "expires_at",
+        "container_id",
+        "node",
+    ];
+    let rows = list.iter().map(|s| {
+        let state = proto::SandboxState::try_from(s.state).map(|s| s.as_str_name()).unwrap_or_default();
+        vec![
+            s.id.clone(),
+            s.experiment.clone(),
+            s.owner.clone(),
+            s.team.clone(),
+            s.profile.clone(),
+            s.classification.clone(),
+            s.image.clone(),
+            enum_name(state, "SANDBOX_STATE_"),
+            time(s.created_at.as_ref()),
+            time(s.expires_at.as_ref()),
+            s.container_id.clone(),
+            s.node.clone(),
+        ]
+    });
+    csv(&header, rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_what_it_must() {
+        assert_eq!(field("plain"), "plain");
+        assert_eq!(field("a,b"), "\"a,b\"");
+        assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        let out = String::from_utf8(csv(&["a", "b"], [vec!["1".into(), "x\ny".into()]].into_iter())).unwrap();
+        assert_eq!(out, "a,b\r\n1,\"x\ny\"\r\n");
+    }
+}

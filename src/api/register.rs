@@ -1,0 +1,93 @@
+//! `sandpit.v1.RegisterService`: the AI register.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::auth::{Gate, Method};
+use super::convert::{outcome, status_filter};
+use crate::lifecycle::Manager;
+use crate::proto;
+use crate::proto::register_service_server::RegisterService;
+use crate::register::{Decision, NewExperiment};
+use crate::runtime::Runtime;
+use crate::Error;
+
+pub struct RegisterApi<R: Runtime> {
+    manager: Arc<Manager<R>>,
+    gate: Gate,
+}
+
+impl<R: Runtime> RegisterApi<R> {
+    pub fn new(manager: Arc<Manager<R>>, gate: Gate) -> Self {
+        RegisterApi { manager, gate }
+    }
+}
+
+fn id(field: &'static str, value: &str) -> Result<(), Error> {
+    crate::policy::admission::validate_name(field, value)
+}
+
+#[tonic::async_trait]
+impl<R: Runtime> RegisterService for RegisterApi<R> {
+    async fn register_experiment(
+        &self,
+        req: Request<proto::RegisterExperimentRequest>,
+    ) -> Result<Response<proto::Experiment>, Status> {
+        let caller = self.gate.authorize(&req, Method::RegisterExperiment)?;
+        let new = NewExperiment::try_from(req.into_inner())?;
+        Ok(Response::new(self.manager.register_experiment(&caller, new)?.into()))
+    }
+
+    async fn get_experiment(
+        &self,
+        req: Request<proto::GetExperimentRequest>,
+    ) -> Result<Response<proto::Experiment>, Status> {
+        let caller = self.gate.authorize(&req, Method::GetExperiment)?;
+        let r = req.into_inner();
+        id("id", &r.id)?;
+        Ok(Response::new(self.manager.get_experiment(&caller, &r.id)?.into()))
+    }
+
+    async fn list_experiments(
+        &self,
+        req: Request<proto::ListExperimentsRequest>,
+    ) -> Result<Response<proto::ListExperimentsResponse>, Status> {
+        let caller = self.gate.authorize(&req, Method::ListExperiments)?;
+        let r = req.into_inner();
+        let team = (!r.team.is_empty()).then_some(r.team);
+        let list = self.manager.list_experiments(&caller, team, status_filter(r.status)?)?;
+        Ok(Response::new(proto::ListExperimentsResponse { experiments: list.into_iter().map(Into::into).collect() }))
+    }
+
+    async fn approve_experiment(
+        &self,
+        req: Request<proto::DecideExperimentRequest>,
+    ) -> Result<Response<proto::Experiment>, Status> {
+        let caller = self.gate.authorize(&req, Method::ApproveExperiment)?;
+        let r = req.into_inner();
+        id("id", &r.id)?;
+        Ok(Response::new(self.manager.decide_experiment(&caller, &r.id, Decision::Approved, r.conditions)?.into()))
+    }
+
+    async fn reject_experiment(
+        &self,
+        req: Request<proto::DecideExperimentRequest>,
+    ) -> Result<Response<proto::Experiment>, Status> {
+        let caller = self.gate.authorize(&req, Method::RejectExperiment)?;
+        let r = req.into_inner();
+        id("id", &r.id)?;
+        Ok(Response::new(self.manager.decide_experiment(&caller, &r.id, Decision::Rejected, r.conditions)?.into()))
+    }
+
+    async fn close_experiment(
+        &self,
+        req: Request<proto::CloseExperimentRequest>,
+    ) -> Result<Response<proto::Experiment>, Status> {
+        let caller = self.gate.authorize(&req, Method::CloseExperiment)?;
+        let r = req.into_inner();
+        id("id", &r.id)?;
+        let outcome = outcome(r.outcome)?;
+        Ok(Response::new(self.manager.close_experiment(&caller, &r.id, outcome, r.lessons_learnt).await?.into()))
+    }
+}

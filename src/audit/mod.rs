@@ -1,0 +1,319 @@
+//! The tamper-evident audit log: every decision and state change, allowed or
+//! denied, with who, what, on what, the outcome and why.
+//!
+//! Records form a hash chain. Each record's hash is
+//! `SHA-256(0x00 || prev_hash || canonical(record))` (the leaf prefix of
+//! RFC 6962), where `canonical` is a length-prefixed encoding of every field
+//! in a fixed order, the sequence number and time included. Editing a record
+//! breaks its own hash; deleting or reordering one breaks the links or the
+//! sequence; truncating the tail is caught by the head kept beside the chain.
+//! Anyone who can rewrite the whole file can rewrite the whole chain, so the
+//! head hash ([`VerifyReport::head_hash`]) is what auditors record elsewhere.
+
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+pub type Hash = [u8; 32];
+
+/// Who acted, when nobody called: the daemon's own lifecycle actions.
+pub const DAEMON: &str = "sandpitd";
+
+/// Action names: gRPC methods by their full path, daemon actions by a word.
+pub mod action {
+    pub const CREATE_SANDBOX: &str = "sandpit.v1.SandboxService/CreateSandbox";
+    pub const GET_SANDBOX: &str = "sandpit.v1.SandboxService/GetSandbox";
+    pub const LIST_SANDBOXES: &str = "sandpit.v1.SandboxService/ListSandboxes";
+    pub const EXTEND_SANDBOX: &str = "sandpit.v1.SandboxService/ExtendSandbox";
+    pub const DELETE_SANDBOX: &str = "sandpit.v1.SandboxService/DeleteSandbox";
+    pub const WATCH_SANDBOXES: &str = "sandpit.v1.SandboxService/WatchSandboxes";
+    pub const EXEC: &str = "sandpit.v1.SandboxService/Exec";
+    pub const PULL_IMAGE: &str = "sandpit.v1.SandboxService/PullImage";
+    pub const REGISTER_EXPERIMENT: &str = "sandpit.v1.RegisterService/RegisterExperiment";
+    pub const GET_EXPERIMENT: &str = "sandpit.v1.RegisterService/GetExperiment";
+    pub const LIST_EXPERIMENTS: &str = "sandpit.v1.RegisterService/ListExperiments";
+    pub const APPROVE_EXPERIMENT: &str = "sandpit.v1.RegisterService/ApproveExperiment";
+    pub const REJECT_EXPERIMENT: &str = "sandpit.v1.RegisterService/RejectExperiment";
+    pub const CLOSE_EXPERIMENT: &str = "sandpit.v1.RegisterService/CloseExperiment";
+    pub const QUERY_AUDIT_LOG: &str = "sandpit.v1.AuditService/QueryAuditLog";
+    pub const WATCH_AUDIT_LOG: &str = "sandpit.v1.AuditService/WatchAuditLog";
+    pub const VERIFY_AUDIT_LOG: &str = "sandpit.v1.AuditService/VerifyAuditLog";
+    pub const EXPORT: &str = "sandpit.v1.AuditService/Export";
+    pub const LIST_ACTIVE_EXPERIMENTS: &str = "sandpit.v1.AuditService/ListActiveExperiments";
+
+    /// The daemon tore a sandbox down at its expiry.
+    pub const EXPIRE: &str = "expire";
+    /// The daemon tore down a sandbox whose create the client abandoned.
+    pub const ABANDON: &str = "abandon";
+    /// Closing an experiment tore down one of its sandboxes.
+    pub const CLOSE_TEARDOWN: &str = "close-teardown";
+    /// A sandbox's main process ended (exit code and OOM kill in the reason).
+    pub const EXIT: &str = "exit";
+    pub const OOM_KILL: &str = "oom-kill";
+    /// Reconcile found a record whose container vanished.
+    pub const LOST: &str = "reconcile-lost";
+    /// Reconcile removed a labelled container with no record.
+    pub const REMOVE_ORPHAN: &str = "reconcile-remove-orphan";
+    /// Reconcile removed the container of an ended sandbox.
+    pub const REMOVE_LEFTOVER: &str = "reconcile-remove-leftover";
+    /// Reconcile failed a create that a crash of the daemon interrupted.
+    pub const INTERRUPTED: &str = "reconcile-interrupted-create";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A request that changed state as asked.
+    Succeeded,
+    /// Refused by authentication, authorization or policy.
+    Denied,
+    /// Allowed, but it did not complete.
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Denied => "denied",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        [Outcome::Succeeded, Outcome::Denied, Outcome::Failed].into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// One event, as the code that caused it describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub time: SystemTime,
+    pub actor: String,
+    /// The role the actor acted in (empty for the daemon).
+    pub role: String,
+    /// The gRPC method (`sandpit.v1.SandboxService/CreateSandbox`) or daemon action (`expire`).
+    pub action: String,
+    /// The object acted on: a sandbox or experiment id.
+    pub target: String,
+    pub experiment: String,
+    pub sandbox: String,
+    pub outcome: Outcome,
+    /// Canonical gRPC status code name: `OK`, `PERMISSION_DENIED`, ...
+    pub code: String,
+    pub reason: String,
+    /// The caller's network address, or `daemon`.
+    pub source: String,
+}
+
+/// An entry as stored: numbered and chained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub entry: AuditEntry,
+    pub prev_hash: Hash,
+    pub hash: Hash,
+}
+
+fn put(buf: &mut Vec<u8>, field: &[u8]) {
+    buf.extend_from_slice(&(field.len() as u64).to_be_bytes());
+    buf.extend_from_slice(field);
+}
+
+/// The canonical encoding of a record's content.
+pub fn canonical(seq: u64, e: &AuditEntry) -> Vec<u8> {
+    let mut b = Vec::with_capacity(256);
+    b.extend_from_slice(&seq.to_be_bytes());
+    b.extend_from_slice(&crate::time::to_millis(e.time).to_be_bytes());
+    for f in [
+        &e.actor,
+        &e.role,
+        &e.action,
+        &e.target,
+        &e.experiment,
+        &e.sandbox,
+        e.outcome.as_str(),
+        &e.code,
+        &e.reason,
+        &e.source,
+    ] {
+        put(&mut b, f.as_bytes());
+    }
+    b
+}
+
+/// The hash of record `seq` chained after `prev`.
+pub fn chain_hash(prev: &Hash, seq: u64, e: &AuditEntry) -> Hash {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(prev);
+    h.update(canonical(seq, e));
+    h.finalize().into()
+}
+
+/// Chains `entry` after the record with `prev_seq` and `prev_hash`.
+pub fn seal(prev_seq: u64, prev_hash: Hash, entry: AuditEntry) -> AuditRecord {
+    let seq = prev_seq + 1;
+    let hash = chain_hash(&prev_hash, seq, &entry);
+    AuditRecord { seq, entry, prev_hash, hash }
+}
+
+/// The result of recomputing the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub records: u64,
+    /// The first record that does not verify (0 when ok, or when the tail is missing).
+    pub first_bad_seq: u64,
+    pub reason: String,
+    pub head_hash: Hash,
+}
+
+/// Recomputes the chain over records in storage order. `head` is the
+/// (length, hash) the store recorded for the chain's end, if it keeps one.
+pub fn verify<E>(
+    records: impl IntoIterator<Item = Result<AuditRecord, E>>,
+    head: Option<(u64, Hash)>,
+) -> Result<VerifyReport, E> {
+    let mut prev_hash = [0u8; 32];
+    let mut expected_seq = 1u64;
+    let mut count = 0u64;
+    let bad = |seq: u64, reason: String, count: u64, head_hash: Hash| VerifyReport {
+        ok: false,
+        records: count,
+        first_bad_seq: seq,
+        reason,
+        head_hash,
+    };
+    for r in records {
+        let r = r?;
+        count += 1;
+        if r.seq != expected_seq {
+            return Ok(bad(
+                r.seq,
+                format!("record {} found where {expected_seq} was expected (deleted or reordered records)", r.seq),
+                count,
+                prev_hash,
+            ));
+        }
+        if r.prev_hash != prev_hash {
+            return Ok(bad(r.seq, format!("record {} does not link to its predecessor", r.seq), count, prev_hash));
+        }
+        if chain_hash(&prev_hash, r.seq, &r.entry) != r.hash {
+            return Ok(bad(r.seq, format!("record {} does not match its hash (edited)", r.seq), count, prev_hash));
+        }
+        prev_hash = r.hash;
+        expected_seq += 1;
+    }
+    if let Some((len, hash)) = head {
+        if len != count || hash != prev_hash {
+            return Ok(bad(
+                0,
+                format!("the chain has {count} records but its head says {len} (records removed from the end)"),
+                count,
+                prev_hash,
+            ));
+        }
+    }
+    Ok(VerifyReport { ok: true, records: count, first_bad_seq: 0, reason: String::new(), head_hash: prev_hash })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn entry(i: u64) -> AuditEntry {
+        AuditEntry {
+            time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i),
+            actor: "alice".into(),
+            role: "requester".into(),
+            action: "sandpit.v1.SandboxService/CreateSandbox".into(),
+            target: format!("sb-{i}"),
+            experiment: "exp-1".into(),
+            sandbox: format!("sb-{i}"),
+            outcome: Outcome::Succeeded,
+            code: "OK".into(),
+            reason: String::new(),
+            source: "127.0.0.1:5000".into(),
+        }
+    }
+
+    fn chain(n: u64) -> Vec<AuditRecord> {
+        let mut out: Vec<AuditRecord> = Vec::new();
+        for i in 0..n {
+            let (seq, prev) = out.last().map(|r| (r.seq, r.hash)).unwrap_or((0, [0; 32]));
+            out.push(seal(seq, prev, entry(i)));
+        }
+        out
+    }
+
+    fn check(records: &[AuditRecord], head: Option<(u64, Hash)>) -> VerifyReport {
+        verify(records.iter().cloned().map(Ok::<_, Infallible>), head).unwrap()
+    }
+
+    #[test]
+    fn an_untouched_chain_verifies() {
+        let c = chain(50);
+        let r = check(&c, Some((50, c[49].hash)));
+        assert!(r.ok, "{r:?}");
+        assert_eq!((r.records, r.head_hash), (50, c[49].hash));
+        assert!(check(&[], Some((0, [0; 32]))).ok);
+    }
+
+    #[test]
+    fn edits_deletions_reorders_and_truncation_are_caught() {
+        let c = chain(10);
+        let head = Some((10, c[9].hash));
+        let mut edited = c.clone();
+        edited[4].entry.reason = "nothing to see".into();
+        assert_eq!(check(&edited, head).first_bad_seq, 5);
+        let mut deleted = c.clone();
+        deleted.remove(6);
+        assert_eq!(check(&deleted, head).first_bad_seq, 8);
+        let mut swapped = c.clone();
+        swapped.swap(2, 3);
+        assert_eq!(check(&swapped, head).first_bad_seq, 4);
+        let r = check(&c[..9], head);
+        assert!(!r.ok && r.reason.contains("removed from the end"), "{r:?}");
+        // Renumbering after a deletion still breaks the links.
+        let mut renumbered = deleted.clone();
+        for (i, r) in renumbered.iter_mut().enumerate() {
+            r.seq = i as u64 + 1;
+        }
+        assert_eq!(check(&renumbered, head).first_bad_seq, 7);
+    }
+
+    #[test]
+    fn every_field_is_covered_by_the_hash() {
+        let base = entry(1);
+        let h = chain_hash(&[0; 32], 1, &base);
+        let variants: Vec<Box<dyn Fn(&mut AuditEntry)>> = vec![
+            Box::new(|e| e.actor.push('x')),
+            Box::new(|e| e.role.push('x')),
+            Box::new(|e| e.action.push('x')),
+            Box::new(|e| e.target.push('x')),
+            Box::new(|e| e.experiment.push('x')),
+            Box::new(|e| e.sandbox.push('x')),
+            Box::new(|e| e.outcome = Outcome::Denied),
+            Box::new(|e| e.code.push('x')),
+            Box::new(|e| e.reason.push('x')),
+            Box::new(|e| e.source.push('x')),
+            Box::new(|e| e.time += Duration::from_millis(1)),
+        ];
+        for v in variants {
+            let mut e = base.clone();
+            v(&mut e);
+            assert_ne!(chain_hash(&[0; 32], 1, &e), h);
+        }
+        // Field boundaries are unambiguous.
+        let mut a = base.clone();
+        a.actor = "ab".into();
+        a.role = "c".into();
+        let mut b = base.clone();
+        b.actor = "a".into();
+        b.role = "bc".into();
+        assert_ne!(chain_hash(&[0; 32], 1, &a), chain_hash(&[0; 32], 1, &b));
+    }
+}
