@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use sandpit::config::{default_data_dir, ADDR_FILE, LOCAL_TOKEN_FILE};
+use sandpit::proto::audit_service_client::AuditServiceClient;
+use sandpit::proto::register_service_client::RegisterServiceClient;
 use sandpit::proto::{self, exec_output::Output, sandbox_service_client::SandboxServiceClient};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -27,9 +29,6 @@ struct Cli {
     /// Bearer token. Default: a local daemon's generated token.
     #[arg(long, env = "SANDPIT_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
-    /// Data directory of a local daemon, for its token and address.
-    #[arg(long, env = "SANDPIT_DATA_DIR", global = true)]
-    data_dir: Option<PathBuf>,
     /// PEM CA certificate to verify an https:// daemon.
     #[arg(long, env = "SANDPIT_CA_CERT", global = true)]
     ca_cert: Option<PathBuf>,
@@ -96,6 +95,130 @@ enum Command {
         #[arg(long)]
         experiment: Option<String>,
     },
+    /// Register an experiment in the AI register.
+    Register {
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        purpose: String,
+        /// Declared data classification: the highest its sandboxes may carry.
+        #[arg(long)]
+        classification: String,
+        /// AI tool used, repeatable.
+        #[arg(long = "ai-tool")]
+        ai_tools: Vec<String>,
+        /// Model used, repeatable.
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// Dataset used, repeatable.
+        #[arg(long = "dataset")]
+        datasets: Vec<String>,
+        /// "description;likelihood;impact;mitigation;owner" (low/medium/high), repeatable.
+        #[arg(long = "risk", value_parser = parse_risk)]
+        risks: Vec<proto::Risk>,
+        /// Planned end date, YYYY-MM-DD or RFC 3339.
+        #[arg(long, value_parser = parse_time)]
+        planned_end: Option<SystemTime>,
+    },
+    /// Show one experiment.
+    Experiment { id: String },
+    /// List experiments.
+    Experiments {
+        #[arg(long)]
+        team: Option<String>,
+        /// proposed, approved, rejected or closed.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Approve a proposed experiment (approvers; not your own team's).
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        conditions: String,
+    },
+    /// Reject a proposed experiment.
+    Reject {
+        id: String,
+        #[arg(long, default_value = "")]
+        conditions: String,
+    },
+    /// Close an experiment with its outcome; tears down its sandboxes.
+    Close {
+        id: String,
+        /// succeeded, failed or abandoned.
+        #[arg(long)]
+        outcome: String,
+        #[arg(long)]
+        lessons: String,
+    },
+    /// The audit log and oversight views.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Query the audit log, oldest first.
+    Log {
+        /// RFC 3339 or YYYY-MM-DD.
+        #[arg(long, value_parser = parse_time)]
+        since: Option<SystemTime>,
+        #[arg(long, value_parser = parse_time)]
+        until: Option<SystemTime>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        experiment: Option<String>,
+        #[arg(long)]
+        sandbox: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        /// At most this many records (all when absent).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Follow the audit log as it is written.
+    Watch,
+    /// Recompute the hash chain. With --data-dir, reads the store directly
+    /// (the daemon may be stopped). Exits 1 when the chain is broken.
+    Verify {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Export the register or the active sandboxes.
+    Export {
+        /// register or sandboxes.
+        #[arg(long)]
+        kind: String,
+        /// json or csv.
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
+    /// Active experiments with their live sandboxes and time left.
+    Active,
+}
+
+fn parse_risk(s: &str) -> Result<proto::Risk, String> {
+    let parts: Vec<&str> = s.split(';').map(str::trim).collect();
+    let [description, likelihood, impact, mitigation, owner] = parts[..] else {
+        return Err("expected description;likelihood;impact;mitigation;owner".into());
+    };
+    Ok(proto::Risk {
+        description: description.into(),
+        likelihood: likelihood.into(),
+        impact: impact.into(),
+        mitigation: mitigation.into(),
+        owner: owner.into(),
+    })
+}
+
+fn parse_time(s: &str) -> Result<SystemTime, String> {
+    let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_string() };
+    sandpit::time::parse_rfc3339(&full).ok_or_else(|| format!("'{s}' is not YYYY-MM-DD or RFC 3339"))
+}
+
+fn ts(t: SystemTime) -> pbjson_types::Timestamp {
+    sandpit::api::convert::timestamp(t)
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -103,6 +226,25 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 }
 
 type Client = SandboxServiceClient<InterceptedService<Channel, Auth>>;
+type Register = RegisterServiceClient<InterceptedService<Channel, Auth>>;
+type Audit = AuditServiceClient<InterceptedService<Channel, Auth>>;
+
+struct Clients {
+    channel: Channel,
+    auth: Auth,
+}
+
+impl Clients {
+    fn sandboxes(&self) -> Client {
+        SandboxServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+    fn register(&self) -> Register {
+        RegisterServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+    fn audit(&self) -> Audit {
+        AuditServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+}
 
 #[derive(Clone)]
 struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
@@ -177,8 +319,8 @@ fn read_trimmed(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-async fn connect(cli: &Cli) -> Result<Client, Failure> {
-    let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
+async fn connect(cli: &Cli) -> Result<Clients, Failure> {
+    let data_dir = std::env::var_os("SANDPIT_DATA_DIR").map(PathBuf::from).unwrap_or_else(default_data_dir);
     let addr = cli
         .addr
         .clone()
@@ -211,7 +353,7 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
         ),
         None => None,
     };
-    Ok(SandboxServiceClient::with_interceptor(channel, Auth(auth)))
+    Ok(Clients { channel, auth: Auth(auth) })
 }
 
 fn json<T: serde::Serialize>(msg: &T) -> Result<(), Failure> {
@@ -227,7 +369,14 @@ fn json_line<T: serde::Serialize>(msg: &T) -> Result<(), Failure> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
-    let mut client = connect(&cli).await?;
+    // Offline verification needs no daemon.
+    if let Command::Audit(AuditCommand::Verify { data_dir: Some(dir) }) = &cli.command {
+        let report = sandpit::store::SqliteStore::verify_file(&dir.join("sandpit.db"))
+            .map_err(|e| Failure::Local(e.to_string()))?;
+        return print_verify(report.into(), cli.json);
+    }
+    let clients = connect(&cli).await?;
+    let mut client = clients.sandboxes();
     match cli.command {
         Command::Create { experiment, profile, classification, ttl, image } => {
             pull(&mut client, &profile, image.clone().unwrap_or_default(), cli.json).await?;
@@ -327,20 +476,267 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                         .map(|k| k.as_str_name().trim_start_matches("SANDBOX_EVENT_KIND_").to_lowercase())
                         .unwrap_or_default();
                     let sb = ev.sandbox.unwrap_or_default();
-                    println!(
-                        "{}  {:<14} {:<16} {:<20} {}",
-                        when_abs(ev.time.as_ref()),
-                        kind,
-                        sb.id,
-                        sb.experiment,
-                        ev.message
-                    );
+                    println!("{}  {:<14} {:<16} {:<20} {}", when_abs(ev.time.as_ref()), kind, sb.id, sb.experiment, ev.message);
                 }
+            }
+        }
+        Command::Register { title, purpose, classification, ai_tools, models, datasets, risks, planned_end } => {
+            let req = proto::RegisterExperimentRequest {
+                title,
+                purpose,
+                ai_tools,
+                models,
+                classification,
+                datasets,
+                risks,
+                planned_end: planned_end.map(ts),
+            };
+            let e = clients.register().register_experiment(req).await?.into_inner();
+            show_experiment(&e, cli.json)?;
+        }
+        Command::Experiment { id } => {
+            let e = clients.register().get_experiment(proto::GetExperimentRequest { id }).await?.into_inner();
+            show_experiment(&e, cli.json)?;
+        }
+        Command::Experiments { team, status } => {
+            let status = match status {
+                None => proto::ExperimentStatus::Unspecified,
+                Some(s) => proto::ExperimentStatus::from_str_name(&format!("EXPERIMENT_STATUS_{}", s.to_uppercase()))
+                    .ok_or_else(|| Failure::Local(format!("--status {s}: use proposed, approved, rejected or closed")))?,
+            };
+            let req = proto::ListExperimentsRequest { team: team.unwrap_or_default(), status: status as i32 };
+            let list = clients.register().list_experiments(req).await?.into_inner();
+            if cli.json {
+                json(&list)?;
+            } else {
+                let rows = list
+                    .experiments
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.id.clone(),
+                            e.title.clone(),
+                            e.team.clone(),
+                            e.owner.clone(),
+                            e.classification.clone(),
+                            status_name(e.status),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "TITLE", "TEAM", "OWNER", "CLASSIFICATION", "STATUS"], rows);
+            }
+        }
+        Command::Approve { id, conditions } => {
+            let e = clients.register().approve_experiment(proto::DecideExperimentRequest { id, conditions }).await?;
+            show_experiment(&e.into_inner(), cli.json)?;
+        }
+        Command::Reject { id, conditions } => {
+            let e = clients.register().reject_experiment(proto::DecideExperimentRequest { id, conditions }).await?;
+            show_experiment(&e.into_inner(), cli.json)?;
+        }
+        Command::Close { id, outcome, lessons } => {
+            let outcome =
+                proto::ExperimentOutcome::from_str_name(&format!("EXPERIMENT_OUTCOME_{}", outcome.to_uppercase()))
+                    .filter(|o| *o != proto::ExperimentOutcome::Unspecified)
+                    .ok_or_else(|| Failure::Local(format!("--outcome {outcome}: use succeeded, failed or abandoned")))?;
+            let req = proto::CloseExperimentRequest { id, outcome: outcome as i32, lessons_learnt: lessons };
+            let e = clients.register().close_experiment(req).await?.into_inner();
+            show_experiment(&e, cli.json)?;
+        }
+        Command::Audit(cmd) => return audit(&clients, cmd, cli.json).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit(clients: &Clients, cmd: AuditCommand, as_json: bool) -> Result<ExitCode, Failure> {
+    let mut audit = clients.audit();
+    match cmd {
+        AuditCommand::Log { since, until, actor, experiment, sandbox, action, limit } => {
+            let mut req = proto::QueryAuditLogRequest {
+                since: since.map(ts),
+                until: until.map(ts),
+                actor: actor.unwrap_or_default(),
+                experiment: experiment.unwrap_or_default(),
+                sandbox: sandbox.unwrap_or_default(),
+                action: action.unwrap_or_default(),
+                page_size: 1000,
+                page_token: String::new(),
+            };
+            let mut events = Vec::new();
+            loop {
+                let page = audit.query_audit_log(req.clone()).await?.into_inner();
+                events.extend(page.events);
+                if page.next_page_token.is_empty() || limit.is_some_and(|l| events.len() >= l) {
+                    break;
+                }
+                req.page_token = page.next_page_token;
+            }
+            if let Some(l) = limit {
+                events.truncate(l);
+            }
+            if as_json {
+                json(&proto::QueryAuditLogResponse { events, next_page_token: String::new() })?;
+            } else {
+                print_events(&events);
+            }
+        }
+        AuditCommand::Watch => {
+            let mut stream = audit.watch_audit_log(proto::WatchAuditLogRequest {}).await?.into_inner();
+            while let Some(ev) = stream.next().await {
+                let ev = ev?;
+                if as_json {
+                    json_line(&ev)?;
+                } else {
+                    print_events(std::slice::from_ref(&ev));
+                }
+            }
+        }
+        AuditCommand::Verify { .. } => {
+            let report = audit.verify_audit_log(proto::VerifyAuditLogRequest {}).await?.into_inner();
+            return print_verify(report, as_json);
+        }
+        AuditCommand::Export { kind, format } => {
+            let kind = match kind.as_str() {
+                "register" => proto::ExportKind::Register,
+                "sandboxes" | "active-sandboxes" => proto::ExportKind::ActiveSandboxes,
+                other => return Err(Failure::Local(format!("--kind {other}: use register or sandboxes"))),
+            };
+            let format = match format.as_str() {
+                "json" => proto::ExportFormat::Json,
+                "csv" => proto::ExportFormat::Csv,
+                other => return Err(Failure::Local(format!("--format {other}: use json or csv"))),
+            };
+            let req = proto::ExportRequest { kind: kind as i32, format: format as i32 };
+            let mut stream = audit.export(req).await?.into_inner();
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = stream.next().await {
+                let _ = out.write_all(&chunk?.data);
+            }
+        }
+        AuditCommand::Active => {
+            let list = audit.list_active_experiments(proto::ListActiveExperimentsRequest {}).await?.into_inner();
+            if as_json {
+                json(&list)?;
+            } else {
+                let rows = list.experiments.iter().map(active_row).collect();
+                table(&["EXPERIMENT", "TEAM", "OWNER", "CLASSIFICATION", "APPROVAL", "SANDBOXES"], rows);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
+
+fn active_row(a: &proto::ActiveExperiment) -> Vec<String> {
+    let e = a.experiment.clone().unwrap_or_default();
+    let approval = e.approvals.last().map(|a| format!("{} by {}", a.decision, a.approver));
+    let sandboxes: Vec<String> = a
+        .sandboxes
+        .iter()
+        .map(|s| {
+            let sb = s.sandbox.clone().unwrap_or_default();
+            let left = Duration::from_secs(s.time_left.as_ref().map_or(0, |d| d.seconds.max(0) as u64));
+            format!("{} ({}, {} left)", sb.id, sb.profile, sandpit::time::format_duration(left))
+        })
+        .collect();
+    vec![
+        e.id,
+        e.team,
+        e.owner,
+        e.classification,
+        approval.unwrap_or_else(|| status_name(e.status)),
+        if sandboxes.is_empty() { "-".into() } else { sandboxes.join(", ") },
+    ]
+}
+
+fn print_verify(report: proto::VerifyAuditLogResponse, as_json: bool) -> Result<ExitCode, Failure> {
+    if as_json {
+        json(&report)?;
+    } else if report.ok {
+        println!("audit log verified: {} records, head {}", report.records, report.head_hash);
+    } else {
+        println!("audit log BROKEN at record {}: {}", report.first_bad_seq, report.reason);
+    }
+    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_events(events: &[proto::AuditEvent]) {
+    for e in events {
+        println!(
+            "{:>6}  {}  {:<10} {:<9} {:<46} {:<16} {:<9} {:<18} {}",
+            e.seq,
+            when_abs(e.time.as_ref()),
+            e.actor,
+            e.role,
+            e.action,
+            e.target,
+            e.outcome,
+            e.code,
+            e.reason
+        );
+    }
+}
+
+fn status_name(status: i32) -> String {
+    proto::ExperimentStatus::try_from(status)
+        .map(|s| s.as_str_name().trim_start_matches("EXPERIMENT_STATUS_").to_lowercase())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn show_experiment(e: &proto::Experiment, as_json: bool) -> Result<(), Failure> {
+    if as_json {
+        return json(e);
+    }
+    let rows = [
+        ("id", e.id.clone()),
+        ("title", e.title.clone()),
+        ("status", status_name(e.status)),
+        ("owner", format!("{} (team {})", e.owner, e.team)),
+        ("purpose", e.purpose.clone()),
+        ("classification", e.classification.clone()),
+        ("ai tools", e.ai_tools.join(", ")),
+        ("models", e.models.join(", ")),
+        ("datasets", e.datasets.join(", ")),
+        ("created", when_abs(e.created_at.as_ref())),
+    ];
+    for (k, v) in rows {
+        println!("{k:<15} {v}");
+    }
+    for r in &e.risks {
+        println!(
+            "{:<15} {} (likelihood {}, impact {}; mitigation: {}; owner: {})",
+            "risk", r.description, r.likelihood, r.impact, r.mitigation, r.owner
+        );
+    }
+    for a in &e.approvals {
+        println!("{:<15} {} by {} at {} {}", "decision", a.decision, a.approver, when_abs(a.time.as_ref()), a.conditions);
+    }
+    if e.closed_at.is_some() {
+        let outcome = proto::ExperimentOutcome::try_from(e.outcome)
+            .map(|o| o.as_str_name().trim_start_matches("EXPERIMENT_OUTCOME_").to_lowercase())
+            .unwrap_or_default();
+        println!("{:<15} {outcome} at {}: {}", "closed", when_abs(e.closed_at.as_ref()), e.lessons_learnt);
+    }
+    Ok(())
+}
+
+/// Prints left-aligned columns.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
 
 /// Makes sure the image is on the daemon's engine, showing pull progress.
 async fn pull(client: &mut Client, profile: &str, image: String, quiet: bool) -> Result<(), Failure> {
@@ -418,8 +814,7 @@ fn print_sandbox(sb: &proto::Sandbox) {
 }
 
 fn print_table(list: &[proto::Sandbox]) {
-    let header = ["ID", "EXPERIMENT", "TEAM", "PROFILE", "CLASSIFICATION", "STATE", "EXPIRES"];
-    let rows: Vec<[String; 7]> = list
+    let rows = list
         .iter()
         .map(|s| {
             let expires = match s.expires_at.as_ref().map(to_system) {
@@ -429,7 +824,7 @@ fn print_table(list: &[proto::Sandbox]) {
                 },
                 None => "-".into(),
             };
-            [
+            vec![
                 s.id.clone(),
                 s.experiment.clone(),
                 s.team.clone(),
@@ -440,18 +835,5 @@ fn print_table(list: &[proto::Sandbox]) {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let line = |cells: [&str; 7]| {
-        let s: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", s.join("  ").trim_end());
-    };
-    line(header);
-    for r in &rows {
-        line(r.each_ref().map(String::as_str));
-    }
+    table(&["ID", "EXPERIMENT", "TEAM", "PROFILE", "CLASSIFICATION", "STATE", "EXPIRES"], rows);
 }

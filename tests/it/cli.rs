@@ -23,7 +23,7 @@ async fn cli_create_get_exec_extend_rm() {
         &[
             "create",
             "--experiment",
-            "exp-cli",
+            &d.exp_a,
             "--profile",
             PROFILE,
             "--classification",

@@ -59,7 +59,7 @@ async fn docker_outage_gives_unavailable_and_the_daemon_recovers() {
     let mut c = d.client(TEAM_A).await;
 
     // Docker was never there: the daemon serves anyway.
-    let e = c.create_sandbox(create_req("exp-outage", 60)).await.unwrap_err();
+    let e = c.create_sandbox(create_req(&d.exp_a, 60)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
     assert!(c.list_sandboxes(proto::ListSandboxesRequest::default()).await.is_ok(), "reads still work");
     let failed =
@@ -70,7 +70,8 @@ async fn docker_outage_gives_unavailable_and_the_daemon_recovers() {
     let proxy = Proxy::start(&sock);
     let sb = eventually(Duration::from_secs(10), "create after Docker returns", || {
         let mut c = c.clone();
-        async move { c.create_sandbox(create_req("exp-outage", 60)).await.ok().map(|r| r.into_inner()) }
+        let exp = d.exp_a.clone();
+        async move { c.create_sandbox(create_req(&exp, 60)).await.ok().map(|r| r.into_inner()) }
     })
     .await;
     assert_eq!(state(&sb), SandboxState::Running);

@@ -12,7 +12,7 @@ use crate::support::*;
 async fn create_runs_a_hardened_container() {
     let d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
-    let sb = create(&mut c, 120).await;
+    let sb = create(&mut c, &d.exp_a, 120).await;
     assert_eq!(state(&sb), SandboxState::Running);
     assert!(sb.id.starts_with("sb-"));
     assert_eq!((sb.owner.as_str(), sb.team.as_str(), sb.profile.as_str()), ("alice", "team-a", PROFILE));
@@ -48,7 +48,7 @@ async fn create_runs_a_hardened_container() {
     for (k, v) in [
         ("sandpit.managed", "true"),
         ("sandpit.sandbox", sb.id.as_str()),
-        ("sandpit.experiment", "exp-test"),
+        ("sandpit.experiment", d.exp_a.as_str()),
         ("sandpit.owner", "alice"),
         ("sandpit.team", "team-a"),
         ("sandpit.profile", PROFILE),
@@ -98,7 +98,7 @@ pub async fn exec(c: &mut Client, id: &str, cmd: &[&str]) -> (String, String, i6
 async fn exec_streams_output_and_exit_code() {
     let d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
-    let sb = create(&mut c, 120).await;
+    let sb = create(&mut c, &d.exp_a, 120).await;
     let (out, err, code) = exec(&mut c, &sb.id, &["sh", "-c", "echo out; echo err >&2; exit 3"]).await;
     assert_eq!((out.as_str(), err.as_str(), code), ("out\n", "err\n", 3));
     let (out, _, code) = exec(&mut c, &sb.id, &["sh", "-c", "yes line | head -n 20000 | wc -l"]).await;
@@ -142,7 +142,7 @@ async fn exec_streams_output_and_exit_code() {
 async fn extend_within_and_beyond_the_profile_limits() {
     let d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
-    let sb = create(&mut c, 60).await;
+    let sb = create(&mut c, &d.exp_a, 60).await;
 
     let before = SystemTime::now();
     let ext =
@@ -164,7 +164,7 @@ async fn extend_within_and_beyond_the_profile_limits() {
     assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "ttl: must be set"));
 
     // A profile whose max lifetime equals its max ttl: any extension past creation + lifetime is refused.
-    let mut req = create_req("exp-test", 60);
+    let mut req = create_req(&d.exp_a, 60);
     req.profile = "test-sensitive".into();
     let sens = c.create_sandbox(req).await.unwrap().into_inner();
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -182,7 +182,7 @@ async fn extend_within_and_beyond_the_profile_limits() {
 async fn delete_is_idempotent_and_removes_the_container() {
     let d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
-    let sb = create(&mut c, 120).await;
+    let sb = create(&mut c, &d.exp_a, 120).await;
     let del = c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap().into_inner();
     assert_eq!(state(&del), SandboxState::Deleted);
     assert!(del.state_reason.contains("alice"), "{}", del.state_reason);
@@ -202,7 +202,7 @@ async fn delete_is_idempotent_and_removes_the_container() {
     let req = proto::ExecRequest { id: sb.id.clone(), command: vec!["true".into()], ..Default::default() };
     assert_eq!(c.exec(req).await.unwrap_err().code(), Code::FailedPrecondition);
     // An operator may delete any team's sandbox.
-    let other = create(&mut c, 120).await;
+    let other = create(&mut c, &d.exp_a, 120).await;
     let mut op = d.client(OPERATOR).await;
     let del = op.delete_sandbox(proto::DeleteSandboxRequest { id: other.id.clone() }).await.unwrap().into_inner();
     assert_eq!(state(&del), SandboxState::Deleted);
@@ -213,7 +213,7 @@ async fn expiry_tears_down_within_two_seconds_and_warns_first() {
     let d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
     let mut watch = c.watch_sandboxes(proto::WatchSandboxesRequest::default()).await.unwrap().into_inner();
-    let sb = create(&mut c, 3).await;
+    let sb = create(&mut c, &d.exp_a, 3).await;
     let expires_at = to_system(sb.expires_at.as_ref().unwrap());
 
     let gone = eventually(Duration::from_secs(10), "container removed at expiry", || {
@@ -245,7 +245,7 @@ async fn expiry_tears_down_within_two_seconds_and_warns_first() {
 async fn a_container_killed_from_outside_shows_as_exited() {
     let d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
-    let sb = create(&mut c, 120).await;
+    let sb = create(&mut c, &d.exp_a, 120).await;
     docker()
         .await
         .kill_container(&sb.container_id, None::<bollard::query_parameters::KillContainerOptions>)
@@ -271,7 +271,7 @@ async fn a_container_killed_from_outside_shows_as_exited() {
 async fn sigterm_exits_zero_and_leaves_sandboxes_running() {
     let mut d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
-    let sb = create(&mut c, 120).await;
+    let sb = create(&mut c, &d.exp_a, 120).await;
     let status = d.terminate();
     assert!(status.success(), "exit status {status}");
     assert!(d.log().contains("sandboxes are left running"));

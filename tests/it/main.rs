@@ -8,6 +8,8 @@ mod support;
 
 mod cli;
 mod docker_outage;
+mod governance;
+mod tls;
 mod lifecycle;
 mod reconcile;
 mod requests;

@@ -15,8 +15,8 @@ use crate::support::*;
 async fn kill9_restart_adopts_live_sandboxes_and_removes_expired_ones() {
     let mut d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
-    let live = create(&mut c, 300).await;
-    let doomed = create(&mut c, 3).await;
+    let live = create(&mut c, &d.exp_a, 300).await;
+    let doomed = create(&mut c, &d.exp_a, 3).await;
 
     d.kill9();
     // Expire while the daemon is down: nothing may remove it yet.
@@ -62,7 +62,7 @@ async fn start_container(name: &str, labels: HashMap<String, String>) -> String 
 async fn labelled_orphans_are_removed_after_grace_and_nothing_else_is_touched() {
     let d = Daemon::with(Options { orphan_grace: "2s", reconcile_interval: "1s", ..Default::default() }).await;
     let mut c = d.client(TEAM_A).await;
-    let sb = create(&mut c, 300).await;
+    let sb = create(&mut c, &d.exp_a, 300).await;
     let labels =
         docker().await.inspect_container(&sb.container_id, None).await.unwrap().config.unwrap().labels.unwrap();
     let instance = labels["sandpit.instance"].clone();
@@ -109,7 +109,7 @@ async fn labelled_orphans_are_removed_after_grace_and_nothing_else_is_touched() 
 async fn a_record_whose_container_vanished_is_marked_lost() {
     let d = Daemon::with(Options { reconcile_interval: "1s", ..Default::default() }).await;
     let mut c = d.client(TEAM_A).await;
-    let sb = create(&mut c, 300).await;
+    let sb = create(&mut c, &d.exp_a, 300).await;
     let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::default().force(true).build();
     docker().await.remove_container(&sb.container_id, Some(opts)).await.unwrap();
     let rec = eventually(Duration::from_secs(6), "lost state", || {
@@ -129,14 +129,16 @@ async fn a_create_abandoned_by_its_client_leaves_nothing() {
     let d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
     // Hang up while the daemon is provisioning.
-    let call = c.create_sandbox(create_req("exp-abandoned", 120));
+    let exp = d.experiment(TEAM_A, "OFFICIAL").await;
+    let call = c.create_sandbox(create_req(&exp, 120));
     assert!(tokio::time::timeout(Duration::from_millis(60), call).await.is_err(), "create finished before the hang-up");
 
     let c = d.client(TEAM_A).await;
     let rec = eventually(Duration::from_secs(10), "abandoned create recorded as failed", || {
         let mut c = c.clone();
+        let exp = exp.clone();
         async move {
-            let req = proto::ListSandboxesRequest { include_ended: true, experiment: "exp-abandoned".into() };
+            let req = proto::ListSandboxesRequest { include_ended: true, experiment: exp };
             let list = c.list_sandboxes(req).await.unwrap().into_inner().sandboxes;
             list.into_iter().find(|s| state(s) == SandboxState::Failed)
         }
@@ -150,14 +152,15 @@ async fn a_create_abandoned_by_its_client_leaves_nothing() {
 async fn a_missing_image_fails_cleanly_naming_the_image() {
     let d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
-    let mut req = create_req("exp-noimage", 60);
+    let exp = d.experiment(TEAM_A, "OFFICIAL").await;
+    let mut req = create_req(&exp, 60);
     req.image = "sandpit-test/absent:never".into();
     let e = c.create_sandbox(req).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("sandpit-test/absent:never"), "{}", e.message());
     assert!(e.message().contains("docker load") || e.message().contains("docker import"), "{}", e.message());
     assert!(d.containers().await.is_empty());
-    let req = proto::ListSandboxesRequest { include_ended: true, experiment: "exp-noimage".into() };
+    let req = proto::ListSandboxesRequest { include_ended: true, experiment: exp.clone() };
     let list = c.list_sandboxes(req).await.unwrap().into_inner().sandboxes;
     assert_eq!(list.len(), 1);
     assert_eq!(state(&list[0]), SandboxState::Failed, "the failure is on record");

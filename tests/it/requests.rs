@@ -10,7 +10,7 @@ use crate::support::*;
 async fn bad_create_requests_are_refused_with_the_right_status() {
     let d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
-    let base = || create_req("exp-bad", 60);
+    let base = || create_req(&d.exp_a, 60);
     let cases: Vec<(&str, CreateSandboxRequest, Code, &str)> = vec![
         (
             "unknown profile",
@@ -92,7 +92,7 @@ async fn teams_cannot_see_or_touch_each_others_sandboxes() {
     let d = Daemon::start().await;
     let mut a = d.client(TEAM_A).await;
     let mut b = d.client(TEAM_B).await;
-    let sb = create(&mut a, 120).await;
+    let sb = create(&mut a, &d.exp_a, 120).await;
     let not_found = |e: tonic::Status| {
         assert_eq!(e.code(), Code::NotFound, "{}", e.message());
         assert!(e.message().contains(&sb.id));
@@ -113,7 +113,7 @@ async fn teams_cannot_see_or_touch_each_others_sandboxes() {
     assert_eq!(list.sandboxes.len(), 1);
     let e = aud.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    let e = aud.create_sandbox(create_req("exp-aud", 60)).await.unwrap_err();
+    let e = aud.create_sandbox(create_req(&d.exp_a, 60)).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
 
     // Missing or unknown credentials.

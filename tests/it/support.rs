@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
+use sandpit::proto::audit_service_client::AuditServiceClient;
+use sandpit::proto::register_service_client::RegisterServiceClient;
 use sandpit::proto::sandbox_service_client::SandboxServiceClient;
 use sandpit::proto::{self, CreateSandboxRequest};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -23,6 +25,10 @@ pub const TEAM_A: &str = "token-team-a";
 pub const TEAM_B: &str = "token-team-b";
 pub const OPERATOR: &str = "token-operator";
 pub const AUDITOR: &str = "token-auditor";
+/// An approver in the AI Leadership Group's team.
+pub const APPROVER: &str = "token-approver";
+/// An approver who is in team-a: may not approve team-a's experiments.
+pub const APPROVER_A: &str = "token-approver-a";
 
 /// The image every test sandbox runs, built once per test process from this
 /// machine's own binaries (no registry is reachable).
@@ -59,11 +65,22 @@ pub struct Options {
     pub reconcile_interval: &'static str,
     pub expiry_warning: &'static str,
     pub docker_host: Option<String>,
+    /// Extra TOML appended to the config (e.g. `[tls]`, more identities).
+    pub extra_config: String,
+    /// PEM CA that signed the daemon's TLS certificate (for https daemons).
+    pub server_ca: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { orphan_grace: "30s", reconcile_interval: "2s", expiry_warning: "1s", docker_host: None }
+        Options {
+            orphan_grace: "30s",
+            reconcile_interval: "2s",
+            expiry_warning: "1s",
+            docker_host: None,
+            extra_config: String::new(),
+            server_ca: None,
+        }
     }
 }
 
@@ -71,6 +88,9 @@ impl Default for Options {
 /// daemon and removes every Docker object carrying this run's label.
 pub struct Daemon {
     pub run: String,
+    /// A registered, approved OFFICIAL-SENSITIVE experiment of team-a.
+    pub exp_a: String,
+    server_ca: Option<String>,
     pub dir: tempfile::TempDir,
     pub addr: String,
     child: Option<Child>,
@@ -165,6 +185,20 @@ name = "ada"
 team = "alg"
 roles = ["auditor"]
 token_sha256 = "{aud}"
+
+[[identities]]
+name = "amir"
+team = "alg"
+roles = ["approver"]
+token_sha256 = "{appr}"
+
+[[identities]]
+name = "anna"
+team = "team-a"
+roles = ["approver"]
+token_sha256 = "{appr_a}"
+
+{extra}
 "#,
                 data = dir.path().join("data").display(),
                 profiles = profiles.display(),
@@ -175,12 +209,62 @@ token_sha256 = "{aud}"
                 b = sha256(TEAM_B),
                 op = sha256(OPERATOR),
                 aud = sha256(AUDITOR),
+                appr = sha256(APPROVER),
+                appr_a = sha256(APPROVER_A),
+                extra = opts.extra_config,
             ),
         )
         .unwrap();
-        let mut d = Daemon { run, dir, addr: String::new(), child: None, config };
+        let server_ca = opts.server_ca.clone();
+        let mut d = Daemon { run, exp_a: String::new(), server_ca, dir, addr: String::new(), child: None, config };
         d.spawn().await;
+        d.exp_a = d.experiment(TEAM_A, "OFFICIAL-SENSITIVE").await;
+        d.register(APPROVER)
+            .await
+            .approve_experiment(proto::DecideExperimentRequest { id: d.exp_a.clone(), conditions: String::new() })
+            .await
+            .expect("approve");
         d
+    }
+
+    /// Registers a new experiment for the token's team; returns its id.
+    pub async fn experiment(&self, token: &str, classification: &str) -> String {
+        let req = proto::RegisterExperimentRequest {
+            title: "Test experiment".into(),
+            purpose: "Integration tests".into(),
+            classification: classification.into(),
+            ai_tools: vec!["none".into()],
+            ..Default::default()
+        };
+        self.register(token).await.register_experiment(req).await.expect("register experiment").into_inner().id
+    }
+
+    /// A channel to the daemon; over TLS when it serves https, optionally
+    /// presenting a client certificate.
+    pub async fn channel_with(&self, client: Option<tonic::transport::Identity>) -> Result<Channel, tonic::transport::Error> {
+        let mut endpoint = Channel::from_shared(self.addr.clone()).unwrap();
+        if let Some(ca) = &self.server_ca {
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name("localhost");
+            if let Some(id) = client {
+                tls = tls.identity(id);
+            }
+            endpoint = endpoint.tls_config(tls).unwrap();
+        }
+        endpoint.connect().await
+    }
+
+    async fn channel(&self) -> Channel {
+        self.channel_with(None).await.unwrap()
+    }
+
+    pub async fn register(&self, token: &str) -> RegisterServiceClient<InterceptedService<Channel, Bearer>> {
+        RegisterServiceClient::with_interceptor(self.channel().await, bearer(token))
+    }
+
+    pub async fn audit(&self, token: &str) -> AuditServiceClient<InterceptedService<Channel, Bearer>> {
+        AuditServiceClient::with_interceptor(self.channel().await, bearer(token))
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -244,13 +328,11 @@ token_sha256 = "{aud}"
     }
 
     pub async fn client(&self, token: &str) -> Client {
-        let channel = Channel::from_shared(self.addr.clone()).unwrap().connect().await.unwrap();
-        SandboxServiceClient::with_interceptor(channel, Bearer(Some(format!("Bearer {token}").parse().unwrap())))
+        SandboxServiceClient::with_interceptor(self.channel().await, bearer(token))
     }
 
     pub async fn anonymous(&self) -> Client {
-        let channel = Channel::from_shared(self.addr.clone()).unwrap().connect().await.unwrap();
-        SandboxServiceClient::with_interceptor(channel, Bearer(None))
+        SandboxServiceClient::with_interceptor(self.channel().await, Bearer(None))
     }
 
     /// Containers of this run, by `sandpit.sandbox` label (or name when unlabelled).
@@ -296,6 +378,10 @@ pub fn remove_labelled(label: &str) {
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<Ascii>>);
 
+pub fn bearer(token: &str) -> Bearer {
+    Bearer(Some(format!("Bearer {token}").parse().unwrap()))
+}
+
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(v) = &self.0 {
@@ -325,8 +411,8 @@ pub fn create_req(experiment: &str, ttl_secs: i64) -> CreateSandboxRequest {
     }
 }
 
-pub async fn create(client: &mut Client, ttl_secs: i64) -> proto::Sandbox {
-    client.create_sandbox(create_req("exp-test", ttl_secs)).await.expect("create").into_inner()
+pub async fn create(client: &mut Client, experiment: &str, ttl_secs: i64) -> proto::Sandbox {
+    client.create_sandbox(create_req(experiment, ttl_secs)).await.expect("create").into_inner()
 }
 
 pub fn state(sb: &proto::Sandbox) -> proto::SandboxState {
