@@ -225,7 +225,10 @@ impl Config {
                 if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
                     return Err(format!("{}: must be 64 hex digits (sha256 of the token)", field("token_sha256")));
                 }
-                let dup = self.identities[..i].iter().filter_map(|o| o.token_sha256.as_ref()).any(|o| o.eq_ignore_ascii_case(h));
+                let dup = self.identities[..i]
+                    .iter()
+                    .filter_map(|o| o.token_sha256.as_ref())
+                    .any(|o| o.eq_ignore_ascii_case(h));
                 if dup {
                     return Err(format!("{}: the same token is given to two identities", field("token_sha256")));
                 }
@@ -235,7 +238,10 @@ impl Config {
                     return Err(format!("{}: '{s}' is not a subject like CN=alice, O=ONS", field("cert_subject")));
                 }
                 if id.cert_subject.is_some() && self.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
-                    return Err(format!("{}: needs tls.client_ca to verify client certificates", field("cert_subject")));
+                    return Err(format!(
+                        "{}: needs tls.client_ca to verify client certificates",
+                        field("cert_subject")
+                    ));
                 }
             }
         }

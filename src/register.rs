@@ -235,12 +235,22 @@ impl Experiment {
 
     /// An approver's decision. Only proposed experiments are decided, and
     /// never by an approver of the experiment's own team.
-    pub fn decide(&mut self, approver: &str, approver_team: &str, decision: Decision, conditions: String, now: SystemTime) -> Result<()> {
+    pub fn decide(
+        &mut self,
+        approver: &str,
+        approver_team: &str,
+        decision: Decision,
+        conditions: String,
+        now: SystemTime,
+    ) -> Result<()> {
         text("conditions", &conditions, false)?;
         if approver_team == self.team {
             return Err(Error::denied(
                 Rule::SelfApproval,
-                format!("{approver} is in team '{}', whose experiment this is; another team's approver must decide", self.team),
+                format!(
+                    "{approver} is in team '{}', whose experiment this is; another team's approver must decide",
+                    self.team
+                ),
             ));
         }
         if self.status != Status::Proposed {
@@ -311,8 +321,14 @@ mod tests {
         e.decide("zed", "alg", Decision::Approved, "review monthly".into(), now).unwrap();
         assert_eq!(e.status, Status::Approved);
         assert_eq!(e.approvals[0].conditions, "review monthly");
-        assert!(matches!(e.decide("zed", "alg", Decision::Rejected, String::new(), now), Err(Error::FailedPrecondition(_))));
-        assert!(matches!(e.close(Outcome::Succeeded, "".into(), now), Err(Error::InvalidArgument { field: "lessons_learnt", .. })));
+        assert!(matches!(
+            e.decide("zed", "alg", Decision::Rejected, String::new(), now),
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            e.close(Outcome::Succeeded, "".into(), now),
+            Err(Error::InvalidArgument { field: "lessons_learnt", .. })
+        ));
         e.close(Outcome::Succeeded, "works".into(), now).unwrap();
         assert_eq!((e.status, e.outcome), (Status::Closed, Some(Outcome::Succeeded)));
         assert!(e.close(Outcome::Failed, "again".into(), now).is_err());

@@ -40,8 +40,11 @@ impl<R: Runtime> AuditService for AuditApi<R> {
         self.gate.authorize(&req, Method::QueryAuditLog)?;
         let q = AuditQuery::try_from(req.into_inner())?;
         let page = self.manager.query_audit(&q)?;
-        let next_page_token =
-            if page.len() == q.limit { page.last().map(|r| r.seq.to_string()).unwrap_or_default() } else { String::new() };
+        let next_page_token = if page.len() == q.limit {
+            page.last().map(|r| r.seq.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Response::new(proto::QueryAuditLogResponse {
             events: page.into_iter().map(Into::into).collect(),
             next_page_token,
@@ -85,12 +88,19 @@ impl<R: Runtime> AuditService for AuditApi<R> {
             proto::ExportKind::Register => {
                 let list: Vec<proto::Experiment> =
                     self.manager.all_experiments()?.into_iter().map(Into::into).collect();
-                if csv { register_csv(&list) } else { json(&list)? }
+                if csv {
+                    register_csv(&list)
+                } else {
+                    json(&list)?
+                }
             }
             proto::ExportKind::ActiveSandboxes => {
-                let list: Vec<proto::Sandbox> =
-                    self.manager.active_sandboxes()?.into_iter().map(Into::into).collect();
-                if csv { sandboxes_csv(&list) } else { json(&list)? }
+                let list: Vec<proto::Sandbox> = self.manager.active_sandboxes()?.into_iter().map(Into::into).collect();
+                if csv {
+                    sandboxes_csv(&list)
+                } else {
+                    json(&list)?
+                }
             }
             proto::ExportKind::Unspecified => {
                 return Err(Error::invalid("kind", "must be register or active_sandboxes").into())
@@ -107,7 +117,9 @@ impl<R: Runtime> AuditService for AuditApi<R> {
     ) -> Result<Response<proto::ListActiveExperimentsResponse>, Status> {
         self.gate.authorize(&req, Method::ListActiveExperiments)?;
         let list = self.manager.active_experiments()?;
-        Ok(Response::new(proto::ListActiveExperimentsResponse { experiments: list.into_iter().map(Into::into).collect() }))
+        Ok(Response::new(proto::ListActiveExperimentsResponse {
+            experiments: list.into_iter().map(Into::into).collect(),
+        }))
     }
 }
 
@@ -173,7 +185,12 @@ fn register_csv(list: &[proto::Experiment]) -> Vec<u8> {
         let risks: Vec<String> = e
             .risks
             .iter()
-            .map(|r| format!("{} (likelihood {}, impact {}; mitigation: {}; owner: {})", r.description, r.likelihood, r.impact, r.mitigation, r.owner))
+            .map(|r| {
+                format!(
+                    "{} (likelihood {}, impact {}; mitigation: {}; owner: {})",
+                    r.description, r.likelihood, r.impact, r.mitigation, r.owner
+                )
+            })
             .collect();
         let approvals: Vec<String> = e
             .approvals

@@ -4,12 +4,12 @@ use std::time::{Duration, SystemTime};
 
 use crate::audit::{AuditRecord, VerifyReport};
 use crate::lifecycle::{ActiveExperiment, ExecOutput};
-use crate::register::{self, Experiment, NewExperiment};
-use crate::store::AuditQuery;
 use crate::policy::CreateSandbox;
 use crate::proto;
+use crate::register::{self, Experiment, NewExperiment};
 use crate::runtime::PullProgress;
 use crate::sandbox::{EventKind, Sandbox, SandboxEvent, SandboxState};
+use crate::store::AuditQuery;
 use crate::Error;
 
 pub fn timestamp(t: SystemTime) -> pbjson_types::Timestamp {
@@ -335,7 +335,10 @@ impl From<ActiveExperiment> for proto::ActiveExperiment {
             sandboxes: a
                 .sandboxes
                 .into_iter()
-                .map(|(s, left)| proto::ActiveSandbox { sandbox: Some(s.into()), time_left: Some(proto_duration(left)) })
+                .map(|(s, left)| proto::ActiveSandbox {
+                    sandbox: Some(s.into()),
+                    time_left: Some(proto_duration(left)),
+                })
                 .collect(),
         }
     }

@@ -175,7 +175,6 @@ pub fn verify<E>(
     head: Option<(u64, Hash)>,
 ) -> Result<VerifyReport, E> {
     let mut prev_hash = [0u8; 32];
-    let mut expected_seq = 1u64;
     let mut count = 0u64;
     let bad = |seq: u64, reason: String, count: u64, head_hash: Hash| VerifyReport {
         ok: false,
@@ -187,10 +186,11 @@ pub fn verify<E>(
     for r in records {
         let r = r?;
         count += 1;
-        if r.seq != expected_seq {
+        // Sequence numbers are 1, 2, 3, ... in storage order.
+        if r.seq != count {
             return Ok(bad(
                 r.seq,
-                format!("record {} found where {expected_seq} was expected (deleted or reordered records)", r.seq),
+                format!("record {} found where {count} was expected (deleted or reordered records)", r.seq),
                 count,
                 prev_hash,
             ));
@@ -202,7 +202,6 @@ pub fn verify<E>(
             return Ok(bad(r.seq, format!("record {} does not match its hash (edited)", r.seq), count, prev_hash));
         }
         prev_hash = r.hash;
-        expected_seq += 1;
     }
     if let Some((len, hash)) = head {
         if len != count || hash != prev_hash {
@@ -289,18 +288,18 @@ mod tests {
     fn every_field_is_covered_by_the_hash() {
         let base = entry(1);
         let h = chain_hash(&[0; 32], 1, &base);
-        let variants: Vec<Box<dyn Fn(&mut AuditEntry)>> = vec![
-            Box::new(|e| e.actor.push('x')),
-            Box::new(|e| e.role.push('x')),
-            Box::new(|e| e.action.push('x')),
-            Box::new(|e| e.target.push('x')),
-            Box::new(|e| e.experiment.push('x')),
-            Box::new(|e| e.sandbox.push('x')),
-            Box::new(|e| e.outcome = Outcome::Denied),
-            Box::new(|e| e.code.push('x')),
-            Box::new(|e| e.reason.push('x')),
-            Box::new(|e| e.source.push('x')),
-            Box::new(|e| e.time += Duration::from_millis(1)),
+        let variants: [fn(&mut AuditEntry); 11] = [
+            |e| e.actor.push('x'),
+            |e| e.role.push('x'),
+            |e| e.action.push('x'),
+            |e| e.target.push('x'),
+            |e| e.experiment.push('x'),
+            |e| e.sandbox.push('x'),
+            |e| e.outcome = Outcome::Denied,
+            |e| e.code.push('x'),
+            |e| e.reason.push('x'),
+            |e| e.source.push('x'),
+            |e| e.time += Duration::from_millis(1),
         ];
         for v in variants {
             let mut e = base.clone();

@@ -476,7 +476,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                         .map(|k| k.as_str_name().trim_start_matches("SANDBOX_EVENT_KIND_").to_lowercase())
                         .unwrap_or_default();
                     let sb = ev.sandbox.unwrap_or_default();
-                    println!("{}  {:<14} {:<16} {:<20} {}", when_abs(ev.time.as_ref()), kind, sb.id, sb.experiment, ev.message);
+                    println!(
+                        "{}  {:<14} {:<16} {:<20} {}",
+                        when_abs(ev.time.as_ref()),
+                        kind,
+                        sb.id,
+                        sb.experiment,
+                        ev.message
+                    );
                 }
             }
         }
@@ -502,7 +509,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let status = match status {
                 None => proto::ExperimentStatus::Unspecified,
                 Some(s) => proto::ExperimentStatus::from_str_name(&format!("EXPERIMENT_STATUS_{}", s.to_uppercase()))
-                    .ok_or_else(|| Failure::Local(format!("--status {s}: use proposed, approved, rejected or closed")))?,
+                    .ok_or_else(|| {
+                    Failure::Local(format!("--status {s}: use proposed, approved, rejected or closed"))
+                })?,
             };
             let req = proto::ListExperimentsRequest { team: team.unwrap_or_default(), status: status as i32 };
             let list = clients.register().list_experiments(req).await?.into_inner();
@@ -538,7 +547,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let outcome =
                 proto::ExperimentOutcome::from_str_name(&format!("EXPERIMENT_OUTCOME_{}", outcome.to_uppercase()))
                     .filter(|o| *o != proto::ExperimentOutcome::Unspecified)
-                    .ok_or_else(|| Failure::Local(format!("--outcome {outcome}: use succeeded, failed or abandoned")))?;
+                    .ok_or_else(|| {
+                        Failure::Local(format!("--outcome {outcome}: use succeeded, failed or abandoned"))
+                    })?;
             let req = proto::CloseExperimentRequest { id, outcome: outcome as i32, lessons_learnt: lessons };
             let e = clients.register().close_experiment(req).await?.into_inner();
             show_experiment(&e, cli.json)?;
@@ -708,7 +719,14 @@ fn show_experiment(e: &proto::Experiment, as_json: bool) -> Result<(), Failure> 
         );
     }
     for a in &e.approvals {
-        println!("{:<15} {} by {} at {} {}", "decision", a.decision, a.approver, when_abs(a.time.as_ref()), a.conditions);
+        println!(
+            "{:<15} {} by {} at {} {}",
+            "decision",
+            a.decision,
+            a.approver,
+            when_abs(a.time.as_ref()),
+            a.conditions
+        );
     }
     if e.closed_at.is_some() {
         let outcome = proto::ExperimentOutcome::try_from(e.outcome)
@@ -736,7 +754,6 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
         line(r.iter().map(String::as_str).collect());
     }
 }
-
 
 /// Makes sure the image is on the daemon's engine, showing pull progress.
 async fn pull(client: &mut Client, profile: &str, image: String, quiet: bool) -> Result<(), Failure> {

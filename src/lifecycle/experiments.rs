@@ -48,13 +48,24 @@ impl<R: Runtime> Manager<R> {
         }
     }
 
-    pub fn list_experiments(&self, caller: &Caller, team: Option<String>, status: Option<Status>) -> Result<Vec<Experiment>> {
+    pub fn list_experiments(
+        &self,
+        caller: &Caller,
+        team: Option<String>,
+        status: Option<Status>,
+    ) -> Result<Vec<Experiment>> {
         let team = if caller.sees_all_teams() { team } else { Some(caller.team.clone()) };
         self.store.list_experiments(&ExperimentFilter { team, status })
     }
 
     /// An approver's decision on a proposed experiment of another team.
-    pub fn decide_experiment(&self, caller: &Caller, id: &str, decision: Decision, conditions: String) -> Result<Experiment> {
+    pub fn decide_experiment(
+        &self,
+        caller: &Caller,
+        id: &str,
+        decision: Decision,
+        conditions: String,
+    ) -> Result<Experiment> {
         let act = match decision {
             Decision::Approved => action::APPROVE_EXPERIMENT,
             Decision::Rejected => action::REJECT_EXPERIMENT,
@@ -62,7 +73,11 @@ impl<R: Runtime> Manager<R> {
         let result = self.get_experiment(caller, id).and_then(|mut e| {
             e.decide(&caller.name, &caller.team, decision, conditions, SystemTime::now())?;
             let approval = e.approvals.last().map(|a| a.conditions.clone()).unwrap_or_default();
-            let reason = if approval.is_empty() { decision.as_str().to_string() } else { format!("{}: {approval}", decision.as_str()) };
+            let reason = if approval.is_empty() {
+                decision.as_str().to_string()
+            } else {
+                format!("{}: {approval}", decision.as_str())
+            };
             let rec = self.store.put_experiment(&e, Some(self.entry(Some(caller), act, id, "", Ok(reason))))?;
             self.published(rec);
             Ok(e)
@@ -72,11 +87,19 @@ impl<R: Runtime> Manager<R> {
 
     /// Closes an experiment with its outcome and lessons learnt, then tears
     /// down every sandbox it still has.
-    pub async fn close_experiment(&self, caller: &Caller, id: &str, outcome: Outcome, lessons: String) -> Result<Experiment> {
+    pub async fn close_experiment(
+        &self,
+        caller: &Caller,
+        id: &str,
+        outcome: Outcome,
+        lessons: String,
+    ) -> Result<Experiment> {
         let result = self.get_experiment(caller, id).and_then(|mut e| {
             e.close(outcome, lessons, SystemTime::now())?;
             let reason = format!("outcome {}", outcome.as_str());
-            let rec = self.store.put_experiment(&e, Some(self.entry(Some(caller), action::CLOSE_EXPERIMENT, id, "", Ok(reason))))?;
+            let rec = self
+                .store
+                .put_experiment(&e, Some(self.entry(Some(caller), action::CLOSE_EXPERIMENT, id, "", Ok(reason))))?;
             self.published(rec);
             Ok(e)
         });
@@ -85,7 +108,8 @@ impl<R: Runtime> Manager<R> {
         let live = self.store.list(&ListFilter { experiment: Some(id.to_string()), ..Default::default() })?;
         for sb in live {
             let reason = format!("experiment closed by {}", caller.name);
-            self.teardown(&sb.id, SandboxState::Deleted, reason, Some(caller), action::CLOSE_TEARDOWN, |_| true).await?;
+            self.teardown(&sb.id, SandboxState::Deleted, reason, Some(caller), action::CLOSE_TEARDOWN, |_| true)
+                .await?;
         }
         Ok(e)
     }

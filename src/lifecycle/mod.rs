@@ -28,10 +28,10 @@ pub use reconcile::ReconcileReport;
 
 use crate::audit::{action, AuditEntry, AuditRecord, Outcome, VerifyReport, DAEMON};
 use crate::auth::Caller;
-use crate::store::AuditQuery;
 use crate::policy::{admit, extend_deadline, CreateSandbox, HostPolicy, ProfileSet};
 use crate::runtime::{labels, BoxStream, ContainerSpec, ExecChunk, ExecSpec, PullProgress, Runtime};
 use crate::sandbox::{new_id, EventKind, Sandbox, SandboxEvent, SandboxState};
+use crate::store::AuditQuery;
 use crate::store::{ListFilter, Store};
 use crate::{Error, Result};
 
@@ -258,7 +258,15 @@ impl<R: Runtime> Manager<R> {
         }
         let admitted = self.store.get_experiment(&req.experiment).and_then(|experiment| {
             let profiles = self.profiles();
-            admit(&req, &caller.name, &caller.team, experiment.as_ref(), &profiles, self.settings.host, SystemTime::now())
+            admit(
+                &req,
+                &caller.name,
+                &caller.team,
+                experiment.as_ref(),
+                &profiles,
+                self.settings.host,
+                SystemTime::now(),
+            )
         });
         let plan = match admitted {
             Ok(plan) => plan,
@@ -289,7 +297,8 @@ impl<R: Runtime> Manager<R> {
             if ok && !delivered {
                 tracing::info!(sandbox = %id, "client went away during create; tearing down");
                 let reason = "create abandoned by the client";
-                if let Err(e) = this.teardown(&id, SandboxState::Failed, reason, None, action::ABANDON, |_| true).await {
+                if let Err(e) = this.teardown(&id, SandboxState::Failed, reason, None, action::ABANDON, |_| true).await
+                {
                     tracing::warn!(sandbox = %id, error = %e, "teardown of abandoned create failed; reconcile will retry");
                 }
             }
@@ -325,7 +334,13 @@ impl<R: Runtime> Manager<R> {
         };
         sb.container_id = Some(container_id.clone());
         sb.state = SandboxState::Running;
-        let reason = format!("{} {} {} until {}", sb.profile.name, sb.classification, sb.image, crate::time::rfc3339(sb.expires_at));
+        let reason = format!(
+            "{} {} {} until {}",
+            sb.profile.name,
+            sb.classification,
+            sb.image,
+            crate::time::rfc3339(sb.expires_at)
+        );
         let entry = self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason));
         if let Err(e) = self.commit(&sb, entry) {
             // Not on record, not audited: refuse the create and leave nothing behind.
@@ -409,13 +424,19 @@ impl<R: Runtime> Manager<R> {
     ) -> Result<BoxStream<Result<PullProgress>>> {
         let result = self.pull_image_inner(profile, image);
         match &result {
-            Ok((image, _)) => self.record(self.entry(Some(caller), action::PULL_IMAGE, "", "", Ok(format!("image {image}")))),
+            Ok((image, _)) => {
+                self.record(self.entry(Some(caller), action::PULL_IMAGE, "", "", Ok(format!("image {image}"))))
+            }
             Err(e) => self.record_error(caller, action::PULL_IMAGE, "", "", e),
         }
         result.map(|(_, stream)| stream)
     }
 
-    fn pull_image_inner(&self, profile: &str, image: Option<&str>) -> Result<(String, BoxStream<Result<PullProgress>>)> {
+    fn pull_image_inner(
+        &self,
+        profile: &str,
+        image: Option<&str>,
+    ) -> Result<(String, BoxStream<Result<PullProgress>>)> {
         crate::policy::admission::validate_name("profile", profile)?;
         let profiles = self.profiles();
         let p =
@@ -627,7 +648,10 @@ impl<R: Runtime> Manager<R> {
         let mut delay = RETRY_MIN;
         loop {
             let now = SystemTime::now();
-            match self.teardown(id, SandboxState::Expired, "ttl reached", None, action::EXPIRE, |sb| sb.expires_at <= now).await {
+            match self
+                .teardown(id, SandboxState::Expired, "ttl reached", None, action::EXPIRE, |sb| sb.expires_at <= now)
+                .await
+            {
                 Ok(_) | Err(Error::NotFound { .. }) => return,
                 Err(e) => {
                     tracing::warn!(sandbox = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "expiry teardown failed");

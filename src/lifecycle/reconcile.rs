@@ -64,7 +64,13 @@ impl<R: Runtime> Manager<R> {
                         tracing::info!(container = %c.id, sandbox = ?id, "removing labelled container with no record");
                         self.runtime.remove(&c.id).await?;
                         let reason = format!("removed labelled container {} with no record", c.id);
-                        self.record(self.entry(None, action::REMOVE_ORPHAN, "", id.as_deref().unwrap_or_default(), Ok(reason)));
+                        self.record(self.entry(
+                            None,
+                            action::REMOVE_ORPHAN,
+                            "",
+                            id.as_deref().unwrap_or_default(),
+                            Ok(reason),
+                        ));
                         report.orphans_removed += 1;
                     }
                 }

@@ -297,8 +297,7 @@ impl Store for SqliteStore {
                 "SELECT body FROM experiments WHERE (?1 IS NULL OR team = ?1) AND (?2 IS NULL OR status = ?2)
                  ORDER BY created_ms, id",
             )?;
-            let rows =
-                stmt.query_map(params![f.team, f.status.map(|s| s.as_str())], |r| r.get::<_, String>(0))?;
+            let rows = stmt.query_map(params![f.team, f.status.map(|s| s.as_str())], |r| r.get::<_, String>(0))?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
         bodies.into_iter().map(decode).collect()

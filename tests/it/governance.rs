@@ -31,7 +31,9 @@ async fn each_role_is_allowed_and_refused_on_each_service() {
         assert_eq!(e.code(), code, "{who} {what}: {}", e.message());
     };
 
-    for (who, token) in [("requester", TEAM_A), ("operator", OPERATOR), ("approver", APPROVER), ("auditor", AUDITOR), ("nobody", "")] {
+    for (who, token) in
+        [("requester", TEAM_A), ("operator", OPERATOR), ("approver", APPROVER), ("auditor", AUDITOR), ("nobody", "")]
+    {
         let mut sandboxes = if token.is_empty() { d.anonymous().await } else { d.client(token).await };
         let mut register = d.register(if token.is_empty() { "bogus" } else { token }).await;
         let mut audit = d.audit(if token.is_empty() { "bogus" } else { token }).await;
@@ -92,7 +94,15 @@ async fn each_role_is_allowed_and_refused_on_each_service() {
                 allowed(active, who, "list active experiments");
             }
             _ => {
-                for (r, what) in [(create, "create"), (list, "list"), (reg, "register"), (approve, "approve"), (query, "query"), (verify, "verify"), (active, "active")] {
+                for (r, what) in [
+                    (create, "create"),
+                    (list, "list"),
+                    (reg, "register"),
+                    (approve, "approve"),
+                    (query, "query"),
+                    (verify, "verify"),
+                    (active, "active"),
+                ] {
                     refused(r, Code::Unauthenticated, who, what);
                 }
             }
@@ -103,7 +113,9 @@ async fn each_role_is_allowed_and_refused_on_each_service() {
     let mut audit = d.audit(AUDITOR).await;
     let q = proto::QueryAuditLogRequest { actor: "olive".into(), page_size: 1000, ..Default::default() };
     let events = audit.query_audit_log(q).await.unwrap().into_inner().events;
-    assert!(events.iter().any(|e| e.action.ends_with("AuditService/QueryAuditLog") && e.outcome == "denied" && e.code == "PERMISSION_DENIED"));
+    assert!(events.iter().any(|e| e.action.ends_with("AuditService/QueryAuditLog")
+        && e.outcome == "denied"
+        && e.code == "PERMISSION_DENIED"));
     let q = proto::QueryAuditLogRequest { actor: "anonymous".into(), page_size: 1000, ..Default::default() };
     let anon = audit.query_audit_log(q).await.unwrap().into_inner().events;
     assert_eq!(anon.len(), 7, "every unauthenticated call is recorded");
@@ -158,11 +170,15 @@ async fn approvals_gate_sensitive_sandboxes_and_no_one_approves_their_own_team()
 
     // Requesters see their own team's register entries only.
     let mut b = d.register(TEAM_B).await;
-    assert_eq!(b.get_experiment(proto::GetExperimentRequest { id: exp.clone() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        b.get_experiment(proto::GetExperimentRequest { id: exp.clone() }).await.unwrap_err().code(),
+        Code::NotFound
+    );
     let listed = b.list_experiments(proto::ListExperimentsRequest::default()).await.unwrap().into_inner();
     assert!(listed.experiments.is_empty());
     let mut auditor_view = d.audit(AUDITOR).await;
-    let active = auditor_view.list_active_experiments(proto::ListActiveExperimentsRequest {}).await.unwrap().into_inner();
+    let active =
+        auditor_view.list_active_experiments(proto::ListActiveExperimentsRequest {}).await.unwrap().into_inner();
     let entry = active.experiments.iter().find(|x| x.experiment.as_ref().unwrap().id == exp).expect("listed");
     assert_eq!(entry.sandboxes.len(), 1);
     assert_eq!(entry.sandboxes[0].sandbox.as_ref().unwrap().profile, "test-sensitive");
@@ -184,7 +200,10 @@ async fn closing_an_experiment_tears_down_its_sandboxes() {
         outcome: proto::ExperimentOutcome::Succeeded as i32,
         lessons_learnt: "Rules beat the model on short answers".into(),
     };
-    assert_eq!(d.register(TEAM_A).await.close_experiment(close.clone()).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        d.register(TEAM_A).await.close_experiment(close.clone()).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
     let closed = d.register(APPROVER).await.close_experiment(close.clone()).await.unwrap().into_inner();
     assert_eq!(closed.status, proto::ExperimentStatus::Closed as i32);
     assert_eq!(closed.outcome, proto::ExperimentOutcome::Succeeded as i32);
@@ -354,7 +373,10 @@ async fn exports_of_the_register_and_active_sandboxes() {
     let mut a = d.client(TEAM_A).await;
     let sb = create(&mut a, &d.exp_a, 60).await;
     let mut audit = d.audit(AUDITOR).await;
-    let export = |kind: proto::ExportKind, format: proto::ExportFormat| proto::ExportRequest { kind: kind as i32, format: format as i32 };
+    let export = |kind: proto::ExportKind, format: proto::ExportFormat| proto::ExportRequest {
+        kind: kind as i32,
+        format: format as i32,
+    };
     let collect = |req: proto::ExportRequest| {
         let mut audit = audit.clone();
         async move {
@@ -377,7 +399,8 @@ async fn exports_of_the_register_and_active_sandboxes() {
     assert_eq!(csv.lines().count(), 2, "{csv}");
     assert!(csv.contains(&sb.id) && csv.contains(",running,"), "{csv}");
     let json: serde_json::Value =
-        serde_json::from_str(&collect(export(proto::ExportKind::ActiveSandboxes, proto::ExportFormat::Json)).await).unwrap();
+        serde_json::from_str(&collect(export(proto::ExportKind::ActiveSandboxes, proto::ExportFormat::Json)).await)
+            .unwrap();
     assert_eq!(json[0]["containerId"], sb.container_id.as_str());
     let e = audit.export(proto::ExportRequest { kind: 0, format: 1 }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);

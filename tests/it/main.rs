@@ -9,7 +9,7 @@ mod support;
 mod cli;
 mod docker_outage;
 mod governance;
-mod tls;
 mod lifecycle;
 mod reconcile;
 mod requests;
+mod tls;

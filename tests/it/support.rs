@@ -241,7 +241,10 @@ token_sha256 = "{appr_a}"
 
     /// A channel to the daemon; over TLS when it serves https, optionally
     /// presenting a client certificate.
-    pub async fn channel_with(&self, client: Option<tonic::transport::Identity>) -> Result<Channel, tonic::transport::Error> {
+    pub async fn channel_with(
+        &self,
+        client: Option<tonic::transport::Identity>,
+    ) -> Result<Channel, tonic::transport::Error> {
         let mut endpoint = Channel::from_shared(self.addr.clone()).unwrap();
         if let Some(ca) = &self.server_ca {
             let mut tls = tonic::transport::ClientTlsConfig::new()

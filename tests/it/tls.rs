@@ -62,7 +62,8 @@ cert_subject = "CN=carol, O=ONS"
         write("server.key", &key).display(),
         write("client-ca.crt", &client_ca.pem).display(),
     );
-    let d = Daemon::with(Options { extra_config: extra, server_ca: Some(server_ca.pem.clone()), ..Default::default() }).await;
+    let d = Daemon::with(Options { extra_config: extra, server_ca: Some(server_ca.pem.clone()), ..Default::default() })
+        .await;
     assert!(d.addr.starts_with("https://"), "{}", d.addr);
 
     // A certificate whose subject is a configured identity: carol, team-c.
