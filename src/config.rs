@@ -37,6 +37,11 @@ pub struct Config {
     pub allow_insecure_listen: bool,
     pub tls: Option<TlsConfig>,
     pub identities: Vec<IdentityConfig>,
+    /// Residencies an allowlist destination may have in profiles above OFFICIAL.
+    pub permitted_residency: Vec<String>,
+    /// Host directories sandboxes may mount read-only.
+    pub datasets: Vec<DatasetConfig>,
+    pub network: NetworkConfig,
     pub docker: DockerConfig,
     pub lifecycle: LifecycleConfig,
     pub sandbox: SandboxConfig,
@@ -64,6 +69,27 @@ pub struct IdentityConfig {
     pub token_sha256: Option<String>,
     /// Subject of the client certificate (mutual TLS), e.g. `CN=alice, O=ONS`.
     pub cert_subject: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub classification: Classification,
+    pub residency: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// IPv4 range per-sandbox networks take their subnets from.
+    pub subnet_pool: String,
+    /// Prefix length of each sandbox's subnet.
+    pub subnet_prefix: u8,
+    /// Port of the egress proxy on every sandbox network's gateway. Fixed, so
+    /// sandboxes adopted after a restart still reach it.
+    pub egress_port: u16,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,7 +157,14 @@ profiles_dir = "{DEFAULT_PROFILES_DIR}"
 max_classification = "OFFICIAL-SENSITIVE"
 allow_insecure_listen = false
 identities = []
+permitted_residency = ["UK"]
+datasets = []
 labels = {{}}
+
+[network]
+subnet_pool = "10.213.0.0/16"
+subnet_prefix = 28
+egress_port = 3128
 
 [docker]
 node = "{DEFAULT_NODE}"
@@ -172,6 +205,14 @@ pub fn default_data_dir() -> PathBuf {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// What profile validation needs to know about this host.
+    pub fn host_rules(&self) -> crate::policy::HostRules {
+        crate::policy::HostRules {
+            permitted_residency: self.permitted_residency.clone(),
+            datasets: self.datasets.iter().map(|d| (d.name.clone(), d.classification)).collect(),
+        }
+    }
+
     /// Defaults, then `file`, then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         Self::load_from(file, std::env::vars())
@@ -243,6 +284,25 @@ impl Config {
                         field("cert_subject")
                     ));
                 }
+            }
+        }
+        crate::runtime::subnet::Pool::new(&self.network.subnet_pool, self.network.subnet_prefix)
+            .map_err(|e| format!("network: {e}"))?;
+        for (i, d) in self.datasets.iter().enumerate() {
+            if crate::policy::admission::validate_name("name", &d.name).is_err() {
+                return Err(format!(
+                    "datasets[{i}].name: '{}' may contain only letters, digits, '.', '_' and '-'",
+                    d.name
+                ));
+            }
+            if self.datasets[..i].iter().any(|o| o.name == d.name) {
+                return Err(format!("datasets[{i}].name: '{}' is declared twice", d.name));
+            }
+            if !d.path.is_absolute() || !d.path.is_dir() {
+                return Err(format!("datasets[{i}].path: {} is not an existing absolute directory", d.path.display()));
+            }
+            if d.residency.trim().is_empty() {
+                return Err(format!("datasets[{i}].residency: must not be empty"));
             }
         }
         let user = self.sandbox.user.trim();

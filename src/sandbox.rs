@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{Classification, Plan, Profile};
+use crate::runtime::NetworkInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,7 +64,23 @@ pub struct Sandbox {
     pub node: String,
     pub exit_code: Option<i64>,
     pub oom_killed: bool,
+    /// Its own network, for every mode but `none`.
+    #[serde(default)]
+    pub network: Option<NetworkInfo>,
+    /// Datasets mounted read-only at `/data/<name>`.
+    #[serde(default)]
+    pub datasets: Vec<DatasetMount>,
 }
+
+/// A dataset mounted into a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetMount {
+    pub name: String,
+    pub source: std::path::PathBuf,
+}
+
+/// Where datasets appear inside a sandbox.
+pub const DATASETS_DIR: &str = "/data";
 
 impl Sandbox {
     /// A new record in `provisioning`, from an admitted plan.
@@ -86,7 +103,14 @@ impl Sandbox {
             node,
             exit_code: None,
             oom_killed: false,
+            network: None,
+            datasets: plan.datasets,
         }
+    }
+
+    /// The name of its network, when its profile gives it one.
+    pub fn network_name(&self) -> Option<String> {
+        self.profile.network.mode.has_network().then(|| format!("sandpit-{}", self.id))
     }
 
     /// Moves to an ended state, once.

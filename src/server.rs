@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::audit::AuditApi;
@@ -16,12 +16,14 @@ use crate::api::sandbox::SandboxApi;
 use crate::auth::{local_caller, local_token, Identities};
 use crate::config::{Config, ADDR_FILE};
 use crate::lifecycle::{Manager, Settings};
+use crate::policy::admission::Dataset;
 use crate::policy::{HostPolicy, ProfileSet};
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::register_service_server::RegisterServiceServer;
 use crate::proto::sandbox_service_server::SandboxServiceServer;
-use crate::runtime::docker::DockerRuntime;
-use crate::store::SqliteStore;
+use crate::runtime::docker::{DockerRuntime, NetworkSettings};
+use crate::runtime::subnet::Pool;
+use crate::store::{SqliteStore, Store};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +61,30 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         );
     }
 
-    let runtime = DockerRuntime::new(cfg.docker.host.clone(), cfg.docker.timeout, cfg.docker.node.clone());
+    let instance = store.instance_id().map_err(|e| StartError::Io(e.to_string()))?;
+    let net = NetworkSettings {
+        pool: Pool::new(&cfg.network.subnet_pool, cfg.network.subnet_prefix).map_err(StartError::Config)?,
+        egress_port: cfg.network.egress_port,
+        instance,
+    };
+    let runtime = DockerRuntime::new(cfg.docker.host.clone(), cfg.docker.timeout, cfg.docker.node.clone(), net);
     if let Err(e) = runtime.ping().await {
         tracing::warn!(error = %e, "Docker is not reachable yet; serving anyway and retrying");
     }
     let settings = Settings {
-        host: HostPolicy { max_classification: cfg.max_classification },
+        host: HostPolicy {
+            max_classification: cfg.max_classification,
+            datasets: cfg
+                .datasets
+                .iter()
+                .map(|d| Dataset {
+                    name: d.name.clone(),
+                    path: d.path.clone(),
+                    classification: d.classification,
+                    residency: d.residency.clone(),
+                })
+                .collect(),
+        },
         user: cfg.sandbox.user.clone(),
         labels: cfg.labels.clone(),
         expiry_warning: cfg.lifecycle.expiry_warning,
@@ -80,7 +100,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         TcpListener::bind(cfg.listen).await.map_err(|e| StartError::Io(format!("listen {}: {e}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
-    std::fs::write(cfg.data_dir.join(ADDR_FILE), format!("{scheme}://{addr}\n"))
+    // Written whole, then renamed: a reader never sees half an address.
+    let addr_tmp = cfg.data_dir.join(format!("{ADDR_FILE}.tmp"));
+    std::fs::write(&addr_tmp, format!("{scheme}://{addr}\n"))
+        .and_then(|()| std::fs::rename(&addr_tmp, cfg.data_dir.join(ADDR_FILE)))
         .map_err(|e| StartError::Io(format!("address file: {e}")))?;
 
     let mut builder = Server::builder();
@@ -134,7 +157,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .add_service(sandboxes)
         .add_service(register)
         .add_service(audit)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signalled);
+        // tonic's own tcp_nodelay does not apply to a listener we bound
+        // ourselves: without it, small responses wait ~40 ms on Nagle.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signalled);
 
     // Drain: once shutdown begins, in-flight calls get the grace period.
     let grace = cfg.lifecycle.shutdown_grace;

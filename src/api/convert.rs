@@ -48,6 +48,7 @@ impl TryFrom<proto::CreateSandboxRequest> for CreateSandbox {
             classification,
             ttl: r.ttl.as_ref().map(|d| duration("ttl", d)).transpose()?,
             image: non_empty(r.image),
+            datasets: r.datasets,
         };
         req.validate()?;
         Ok(req)
@@ -76,7 +77,9 @@ impl From<Sandbox> for proto::Sandbox {
                 pids: r.pids,
                 tmpfs_bytes: r.tmpfs as i64,
             }),
-            network_mode: s.profile.network.as_str().to_string(),
+            network_mode: s.profile.network.mode.as_str().to_string(),
+            datasets: s.datasets.iter().map(|d| d.name.clone()).collect(),
+            address: s.network.as_ref().map(|n| n.address.to_string()).unwrap_or_default(),
             command: s.profile.command.clone(),
             profile: s.profile.name,
             id: s.id,
@@ -355,6 +358,7 @@ mod tests {
             classification: "OFFICIAL".into(),
             ttl: Some(proto_duration(Duration::from_secs(60))),
             image: String::new(),
+            datasets: vec![],
         }
     }
 

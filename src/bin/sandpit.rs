@@ -56,6 +56,9 @@ enum Command {
         /// Image; default: the profile's first.
         #[arg(long)]
         image: Option<String>,
+        /// Dataset to mount read-only at /data/NAME, repeatable.
+        #[arg(long = "dataset")]
+        datasets: Vec<String>,
     },
     /// Show one sandbox.
     Get { id: String },
@@ -378,7 +381,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let clients = connect(&cli).await?;
     let mut client = clients.sandboxes();
     match cli.command {
-        Command::Create { experiment, profile, classification, ttl, image } => {
+        Command::Create { experiment, profile, classification, ttl, image, datasets } => {
             pull(&mut client, &profile, image.clone().unwrap_or_default(), cli.json).await?;
             let req = proto::CreateSandboxRequest {
                 experiment,
@@ -387,6 +390,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 ttl: ttl
                     .map(|d| pbjson_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }),
                 image: image.unwrap_or_default(),
+                datasets,
             };
             let sb = client.create_sandbox(req).await?.into_inner();
             if cli.json {

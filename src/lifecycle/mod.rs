@@ -14,7 +14,8 @@ mod expiry;
 mod locks;
 mod reconcile;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -28,9 +29,11 @@ pub use reconcile::ReconcileReport;
 
 use crate::audit::{action, AuditEntry, AuditRecord, Outcome, VerifyReport, DAEMON};
 use crate::auth::Caller;
-use crate::policy::{admit, extend_deadline, CreateSandbox, HostPolicy, ProfileSet};
-use crate::runtime::{labels, BoxStream, ContainerSpec, ExecChunk, ExecSpec, PullProgress, Runtime};
-use crate::sandbox::{new_id, EventKind, Sandbox, SandboxEvent, SandboxState};
+use crate::policy::{admit, extend_deadline, CreateSandbox, Destination, HostPolicy, NetworkMode, ProfileSet};
+use crate::runtime::{
+    labels, BoxStream, ContainerSpec, ExecChunk, ExecSpec, Mount, NetworkRequest, PullProgress, Runtime,
+};
+use crate::sandbox::{new_id, EventKind, Sandbox, SandboxEvent, SandboxState, DATASETS_DIR};
 use crate::store::AuditQuery;
 use crate::store::{ListFilter, Store};
 use crate::{Error, Result};
@@ -76,6 +79,8 @@ pub struct Manager<R: Runtime> {
     scheduler: Scheduler,
     events: broadcast::Sender<SandboxEvent>,
     audit: broadcast::Sender<AuditRecord>,
+    /// Allowlist sandboxes by address, for the egress proxy.
+    egress: RwLock<HashMap<IpAddr, (String, Vec<Destination>)>>,
     locks: locks::KeyedLocks,
     /// Sandboxes whose create is in flight in this process; reconcile leaves them be.
     creating: Mutex<HashSet<String>>,
@@ -107,6 +112,7 @@ impl<R: Runtime> Manager<R> {
             scheduler: Scheduler::spawn(due_tx),
             events: broadcast::channel(EVENT_BUFFER).0,
             audit: broadcast::channel(EVENT_BUFFER).0,
+            egress: RwLock::new(HashMap::new()),
             locks: locks::KeyedLocks::default(),
             creating: Mutex::new(HashSet::new()),
             shutdown: watch::channel(false).0,
@@ -121,6 +127,7 @@ impl<R: Runtime> Manager<R> {
         for sb in self.store.list(&ListFilter::default())? {
             if sb.state != SandboxState::Provisioning {
                 self.schedule(&sb);
+                self.egress_learn(&sb);
             }
         }
         let due_rx = self.due_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -238,7 +245,39 @@ impl<R: Runtime> Manager<R> {
             env: vec![format!("SANDPIT_SANDBOX_ID={}", sb.id), format!("SANDPIT_EXPERIMENT={}", sb.experiment)],
             labels: labels::for_sandbox(sb, &self.instance, &self.settings.labels),
             resources: sb.profile.resources.clone(),
+            network: sb.network_name().map(|name| NetworkRequest {
+                name,
+                internal: sb.profile.network.mode != NetworkMode::Open,
+                egress: sb.profile.network.mode == NetworkMode::Allowlist,
+            }),
+            mounts: sb
+                .datasets
+                .iter()
+                .map(|d| Mount { source: d.source.clone(), target: format!("{DATASETS_DIR}/{}", d.name) })
+                .collect(),
         }
+    }
+
+    /// Lets the egress proxy know an allowlist sandbox by its address.
+    fn egress_learn(&self, sb: &Sandbox) {
+        if let (NetworkMode::Allowlist, Some(n)) = (sb.profile.network.mode, &sb.network) {
+            let mut idx = self.egress.write().unwrap_or_else(|p| p.into_inner());
+            idx.insert(IpAddr::V4(n.address), (sb.id.clone(), sb.profile.network.allow.clone()));
+        }
+    }
+
+    fn egress_forget(&self, sb: &Sandbox) {
+        if let Some(n) = &sb.network {
+            let mut idx = self.egress.write().unwrap_or_else(|p| p.into_inner());
+            if idx.get(&IpAddr::V4(n.address)).is_some_and(|(id, _)| *id == sb.id) {
+                idx.remove(&IpAddr::V4(n.address));
+            }
+        }
+    }
+
+    /// The allowlist sandbox at `addr` and where it may go.
+    pub fn egress_lookup(&self, addr: IpAddr) -> Option<(String, Vec<Destination>)> {
+        self.egress.read().unwrap_or_else(|p| p.into_inner()).get(&addr).cloned()
     }
 
     /// A visible record, or not-found (other teams' sandboxes are not acknowledged).
@@ -264,7 +303,7 @@ impl<R: Runtime> Manager<R> {
                 &caller.team,
                 experiment.as_ref(),
                 &profiles,
-                self.settings.host,
+                &self.settings.host,
                 SystemTime::now(),
             )
         });
@@ -317,12 +356,12 @@ impl<R: Runtime> Manager<R> {
             self.runtime.create(&self.container_spec(&sb)).await
         }
         .await;
-        let container_id = match result {
-            Ok(cid) => cid,
+        let provisioned = match result {
+            Ok(p) => p,
             Err(e) => {
                 // Docker may have created the container even though the call
                 // failed: remove by name before recording the failure.
-                let _ = self.runtime.remove(&container_name(&sb.id)).await;
+                let _ = self.runtime.remove(&container_name(&sb.id), sb.network_name().as_deref()).await;
                 sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
                 let entry = self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Err(&e));
                 if let Err(se) = self.commit(&sb, entry) {
@@ -332,7 +371,9 @@ impl<R: Runtime> Manager<R> {
                 return Err(e);
             }
         };
+        let container_id = provisioned.container_id;
         sb.container_id = Some(container_id.clone());
+        sb.network = provisioned.network;
         sb.state = SandboxState::Running;
         let reason = format!(
             "{} {} {} until {}",
@@ -344,12 +385,13 @@ impl<R: Runtime> Manager<R> {
         let entry = self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason));
         if let Err(e) = self.commit(&sb, entry) {
             // Not on record, not audited: refuse the create and leave nothing behind.
-            let _ = self.runtime.remove(&container_id).await;
+            let _ = self.runtime.remove(&container_id, sb.network_name().as_deref()).await;
             sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
             let _ = self.store.put(&sb, None);
             return Err(e);
         }
         self.schedule(&sb);
+        self.egress_learn(&sb);
         tracing::info!(sandbox = %sb.id, experiment = %sb.experiment, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox running");
         self.emit(EventKind::Created, &sb, "running");
         Ok(sb)
@@ -599,7 +641,8 @@ impl<R: Runtime> Manager<R> {
             return Ok(sb);
         }
         let target = sb.container_id.clone().unwrap_or_else(|| container_name(id));
-        self.runtime.remove(&target).await?;
+        self.runtime.remove(&target, sb.network_name().as_deref()).await?;
+        self.egress_forget(&sb);
         sb.end(state, reason, SystemTime::now());
         self.commit(&sb, self.entry(caller, action, &sb.experiment, id, Ok(sb.state_reason.clone())))?;
         self.scheduler.cancel(id);

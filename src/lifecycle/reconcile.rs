@@ -50,9 +50,9 @@ impl<R: Runtime> Manager<R> {
             };
             match (record, &c.sandbox_id) {
                 (Some(r), Some(id)) if !r.state.is_ended() => by_sandbox.entry(id.clone()).or_default().push(c),
-                (Some(_), _) => {
+                (Some(r), _) => {
                     // The record ended but its container survived (a teardown cut short).
-                    self.runtime.remove(&c.id).await?;
+                    self.runtime.remove(&c.id, r.network_name().as_deref()).await?;
                     let sandbox = c.sandbox_id.as_deref().unwrap_or_default();
                     let reason = format!("removed container {} of an ended sandbox", c.id);
                     self.record(self.entry(None, action::REMOVE_LEFTOVER, "", sandbox, Ok(reason)));
@@ -62,7 +62,7 @@ impl<R: Runtime> Manager<R> {
                     let in_flight = id.as_deref().is_some_and(|id| self.is_creating(id));
                     if !in_flight && crate::runtime::docker::age(c.created, now) >= self.settings.orphan_grace {
                         tracing::info!(container = %c.id, sandbox = ?id, "removing labelled container with no record");
-                        self.runtime.remove(&c.id).await?;
+                        self.runtime.remove(&c.id, None).await?;
                         let reason = format!("removed labelled container {} with no record", c.id);
                         self.record(self.entry(
                             None,

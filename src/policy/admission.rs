@@ -25,10 +25,21 @@ const MAX_ID_LEN: usize = 128;
 const MAX_IMAGE_LEN: usize = 255;
 
 /// Host-wide policy from config.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HostPolicy {
     /// The host's accreditation ceiling: nothing above it is ever provisioned.
     pub max_classification: Classification,
+    /// Operator-declared datasets.
+    pub datasets: Vec<Dataset>,
+}
+
+/// A host directory an operator declared, with its classification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dataset {
+    pub name: String,
+    pub path: std::path::PathBuf,
+    pub classification: Classification,
+    pub residency: String,
 }
 
 /// The rule that denied a request.
@@ -42,6 +53,8 @@ pub enum Rule {
     ExperimentApproval,
     SelfApproval,
     ImageAllowlist,
+    DatasetAllowlist,
+    DatasetClassification,
     Ttl,
     MaxLifetime,
 }
@@ -57,6 +70,8 @@ impl Rule {
             Rule::ExperimentApproval => "experiment-approval",
             Rule::SelfApproval => "self-approval",
             Rule::ImageAllowlist => "image-allowlist",
+            Rule::DatasetAllowlist => "dataset-allowlist",
+            Rule::DatasetClassification => "dataset-classification",
             Rule::Ttl => "ttl",
             Rule::MaxLifetime => "max-lifetime",
         }
@@ -88,6 +103,8 @@ pub struct CreateSandbox {
     pub ttl: Option<Duration>,
     /// `None`: the profile's first image.
     pub image: Option<String>,
+    /// Datasets to mount read-only.
+    pub datasets: Vec<String>,
 }
 
 impl CreateSandbox {
@@ -100,6 +117,9 @@ impl CreateSandbox {
         }
         if let Some(image) = &self.image {
             validate_image(image)?;
+        }
+        for d in &self.datasets {
+            validate_name("datasets", d)?;
         }
         Ok(())
     }
@@ -135,6 +155,7 @@ pub struct Plan {
     pub profile: Profile,
     pub classification: Classification,
     pub image: String,
+    pub datasets: Vec<crate::sandbox::DatasetMount>,
     pub created_at: SystemTime,
     pub expires_at: SystemTime,
     /// The latest any extension may reach.
@@ -149,7 +170,7 @@ pub fn admit(
     team: &str,
     experiment: Option<&Experiment>,
     profiles: &ProfileSet,
-    host: HostPolicy,
+    host: &HostPolicy,
     now: SystemTime,
 ) -> Result<Plan> {
     req.validate()?;
@@ -217,6 +238,25 @@ pub fn admit(
         }
         None => profile.default_image().to_string(),
     };
+    let mut datasets = Vec::new();
+    for name in &req.datasets {
+        let declared = host.datasets.iter().find(|d| d.name == *name);
+        let Some(d) = declared.filter(|_| profile.datasets.contains(name)) else {
+            return Err(Error::denied(
+                Rule::DatasetAllowlist,
+                format!("dataset '{name}' is not allowed by profile '{}'", profile.name),
+            ));
+        };
+        if d.classification > req.classification {
+            return Err(Error::denied(
+                Rule::DatasetClassification,
+                format!("dataset '{name}' is {}, above the sandbox's {}", d.classification, req.classification),
+            ));
+        }
+        if !datasets.iter().any(|m: &crate::sandbox::DatasetMount| m.name == *name) {
+            datasets.push(crate::sandbox::DatasetMount { name: name.clone(), source: d.path.clone() });
+        }
+    }
     let ttl = req.ttl.unwrap_or(profile.lifetime.default_ttl);
     check_ttl(profile, ttl)?;
     let max_expires_at = now + profile.lifetime.max_lifetime;
@@ -227,6 +267,7 @@ pub fn admit(
         profile: profile.clone(),
         classification: req.classification,
         image,
+        datasets,
         created_at: now,
         expires_at: now + ttl,
         max_expires_at,
@@ -299,7 +340,14 @@ mod tests {
     }
 
     fn req(c: Classification) -> CreateSandbox {
-        CreateSandbox { experiment: "exp-1".into(), profile: "p".into(), classification: c, ttl: None, image: None }
+        CreateSandbox {
+            experiment: "exp-1".into(),
+            profile: "p".into(),
+            classification: c,
+            ttl: None,
+            image: None,
+            datasets: vec![],
+        }
     }
 
     fn exp(c: Classification, status: Status) -> Experiment {
@@ -322,7 +370,9 @@ mod tests {
         exp(Classification::TopSecret, Status::Approved)
     }
 
-    const HOST: HostPolicy = HostPolicy { max_classification: Classification::OfficialSensitive };
+    fn host() -> HostPolicy {
+        HostPolicy { max_classification: Classification::OfficialSensitive, datasets: vec![] }
+    }
 
     fn set(max: Classification) -> ProfileSet {
         ProfileSet::from_profiles([profile(max)])
@@ -344,7 +394,7 @@ mod tests {
             "t",
             Some(&top()),
             &set(Classification::Official),
-            HOST,
+            &host(),
             now,
         )
         .unwrap();
@@ -358,16 +408,17 @@ mod tests {
     fn each_rule_denies_by_name() {
         let now = SystemTime::now();
         let s = set(Classification::Official);
-        let e = admit(&req(Classification::Secret), "u", "t", Some(&top()), &set(Classification::TopSecret), HOST, now)
-            .unwrap_err();
+        let e =
+            admit(&req(Classification::Secret), "u", "t", Some(&top()), &set(Classification::TopSecret), &host(), now)
+                .unwrap_err();
         assert_eq!(rule_of(e), Rule::HostCeiling);
-        let e = admit(&req(Classification::OfficialSensitive), "u", "t", Some(&top()), &s, HOST, now).unwrap_err();
+        let e = admit(&req(Classification::OfficialSensitive), "u", "t", Some(&top()), &s, &host(), now).unwrap_err();
         assert_eq!(rule_of(e), Rule::ProfileClassification);
         let r = CreateSandbox { image: Some("evil:latest".into()), ..req(Classification::Official) };
-        let e = admit(&r, "u", "t", Some(&top()), &s, HOST, now).unwrap_err();
+        let e = admit(&r, "u", "t", Some(&top()), &s, &host(), now).unwrap_err();
         assert!(e.to_string().contains("image-allowlist") && e.to_string().contains("evil:latest"));
         let r = CreateSandbox { ttl: Some(Duration::from_secs(7200)), ..req(Classification::Official) };
-        assert_eq!(rule_of(admit(&r, "u", "t", Some(&top()), &s, HOST, now).unwrap_err()), Rule::Ttl);
+        assert_eq!(rule_of(admit(&r, "u", "t", Some(&top()), &s, &host(), now).unwrap_err()), Rule::Ttl);
     }
 
     #[test]
@@ -376,7 +427,7 @@ mod tests {
         let s = set(Classification::TopSecret);
         let os = req(Classification::OfficialSensitive);
         let deny =
-            |e: Option<&Experiment>, r: &CreateSandbox| rule_of(admit(r, "u", "t", e, &s, HOST, now).unwrap_err());
+            |e: Option<&Experiment>, r: &CreateSandbox| rule_of(admit(r, "u", "t", e, &s, &host(), now).unwrap_err());
         assert_eq!(deny(None, &os), Rule::ExperimentRegistered);
         let mut other_team = top();
         other_team.team = "someone-else".into();
@@ -390,11 +441,11 @@ mod tests {
         assert_eq!(deny(Some(&exp(Classification::OfficialSensitive, Status::Rejected)), &os), Rule::ExperimentStatus);
         // OFFICIAL needs no approval, unless the profile says so.
         let proposed = exp(Classification::Official, Status::Proposed);
-        assert!(admit(&req(Classification::Official), "u", "t", Some(&proposed), &s, HOST, now).is_ok());
+        assert!(admit(&req(Classification::Official), "u", "t", Some(&proposed), &s, &host(), now).is_ok());
         let mut strict = profile(Classification::TopSecret);
         strict.requires_approval = true;
         let strict = ProfileSet::from_profiles([strict]);
-        let e = admit(&req(Classification::Official), "u", "t", Some(&proposed), &strict, HOST, now).unwrap_err();
+        let e = admit(&req(Classification::Official), "u", "t", Some(&proposed), &strict, &host(), now).unwrap_err();
         assert_eq!(rule_of(e), Rule::ExperimentApproval);
     }
 
@@ -411,7 +462,7 @@ mod tests {
             (CreateSandbox { image: Some("".into()), ..req(Classification::Official) }, "image"),
         ];
         for (r, field) in cases {
-            match admit(&r, "u", "t", Some(&top()), &s, HOST, now) {
+            match admit(&r, "u", "t", Some(&top()), &s, &host(), now) {
                 Err(Error::InvalidArgument { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: {other:?}"),
             }
@@ -455,11 +506,12 @@ mod tests {
                 classification: c,
                 ttl: ttl.map(Duration::from_secs),
                 image: image.map(String::from),
+                datasets: vec![],
             };
             let now = SystemTime::now();
             let s = set(prof);
             let e = exp(declared, status);
-            if let Ok(plan) = admit(&r, "u", "t", Some(&e), &s, HostPolicy { max_classification: host }, now) {
+            if let Ok(plan) = admit(&r, "u", "t", Some(&e), &s, &HostPolicy { max_classification: host, datasets: vec![] }, now) {
                 let p = s.get("p").unwrap();
                 prop_assert!(plan.classification <= host && plan.classification <= prof && plan.classification <= declared);
                 prop_assert!(matches!(status, Status::Proposed | Status::Approved));

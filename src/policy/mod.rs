@@ -9,6 +9,9 @@ pub mod classification;
 pub mod profile;
 pub mod size;
 
+pub use admission::Dataset;
 pub use admission::{admit, extend_deadline, CreateSandbox, HostPolicy, Plan, Rule};
 pub use classification::Classification;
-pub use profile::{Lifetime, NetworkMode, Profile, ProfileError, ProfileSet, Resources};
+pub use profile::{
+    Destination, FileTransfer, HostRules, Lifetime, Network, NetworkMode, Profile, ProfileError, ProfileSet, Resources,
+};

@@ -33,7 +33,12 @@ pub struct Profile {
     pub command: Vec<String>,
     pub resources: Resources,
     pub lifetime: Lifetime,
-    pub network: NetworkMode,
+    pub network: Network,
+    /// Datasets (by name, as declared in the daemon's config) it may mount.
+    pub datasets: Vec<String>,
+    pub file_transfer: FileTransfer,
+    /// Pre-provisioned sandboxes to keep ready (reserved: 0 until warm pools land).
+    pub warm_pool: u32,
     pub source: PathBuf,
 }
 
@@ -80,20 +85,80 @@ impl Default for Lifetime {
     }
 }
 
-/// How a sandbox reaches the network. Only `none` (loopback only) is
-/// provisioned today; the isolated, allowlist and open modes arrive with
-/// per-sandbox networks and the egress proxy.
+/// How a sandbox reaches the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
+    /// Loopback only.
     None,
+    /// Its own internal bridge network; reaches nothing, not even other sandboxes.
+    Isolated,
+    /// Isolated, plus the daemon's egress proxy to the listed destinations.
+    Allowlist,
+    /// A normal bridge network with outbound access; OFFICIAL only.
+    Open,
 }
 
 impl NetworkMode {
     pub fn as_str(self) -> &'static str {
         match self {
             NetworkMode::None => "none",
+            NetworkMode::Isolated => "isolated",
+            NetworkMode::Allowlist => "allowlist",
+            NetworkMode::Open => "open",
         }
+    }
+
+    /// Whether the sandbox gets a network of its own.
+    pub fn has_network(self) -> bool {
+        self != NetworkMode::None
+    }
+}
+
+/// A destination the egress proxy lets an allowlist sandbox reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    pub host: String,
+    pub port: u16,
+    /// Where the destination keeps data, e.g. `UK`.
+    pub residency: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub mode: NetworkMode,
+    #[serde(default)]
+    pub allow: Vec<Destination>,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network { mode: NetworkMode::None, allow: Vec::new() }
+    }
+}
+
+/// Whether files may be copied into and out of sandboxes of this profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTransfer {
+    pub copy_in: bool,
+    pub copy_out: bool,
+}
+
+/// What profile validation needs to know about the host.
+#[derive(Debug, Clone)]
+pub struct HostRules {
+    /// Residencies allowlist destinations may have above OFFICIAL.
+    pub permitted_residency: Vec<String>,
+    /// Declared datasets: name and classification.
+    pub datasets: Vec<(String, Classification)>,
+}
+
+impl Default for HostRules {
+    fn default() -> Self {
+        HostRules { permitted_residency: vec!["UK".into()], datasets: Vec::new() }
     }
 }
 
@@ -114,19 +179,19 @@ struct ProfileFile {
     #[serde(default)]
     lifetime: Lifetime,
     #[serde(default)]
-    network: NetworkFile,
+    network: Network,
+    #[serde(default)]
+    datasets: Vec<String>,
+    file_transfer: Option<FileTransferFile>,
+    #[serde(default)]
+    warm_pool: u32,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NetworkFile {
-    mode: NetworkMode,
-}
-
-impl Default for NetworkFile {
-    fn default() -> Self {
-        NetworkFile { mode: NetworkMode::None }
-    }
+struct FileTransferFile {
+    copy_in: Option<bool>,
+    copy_out: Option<bool>,
 }
 
 /// One problem with one profile file.
@@ -150,6 +215,11 @@ impl fmt::Display for ProfileError {
 impl Profile {
     /// Parses and validates one profile. The name is the file stem.
     pub fn parse(file: &Path, content: &str) -> Result<Profile, Vec<ProfileError>> {
+        Self::parse_with(file, content, &HostRules::default())
+    }
+
+    /// As [`Profile::parse`], checking datasets and residencies against the host's rules.
+    pub fn parse_with(file: &Path, content: &str, host: &HostRules) -> Result<Profile, Vec<ProfileError>> {
         let err =
             |field: &str, reason: String| ProfileError { file: file.to_path_buf(), field: field.to_string(), reason };
         let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
@@ -200,6 +270,66 @@ impl Profile {
         if l.max_ttl > l.max_lifetime {
             errors.push(err("lifetime.max_ttl", "must not exceed lifetime.max_lifetime".into()));
         }
+        let net = &raw.network;
+        if net.mode == NetworkMode::Open && raw.max_classification > Classification::Official {
+            errors.push(err(
+                "network.mode",
+                format!("'open' network is only for OFFICIAL profiles, not {}", raw.max_classification),
+            ));
+        }
+        match (net.mode, net.allow.is_empty()) {
+            (NetworkMode::Allowlist, true) => {
+                errors.push(err("network.allow", "an allowlist profile must list at least one destination".into()))
+            }
+            (NetworkMode::None | NetworkMode::Isolated | NetworkMode::Open, false) => errors.push(err(
+                "network.allow",
+                format!("destinations are only used with mode 'allowlist', not '{}'", net.mode.as_str()),
+            )),
+            _ => {}
+        }
+        for (i, d) in net.allow.iter().enumerate() {
+            let field = |f: &str| format!("network.allow[{i}].{f}");
+            let name = d.host.trim_start_matches('[').trim_end_matches(']');
+            if name.is_empty() || name.len() > 253 || name.contains(|c: char| c.is_whitespace() || c == '/' || c == '*')
+            {
+                errors.push(err(&field("host"), format!("'{}' is not a host name or address", d.host)));
+            }
+            if d.port == 0 {
+                errors.push(err(&field("port"), "must be 1-65535".into()));
+            }
+            if d.residency.trim().is_empty() {
+                errors.push(err(&field("residency"), "must say where the destination keeps data, e.g. UK".into()));
+            } else if raw.max_classification > Classification::Official
+                && !host.permitted_residency.iter().any(|r| r.eq_ignore_ascii_case(d.residency.trim()))
+            {
+                errors.push(err(
+                    &field("residency"),
+                    format!(
+                        "'{}' is not a permitted residency ({}) for a profile that carries {}",
+                        d.residency,
+                        host.permitted_residency.join(", "),
+                        raw.max_classification
+                    ),
+                ));
+            }
+        }
+        for (i, name) in raw.datasets.iter().enumerate() {
+            if !host.datasets.iter().any(|(n, _)| n == name) {
+                errors.push(err(
+                    &format!("datasets[{i}]"),
+                    format!("'{name}' is not a dataset declared in the daemon's config"),
+                ));
+            }
+        }
+        if raw.warm_pool > 0 {
+            errors.push(err("warm_pool", "warm pools are not available yet; leave it at 0".into()));
+        }
+        // Copy-out is refused by default above OFFICIAL; copy-in allowed by default.
+        let ft = raw.file_transfer.as_ref();
+        let file_transfer = FileTransfer {
+            copy_in: ft.and_then(|f| f.copy_in).unwrap_or(true),
+            copy_out: ft.and_then(|f| f.copy_out).unwrap_or(raw.max_classification == Classification::Official),
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -212,7 +342,10 @@ impl Profile {
             command: raw.command,
             resources: raw.resources,
             lifetime: raw.lifetime,
-            network: raw.network.mode,
+            network: raw.network,
+            datasets: raw.datasets,
+            file_transfer,
+            warm_pool: raw.warm_pool,
             source: file.to_path_buf(),
         })
     }
@@ -241,6 +374,11 @@ impl ProfileSet {
     /// Loads every `*.toml` in `dir`. Any invalid file fails the whole set,
     /// with every error of every file reported.
     pub fn load_dir(dir: &Path) -> Result<ProfileSet, Vec<ProfileError>> {
+        Self::load_dir_with(dir, &HostRules::default())
+    }
+
+    /// As [`ProfileSet::load_dir`], validating against the host's rules.
+    pub fn load_dir_with(dir: &Path, host: &HostRules) -> Result<ProfileSet, Vec<ProfileError>> {
         let dir_err = |reason: String| vec![ProfileError { file: dir.to_path_buf(), field: String::new(), reason }];
         let entries = std::fs::read_dir(dir).map_err(|e| dir_err(format!("cannot read profiles directory: {e}")))?;
         let mut paths: Vec<PathBuf> = entries
@@ -253,7 +391,7 @@ impl ProfileSet {
         for path in paths {
             let parsed = std::fs::read_to_string(&path)
                 .map_err(|e| dir_err(format!("cannot read {}: {e}", path.display())))
-                .and_then(|content| Profile::parse(&path, &content));
+                .and_then(|content| Profile::parse_with(&path, &content, host));
             match parsed {
                 Ok(p) => {
                     set.profiles.insert(p.name.clone(), p);
@@ -336,7 +474,8 @@ mod tests {
         let p = parse("max_classification = \"OFFICIAL\"\nimages = [\"x\"]\n").unwrap();
         assert_eq!(p.resources, Resources::default());
         assert_eq!(p.lifetime, Lifetime::default());
-        assert_eq!(p.network, NetworkMode::None);
+        assert_eq!(p.network, Network::default());
+        assert_eq!(p.file_transfer, FileTransfer { copy_in: true, copy_out: true });
     }
 
     #[test]
@@ -362,10 +501,59 @@ mod tests {
         }
     }
 
+    fn fields(e: Vec<ProfileError>) -> Vec<String> {
+        e.into_iter().map(|e| e.field).collect()
+    }
+
     #[test]
-    fn network_modes_not_yet_provisioned_are_refused() {
-        let e = parse(&GOOD.replace("mode = \"none\"", "mode = \"open\"")).unwrap_err();
+    fn unsafe_network_claims_are_refused() {
+        let open_sensitive = GOOD
+            .replace("max_classification = \"OFFICIAL\"", "max_classification = \"OFFICIAL-SENSITIVE\"")
+            .replace("mode = \"none\"", "mode = \"open\"");
+        assert_eq!(fields(parse(&open_sensitive).unwrap_err()), ["network.mode"]);
+        let allow = |class: &str, residency: &str| {
+            GOOD.replace("max_classification = \"OFFICIAL\"", &format!("max_classification = \"{class}\""))
+                .replace(
+                    "mode = \"none\"",
+                    &format!("mode = \"allowlist\"\n[[network.allow]]\nhost = \"api.example.gov.uk\"\nport = 443\nresidency = \"{residency}\""),
+                )
+        };
+        assert!(parse(&allow("OFFICIAL-SENSITIVE", "UK")).is_ok());
+        assert!(parse(&allow("OFFICIAL", "US")).is_ok(), "residency is not restricted at OFFICIAL");
+        let e = parse(&allow("OFFICIAL-SENSITIVE", "US")).unwrap_err();
+        assert_eq!(e[0].field, "network.allow[0].residency");
+        assert!(e[0].reason.contains("US") && e[0].reason.contains("UK"), "{}", e[0].reason);
+        let empty = GOOD.replace("mode = \"none\"", "mode = \"allowlist\"");
+        assert_eq!(fields(parse(&empty).unwrap_err()), ["network.allow"]);
+        let stray = allow("OFFICIAL", "UK").replace("mode = \"allowlist\"", "mode = \"isolated\"");
+        assert_eq!(fields(parse(&stray).unwrap_err()), ["network.allow"]);
+        let bad_port = allow("OFFICIAL", "UK").replace("port = 443", "port = 0");
+        assert_eq!(fields(parse(&bad_port).unwrap_err()), ["network.allow[0].port"]);
+        let e = parse(&GOOD.replace("mode = \"none\"", "mode = \"bridge\"")).unwrap_err();
         assert!(e[0].reason.contains("unknown variant"), "{}", e[0].reason);
+    }
+
+    #[test]
+    fn datasets_transfers_and_pools() {
+        let host = HostRules {
+            permitted_residency: vec!["UK".into()],
+            datasets: vec![("census-sample".into(), Classification::Official)],
+        };
+        let with = |extra: &str| Profile::parse_with(Path::new("p.toml"), &format!("{GOOD}\n{extra}"), &host);
+        let top = |extra: &str| {
+            Profile::parse_with(Path::new("p.toml"), &format!("datasets = [\"census-sample\"]\n{extra}{GOOD}"), &host)
+        };
+        assert_eq!(top("").unwrap().datasets, ["census-sample"]);
+        let e = Profile::parse_with(Path::new("p.toml"), &format!("datasets = [\"nope\"]\n{GOOD}"), &host).unwrap_err();
+        assert_eq!(fields(e), ["datasets[0]"]);
+        let p = with("[file_transfer]\ncopy_out = false\n").unwrap();
+        assert_eq!(p.file_transfer, FileTransfer { copy_in: true, copy_out: false });
+        let sensitive =
+            GOOD.replace("max_classification = \"OFFICIAL\"", "max_classification = \"OFFICIAL-SENSITIVE\"");
+        let p = Profile::parse_with(Path::new("p.toml"), &sensitive, &host).unwrap();
+        assert!(!p.file_transfer.copy_out, "copy-out is refused by default above OFFICIAL");
+        let e = Profile::parse_with(Path::new("p.toml"), &format!("warm_pool = 3\n{GOOD}"), &host).unwrap_err();
+        assert_eq!(fields(e), ["warm_pool"]);
     }
 
     #[test]

@@ -12,7 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, HostConfigLogConfig, Ipam, IpamConfig,
+    NetworkCreateRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder,
@@ -20,9 +23,11 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::{StreamExt, TryStreamExt};
 
+use super::firewall::Firewall;
+use super::subnet::{Allocator, Pool, Subnet};
 use super::{
     labels, BoxStream, ContainerSpec, ContainerStatus, ExecChunk, ExecSession, ExecSpec, ManagedContainer,
-    PullProgress, Runtime, RuntimeEvent,
+    ManagedNetwork, NetworkInfo, NetworkRequest, Provisioned, PullProgress, Runtime, RuntimeEvent,
 };
 use crate::{Error, Result};
 
@@ -41,12 +46,149 @@ struct Inner {
     timeout: Duration,
     node: String,
     client: RwLock<Option<Docker>>,
+    subnets: Allocator,
+    /// Filled once from the engine's existing networks, so no subnet overlaps one.
+    subnets_loaded: tokio::sync::OnceCell<()>,
+    firewall: Firewall,
+    egress_port: u16,
 }
+
+/// How sandbox networks are laid out on this engine.
+#[derive(Debug, Clone)]
+pub struct NetworkSettings {
+    pub pool: Pool,
+    pub egress_port: u16,
+    /// Names this daemon's firewall chain.
+    pub instance: String,
+}
+
+/// Tries before giving up on finding a subnet Docker accepts.
+const SUBNET_TRIES: usize = 8;
+/// Where name lookups of isolated sandboxes go: nowhere. Docker's embedded
+/// DNS forwards to this, so names outside the sandbox never resolve (older
+/// engines leaked DNS from internal networks, CVE-2024-29018).
+const BLACKHOLE_DNS: &str = "127.0.0.1";
 
 impl DockerRuntime {
     /// `host`: e.g. `unix:///var/run/docker.sock`; `None` uses DOCKER_HOST or the local socket.
-    pub fn new(host: Option<String>, timeout: Duration, node: String) -> DockerRuntime {
-        DockerRuntime { inner: Arc::new(Inner { host, timeout, node, client: RwLock::new(None) }) }
+    pub fn new(host: Option<String>, timeout: Duration, node: String, net: NetworkSettings) -> DockerRuntime {
+        DockerRuntime {
+            inner: Arc::new(Inner {
+                host,
+                timeout,
+                node,
+                client: RwLock::new(None),
+                subnets: Allocator::new(net.pool),
+                subnets_loaded: tokio::sync::OnceCell::new(),
+                firewall: Firewall::new(&net.instance, net.egress_port),
+                egress_port: net.egress_port,
+            }),
+        }
+    }
+
+    /// Marks every subnet the engine already uses, once.
+    async fn load_subnets(&self, d: &Docker) -> Result<()> {
+        self.inner
+            .subnets_loaded
+            .get_or_try_init(|| async {
+                let nets = d
+                    .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+                    .await
+                    .map_err(|e| map_err("list networks", e))?;
+                for n in nets {
+                    for c in n.ipam.and_then(|i| i.config).unwrap_or_default() {
+                        if let Some(s) = c.subnet.as_deref().and_then(Subnet::parse) {
+                            self.inner.subnets.mark_used(&s);
+                        }
+                    }
+                }
+                Ok::<_, Error>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Creates the sandbox's network on a free subnet and keeps it off the host.
+    async fn create_network(
+        &self,
+        d: &Docker,
+        req: &NetworkRequest,
+        labels: &HashMap<String, String>,
+    ) -> Result<NetworkInfo> {
+        self.load_subnets(d).await?;
+        for _ in 0..SUBNET_TRIES {
+            let subnet = self.inner.subnets.allocate().ok_or_else(|| {
+                Error::Unavailable(format!("no free subnet left in {}", self.inner.subnets.pool().cidr()))
+            })?;
+            let body = NetworkCreateRequest {
+                name: req.name.clone(),
+                driver: Some("bridge".into()),
+                internal: Some(req.internal),
+                enable_ipv6: Some(false),
+                ipam: Some(Ipam {
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(subnet.cidr()),
+                        gateway: Some(subnet.gateway().to_string()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                options: Some(HashMap::from([(
+                    // No traffic between containers on this bridge (there is one, but say so).
+                    "com.docker.network.bridge.enable_icc".to_string(),
+                    "false".to_string(),
+                )])),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            };
+            match d.create_network(body).await {
+                Ok(_) => {}
+                // Someone else (another daemon, an operator) took this range: skip it.
+                Err(BollardError::DockerResponseServerError { message, .. })
+                    if message.contains("overlaps") || message.contains("Pool overlaps") =>
+                {
+                    tracing::debug!(subnet = %subnet.cidr(), "subnet in use on the engine, trying the next");
+                    continue;
+                }
+                Err(e) => {
+                    self.inner.subnets.release(&subnet);
+                    return Err(map_err("create network", e));
+                }
+            }
+            if let Err(e) = self.inner.firewall.isolate(&subnet.cidr()).await {
+                let _ = d.remove_network(&req.name).await;
+                self.inner.subnets.release(&subnet);
+                return Err(e);
+            }
+            return Ok(NetworkInfo {
+                name: req.name.clone(),
+                subnet: subnet.cidr(),
+                gateway: subnet.gateway(),
+                address: subnet.sandbox(),
+            });
+        }
+        Err(Error::Unavailable("no free subnet found that the engine accepts".into()))
+    }
+
+    /// Removes a network, its host rule and its subnet reservation. Gone is fine.
+    async fn remove_network(&self, d: &Docker, name: &str) -> Result<()> {
+        let subnet = match d.inspect_network(name, None).await {
+            Ok(n) => n.ipam.and_then(|i| i.config).unwrap_or_default().into_iter().find_map(|c| c.subnet),
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(map_err("inspect network", e)),
+        };
+        match d.remove_network(name).await {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(map_err("remove network", e)),
+        }
+        if let Some(cidr) = subnet {
+            self.inner.firewall.release(&cidr).await?;
+            if let Some(s) = Subnet::parse(&cidr) {
+                self.inner.subnets.release(&s);
+            }
+        }
+        Ok(())
     }
 
     /// The negotiated client, connecting first if needed.
@@ -94,7 +236,9 @@ fn map_err(op: &'static str, e: BollardError) -> Error {
 }
 
 /// The container Docker is asked for: the spec plus every hardening setting.
-pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+/// `network` is the sandbox's own network, if it has one; `egress_port` the
+/// proxy's port on its gateway.
+pub fn create_body(spec: &ContainerSpec, network: Option<&NetworkInfo>, egress_port: u16) -> ContainerCreateBody {
     let r = &spec.resources;
     let memory = i64::try_from(r.memory).unwrap_or(i64::MAX);
     let host_config = HostConfig {
@@ -110,8 +254,12 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         privileged: Some(false),
         readonly_rootfs: Some(true),
         tmpfs: Some(HashMap::from([(SCRATCH_DIR.to_string(), format!("rw,nosuid,nodev,size={},mode=1777", r.tmpfs))])),
-        // Own namespaces, no network, nothing published or mounted.
-        network_mode: Some("none".into()),
+        // Own namespaces; its own network or none; nothing published; only
+        // datasets mounted, read-only.
+        network_mode: Some(network.map_or_else(|| "none".to_string(), |n| n.name.clone())),
+        dns: network.filter(|_| spec.network.as_ref().is_some_and(|r| r.internal)).map(|_| vec![BLACKHOLE_DNS.into()]),
+        binds: (!spec.mounts.is_empty())
+            .then(|| spec.mounts.iter().map(|m| format!("{}:{}:ro", m.source.display(), m.target)).collect()),
         ipc_mode: Some("private".into()),
         publish_all_ports: Some(false),
         init: Some(true),
@@ -126,16 +274,36 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         }),
         ..Default::default()
     };
+    let mut env = spec.env.clone();
+    if let (Some(n), Some(true)) = (network, spec.network.as_ref().map(|r| r.egress)) {
+        let proxy = format!("http://{}:{egress_port}", n.gateway);
+        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            env.push(format!("{k}={proxy}"));
+        }
+    }
+    let networking_config = network.map(|n| NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(
+            n.name.clone(),
+            EndpointSettings {
+                ipam_config: Some(EndpointIpamConfig {
+                    ipv4_address: Some(n.address.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )])),
+    });
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
         user: Some(spec.user.clone()),
         hostname: Some(spec.hostname.clone()),
-        env: Some(spec.env.clone()),
+        env: Some(env),
         working_dir: Some(SCRATCH_DIR.into()),
         labels: Some(spec.labels.clone()),
-        network_disabled: Some(true),
+        network_disabled: Some(network.is_none()),
         host_config: Some(host_config),
+        networking_config,
         ..Default::default()
     }
 }
@@ -216,38 +384,73 @@ impl Runtime for DockerRuntime {
         .boxed()
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+    async fn create(&self, spec: &ContainerSpec) -> Result<Provisioned> {
         let d = self.docker().await?;
-        let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
-        let created = d.create_container(Some(opts), create_body(spec)).await.map_err(|e| match e {
-            BollardError::DockerResponseServerError { status_code: 404, .. } => {
-                Error::ImageUnavailable { image: spec.image.clone(), reason: "not present on the engine".into() }
+        let network = match &spec.network {
+            Some(req) => Some(self.create_network(&d, req, &spec.labels).await?),
+            None => None,
+        };
+        let undo_network = |d: Docker, name: Option<String>| async move {
+            if let Some(n) = name {
+                let _ = self.remove_network(&d, &n).await;
             }
-            other => map_err("create container", other),
-        })?;
+        };
+        let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let body = create_body(spec, network.as_ref(), self.inner.egress_port);
+        let created = match d.create_container(Some(opts), body).await {
+            Ok(c) => c,
+            Err(e) => {
+                undo_network(d, network.map(|n| n.name)).await;
+                return Err(match e {
+                    BollardError::DockerResponseServerError { status_code: 404, .. } => Error::ImageUnavailable {
+                        image: spec.image.clone(),
+                        reason: "not present on the engine".into(),
+                    },
+                    other => map_err("create container", other),
+                });
+            }
+        };
         if let Err(e) = d.start_container(&created.id, None).await {
             // Never leave a created-but-not-started container behind.
-            let _ = self.remove(&created.id).await;
+            let _ = self.remove(&created.id, network.as_ref().map(|n| n.name.as_str())).await;
             return Err(map_err("start container", e));
         }
-        Ok(created.id)
+        Ok(Provisioned { container_id: created.id, network })
     }
 
-    async fn remove(&self, container: &str) -> Result<()> {
+    async fn remove(&self, container: &str, network: Option<&str>) -> Result<()> {
         let d = self.docker().await?;
         // force: SIGKILL then remove, with no stop grace period.
         let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         match d.remove_container(container, Some(opts)).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
             // Docker answers 409 while a removal of the same container is already in progress.
             Err(BollardError::DockerResponseServerError { status_code: 409, message })
-                if message.contains("already in progress") =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(map_err("remove container", e)),
+                if message.contains("already in progress") => {}
+            Err(e) => return Err(map_err("remove container", e)),
         }
+        match network {
+            Some(n) => self.remove_network(&d, n).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn list_networks(&self, selector: &HashMap<String, String>) -> Result<Vec<ManagedNetwork>> {
+        let d = self.docker().await?;
+        let opts =
+            bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&label_filters(selector)).build();
+        let list = d.list_networks(Some(opts)).await.map_err(|e| map_err("list networks", e))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|n| {
+                Some(ManagedNetwork {
+                    name: n.name?,
+                    sandbox_id: n.labels.unwrap_or_default().remove(labels::SANDBOX),
+                    created: n.created.as_deref().and_then(crate::time::parse_rfc3339).unwrap_or(UNIX_EPOCH),
+                })
+            })
+            .collect())
     }
 
     async fn list(&self, selector: &HashMap<String, String>) -> Result<Vec<ManagedContainer>> {
@@ -263,7 +466,9 @@ impl Runtime for DockerRuntime {
                     id,
                     sandbox_id: labels.get(labels::SANDBOX).cloned(),
                     running: c.state.is_some_and(|s| s.to_string() == "running"),
-                    created: UNIX_EPOCH + Duration::from_secs(c.created.unwrap_or(0).max(0) as u64),
+                    // Docker reports whole seconds, rounded down: round up
+                    // instead, so an orphan is never removed before its grace.
+                    created: UNIX_EPOCH + Duration::from_secs(c.created.unwrap_or(0).max(0) as u64 + 1),
                 })
             })
             .collect())
@@ -377,12 +582,14 @@ mod tests {
             env: vec![],
             labels: HashMap::from([("sandpit.managed".into(), "true".into())]),
             resources: Resources { cpus: 0.5, memory: 64 << 20, pids: 32, tmpfs: 8 << 20 },
+            network: None,
+            mounts: vec![],
         }
     }
 
     #[test]
     fn every_container_is_hardened() {
-        let b = create_body(&spec());
+        let b = create_body(&spec(), None, 3128);
         let h = b.host_config.unwrap();
         assert_eq!(b.user.as_deref(), Some("65534:65534"));
         assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));

@@ -3,14 +3,19 @@
 //! [`Runtime`] alone, so a remote engine or an orchestrator can stand in later.
 
 pub mod docker;
+pub mod firewall;
 pub mod labels;
+pub mod subnet;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::SystemTime;
 
 use futures_util::Stream;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::Resources;
 use crate::Result;
@@ -32,6 +37,52 @@ pub struct ContainerSpec {
     pub env: Vec<String>,
     pub labels: HashMap<String, String>,
     pub resources: Resources,
+    /// `None`: no network at all, loopback only.
+    pub network: Option<NetworkRequest>,
+    /// Read-only bind mounts (datasets).
+    pub mounts: Vec<Mount>,
+}
+
+/// A network of the sandbox's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkRequest {
+    pub name: String,
+    /// No route out: reaches nothing but, with `egress`, the proxy.
+    pub internal: bool,
+    /// Point HTTP(S)_PROXY at the daemon's egress proxy on the gateway.
+    pub egress: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: PathBuf,
+    pub target: String,
+}
+
+/// The network a sandbox got, kept in its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub name: String,
+    /// CIDR, e.g. `10.213.0.16/28`.
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    /// The sandbox's own address.
+    pub address: Ipv4Addr,
+}
+
+/// What [`Runtime::create`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioned {
+    pub container_id: String,
+    pub network: Option<NetworkInfo>,
+}
+
+/// A network carrying the daemon's labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedNetwork {
+    pub name: String,
+    pub sandbox_id: Option<String>,
+    pub created: SystemTime,
 }
 
 /// A container carrying the daemon's labels, as listed by the engine.
@@ -98,13 +149,20 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// Pulls `image` if missing, reporting progress; ends once present.
     fn pull_image(&self, image: &str) -> BoxStream<Result<PullProgress>>;
 
-    /// Creates and starts a container; returns its id. If start fails the
-    /// container is removed before the error is returned.
-    fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String>> + Send;
+    /// Creates the sandbox's network (if any) and container, and starts it.
+    /// If any step fails, whatever was made is removed before the error is returned.
+    fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<Provisioned>> + Send;
 
-    /// Kills (no stop grace) and removes a container by id or name, and
-    /// anything else it owns. Removing a missing container succeeds.
-    fn remove(&self, container: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Kills (no stop grace) and removes a container by id or name, then its
+    /// network by name, with the host rules that went with it. Removing what
+    /// is already gone succeeds.
+    fn remove(&self, container: &str, network: Option<&str>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Every network carrying all of `selector`'s labels.
+    fn list_networks(
+        &self,
+        selector: &HashMap<String, String>,
+    ) -> impl Future<Output = Result<Vec<ManagedNetwork>>> + Send;
 
     /// Every container (running or not) carrying all of `selector`'s labels.
     fn list(&self, selector: &HashMap<String, String>) -> impl Future<Output = Result<Vec<ManagedContainer>>> + Send;

@@ -368,6 +368,7 @@ mod tests {
             classification: Classification::Official,
             ttl: Some(Duration::from_secs(60)),
             image: None,
+            datasets: vec![],
         };
         let plan = admit(
             &req,
@@ -375,7 +376,7 @@ mod tests {
             team,
             Some(&experiment(team)),
             &ProfileSet::from_profiles([p]),
-            HostPolicy { max_classification: Classification::Official },
+            &HostPolicy { max_classification: Classification::Official, datasets: vec![] },
             SystemTime::now(),
         )
         .unwrap();

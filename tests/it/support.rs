@@ -292,7 +292,7 @@ token_sha256 = "{appr_a}"
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+            if let Some(a) = std::fs::read_to_string(&addr_file).ok().filter(|a| a.ends_with('\n')) {
                 self.addr = a.trim().to_string();
                 break;
             }
@@ -411,6 +411,7 @@ pub fn create_req(experiment: &str, ttl_secs: i64) -> CreateSandboxRequest {
         classification: "OFFICIAL".into(),
         ttl: ttl(ttl_secs),
         image: String::new(),
+        datasets: vec![],
     }
 }
 
