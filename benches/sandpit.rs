@@ -883,8 +883,9 @@ async fn expiry(ctx: &mut Ctx, n: usize) -> Result<Value> {
             ttl: ttl(LONG_TTL),
         })
         .await?;
-    let per_call = t.elapsed().max(Duration::from_millis(5));
-    let lead = Duration::from_secs(2) + per_call * (3 * n as u32);
+    // Some calls stall ~40 ms (seen on this daemon's responses), so allow at least 50 ms each.
+    let per_call = (t.elapsed() * 3).max(Duration::from_millis(50));
+    let lead = Duration::from_secs(2) + per_call * n as u32;
 
     let collector = follow_events(
         &ctx.raw.docker,
