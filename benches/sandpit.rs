@@ -28,8 +28,7 @@ use sandpit::proto::{self, ExtendSandboxRequest, ListSandboxesRequest};
 use serde_json::{json, Map, Value};
 
 use harness::{
-    sp_create, sp_delete, to_system, ttl, unique, BoxError, Cleanup, Client, Daemon, Raw, Result,
-    RUN_LABEL,
+    sp_create, sp_delete, to_system, ttl, unique, BoxError, Cleanup, Client, Daemon, Raw, Result, RUN_LABEL,
 };
 use stats::{header, ms, ratio, ratio_json, ratio_row, round3, row, samples_json, Summary};
 
@@ -58,21 +57,9 @@ struct Sizes {
 impl Sizes {
     fn new(quick: bool) -> Sizes {
         if quick {
-            Sizes {
-                cold: 10,
-                burst: 20,
-                expiry: 20,
-                scale: 100,
-                list_calls: 200,
-            }
+            Sizes { cold: 10, burst: 20, expiry: 20, scale: 100, list_calls: 200 }
         } else {
-            Sizes {
-                cold: 30,
-                burst: 100,
-                expiry: 100,
-                scale: 500,
-                list_calls: 200,
-            }
+            Sizes { cold: 30, burst: 100, expiry: 100, scale: 500, list_calls: 200 }
         }
     }
 }
@@ -93,12 +80,8 @@ fn parse_args() -> std::result::Result<Args, String> {
         .and_then(|p| p.parent())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target"));
-    let mut args = Args {
-        quick: false,
-        json_out: target_dir.join("bench-results.json"),
-        only: None,
-        argv: argv.clone(),
-    };
+    let mut args =
+        Args { quick: false, json_out: target_dir.join("bench-results.json"), only: None, argv: argv.clone() };
     let mut it = argv.into_iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -106,10 +89,7 @@ fn parse_args() -> std::result::Result<Args, String> {
             _ => (a.clone(), None),
         };
         let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{name} needs a value\n{}", usage()))
+            inline.clone().or_else(|| it.next()).ok_or_else(|| format!("{name} needs a value\n{}", usage()))
         };
         match flag.as_str() {
             // cargo bench passes --bench to every bench binary.
@@ -120,11 +100,7 @@ fn parse_args() -> std::result::Result<Args, String> {
                 let v = value("--only")?;
                 let mut only = args.only.take().unwrap_or_default();
                 for s in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    let s = if s == "warm" || s == "warm-pools" {
-                        "warm-pool"
-                    } else {
-                        s
-                    };
+                    let s = if s == "warm" || s == "warm-pools" { "warm-pool" } else { s };
                     if !SCENARIOS.contains(&s) {
                         return Err(format!("unknown scenario '{s}'\n{}", usage()));
                     }
@@ -150,10 +126,7 @@ fn main() -> ExitCode {
     let run = unique("bench");
     // Drops last: after the runtime (no task is still creating) and the daemon.
     let _cleanup = Cleanup::new(&run);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -187,10 +160,7 @@ struct Ctx {
 async fn bench(args: &Args, run: &str) -> Result<()> {
     let sizes = Sizes::new(args.quick);
     let started = SystemTime::now();
-    println!(
-        "Sandpit benchmark, run {run} ({})",
-        if args.quick { "--quick" } else { "full" }
-    );
+    println!("Sandpit benchmark, run {run} ({})", if args.quick { "--quick" } else { "full" });
 
     let t = Instant::now();
     let image_id = harness::build_image()?;
@@ -216,14 +186,11 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
         ms(t.elapsed()),
         daemon.data_dir().display()
     );
+    let experiment = daemon.register_experiment().await?;
+    println!("experiment {experiment} registered (OFFICIAL, team bench)");
     let client = daemon.client().await?;
     let raw = Raw::new(docker.clone(), run, &daemon);
-    let mut ctx = Ctx {
-        daemon,
-        client,
-        raw,
-        run: run.to_string(),
-    };
+    let mut ctx = Ctx { daemon, client, raw, run: run.to_string() };
     println!(
         "raw baseline: bollard on the same engine with sandpit::runtime::docker::create_body, \
          per create inspect_image + create_container + start_container (the daemon's runtime does the same)"
@@ -232,11 +199,7 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
     let mut scenarios = Map::new();
     let mut failed = Vec::new();
     for name in SCENARIOS {
-        if args
-            .only
-            .as_ref()
-            .is_some_and(|o| !o.iter().any(|s| s == name))
-        {
+        if args.only.as_ref().is_some_and(|o| !o.iter().any(|s| s == name)) {
             continue;
         }
         println!();
@@ -276,25 +239,14 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
         .collect::<Vec<_>>();
     let left = harness::labelled_containers(&ctx.run);
     if !left.is_empty() {
-        println!(
-            "{} container(s) labelled {RUN_LABEL}={} were left; removing them",
-            left.len(),
-            ctx.run
-        );
-        let _ = std::process::Command::new("docker")
-            .args(["rm", "-f", "-v"])
-            .args(&left)
-            .output();
+        println!("{} container(s) labelled {RUN_LABEL}={} were left; removing them", left.len(), ctx.run);
+        let _ = std::process::Command::new("docker").args(["rm", "-f", "-v"]).args(&left).output();
     }
     let remaining = harness::labelled_containers(&ctx.run).len();
     let all_containers = std::process::Command::new("docker")
         .args(["ps", "-aq"])
         .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .count()
-        })
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().count())
         .unwrap_or(0);
     println!(
         "sandpitd stopped ({}); {} daemon WARN/ERROR log line(s); containers with this run's label \
@@ -350,10 +302,7 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
     if let Some(parent) = args.json_out.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(
-        &args.json_out,
-        serde_json::to_string_pretty(&report)? + "\n",
-    )?;
+    std::fs::write(&args.json_out, serde_json::to_string_pretty(&report)? + "\n")?;
     println!("results written to {}", args.json_out.display());
 
     if !failed.is_empty() {
@@ -384,11 +333,7 @@ async fn cold(ctx: &mut Ctx, n: usize) -> Result<Value> {
     let mut sp_ids = Vec::new();
     let mut raw = Vec::new();
     for i in 0..WARMUP + n {
-        let order = if i % 2 == 0 {
-            [Side::Sandpit, Side::Raw]
-        } else {
-            [Side::Raw, Side::Sandpit]
-        };
+        let order = if i % 2 == 0 { [Side::Sandpit, Side::Raw] } else { [Side::Raw, Side::Sandpit] };
         for side in order {
             match side {
                 Side::Sandpit => {
@@ -412,16 +357,10 @@ async fn cold(ctx: &mut Ctx, n: usize) -> Result<Value> {
     let provision = harness::provision_times(&ctx.daemon.log_since(log_from));
     let sp_ms: Vec<f64> = sp.iter().map(|d| ms(*d)).collect();
     let raw_ms: Vec<f64> = raw.iter().map(|d| ms(*d)).collect();
-    let prov_ms: Vec<f64> = sp_ids
-        .iter()
-        .filter_map(|id| provision.get(id).copied())
-        .collect();
+    let prov_ms: Vec<f64> = sp_ids.iter().filter_map(|id| provision.get(id).copied()).collect();
     // RPC round trip minus the daemon's own provisioning time, per sandbox.
-    let outside_ms: Vec<f64> = sp_ids
-        .iter()
-        .zip(&sp_ms)
-        .filter_map(|(id, rpc)| provision.get(id).map(|p| rpc - p))
-        .collect();
+    let outside_ms: Vec<f64> =
+        sp_ids.iter().zip(&sp_ms).filter_map(|(id, rpc)| provision.get(id).map(|p| rpc - p)).collect();
     let (s_sp, s_raw) = (Summary::of_ms(&sp_ms), Summary::of_ms(&raw_ms));
     let (s_prov, s_out) = (Summary::of_ms(&prov_ms), Summary::of_ms(&outside_ms));
     let r = ratio(s_sp, s_raw);
@@ -432,11 +371,7 @@ async fn cold(ctx: &mut Ctx, n: usize) -> Result<Value> {
     row("  daemon provision (log elapsed_ms)", s_prov);
     row("  round trip - provision (per sandbox)", s_out);
     if let (Some(a), Some(b)) = (s_sp, s_raw) {
-        println!(
-            "    sandpit overhead at p50: {:+.1} ms ({:+.0}%)",
-            a.p50 - b.p50,
-            (a.p50 / b.p50 - 1.0) * 100.0
-        );
+        println!("    sandpit overhead at p50: {:+.1} ms ({:+.0}%)", a.p50 - b.p50, (a.p50 / b.p50 - 1.0) * 100.0);
     }
     Ok(json!({
         "n": n,
@@ -485,11 +420,7 @@ where
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = Instant::now();
     go_tx.send_replace(true);
-    let mut burst = Burst {
-        ok: Vec::new(),
-        failures: Vec::new(),
-        wall: Duration::ZERO,
-    };
+    let mut burst = Burst { ok: Vec::new(), failures: Vec::new(), wall: Duration::ZERO };
     let mut values = Vec::new();
     for t in tasks {
         match t.await {
@@ -516,9 +447,7 @@ async fn burst(ctx: &mut Ctx, n: usize) -> Result<Value> {
     let (sp, sbs) = release_together(n, || {
         let mut c = client.clone();
         async move {
-            sp_create(&mut c, LONG_TTL)
-                .await
-                .map_err(|s| BoxError::from(format!("{}: {}", s.code(), s.message())))
+            sp_create(&mut c, LONG_TTL).await.map_err(|s| BoxError::from(format!("{}: {}", s.code(), s.message())))
         }
     })
     .await;
@@ -534,15 +463,8 @@ async fn burst(ctx: &mut Ctx, n: usize) -> Result<Value> {
     .await;
     let (rdel, rdel_fail, rdel_wall) = raw_remove_many(&ctx.raw, &cids).await;
 
-    let prov_ms: Vec<f64> = sp_ids
-        .iter()
-        .filter_map(|id| provision.get(id).copied())
-        .collect();
-    let (s_sp, s_raw, s_prov) = (
-        Summary::of(&sp.ok),
-        Summary::of(&rw.ok),
-        Summary::of_ms(&prov_ms),
-    );
+    let prov_ms: Vec<f64> = sp_ids.iter().filter_map(|id| provision.get(id).copied()).collect();
+    let (s_sp, s_raw, s_prov) = (Summary::of(&sp.ok), Summary::of(&rw.ok), Summary::of_ms(&prov_ms));
     let r = ratio(s_sp, s_raw);
     println!(
         "    sandpit: {}/{n} succeeded, {} failed, wall {:.0} ms ({:.1} creates/s)",
@@ -558,10 +480,7 @@ async fn burst(ctx: &mut Ctx, n: usize) -> Result<Value> {
         ms(rw.wall),
         rw.ok.len() as f64 / rw.wall.as_secs_f64()
     );
-    println!(
-        "    wall ratio sandpit/raw: {:.2}x",
-        sp.wall.as_secs_f64() / rw.wall.as_secs_f64()
-    );
+    println!("    wall ratio sandpit/raw: {:.2}x", sp.wall.as_secs_f64() / rw.wall.as_secs_f64());
     for f in sp.failures.iter().chain(&rw.failures).take(5) {
         println!("    failure: {f}");
     }
@@ -570,10 +489,7 @@ async fn burst(ctx: &mut Ctx, n: usize) -> Result<Value> {
     row("raw inspect+create+start per request", s_raw);
     ratio_row("ratio sandpit/raw", r);
     row("  daemon provision (log elapsed_ms)", s_prov);
-    row(
-        "  (untimed cleanup) sandpit DeleteSandbox",
-        Summary::of(&del),
-    );
+    row("  (untimed cleanup) sandpit DeleteSandbox", Summary::of(&del));
     row("  (untimed cleanup) raw remove -f", Summary::of(&rdel));
     Ok(json!({
         "n": n,
@@ -637,13 +553,7 @@ async fn sp_delete_many(client: &Client, ids: &[String]) -> (Vec<Duration>, Vec<
         .collect()
         .await;
     let wall = t.elapsed();
-    split(
-        results
-            .into_iter()
-            .map(|r| r.map_err(|s| format!("{}: {}", s.code(), s.message())))
-            .collect(),
-        wall,
-    )
+    split(results.into_iter().map(|r| r.map_err(|s| format!("{}: {}", s.code(), s.message()))).collect(), wall)
 }
 
 async fn raw_remove_many(raw: &Raw, ids: &[String]) -> (Vec<Duration>, Vec<String>, Duration) {
@@ -657,13 +567,7 @@ async fn raw_remove_many(raw: &Raw, ids: &[String]) -> (Vec<Duration>, Vec<Strin
         .collect()
         .await;
     let wall = t.elapsed();
-    split(
-        results
-            .into_iter()
-            .map(|r| r.map_err(|e| e.to_string()))
-            .collect(),
-        wall,
-    )
+    split(results.into_iter().map(|r| r.map_err(|e| e.to_string())).collect(), wall)
 }
 
 fn split(
@@ -698,22 +602,13 @@ fn follow_events(
     want: HashSet<String>,
     limit: Duration,
 ) -> Result<tokio::task::JoinHandle<(Seen, Option<String>)>> {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)?
-        .as_secs()
-        .saturating_sub(1);
+    let since = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs().saturating_sub(1);
     let filters = HashMap::from([
         ("label".to_string(), vec![format!("{RUN_LABEL}={run}")]),
         ("type".to_string(), vec!["container".to_string()]),
-        (
-            "event".to_string(),
-            vec!["kill".to_string(), "die".to_string(), "destroy".to_string()],
-        ),
+        ("event".to_string(), vec!["kill".to_string(), "die".to_string(), "destroy".to_string()]),
     ]);
-    let opts = EventsOptionsBuilder::default()
-        .since(&since.to_string())
-        .filters(&filters)
-        .build();
+    let opts = EventsOptionsBuilder::default().since(&since.to_string()).filters(&filters).build();
     let mut events = docker.events(Some(opts));
     let until = tokio::time::Instant::now() + limit;
     Ok(tokio::spawn(async move {
@@ -727,8 +622,7 @@ fn follow_events(
             };
             match ev {
                 Some(Ok(ev)) => {
-                    let (Some(actor), Some(action), Some(t)) = (ev.actor, ev.action, ev.time_nano)
-                    else {
+                    let (Some(actor), Some(action), Some(t)) = (ev.actor, ev.action, ev.time_nano) else {
                         continue;
                     };
                     let Some(id) = actor.id.filter(|id| want.contains(id)) else {
@@ -781,9 +675,7 @@ impl Lateness {
                 "destroy" => &mut destroy,
                 _ => continue,
             };
-            slot.entry(id.as_str())
-                .and_modify(|v| *v = (*v).min(*t))
-                .or_insert(*t);
+            slot.entry(id.as_str()).and_modify(|v| *v = (*v).min(*t)).or_insert(*t);
         }
         let mut l = Lateness {
             start: Vec::new(),
@@ -813,17 +705,9 @@ impl Lateness {
         }
         let earliest = deadlines.values().min().copied().map(nanos);
         let latest = deadlines.values().max().copied().map(nanos);
-        l.first_kill = kill
-            .values()
-            .min()
-            .zip(earliest)
-            .map(|(k, e)| (k - e) as f64 / 1e6);
+        l.first_kill = kill.values().min().zip(earliest).map(|(k, e)| (k - e) as f64 / 1e6);
         if l.not_gone.is_empty() {
-            l.all_gone = destroy
-                .values()
-                .max()
-                .zip(latest)
-                .map(|(d, e)| (d - e) as f64 / 1e6);
+            l.all_gone = destroy.values().max().zip(latest).map(|(d, e)| (d - e) as f64 / 1e6);
         }
         l
     }
@@ -845,8 +729,7 @@ impl Lateness {
             "    first kill {} ms after the earliest {deadline}; all gone {} ms after the latest {deadline}; \
              kill events {}/{n} (destroy instead: {}), destroy events {}/{n}",
             self.first_kill.map_or("-".into(), |x| format!("{x:.1}")),
-            self.all_gone
-                .map_or("(not all)".into(), |x| format!("{x:.1}")),
+            self.all_gone.map_or("(not all)".into(), |x| format!("{x:.1}")),
             self.kills,
             self.destroy_fallback,
             self.destroys
@@ -865,24 +748,14 @@ async fn expiry(ctx: &mut Ctx, n: usize) -> Result<Value> {
         return Err(format!("{} of {n} creates failed: {}", failures.len(), failures[0]).into());
     }
     // container id -> sandbox id
-    let containers: HashMap<String, String> = created
-        .iter()
-        .map(|(sb, _)| (sb.container_id.clone(), sb.id.clone()))
-        .collect();
-    println!(
-        "    created {n} (concurrency {CONCURRENCY}) in {:.0} ms",
-        ms(create_wall)
-    );
+    let containers: HashMap<String, String> =
+        created.iter().map(|(sb, _)| (sb.container_id.clone(), sb.id.clone())).collect();
+    println!("    created {n} (concurrency {CONCURRENCY}) in {:.0} ms", ms(create_wall));
 
     // Time one extend to size the lead: every extend must land before the target.
     let probe_id = created[0].0.id.clone();
     let t = Instant::now();
-    ctx.client
-        .extend_sandbox(ExtendSandboxRequest {
-            id: probe_id,
-            ttl: ttl(LONG_TTL),
-        })
-        .await?;
+    ctx.client.extend_sandbox(ExtendSandboxRequest { id: probe_id, ttl: ttl(LONG_TTL) }).await?;
     // Some calls stall ~40 ms (seen on this daemon's responses), so allow at least 50 ms each.
     let per_call = (t.elapsed() * 3).max(Duration::from_millis(50));
     let lead = Duration::from_secs(2) + per_call * n as u32;
@@ -904,19 +777,9 @@ async fn expiry(ctx: &mut Ctx, n: usize) -> Result<Value> {
         let left = target
             .duration_since(SystemTime::now())
             .map_err(|_| "the expiry target passed while extending; raise the lead")?;
-        let sb = ctx
-            .client
-            .extend_sandbox(ExtendSandboxRequest {
-                id: sb_id.clone(),
-                ttl: ttl(left),
-            })
-            .await?
-            .into_inner();
-        let at = sb
-            .expires_at
-            .as_ref()
-            .map(to_system)
-            .ok_or("no expiresAt")?;
+        let sb =
+            ctx.client.extend_sandbox(ExtendSandboxRequest { id: sb_id.clone(), ttl: ttl(left) }).await?.into_inner();
+        let at = sb.expires_at.as_ref().map(to_system).ok_or("no expiresAt")?;
         deadlines.insert(cid.clone(), at);
     }
     let extend_wall = t.elapsed();
@@ -937,10 +800,7 @@ async fn expiry(ctx: &mut Ctx, n: usize) -> Result<Value> {
     // What the daemon recorded, and anything that did not go.
     let listed = ctx
         .client
-        .list_sandboxes(ListSandboxesRequest {
-            include_ended: true,
-            experiment: String::new(),
-        })
+        .list_sandboxes(ListSandboxesRequest { include_ended: true, experiment: String::new() })
         .await?
         .into_inner()
         .sandboxes;
@@ -949,11 +809,7 @@ async fn expiry(ctx: &mut Ctx, n: usize) -> Result<Value> {
         .values()
         .filter(|id| states.get(id.as_str()) == Some(&(proto::SandboxState::Expired as i32)))
         .count();
-    let not_gone: Vec<String> = sp
-        .not_gone
-        .iter()
-        .filter_map(|cid| containers.get(cid).cloned())
-        .collect();
+    let not_gone: Vec<String> = sp.not_gone.iter().filter_map(|cid| containers.get(cid).cloned()).collect();
     if !not_gone.is_empty() {
         sp_delete_many(&ctx.client, &not_gone).await;
     }
@@ -973,10 +829,7 @@ async fn expiry(ctx: &mut Ctx, n: usize) -> Result<Value> {
     raw.describe(n, "raw deadline");
     println!(
         "    records in state expired: {expired_state}/{n}{}",
-        stream_error
-            .as_ref()
-            .map(|e| format!("; event stream error: {e}"))
-            .unwrap_or_default()
+        stream_error.as_ref().map(|e| format!("; event stream error: {e}")).unwrap_or_default()
     );
     Ok(json!({
         "n": n,
@@ -1022,12 +875,8 @@ async fn raw_expiry(ctx: &mut Ctx, n: usize) -> Result<Lateness> {
         return Err(format!("raw baseline create failed: {e}").into());
     }
     let lead = Duration::from_secs(2);
-    let collector = follow_events(
-        &ctx.raw.docker,
-        &ctx.run,
-        cids.iter().cloned().collect(),
-        lead + Duration::from_secs(180),
-    )?;
+    let collector =
+        follow_events(&ctx.raw.docker, &ctx.run, cids.iter().cloned().collect(), lead + Duration::from_secs(180))?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let deadline = SystemTime::now() + lead;
     let at = tokio::time::Instant::now() + deadline.duration_since(SystemTime::now())?;
@@ -1056,12 +905,7 @@ async fn raw_expiry(ctx: &mut Ctx, n: usize) -> Result<Lateness> {
 // ---- 5. scale ------------------------------------------------------------
 
 async fn live_count(client: &mut Client) -> std::result::Result<usize, tonic::Status> {
-    Ok(client
-        .list_sandboxes(ListSandboxesRequest::default())
-        .await?
-        .into_inner()
-        .sandboxes
-        .len())
+    Ok(client.list_sandboxes(ListSandboxesRequest::default()).await?.into_inner().sandboxes.len())
 }
 
 /// ListSandboxes calls made before the scale creates, with nothing live.
@@ -1098,11 +942,7 @@ async fn scale(ctx: &mut Ctx, n: usize, list_calls: usize) -> Result<Value> {
         println!("    failure: {f}");
     }
     let kib = |k: Option<u64>| k.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
-    println!(
-        "    daemon VmRSS: {} before, {} with {live} live",
-        kib(rss_before),
-        kib(rss_live)
-    );
+    println!("    daemon VmRSS: {} before, {} with {live} live", kib(rss_before), kib(rss_live));
 
     // ListSandboxes latency with everything live.
     let mut list_lat = Vec::with_capacity(list_calls);
@@ -1123,9 +963,7 @@ async fn scale(ctx: &mut Ctx, n: usize, list_calls: usize) -> Result<Value> {
     let spawned_wall = SystemTime::now();
     let t0 = Instant::now();
     ctx.daemon.spawn()?;
-    ctx.daemon
-        .wait_addr(Duration::from_secs(60), Duration::from_millis(2))
-        .await?;
+    ctx.daemon.wait_addr(Duration::from_secs(60), Duration::from_millis(2)).await?;
     let addr_at = t0.elapsed();
     let mut attempts = 0usize;
     let mut first_partial = None;
@@ -1152,15 +990,12 @@ async fn scale(ctx: &mut Ctx, n: usize, list_calls: usize) -> Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while reconcile.is_none() && Instant::now() < deadline {
         let log = ctx.daemon.log_since(log_from);
-        reconcile = log
-            .lines()
-            .find(|l| l.contains("reconciled with Docker"))
-            .map(|l| {
-                (
-                    harness::log_time(l).and_then(|t| t.duration_since(spawned_wall).ok()),
-                    l.split_once("report=").map(|(_, r)| r.trim().to_string()),
-                )
-            });
+        reconcile = log.lines().find(|l| l.contains("reconciled with Docker")).map(|l| {
+            (
+                harness::log_time(l).and_then(|t| t.duration_since(spawned_wall).ok()),
+                l.split_once("report=").map(|(_, r)| r.trim().to_string()),
+            )
+        });
         if reconcile.is_none() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -1180,18 +1015,9 @@ async fn scale(ctx: &mut Ctx, n: usize, list_calls: usize) -> Result<Value> {
     let labelled_after = ctx.raw.count_labelled().await?;
 
     header();
-    row(
-        "sandpit CreateSandbox (concurrency 16)",
-        Summary::of(&create_lat),
-    );
-    row(
-        &format!("ListSandboxes ({already_live} live) x{EMPTY_LIST_CALLS}"),
-        s_list_empty,
-    );
-    row(
-        &format!("ListSandboxes ({live} live) x{list_calls}"),
-        s_list,
-    );
+    row("sandpit CreateSandbox (concurrency 16)", Summary::of(&create_lat));
+    row(&format!("ListSandboxes ({already_live} live) x{EMPTY_LIST_CALLS}"), s_list_empty);
+    row(&format!("ListSandboxes ({live} live) x{list_calls}"), s_list);
     row("DeleteSandbox (concurrency 16)", Summary::of(&del));
     if list_wrong > 0 {
         println!("    {list_wrong} ListSandboxes call(s) returned a count other than {live}");
@@ -1202,9 +1028,7 @@ async fn scale(ctx: &mut Ctx, n: usize, list_calls: usize) -> Result<Value> {
         ms(addr_at),
         serving_log.map_or("-".into(), |d| format!("{:.0} ms", ms(d))),
         ms(serving_at),
-        first_partial
-            .map(|k| format!(", an earlier one returned {k}"))
-            .unwrap_or_default()
+        first_partial.map(|k| format!(", an earlier one returned {k}")).unwrap_or_default()
     );
     match &reconcile {
         Some((at, report)) => println!(

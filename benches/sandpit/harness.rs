@@ -14,8 +14,9 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use sandpit::config::Config;
 use sandpit::policy::Profile;
+use sandpit::proto::register_service_client::RegisterServiceClient;
 use sandpit::proto::sandbox_service_client::SandboxServiceClient;
-use sandpit::proto::{self, CreateSandboxRequest, DeleteSandboxRequest};
+use sandpit::proto::{self, CreateSandboxRequest, DeleteSandboxRequest, RegisterExperimentRequest};
 use sandpit::runtime::ContainerSpec;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -31,7 +32,13 @@ pub const RUN_LABEL: &str = "sandpit.bench-run";
 pub const RAW_LABEL: &str = "sandpit-bench.raw";
 pub const IMAGE: &str = "sandpit-bench/base:latest";
 pub const PROFILE: &str = "bench-none";
-pub const EXPERIMENT: &str = "bench";
+
+/// The register entry every sandbox of the run belongs to (set once at start).
+static EXPERIMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn experiment() -> &'static str {
+    EXPERIMENT.get().map(String::as_str).unwrap_or("unregistered")
+}
 /// Docker client timeout, the same for the daemon (`[docker] timeout`) and the raw baseline.
 pub const DOCKER_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -46,17 +53,9 @@ pub fn unique(prefix: &str) -> String {
 pub fn build_image() -> Result<String> {
     let old = image_id(IMAGE);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-image.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(IMAGE)
-        .arg("sandpit.bench-image=true")
-        .output()?;
+    let out = Command::new("bash").arg(script).arg(IMAGE).arg("sandpit.bench-image=true").output()?;
     if !out.status.success() {
-        return Err(format!(
-            "scripts/build-image.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
+        return Err(format!("scripts/build-image.sh failed: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
     let new = image_id(IMAGE);
     if let (Some(old), Some(new)) = (old, new.as_ref()) {
@@ -69,13 +68,8 @@ pub fn build_image() -> Result<String> {
 }
 
 fn image_id(tag: &str) -> Option<String> {
-    let out = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", tag])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", tag]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 // ---- cleanup -------------------------------------------------------------
@@ -89,22 +83,15 @@ pub struct Cleanup {
 
 impl Cleanup {
     pub fn new(run: &str) -> Cleanup {
-        Cleanup {
-            run: run.to_string(),
-        }
+        Cleanup { run: run.to_string() }
     }
 }
 
 /// Ids of every container (any state) carrying `sandpit.bench-run=<run>`.
 pub fn labelled_containers(run: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label={RUN_LABEL}={run}")])
-        .output();
+    let out = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label={RUN_LABEL}={run}")]).output();
     match out {
-        Ok(o) => String::from_utf8_lossy(&o.stdout)
-            .split_whitespace()
-            .map(String::from)
-            .collect(),
+        Ok(o) => String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -116,15 +103,8 @@ impl Drop for Cleanup {
         for pass in 0..2 {
             let left = labelled_containers(&self.run);
             if !left.is_empty() {
-                eprintln!(
-                    "cleanup: removing {} container(s) labelled {RUN_LABEL}={}",
-                    left.len(),
-                    self.run
-                );
-                let _ = Command::new("docker")
-                    .args(["rm", "-f", "-v"])
-                    .args(&left)
-                    .output();
+                eprintln!("cleanup: removing {} container(s) labelled {RUN_LABEL}={}", left.len(), self.run);
+                let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&left).output();
             }
             if pass == 0 {
                 std::thread::sleep(Duration::from_millis(500));
@@ -150,9 +130,7 @@ pub struct Daemon {
 impl Daemon {
     /// Writes the profile and config. Does not start the daemon.
     pub fn prepare(run: &str) -> Result<Daemon> {
-        let dir = tempfile::Builder::new()
-            .prefix("sandpit-bench-")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix("sandpit-bench-").tempdir()?;
         let profiles = dir.path().join("profiles");
         std::fs::create_dir(&profiles)?;
         std::fs::write(
@@ -215,15 +193,7 @@ token_sha256 = "{sha}"
             .get(PROFILE)
             .cloned()
             .ok_or("the benchmark profile did not load")?;
-        Ok(Daemon {
-            dir,
-            config_path,
-            config,
-            profile,
-            token,
-            addr: String::new(),
-            child: None,
-        })
+        Ok(Daemon { dir, config_path, config, profile, token, addr: String::new(), child: None })
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -240,9 +210,7 @@ token_sha256 = "{sha}"
 
     /// Bytes of log written so far, to read only what a later phase adds.
     pub fn log_len(&self) -> u64 {
-        std::fs::metadata(self.log_path())
-            .map(|m| m.len())
-            .unwrap_or(0)
+        std::fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0)
     }
 
     pub fn log_since(&self, offset: u64) -> String {
@@ -258,10 +226,7 @@ token_sha256 = "{sha}"
     /// Starts the binary without waiting; the caller times what follows.
     pub fn spawn(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(self.data_dir().join("sandpitd.addr"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
         let child = Command::new(env!("CARGO_BIN_EXE_sandpitd"))
             .arg("--config")
             .arg(&self.config_path)
@@ -286,11 +251,7 @@ token_sha256 = "{sha}"
                     return Ok(self.addr.clone());
                 }
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 return Err(format!("sandpitd exited with {status}:\n{}", self.log()).into());
             }
             if Instant::now() > deadline {
@@ -302,8 +263,7 @@ token_sha256 = "{sha}"
 
     pub async fn start(&mut self) -> Result<()> {
         self.spawn()?;
-        self.wait_addr(Duration::from_secs(30), Duration::from_millis(10))
-            .await?;
+        self.wait_addr(Duration::from_secs(30), Duration::from_millis(10)).await?;
         Ok(())
     }
 
@@ -318,10 +278,7 @@ token_sha256 = "{sha}"
     /// SIGTERM, waiting up to `limit`, then SIGKILL.
     pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(s)) = c.try_wait() {
@@ -337,19 +294,34 @@ token_sha256 = "{sha}"
 
     pub async fn client(&self) -> Result<Client> {
         let channel = Channel::from_shared(self.addr.clone())?.connect().await?;
-        Ok(SandboxServiceClient::with_interceptor(
-            channel,
-            Bearer(format!("Bearer {}", self.token).parse()?),
-        ))
+        Ok(SandboxServiceClient::with_interceptor(channel, Bearer(format!("Bearer {}", self.token).parse()?)))
+    }
+
+    /// Registers the run's experiment (OFFICIAL, so no approval is needed)
+    /// and makes it the one every create names.
+    pub async fn register_experiment(&self) -> Result<String> {
+        let channel = Channel::from_shared(self.addr.clone())?.connect().await?;
+        let mut register =
+            RegisterServiceClient::with_interceptor(channel, Bearer(format!("Bearer {}", self.token).parse()?));
+        let id = register
+            .register_experiment(RegisterExperimentRequest {
+                title: "Sandpit benchmark".into(),
+                purpose: "Measure Sandpit against the raw Docker engine".into(),
+                classification: "OFFICIAL".into(),
+                ai_tools: vec!["none".into()],
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .id;
+        EXPERIMENT.set(id.clone()).map_err(|_| "the experiment was registered twice")?;
+        Ok(id)
     }
 
     /// VmRSS of the daemon process, in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
     }
 }
 
@@ -380,10 +352,7 @@ impl tonic::service::Interceptor for Bearer {
 pub type Client = SandboxServiceClient<InterceptedService<Channel, Bearer>>;
 
 pub fn ttl(d: Duration) -> Option<pbjson_types::Duration> {
-    Some(pbjson_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    })
+    Some(pbjson_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 })
 }
 
 pub fn to_system(t: &pbjson_types::Timestamp) -> SystemTime {
@@ -391,12 +360,9 @@ pub fn to_system(t: &pbjson_types::Timestamp) -> SystemTime {
 }
 
 /// One `CreateSandbox` round trip: the sandbox (running) and how long the call took.
-pub async fn sp_create(
-    client: &mut Client,
-    ttl_: Duration,
-) -> Result<(proto::Sandbox, Duration), Status> {
+pub async fn sp_create(client: &mut Client, ttl_: Duration) -> Result<(proto::Sandbox, Duration), Status> {
     let req = CreateSandboxRequest {
-        experiment: EXPERIMENT.into(),
+        experiment: experiment().into(),
         profile: PROFILE.into(),
         classification: "OFFICIAL".into(),
         ttl: ttl(ttl_),
@@ -409,9 +375,7 @@ pub async fn sp_create(
 
 pub async fn sp_delete(client: &mut Client, id: &str) -> Result<Duration, Status> {
     let t = Instant::now();
-    client
-        .delete_sandbox(DeleteSandboxRequest { id: id.into() })
-        .await?;
+    client.delete_sandbox(DeleteSandboxRequest { id: id.into() }).await?;
     Ok(t.elapsed())
 }
 
@@ -448,7 +412,7 @@ impl Raw {
             (RAW_LABEL, "true"),
             ("sandpit-bench.sandbox", id),
             ("sandpit-bench.instance", "raw"),
-            ("sandpit-bench.experiment", EXPERIMENT),
+            ("sandpit-bench.experiment", experiment()),
             ("sandpit-bench.owner", "bench"),
             ("sandpit-bench.team", "bench"),
             ("sandpit-bench.profile", PROFILE),
@@ -466,10 +430,7 @@ impl Raw {
             image: self.image.clone(),
             command: self.profile.command.clone(),
             user: self.user.clone(),
-            env: vec![
-                format!("SANDPIT_SANDBOX_ID={id}"),
-                format!("SANDPIT_EXPERIMENT={EXPERIMENT}"),
-            ],
+            env: vec![format!("SANDPIT_SANDBOX_ID={id}"), format!("SANDPIT_EXPERIMENT={}", experiment())],
             labels,
             resources: self.profile.resources.clone(),
         }
@@ -482,13 +443,8 @@ impl Raw {
         let t = Instant::now();
         self.docker.inspect_image(&self.image).await?;
         let spec = self.spec(&id);
-        let opts = CreateContainerOptionsBuilder::default()
-            .name(&spec.name)
-            .build();
-        let created = self
-            .docker
-            .create_container(Some(opts), sandpit::runtime::docker::create_body(&spec))
-            .await?;
+        let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let created = self.docker.create_container(Some(opts), sandpit::runtime::docker::create_body(&spec)).await?;
         if let Err(e) = self.docker.start_container(&created.id, None).await {
             let _ = self.remove(&created.id).await;
             return Err(e.into());
@@ -499,24 +455,15 @@ impl Raw {
     /// Forced remove (SIGKILL, no grace), as the daemon's teardown.
     pub async fn remove(&self, id: &str) -> Result<Duration> {
         let t = Instant::now();
-        let opts = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
-            .build();
+        let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         self.docker.remove_container(id, Some(opts)).await?;
         Ok(t.elapsed())
     }
 
     /// Containers of this run, by label.
     pub async fn count_labelled(&self) -> Result<usize> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{RUN_LABEL}={}", self.run)],
-        )]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
+        let filters = HashMap::from([("label".to_string(), vec![format!("{RUN_LABEL}={}", self.run)])]);
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         Ok(self.docker.list_containers(Some(opts)).await?.len())
     }
 }
@@ -536,11 +483,8 @@ pub fn log_time(line: &str) -> Option<SystemTime> {
 
 /// `key=value` of a text log line (values without spaces).
 pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|tok| {
-        tok.strip_prefix(key)
-            .and_then(|rest| rest.strip_prefix('='))
-            .map(|v| v.trim_matches('"'))
-    })
+    line.split_whitespace()
+        .find_map(|tok| tok.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')).map(|v| v.trim_matches('"')))
 }
 
 /// `elapsed_ms` of each "sandbox running" line, by sandbox id: the daemon's
@@ -548,11 +492,6 @@ pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 pub fn provision_times(log: &str) -> HashMap<String, f64> {
     log.lines()
         .filter(|l| l.contains("sandbox running"))
-        .filter_map(|l| {
-            Some((
-                log_field(l, "sandbox")?.to_string(),
-                log_field(l, "elapsed_ms")?.parse().ok()?,
-            ))
-        })
+        .filter_map(|l| Some((log_field(l, "sandbox")?.to_string(), log_field(l, "elapsed_ms")?.parse().ok()?)))
         .collect()
 }

@@ -81,18 +81,14 @@ pub fn samples_json(samples: &[f64]) -> Value {
 pub const LABEL_WIDTH: usize = 40;
 
 pub fn header() {
-    println!(
-        "    {:<LABEL_WIDTH$} {:>5} {:>9} {:>9} {:>9} {:>9}",
-        "(ms)", "n", "p50", "p90", "p99", "max"
-    );
+    println!("    {:<LABEL_WIDTH$} {:>5} {:>9} {:>9} {:>9} {:>9}", "(ms)", "n", "p50", "p90", "p99", "max");
 }
 
 pub fn row(label: &str, s: Option<Summary>) {
     match s {
-        Some(s) => println!(
-            "    {label:<LABEL_WIDTH$} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-            s.n, s.p50, s.p90, s.p99, s.max
-        ),
+        Some(s) => {
+            println!("    {label:<LABEL_WIDTH$} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1}", s.n, s.p50, s.p90, s.p99, s.max)
+        }
         None => println!("    {label:<LABEL_WIDTH$}  (no samples)"),
     }
 }
@@ -101,20 +97,12 @@ pub fn row(label: &str, s: Option<Summary>) {
 pub fn ratio(a: Option<Summary>, b: Option<Summary>) -> Option<[f64; 4]> {
     let (a, b) = (a?, b?);
     let r = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
-    Some([
-        r(a.p50, b.p50),
-        r(a.p90, b.p90),
-        r(a.p99, b.p99),
-        r(a.max, b.max),
-    ])
+    Some([r(a.p50, b.p50), r(a.p90, b.p90), r(a.p99, b.p99), r(a.max, b.max)])
 }
 
 pub fn ratio_row(label: &str, r: Option<[f64; 4]>) {
     if let Some([p50, p90, p99, max]) = r {
-        println!(
-            "    {label:<LABEL_WIDTH$} {:>5} {:>8.2}x {:>8.2}x {:>8.2}x {:>8.2}x",
-            "", p50, p90, p99, max
-        );
+        println!("    {label:<LABEL_WIDTH$} {:>5} {:>8.2}x {:>8.2}x {:>8.2}x {:>8.2}x", "", p50, p90, p99, max);
     }
 }
 
