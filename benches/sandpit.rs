@@ -1,0 +1,1130 @@
+//! Sandpit against the raw Docker engine, in one run on this machine.
+//!
+//!     cargo bench --bench sandpit -- [--quick] [--json-out FILE] [--only SCENARIO[,SCENARIO...]]
+//!
+//! Spawns the real release `sandpitd` on a temporary config and data
+//! directory and drives it over gRPC; the baseline drives the same Docker
+//! engine directly through bollard with the daemon's own hardened container
+//! body (`sandpit::runtime::docker::create_body`). Measures and prints; asserts
+//! no timings. Every container either side makes carries
+//! `sandpit.bench-run=<run id>` and is removed however the run ends.
+//!
+//! Scenarios: `cold`, `burst`, `warm-pool` (skipped: not implemented),
+//! `expiry`, `scale`. See README "Benchmarks".
+
+#[path = "sandpit/harness.rs"]
+mod harness;
+#[path = "sandpit/stats.rs"]
+mod stats;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::query_parameters::EventsOptionsBuilder;
+use futures_util::{stream, StreamExt};
+use sandpit::proto::{self, ExtendSandboxRequest, ListSandboxesRequest};
+use serde_json::{json, Map, Value};
+
+use harness::{
+    sp_create, sp_delete, to_system, ttl, unique, BoxError, Cleanup, Client, Daemon, Raw, Result, RUN_LABEL,
+};
+use stats::{header, ms, ratio, ratio_json, ratio_row, round3, row, samples_json, Summary};
+
+const SCENARIOS: [&str; 5] = ["cold", "burst", "warm-pool", "expiry", "scale"];
+/// Concurrency of set-up and tear-down work that is not itself measured, and of the scale creates.
+const CONCURRENCY: usize = 16;
+/// A ttl no sandbox reaches during the run (the profile's max_ttl is 2h).
+const LONG_TTL: Duration = Duration::from_secs(30 * 60);
+
+struct Args {
+    quick: bool,
+    json_out: PathBuf,
+    only: Option<Vec<String>>,
+    argv: Vec<String>,
+}
+
+/// Sizes of each scenario, full or `--quick`.
+struct Sizes {
+    cold: usize,
+    burst: usize,
+    expiry: usize,
+    scale: usize,
+    list_calls: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes { cold: 10, burst: 20, expiry: 20, scale: 100, list_calls: 200 }
+        } else {
+            Sizes { cold: 30, burst: 100, expiry: 100, scale: 500, list_calls: 200 }
+        }
+    }
+}
+
+fn usage() -> String {
+    format!(
+        "usage: cargo bench --bench sandpit -- [--quick] [--json-out FILE] [--only SCENARIO[,SCENARIO...]]\n\
+         scenarios: {}",
+        SCENARIOS.join(", ")
+    )
+}
+
+fn parse_args() -> std::result::Result<Args, String> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    // <target>/release/sandpitd -> <target>/bench-results.json
+    let target_dir = PathBuf::from(env!("CARGO_BIN_EXE_sandpitd"))
+        .parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let mut args =
+        Args { quick: false, json_out: target_dir.join("bench-results.json"), only: None, argv: argv.clone() };
+    let mut it = argv.into_iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline.clone().or_else(|| it.next()).ok_or_else(|| format!("{name} needs a value\n{}", usage()))
+        };
+        match flag.as_str() {
+            // cargo bench passes --bench to every bench binary.
+            "--bench" => {}
+            "--quick" => args.quick = true,
+            "--json-out" => args.json_out = PathBuf::from(value("--json-out")?),
+            "--only" => {
+                let v = value("--only")?;
+                let mut only = args.only.take().unwrap_or_default();
+                for s in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let s = if s == "warm" || s == "warm-pools" { "warm-pool" } else { s };
+                    if !SCENARIOS.contains(&s) {
+                        return Err(format!("unknown scenario '{s}'\n{}", usage()));
+                    }
+                    only.push(s.to_string());
+                }
+                args.only = Some(only);
+            }
+            "-h" | "--help" => return Err(usage()),
+            other => return Err(format!("unknown argument '{other}'\n{}", usage())),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let run = unique("bench");
+    // Drops last: after the runtime (no task is still creating) and the daemon.
+    let _cleanup = Cleanup::new(&run);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = bench(&args, &run) => r,
+            _ = tokio::signal::ctrl_c() => Err::<(), BoxError>("interrupted".into()),
+        }
+    });
+    drop(rt);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("benchmark failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What every scenario works with.
+struct Ctx {
+    daemon: Daemon,
+    client: Client,
+    raw: Raw,
+    run: String,
+}
+
+async fn bench(args: &Args, run: &str) -> Result<()> {
+    let sizes = Sizes::new(args.quick);
+    let started = SystemTime::now();
+    println!("Sandpit benchmark, run {run} ({})", if args.quick { "--quick" } else { "full" });
+
+    let t = Instant::now();
+    let image_id = harness::build_image()?;
+    println!(
+        "image {} ({}) built from this machine's binaries in {:.1}s",
+        harness::IMAGE,
+        &image_id[..image_id.len().min(19)],
+        t.elapsed().as_secs_f64()
+    );
+
+    let docker = harness::docker().await?;
+    let machine = machine_info(&docker).await;
+    println!("machine: {}", serde_json::to_string(&machine)?);
+
+    let mut daemon = Daemon::prepare(run)?;
+    let t = Instant::now();
+    daemon.start().await?;
+    println!(
+        "sandpitd {} (pid {}) serving at {} after {:.0} ms; data dir {}",
+        env!("CARGO_BIN_EXE_sandpitd"),
+        daemon.pid().unwrap_or(0),
+        daemon.addr,
+        ms(t.elapsed()),
+        daemon.data_dir().display()
+    );
+    let experiment = daemon.register_experiment().await?;
+    println!("experiment {experiment} registered (OFFICIAL, team bench)");
+    let client = daemon.client().await?;
+    let raw = Raw::new(docker.clone(), run, &daemon);
+    let mut ctx = Ctx { daemon, client, raw, run: run.to_string() };
+    println!(
+        "raw baseline: bollard on the same engine with sandpit::runtime::docker::create_body, \
+         per create inspect_image + create_container + start_container (the daemon's runtime does the same)"
+    );
+
+    let mut scenarios = Map::new();
+    let mut failed = Vec::new();
+    for name in SCENARIOS {
+        if args.only.as_ref().is_some_and(|o| !o.iter().any(|s| s == name)) {
+            continue;
+        }
+        println!();
+        let result = match name {
+            "cold" => cold(&mut ctx, sizes.cold).await,
+            "burst" => burst(&mut ctx, sizes.burst).await,
+            "warm-pool" => {
+                println!("[3] warm-pool claims");
+                println!("    skipped: warm pools not implemented");
+                Ok(json!({"skipped": true, "reason": "warm pools not implemented"}))
+            }
+            "expiry" => expiry(&mut ctx, sizes.expiry).await,
+            "scale" => scale(&mut ctx, sizes.scale, sizes.list_calls).await,
+            _ => unreachable!(),
+        };
+        match result {
+            Ok(v) => {
+                scenarios.insert(name.to_string(), v);
+            }
+            Err(e) => {
+                println!("    FAILED: {e}");
+                scenarios.insert(name.to_string(), json!({"error": e.to_string()}));
+                failed.push(name);
+            }
+        }
+    }
+
+    // Stop the daemon, then make sure nothing of this run is left in Docker.
+    println!();
+    let status = ctx.daemon.terminate(Duration::from_secs(15));
+    let daemon_errors = ctx
+        .daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+        .map(String::from)
+        .collect::<Vec<_>>();
+    let left = harness::labelled_containers(&ctx.run);
+    if !left.is_empty() {
+        println!("{} container(s) labelled {RUN_LABEL}={} were left; removing them", left.len(), ctx.run);
+        let _ = std::process::Command::new("docker").args(["rm", "-f", "-v"]).args(&left).output();
+    }
+    let remaining = harness::labelled_containers(&ctx.run).len();
+    let all_containers = std::process::Command::new("docker")
+        .args(["ps", "-aq"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().count())
+        .unwrap_or(0);
+    println!(
+        "sandpitd stopped ({}); {} daemon WARN/ERROR log line(s); containers with this run's label \
+         left after the scenarios: {} (after sweep: {}); `docker ps -aq` now lists {}",
+        status.map(|s| s.to_string()).unwrap_or_else(|| "not running".into()),
+        daemon_errors.len(),
+        left.len(),
+        remaining,
+        all_containers
+    );
+    for l in daemon_errors.iter().take(10) {
+        println!("    {l}");
+    }
+
+    let report = json!({
+        "schema": 1,
+        "run_id": ctx.run,
+        "started_at": humantime::format_rfc3339_millis(started).to_string(),
+        "duration_s": round3(started.elapsed().unwrap_or_default().as_secs_f64()),
+        "mode": if args.quick { "quick" } else { "full" },
+        "args": args.argv,
+        "machine": machine,
+        "sandpit": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "git": git_describe(),
+            "daemon_binary": env!("CARGO_BIN_EXE_sandpitd"),
+            "image": harness::IMAGE,
+            "image_id": image_id,
+            "profile": {
+                "name": harness::PROFILE,
+                "network": "none",
+                "command": ["sleep", "infinity"],
+                "cpus": ctx.daemon.profile.resources.cpus,
+                "memory_bytes": ctx.daemon.profile.resources.memory,
+                "pids": ctx.daemon.profile.resources.pids,
+                "tmpfs_bytes": ctx.daemon.profile.resources.tmpfs,
+            },
+            "lifecycle": {
+                "expiry_warning_ms": ctx.daemon.config.lifecycle.expiry_warning.as_millis() as u64,
+                "reconcile_interval_ms": ctx.daemon.config.lifecycle.reconcile_interval.as_millis() as u64,
+                "orphan_grace_ms": ctx.daemon.config.lifecycle.orphan_grace.as_millis() as u64,
+                "docker_timeout_ms": ctx.daemon.config.docker.timeout.as_millis() as u64,
+            },
+            "daemon_warn_error_lines": daemon_errors,
+        },
+        "scenarios": scenarios,
+        "cleanup": {
+            "labelled_left_after_scenarios": left.len(),
+            "labelled_remaining": remaining,
+            "docker_ps_a_total": all_containers,
+        },
+    });
+    if let Some(parent) = args.json_out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.json_out, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("results written to {}", args.json_out.display());
+
+    if !failed.is_empty() {
+        return Err(format!("scenario(s) failed: {}", failed.join(", ")).into());
+    }
+    if remaining != 0 {
+        return Err(format!("{remaining} labelled container(s) could not be removed").into());
+    }
+    Ok(())
+}
+
+// ---- 1. cold create-to-running, sequential -------------------------------
+
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Sandpit,
+    Raw,
+}
+
+async fn cold(ctx: &mut Ctx, n: usize) -> Result<Value> {
+    const WARMUP: usize = 2;
+    println!(
+        "[1] cold create-to-running, sequential, n={n}, network none \
+         (alternating which side goes first; {WARMUP} warm-up pairs discarded; delete after each, untimed)"
+    );
+    let log_from = ctx.daemon.log_len();
+    let mut sp = Vec::new();
+    let mut sp_ids = Vec::new();
+    let mut raw = Vec::new();
+    for i in 0..WARMUP + n {
+        let order = if i % 2 == 0 { [Side::Sandpit, Side::Raw] } else { [Side::Raw, Side::Sandpit] };
+        for side in order {
+            match side {
+                Side::Sandpit => {
+                    let (sb, d) = sp_create(&mut ctx.client, LONG_TTL).await?;
+                    sp_delete(&mut ctx.client, &sb.id).await?;
+                    if i >= WARMUP {
+                        sp.push(d);
+                        sp_ids.push(sb.id);
+                    }
+                }
+                Side::Raw => {
+                    let (cid, d) = ctx.raw.create().await?;
+                    ctx.raw.remove(&cid).await?;
+                    if i >= WARMUP {
+                        raw.push(d);
+                    }
+                }
+            }
+        }
+    }
+    let provision = harness::provision_times(&ctx.daemon.log_since(log_from));
+    let sp_ms: Vec<f64> = sp.iter().map(|d| ms(*d)).collect();
+    let raw_ms: Vec<f64> = raw.iter().map(|d| ms(*d)).collect();
+    let prov_ms: Vec<f64> = sp_ids.iter().filter_map(|id| provision.get(id).copied()).collect();
+    // RPC round trip minus the daemon's own provisioning time, per sandbox.
+    let outside_ms: Vec<f64> =
+        sp_ids.iter().zip(&sp_ms).filter_map(|(id, rpc)| provision.get(id).map(|p| rpc - p)).collect();
+    let (s_sp, s_raw) = (Summary::of_ms(&sp_ms), Summary::of_ms(&raw_ms));
+    let (s_prov, s_out) = (Summary::of_ms(&prov_ms), Summary::of_ms(&outside_ms));
+    let r = ratio(s_sp, s_raw);
+    header();
+    row("sandpit CreateSandbox (gRPC round trip)", s_sp);
+    row("raw inspect+create+start (bollard)", s_raw);
+    ratio_row("ratio sandpit/raw", r);
+    row("  daemon provision (log elapsed_ms)", s_prov);
+    row("  round trip - provision (per sandbox)", s_out);
+    if let (Some(a), Some(b)) = (s_sp, s_raw) {
+        println!("    sandpit overhead at p50: {:+.1} ms ({:+.0}%)", a.p50 - b.p50, (a.p50 / b.p50 - 1.0) * 100.0);
+    }
+    Ok(json!({
+        "n": n,
+        "warmup_pairs_discarded": WARMUP,
+        "order": "alternating (ABBA) per iteration",
+        "network": "none",
+        "raw_includes_inspect_image": true,
+        "sandpit_create": stats::json_opt(s_sp),
+        "raw_create_start": stats::json_opt(s_raw),
+        "ratio_sandpit_over_raw": ratio_json(r),
+        "daemon_provision_from_log": stats::json_opt(s_prov),
+        "rpc_minus_provision": stats::json_opt(s_out),
+        "samples_ms": {"sandpit": samples_json(&sp_ms), "raw": samples_json(&raw_ms)},
+    }))
+}
+
+// ---- 2. burst ------------------------------------------------------------
+
+/// Outcome of `n` requests released at once.
+struct Burst {
+    ok: Vec<Duration>,
+    failures: Vec<String>,
+    wall: Duration,
+}
+
+/// Spawns `n` tasks that each run `op` once, releases them together and
+/// waits for all; wall time is from release to the last completion.
+async fn release_together<T, F, Fut>(n: usize, op: F) -> (Burst, Vec<T>)
+where
+    T: Send + 'static,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(T, Duration)>> + Send + 'static,
+{
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut go = go_rx.clone();
+        let fut = op();
+        tasks.push(tokio::spawn(async move {
+            let _ = go.wait_for(|g| *g).await;
+            let r = fut.await;
+            (r, Instant::now())
+        }));
+    }
+    // Let every task reach the gate before opening it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    go_tx.send_replace(true);
+    let mut burst = Burst { ok: Vec::new(), failures: Vec::new(), wall: Duration::ZERO };
+    let mut values = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok((r, end)) => {
+                burst.wall = burst.wall.max(end.duration_since(t0));
+                match r {
+                    Ok((v, d)) => {
+                        burst.ok.push(d);
+                        values.push(v);
+                    }
+                    Err(e) => burst.failures.push(e.to_string()),
+                }
+            }
+            Err(e) => burst.failures.push(format!("task: {e}")),
+        }
+    }
+    (burst, values)
+}
+
+async fn burst(ctx: &mut Ctx, n: usize) -> Result<Value> {
+    println!("[2] burst: {n} concurrent creates released together (Sandpit first, then raw)");
+    let log_from = ctx.daemon.log_len();
+    let client = ctx.client.clone();
+    let (sp, sbs) = release_together(n, || {
+        let mut c = client.clone();
+        async move {
+            sp_create(&mut c, LONG_TTL).await.map_err(|s| BoxError::from(format!("{}: {}", s.code(), s.message())))
+        }
+    })
+    .await;
+    let provision = harness::provision_times(&ctx.daemon.log_since(log_from));
+    let sp_ids: Vec<String> = sbs.into_iter().map(|sb| sb.id).collect();
+    let (del, del_fail, del_wall) = sp_delete_many(&ctx.client, &sp_ids).await;
+
+    let raw_side = ctx.raw.clone();
+    let (rw, cids): (Burst, Vec<String>) = release_together(n, || {
+        let r = raw_side.clone();
+        async move { r.create().await }
+    })
+    .await;
+    let (rdel, rdel_fail, rdel_wall) = raw_remove_many(&ctx.raw, &cids).await;
+
+    let prov_ms: Vec<f64> = sp_ids.iter().filter_map(|id| provision.get(id).copied()).collect();
+    let (s_sp, s_raw, s_prov) = (Summary::of(&sp.ok), Summary::of(&rw.ok), Summary::of_ms(&prov_ms));
+    let r = ratio(s_sp, s_raw);
+    println!(
+        "    sandpit: {}/{n} succeeded, {} failed, wall {:.0} ms ({:.1} creates/s)",
+        sp.ok.len(),
+        sp.failures.len(),
+        ms(sp.wall),
+        sp.ok.len() as f64 / sp.wall.as_secs_f64()
+    );
+    println!(
+        "    raw:     {}/{n} succeeded, {} failed, wall {:.0} ms ({:.1} creates/s)",
+        rw.ok.len(),
+        rw.failures.len(),
+        ms(rw.wall),
+        rw.ok.len() as f64 / rw.wall.as_secs_f64()
+    );
+    println!("    wall ratio sandpit/raw: {:.2}x", sp.wall.as_secs_f64() / rw.wall.as_secs_f64());
+    for f in sp.failures.iter().chain(&rw.failures).take(5) {
+        println!("    failure: {f}");
+    }
+    header();
+    row("sandpit CreateSandbox per request", s_sp);
+    row("raw inspect+create+start per request", s_raw);
+    ratio_row("ratio sandpit/raw", r);
+    row("  daemon provision (log elapsed_ms)", s_prov);
+    row("  (untimed cleanup) sandpit DeleteSandbox", Summary::of(&del));
+    row("  (untimed cleanup) raw remove -f", Summary::of(&rdel));
+    Ok(json!({
+        "n": n,
+        "sandpit": {
+            "succeeded": sp.ok.len(),
+            "failed": sp.failures.len(),
+            "failures": sp.failures,
+            "wall_ms": round3(ms(sp.wall)),
+            "latency": stats::json_opt(s_sp),
+            "daemon_provision_from_log": stats::json_opt(s_prov),
+            "cleanup_delete": {"concurrency": CONCURRENCY, "wall_ms": round3(ms(del_wall)), "failed": del_fail.len(), "latency": stats::json_opt(Summary::of(&del))},
+        },
+        "raw": {
+            "succeeded": rw.ok.len(),
+            "failed": rw.failures.len(),
+            "failures": rw.failures,
+            "wall_ms": round3(ms(rw.wall)),
+            "latency": stats::json_opt(s_raw),
+            "cleanup_remove": {"concurrency": CONCURRENCY, "wall_ms": round3(ms(rdel_wall)), "failed": rdel_fail.len(), "latency": stats::json_opt(Summary::of(&rdel))},
+        },
+        "ratio_sandpit_over_raw": ratio_json(r),
+        "wall_ratio_sandpit_over_raw": round3(sp.wall.as_secs_f64() / rw.wall.as_secs_f64()),
+    }))
+}
+
+/// Creates `n` sandboxes, `CONCURRENCY` at a time.
+async fn sp_create_many(
+    client: &Client,
+    n: usize,
+    ttl_: Duration,
+) -> (Vec<(proto::Sandbox, Duration)>, Vec<String>, Duration) {
+    let t = Instant::now();
+    let results: Vec<_> = stream::iter(0..n)
+        .map(|_| {
+            let mut c = client.clone();
+            async move { sp_create(&mut c, ttl_).await }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let wall = t.elapsed();
+    let mut ok = Vec::new();
+    let mut failures = Vec::new();
+    for r in results {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(s) => failures.push(format!("{}: {}", s.code(), s.message())),
+        }
+    }
+    (ok, failures, wall)
+}
+
+async fn sp_delete_many(client: &Client, ids: &[String]) -> (Vec<Duration>, Vec<String>, Duration) {
+    let t = Instant::now();
+    let results: Vec<_> = stream::iter(ids.iter().cloned())
+        .map(|id| {
+            let mut c = client.clone();
+            async move { sp_delete(&mut c, &id).await }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let wall = t.elapsed();
+    split(results.into_iter().map(|r| r.map_err(|s| format!("{}: {}", s.code(), s.message()))).collect(), wall)
+}
+
+async fn raw_remove_many(raw: &Raw, ids: &[String]) -> (Vec<Duration>, Vec<String>, Duration) {
+    let t = Instant::now();
+    let results: Vec<_> = stream::iter(ids.iter().cloned())
+        .map(|id| {
+            let r = raw.clone();
+            async move { r.remove(&id).await }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let wall = t.elapsed();
+    split(results.into_iter().map(|r| r.map_err(|e| e.to_string())).collect(), wall)
+}
+
+fn split(
+    results: Vec<std::result::Result<Duration, String>>,
+    wall: Duration,
+) -> (Vec<Duration>, Vec<String>, Duration) {
+    let mut ok = Vec::new();
+    let mut failures = Vec::new();
+    for r in results {
+        match r {
+            Ok(d) => ok.push(d),
+            Err(e) => failures.push(e),
+        }
+    }
+    (ok, failures, wall)
+}
+
+// ---- 4. expiry precision -------------------------------------------------
+
+/// Teardowns the daemon runs at once when many sandboxes fall due together
+/// (`EXPIRY_PARALLELISM` in src/lifecycle/mod.rs); the raw baseline uses the same.
+const DAEMON_EXPIRY_PARALLELISM: usize = 64;
+
+/// `(container id, action, time_nano)` of Docker's kill, die and destroy events.
+type Seen = Vec<(String, String, i64)>;
+
+/// Follows Docker's events for `want` (containers of this run) from one
+/// second ago until every one is destroyed or `limit` passes.
+fn follow_events(
+    docker: &bollard::Docker,
+    run: &str,
+    want: HashSet<String>,
+    limit: Duration,
+) -> Result<tokio::task::JoinHandle<(Seen, Option<String>)>> {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs().saturating_sub(1);
+    let filters = HashMap::from([
+        ("label".to_string(), vec![format!("{RUN_LABEL}={run}")]),
+        ("type".to_string(), vec!["container".to_string()]),
+        ("event".to_string(), vec!["kill".to_string(), "die".to_string(), "destroy".to_string()]),
+    ]);
+    let opts = EventsOptionsBuilder::default().since(&since.to_string()).filters(&filters).build();
+    let mut events = docker.events(Some(opts));
+    let until = tokio::time::Instant::now() + limit;
+    Ok(tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut destroyed = HashSet::new();
+        let mut error = None;
+        while destroyed.len() < want.len() {
+            let ev = tokio::select! {
+                ev = events.next() => ev,
+                () = tokio::time::sleep_until(until) => break,
+            };
+            match ev {
+                Some(Ok(ev)) => {
+                    let (Some(actor), Some(action), Some(t)) = (ev.actor, ev.action, ev.time_nano) else {
+                        continue;
+                    };
+                    let Some(id) = actor.id.filter(|id| want.contains(id)) else {
+                        continue;
+                    };
+                    if action == "destroy" {
+                        destroyed.insert(id.clone());
+                    }
+                    seen.push((id, action, t));
+                }
+                Some(Err(e)) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+                None => break,
+            }
+        }
+        (seen, error)
+    }))
+}
+
+fn nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i64
+}
+
+/// Lateness of each container's teardown against its deadline, from the events.
+struct Lateness {
+    /// kill (or destroy when Docker sent no kill) minus the deadline, ms.
+    start: Vec<f64>,
+    /// destroy minus the deadline, ms.
+    gone: Vec<f64>,
+    kills: usize,
+    destroys: usize,
+    destroy_fallback: usize,
+    /// Earliest kill after the earliest deadline, ms.
+    first_kill: Option<f64>,
+    /// Last destroy after the latest deadline, when every container was destroyed, ms.
+    all_gone: Option<f64>,
+    /// Containers with no destroy event.
+    not_gone: Vec<String>,
+}
+
+impl Lateness {
+    fn of(seen: &Seen, deadlines: &HashMap<String, SystemTime>) -> Lateness {
+        let mut kill: HashMap<&str, i64> = HashMap::new();
+        let mut destroy: HashMap<&str, i64> = HashMap::new();
+        for (id, action, t) in seen {
+            let slot = match action.as_str() {
+                "kill" => &mut kill,
+                "destroy" => &mut destroy,
+                _ => continue,
+            };
+            slot.entry(id.as_str()).and_modify(|v| *v = (*v).min(*t)).or_insert(*t);
+        }
+        let mut l = Lateness {
+            start: Vec::new(),
+            gone: Vec::new(),
+            kills: kill.len(),
+            destroys: destroy.len(),
+            destroy_fallback: 0,
+            first_kill: None,
+            all_gone: None,
+            not_gone: Vec::new(),
+        };
+        for (cid, at) in deadlines {
+            let at = nanos(*at);
+            match kill.get(cid.as_str()) {
+                Some(t) => l.start.push((t - at) as f64 / 1e6),
+                None => {
+                    if let Some(t) = destroy.get(cid.as_str()) {
+                        l.destroy_fallback += 1;
+                        l.start.push((t - at) as f64 / 1e6);
+                    }
+                }
+            }
+            match destroy.get(cid.as_str()) {
+                Some(t) => l.gone.push((t - at) as f64 / 1e6),
+                None => l.not_gone.push(cid.clone()),
+            }
+        }
+        let earliest = deadlines.values().min().copied().map(nanos);
+        let latest = deadlines.values().max().copied().map(nanos);
+        l.first_kill = kill.values().min().zip(earliest).map(|(k, e)| (k - e) as f64 / 1e6);
+        if l.not_gone.is_empty() {
+            l.all_gone = destroy.values().max().zip(latest).map(|(d, e)| (d - e) as f64 / 1e6);
+        }
+        l
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "teardown_start_lateness": stats::json_opt(Summary::of_ms(&self.start)),
+            "teardown_start_source": {"kill": self.kills, "destroy_fallback": self.destroy_fallback},
+            "container_gone_lateness": stats::json_opt(Summary::of_ms(&self.gone)),
+            "first_kill_after_earliest_deadline_ms": self.first_kill.map(round3),
+            "all_gone_after_latest_deadline_ms": self.all_gone.map(round3),
+            "destroy_events": self.destroys,
+            "samples_ms": {"start_lateness": samples_json(&self.start)},
+        })
+    }
+
+    fn describe(&self, n: usize, deadline: &str) {
+        println!(
+            "    first kill {} ms after the earliest {deadline}; all gone {} ms after the latest {deadline}; \
+             kill events {}/{n} (destroy instead: {}), destroy events {}/{n}",
+            self.first_kill.map_or("-".into(), |x| format!("{x:.1}")),
+            self.all_gone.map_or("(not all)".into(), |x| format!("{x:.1}")),
+            self.kills,
+            self.destroy_fallback,
+            self.destroys
+        );
+    }
+}
+
+async fn expiry(ctx: &mut Ctx, n: usize) -> Result<Value> {
+    println!(
+        "[4] expiry precision: {n} sandboxes set to expire at one instant; lateness from Docker's event stream (time_nano)"
+    );
+    let (created, failures, create_wall) = sp_create_many(&ctx.client, n, LONG_TTL).await;
+    if !failures.is_empty() {
+        let ids: Vec<String> = created.iter().map(|(sb, _)| sb.id.clone()).collect();
+        sp_delete_many(&ctx.client, &ids).await;
+        return Err(format!("{} of {n} creates failed: {}", failures.len(), failures[0]).into());
+    }
+    // container id -> sandbox id
+    let containers: HashMap<String, String> =
+        created.iter().map(|(sb, _)| (sb.container_id.clone(), sb.id.clone())).collect();
+    println!("    created {n} (concurrency {CONCURRENCY}) in {:.0} ms", ms(create_wall));
+
+    // Time one extend to size the lead: every extend must land before the target.
+    let probe_id = created[0].0.id.clone();
+    let t = Instant::now();
+    ctx.client.extend_sandbox(ExtendSandboxRequest { id: probe_id, ttl: ttl(LONG_TTL) }).await?;
+    // Some calls stall ~40 ms (seen on this daemon's responses), so allow at least 50 ms each.
+    let per_call = (t.elapsed() * 3).max(Duration::from_millis(50));
+    let lead = Duration::from_secs(2) + per_call * n as u32;
+
+    let collector = follow_events(
+        &ctx.raw.docker,
+        &ctx.run,
+        containers.keys().cloned().collect(),
+        lead + Duration::from_secs(180),
+    )?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // One target instant: each ExtendSandbox gets ttl = target - now, computed
+    // just before its call, so expiresAt values differ only by call jitter.
+    let target = SystemTime::now() + lead;
+    let mut deadlines: HashMap<String, SystemTime> = HashMap::new();
+    let t = Instant::now();
+    for (cid, sb_id) in &containers {
+        let left = target
+            .duration_since(SystemTime::now())
+            .map_err(|_| "the expiry target passed while extending; raise the lead")?;
+        let sb =
+            ctx.client.extend_sandbox(ExtendSandboxRequest { id: sb_id.clone(), ttl: ttl(left) }).await?.into_inner();
+        let at = sb.expires_at.as_ref().map(to_system).ok_or("no expiresAt")?;
+        deadlines.insert(cid.clone(), at);
+    }
+    let extend_wall = t.elapsed();
+    let earliest = *deadlines.values().min().ok_or("no sandboxes")?;
+    let latest = *deadlines.values().max().ok_or("no sandboxes")?;
+    let spread = latest.duration_since(earliest)?;
+    println!(
+        "    expiresAt set by {n} sequential ExtendSandbox calls in {:.0} ms (ttl = target - now per call; \
+         target {:.0} ms ahead); expiresAt spread {:.1} ms (expiresAt has ms precision)",
+        ms(extend_wall),
+        ms(lead),
+        ms(spread)
+    );
+
+    let (seen, stream_error) = collector.await?;
+    let sp = Lateness::of(&seen, &deadlines);
+
+    // What the daemon recorded, and anything that did not go.
+    let listed = ctx
+        .client
+        .list_sandboxes(ListSandboxesRequest { include_ended: true, experiment: String::new() })
+        .await?
+        .into_inner()
+        .sandboxes;
+    let states: HashMap<&str, i32> = listed.iter().map(|s| (s.id.as_str(), s.state)).collect();
+    let expired_state = containers
+        .values()
+        .filter(|id| states.get(id.as_str()) == Some(&(proto::SandboxState::Expired as i32)))
+        .count();
+    let not_gone: Vec<String> = sp.not_gone.iter().filter_map(|cid| containers.get(cid).cloned()).collect();
+    if !not_gone.is_empty() {
+        sp_delete_many(&ctx.client, &not_gone).await;
+    }
+
+    // Baseline: the same number of raw containers, removed by this process at
+    // one instant, DAEMON_EXPIRY_PARALLELISM at a time, as the daemon's expiry does.
+    let raw = raw_expiry(ctx, n).await?;
+
+    let (s_sp, s_sp_gone) = (Summary::of_ms(&sp.start), Summary::of_ms(&sp.gone));
+    let (s_raw, s_raw_gone) = (Summary::of_ms(&raw.start), Summary::of_ms(&raw.gone));
+    header();
+    row("sandpit start lateness (kill - expiresAt)", s_sp);
+    row("raw start lateness (kill - deadline)", s_raw);
+    row("sandpit gone (destroy - expiresAt)", s_sp_gone);
+    row("raw gone (destroy - deadline)", s_raw_gone);
+    sp.describe(n, "expiresAt");
+    raw.describe(n, "raw deadline");
+    println!(
+        "    records in state expired: {expired_state}/{n}{}",
+        stream_error.as_ref().map(|e| format!("; event stream error: {e}")).unwrap_or_default()
+    );
+    Ok(json!({
+        "n": n,
+        "setup": {
+            "create_concurrency": CONCURRENCY,
+            "create_wall_ms": round3(ms(create_wall)),
+            "method": "created with a long ttl, then ExtendSandbox with ttl = target - now per call, sequentially",
+            "extend_wall_ms": round3(ms(extend_wall)),
+            "lead_ms": round3(ms(lead)),
+        },
+        "expires_at_spread_ms": round3(ms(spread)),
+        "sandpit": sp.json(),
+        "records_expired": expired_state,
+        "not_torn_down": not_gone,
+        "event_stream_error": stream_error,
+        "raw_baseline": {
+            "method": format!("bench removes (force) each raw container at one deadline, {DAEMON_EXPIRY_PARALLELISM} at a time"),
+            "lateness": raw.json(),
+        },
+    }))
+}
+
+/// `n` raw containers removed at one deadline, as the daemon's expiry would.
+async fn raw_expiry(ctx: &mut Ctx, n: usize) -> Result<Lateness> {
+    let results: Vec<_> = stream::iter(0..n)
+        .map(|_| {
+            let r = ctx.raw.clone();
+            async move { r.create().await }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let mut cids = Vec::new();
+    let mut error = None;
+    for r in results {
+        match r {
+            Ok((cid, _)) => cids.push(cid),
+            Err(e) => error = Some(e.to_string()),
+        }
+    }
+    if let Some(e) = error {
+        raw_remove_many(&ctx.raw, &cids).await;
+        return Err(format!("raw baseline create failed: {e}").into());
+    }
+    let lead = Duration::from_secs(2);
+    let collector =
+        follow_events(&ctx.raw.docker, &ctx.run, cids.iter().cloned().collect(), lead + Duration::from_secs(180))?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = SystemTime::now() + lead;
+    let at = tokio::time::Instant::now() + deadline.duration_since(SystemTime::now())?;
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(DAEMON_EXPIRY_PARALLELISM));
+    let mut tasks = Vec::new();
+    for cid in &cids {
+        let (r, cid, permits) = (ctx.raw.clone(), cid.clone(), permits.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let _permit = permits.acquire_owned().await;
+            r.remove(&cid).await.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let (seen, _) = collector.await?;
+    let deadlines = cids.iter().map(|c| (c.clone(), deadline)).collect();
+    let l = Lateness::of(&seen, &deadlines);
+    if !l.not_gone.is_empty() {
+        raw_remove_many(&ctx.raw, &l.not_gone).await;
+    }
+    Ok(l)
+}
+
+// ---- 5. scale ------------------------------------------------------------
+
+async fn live_count(client: &mut Client) -> std::result::Result<usize, tonic::Status> {
+    Ok(client.list_sandboxes(ListSandboxesRequest::default()).await?.into_inner().sandboxes.len())
+}
+
+/// ListSandboxes calls made before the scale creates, with nothing live.
+const EMPTY_LIST_CALLS: usize = 50;
+
+async fn scale(ctx: &mut Ctx, n: usize, list_calls: usize) -> Result<Value> {
+    println!(
+        "[5] scale: {n} live sandboxes (created {CONCURRENCY} at a time), list latency, restart-to-serving, delete all"
+    );
+    let rss_before = ctx.daemon.rss_kib();
+    // For contrast: the same call while nothing is live (a near-empty response).
+    let already_live = live_count(&mut ctx.client).await?;
+    let mut list_empty = Vec::with_capacity(EMPTY_LIST_CALLS);
+    for _ in 0..EMPTY_LIST_CALLS {
+        let t = Instant::now();
+        live_count(&mut ctx.client).await?;
+        list_empty.push(t.elapsed());
+    }
+    let s_list_empty = Summary::of(&list_empty);
+    let (created, failures, create_wall) = sp_create_many(&ctx.client, n, LONG_TTL).await;
+    let ids: Vec<String> = created.iter().map(|(sb, _)| sb.id.clone()).collect();
+    let create_lat: Vec<Duration> = created.iter().map(|(_, d)| *d).collect();
+    let live = ids.len();
+    // Give the allocator a moment after the burst, then read RSS.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_live = ctx.daemon.rss_kib();
+    println!(
+        "    created {live}/{n} ({} failed) in {:.1} s ({:.1} creates/s)",
+        failures.len(),
+        create_wall.as_secs_f64(),
+        live as f64 / create_wall.as_secs_f64()
+    );
+    for f in failures.iter().take(5) {
+        println!("    failure: {f}");
+    }
+    let kib = |k: Option<u64>| k.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    println!("    daemon VmRSS: {} before, {} with {live} live", kib(rss_before), kib(rss_live));
+
+    // ListSandboxes latency with everything live.
+    let mut list_lat = Vec::with_capacity(list_calls);
+    let mut list_wrong = 0;
+    for _ in 0..list_calls {
+        let t = Instant::now();
+        let got = live_count(&mut ctx.client).await?;
+        list_lat.push(t.elapsed());
+        if got != live {
+            list_wrong += 1;
+        }
+    }
+    let s_list = Summary::of(&list_lat);
+
+    // Restart: SIGKILL, respawn on the same config and data dir.
+    let log_from = ctx.daemon.log_len();
+    ctx.daemon.kill9();
+    let spawned_wall = SystemTime::now();
+    let t0 = Instant::now();
+    ctx.daemon.spawn()?;
+    ctx.daemon.wait_addr(Duration::from_secs(60), Duration::from_millis(2)).await?;
+    let addr_at = t0.elapsed();
+    let mut attempts = 0usize;
+    let mut first_partial = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (client, serving_at) = loop {
+        attempts += 1;
+        if let Ok(mut c) = ctx.daemon.client().await {
+            match live_count(&mut c).await {
+                Ok(k) if k == live => break (c, t0.elapsed()),
+                Ok(k) => {
+                    first_partial.get_or_insert(k);
+                }
+                Err(_) => {}
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("the restarted daemon did not list every sandbox within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    ctx.client = client;
+    // The first reconcile pass's log line (adopted N), relative to the spawn.
+    let mut reconcile = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reconcile.is_none() && Instant::now() < deadline {
+        let log = ctx.daemon.log_since(log_from);
+        reconcile = log.lines().find(|l| l.contains("reconciled with Docker")).map(|l| {
+            (
+                harness::log_time(l).and_then(|t| t.duration_since(spawned_wall).ok()),
+                l.split_once("report=").map(|(_, r)| r.trim().to_string()),
+            )
+        });
+        if reconcile.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let serving_log = ctx
+        .daemon
+        .log_since(log_from)
+        .lines()
+        .find(|l| l.contains("sandpitd serving"))
+        .and_then(harness::log_time)
+        .and_then(|t| t.duration_since(spawned_wall).ok());
+    let rss_restarted = ctx.daemon.rss_kib();
+
+    // Delete everything.
+    let (del, del_fail, del_wall) = sp_delete_many(&ctx.client, &ids).await;
+    let live_after = live_count(&mut ctx.client).await?;
+    let labelled_after = ctx.raw.count_labelled().await?;
+
+    header();
+    row("sandpit CreateSandbox (concurrency 16)", Summary::of(&create_lat));
+    row(&format!("ListSandboxes ({already_live} live) x{EMPTY_LIST_CALLS}"), s_list_empty);
+    row(&format!("ListSandboxes ({live} live) x{list_calls}"), s_list);
+    row("DeleteSandbox (concurrency 16)", Summary::of(&del));
+    if list_wrong > 0 {
+        println!("    {list_wrong} ListSandboxes call(s) returned a count other than {live}");
+    }
+    println!(
+        "    restart after SIGKILL: address file after {:.0} ms; 'sandpitd serving' logged at {}; \
+         first ListSandboxes returning all {live} at {:.0} ms ({attempts} attempt(s){})",
+        ms(addr_at),
+        serving_log.map_or("-".into(), |d| format!("{:.0} ms", ms(d))),
+        ms(serving_at),
+        first_partial.map(|k| format!(", an earlier one returned {k}")).unwrap_or_default()
+    );
+    match &reconcile {
+        Some((at, report)) => println!(
+            "    first reconcile pass logged at {} after the spawn: {}",
+            at.map_or("-".into(), |d| format!("{:.0} ms", ms(d))),
+            report.as_deref().unwrap_or("-")
+        ),
+        None => println!("    no 'reconciled with Docker' line within 60 s of the restart"),
+    }
+    println!(
+        "    daemon VmRSS after restart: {}; deleted {}/{live} ({} failed) in {:.1} s; \
+         live after: {live_after}; containers with the run label after: {labelled_after}",
+        kib(rss_restarted),
+        del.len(),
+        del_fail.len(),
+        del_wall.as_secs_f64()
+    );
+    Ok(json!({
+        "n": n,
+        "create": {
+            "concurrency": CONCURRENCY,
+            "succeeded": live,
+            "failed": failures.len(),
+            "failures": failures,
+            "wall_ms": round3(ms(create_wall)),
+            "latency": stats::json_opt(Summary::of(&create_lat)),
+        },
+        "rss_kib": {"before": rss_before, "live": rss_live, "after_restart": rss_restarted},
+        "list": {"calls": list_calls, "live": live, "wrong_count": list_wrong, "latency": stats::json_opt(s_list)},
+        "list_before_create": {"calls": EMPTY_LIST_CALLS, "live": already_live, "latency": stats::json_opt(s_list_empty)},
+        "restart": {
+            "signal": "SIGKILL",
+            "addr_file_ms": round3(ms(addr_at)),
+            "serving_logged_ms": serving_log.map(|d| round3(ms(d))),
+            "first_full_list_ms": round3(ms(serving_at)),
+            "attempts": attempts,
+            "first_partial_count": first_partial,
+            "first_reconcile_logged_ms": reconcile.as_ref().and_then(|(d, _)| d.map(|d| round3(ms(d)))),
+            "first_reconcile_report": reconcile.and_then(|(_, r)| r),
+        },
+        "delete": {
+            "concurrency": CONCURRENCY,
+            "succeeded": del.len(),
+            "failed": del_fail.len(),
+            "failures": del_fail,
+            "wall_ms": round3(ms(del_wall)),
+            "latency": stats::json_opt(Summary::of(&del)),
+        },
+        "live_after_delete": live_after,
+        "labelled_containers_after": labelled_after,
+    }))
+}
+
+// ---- machine info ----------------------------------------------------------
+
+async fn machine_info(docker: &bollard::Docker) -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu_model = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string());
+    let mem_total_kib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+    let version = docker.version().await.ok();
+    let info = docker.info().await.ok();
+    json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpu_model,
+        "mem_total_kib": mem_total_kib,
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "docker_server_version": version.as_ref().and_then(|v| v.version.clone()),
+        "docker_api_version": version.as_ref().and_then(|v| v.api_version.clone()),
+        "docker_storage_driver": info.as_ref().and_then(|i| i.driver.clone()),
+        "docker_cgroup_driver": info.as_ref().and_then(|i| i.cgroup_driver.map(|d| d.to_string())),
+        "docker_cgroup_version": info.as_ref().and_then(|i| i.cgroup_version.map(|d| d.to_string())),
+        "docker_os": info.as_ref().and_then(|i| i.operating_system.clone()),
+        "docker_containers_at_start": info.as_ref().and_then(|i| i.containers),
+    })
+}
+
+fn git_describe() -> Value {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    json!({
+        "commit": git(&["rev-parse", "HEAD"]),
+        "branch": git(&["rev-parse", "--abbrev-ref", "HEAD"]),
+        "dirty": git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
+    })
+}
