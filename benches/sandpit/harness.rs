@@ -367,6 +367,7 @@ pub async fn sp_create(client: &mut Client, ttl_: Duration) -> Result<(proto::Sa
         classification: "OFFICIAL".into(),
         ttl: ttl(ttl_),
         image: String::new(),
+        datasets: vec![],
     };
     let t = Instant::now();
     let sb = client.create_sandbox(req).await?.into_inner();
@@ -433,6 +434,8 @@ impl Raw {
             env: vec![format!("SANDPIT_SANDBOX_ID={id}"), format!("SANDPIT_EXPERIMENT={}", experiment())],
             labels,
             resources: self.profile.resources.clone(),
+            network: None,
+            mounts: vec![],
         }
     }
 
@@ -444,7 +447,8 @@ impl Raw {
         self.docker.inspect_image(&self.image).await?;
         let spec = self.spec(&id);
         let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
-        let created = self.docker.create_container(Some(opts), sandpit::runtime::docker::create_body(&spec)).await?;
+        let created =
+            self.docker.create_container(Some(opts), sandpit::runtime::docker::create_body(&spec, None, 0)).await?;
         if let Err(e) = self.docker.start_container(&created.id, None).await {
             let _ = self.remove(&created.id).await;
             return Err(e.into());
