@@ -12,7 +12,7 @@ set -euo pipefail
 tag=${1:-sandpit/base:local}
 shift || true
 
-bins=(sh dash sleep cat echo id ls env head tail true false printf mkdir rm touch uname wc sha256sum grep dd yes kill ps)
+bins=(sh dash bash sleep cat echo id ls env head tail true false printf mkdir rm touch uname wc sha256sum grep dd yes kill ps timeout busybox)
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 
@@ -24,7 +24,8 @@ for b in "${bins[@]}"; do
   real=$(readlink -f "$path")
   cp "$real" "$root/bin/$b"
   # Copy every shared library the binary loads, at the same path.
-  ldd "$real" 2>/dev/null | grep -oE '/[^ ]+' | while read -r lib; do
+  # (A static binary has none: ldd then fails, which is fine.)
+  { ldd "$real" 2>/dev/null || true; } | { grep -oE '/[^ ]+' || true; } | while read -r lib; do
     [ -e "$lib" ] || continue
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"

@@ -87,8 +87,9 @@ pub struct NetworkConfig {
     pub subnet_pool: String,
     /// Prefix length of each sandbox's subnet.
     pub subnet_prefix: u8,
-    /// Port of the egress proxy on every sandbox network's gateway. Fixed, so
-    /// sandboxes adopted after a restart still reach it.
+    /// Port of the egress proxy on every sandbox network's gateway. Keep it
+    /// fixed, so sandboxes adopted after a restart still reach it (0 picks a
+    /// free port at start: for tests).
     pub egress_port: u16,
 }
 

@@ -62,9 +62,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
 
     let instance = store.instance_id().map_err(|e| StartError::Io(e.to_string()))?;
+    // The egress proxy listens on every address; sandboxes reach it on their
+    // gateway, the firewall lets nothing else of the host through, and it
+    // answers only sources it knows as allowlist sandboxes.
+    let egress_addr = std::net::SocketAddr::from(([0, 0, 0, 0], cfg.network.egress_port));
+    let egress = TcpListener::bind(egress_addr)
+        .await
+        .map_err(|e| StartError::Io(format!("egress proxy listen {egress_addr}: {e}")))?;
+    let egress_port = egress.local_addr().map_err(|e| StartError::Io(e.to_string()))?.port();
     let net = NetworkSettings {
         pool: Pool::new(&cfg.network.subnet_pool, cfg.network.subnet_prefix).map_err(StartError::Config)?,
-        egress_port: cfg.network.egress_port,
+        egress_port,
         instance,
     };
     let runtime = DockerRuntime::new(cfg.docker.host.clone(), cfg.docker.timeout, cfg.docker.node.clone(), net);

@@ -10,6 +10,7 @@ mod cli;
 mod docker_outage;
 mod governance;
 mod lifecycle;
+mod network;
 mod reconcile;
 mod requests;
 mod tls;

@@ -69,6 +69,8 @@ pub struct Options {
     pub extra_config: String,
     /// PEM CA that signed the daemon's TLS certificate (for https daemons).
     pub server_ca: Option<String>,
+    /// More profiles: (name, TOML body); `{image}` in a body is the test image.
+    pub profiles: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -80,6 +82,7 @@ impl Default for Options {
             docker_host: None,
             extra_config: String::new(),
             server_ca: None,
+            profiles: Vec::new(),
         }
     }
 }
@@ -139,7 +142,13 @@ mode = "none"
             ),
         )
         .unwrap();
+        for (name, body) in &opts.profiles {
+            std::fs::write(profiles.join(format!("{name}.toml")), body.replace("{image}", image)).unwrap();
+        }
         let host = opts.docker_host.map(|h| format!("host = \"{h}\"\n")).unwrap_or_default();
+        // Each daemon its own address range and proxy port, so parallel tests never collide.
+        static NEXT_POOL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let pool = NEXT_POOL.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 200 + 20;
         let config = dir.path().join("sandpit.toml");
         std::fs::write(
             &config,
@@ -152,6 +161,11 @@ max_classification = "OFFICIAL-SENSITIVE"
 
 [labels]
 "{TEST_RUN_LABEL}" = "{run}"
+
+[network]
+subnet_pool = "10.{pool}.0.0/16"
+subnet_prefix = 28
+egress_port = 0
 
 [docker]
 {host}timeout = "30s"

@@ -1,0 +1,145 @@
+//! Network modes for real: what a sandbox of each mode can and cannot reach.
+//! Every target is on this machine: a listener the test binds on all host
+//! addresses, the daemon's own API port, a container on Docker's default
+//! bridge, and other sandboxes.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::CreateContainerOptionsBuilder;
+use sandpit::proto::{self, SandboxState};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+use crate::lifecycle::exec;
+use crate::support::*;
+
+pub fn profile(mode: &str, class: &str, extra: &str) -> String {
+    format!(
+        "max_classification = \"{class}\"\nimages = [\"{{image}}\"]\ncommand = [\"sleep\", \"infinity\"]\n{extra}\n[network]\nmode = \"{mode}\"\n"
+    )
+}
+
+/// A listener on all host addresses that greets whoever connects.
+pub async fn greeter() -> u16 {
+    let l = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.write_all(b"hello\n").await;
+        }
+    });
+    port
+}
+
+/// Whether `nc` inside the sandbox gets a greeting from `host:port`.
+pub async fn reaches(c: &mut Client, id: &str, host: &str, port: u16) -> bool {
+    let (out, _, _) = exec(c, id, &["busybox", "nc", "-w", "2", host, &port.to_string()]).await;
+    out.contains("hello")
+}
+
+/// The host's own IPv4 addresses (docker0 and the rest), loopback aside.
+pub fn host_addresses() -> Vec<String> {
+    let out = std::process::Command::new("hostname").arg("-I").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|a| a.parse::<Ipv4Addr>().is_ok_and(|ip| !ip.is_loopback()))
+        .map(String::from)
+        .collect()
+}
+
+fn gateway(sb: &proto::Sandbox) -> String {
+    let ip: Ipv4Addr = sb.address.parse().expect("sandbox address");
+    Ipv4Addr::from(u32::from(ip) - 1).to_string()
+}
+
+async fn outside_service(run: &str) -> (String, String) {
+    let docker = docker().await;
+    let body = ContainerCreateBody {
+        image: Some(image().to_string()),
+        cmd: Some(vec!["sh".into(), "-c".into(), "while true; do echo hello | busybox nc -l -p 8080; done".into()]),
+        labels: Some(HashMap::from([(TEST_RUN_LABEL.to_string(), run.to_string())])),
+        ..Default::default()
+    };
+    let opts = CreateContainerOptionsBuilder::default().name(&unique("outside")).build();
+    let id = docker.create_container(Some(opts), body).await.unwrap().id;
+    docker.start_container(&id, None).await.unwrap();
+    let nets = docker.inspect_container(&id, None).await.unwrap().network_settings.unwrap().networks.unwrap();
+    let ip = nets.values().find_map(|n| n.ip_address.clone().filter(|a| !a.is_empty())).expect("bridge address");
+    (id, ip)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn isolated_none_and_open_sandboxes_reach_nothing_they_must_not() {
+    let d = Daemon::with(Options {
+        profiles: vec![
+            ("test-isolated".into(), profile("isolated", "OFFICIAL-SENSITIVE", "")),
+            ("test-open".into(), profile("open", "OFFICIAL", "")),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let port = greeter().await;
+    let api_port: u16 = d.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let (_, outside_ip) = outside_service(&d.run).await;
+    let mut c = d.client(TEAM_A).await;
+    let create = |profile: &str| proto::CreateSandboxRequest { profile: profile.into(), ..create_req(&d.exp_a, 300) };
+
+    let none = c.create_sandbox(create(PROFILE)).await.unwrap().into_inner();
+    let iso_a = c.create_sandbox(create("test-isolated")).await.unwrap().into_inner();
+    let iso_b = c.create_sandbox(create("test-isolated")).await.unwrap().into_inner();
+    let open = c.create_sandbox(create("test-open")).await.unwrap().into_inner();
+    assert_eq!(none.network_mode, "none");
+    assert!(none.address.is_empty());
+    assert_eq!((iso_a.network_mode.as_str(), open.network_mode.as_str()), ("isolated", "open"));
+    assert_ne!(iso_a.address, iso_b.address);
+
+    // Positive controls: the targets are up and reachable from where they should be.
+    let mut direct = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = direct.shutdown().await;
+    let (out, _, _) = crate::lifecycle::exec(
+        &mut c,
+        &iso_b.id,
+        &["sh", "-c", "(while true; do echo hello | busybox nc -l -p 9000; done) >/dev/null 2>&1 &"],
+    )
+    .await;
+    assert!(out.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(reaches(&mut c, &iso_b.id, "127.0.0.1", 9000).await, "the in-sandbox listener works");
+
+    let hosts = host_addresses();
+    assert!(!hosts.is_empty());
+    for sb in [&none, &iso_a, &open] {
+        let mut targets: Vec<(String, u16)> =
+            hosts.iter().flat_map(|h| [(h.clone(), port), (h.clone(), api_port)]).collect();
+        targets.push((outside_ip.clone(), 8080));
+        targets.push(("169.254.169.254".into(), 80));
+        if !sb.address.is_empty() {
+            targets.push((gateway(sb), port));
+            targets.push((gateway(sb), api_port));
+        }
+        if sb.id != open.id {
+            targets.push((iso_b.address.clone(), 9000));
+        }
+        for (host, p) in targets {
+            assert!(!reaches(&mut c, &sb.id, &host, p).await, "{} sandbox reached {host}:{p}", sb.network_mode);
+        }
+    }
+
+    // Networks and host rules go with their sandboxes.
+    let chain_rules = || {
+        let out = std::process::Command::new("iptables").args(["-S", "INPUT"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("SANDPIT-")).count()
+    };
+    let before = chain_rules();
+    assert!(before >= 3, "one rule per sandbox network: {before}");
+    for sb in [&iso_a, &iso_b, &open] {
+        let del = c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap().into_inner();
+        assert_eq!(state(&del), SandboxState::Deleted);
+        let net = docker().await.inspect_network(&format!("sandpit-{}", sb.id), None).await;
+        assert!(net.is_err(), "network of {} removed", sb.id);
+    }
+    assert_eq!(chain_rules(), before - 3);
+}
