@@ -11,6 +11,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::audit::AuditApi;
 use crate::api::auth::Gate;
+use crate::api::profile::ProfileApi;
 use crate::api::register::RegisterApi;
 use crate::api::sandbox::SandboxApi;
 use crate::auth::{local_caller, local_token, Identities};
@@ -19,6 +20,7 @@ use crate::lifecycle::{Manager, Settings};
 use crate::policy::admission::Dataset;
 use crate::policy::{HostPolicy, ProfileSet};
 use crate::proto::audit_service_server::AuditServiceServer;
+use crate::proto::profile_service_server::ProfileServiceServer;
 use crate::proto::register_service_server::RegisterServiceServer;
 use crate::proto::sandbox_service_server::SandboxServiceServer;
 use crate::runtime::docker::{DockerRuntime, NetworkSettings};
@@ -33,6 +35,15 @@ pub enum StartError {
     Config(String),
     #[error("{0}")]
     Io(String),
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Prepares the data directory: created if missing, private to the daemon's user.
@@ -99,6 +110,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         reconcile_interval: cfg.lifecycle.reconcile_interval,
         orphan_grace: cfg.lifecycle.orphan_grace,
         exec_timeout: cfg.lifecycle.exec_timeout,
+        profiles_dir: cfg.profiles_dir.clone(),
+        host_rules: cfg.host_rules(),
     };
     let manager =
         Manager::new(runtime, Arc::new(store), profiles, settings).map_err(|e| StartError::Io(e.to_string()))?;
@@ -133,6 +146,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     health.set_serving::<SandboxServiceServer<SandboxApi<DockerRuntime>>>().await;
     health.set_serving::<RegisterServiceServer<RegisterApi<DockerRuntime>>>().await;
     health.set_serving::<AuditServiceServer<AuditApi<DockerRuntime>>>().await;
+    health.set_serving::<ProfileServiceServer<ProfileApi<DockerRuntime>>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -147,7 +161,23 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let gate = Gate::new(identities, Arc::clone(&manager) as Arc<dyn crate::api::auth::AuditSink>);
     let sandboxes = SandboxServiceServer::new(SandboxApi::new(Arc::clone(&manager), gate.clone()));
     let register = RegisterServiceServer::new(RegisterApi::new(Arc::clone(&manager), gate.clone()));
-    let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(&manager), gate));
+    let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(&manager), gate.clone()));
+    let profile = ProfileServiceServer::new(ProfileApi::new(Arc::clone(&manager), gate));
+
+    // SIGHUP reloads the profiles, like ReloadProfiles.
+    let _hup = {
+        let manager = Arc::clone(&manager);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| StartError::Io(format!("SIGHUP handler: {e}")))?;
+        AbortOnDrop(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let r = manager.reload_profiles(None);
+                for e in &r.errors {
+                    tracing::error!(error = %e, "invalid profile; the last good set stays in force");
+                }
+            }
+        }))
+    };
 
     tracing::info!(%addr, instance = manager.instance(), profiles = manager.profiles().len(), "sandpitd serving");
     let signalled = {
@@ -165,6 +195,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .add_service(sandboxes)
         .add_service(register)
         .add_service(audit)
+        .add_service(profile)
         // tonic's own tcp_nodelay does not apply to a listener we bound
         // ourselves: without it, small responses wait ~40 ms on Nagle.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signalled);

@@ -36,12 +36,16 @@ pub enum Method {
     VerifyAuditLog,
     Export,
     ListActiveExperiments,
+    ListProfiles,
+    GetProfile,
+    ValidateProfile,
+    ReloadProfiles,
 }
 
 use Role::{Approver, Auditor, Operator, Requester};
 
 impl Method {
-    pub const ALL: [Method; 19] = [
+    pub const ALL: [Method; 23] = [
         Method::CreateSandbox,
         Method::GetSandbox,
         Method::ListSandboxes,
@@ -61,6 +65,10 @@ impl Method {
         Method::VerifyAuditLog,
         Method::Export,
         Method::ListActiveExperiments,
+        Method::ListProfiles,
+        Method::GetProfile,
+        Method::ValidateProfile,
+        Method::ReloadProfiles,
     ];
 
     /// The roles allowed to call each RPC: the one table.
@@ -76,6 +84,8 @@ impl Method {
             Method::ApproveExperiment | Method::RejectExperiment | Method::CloseExperiment => &[Approver],
             Method::QueryAuditLog | Method::WatchAuditLog | Method::VerifyAuditLog | Method::Export => &[Auditor],
             Method::ListActiveExperiments => &[Auditor, Approver],
+            Method::ListProfiles | Method::GetProfile => &[Requester, Operator, Approver, Auditor],
+            Method::ValidateProfile | Method::ReloadProfiles => &[Operator],
         }
     }
 
@@ -100,6 +110,10 @@ impl Method {
             Method::VerifyAuditLog => action::VERIFY_AUDIT_LOG,
             Method::Export => action::EXPORT,
             Method::ListActiveExperiments => action::LIST_ACTIVE_EXPERIMENTS,
+            Method::ListProfiles => action::LIST_PROFILES,
+            Method::GetProfile => action::GET_PROFILE,
+            Method::ValidateProfile => action::VALIDATE_PROFILE,
+            Method::ReloadProfiles => action::RELOAD_PROFILES,
         }
     }
 }

@@ -40,6 +40,10 @@ pub mod action {
     pub const VERIFY_AUDIT_LOG: &str = "sandpit.v1.AuditService/VerifyAuditLog";
     pub const EXPORT: &str = "sandpit.v1.AuditService/Export";
     pub const LIST_ACTIVE_EXPERIMENTS: &str = "sandpit.v1.AuditService/ListActiveExperiments";
+    pub const LIST_PROFILES: &str = "sandpit.v1.ProfileService/ListProfiles";
+    pub const GET_PROFILE: &str = "sandpit.v1.ProfileService/GetProfile";
+    pub const VALIDATE_PROFILE: &str = "sandpit.v1.ProfileService/ValidateProfile";
+    pub const RELOAD_PROFILES: &str = "sandpit.v1.ProfileService/ReloadProfiles";
 
     /// The daemon tore a sandbox down at its expiry.
     pub const EXPIRE: &str = "expire";

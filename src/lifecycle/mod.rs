@@ -60,6 +60,19 @@ pub struct Settings {
     pub reconcile_interval: Duration,
     pub orphan_grace: Duration,
     pub exec_timeout: Duration,
+    /// Where profiles are reloaded from, and what they are checked against.
+    pub profiles_dir: std::path::PathBuf,
+    pub host_rules: crate::policy::HostRules,
+}
+
+/// The result of reloading the profiles directory.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    /// Whether the new set replaced the old one.
+    pub applied: bool,
+    /// Names in force after the reload.
+    pub loaded: Vec<String>,
+    pub errors: Vec<crate::policy::ProfileError>,
 }
 
 /// One item of an exec's output stream.
@@ -145,6 +158,39 @@ impl<R: Runtime> Manager<R> {
 
     pub fn profiles(&self) -> Arc<ProfileSet> {
         self.profiles.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn host_rules(&self) -> crate::policy::HostRules {
+        self.settings.host_rules.clone()
+    }
+
+    /// Re-reads the profiles directory. Any invalid file keeps the last good
+    /// set in force and reports every error; running sandboxes keep the
+    /// profile they were created with either way.
+    pub fn reload_profiles(&self, caller: Option<&Caller>) -> Reload {
+        let result = ProfileSet::load_dir_with(&self.settings.profiles_dir, &self.settings.host_rules);
+        let (applied, errors) = match result {
+            Ok(set) => {
+                *self.profiles.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+                (true, Vec::new())
+            }
+            Err(errors) => (false, errors),
+        };
+        let loaded: Vec<String> = self.profiles().names().map(String::from).collect();
+        let reason = if applied {
+            format!("loaded {}", loaded.join(", "))
+        } else {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            format!("kept the last good set: {}", list.join("; "))
+        };
+        let entry = if applied {
+            self.entry(caller, action::RELOAD_PROFILES, "", "", Ok(reason))
+        } else {
+            self.entry(caller, action::RELOAD_PROFILES, "", "", Err(&Error::FailedPrecondition(reason)))
+        };
+        self.record(entry);
+        tracing::info!(applied, profiles = loaded.len(), errors = errors.len(), "profiles reloaded");
+        Reload { applied, loaded, errors }
     }
 
     /// Tells streaming calls (watch, exec) to finish: the daemon is stopping.

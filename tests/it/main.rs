@@ -11,6 +11,7 @@ mod docker_outage;
 mod governance;
 mod lifecycle;
 mod network;
+mod profiles;
 mod reconcile;
 mod requests;
 mod tls;

@@ -322,6 +322,26 @@ token_sha256 = "{appr_a}"
         std::fs::read_to_string(self.dir.path().join("sandpitd.log")).unwrap_or_default()
     }
 
+    pub fn profiles_dir(&self) -> PathBuf {
+        self.dir.path().join("profiles")
+    }
+
+    /// Sends a signal (e.g. `HUP`) to the running daemon.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("daemon running").id().to_string();
+        assert!(Command::new("kill").arg(format!("-{sig}")).arg(pid).status().unwrap().success());
+    }
+
+    pub async fn profile_client(
+        &self,
+        token: &str,
+    ) -> sandpit::proto::profile_service_client::ProfileServiceClient<InterceptedService<Channel, Bearer>> {
+        sandpit::proto::profile_service_client::ProfileServiceClient::with_interceptor(
+            self.channel().await,
+            bearer(token),
+        )
+    }
+
     /// SIGKILL: the daemon gets no chance to clean up.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
