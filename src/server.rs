@@ -57,7 +57,7 @@ fn data_dir(path: &Path) -> Result<(), StartError> {
 /// Runs the daemon until `shutdown` resolves, then drains in-flight calls for
 /// up to the configured grace period. Sandboxes are left running.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
-    let profiles = ProfileSet::load_dir(&cfg.profiles_dir)
+    let profiles = ProfileSet::load_dir_with(&cfg.profiles_dir, &cfg.host_rules())
         .map_err(|errors| StartError::Config(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
     data_dir(&cfg.data_dir)?;
     let store = SqliteStore::open(&cfg.data_dir.join("sandpit.db")).map_err(|e| StartError::Io(e.to_string()))?;

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     };
     init_tracing(&cfg);
     if args.check {
-        return match sandpit::policy::ProfileSet::load_dir(&cfg.profiles_dir) {
+        return match sandpit::policy::ProfileSet::load_dir_with(&cfg.profiles_dir, &cfg.host_rules()) {
             Ok(set) => {
                 println!("configuration and {} profiles are valid", set.len());
                 ExitCode::SUCCESS

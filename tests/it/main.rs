@@ -7,6 +7,7 @@
 mod support;
 
 mod cli;
+mod datasets;
 mod docker_outage;
 mod governance;
 mod lifecycle;
