@@ -1,0 +1,217 @@
+//! Host names and addresses: how a destination is written, compared and judged.
+//!
+//! The proxy compares what a sandbox asked for with what its profile lists,
+//! then decides which resolved addresses it may connect to. Both steps must
+//! agree on one spelling of a host, so every host (requested or listed) goes
+//! through [`Host::parse`] before it is compared. The address judgement lives
+//! here too so that the whole "where may this go" question is in one small,
+//! table-tested file.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// A destination host in its one comparable form: an IP literal, or a DNS
+/// name in lower case without a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+/// The longest DNS name (RFC 1035, without the trailing dot).
+const MAX_NAME: usize = 253;
+
+impl Host {
+    /// Parses a host as written in a request (`example.com`, `192.0.2.1`,
+    /// `[2001:db8::1]`) or in a profile, where a bare IPv6 literal (`::1`) is
+    /// accepted too. Returns `None` for anything else.
+    ///
+    /// Names are held to letters, digits, `-`, `_` and dots between non-empty
+    /// labels: no percent-encoding, userinfo or backslashes, so that no URL
+    /// parser downstream can read the host differently from us.
+    pub fn parse(s: &str) -> Option<Host> {
+        if let Some(inner) = s.strip_prefix('[') {
+            // Zone identifiers (`fe80::1%eth0`) do not parse and are refused:
+            // they name an interface, not a destination.
+            return inner.strip_suffix(']')?.parse::<Ipv6Addr>().ok().map(|ip| Host::Ip(IpAddr::V6(ip)));
+        }
+        if s.contains(':') {
+            return s.parse::<Ipv6Addr>().ok().map(|ip| Host::Ip(IpAddr::V6(ip)));
+        }
+        let name = s.strip_suffix('.').unwrap_or(s);
+        if name.is_empty() || name.len() > MAX_NAME {
+            return None;
+        }
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
+        if !name.chars().all(valid_char) || name.split('.').any(str::is_empty) {
+            return None;
+        }
+        if let Ok(ip) = name.parse::<Ipv4Addr>() {
+            return Some(Host::Ip(IpAddr::V4(ip)));
+        }
+        Some(Host::Name(name.to_ascii_lowercase()))
+    }
+
+    /// The host as it goes in a `Host:` header or an authority: IPv6 in brackets.
+    pub fn authority(&self, port: u16) -> String {
+        match self {
+            Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+            other => format!("{other}:{port}"),
+        }
+    }
+}
+
+/// Bare form, without brackets: this is what [`super::Decision::host`] carries.
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(ip) => ip.fmt(f),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Why the proxy will not connect to `ip` on behalf of a name it resolved,
+/// or `None` when the address is an ordinary public IPv4 address.
+///
+/// This is deliberately broader than "private": anything that is not plainly
+/// a public unicast IPv4 host is refused, because a name an operator listed
+/// should never be a way into the host, its networks or the cloud metadata
+/// service. IPv6 is refused outright: the sandbox networks' firewalling is
+/// IPv4 and IPv6 has too many ways to embed or reach local addresses.
+pub fn refusal(ip: IpAddr) -> Option<&'static str> {
+    let v4 = match ip {
+        IpAddr::V6(_) => return Some("IPv6"),
+        IpAddr::V4(v4) => v4,
+    };
+    let [a, b, c, _] = v4.octets();
+    // Ordered most specific first; each arm is one IANA special-purpose block.
+    match (a, b, c) {
+        (0, ..) => Some("unspecified (0.0.0.0/8)"),
+        (127, ..) => Some("loopback"),
+        (10, ..) => Some("private (10.0.0.0/8)"),
+        (172, 16..=31, _) => Some("private (172.16.0.0/12)"),
+        (192, 168, _) => Some("private (192.168.0.0/16)"),
+        (169, 254, _) => Some("link-local (169.254.0.0/16)"),
+        (100, 64..=127, _) => Some("carrier-grade NAT (100.64.0.0/10)"),
+        (192, 0, 0) => Some("IETF protocol assignments (192.0.0.0/24)"),
+        (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => Some("documentation"),
+        (198, 18..=19, _) => Some("benchmarking (198.18.0.0/15)"),
+        (224..=239, ..) => Some("multicast"),
+        (255, 255, 255) if v4 == Ipv4Addr::BROADCAST => Some("broadcast"),
+        (240..=255, ..) => Some("reserved (240.0.0.0/4)"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_addresses() {
+        let table: &[(&str, Option<&str>)] = &[
+            // Ordinary public addresses, including the neighbours of refused blocks.
+            ("8.8.8.8", None),
+            ("1.1.1.1", None),
+            ("93.184.216.34", None),
+            ("172.15.255.255", None),
+            ("172.32.0.1", None),
+            ("100.63.255.255", None),
+            ("100.128.0.1", None),
+            ("192.0.1.1", None),
+            ("192.169.0.1", None),
+            ("198.17.255.255", None),
+            ("198.20.0.1", None),
+            ("223.255.255.255", None),
+            ("0.0.0.0", Some("unspecified (0.0.0.0/8)")),
+            ("0.1.2.3", Some("unspecified (0.0.0.0/8)")),
+            ("127.0.0.1", Some("loopback")),
+            ("127.255.255.254", Some("loopback")),
+            ("10.0.0.1", Some("private (10.0.0.0/8)")),
+            ("172.16.0.1", Some("private (172.16.0.0/12)")),
+            ("172.31.255.255", Some("private (172.16.0.0/12)")),
+            ("192.168.1.1", Some("private (192.168.0.0/16)")),
+            ("169.254.169.254", Some("link-local (169.254.0.0/16)")),
+            ("169.254.0.1", Some("link-local (169.254.0.0/16)")),
+            ("100.64.0.1", Some("carrier-grade NAT (100.64.0.0/10)")),
+            ("100.127.255.255", Some("carrier-grade NAT (100.64.0.0/10)")),
+            ("192.0.0.170", Some("IETF protocol assignments (192.0.0.0/24)")),
+            ("192.0.2.1", Some("documentation")),
+            ("198.51.100.7", Some("documentation")),
+            ("203.0.113.9", Some("documentation")),
+            ("198.18.0.1", Some("benchmarking (198.18.0.0/15)")),
+            ("198.19.255.255", Some("benchmarking (198.18.0.0/15)")),
+            ("224.0.0.1", Some("multicast")),
+            ("239.255.255.250", Some("multicast")),
+            ("240.0.0.1", Some("reserved (240.0.0.0/4)")),
+            ("255.255.255.254", Some("reserved (240.0.0.0/4)")),
+            ("255.255.255.255", Some("broadcast")),
+            ("::1", Some("IPv6")),
+            ("::", Some("IPv6")),
+            ("2606:4700:4700::1111", Some("IPv6")),
+            ("::ffff:8.8.8.8", Some("IPv6")),
+            ("::ffff:127.0.0.1", Some("IPv6")),
+            ("fe80::1", Some("IPv6")),
+            ("fd00:ec2::254", Some("IPv6")),
+        ];
+        for (addr, want) in table {
+            let ip: IpAddr = addr.parse().expect("table address");
+            assert_eq!(refusal(ip), *want, "{addr}");
+        }
+    }
+
+    #[test]
+    fn parses_hosts() {
+        let v4 = |s: &str| Some(Host::Ip(s.parse().expect("v4")));
+        let v6 = |s: &str| Some(Host::Ip(s.parse().expect("v6")));
+        let name = |s: &str| Some(Host::Name(s.to_string()));
+        let table: &[(&str, Option<Host>)] = &[
+            ("example.com", name("example.com")),
+            ("Example.COM.", name("example.com")),
+            ("a-b_c.example", name("a-b_c.example")),
+            ("localhost", name("localhost")),
+            // Not a dotted quad to Rust: stays a name, and its resolved
+            // addresses are judged like any other name's.
+            ("127.1", name("127.1")),
+            ("2130706433", name("2130706433")),
+            ("127.0.0.1", v4("127.0.0.1")),
+            ("127.0.0.1.", v4("127.0.0.1")),
+            ("169.254.169.254", v4("169.254.169.254")),
+            ("[::1]", v6("::1")),
+            ("::1", v6("::1")),
+            ("[0:0:0:0:0:0:0:1]", v6("::1")),
+            ("[2001:DB8::1]", v6("2001:db8::1")),
+            ("", None),
+            (".", None),
+            ("..", None),
+            (".example.com", None),
+            ("a..b", None),
+            ("exa mple.com", None),
+            ("user@example.com", None),
+            ("a.com\\@evil.com", None),
+            ("ex%61mple.com", None),
+            ("exämple.com", None),
+            ("[::1", None),
+            ("::1]", None),
+            ("[127.0.0.1]", None),
+            ("[fe80::1%25eth0]", None),
+            ("[fe80::1%eth0]", None),
+            ("example.com:443", None),
+        ];
+        for (s, want) in table {
+            assert_eq!(&Host::parse(s), want, "{s:?}");
+        }
+        assert_eq!(Host::parse(&"a".repeat(253)), name(&"a".repeat(253)));
+        assert_eq!(Host::parse(&"a".repeat(254)), None);
+    }
+
+    #[test]
+    fn writes_authorities() {
+        let host = |s: &str| Host::parse(s).expect("host");
+        assert_eq!(host("Example.com").authority(443), "example.com:443");
+        assert_eq!(host("192.0.2.1").authority(80), "192.0.2.1:80");
+        assert_eq!(host("[::1]").authority(8080), "[::1]:8080");
+        assert_eq!(host("[::1]").to_string(), "::1");
+    }
+}
