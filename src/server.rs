@@ -164,6 +164,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(&manager), gate.clone()));
     let profile = ProfileServiceServer::new(ProfileApi::new(Arc::clone(&manager), gate));
 
+    let _egress = {
+        let policy = Arc::clone(&manager) as Arc<dyn crate::egress::Policy>;
+        AbortOnDrop(tokio::spawn(crate::egress::serve(egress, policy, manager.shutdown_signal())))
+    };
+
     // SIGHUP reloads the profiles, like ReloadProfiles.
     let _hup = {
         let manager = Arc::clone(&manager);

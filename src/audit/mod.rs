@@ -45,6 +45,8 @@ pub mod action {
     pub const VALIDATE_PROFILE: &str = "sandpit.v1.ProfileService/ValidateProfile";
     pub const RELOAD_PROFILES: &str = "sandpit.v1.ProfileService/ReloadProfiles";
 
+    /// The egress proxy let a sandbox's request through, or refused it.
+    pub const EGRESS: &str = "egress";
     /// The daemon tore a sandbox down at its expiry.
     pub const EXPIRE: &str = "expire";
     /// The daemon tore down a sandbox whose create the client abandoned.

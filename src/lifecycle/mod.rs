@@ -29,7 +29,8 @@ pub use reconcile::ReconcileReport;
 
 use crate::audit::{action, AuditEntry, AuditRecord, Outcome, VerifyReport, DAEMON};
 use crate::auth::Caller;
-use crate::policy::{admit, extend_deadline, CreateSandbox, Destination, HostPolicy, NetworkMode, ProfileSet};
+use crate::egress;
+use crate::policy::{admit, extend_deadline, CreateSandbox, HostPolicy, NetworkMode, ProfileSet};
 use crate::runtime::{
     labels, BoxStream, ContainerSpec, ExecChunk, ExecSpec, Mount, NetworkRequest, PullProgress, Runtime,
 };
@@ -93,7 +94,7 @@ pub struct Manager<R: Runtime> {
     events: broadcast::Sender<SandboxEvent>,
     audit: broadcast::Sender<AuditRecord>,
     /// Allowlist sandboxes by address, for the egress proxy.
-    egress: RwLock<HashMap<IpAddr, (String, Vec<Destination>)>>,
+    egress: RwLock<HashMap<IpAddr, (String, Vec<egress::Destination>)>>,
     locks: locks::KeyedLocks,
     /// Sandboxes whose create is in flight in this process; reconcile leaves them be.
     creating: Mutex<HashSet<String>>,
@@ -308,7 +309,9 @@ impl<R: Runtime> Manager<R> {
     fn egress_learn(&self, sb: &Sandbox) {
         if let (NetworkMode::Allowlist, Some(n)) = (sb.profile.network.mode, &sb.network) {
             let mut idx = self.egress.write().unwrap_or_else(|p| p.into_inner());
-            idx.insert(IpAddr::V4(n.address), (sb.id.clone(), sb.profile.network.allow.clone()));
+            let allow =
+                sb.profile.network.allow.iter().map(|d| egress::Destination::new(d.host.clone(), d.port)).collect();
+            idx.insert(IpAddr::V4(n.address), (sb.id.clone(), allow));
         }
     }
 
@@ -320,12 +323,32 @@ impl<R: Runtime> Manager<R> {
             }
         }
     }
+}
 
-    /// The allowlist sandbox at `addr` and where it may go.
-    pub fn egress_lookup(&self, addr: IpAddr) -> Option<(String, Vec<Destination>)> {
-        self.egress.read().unwrap_or_else(|p| p.into_inner()).get(&addr).cloned()
+/// The egress proxy asks the manager who a source is and where it may go,
+/// and every decision it makes goes into the audit log.
+impl<R: Runtime> egress::Policy for Manager<R> {
+    fn lookup(&self, source: IpAddr) -> Option<(String, Vec<egress::Destination>)> {
+        self.egress.read().unwrap_or_else(|p| p.into_inner()).get(&source).cloned()
     }
 
+    fn decided(&self, d: &egress::Decision) {
+        let sandbox = d.sandbox.clone().unwrap_or_default();
+        let experiment = self.store.get(&sandbox).ok().flatten().map(|s| s.experiment).unwrap_or_default();
+        let what = format!("{} {}:{}", d.method, d.host, d.port);
+        let result = match d.status {
+            200 => Ok(format!("{what} via {}", d.reason)),
+            400 => Err(Error::invalid("request", format!("{what}: {}", d.reason))),
+            502 => Err(Error::Unavailable(format!("{what}: {}", d.reason))),
+            _ => Err(Error::PermissionDenied(format!("{what}: {}", d.reason))),
+        };
+        let mut entry = self.entry(None, action::EGRESS, &experiment, &sandbox, result.as_ref().map(Clone::clone));
+        entry.source = d.source.to_string();
+        self.record(entry);
+    }
+}
+
+impl<R: Runtime> Manager<R> {
     /// A visible record, or not-found (other teams' sandboxes are not acknowledged).
     fn visible(&self, caller: &Caller, id: &str) -> Result<Sandbox> {
         match self.store.get(id)? {

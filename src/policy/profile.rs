@@ -289,9 +289,9 @@ impl Profile {
         }
         for (i, d) in net.allow.iter().enumerate() {
             let field = |f: &str| format!("network.allow[{i}].{f}");
-            let name = d.host.trim_start_matches('[').trim_end_matches(']');
-            if name.is_empty() || name.len() > 253 || name.contains(|c: char| c.is_whitespace() || c == '/' || c == '*')
-            {
+            // The same parser the egress proxy matches requests with, so an
+            // entry never silently matches nothing.
+            if crate::egress::addr::Host::parse(&d.host).is_none() {
                 errors.push(err(&field("host"), format!("'{}' is not a host name or address", d.host)));
             }
             if d.port == 0 {

@@ -143,3 +143,56 @@ async fn isolated_none_and_open_sandboxes_reach_nothing_they_must_not() {
     }
     assert_eq!(chain_rules(), before - 3);
 }
+
+/// Sends `request` to the proxy on the sandbox's gateway, returns what comes back.
+async fn via_proxy(c: &mut Client, id: &str, request: &str) -> String {
+    let script = format!(
+        r#"p=${{HTTP_PROXY#http://}}; exec 3<>/dev/tcp/${{p%:*}}/${{p#*:}} || exit 9; printf '{request}' >&3; timeout 3 cat <&3"#
+    );
+    let (out, _, _) = exec(c, id, &["bash", "-c", &script]).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowlist_reaches_the_listed_destination_through_the_proxy_and_nothing_else() {
+    let allowed = greeter().await;
+    let other = greeter().await;
+    let extra = format!("[[network.allow]]\nhost = \"127.0.0.1\"\nport = {allowed}\nresidency = \"UK\"\n");
+    let body = format!(
+        "max_classification = \"OFFICIAL-SENSITIVE\"\nimages = [\"{{image}}\"]\ncommand = [\"sleep\", \"infinity\"]\n[network]\nmode = \"allowlist\"\n{extra}"
+    );
+    let d = Daemon::with(Options { profiles: vec![("test-allow".into(), body)], ..Default::default() }).await;
+    let api_port: u16 = d.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let mut c = d.client(TEAM_A).await;
+    let req = proto::CreateSandboxRequest { profile: "test-allow".into(), ..create_req(&d.exp_a, 300) };
+    let sb = c.create_sandbox(req).await.unwrap().into_inner();
+    assert_eq!(sb.network_mode, "allowlist");
+
+    let connect =
+        |host: &str, port: u16| format!("CONNECT {host}:{port} HTTP/1.1\\r\\nHost: {host}:{port}\\r\\n\\r\\n");
+    let out = via_proxy(&mut c, &sb.id, &connect("127.0.0.1", allowed)).await;
+    assert!(out.starts_with("HTTP/1.1 200") && out.contains("hello"), "allowed destination through the proxy: {out:?}");
+    for (host, port) in [("127.0.0.1", other), ("10.0.0.1", allowed), ("169.254.169.254", 80), ("localhost", allowed)] {
+        let out = via_proxy(&mut c, &sb.id, &connect(host, port)).await;
+        assert!(out.starts_with("HTTP/1.1 403"), "{host}:{port} must be refused: {out:?}");
+        assert!(!out.contains("hello"));
+    }
+    let get = format!("GET http://127.0.0.1:{other}/ HTTP/1.1\\r\\nHost: 127.0.0.1:{other}\\r\\n\\r\\n");
+    assert!(via_proxy(&mut c, &sb.id, &get).await.starts_with("HTTP/1.1 403"));
+
+    // Around the proxy: no direct route to the listener, the API or any host port.
+    for (host, port) in [(gateway(&sb), allowed), (gateway(&sb), api_port), ("127.0.0.1".to_string(), allowed)] {
+        assert!(!reaches(&mut c, &sb.id, &host, port).await, "reached {host}:{port} directly");
+    }
+    for h in host_addresses() {
+        assert!(!reaches(&mut c, &sb.id, &h, allowed).await, "reached {h}:{allowed} directly");
+    }
+
+    // Every decision is on record with the sandbox.
+    let q = proto::QueryAuditLogRequest { sandbox: sb.id.clone(), action: "egress".into(), ..Default::default() };
+    let events = d.audit(AUDITOR).await.query_audit_log(q).await.unwrap().into_inner().events;
+    let allowed_events = events.iter().filter(|e| e.outcome == "succeeded").count();
+    let denied_events = events.iter().filter(|e| e.outcome == "denied").count();
+    assert_eq!((allowed_events, denied_events), (1, 5), "{events:#?}");
+    assert!(events.iter().all(|e| e.experiment == d.exp_a && e.source.starts_with(&sb.address)));
+}
