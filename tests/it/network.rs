@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptionsBuilder;
+use futures_util::StreamExt;
 use sandpit::proto::{self, SandboxState};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -195,4 +196,44 @@ async fn allowlist_reaches_the_listed_destination_through_the_proxy_and_nothing_
     let denied_events = events.iter().filter(|e| e.outcome == "denied").count();
     assert_eq!((allowed_events, denied_events), (1, 5), "{events:#?}");
     assert!(events.iter().all(|e| e.experiment == d.exp_a && e.source.starts_with(&sb.address)));
+}
+
+/// Hundreds of isolated sandboxes at once: subnets come from the daemon's own
+/// range, not Docker's default pools (which run out near 31 networks).
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_isolated_sandboxes_then_all_removed_with_their_networks() {
+    const N: usize = 200;
+    let d = Daemon::with(Options {
+        profiles: vec![("test-isolated".into(), profile("isolated", "OFFICIAL", ""))],
+        ..Default::default()
+    })
+    .await;
+    let c = d.client(TEAM_A).await;
+    let created: Vec<proto::Sandbox> = futures_util::stream::iter(0..N)
+        .map(|_| {
+            let mut c = c.clone();
+            let req = proto::CreateSandboxRequest { profile: "test-isolated".into(), ..create_req(&d.exp_a, 600) };
+            async move { c.create_sandbox(req).await.expect("create").into_inner() }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let subnets: std::collections::HashSet<&str> = created.iter().map(|s| s.address.as_str()).collect();
+    assert_eq!(subnets.len(), N, "every sandbox its own network");
+    let live = c.clone().list_sandboxes(proto::ListSandboxesRequest::default()).await.unwrap().into_inner();
+    assert_eq!(live.sandboxes.iter().filter(|s| state(s) == SandboxState::Running).count(), N);
+
+    let deleted: Vec<proto::Sandbox> = futures_util::stream::iter(created.iter().map(|s| s.id.clone()))
+        .map(|id| {
+            let mut c = c.clone();
+            async move { c.delete_sandbox(proto::DeleteSandboxRequest { id }).await.expect("delete").into_inner() }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(deleted.iter().all(|s| state(s) == SandboxState::Deleted));
+    assert!(d.containers().await.is_empty());
+    let filters = HashMap::from([("label".to_string(), vec![format!("{TEST_RUN_LABEL}={}", d.run)])]);
+    let opts = bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&filters).build();
+    assert!(docker().await.list_networks(Some(opts)).await.unwrap().is_empty(), "every network removed");
 }
