@@ -25,6 +25,8 @@ pub enum Method {
     WatchSandboxes,
     Exec,
     PullImage,
+    CopyIn,
+    CopyOut,
     RegisterExperiment,
     GetExperiment,
     ListExperiments,
@@ -45,7 +47,7 @@ pub enum Method {
 use Role::{Approver, Auditor, Operator, Requester};
 
 impl Method {
-    pub const ALL: [Method; 23] = [
+    pub const ALL: [Method; 25] = [
         Method::CreateSandbox,
         Method::GetSandbox,
         Method::ListSandboxes,
@@ -54,6 +56,8 @@ impl Method {
         Method::WatchSandboxes,
         Method::Exec,
         Method::PullImage,
+        Method::CopyIn,
+        Method::CopyOut,
         Method::RegisterExperiment,
         Method::GetExperiment,
         Method::ListExperiments,
@@ -74,7 +78,12 @@ impl Method {
     /// The roles allowed to call each RPC: the one table.
     pub fn roles(self) -> &'static [Role] {
         match self {
-            Method::CreateSandbox | Method::ExtendSandbox | Method::Exec | Method::PullImage => &[Requester],
+            Method::CreateSandbox
+            | Method::ExtendSandbox
+            | Method::Exec
+            | Method::PullImage
+            | Method::CopyIn
+            | Method::CopyOut => &[Requester],
             Method::GetSandbox | Method::ListSandboxes | Method::WatchSandboxes => {
                 &[Requester, Operator, Auditor, Approver]
             }
@@ -99,6 +108,8 @@ impl Method {
             Method::WatchSandboxes => action::WATCH_SANDBOXES,
             Method::Exec => action::EXEC,
             Method::PullImage => action::PULL_IMAGE,
+            Method::CopyIn => action::COPY_IN,
+            Method::CopyOut => action::COPY_OUT,
             Method::RegisterExperiment => action::REGISTER_EXPERIMENT,
             Method::GetExperiment => action::GET_EXPERIMENT,
             Method::ListExperiments => action::LIST_EXPERIMENTS,

@@ -138,6 +138,12 @@ impl From<ExecOutput> for proto::ExecOutput {
     }
 }
 
+impl From<crate::lifecycle::Transfer> for proto::FileTransfer {
+    fn from(t: crate::lifecycle::Transfer) -> Self {
+        proto::FileTransfer { sandbox_id: t.sandbox, path: t.path, size_bytes: t.size as i64, sha256: t.sha256 }
+    }
+}
+
 impl From<PullProgress> for proto::PullProgress {
     fn from(p: PullProgress) -> Self {
         proto::PullProgress { status: p.status, layer: p.layer, current: p.current, total: p.total, done: false }

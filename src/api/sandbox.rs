@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{Gate, Method};
 use super::convert::duration;
-use crate::lifecycle::Manager;
+use crate::lifecycle::{CopyOut, Manager};
 use crate::policy::CreateSandbox;
 use crate::proto;
 use crate::proto::sandbox_service_server::SandboxService;
@@ -133,5 +133,45 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
             std::future::ready(keep)
         });
         Ok(Response::new(stream.boxed()))
+    }
+
+    async fn copy_in(
+        &self,
+        req: Request<tonic::Streaming<proto::CopyInRequest>>,
+    ) -> Result<Response<proto::FileTransfer>, Status> {
+        use proto::copy_in_request::Part;
+        let caller = self.gate.authorize(&req, Method::CopyIn)?;
+        let mut stream = req.into_inner();
+        let header = match stream.message().await? {
+            Some(proto::CopyInRequest { part: Some(Part::Header(h)) }) => h,
+            _ => return Err(Error::invalid("header", "the first message must be the header").into()),
+        };
+        required("id", &header.id)?;
+        let data = stream
+            .map(|m| match m {
+                Ok(proto::CopyInRequest { part: Some(Part::Chunk(b)) }) => Ok(b),
+                Ok(_) => Err(Error::invalid("chunk", "only the first message may be a header")),
+                Err(s) => Err(Error::Internal(format!("copy-in stream: {}", s.message()))),
+            })
+            .boxed();
+        let t = self.manager.copy_in(&caller, &header.id, &header.path, data).await?;
+        Ok(Response::new(t.into()))
+    }
+
+    type CopyOutStream = StatusStream<proto::CopyOutChunk>;
+
+    async fn copy_out(&self, req: Request<proto::CopyOutRequest>) -> Result<Response<Self::CopyOutStream>, Status> {
+        let caller = self.gate.authorize(&req, Method::CopyOut)?;
+        let r = req.into_inner();
+        required("id", &r.id)?;
+        let out = self.manager.copy_out(&caller, &r.id, &r.path).await?;
+        Ok(Response::new(
+            out.map(|item| match item {
+                Ok(CopyOut::Chunk(b)) => Ok(proto::CopyOutChunk { chunk: b, summary: None }),
+                Ok(CopyOut::Done(t)) => Ok(proto::CopyOutChunk { chunk: vec![], summary: Some(t.into()) }),
+                Err(e) => Err(Status::from(e)),
+            })
+            .boxed(),
+        ))
     }
 }

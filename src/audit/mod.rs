@@ -29,6 +29,8 @@ pub mod action {
     pub const WATCH_SANDBOXES: &str = "sandpit.v1.SandboxService/WatchSandboxes";
     pub const EXEC: &str = "sandpit.v1.SandboxService/Exec";
     pub const PULL_IMAGE: &str = "sandpit.v1.SandboxService/PullImage";
+    pub const COPY_IN: &str = "sandpit.v1.SandboxService/CopyIn";
+    pub const COPY_OUT: &str = "sandpit.v1.SandboxService/CopyOut";
     pub const REGISTER_EXPERIMENT: &str = "sandpit.v1.RegisterService/RegisterExperiment";
     pub const GET_EXPERIMENT: &str = "sandpit.v1.RegisterService/GetExperiment";
     pub const LIST_EXPERIMENTS: &str = "sandpit.v1.RegisterService/ListExperiments";

@@ -13,6 +13,7 @@ mod experiments;
 mod expiry;
 mod locks;
 mod reconcile;
+mod transfer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -26,6 +27,7 @@ use tokio::task::JoinHandle;
 pub use experiments::ActiveExperiment;
 pub use expiry::{Due, Scheduler};
 pub use reconcile::ReconcileReport;
+pub use transfer::{CopyOut, Transfer};
 
 use crate::audit::{action, AuditEntry, AuditRecord, Outcome, VerifyReport, DAEMON};
 use crate::auth::Caller;

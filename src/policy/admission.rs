@@ -55,6 +55,7 @@ pub enum Rule {
     ImageAllowlist,
     DatasetAllowlist,
     DatasetClassification,
+    FileTransfer,
     Ttl,
     MaxLifetime,
 }
@@ -72,6 +73,7 @@ impl Rule {
             Rule::ImageAllowlist => "image-allowlist",
             Rule::DatasetAllowlist => "dataset-allowlist",
             Rule::DatasetClassification => "dataset-classification",
+            Rule::FileTransfer => "file-transfer",
             Rule::Ttl => "ttl",
             Rule::MaxLifetime => "max-lifetime",
         }

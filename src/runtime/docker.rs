@@ -7,6 +7,7 @@
 //! `UNAVAILABLE`, and recovers by itself when the engine returns.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -207,6 +208,53 @@ impl DockerRuntime {
         tracing::info!(version = %d.client_version(), "connected to the Docker engine");
         *inner.client.write().unwrap_or_else(|p| p.into_inner()) = Some(d.clone());
         Ok(d)
+    }
+
+    /// Creates and starts an exec, attached to its output (and stdin if asked).
+    async fn start_exec(
+        &self,
+        container: &str,
+        spec: ExecSpec,
+        stdin: bool,
+    ) -> Result<(ExecSession, Pin<Box<dyn tokio::io::AsyncWrite + Send>>)> {
+        let d = self.docker().await?;
+        let opts = CreateExecOptions::<String> {
+            cmd: Some(spec.command),
+            env: Some(spec.env),
+            working_dir: spec.workdir,
+            attach_stdin: Some(stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            privileged: Some(false),
+            ..Default::default()
+        };
+        let exec = d.create_exec(container, opts).await.map_err(|e| map_err("create exec", e))?;
+        match d.start_exec(&exec.id, None).await.map_err(|e| map_err("start exec", e))? {
+            StartExecResults::Attached { output, input } => Ok((
+                ExecSession {
+                    exec_id: exec.id,
+                    output: output
+                        .filter_map(|r| async move {
+                            match r {
+                                Ok(bollard::container::LogOutput::StdOut { message }) => {
+                                    Some(Ok(ExecChunk::Stdout(message.to_vec())))
+                                }
+                                Ok(bollard::container::LogOutput::StdErr { message }) => {
+                                    Some(Ok(ExecChunk::Stderr(message.to_vec())))
+                                }
+                                Ok(bollard::container::LogOutput::Console { message }) => {
+                                    Some(Ok(ExecChunk::Stdout(message.to_vec())))
+                                }
+                                Ok(bollard::container::LogOutput::StdIn { .. }) => None,
+                                Err(e) => Some(Err(map_err("exec output", e))),
+                            }
+                        })
+                        .boxed(),
+                },
+                input,
+            )),
+            StartExecResults::Detached => Err(Error::Internal("exec started detached".into())),
+        }
     }
 
     /// Docker's own view of the engine, for health checks.
@@ -491,40 +539,15 @@ impl Runtime for DockerRuntime {
     }
 
     async fn exec(&self, container: &str, spec: ExecSpec) -> Result<ExecSession> {
-        let d = self.docker().await?;
-        let opts = CreateExecOptions::<String> {
-            cmd: Some(spec.command),
-            env: Some(spec.env),
-            working_dir: spec.workdir,
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            privileged: Some(false),
-            ..Default::default()
-        };
-        let exec = d.create_exec(container, opts).await.map_err(|e| map_err("create exec", e))?;
-        match d.start_exec(&exec.id, None).await.map_err(|e| map_err("start exec", e))? {
-            StartExecResults::Attached { output, .. } => Ok(ExecSession {
-                exec_id: exec.id,
-                output: output
-                    .filter_map(|r| async move {
-                        match r {
-                            Ok(bollard::container::LogOutput::StdOut { message }) => {
-                                Some(Ok(ExecChunk::Stdout(message.to_vec())))
-                            }
-                            Ok(bollard::container::LogOutput::StdErr { message }) => {
-                                Some(Ok(ExecChunk::Stderr(message.to_vec())))
-                            }
-                            Ok(bollard::container::LogOutput::Console { message }) => {
-                                Some(Ok(ExecChunk::Stdout(message.to_vec())))
-                            }
-                            Ok(bollard::container::LogOutput::StdIn { .. }) => None,
-                            Err(e) => Some(Err(map_err("exec output", e))),
-                        }
-                    })
-                    .boxed(),
-            }),
-            StartExecResults::Detached => Err(Error::Internal("exec started detached".into())),
-        }
+        self.start_exec(container, spec, false).await.map(|(session, _)| session)
+    }
+
+    async fn exec_with_stdin(
+        &self,
+        container: &str,
+        spec: ExecSpec,
+    ) -> Result<(ExecSession, Pin<Box<dyn tokio::io::AsyncWrite + Send>>)> {
+        self.start_exec(container, spec, true).await
     }
 
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {

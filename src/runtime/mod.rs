@@ -173,6 +173,14 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// Starts a command in a running container.
     fn exec(&self, container: &str, spec: ExecSpec) -> impl Future<Output = Result<ExecSession>> + Send;
 
+    /// Starts a command with its standard input attached; returns the session
+    /// and the writer to its stdin (drop or shut it down to send EOF).
+    fn exec_with_stdin(
+        &self,
+        container: &str,
+        spec: ExecSpec,
+    ) -> impl Future<Output = Result<(ExecSession, Pin<Box<dyn tokio::io::AsyncWrite + Send>>)>> + Send;
+
     /// The exit code of a finished exec (`None` while it runs).
     fn exec_exit_code(&self, exec_id: &str) -> impl Future<Output = Result<Option<i64>>> + Send;
 

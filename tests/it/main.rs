@@ -16,3 +16,4 @@ mod profiles;
 mod reconcile;
 mod requests;
 mod tls;
+mod transfer;
