@@ -77,6 +77,21 @@ impl<R: Runtime> Manager<R> {
             }
         }
 
+        // Networks whose sandbox has no live record (a crash between creating
+        // the network and recording it), past the same grace period.
+        for n in self.runtime.list_networks(&labels::selector(&self.instance)).await? {
+            let Some(id) = n.sandbox_id.as_deref() else { continue };
+            let live = self.store.get(id)?.is_some_and(|r| !r.state.is_ended());
+            if live || self.is_creating(id) || crate::runtime::docker::age(n.created, now) < self.settings.orphan_grace
+            {
+                continue;
+            }
+            self.runtime.remove(&container_name(id), Some(&n.name)).await?;
+            let reason = format!("removed labelled network {} with no live sandbox", n.name);
+            self.record(self.entry(None, action::REMOVE_ORPHAN, "", id, Ok(reason)));
+            report.orphans_removed += 1;
+        }
+
         for sb in records {
             if self.is_creating(&sb.id) {
                 continue;

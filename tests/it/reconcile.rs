@@ -89,6 +89,19 @@ async fn labelled_orphans_are_removed_after_grace_and_nothing_else_is_touched() 
     )
     .await;
     let unlabelled = start_container(&unique("unlabelled"), HashMap::from([run.clone()])).await;
+    let orphan_net = unique("orphan-net");
+    let net = bollard::models::NetworkCreateRequest {
+        name: orphan_net.clone(),
+        internal: Some(true),
+        labels: Some(HashMap::from([
+            ("sandpit.managed".into(), "true".into()),
+            ("sandpit.instance".into(), instance.clone()),
+            ("sandpit.sandbox".into(), "sb-222222222222".into()),
+            run.clone(),
+        ])),
+        ..Default::default()
+    };
+    docker().await.create_network(net).await.unwrap();
 
     // Within the grace period the orphan is left alone (its create may be in flight).
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -97,6 +110,11 @@ async fn labelled_orphans_are_removed_after_grace_and_nothing_else_is_touched() 
     eventually(Duration::from_secs(8), "orphan removed", || {
         let id = orphan.clone();
         async move { (!container_exists(&id).await).then_some(()) }
+    })
+    .await;
+    eventually(Duration::from_secs(8), "orphan network removed", || {
+        let name = orphan_net.clone();
+        async move { docker().await.inspect_network(&name, None).await.is_err().then_some(()) }
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -388,6 +388,29 @@ impl Drop for Daemon {
             eprintln!("---- sandpitd log ({}) ----\n{}", self.run, self.log());
         }
         remove_labelled(&format!("{TEST_RUN_LABEL}={}", self.run));
+        self.remove_firewall();
+    }
+}
+
+impl Daemon {
+    /// Removes this daemon's host firewall chain and the rules jumping to it
+    /// (left behind when a test ends with sandboxes the daemon never tore down).
+    fn remove_firewall(&self) {
+        let Ok(conn) = rusqlite::Connection::open(self.data_dir().join("sandpit.db")) else { return };
+        let Ok(instance) =
+            conn.query_row("SELECT value FROM meta WHERE key = 'instance_id'", [], |r| r.get::<_, String>(0))
+        else {
+            return;
+        };
+        let chain = format!("SANDPIT-{}", &instance[..12.min(instance.len())]);
+        let out = Command::new("iptables").args(["-w", "5", "-S", "INPUT"]).output();
+        let rules = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+        for rule in rules.lines().filter(|l| l.ends_with(&format!("-j {chain}"))) {
+            let spec: Vec<&str> = rule.split_whitespace().skip(1).collect();
+            let _ = Command::new("iptables").args(["-w", "5", "-D"]).args(&spec).output();
+        }
+        let _ = Command::new("iptables").args(["-w", "5", "-F", &chain]).output();
+        let _ = Command::new("iptables").args(["-w", "5", "-X", &chain]).output();
     }
 }
 
