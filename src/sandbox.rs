@@ -13,6 +13,8 @@ use crate::runtime::NetworkInfo;
 pub enum SandboxState {
     /// Record written; container being created and started.
     Provisioning,
+    /// Pre-provisioned in a profile's warm pool, owned by no one until claimed.
+    Warm,
     Running,
     /// The main process ended before expiry; the stopped container is kept until expiry or delete.
     Exited,
@@ -27,6 +29,7 @@ impl SandboxState {
     pub fn as_str(self) -> &'static str {
         match self {
             SandboxState::Provisioning => "provisioning",
+            SandboxState::Warm => "warm",
             SandboxState::Running => "running",
             SandboxState::Exited => "exited",
             SandboxState::Expired => "expired",

@@ -42,12 +42,13 @@ pub enum Method {
     GetProfile,
     ValidateProfile,
     ReloadProfiles,
+    ListPools,
 }
 
 use Role::{Approver, Auditor, Operator, Requester};
 
 impl Method {
-    pub const ALL: [Method; 25] = [
+    pub const ALL: [Method; 26] = [
         Method::CreateSandbox,
         Method::GetSandbox,
         Method::ListSandboxes,
@@ -73,6 +74,7 @@ impl Method {
         Method::GetProfile,
         Method::ValidateProfile,
         Method::ReloadProfiles,
+        Method::ListPools,
     ];
 
     /// The roles allowed to call each RPC: the one table.
@@ -94,7 +96,7 @@ impl Method {
             Method::QueryAuditLog | Method::WatchAuditLog | Method::VerifyAuditLog | Method::Export => &[Auditor],
             Method::ListActiveExperiments => &[Auditor, Approver],
             Method::ListProfiles | Method::GetProfile => &[Requester, Operator, Approver, Auditor],
-            Method::ValidateProfile | Method::ReloadProfiles => &[Operator],
+            Method::ValidateProfile | Method::ReloadProfiles | Method::ListPools => &[Operator],
         }
     }
 
@@ -125,6 +127,7 @@ impl Method {
             Method::GetProfile => action::GET_PROFILE,
             Method::ValidateProfile => action::VALIDATE_PROFILE,
             Method::ReloadProfiles => action::RELOAD_PROFILES,
+            Method::ListPools => action::LIST_POOLS,
         }
     }
 }

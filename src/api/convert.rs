@@ -58,6 +58,7 @@ impl TryFrom<proto::CreateSandboxRequest> for CreateSandbox {
 pub fn state(s: SandboxState) -> proto::SandboxState {
     match s {
         SandboxState::Provisioning => proto::SandboxState::Provisioning,
+        SandboxState::Warm => proto::SandboxState::Warm,
         SandboxState::Running => proto::SandboxState::Running,
         SandboxState::Exited => proto::SandboxState::Exited,
         SandboxState::Expired => proto::SandboxState::Expired,

@@ -136,4 +136,24 @@ impl<R: Runtime> ProfileService for ProfileApi<R> {
             errors: errors(&r.errors),
         }))
     }
+
+    async fn list_pools(
+        &self,
+        req: Request<proto::ListPoolsRequest>,
+    ) -> Result<Response<proto::ListPoolsResponse>, Status> {
+        self.gate.authorize(&req, Method::ListPools)?;
+        let pools = self
+            .manager
+            .pool_status()
+            .into_iter()
+            .map(|p| proto::PoolStatus {
+                profile: p.profile,
+                target: p.target,
+                warm: p.warm,
+                claims: p.claims,
+                misses: p.misses,
+            })
+            .collect();
+        Ok(Response::new(proto::ListPoolsResponse { pools }))
+    }
 }

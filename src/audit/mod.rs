@@ -46,7 +46,12 @@ pub mod action {
     pub const GET_PROFILE: &str = "sandpit.v1.ProfileService/GetProfile";
     pub const VALIDATE_PROFILE: &str = "sandpit.v1.ProfileService/ValidateProfile";
     pub const RELOAD_PROFILES: &str = "sandpit.v1.ProfileService/ReloadProfiles";
+    pub const LIST_POOLS: &str = "sandpit.v1.ProfileService/ListPools";
 
+    /// The daemon provisioned a warm sandbox for a profile's pool.
+    pub const POOL_FILL: &str = "pool-fill";
+    /// The daemon removed a warm sandbox its pool no longer wants.
+    pub const POOL_DRAIN: &str = "pool-drain";
     /// The egress proxy let a sandbox's request through, or refused it.
     pub const EGRESS: &str = "egress";
     /// The daemon tore a sandbox down at its expiry.

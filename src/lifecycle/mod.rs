@@ -12,6 +12,7 @@
 mod experiments;
 mod expiry;
 mod locks;
+mod pool;
 mod reconcile;
 mod transfer;
 
@@ -26,6 +27,7 @@ use tokio::task::JoinHandle;
 
 pub use experiments::ActiveExperiment;
 pub use expiry::{Due, Scheduler};
+pub use pool::PoolStatus;
 pub use reconcile::ReconcileReport;
 pub use transfer::{CopyOut, Transfer};
 
@@ -98,6 +100,7 @@ pub struct Manager<R: Runtime> {
     /// Allowlist sandboxes by address, for the egress proxy.
     egress: RwLock<HashMap<IpAddr, (String, Vec<egress::Destination>)>>,
     locks: locks::KeyedLocks,
+    pools: pool::Pools,
     /// Sandboxes whose create is in flight in this process; reconcile leaves them be.
     creating: Mutex<HashSet<String>>,
     shutdown: watch::Sender<bool>,
@@ -130,6 +133,7 @@ impl<R: Runtime> Manager<R> {
             audit: broadcast::channel(EVENT_BUFFER).0,
             egress: RwLock::new(HashMap::new()),
             locks: locks::KeyedLocks::default(),
+            pools: pool::Pools::default(),
             creating: Mutex::new(HashSet::new()),
             shutdown: watch::channel(false).0,
             due_rx: Mutex::new(Some(due_rx)),
@@ -140,18 +144,21 @@ impl<R: Runtime> Manager<R> {
     /// so a restart serves at once), then starts expiry handling, periodic
     /// reconcile and the Docker event follower.
     pub fn start(self: &Arc<Self>) -> Result<Tasks> {
-        for sb in self.store.list(&ListFilter::default())? {
+        let live = self.store.list(&ListFilter::default())?;
+        for sb in &live {
             if sb.state != SandboxState::Provisioning {
-                self.schedule(&sb);
-                self.egress_learn(&sb);
+                self.schedule(sb);
+                self.egress_learn(sb);
             }
         }
+        self.load_pools(&live);
         let due_rx = self.due_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
         let due_rx = due_rx.ok_or_else(|| Error::Internal("manager started twice".into()))?;
         Ok(Tasks(vec![
             tokio::spawn(Arc::clone(self).dispatch_due(due_rx)),
             tokio::spawn(Arc::clone(self).reconcile_loop()),
             tokio::spawn(Arc::clone(self).follow_events()),
+            tokio::spawn(Arc::clone(self).pool_loop()),
         ]))
     }
 
@@ -179,6 +186,7 @@ impl<R: Runtime> Manager<R> {
             }
             Err(errors) => (false, errors),
         };
+        self.pools.wake.notify_one();
         let loaded: Vec<String> = self.profiles().names().map(String::from).collect();
         let reason = if applied {
             format!("loaded {}", loaded.join(", "))
@@ -385,6 +393,11 @@ impl<R: Runtime> Manager<R> {
                 return Err(e);
             }
         };
+        match self.claim(caller, &plan).await {
+            Ok(Some(sb)) => return Ok(sb),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "warm pool claim failed; creating cold"),
+        }
         let sb = Sandbox::provisioning(new_id(), self.runtime.node().to_string(), plan);
         self.creating.lock().unwrap_or_else(|p| p.into_inner()).insert(sb.id.clone());
         if let Err(e) = self.store.put(&sb, None) {

@@ -113,7 +113,7 @@ impl<R: Runtime> Manager<R> {
                         report.lost += 1;
                     }
                 }
-                (SandboxState::Running, Some(c)) if !c.running => {
+                (SandboxState::Running | SandboxState::Warm, Some(c)) if !c.running => {
                     if self.record_exit(&sb.id).await? {
                         report.exited += 1;
                     }
@@ -153,13 +153,21 @@ impl<R: Runtime> Manager<R> {
     /// code and whether the OOM killer did it. The stopped container stays
     /// until expiry or delete.
     async fn record_exit(&self, id: &str) -> Result<bool> {
-        let _guard = self.locks.lock(id).await;
+        let guard = self.locks.lock(id).await;
         let Some(mut sb) = self.store.get(id)? else {
             return Ok(false);
         };
         let Some(cid) = sb.container_id.clone() else {
             return Ok(false);
         };
+        if sb.state == SandboxState::Warm {
+            // A warm sandbox that died is no use to anyone: never hand it out.
+            drop(guard);
+            let reason = "warm sandbox's main process ended before it was claimed";
+            self.teardown(id, SandboxState::Failed, reason, None, action::EXIT, |s| s.state == SandboxState::Warm)
+                .await?;
+            return Ok(true);
+        }
         if sb.state != SandboxState::Running {
             return Ok(false);
         }

@@ -20,6 +20,8 @@ const MIN_MEMORY: u64 = 6 << 20;
 /// The init process and a shell need a few pids.
 const MIN_PIDS: i64 = 8;
 const MAX_CPUS: f64 = 1024.0;
+/// Largest warm pool one profile may ask for.
+const MAX_WARM_POOL: u32 = 64;
 
 /// A validated profile. Serialisable so that each sandbox record keeps the
 /// profile it was created with, whatever reloads happen later.
@@ -37,7 +39,7 @@ pub struct Profile {
     /// Datasets (by name, as declared in the daemon's config) it may mount.
     pub datasets: Vec<String>,
     pub file_transfer: FileTransfer,
-    /// Pre-provisioned sandboxes to keep ready (reserved: 0 until warm pools land).
+    /// Pre-provisioned sandboxes to keep ready for claims.
     pub warm_pool: u32,
     pub source: PathBuf,
 }
@@ -321,8 +323,11 @@ impl Profile {
                 ));
             }
         }
-        if raw.warm_pool > 0 {
-            errors.push(err("warm_pool", "warm pools are not available yet; leave it at 0".into()));
+        if raw.warm_pool > MAX_WARM_POOL {
+            errors.push(err(
+                "warm_pool",
+                format!("{} is above the most a pool may hold, {MAX_WARM_POOL}", raw.warm_pool),
+            ));
         }
         // Copy-out is refused by default above OFFICIAL; copy-in allowed by default.
         let ft = raw.file_transfer.as_ref();
@@ -552,7 +557,11 @@ mod tests {
             GOOD.replace("max_classification = \"OFFICIAL\"", "max_classification = \"OFFICIAL-SENSITIVE\"");
         let p = Profile::parse_with(Path::new("p.toml"), &sensitive, &host).unwrap();
         assert!(!p.file_transfer.copy_out, "copy-out is refused by default above OFFICIAL");
-        let e = Profile::parse_with(Path::new("p.toml"), &format!("warm_pool = 3\n{GOOD}"), &host).unwrap_err();
+        assert_eq!(
+            Profile::parse_with(Path::new("p.toml"), &format!("warm_pool = 3\n{GOOD}"), &host).unwrap().warm_pool,
+            3
+        );
+        let e = Profile::parse_with(Path::new("p.toml"), &format!("warm_pool = 65\n{GOOD}"), &host).unwrap_err();
         assert_eq!(fields(e), ["warm_pool"]);
     }
 

@@ -12,6 +12,7 @@ mod docker_outage;
 mod governance;
 mod lifecycle;
 mod network;
+mod pools;
 mod profiles;
 mod reconcile;
 mod requests;

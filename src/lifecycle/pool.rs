@@ -1,0 +1,288 @@
+//! Warm pools: a profile may ask for N sandboxes provisioned ahead of time,
+//! so that a create matching it is a claim (a store write) rather than a
+//! Docker create-and-start.
+//!
+//! - A warm sandbox is a record in state `warm`, owned by no one; its
+//!   container and network exist and run the profile's command.
+//! - A claim hands one to exactly one create (ids are popped under a lock and
+//!   the record re-checked under the sandbox's lock), sets its experiment,
+//!   owner, classification and expiry, and audits it like any create. A
+//!   claimed sandbox never returns to the pool: nothing of one experiment
+//!   reaches another.
+//! - Only creates with the profile's default image and no datasets claim
+//!   (datasets are mounts, fixed at creation).
+//! - The pool refills in the background one sandbox at a time, so refills
+//!   never crowd out cold creates; a reload that changes or removes a profile
+//!   drains its stale warm sandboxes, and a smaller size drains the surplus.
+//! - Warm sandboxes carry the labels of any sandbox (reconciled and cleaned
+//!   up alike), but not the experiment and owner of their later claim: the
+//!   store, not the labels, knows those. Their environment lacks
+//!   `SANDPIT_EXPERIMENT` for the same reason.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::{container_name, Manager};
+use crate::audit::action;
+use crate::auth::Caller;
+use crate::policy::{Plan, Profile};
+use crate::runtime::Runtime;
+use crate::sandbox::{new_id, EventKind, Sandbox, SandboxState};
+use crate::store::ListFilter;
+use crate::Result;
+
+/// How often pools are checked even when nothing wakes the refiller.
+const REFILL_EVERY: Duration = Duration::from_secs(5);
+/// Pause after a failed warm provision, so a broken image does not spin.
+const REFILL_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A pool's counters, for operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub profile: String,
+    pub target: u32,
+    pub warm: u32,
+    pub claims: u64,
+    pub misses: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Pools {
+    /// Warm sandbox ids by profile, oldest first.
+    ready: std::sync::Mutex<HashMap<String, VecDeque<String>>>,
+    claims: std::sync::Mutex<HashMap<String, Arc<(AtomicU64, AtomicU64)>>>,
+    pub(super) wake: tokio::sync::Notify,
+}
+
+impl Pools {
+    fn counters(&self, profile: &str) -> Arc<(AtomicU64, AtomicU64)> {
+        let mut m = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(m.entry(profile.to_string()).or_default())
+    }
+
+    fn push(&self, profile: &str, id: String) {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner()).entry(profile.to_string()).or_default().push_back(id);
+    }
+
+    fn pop(&self, profile: &str) -> Option<String> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner()).get_mut(profile)?.pop_front()
+    }
+
+    fn remove(&self, profile: &str, id: &str) {
+        if let Some(q) = self.ready.lock().unwrap_or_else(|p| p.into_inner()).get_mut(profile) {
+            q.retain(|x| x != id);
+        }
+    }
+
+    fn ids(&self, profile: &str) -> Vec<String> {
+        let ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        ready.get(profile).map(|q| q.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn profiles(&self) -> Vec<String> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+}
+
+impl<R: Runtime> Manager<R> {
+    /// Puts the warm sandboxes on record back in their pools (at start).
+    pub(super) fn load_pools(&self, records: &[Sandbox]) {
+        for sb in records.iter().filter(|s| s.state == SandboxState::Warm) {
+            self.pools.push(&sb.profile.name, sb.id.clone());
+        }
+    }
+
+    /// Hands a warm sandbox of the plan's profile to the caller, if one is
+    /// ready and the plan can use it.
+    pub(super) async fn claim(&self, caller: &Caller, plan: &Plan) -> Result<Option<Sandbox>> {
+        let profile = &plan.profile;
+        if profile.warm_pool == 0 {
+            return Ok(None);
+        }
+        let counters = self.pools.counters(&profile.name);
+        if plan.image != profile.default_image() || !plan.datasets.is_empty() {
+            counters.1.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        while let Some(id) = self.pools.pop(&profile.name) {
+            let _guard = self.locks.lock(&id).await;
+            let Some(mut sb) = self.store.get(&id)? else { continue };
+            // Reloaded or expired since it was pooled: the refiller drains it.
+            if sb.state != SandboxState::Warm || sb.profile != *profile {
+                continue;
+            }
+            sb.experiment = plan.experiment.clone();
+            sb.owner = plan.owner.clone();
+            sb.team = plan.team.clone();
+            sb.classification = plan.classification;
+            sb.created_at = plan.created_at;
+            sb.expires_at = plan.expires_at;
+            sb.max_expires_at = plan.max_expires_at;
+            sb.state = SandboxState::Running;
+            let reason = format!(
+                "{} {} {} until {} (claimed from the warm pool)",
+                profile.name,
+                sb.classification,
+                sb.image,
+                crate::time::rfc3339(sb.expires_at)
+            );
+            self.commit(&sb, self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason)))?;
+            self.schedule(&sb);
+            self.egress_learn(&sb);
+            counters.0.fetch_add(1, Ordering::Relaxed);
+            self.pools.wake.notify_one();
+            self.emit(EventKind::Created, &sb, "running (warm pool)");
+            return Ok(Some(sb));
+        }
+        counters.1.fetch_add(1, Ordering::Relaxed);
+        self.pools.wake.notify_one();
+        Ok(None)
+    }
+
+    /// Every pool: its target, how many are ready, claims and misses.
+    pub fn pool_status(&self) -> Vec<PoolStatus> {
+        self.profiles()
+            .iter()
+            .filter(|p| p.warm_pool > 0)
+            .map(|p| {
+                let c = self.pools.counters(&p.name);
+                let warm = self
+                    .pools
+                    .ids(&p.name)
+                    .iter()
+                    .filter(|id| self.store.get(id).ok().flatten().is_some_and(|s| s.state == SandboxState::Warm))
+                    .count() as u32;
+                PoolStatus {
+                    profile: p.name.clone(),
+                    target: p.warm_pool,
+                    warm,
+                    claims: c.0.load(Ordering::Relaxed),
+                    misses: c.1.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Keeps every pool at its size, one provision at a time.
+    pub(super) async fn pool_loop(self: Arc<Self>) {
+        loop {
+            let refilled = self.refill_once().await;
+            if !refilled {
+                tokio::select! {
+                    () = self.pools.wake.notified() => {}
+                    () = tokio::time::sleep(REFILL_EVERY) => {}
+                }
+            }
+        }
+    }
+
+    /// Drains what no longer fits and adds at most one warm sandbox.
+    /// Returns whether it added one (then it is called again at once).
+    async fn refill_once(&self) -> bool {
+        if *self.shutdown.borrow() {
+            return false;
+        }
+        let profiles = self.profiles();
+        // Drain: pools of removed or changed profiles, and surpluses.
+        for name in self.pools.profiles() {
+            let current = profiles.get(&name);
+            let mut keep = 0u32;
+            for id in self.pools.ids(&name) {
+                let Ok(Some(sb)) = self.store.get(&id) else {
+                    self.pools.remove(&name, &id);
+                    continue;
+                };
+                if sb.state != SandboxState::Warm {
+                    self.pools.remove(&name, &id);
+                    continue;
+                }
+                let fits = current.is_some_and(|p| sb.profile == *p && keep < p.warm_pool);
+                if fits {
+                    keep += 1;
+                    continue;
+                }
+                self.pools.remove(&name, &id);
+                let reason = "drained from the warm pool (profile changed, removed or shrunk)";
+                let drained = self.teardown(&id, SandboxState::Deleted, reason, None, action::POOL_DRAIN, |s| {
+                    s.state == SandboxState::Warm
+                });
+                if let Err(e) = drained.await {
+                    tracing::warn!(sandbox = %id, error = %e, "could not drain a warm sandbox; reconcile will retry");
+                }
+            }
+        }
+        // Fill: the first pool below its size gets one more.
+        for p in profiles.iter().filter(|p| p.warm_pool > 0) {
+            if (self.pools.ids(&p.name).len() as u32) < p.warm_pool {
+                match self.provision_warm(p).await {
+                    Ok(()) => return true,
+                    Err(e) => {
+                        tracing::warn!(profile = %p.name, error = %e, "could not fill the warm pool");
+                        tokio::time::sleep(REFILL_BACKOFF).await;
+                        return false;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    async fn provision_warm(&self, profile: &Profile) -> Result<()> {
+        let now = SystemTime::now();
+        let plan = Plan {
+            experiment: String::new(),
+            owner: String::new(),
+            team: String::new(),
+            profile: profile.clone(),
+            classification: profile.max_classification,
+            image: profile.default_image().to_string(),
+            datasets: Vec::new(),
+            created_at: now,
+            // Unclaimed for a whole lifetime: recycle it.
+            expires_at: now + profile.lifetime.max_lifetime,
+            max_expires_at: now + profile.lifetime.max_lifetime,
+        };
+        let mut sb = Sandbox::provisioning(new_id(), self.runtime.node().to_string(), plan);
+        self.creating.lock().unwrap_or_else(|p| p.into_inner()).insert(sb.id.clone());
+        let result = async {
+            self.store.put(&sb, None)?;
+            let _guard = self.locks.lock(&sb.id).await;
+            let created = async {
+                self.runtime.ensure_image(&sb.image).await?;
+                self.runtime.create(&self.container_spec(&sb)).await
+            }
+            .await;
+            match created {
+                Ok(p) => {
+                    sb.container_id = Some(p.container_id);
+                    sb.network = p.network;
+                    sb.state = SandboxState::Warm;
+                    let reason = format!("warm sandbox for profile {}", profile.name);
+                    if let Err(e) = self.commit(&sb, self.entry(None, action::POOL_FILL, "", &sb.id, Ok(reason))) {
+                        let _ = self.runtime.remove(&container_name(&sb.id), sb.network_name().as_deref()).await;
+                        return Err(e);
+                    }
+                    self.schedule(&sb);
+                    self.pools.push(&profile.name, sb.id.clone());
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = self.runtime.remove(&container_name(&sb.id), sb.network_name().as_deref()).await;
+                    sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
+                    let _ = self.commit(&sb, self.entry(None, action::POOL_FILL, "", &sb.id, Err(&e)));
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        self.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&sb.id);
+        result
+    }
+
+    /// Warm sandboxes on record, for tests and status.
+    pub fn warm_sandboxes(&self) -> Result<Vec<Sandbox>> {
+        Ok(self.store.list(&ListFilter::default())?.into_iter().filter(|s| s.state == SandboxState::Warm).collect())
+    }
+}
