@@ -763,10 +763,29 @@ impl<R: Runtime> Manager<R> {
                     let this = Arc::clone(&self);
                     let permits = Arc::clone(&permits);
                     tokio::spawn(async move {
+                        // Stop it now; removing it (slower, and Docker does
+                        // removals one at a time) can wait for a permit.
+                        this.stop_expired(&id).await;
                         let _permit = permits.acquire_owned().await;
                         this.expire(&id).await;
                     });
                 }
+            }
+        }
+    }
+
+    /// Kills an expired sandbox's container at once, so that many sandboxes
+    /// falling due together all stop on time. Best effort: the teardown that
+    /// follows kills and removes in any case.
+    async fn stop_expired(&self, id: &str) {
+        let _guard = self.locks.lock(id).await;
+        let Ok(Some(sb)) = self.store.get(id) else { return };
+        if sb.state.is_ended() || sb.expires_at > SystemTime::now() {
+            return;
+        }
+        if let Some(cid) = &sb.container_id {
+            if let Err(e) = self.runtime.kill(cid).await {
+                tracing::debug!(sandbox = %id, error = %e, "kill at expiry failed; the teardown will retry");
             }
         }
     }

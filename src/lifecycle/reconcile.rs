@@ -168,7 +168,8 @@ impl<R: Runtime> Manager<R> {
                 .await?;
             return Ok(true);
         }
-        if sb.state != SandboxState::Running {
+        // Past its expiry it is being torn down (expiry kills first): not an exit.
+        if sb.state != SandboxState::Running || sb.expires_at <= SystemTime::now() {
             return Ok(false);
         }
         let Some(status) = self.runtime.status(&cid).await? else {

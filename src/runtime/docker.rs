@@ -484,6 +484,18 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn kill(&self, container: &str) -> Result<()> {
+        let d = self.docker().await?;
+        let opts = bollard::query_parameters::KillContainerOptionsBuilder::default().signal("SIGKILL").build();
+        match d.kill_container(container, Some(opts)).await {
+            Ok(()) => Ok(()),
+            // Gone, or not running (409): nothing to stop.
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(e) => Err(map_err("kill container", e)),
+        }
+    }
+
     async fn list_networks(&self, selector: &HashMap<String, String>) -> Result<Vec<ManagedNetwork>> {
         let d = self.docker().await?;
         let opts =

@@ -164,6 +164,9 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         selector: &HashMap<String, String>,
     ) -> impl Future<Output = Result<Vec<ManagedNetwork>>> + Send;
 
+    /// Sends SIGKILL to a container's processes. A missing or stopped container is fine.
+    fn kill(&self, container: &str) -> impl Future<Output = Result<()>> + Send;
+
     /// Every container (running or not) carrying all of `selector`'s labels.
     fn list(&self, selector: &HashMap<String, String>) -> impl Future<Output = Result<Vec<ManagedContainer>>> + Send;
 
