@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use sandpit::config::{default_data_dir, ADDR_FILE, LOCAL_TOKEN_FILE};
 use sandpit::proto::audit_service_client::AuditServiceClient;
+use sandpit::proto::profile_service_client::ProfileServiceClient;
 use sandpit::proto::register_service_client::RegisterServiceClient;
 use sandpit::proto::{self, exec_output::Output, sandbox_service_client::SandboxServiceClient};
 use tonic::metadata::MetadataValue;
@@ -157,6 +158,23 @@ enum Command {
     /// The audit log and oversight views.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Profiles: list, show, validate a file, reload, warm pools.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// List the profiles in force.
+    Ls,
+    /// Show one profile.
+    Get { name: String },
+    /// Check a profile file before installing it (operators).
+    Validate { file: PathBuf },
+    /// Re-read the profiles directory (operators); a bad file keeps the last good set.
+    Reload,
+    /// Warm pools: target, ready, claims and misses (operators).
+    Pools,
 }
 
 #[derive(Subcommand)]
@@ -559,6 +577,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             show_experiment(&e, cli.json)?;
         }
         Command::Audit(cmd) => return audit(&clients, cmd, cli.json).await,
+        Command::Profile(cmd) => return profile(&clients, cmd, cli.json).await,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -635,6 +654,86 @@ async fn audit(clients: &Clients, cmd: AuditCommand, as_json: bool) -> Result<Ex
             } else {
                 let rows = list.experiments.iter().map(active_row).collect();
                 table(&["EXPERIMENT", "TEAM", "OWNER", "CLASSIFICATION", "APPROVAL", "SANDBOXES"], rows);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn profile(clients: &Clients, cmd: ProfileCommand, as_json: bool) -> Result<ExitCode, Failure> {
+    let mut profiles = ProfileServiceClient::with_interceptor(clients.channel.clone(), clients.auth.clone());
+    let errors = |errors: &[proto::ProfileError]| {
+        for e in errors {
+            eprintln!("{}: {}: {}", e.file, e.field, e.reason);
+        }
+    };
+    match cmd {
+        ProfileCommand::Ls => {
+            let list = profiles.list_profiles(proto::ListProfilesRequest {}).await?.into_inner();
+            if as_json {
+                json(&list)?;
+            } else {
+                let rows = list
+                    .profiles
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.name.clone(),
+                            p.max_classification.clone(),
+                            p.network.as_ref().map(|n| n.mode.clone()).unwrap_or_default(),
+                            p.warm_pool_size.to_string(),
+                            p.description.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["PROFILE", "CEILING", "NETWORK", "WARM", "DESCRIPTION"], rows);
+            }
+        }
+        ProfileCommand::Get { name } => json(&profiles.get_profile(proto::GetProfileRequest { name }).await?.into_inner())?,
+        ProfileCommand::Validate { file } => {
+            let content = std::fs::read_to_string(&file).map_err(|e| Failure::Local(format!("{}: {e}", file.display())))?;
+            let file_name = file.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+            let r = profiles.validate_profile(proto::ValidateProfileRequest { file_name, content }).await?.into_inner();
+            if as_json {
+                json(&r)?;
+            } else if r.valid {
+                println!("{} is valid", file.display());
+            } else {
+                errors(&r.errors);
+            }
+            return Ok(if r.valid { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        ProfileCommand::Reload => {
+            let r = profiles.reload_profiles(proto::ReloadProfilesRequest {}).await?.into_inner();
+            if as_json {
+                json(&r)?;
+            } else if r.applied {
+                println!("reloaded: {}", r.loaded.join(", "));
+            } else {
+                errors(&r.errors);
+                println!("kept the last good set: {}", r.loaded.join(", "));
+            }
+            return Ok(if r.applied { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        ProfileCommand::Pools => {
+            let list = profiles.list_pools(proto::ListPoolsRequest {}).await?.into_inner();
+            if as_json {
+                json(&list)?;
+            } else {
+                let rows = list
+                    .pools
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.profile.clone(),
+                            p.target.to_string(),
+                            p.warm.to_string(),
+                            p.claims.to_string(),
+                            p.misses.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["PROFILE", "TARGET", "WARM", "CLAIMS", "MISSES"], rows);
             }
         }
     }
