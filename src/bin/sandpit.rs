@@ -689,9 +689,12 @@ async fn profile(clients: &Clients, cmd: ProfileCommand, as_json: bool) -> Resul
                 table(&["PROFILE", "CEILING", "NETWORK", "WARM", "DESCRIPTION"], rows);
             }
         }
-        ProfileCommand::Get { name } => json(&profiles.get_profile(proto::GetProfileRequest { name }).await?.into_inner())?,
+        ProfileCommand::Get { name } => {
+            json(&profiles.get_profile(proto::GetProfileRequest { name }).await?.into_inner())?
+        }
         ProfileCommand::Validate { file } => {
-            let content = std::fs::read_to_string(&file).map_err(|e| Failure::Local(format!("{}: {e}", file.display())))?;
+            let content =
+                std::fs::read_to_string(&file).map_err(|e| Failure::Local(format!("{}: {e}", file.display())))?;
             let file_name = file.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
             let r = profiles.validate_profile(proto::ValidateProfileRequest { file_name, content }).await?.into_inner();
             if as_json {

@@ -133,20 +133,21 @@ async fn isolated_none_and_open_sandboxes_reach_nothing_they_must_not() {
     // This daemon's chain only: other tests' daemons add rules of their own.
     let labels =
         docker().await.inspect_container(&iso_a.container_id, None).await.unwrap().config.unwrap().labels.unwrap();
-    let chain = format!("-j SANDPIT-{}", &labels["sandpit.instance"][..12]);
+    let short = labels["sandpit.instance"][..12].to_string();
     let chain_rules = || {
-        let out = std::process::Command::new("iptables").args(["-S", "INPUT"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.ends_with(&chain)).count()
+        let out = std::process::Command::new("iptables").args(["-S"]).output().unwrap();
+        let (input, forward) = (format!("-j SANDPIT-{short}"), format!("-j SANDPITF-{short}"));
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.ends_with(&input) || l.ends_with(&forward)).count()
     };
     let before = chain_rules();
-    assert_eq!(before, 3, "one rule per sandbox network");
+    assert_eq!(before, 6, "an INPUT and a DOCKER-USER rule per sandbox network");
     for sb in [&iso_a, &iso_b, &open] {
         let del = c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap().into_inner();
         assert_eq!(state(&del), SandboxState::Deleted);
         let net = docker().await.inspect_network(&format!("sandpit-{}", sb.id), None).await;
         assert!(net.is_err(), "network of {} removed", sb.id);
     }
-    assert_eq!(chain_rules(), before - 3);
+    assert_eq!(chain_rules(), 0, "rules go with their networks");
 }
 
 /// Sends `request` to the proxy on the sandbox's gateway, returns what comes back.

@@ -60,7 +60,7 @@ async fn start_container(name: &str, labels: HashMap<String, String>) -> String 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn labelled_orphans_are_removed_after_grace_and_nothing_else_is_touched() {
-    let d = Daemon::with(Options { orphan_grace: "2s", reconcile_interval: "1s", ..Default::default() }).await;
+    let d = Daemon::with(Options { orphan_grace: "5s", reconcile_interval: "1s", ..Default::default() }).await;
     let mut c = d.client(TEAM_A).await;
     let sb = create(&mut c, &d.exp_a, 300).await;
     let labels =
@@ -107,12 +107,12 @@ async fn labelled_orphans_are_removed_after_grace_and_nothing_else_is_touched() 
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(container_exists(&orphan).await, "removed before its grace period");
 
-    eventually(Duration::from_secs(8), "orphan removed", || {
+    eventually(Duration::from_secs(20), "orphan removed", || {
         let id = orphan.clone();
         async move { (!container_exists(&id).await).then_some(()) }
     })
     .await;
-    eventually(Duration::from_secs(8), "orphan network removed", || {
+    eventually(Duration::from_secs(20), "orphan network removed", || {
         let name = orphan_net.clone();
         async move { docker().await.inspect_network(&name, None).await.is_err().then_some(()) }
     })

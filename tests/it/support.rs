@@ -402,15 +402,17 @@ impl Daemon {
         else {
             return;
         };
-        let chain = format!("SANDPIT-{}", &instance[..12.min(instance.len())]);
-        let out = Command::new("iptables").args(["-w", "5", "-S", "INPUT"]).output();
+        let short = &instance[..12.min(instance.len())];
+        let out = Command::new("iptables").args(["-w", "5", "-S"]).output();
         let rules = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
-        for rule in rules.lines().filter(|l| l.ends_with(&format!("-j {chain}"))) {
-            let spec: Vec<&str> = rule.split_whitespace().skip(1).collect();
-            let _ = Command::new("iptables").args(["-w", "5", "-D"]).args(&spec).output();
+        for chain in [format!("SANDPIT-{short}"), format!("SANDPITF-{short}")] {
+            for rule in rules.lines().filter(|l| l.starts_with("-A ") && l.ends_with(&format!("-j {chain}"))) {
+                let spec: Vec<&str> = rule.split_whitespace().skip(1).collect();
+                let _ = Command::new("iptables").args(["-w", "5", "-D"]).args(&spec).output();
+            }
+            let _ = Command::new("iptables").args(["-w", "5", "-F", &chain]).output();
+            let _ = Command::new("iptables").args(["-w", "5", "-X", &chain]).output();
         }
-        let _ = Command::new("iptables").args(["-w", "5", "-F", &chain]).output();
-        let _ = Command::new("iptables").args(["-w", "5", "-X", &chain]).output();
     }
 }
 
