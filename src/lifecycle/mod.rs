@@ -282,6 +282,11 @@ impl<R: Runtime> Manager<R> {
         }
     }
 
+    /// The experiment of a sandbox, for audit records (empty when unknown).
+    fn experiment_of(&self, id: &str) -> String {
+        self.store.get(id).ok().flatten().map(|s| s.experiment).unwrap_or_default()
+    }
+
     /// Records a refused or failed request that changed nothing.
     fn record_error(&self, caller: &Caller, action: &str, experiment: &str, sandbox: &str, e: &Error) {
         self.record(self.entry(Some(caller), action, experiment, sandbox, Err(e)));
@@ -344,7 +349,7 @@ impl<R: Runtime> egress::Policy for Manager<R> {
 
     fn decided(&self, d: &egress::Decision) {
         let sandbox = d.sandbox.clone().unwrap_or_default();
-        let experiment = self.store.get(&sandbox).ok().flatten().map(|s| s.experiment).unwrap_or_default();
+        let experiment = self.experiment_of(&sandbox);
         let what = format!("{} {}:{}", d.method, d.host, d.port);
         let result = match d.status {
             200 => Ok(format!("{what} via {}", d.reason)),
@@ -497,7 +502,7 @@ impl<R: Runtime> Manager<R> {
     pub async fn extend(&self, caller: &Caller, id: &str, ttl: Duration) -> Result<Sandbox> {
         let result = self.extend_inner(caller, id, ttl).await;
         if let Err(e) = &result {
-            let experiment = self.store.get(id).ok().flatten().map(|s| s.experiment).unwrap_or_default();
+            let experiment = self.experiment_of(id);
             self.record_error(caller, action::EXTEND_SANDBOX, &experiment, id, e);
         }
         result
@@ -535,7 +540,7 @@ impl<R: Runtime> Manager<R> {
         }
         .await;
         if let Err(e) = &result {
-            let experiment = self.store.get(id).ok().flatten().map(|s| s.experiment).unwrap_or_default();
+            let experiment = self.experiment_of(id);
             self.record_error(caller, action::DELETE_SANDBOX, &experiment, id, e);
         }
         result
@@ -591,7 +596,7 @@ impl<R: Runtime> Manager<R> {
     ) -> Result<BoxStream<Result<ExecOutput>>> {
         let result = self.exec_inner(caller, id, spec, timeout).await;
         if let Err(e) = &result {
-            let experiment = self.store.get(id).ok().flatten().map(|s| s.experiment).unwrap_or_default();
+            let experiment = self.experiment_of(id);
             self.record_error(caller, action::EXEC, &experiment, id, e);
         }
         result

@@ -129,7 +129,7 @@ impl<R: Runtime> Manager<R> {
         }
         .await;
         if let Err(e) = &result {
-            let experiment = self.store.get(id).ok().flatten().map(|s| s.experiment).unwrap_or_default();
+            let experiment = self.experiment_of(id);
             self.record_error(caller, action::COPY_IN, &experiment, id, e);
         }
         result
@@ -147,7 +147,7 @@ impl<R: Runtime> Manager<R> {
         let (sb, cid) = match target {
             Ok(t) => t,
             Err(e) => {
-                let experiment = self.store.get(id).ok().flatten().map(|s| s.experiment).unwrap_or_default();
+                let experiment = self.experiment_of(id);
                 self.record_error(caller, action::COPY_OUT, &experiment, id, &e);
                 return Err(e);
             }
