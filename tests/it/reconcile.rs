@@ -68,16 +68,6 @@ async fn labelled_orphans_are_removed_after_grace_and_nothing_else_is_touched() 
     let instance = labels["sandpit.instance"].clone();
     let run = (TEST_RUN_LABEL.to_string(), d.run.clone());
 
-    let orphan = start_container(
-        &unique("orphan"),
-        HashMap::from([
-            ("sandpit.managed".into(), "true".into()),
-            ("sandpit.instance".into(), instance.clone()),
-            ("sandpit.sandbox".into(), "sb-000000000000".into()),
-            run.clone(),
-        ]),
-    )
-    .await;
     let other_daemon = start_container(
         &unique("other-daemon"),
         HashMap::from([
@@ -103,9 +93,25 @@ async fn labelled_orphans_are_removed_after_grace_and_nothing_else_is_touched() 
     };
     docker().await.create_network(net).await.unwrap();
 
-    // Within the grace period the orphan is left alone (its create may be in flight).
+    // The orphan last, timed: within the grace period it is left alone (its
+    // create may be in flight). On a machine too loaded to check within the
+    // grace, only the removal is checked.
+    let made = std::time::Instant::now();
+    let orphan = start_container(
+        &unique("orphan"),
+        HashMap::from([
+            ("sandpit.managed".into(), "true".into()),
+            ("sandpit.instance".into(), instance.clone()),
+            ("sandpit.sandbox".into(), "sb-000000000000".into()),
+            run.clone(),
+        ]),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(container_exists(&orphan).await, "removed before its grace period");
+    let exists = container_exists(&orphan).await;
+    if made.elapsed() < Duration::from_secs(4) {
+        assert!(exists, "removed before its grace period");
+    }
 
     eventually(Duration::from_secs(20), "orphan removed", || {
         let id = orphan.clone();
