@@ -9,8 +9,22 @@
 //! no timings. Every container either side makes carries
 //! `sandpit.bench-run=<run id>` and is removed however the run ends.
 //!
-//! Scenarios: `cold`, `burst`, `warm-pool` (skipped: not implemented),
-//! `expiry`, `scale`. See README "Benchmarks".
+//! Scenarios: `cold`, `burst`, `warm-pool`, `expiry`, `scale`. See README
+//! "Benchmarks".
+//!
+//! `warm-pool` uses a second profile, `bench-warm`: the bench profile with
+//! `warm_pool` set. It is written with `warm_pool = 0` so no background fill
+//! runs during the other scenarios; the scenario rewrites it with a pool of
+//! 20 (`--quick` 5) and calls `ReloadProfiles` as the `bench-operator`
+//! identity (role operator, which also reads `ListPools`), and at the end
+//! sets it back to 0 and waits for the drain. It times 30 (10) sequential
+//! claims, each on a full pool (ListPools polled, untimed) with the claimed
+//! sandbox deleted after (untimed), against the cold Sandpit and raw creates
+//! of scenario 1, or, when scenario 1 did not run, 10 cold pairs it measures
+//! itself; then 20 (5) creates released together on a full pool of as many,
+//! counting claims and cold misses from ListPools. It checks that each
+//! sandbox was handed out once and prints the issue's floors beside the
+//! figures without asserting them.
 
 #[path = "sandpit/harness.rs"]
 mod harness;
@@ -28,7 +42,8 @@ use sandpit::proto::{self, ExtendSandboxRequest, ListSandboxesRequest};
 use serde_json::{json, Map, Value};
 
 use harness::{
-    sp_create, sp_delete, to_system, ttl, unique, BoxError, Cleanup, Client, Daemon, Raw, Result, RUN_LABEL,
+    sp_create, sp_create_in, sp_delete, to_system, ttl, unique, BoxError, Cleanup, Client, Daemon, ProfileClient, Raw,
+    Result, PROFILE, RUN_LABEL, WARM_PROFILE,
 };
 use stats::{header, ms, ratio, ratio_json, ratio_row, round3, row, samples_json, Summary};
 
@@ -52,14 +67,18 @@ struct Sizes {
     expiry: usize,
     scale: usize,
     list_calls: usize,
+    /// Sequential warm claims.
+    warm_seq: usize,
+    /// Warm claims released together, and the pool size.
+    warm_conc: usize,
 }
 
 impl Sizes {
     fn new(quick: bool) -> Sizes {
         if quick {
-            Sizes { cold: 10, burst: 20, expiry: 20, scale: 100, list_calls: 200 }
+            Sizes { cold: 10, burst: 20, expiry: 20, scale: 100, list_calls: 200, warm_seq: 10, warm_conc: 5 }
         } else {
-            Sizes { cold: 30, burst: 100, expiry: 100, scale: 500, list_calls: 200 }
+            Sizes { cold: 30, burst: 100, expiry: 100, scale: 500, list_calls: 200, warm_seq: 30, warm_conc: 20 }
         }
     }
 }
@@ -155,6 +174,8 @@ struct Ctx {
     client: Client,
     raw: Raw,
     run: String,
+    /// Scenario 1's figures, when it ran, for scenario 3's ratios.
+    cold: Option<ColdRef>,
 }
 
 async fn bench(args: &Args, run: &str) -> Result<()> {
@@ -190,7 +211,7 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
     println!("experiment {experiment} registered (OFFICIAL, team bench)");
     let client = daemon.client().await?;
     let raw = Raw::new(docker.clone(), run, &daemon);
-    let mut ctx = Ctx { daemon, client, raw, run: run.to_string() };
+    let mut ctx = Ctx { daemon, client, raw, run: run.to_string(), cold: None };
     println!(
         "raw baseline: bollard on the same engine with sandpit::runtime::docker::create_body, \
          per create inspect_image + create_container + start_container (the daemon's runtime does the same)"
@@ -206,17 +227,19 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
         let result = match name {
             "cold" => cold(&mut ctx, sizes.cold).await,
             "burst" => burst(&mut ctx, sizes.burst).await,
-            "warm-pool" => {
-                println!("[3] warm-pool claims");
-                println!("    skipped: warm pools not implemented");
-                Ok(json!({"skipped": true, "reason": "warm pools not implemented"}))
-            }
+            "warm-pool" => warm_pool(&mut ctx, sizes.warm_seq, sizes.warm_conc).await,
             "expiry" => expiry(&mut ctx, sizes.expiry).await,
             "scale" => scale(&mut ctx, sizes.scale, sizes.list_calls).await,
             _ => unreachable!(),
         };
         match result {
             Ok(v) => {
+                // A scenario that measured but found something wrong (e.g. a
+                // sandbox handed out twice) lists it under "problems".
+                if v.get("problems").and_then(Value::as_array).is_some_and(|p| !p.is_empty()) {
+                    println!("    FAILED: {}", v["problems"]);
+                    failed.push(name);
+                }
                 scenarios.insert(name.to_string(), v);
             }
             Err(e) => {
@@ -316,44 +339,57 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
 
 // ---- 1. cold create-to-running, sequential -------------------------------
 
+/// Create pairs discarded before the cold samples.
+const COLD_WARMUP: usize = 2;
+
 #[derive(Clone, Copy, PartialEq)]
 enum Side {
     Sandpit,
     Raw,
 }
 
-async fn cold(ctx: &mut Ctx, n: usize) -> Result<Value> {
-    const WARMUP: usize = 2;
-    println!(
-        "[1] cold create-to-running, sequential, n={n}, network none \
-         (alternating which side goes first; {WARMUP} warm-up pairs discarded; delete after each, untimed)"
-    );
-    let log_from = ctx.daemon.log_len();
-    let mut sp = Vec::new();
-    let mut sp_ids = Vec::new();
-    let mut raw = Vec::new();
-    for i in 0..WARMUP + n {
+/// Sequential create pairs, Sandpit and raw, alternating which goes first;
+/// each deleted right after, untimed. The first `warmup` pairs are discarded.
+struct ColdPairs {
+    sp: Vec<Duration>,
+    sp_ids: Vec<String>,
+    raw: Vec<Duration>,
+}
+
+async fn cold_pairs(ctx: &mut Ctx, n: usize, warmup: usize) -> Result<ColdPairs> {
+    let mut pairs = ColdPairs { sp: Vec::new(), sp_ids: Vec::new(), raw: Vec::new() };
+    for i in 0..warmup + n {
         let order = if i % 2 == 0 { [Side::Sandpit, Side::Raw] } else { [Side::Raw, Side::Sandpit] };
         for side in order {
             match side {
                 Side::Sandpit => {
                     let (sb, d) = sp_create(&mut ctx.client, LONG_TTL).await?;
                     sp_delete(&mut ctx.client, &sb.id).await?;
-                    if i >= WARMUP {
-                        sp.push(d);
-                        sp_ids.push(sb.id);
+                    if i >= warmup {
+                        pairs.sp.push(d);
+                        pairs.sp_ids.push(sb.id);
                     }
                 }
                 Side::Raw => {
                     let (cid, d) = ctx.raw.create().await?;
                     ctx.raw.remove(&cid).await?;
-                    if i >= WARMUP {
-                        raw.push(d);
+                    if i >= warmup {
+                        pairs.raw.push(d);
                     }
                 }
             }
         }
     }
+    Ok(pairs)
+}
+
+async fn cold(ctx: &mut Ctx, n: usize) -> Result<Value> {
+    println!(
+        "[1] cold create-to-running, sequential, n={n}, network none \
+         (alternating which side goes first; {COLD_WARMUP} warm-up pairs discarded; delete after each, untimed)"
+    );
+    let log_from = ctx.daemon.log_len();
+    let ColdPairs { sp, sp_ids, raw } = cold_pairs(ctx, n, COLD_WARMUP).await?;
     let provision = harness::provision_times(&ctx.daemon.log_since(log_from));
     let sp_ms: Vec<f64> = sp.iter().map(|d| ms(*d)).collect();
     let raw_ms: Vec<f64> = raw.iter().map(|d| ms(*d)).collect();
@@ -364,6 +400,7 @@ async fn cold(ctx: &mut Ctx, n: usize) -> Result<Value> {
     let (s_sp, s_raw) = (Summary::of_ms(&sp_ms), Summary::of_ms(&raw_ms));
     let (s_prov, s_out) = (Summary::of_ms(&prov_ms), Summary::of_ms(&outside_ms));
     let r = ratio(s_sp, s_raw);
+    ctx.cold = Some(ColdRef { sandpit: s_sp, raw: s_raw, n, source: "scenario 1 (cold) of this run" });
     header();
     row("sandpit CreateSandbox (gRPC round trip)", s_sp);
     row("raw inspect+create+start (bollard)", s_raw);
@@ -375,7 +412,7 @@ async fn cold(ctx: &mut Ctx, n: usize) -> Result<Value> {
     }
     Ok(json!({
         "n": n,
-        "warmup_pairs_discarded": WARMUP,
+        "warmup_pairs_discarded": COLD_WARMUP,
         "order": "alternating (ABBA) per iteration",
         "network": "none",
         "raw_includes_inspect_image": true,
@@ -583,6 +620,404 @@ fn split(
         }
     }
     (ok, failures, wall)
+}
+
+// ---- 3. warm-pool claims -------------------------------------------------
+
+/// The issue's floors, printed beside the figures; the benchmark asserts none.
+const FLOOR_SEQ_P50_MS: f64 = 25.0;
+const FLOOR_SEQ_P99_MS: f64 = 60.0;
+const FLOOR_CONC_P99_MS: f64 = 100.0;
+/// The concurrency the concurrent floor is stated for.
+const FLOOR_CONC_N: usize = 20;
+/// Cold pairs scenario 3 measures itself when scenario 1 did not run.
+const OWN_COLD_PAIRS: usize = 10;
+/// Longest wait for the pool to fill (from empty) or drain.
+const POOL_LIMIT: Duration = Duration::from_secs(180);
+/// ListPools / ListSandboxes poll interval while waiting on the pool.
+const POOL_POLL: Duration = Duration::from_millis(10);
+
+/// Cold create figures that scenario 3 compares claims with.
+#[derive(Clone)]
+struct ColdRef {
+    sandpit: Option<Summary>,
+    raw: Option<Summary>,
+    n: usize,
+    source: &'static str,
+}
+
+impl ColdRef {
+    fn json(&self) -> Value {
+        json!({
+            "source": self.source,
+            "n": self.n,
+            "sandpit_create": stats::json_opt(self.sandpit),
+            "raw_create_start": stats::json_opt(self.raw),
+        })
+    }
+}
+
+async fn pool_status(p: &mut ProfileClient) -> Result<proto::PoolStatus> {
+    let pools = p.list_pools(proto::ListPoolsRequest {}).await?.into_inner().pools;
+    pools
+        .into_iter()
+        .find(|s| s.profile == WARM_PROFILE)
+        .ok_or_else(|| format!("ListPools does not list {WARM_PROFILE}").into())
+}
+
+/// Polls ListPools until the pool holds `size`; its status and the wait.
+async fn wait_full(p: &mut ProfileClient, size: u32) -> Result<(proto::PoolStatus, Duration)> {
+    let t = Instant::now();
+    loop {
+        let s = pool_status(p).await?;
+        if s.target == size && s.warm >= size {
+            return Ok((s, t.elapsed()));
+        }
+        if t.elapsed() > POOL_LIMIT {
+            let (secs, warm, target) = (POOL_LIMIT.as_secs(), s.warm, s.target);
+            return Err(format!("{WARM_PROFILE} pool not full after {secs} s: warm {warm}/{target}").into());
+        }
+        tokio::time::sleep(POOL_POLL).await;
+    }
+}
+
+/// Live (not ended) sandboxes of `bench-warm`, as the operator sees them
+/// (warm, provisioning and claimed ones): `(id, state)`.
+async fn warm_profile_live(op: &mut Client) -> Result<Vec<(String, i32)>> {
+    let list = op.list_sandboxes(ListSandboxesRequest::default()).await?.into_inner().sandboxes;
+    Ok(list.into_iter().filter(|s| s.profile == WARM_PROFILE).map(|s| (s.id, s.state)).collect())
+}
+
+/// Ids of the warm (unclaimed) sandboxes of `bench-warm`.
+async fn warm_ids(op: &mut Client) -> Result<HashSet<String>> {
+    let live = warm_profile_live(op).await?;
+    Ok(live.into_iter().filter(|(_, st)| *st == proto::SandboxState::Warm as i32).map(|(id, _)| id).collect())
+}
+
+/// Rewrites `bench-warm` with a pool of `size` and has the daemon reload it.
+async fn set_pool(daemon: &Daemon, p: &mut ProfileClient, size: u32) -> Result<()> {
+    daemon.write_warm_profile(size)?;
+    let r = p.reload_profiles(proto::ReloadProfilesRequest {}).await?.into_inner();
+    if !r.applied {
+        return Err(format!("ReloadProfiles (warm_pool = {size}) was not applied: {:?}", r.errors).into());
+    }
+    Ok(())
+}
+
+/// Values that occur more than once.
+fn duplicates<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut dup: Vec<String> = values.into_iter().filter(|v| !seen.insert(*v)).map(String::from).collect();
+    dup.sort();
+    dup.dedup();
+    dup
+}
+
+fn floor_json(floor: f64, measured: Option<f64>) -> Value {
+    json!({"floor_ms": floor, "measured_ms": measured.map(round3), "met": measured.map(|m| m <= floor)})
+}
+
+fn floor_text(what: &str, floor: f64, measured: Option<f64>) -> String {
+    match measured {
+        Some(m) => format!("{what} <= {floor:.0} ms: {m:.1} ms, {}", if m <= floor { "met" } else { "NOT met" }),
+        None => format!("{what} <= {floor:.0} ms: no samples"),
+    }
+}
+
+async fn warm_pool(ctx: &mut Ctx, seq_n: usize, conc_n: usize) -> Result<Value> {
+    println!(
+        "[3] warm-pool claims: profile {WARM_PROFILE} ({PROFILE} with warm_pool = {conc_n}); {seq_n} sequential claims \
+         (pool full before each, claimed sandbox deleted after, both untimed), then {conc_n} claims released together \
+         on a full pool"
+    );
+    let cold = match ctx.cold.clone() {
+        Some(c) => c,
+        None => {
+            println!(
+                "    scenario 1 did not run in this invocation: measuring a cold baseline first, {OWN_COLD_PAIRS} \
+                 sequential {PROFILE} + raw pairs as scenario 1 does ({COLD_WARMUP} warm-up pairs discarded), pool off"
+            );
+            let pairs = cold_pairs(ctx, OWN_COLD_PAIRS, COLD_WARMUP).await?;
+            ColdRef {
+                sandpit: Summary::of(&pairs.sp),
+                raw: Summary::of(&pairs.raw),
+                n: OWN_COLD_PAIRS,
+                source: "measured by scenario 3 (scenario 1 did not run in this invocation)",
+            }
+        }
+    };
+    let mut prof = ctx.daemon.profile_client().await?;
+    let mut op = ctx.daemon.operator_client().await?;
+    // Claimed sandboxes not yet deleted, whatever happens below.
+    let mut live = Vec::new();
+    let measured = warm_measure(ctx, &mut prof, &mut op, seq_n, conc_n, &cold, &mut live).await;
+
+    // However that went: delete what is still claimed, turn the pool off and
+    // wait until no sandbox of the profile is left (a fill in flight included).
+    let (_, left_fail, _) = sp_delete_many(&ctx.client, &live).await;
+    let off = set_pool(&ctx.daemon, &mut prof, 0).await;
+    let t = Instant::now();
+    let drained = loop {
+        match warm_profile_live(&mut op).await {
+            Ok(l) if l.is_empty() => break Ok(t.elapsed()),
+            Ok(l) if t.elapsed() > POOL_LIMIT => {
+                break Err(format!("{} sandbox(es) of {WARM_PROFILE} still live after the drain", l.len()))
+            }
+            Ok(_) => tokio::time::sleep(POOL_POLL).await,
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    let labelled = ctx.raw.count_labelled().await?;
+    let mut v = measured?;
+    off?;
+    println!(
+        "    pool turned off (warm_pool = 0, ReloadProfiles): {}; containers with the run label after: {labelled}",
+        match &drained {
+            Ok(d) => format!("no {WARM_PROFILE} sandbox left after {:.0} ms", ms(*d)),
+            Err(e) => e.clone(),
+        }
+    );
+    let problems = v["problems"].as_array_mut().ok_or("no problems list")?;
+    if !left_fail.is_empty() {
+        problems.push(json!(format!("{} claimed sandbox(es) could not be deleted: {}", left_fail.len(), left_fail[0])));
+    }
+    if let Err(e) = &drained {
+        problems.push(json!(e));
+    }
+    if labelled != 0 {
+        problems.push(json!(format!("{labelled} container(s) with the run label left after the drain")));
+    }
+    v["drain"] = json!({
+        "method": "bench-warm rewritten with warm_pool = 0, ReloadProfiles, then ListSandboxes (operator) polled until no sandbox of the profile is live",
+        "ms": drained.as_ref().ok().map(|d| round3(ms(*d))),
+        "error": drained.err(),
+        "labelled_containers_after": labelled,
+    });
+    Ok(v)
+}
+
+/// Scenario 3 proper: turns the pool on, runs both parts. Ids of claimed
+/// sandboxes not yet deleted are kept in `live` for the caller to delete.
+async fn warm_measure(
+    ctx: &mut Ctx,
+    prof: &mut ProfileClient,
+    op: &mut Client,
+    seq_n: usize,
+    conc_n: usize,
+    cold: &ColdRef,
+    live: &mut Vec<String>,
+) -> Result<Value> {
+    let size = conc_n as u32;
+    let mut problems: Vec<String> = Vec::new();
+    set_pool(&ctx.daemon, prof, size).await?;
+    let (_, fill) = wait_full(prof, size).await?;
+    println!(
+        "    ReloadProfiles with warm_pool = {size}: pool full after {:.1} s (filled one sandbox at a time)",
+        fill.as_secs_f64()
+    );
+
+    // Part 1: sequential claims, each on a full pool.
+    let start = pool_status(prof).await?;
+    let mut seq = Vec::with_capacity(seq_n);
+    let mut refill = Vec::with_capacity(seq_n);
+    let (mut seq_ids, mut seq_cids) = (Vec::new(), Vec::new());
+    let mut not_claims = Vec::new();
+    for _ in 0..seq_n {
+        let (before, _) = wait_full(prof, size).await?;
+        let warm = warm_ids(op).await?;
+        let (sb, d) = sp_create_in(&mut ctx.client, WARM_PROFILE, LONG_TTL).await?;
+        let claimed_at = Instant::now();
+        live.push(sb.id.clone());
+        let after = pool_status(prof).await?;
+        let claimed = after.claims == before.claims + 1 && after.misses == before.misses && warm.contains(&sb.id);
+        if !claimed {
+            not_claims.push(sb.id.clone());
+        }
+        if sb.state != proto::SandboxState::Running as i32 {
+            problems.push(format!("sequential: {} came back in state {}", sb.id, sb.state));
+        }
+        sp_delete(&mut ctx.client, &sb.id).await?;
+        live.retain(|id| *id != sb.id);
+        wait_full(prof, size).await?;
+        refill.push(claimed_at.elapsed());
+        seq.push(d);
+        seq_ids.push(sb.id);
+        seq_cids.push(sb.container_id);
+    }
+    let end = pool_status(prof).await?;
+    let (seq_claims, seq_misses) = (end.claims - start.claims, end.misses - start.misses);
+    let seq_dup_ids = duplicates(seq_ids.iter().map(String::as_str));
+    let seq_dup_cids = duplicates(seq_cids.iter().map(String::as_str));
+    if !not_claims.is_empty() {
+        problems.push(format!("sequential: {} create(s) on a full pool were not claims", not_claims.len()));
+    }
+    if !seq_dup_ids.is_empty() || !seq_dup_cids.is_empty() {
+        problems.push(format!("sequential: handed out twice: ids {seq_dup_ids:?}, containers {seq_dup_cids:?}"));
+    }
+
+    let s_seq = Summary::of(&seq);
+    let (r_cold, r_raw) = (ratio(s_seq, cold.sandpit), ratio(s_seq, cold.raw));
+    println!("    cold reference: {}, n={}", cold.source, cold.n);
+    header();
+    row("warm claim, sequential (CreateSandbox)", s_seq);
+    row("cold sandpit CreateSandbox", cold.sandpit);
+    row("cold raw inspect+create+start (bollard)", cold.raw);
+    ratio_row("ratio warm claim / cold sandpit", r_cold);
+    ratio_row("ratio warm claim / cold raw", r_raw);
+    row("  (untimed) claim -> pool full again", Summary::of(&refill));
+    if let (Some(w), Some(c), Some(r)) = (s_seq, cold.sandpit, cold.raw) {
+        println!(
+            "    p50: warm claim {:.1} ms vs cold sandpit {:.1} ms ({:.3}x, {:.0}x faster) and raw {:.1} ms ({:.3}x)",
+            w.p50,
+            c.p50,
+            w.p50 / c.p50,
+            c.p50 / w.p50,
+            r.p50,
+            w.p50 / r.p50
+        );
+    }
+    println!(
+        "    floors (issue; information only): {}; {}",
+        floor_text("p50", FLOOR_SEQ_P50_MS, s_seq.map(|s| s.p50)),
+        floor_text("p99", FLOOR_SEQ_P99_MS, s_seq.map(|s| s.p99))
+    );
+    println!(
+        "    sequential: {}/{seq_n} succeeded; ListPools claims +{seq_claims}, misses +{seq_misses}; \
+         {} of {seq_n} checked as claims (counter +1 and id warm before); {} distinct ids, {} distinct containers",
+        seq.len(),
+        seq_n - not_claims.len(),
+        seq_ids.iter().collect::<HashSet<_>>().len(),
+        seq_cids.iter().collect::<HashSet<_>>().len()
+    );
+
+    // Part 2: `conc_n` claims released together on a full pool of `conc_n`.
+    let (before, _) = wait_full(prof, size).await?;
+    let warm = warm_ids(op).await?;
+    let client = ctx.client.clone();
+    let (burst, sbs) = release_together(conc_n, || {
+        let mut c = client.clone();
+        async move {
+            sp_create_in(&mut c, WARM_PROFILE, LONG_TTL)
+                .await
+                .map_err(|s| BoxError::from(format!("{}: {}", s.code(), s.message())))
+        }
+    })
+    .await;
+    live.extend(sbs.iter().map(|sb| sb.id.clone()));
+    let after = pool_status(prof).await?;
+    let (conc_claims, conc_misses) = (after.claims - before.claims, after.misses - before.misses);
+    let from_pool = sbs.iter().filter(|sb| warm.contains(&sb.id)).count();
+    let conc_ids: Vec<String> = sbs.iter().map(|sb| sb.id.clone()).collect();
+    let conc_dup_ids = duplicates(conc_ids.iter().map(String::as_str));
+    let conc_dup_cids = duplicates(sbs.iter().map(|sb| sb.container_id.as_str()));
+    let across = duplicates(seq_ids.iter().chain(&conc_ids).map(String::as_str));
+    let not_running = sbs.iter().filter(|sb| sb.state != proto::SandboxState::Running as i32).count();
+    let (del, del_fail, del_wall) = sp_delete_many(&ctx.client, &conc_ids).await;
+    if del_fail.is_empty() {
+        live.retain(|id| !conc_ids.contains(id));
+    }
+    if !burst.failures.is_empty() {
+        problems.push(format!(
+            "concurrent: {} of {conc_n} creates failed: {}",
+            burst.failures.len(),
+            burst.failures[0]
+        ));
+    }
+    if !conc_dup_ids.is_empty() || !conc_dup_cids.is_empty() {
+        problems.push(format!("concurrent: handed out twice: ids {conc_dup_ids:?}, containers {conc_dup_cids:?}"));
+    }
+    if !across.is_empty() {
+        problems.push(format!("ids handed out in both parts: {across:?}"));
+    }
+    if not_running > 0 {
+        problems.push(format!("concurrent: {not_running} sandbox(es) not running on return"));
+    }
+    if !del_fail.is_empty() {
+        problems.push(format!("concurrent: {} delete(s) failed: {}", del_fail.len(), del_fail[0]));
+    }
+
+    let s_conc = Summary::of(&burst.ok);
+    println!(
+        "    concurrent: {}/{conc_n} succeeded, {} failed, wall {:.1} ms; ListPools claims +{conc_claims}, \
+         misses (cold) +{conc_misses}; by id {from_pool} from the pool, {} cold; {} distinct ids, {} distinct containers",
+        burst.ok.len(),
+        burst.failures.len(),
+        ms(burst.wall),
+        sbs.len() - from_pool,
+        conc_ids.iter().collect::<HashSet<_>>().len(),
+        sbs.iter().map(|sb| &sb.container_id).collect::<HashSet<_>>().len()
+    );
+    for f in burst.failures.iter().take(5) {
+        println!("    failure: {f}");
+    }
+    header();
+    row(&format!("warm CreateSandbox x{conc_n} together"), s_conc);
+    row("  (untimed cleanup) DeleteSandbox", Summary::of(&del));
+    println!(
+        "    floor (issue; information only): {}{}",
+        floor_text(&format!("p99 at {FLOOR_CONC_N} concurrent"), FLOOR_CONC_P99_MS, s_conc.map(|s| s.p99)),
+        if conc_n == FLOOR_CONC_N {
+            String::new()
+        } else {
+            format!(" (this run released {conc_n}, not {FLOOR_CONC_N})")
+        }
+    );
+    let seq_ms: Vec<f64> = seq.iter().map(|d| ms(*d)).collect();
+    let conc_ms: Vec<f64> = burst.ok.iter().map(|d| ms(*d)).collect();
+    Ok(json!({
+        "profile": WARM_PROFILE,
+        "pool_size": size,
+        "pool_switch": "bench-warm is written with warm_pool = 0 at start (no background fills during other scenarios); this scenario rewrites it with warm_pool = pool_size and calls ReloadProfiles, and turns it off again at the end",
+        "initial_fill_ms": round3(ms(fill)),
+        "cold_reference": cold.json(),
+        "sequential": {
+            "n": seq_n,
+            "method": "before each claim ListPools is polled (10 ms) until warm == target; CreateSandbox round trip timed; the claimed sandbox is deleted, untimed",
+            "latency": stats::json_opt(s_seq),
+            "ratio_over_cold_sandpit": ratio_json(r_cold),
+            "ratio_over_cold_raw": ratio_json(r_raw),
+            "claims_delta": seq_claims,
+            "misses_delta": seq_misses,
+            "not_claims": not_claims,
+            "distinct_ids": seq_ids.iter().collect::<HashSet<_>>().len(),
+            "distinct_containers": seq_cids.iter().collect::<HashSet<_>>().len(),
+            "duplicate_ids": seq_dup_ids,
+            "duplicate_containers": seq_dup_cids,
+            "claim_to_pool_full_again": stats::json_opt(Summary::of(&refill)),
+            "samples_ms": samples_json(&seq_ms),
+        },
+        "concurrent": {
+            "n": conc_n,
+            "succeeded": burst.ok.len(),
+            "failed": burst.failures.len(),
+            "failures": burst.failures,
+            "wall_ms": round3(ms(burst.wall)),
+            "latency": stats::json_opt(s_conc),
+            "claims_delta": conc_claims,
+            "misses_delta": conc_misses,
+            "from_pool_by_id": from_pool,
+            "cold_by_id": sbs.len() - from_pool,
+            "distinct_ids": conc_ids.iter().collect::<HashSet<_>>().len(),
+            "duplicate_ids": conc_dup_ids,
+            "duplicate_containers": conc_dup_cids,
+            "ids_also_in_sequential": across,
+            "samples_ms": samples_json(&conc_ms),
+            "cleanup_delete": {"concurrency": CONCURRENCY, "wall_ms": round3(ms(del_wall)), "failed": del_fail.len(), "latency": stats::json_opt(Summary::of(&del))},
+        },
+        "floors": {
+            "source": "issue text; information only, nothing asserted",
+            "sequential_p50": floor_json(FLOOR_SEQ_P50_MS, s_seq.map(|s| s.p50)),
+            "sequential_p99": floor_json(FLOOR_SEQ_P99_MS, s_seq.map(|s| s.p99)),
+            "concurrent_p99": {
+                "at_concurrency": FLOOR_CONC_N,
+                "this_run_concurrency": conc_n,
+                "floor_ms": FLOOR_CONC_P99_MS,
+                "measured_ms": s_conc.map(|s| round3(s.p99)),
+                "met": s_conc.map(|s| s.p99 <= FLOOR_CONC_P99_MS),
+            },
+        },
+        "problems": problems,
+    }))
 }
 
 // ---- 4. expiry precision -------------------------------------------------

@@ -14,6 +14,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use sandpit::config::Config;
 use sandpit::policy::Profile;
+use sandpit::proto::profile_service_client::ProfileServiceClient;
 use sandpit::proto::register_service_client::RegisterServiceClient;
 use sandpit::proto::sandbox_service_client::SandboxServiceClient;
 use sandpit::proto::{self, CreateSandboxRequest, DeleteSandboxRequest, RegisterExperimentRequest};
@@ -32,6 +33,8 @@ pub const RUN_LABEL: &str = "sandpit.bench-run";
 pub const RAW_LABEL: &str = "sandpit-bench.raw";
 pub const IMAGE: &str = "sandpit-bench/base:latest";
 pub const PROFILE: &str = "bench-none";
+/// `PROFILE` with a warm pool (scenario 3).
+pub const WARM_PROFILE: &str = "bench-warm";
 
 /// The register entry every sandbox of the run belongs to (set once at start).
 static EXPERIMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -115,32 +118,18 @@ impl Drop for Cleanup {
 
 // ---- the daemon ----------------------------------------------------------
 
-/// A real `sandpitd` (the release build) on a temporary profiles dir, config
-/// and data dir. Killed when dropped.
-pub struct Daemon {
-    pub dir: tempfile::TempDir,
-    pub config_path: PathBuf,
-    pub config: Config,
-    pub profile: Profile,
-    pub token: String,
-    pub addr: String,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    /// Writes the profile and config. Does not start the daemon.
-    pub fn prepare(run: &str) -> Result<Daemon> {
-        let dir = tempfile::Builder::new().prefix("sandpit-bench-").tempdir()?;
-        let profiles = dir.path().join("profiles");
-        std::fs::create_dir(&profiles)?;
-        std::fs::write(
-            profiles.join(format!("{PROFILE}.toml")),
-            format!(
-                r#"description = "benchmark: no network, small resources"
+/// The benchmark profile; with `warm_pool` for `bench-warm`, otherwise the same.
+fn profile_toml(warm_pool: Option<u32>) -> String {
+    let (description, pool) = match warm_pool {
+        Some(n) => ("benchmark: no network, small resources, warm pool", format!("warm_pool = {n}\n")),
+        None => ("benchmark: no network, small resources", String::new()),
+    };
+    format!(
+        r#"description = "{description}"
 max_classification = "OFFICIAL"
 images = ["{IMAGE}"]
 command = ["sleep", "infinity"]
-
+{pool}
 [resources]
 cpus = 0.25
 memory = "32MiB"
@@ -155,9 +144,35 @@ max_lifetime = "4h"
 [network]
 mode = "none"
 "#
-            ),
-        )?;
+    )
+}
+
+/// A real `sandpitd` (the release build) on a temporary profiles dir, config
+/// and data dir. Killed when dropped.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub profile: Profile,
+    pub token: String,
+    /// Bearer token of `bench-operator` (role operator).
+    pub operator_token: String,
+    pub addr: String,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes the profile and config. Does not start the daemon.
+    pub fn prepare(run: &str) -> Result<Daemon> {
+        let dir = tempfile::Builder::new().prefix("sandpit-bench-").tempdir()?;
+        let profiles = dir.path().join("profiles");
+        std::fs::create_dir(&profiles)?;
+        std::fs::write(profiles.join(format!("{PROFILE}.toml")), profile_toml(None))?;
+        // The warm-pool profile, its pool off until scenario 3 turns it on
+        // (a pool filling in the background would disturb the other scenarios).
+        std::fs::write(profiles.join(format!("{WARM_PROFILE}.toml")), profile_toml(Some(0)))?;
         let token = unique("bench-token");
+        let operator_token = unique("bench-operator-token");
         let config_path = dir.path().join("sandpit.toml");
         std::fs::write(
             &config_path,
@@ -178,11 +193,20 @@ name = "bench"
 team = "bench"
 roles = ["requester"]
 token_sha256 = "{sha}"
+
+# Reads pool state (ListPools), turns the warm pool on and off
+# (ReloadProfiles) and sees warm sandboxes; creates nothing.
+[[identities]]
+name = "bench-operator"
+team = "bench"
+roles = ["operator"]
+token_sha256 = "{op_sha}"
 "#,
                 data = dir.path().join("data").display(),
                 profiles = profiles.display(),
                 timeout = DOCKER_TIMEOUT.as_secs(),
                 sha = sandpit::auth::sha256_hex(token.as_bytes()),
+                op_sha = sandpit::auth::sha256_hex(operator_token.as_bytes()),
             ),
         )?;
         // The raw baseline reads the same files the daemon does, so its
@@ -193,7 +217,18 @@ token_sha256 = "{sha}"
             .get(PROFILE)
             .cloned()
             .ok_or("the benchmark profile did not load")?;
-        Ok(Daemon { dir, config_path, config, profile, token, addr: String::new(), child: None })
+        Ok(Daemon { dir, config_path, config, profile, token, operator_token, addr: String::new(), child: None })
+    }
+
+    pub fn profiles_dir(&self) -> PathBuf {
+        self.dir.path().join("profiles")
+    }
+
+    /// Rewrites `bench-warm` with a pool of `size` (the daemon applies it on
+    /// ReloadProfiles).
+    pub fn write_warm_profile(&self, size: u32) -> Result<()> {
+        std::fs::write(self.profiles_dir().join(format!("{WARM_PROFILE}.toml")), profile_toml(Some(size)))?;
+        Ok(())
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -297,6 +332,18 @@ token_sha256 = "{sha}"
         Ok(SandboxServiceClient::with_interceptor(channel, Bearer(format!("Bearer {}", self.token).parse()?)))
     }
 
+    /// A SandboxService client acting as `bench-operator` (sees warm sandboxes).
+    pub async fn operator_client(&self) -> Result<Client> {
+        let channel = Channel::from_shared(self.addr.clone())?.connect().await?;
+        Ok(SandboxServiceClient::with_interceptor(channel, Bearer(format!("Bearer {}", self.operator_token).parse()?)))
+    }
+
+    /// A ProfileService client acting as `bench-operator` (ListPools, ReloadProfiles).
+    pub async fn profile_client(&self) -> Result<ProfileClient> {
+        let channel = Channel::from_shared(self.addr.clone())?.connect().await?;
+        Ok(ProfileServiceClient::with_interceptor(channel, Bearer(format!("Bearer {}", self.operator_token).parse()?)))
+    }
+
     /// Registers the run's experiment (OFFICIAL, so no approval is needed)
     /// and makes it the one every create names.
     pub async fn register_experiment(&self) -> Result<String> {
@@ -350,6 +397,7 @@ impl tonic::service::Interceptor for Bearer {
 }
 
 pub type Client = SandboxServiceClient<InterceptedService<Channel, Bearer>>;
+pub type ProfileClient = ProfileServiceClient<InterceptedService<Channel, Bearer>>;
 
 pub fn ttl(d: Duration) -> Option<pbjson_types::Duration> {
     Some(pbjson_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 })
@@ -361,9 +409,18 @@ pub fn to_system(t: &pbjson_types::Timestamp) -> SystemTime {
 
 /// One `CreateSandbox` round trip: the sandbox (running) and how long the call took.
 pub async fn sp_create(client: &mut Client, ttl_: Duration) -> Result<(proto::Sandbox, Duration), Status> {
+    sp_create_in(client, PROFILE, ttl_).await
+}
+
+/// [`sp_create`] with another profile, the profile's default image and no datasets.
+pub async fn sp_create_in(
+    client: &mut Client,
+    profile: &str,
+    ttl_: Duration,
+) -> Result<(proto::Sandbox, Duration), Status> {
     let req = CreateSandboxRequest {
         experiment: experiment().into(),
-        profile: PROFILE.into(),
+        profile: profile.into(),
         classification: "OFFICIAL".into(),
         ttl: ttl(ttl_),
         image: String::new(),

@@ -100,9 +100,11 @@ pub fn ratio(a: Option<Summary>, b: Option<Summary>) -> Option<[f64; 4]> {
     Some([r(a.p50, b.p50), r(a.p90, b.p90), r(a.p99, b.p99), r(a.max, b.max)])
 }
 
+/// Two decimals, or three when a ratio is below 0.1 (warm claims against cold creates).
 pub fn ratio_row(label: &str, r: Option<[f64; 4]>) {
     if let Some([p50, p90, p99, max]) = r {
-        println!("    {label:<LABEL_WIDTH$} {:>5} {:>8.2}x {:>8.2}x {:>8.2}x {:>8.2}x", "", p50, p90, p99, max);
+        let d = if [p50, p90, p99, max].iter().any(|x| *x < 0.1) { 3 } else { 2 };
+        println!("    {label:<LABEL_WIDTH$} {:>5} {p50:>8.d$}x {p90:>8.d$}x {p99:>8.d$}x {max:>8.d$}x", "");
     }
 }
 
