@@ -244,16 +244,15 @@ impl<R: Runtime> Manager<R> {
             expires_at: now + profile.lifetime.max_lifetime,
             max_expires_at: now + profile.lifetime.max_lifetime,
         };
+        // Nothing is recorded while the engine is away or the image missing:
+        // a pool must not fill the store and the audit log with failures.
+        self.runtime.ensure_image(&plan.image).await?;
         let mut sb = Sandbox::provisioning(new_id(), self.runtime.node().to_string(), plan);
         self.creating.lock().unwrap_or_else(|p| p.into_inner()).insert(sb.id.clone());
         let result = async {
             self.store.put(&sb, None)?;
             let _guard = self.locks.lock(&sb.id).await;
-            let created = async {
-                self.runtime.ensure_image(&sb.image).await?;
-                self.runtime.create(&self.container_spec(&sb)).await
-            }
-            .await;
+            let created = self.runtime.create(&self.container_spec(&sb)).await;
             match created {
                 Ok(p) => {
                     sb.container_id = Some(p.container_id);
