@@ -9,6 +9,7 @@ mod support;
 mod cli;
 mod datasets;
 mod docker_outage;
+mod escape;
 mod governance;
 mod lifecycle;
 mod network;
