@@ -6,6 +6,7 @@
 
 mod support;
 
+mod cis;
 mod cli;
 mod datasets;
 mod docker_outage;
