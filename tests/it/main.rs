@@ -9,6 +9,7 @@ mod support;
 mod cis;
 mod cli;
 mod datasets;
+mod deploy;
 mod docker_outage;
 mod escape;
 mod governance;
