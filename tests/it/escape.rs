@@ -450,10 +450,18 @@ async fn a_fork_bomb_is_held_at_the_pids_limit() {
     // Forks were refused by the pids controller, and none of the bomb is left.
     let refused = cgroup_counter(&mut c, &sb.id, events.0, events.1, "max").await;
     assert!(refused > refused_before, "pids.events max {refused_before} -> {refused}");
-    let (out, _, code) = sh(&mut c, &sb.id, "cat /proc/[0-9]*/comm").await;
-    assert_eq!(code, 0);
-    let mut procs: Vec<&str> = out.lines().collect();
-    procs.sort_unstable();
+    // (Killed processes may linger a moment as zombies until the init reaps them.)
+    let mut procs = Vec::new();
+    for _ in 0..20 {
+        let (out, _, code) = sh(&mut c, &sb.id, "cat /proc/[0-9]*/comm").await;
+        assert_eq!(code, 0);
+        procs = out.lines().map(String::from).collect();
+        procs.sort_unstable();
+        if procs == ["docker-init", "sh", "sleep"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     assert_eq!(procs, ["docker-init", "sh", "sleep"], "processes left after the bomb");
     host_answers(&mut op, LIMIT).await;
 
