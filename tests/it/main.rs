@@ -6,9 +6,12 @@
 
 mod support;
 
+mod cis;
 mod cli;
 mod datasets;
+mod deploy;
 mod docker_outage;
+mod escape;
 mod governance;
 mod lifecycle;
 mod network;

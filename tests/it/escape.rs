@@ -1,0 +1,594 @@
+//! Escape attempts: code running inside a sandbox (through the Exec RPC, as
+//! a requester would run it) tries to gain privileges, write where it must
+//! not, reach the Docker socket, the host's files and ports, and exhaust the
+//! host's processes and memory. Each attempt must fail, and each check looks
+//! at concrete output (error text, kernel counters), so that a missing tool
+//! or a broken probe cannot pass for a refusal.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sandpit::proto::{self, SandboxState};
+use tokio::io::AsyncReadExt;
+
+use crate::lifecycle::exec;
+use crate::network::{greeter, host_addresses, profile, reaches};
+use crate::support::*;
+
+/// Runs a shell script in the sandbox: stdout, stderr, exit code.
+async fn sh(c: &mut Client, id: &str, script: &str) -> (String, String, i64) {
+    exec(c, id, &["sh", "-c", script]).await
+}
+
+/// `Key:\tvalue` lines of a /proc status file.
+fn fields(text: &str) -> HashMap<String, String> {
+    text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
+}
+
+/// An image with a setuid-root copy of busybox at /suid/busybox, built from
+/// the test image with `docker commit`; removed when dropped.
+struct SuidImage {
+    tag: String,
+    label: String,
+}
+
+impl SuidImage {
+    fn build() -> SuidImage {
+        let id = unique("suid");
+        let tag = format!("sandpit-test/{id}:latest");
+        let label = format!("{TEST_RUN_LABEL}={id}");
+        let docker = |args: &[&str]| {
+            let out = Command::new("docker").args(args).output().expect("docker CLI");
+            assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let guard = SuidImage { tag, label };
+        let script = "busybox mkdir /suid && busybox cp /bin/busybox /suid/busybox && busybox chmod 4755 /suid/busybox";
+        let builder = docker(&[
+            "create",
+            "--label",
+            &guard.label,
+            "--user",
+            "0",
+            "--network",
+            "none",
+            image(),
+            "sh",
+            "-c",
+            script,
+        ]);
+        docker(&["start", "-a", &builder]);
+        docker(&["commit", "--change", &format!("LABEL {}", guard.label), &builder, &guard.tag]);
+        docker(&["rm", "-f", &builder]);
+        guard
+    }
+}
+
+impl Drop for SuidImage {
+    fn drop(&mut self) {
+        remove_labelled(&self.label);
+        let _ = Command::new("docker").args(["rmi", "-f", &self.tag]).output();
+    }
+}
+
+/// 1. No capabilities, not root, and no way to become root: no setuid
+/// binary in the image, su refused, user namespaces, chroot, mount and
+/// setns refused; and a setuid-root binary planted in the image is inert.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_capabilities_and_no_way_to_root() {
+    let suid = SuidImage::build();
+    let suid_profile = format!(
+        "max_classification = \"OFFICIAL\"\nimages = [\"{}\"]\ncommand = [\"sleep\", \"infinity\"]\n[network]\nmode = \"none\"\n",
+        suid.tag
+    );
+    let d = Daemon::with(Options { profiles: vec![("test-suid".into(), suid_profile)], ..Default::default() }).await;
+    let mut c = d.client(TEAM_A).await;
+    let sb = create(&mut c, &d.exp_a, 300).await;
+
+    // The caller's own process and PID 1 (the init) alike.
+    for who in ["self", "1"] {
+        let (out, err, code) = exec(&mut c, &sb.id, &["cat", &format!("/proc/{who}/status")]).await;
+        assert_eq!(code, 0, "{err}");
+        let f = fields(&out);
+        for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(f.get(cap).map(String::as_str), Some("0000000000000000"), "{cap} of /proc/{who}: {out}");
+        }
+        assert_eq!(f.get("NoNewPrivs").map(String::as_str), Some("1"), "NoNewPrivs of /proc/{who}: {out}");
+        assert_eq!(f.get("Seccomp").map(String::as_str), Some("2"), "seccomp filter of /proc/{who}: {out}");
+        let uids: Vec<&str> = f["Uid"].split_whitespace().collect();
+        assert_eq!(uids, ["65534"; 4], "real, effective, saved and fs uid of /proc/{who}");
+        let gids: Vec<&str> = f["Gid"].split_whitespace().collect();
+        assert_eq!(gids, ["65534"; 4], "gids of /proc/{who}");
+    }
+    let (out, _, code) = sh(&mut c, &sb.id, "id -u; id -g").await;
+    assert_eq!((out.as_str(), code), ("65534\n65534\n", 0));
+
+    // No setuid or setgid file anywhere on the image (find works: it finds busybox).
+    for perm in ["-4000", "-2000"] {
+        let (out, err, code) = exec(
+            &mut c,
+            &sb.id,
+            &["busybox", "find", "/", "-xdev", "-type", "f", "(", "-perm", perm, "-o", "-name", "busybox", ")"],
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "/bin/busybox\n", "files with mode {perm}");
+    }
+
+    // Becoming root: each attempt refused by the kernel, with its own message.
+    let attempts: [(&[&str], &str); 6] = [
+        (&["busybox", "su", "-c", "id -u", "root"], "must be suid"),
+        (&["busybox", "unshare", "-r", "id", "-u"], "Operation not permitted"),
+        (&["busybox", "unshare", "-U", "id", "-u"], "Operation not permitted"),
+        (&["busybox", "chroot", "/", "id", "-u"], "Operation not permitted"),
+        (&["busybox", "nsenter", "-t", "1", "-m", "-u", "-n", "id", "-u"], "Operation not permitted"),
+        (&["busybox", "mount", "-t", "tmpfs", "none", "/tmp"], "permission denied"),
+    ];
+    for (cmd, why) in attempts {
+        let (out, err, code) = exec(&mut c, &sb.id, cmd).await;
+        assert_ne!(code, 0, "{cmd:?} succeeded: {out}");
+        assert!(err.contains(why), "{cmd:?}: expected '{why}', got {err:?}");
+        assert_ne!(out.trim(), "0", "{cmd:?} ran as root");
+    }
+
+    // A setuid-root binary in the image: the bit is there, but no_new_privs
+    // keeps the effective uid at 65534, so su cannot even start.
+    let mut req = create_req(&d.exp_a, 300);
+    req.profile = "test-suid".into();
+    let planted = c.create_sandbox(req).await.expect("create from the setuid image").into_inner();
+    let (out, _, code) = exec(&mut c, &planted.id, &["ls", "-ln", "/suid/busybox"]).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("-rwsr-xr-x") && out.split_whitespace().nth(2) == Some("0"), "setuid root: {out}");
+    let (out, err, code) = exec(&mut c, &planted.id, &["/suid/busybox", "su", "-c", "id -u", "root"]).await;
+    assert_ne!(code, 0, "su through a setuid binary succeeded: {out}");
+    assert!(err.contains("must be suid to work properly"), "{err}");
+
+    // Control: the same image and user without no-new-privileges. Here su
+    // runs as root (and asks for root's password), so the bit does work and
+    // it is the sandbox's hardening that disarms it.
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--label", &format!("{TEST_RUN_LABEL}={}", d.run), "--network", "none"])
+        .args(["--user", "65534:65534", "--cap-drop", "ALL", &suid.tag, "/suid/busybox", "su", "-c", "id -u", "root"])
+        .output()
+        .unwrap();
+    let both = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(both.contains("incorrect password") && !both.contains("must be suid"), "control run: {both}");
+    // `d` drops before `suid`: the sandboxes go first, then their image.
+}
+
+/// 2. The root filesystem is read-only everywhere the sandbox might write,
+/// its own limits are read-only too, and /tmp works but stops at the
+/// profile's tmpfs size (16 MiB in the test profile).
+#[tokio::test(flavor = "multi_thread")]
+async fn root_filesystem_is_read_only_and_scratch_space_is_bounded() {
+    let d = Daemon::start().await;
+    let mut c = d.client(TEAM_A).await;
+    let sb = create(&mut c, &d.exp_a, 300).await;
+
+    for path in ["/sandpit-escape", "/bin/sandpit-escape", "/etc/sandpit-escape"] {
+        let (_, err, code) = exec(&mut c, &sb.id, &["touch", path]).await;
+        assert_ne!(code, 0, "created {path}");
+        assert!(err.contains("Read-only file system"), "{path}: {err}");
+    }
+    for (script, what) in [
+        // `>` truncates: the mount is checked before the file's owner (with
+        // `>>` a root-owned file answers "Permission denied" first).
+        ("echo 'evil:x:0:0::/:/bin/sh' > /etc/passwd", "/etc/passwd"),
+        ("echo evil > /bin/sh", "/bin/sh"),
+        ("mkdir /evil", "a new directory in /"),
+        // The classic host escape: a core_pattern pipe runs as root on the host.
+        ("echo '|/tmp/x' > /proc/sys/kernel/core_pattern", "/proc/sys/kernel/core_pattern"),
+    ] {
+        let (_, err, code) = sh(&mut c, &sb.id, script).await;
+        assert_ne!(code, 0, "wrote {what}");
+        assert!(err.contains("Read-only file system"), "{what}: {err}");
+    }
+    // Its own limits cannot be raised from inside (cgroup v1 or v2 layout).
+    let (out, err, code) = sh(
+        &mut c,
+        &sb.id,
+        "f=/sys/fs/cgroup/pids/pids.max; [ -e $f ] || f=/sys/fs/cgroup/pids.max; cat $f; echo 100000 > $f",
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert_eq!(out, "64\n", "the pids limit as the sandbox sees it");
+    assert!(err.contains("Read-only file system"), "{err}");
+    let (out, _, _) = sh(&mut c, &sb.id, "cat /etc/passwd").await;
+    assert!(!out.contains("evil"), "{out}");
+
+    // /tmp: writable, then full at 16 MiB with ENOSPC.
+    let (out, err, code) = sh(&mut c, &sb.id, "echo scratch > /tmp/ok && cat /tmp/ok").await;
+    assert_eq!((out.as_str(), code), ("scratch\n", 0), "{err}");
+    let (_, err, code) = exec(&mut c, &sb.id, &["dd", "if=/dev/zero", "of=/tmp/fill", "bs=1M", "count=32"]).await;
+    assert_ne!(code, 0, "32 MiB fit in a 16 MiB tmpfs");
+    assert!(err.contains("No space left on device"), "{err}");
+    let (out, _, _) = exec(&mut c, &sb.id, &["wc", "-c", "/tmp/fill"]).await;
+    let written: u64 = out.split_whitespace().next().unwrap().parse().unwrap();
+    assert!((15 << 20..=16 << 20).contains(&written), "stopped at the tmpfs size, wrote {written} bytes");
+    let (_, _, code) = exec(&mut c, &sb.id, &["rm", "/tmp/fill"]).await;
+    assert_eq!(code, 0);
+    let (out, _, code) = sh(&mut c, &sb.id, "echo again > /tmp/again && cat /tmp/again").await;
+    assert_eq!((out.as_str(), code), ("again\n", 0), "space comes back after a delete");
+    let (mounts, _, _) = exec(&mut c, &sb.id, &["cat", "/proc/self/mountinfo"]).await;
+    let tmp = mounts.lines().find(|l| l.split_whitespace().nth(4) == Some("/tmp")).expect("a /tmp mount");
+    assert!(tmp.contains(" - tmpfs ") && tmp.contains("size=16384k") && tmp.contains("nosuid"), "{tmp:?}");
+}
+
+/// One line of /proc/self/mountinfo.
+struct MountLine<'a> {
+    root: &'a str,
+    point: &'a str,
+    options: &'a str,
+    optional: Vec<&'a str>,
+    fstype: &'a str,
+    raw: &'a str,
+}
+
+fn mountinfo(text: &str) -> Vec<MountLine<'_>> {
+    text.lines()
+        .map(|raw| {
+            let (left, right) = raw.split_once(" - ").expect("mountinfo separator");
+            let l: Vec<&str> = left.split_whitespace().collect();
+            MountLine {
+                root: l[3],
+                point: l[4],
+                options: l[5],
+                optional: l[6..].to_vec(),
+                fstype: right.split_whitespace().next().unwrap(),
+                raw,
+            }
+        })
+        .collect()
+}
+
+/// 3. No Docker socket, no host filesystem: PID 1's root is the sandbox's
+/// own, and nothing from the host disk is mounted but the few files Docker
+/// itself provides (resolv.conf, hostname, hosts and the init binary).
+#[tokio::test(flavor = "multi_thread")]
+async fn no_docker_socket_and_no_host_filesystem() {
+    let d = Daemon::start().await;
+    let mut c = d.client(TEAM_A).await;
+    let sb = create(&mut c, &d.exp_a, 300).await;
+
+    // The things being hidden exist on the host.
+    if std::env::var_os("DOCKER_HOST").is_none() {
+        assert!(std::path::Path::new("/var/run/docker.sock").exists(), "control: the host's Docker socket");
+    }
+    assert!(std::path::Path::new("/usr").is_dir(), "control: the host has /usr");
+
+    let (out, err, code) = exec(&mut c, &sb.id, &["ls", "-d", "/var/run/docker.sock", "/run/docker.sock"]).await;
+    assert_ne!(code, 0, "{out}");
+    assert_eq!(err.matches("No such file or directory").count(), 2, "{err}");
+    // No socket of any name anywhere outside /proc and /sys, mounts included.
+    let (out, err, code) = exec(
+        &mut c,
+        &sb.id,
+        &[
+            "busybox", "find", "/", "-path", "/proc", "-prune", "-o", "-path", "/sys", "-prune", "-o", "-type", "s",
+            "-print", "-o", "-name", "*.sock", "-print", "-o", "-name", "busybox", "-type", "f", "-print",
+        ],
+    )
+    .await;
+    assert_eq!((out.as_str(), code), ("/bin/busybox\n", 0), "sockets or docker files found: {err}");
+
+    // PID 1 is the sandbox's init and its root is the sandbox's root.
+    let (out, _, _) = exec(&mut c, &sb.id, &["cat", "/proc/1/comm"]).await;
+    assert_eq!(out, "docker-init\n");
+    let (out, err, code) = exec(&mut c, &sb.id, &["busybox", "stat", "-L", "-c", "%d:%i", "/", "/proc/1/root"]).await;
+    assert_eq!(code, 0, "{err}");
+    let ids: Vec<&str> = out.lines().collect();
+    assert!(ids.len() == 2 && ids[0] == ids[1], "/ and /proc/1/root differ: {out}");
+    for host_only in ["/proc/1/root/usr", "/proc/1/root/var/lib/docker", "/proc/1/root/home"] {
+        let (_, err, code) = exec(&mut c, &sb.id, &["ls", "-d", host_only]).await;
+        assert_ne!(code, 0);
+        assert!(err.contains("No such file or directory"), "{host_only}: {err}");
+    }
+
+    let (text, _, code) = exec(&mut c, &sb.id, &["cat", "/proc/self/mountinfo"]).await;
+    assert_eq!(code, 0);
+    assert!(!text.contains("docker.sock"), "{text}");
+    let mounts = mountinfo(&text);
+    let root = mounts.iter().find(|m| m.point == "/").expect("a root mount");
+    assert!(root.fstype.contains("overlay"), "the root is the image's overlay: {}", root.raw);
+    assert!(root.options.split(',').any(|o| o == "ro"), "the root is read-only: {}", root.raw);
+    // Kernel file systems and the image are fine; anything else comes from
+    // the host's disks and must be one of Docker's own per-container files.
+    let virtual_fs =
+        ["proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "overlay", "fuse.fuse-overlayfs"];
+    for m in &mounts {
+        assert!(!m.optional.iter().any(|o| o.starts_with("shared:")), "shared mount propagation: {}", m.raw);
+        if virtual_fs.contains(&m.fstype) {
+            continue;
+        }
+        assert_ne!(m.root, "/", "a host file system's root is mounted: {}", m.raw);
+        let docker_file = ["/etc/resolv.conf", "/etc/hostname", "/etc/hosts"].contains(&m.point)
+            && m.root.contains(&format!("/containers/{}/", sb.container_id));
+        let init = m.point == "/sbin/docker-init";
+        assert!(docker_file || init, "host path mounted: {}", m.raw);
+        assert!(m.options.split(',').any(|o| o == "ro"), "writable host mount: {}", m.raw);
+    }
+}
+
+/// 4. No route to the daemon's API or any host port: a `none` sandbox has
+/// no interface but loopback, and an isolated one is stopped at its gateway.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_route_to_the_daemon_api_or_host_ports() {
+    let d = Daemon::with(Options {
+        profiles: vec![("test-isolated".into(), profile("isolated", "OFFICIAL", ""))],
+        ..Default::default()
+    })
+    .await;
+    let port = greeter().await;
+    let api_port: u16 = d.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let mut c = d.client(TEAM_A).await;
+    let none = create(&mut c, &d.exp_a, 300).await;
+    let mut req = create_req(&d.exp_a, 300);
+    req.profile = "test-isolated".into();
+    let iso = c.create_sandbox(req).await.unwrap().into_inner();
+    let gateway = Ipv4Addr::from(u32::from(iso.address.parse::<Ipv4Addr>().unwrap()) - 1).to_string();
+
+    // Controls: from the host the targets answer (on the first host address;
+    // other tests' bridges come and go), and from inside the probe does
+    // connect to a listener it may reach.
+    let hosts = host_addresses();
+    assert!(!hosts.is_empty());
+    // (Not the gateway from the host: the daemon's INPUT rule matches the
+    // sandbox subnet as source, which the gateway's own replies carry. The
+    // greeter listens on every address, the gateway's included.)
+    let mut s = tokio::net::TcpStream::connect((hosts[0].as_str(), port)).await.expect("greeter from the host");
+    let mut buf = [0u8; 6];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello\n");
+    tokio::net::TcpStream::connect(("127.0.0.1", api_port)).await.expect("the API from the host");
+    for sb in [&none, &iso] {
+        let (out, _, _) =
+            sh(&mut c, &sb.id, "(while true; do echo hello | busybox nc -l -p 9000; done) >/dev/null 2>&1 &").await;
+        assert!(out.is_empty());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for sb in [&none, &iso] {
+        assert!(reaches(&mut c, &sb.id, "127.0.0.1", 9000).await, "control: nc works in {}", sb.network_mode);
+    }
+
+    // A `none` sandbox has loopback and nothing else.
+    let (out, _, code) = exec(&mut c, &none.id, &["ls", "/sys/class/net"]).await;
+    assert_eq!((out.as_str(), code), ("lo\n", 0), "interfaces of a none sandbox");
+    let (out, _, _) = exec(&mut c, &none.id, &["cat", "/proc/net/route"]).await;
+    assert_eq!(out.lines().count(), 1, "no routes, only the header: {out}");
+
+    for sb in [&none, &iso] {
+        let mut targets: Vec<(String, u16)> =
+            hosts.iter().flat_map(|h| [(h.clone(), port), (h.clone(), api_port)]).collect();
+        targets.push((gateway.clone(), port));
+        targets.push((gateway.clone(), api_port));
+        // The host's loopback, where the API listens: a sandbox's 127.0.0.1 is its own.
+        targets.push(("127.0.0.1".into(), api_port));
+        targets.push(("127.0.0.1".into(), port));
+        for (host, p) in targets {
+            assert!(!reaches(&mut c, &sb.id, &host, p).await, "{} sandbox reached {host}:{p}", sb.network_mode);
+        }
+    }
+}
+
+/// Times a trivial host-side operation, Docker's ping and a ListSandboxes
+/// call; each must answer within `limit`.
+async fn host_answers(op: &mut Client, limit: Duration) -> Duration {
+    let t = Instant::now();
+    let status = tokio::task::spawn_blocking(|| Command::new("true").status()).await.unwrap().unwrap();
+    assert!(status.success());
+    let fork = t.elapsed();
+    let t = Instant::now();
+    tokio::time::timeout(limit, async { docker().await.ping().await.unwrap() }).await.expect("Docker answers");
+    let ping = t.elapsed();
+    let t = Instant::now();
+    tokio::time::timeout(limit, op.list_sandboxes(proto::ListSandboxesRequest::default()))
+        .await
+        .expect("ListSandboxes answers in time")
+        .expect("ListSandboxes");
+    let list = t.elapsed();
+    let worst = fork.max(ping).max(list);
+    assert!(worst < limit, "host fork {fork:?}, Docker ping {ping:?}, ListSandboxes {list:?}");
+    worst
+}
+
+/// Reads `key N` from a cgroup file (cgroup v1 or v2 path) inside the sandbox.
+async fn cgroup_counter(c: &mut Client, id: &str, v1: &str, v2: &str, key: &str) -> u64 {
+    let script = format!("f={v1}; [ -e $f ] || f={v2}; cat $f");
+    let (out, err, code) = sh(c, id, &script).await;
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no '{key}' in {out}"))
+}
+
+/// 5. A fork bomb is held at the profile's pids limit (64): it hits the
+/// limit, the exec returns, the host and the daemon keep answering, the
+/// bomb leaves nothing behind and the sandbox is still usable and deletable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fork_bomb_is_held_at_the_pids_limit() {
+    const LIMIT: Duration = Duration::from_secs(3);
+    let d = Daemon::start().await;
+    let mut c = d.client(TEAM_A).await;
+    let mut op = d.client(OPERATOR).await;
+    let sb = create(&mut c, &d.exp_a, 300).await;
+    let (out, _, _) =
+        sh(&mut c, &sb.id, "f=/sys/fs/cgroup/pids/pids.max; [ -e $f ] || f=/sys/fs/cgroup/pids.max; cat $f").await;
+    assert_eq!(out, "64\n");
+    let events = ("/sys/fs/cgroup/pids/pids.events", "/sys/fs/cgroup/pids.events");
+    let refused_before = cgroup_counter(&mut c, &sb.id, events.0, events.1, "max").await;
+    host_answers(&mut op, LIMIT).await;
+
+    // The bomb runs under coreutils `timeout`, which makes its own process
+    // group and SIGKILLs all of it after 10 s; the shell holds on a fifo
+    // (a builtin read, no fork needed) so that the bomb runs its full time.
+    let (_, _, code) = exec(&mut c, &sb.id, &["busybox", "mkfifo", "/tmp/hold"]).await;
+    assert_eq!(code, 0);
+    let started = Instant::now();
+    let bomb = tokio::spawn({
+        let mut c = c.clone();
+        let id = sb.id.clone();
+        async move {
+            exec(&mut c, &id, &["timeout", "-s", "KILL", "10", "bash", "-c", ":(){ :|:& };:; read -t 60 <>/tmp/hold"])
+                .await
+        }
+    });
+    let mut during = Vec::new();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while !bomb.is_finished() && started.elapsed() < Duration::from_secs(9) {
+        during.push(host_answers(&mut op, LIMIT).await);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let (_, err, code) = tokio::time::timeout(Duration::from_secs(60), bomb).await.expect("the exec returns").unwrap();
+    let took = started.elapsed();
+    assert!(during.len() >= 3, "sampled the host only {} times while the bomb ran ({took:?})", during.len());
+    assert!(took >= Duration::from_secs(9) && took < Duration::from_secs(30), "bomb exec took {took:?}");
+    assert_eq!(code, 137, "killed by its timeout: {}", err.lines().last().unwrap_or_default());
+    assert!(err.contains("fork: retry: Resource temporarily unavailable"), "{}", &err[..err.len().min(500)]);
+
+    // Forks were refused by the pids controller, and none of the bomb is left.
+    let refused = cgroup_counter(&mut c, &sb.id, events.0, events.1, "max").await;
+    assert!(refused > refused_before, "pids.events max {refused_before} -> {refused}");
+    // (Killed processes may linger a moment as zombies until the init reaps them.)
+    let mut procs = Vec::new();
+    for _ in 0..20 {
+        let (out, _, code) = sh(&mut c, &sb.id, "cat /proc/[0-9]*/comm").await;
+        assert_eq!(code, 0);
+        procs = out.lines().map(String::from).collect();
+        procs.sort_unstable();
+        if procs == ["docker-init", "sh", "sleep"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(procs, ["docker-init", "sh", "sleep"], "processes left after the bomb");
+    host_answers(&mut op, LIMIT).await;
+
+    let rec = c.get_sandbox(proto::GetSandboxRequest { id: sb.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(state(&rec), SandboxState::Running);
+    let (out, _, code) = exec(&mut c, &sb.id, &["echo", "still usable"]).await;
+    assert_eq!((out.as_str(), code), ("still usable\n", 0));
+    let del = c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(state(&del), SandboxState::Deleted);
+    assert!(!container_exists(&sb.container_id).await);
+}
+
+/// Allocates and holds memory until the OOM killer stops it: bash doubling a string.
+const HOG: &str = "s=xxxxxxxxxxxxxxxx; while :; do s=$s$s; done";
+
+/// 6a. A command that holds more memory than the profile's 64 MiB is
+/// OOM-killed inside the sandbox's cgroup; the sandbox lives on, and the
+/// daemon notes the OOM kill on the record and in the audit log.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exec_exhausting_memory_is_oom_killed() {
+    let d = Daemon::start().await;
+    let mut c = d.client(TEAM_A).await;
+    let sb = create(&mut c, &d.exp_a, 300).await;
+    let (out, _, _) = sh(
+        &mut c,
+        &sb.id,
+        "f=/sys/fs/cgroup/memory/memory.limit_in_bytes; [ -e $f ] || f=/sys/fs/cgroup/memory.max; cat $f",
+    )
+    .await;
+    assert_eq!(out, format!("{}\n", 64 << 20), "the memory limit as the sandbox sees it");
+    let oom = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events");
+    let kills_before = cgroup_counter(&mut c, &sb.id, oom.0, oom.1, "oom_kill").await;
+
+    let started = Instant::now();
+    let (_, _, code) = exec(&mut c, &sb.id, &["bash", "-c", HOG]).await;
+    assert_eq!(code, 137, "SIGKILLed");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let kills = cgroup_counter(&mut c, &sb.id, oom.0, oom.1, "oom_kill").await;
+    assert_eq!(kills, kills_before + 1, "one OOM kill in the sandbox's cgroup");
+    let (out, _, _) = sh(
+        &mut c,
+        &sb.id,
+        "f=/sys/fs/cgroup/memory/memory.max_usage_in_bytes; [ -e $f ] || f=/sys/fs/cgroup/memory.peak; cat $f",
+    )
+    .await;
+    let peak: u64 = out.trim().parse().unwrap();
+    assert!((60 << 20..=64 << 20).contains(&peak), "usage reached the limit and no further: {peak}");
+
+    // The sandbox's main process is untouched.
+    let (out, _, code) = exec(&mut c, &sb.id, &["echo", "alive"]).await;
+    assert_eq!((out.as_str(), code), ("alive\n", 0));
+    let rec = eventually(Duration::from_secs(10), "oom_killed on the record", || {
+        let mut c = c.clone();
+        let id = sb.id.clone();
+        async move {
+            let r = c.get_sandbox(proto::GetSandboxRequest { id }).await.unwrap().into_inner();
+            r.oom_killed.then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(state(&rec), SandboxState::Running);
+    assert_eq!(rec.exit_code, None);
+    let q = proto::QueryAuditLogRequest { sandbox: sb.id.clone(), action: "oom-kill".into(), ..Default::default() };
+    let events = d.audit(AUDITOR).await.query_audit_log(q).await.unwrap().into_inner().events;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!((events[0].actor.as_str(), events[0].experiment.as_str()), ("sandpitd", d.exp_a.as_str()));
+}
+
+/// 6b. When the sandbox's main process is the one OOM-killed, whether at
+/// once or after running a while, the container exits 137 with Docker's
+/// OOMKilled set (tini, PID 1, passes on its child's SIGKILL as 128 + 9),
+/// and the daemon records the sandbox EXITED, oom_killed, exit code 137,
+/// with `oom-kill` and `exit` events in the audit log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_main_process_killed_by_the_oom_killer_is_recorded() {
+    let body = |script: &str| {
+        format!(
+            "max_classification = \"OFFICIAL\"\nimages = [\"{{image}}\"]\ncommand = [\"bash\", \"-c\", \"{script}\"]\n\
+             [resources]\ncpus = 0.5\nmemory = \"64MiB\"\npids = 64\ntmpfs = \"16MiB\"\n[network]\nmode = \"none\"\n"
+        )
+    };
+    let d = Daemon::with(Options {
+        profiles: vec![("test-oom-later".into(), body(&format!("sleep 2; {HOG}"))), ("test-oom-now".into(), body(HOG))],
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.client(TEAM_A).await;
+    let mut audit = d.audit(AUDITOR).await;
+    for profile in ["test-oom-later", "test-oom-now"] {
+        let mut req = create_req(&d.exp_a, 300);
+        req.profile = profile.into();
+        let sb = c.create_sandbox(req).await.expect("create").into_inner();
+        let rec = eventually(Duration::from_secs(20), "the sandbox recorded exited", || {
+            let mut c = c.clone();
+            let id = sb.id.clone();
+            async move {
+                let r = c.get_sandbox(proto::GetSandboxRequest { id }).await.unwrap().into_inner();
+                (state(&r) == SandboxState::Exited).then_some(r)
+            }
+        })
+        .await;
+        let s = docker().await.inspect_container(&sb.container_id, None).await.unwrap().state.unwrap();
+        assert_eq!((s.oom_killed, s.exit_code), (Some(true), Some(137)), "{profile}: Docker's view");
+        assert!(rec.oom_killed, "{profile}: oom_killed on the record: {rec:?}");
+        assert_eq!(rec.exit_code, Some(137), "{profile}");
+        assert!(rec.state_reason.contains("OOM killer"), "{profile}: {}", rec.state_reason);
+
+        let query = |action: &str| proto::QueryAuditLogRequest {
+            sandbox: sb.id.clone(),
+            action: action.into(),
+            ..Default::default()
+        };
+        let exits = audit.query_audit_log(query("exit")).await.unwrap().into_inner().events;
+        assert_eq!(exits.len(), 1, "{profile}: {exits:#?}");
+        let e = &exits[0];
+        assert_eq!((e.actor.as_str(), e.outcome.as_str()), ("sandpitd", "succeeded"), "{profile}");
+        assert_eq!(e.experiment, d.exp_a);
+        assert!(e.reason.contains("OOM killer"), "{profile}: {}", e.reason);
+        let ooms = audit.query_audit_log(query("oom-kill")).await.unwrap().into_inner().events;
+        assert_eq!(ooms.len(), 1, "{profile}: {ooms:#?}");
+        assert!(ooms[0].seq < e.seq, "{profile}: the OOM kill is on record before the exit");
+
+        // Exec into it is refused; delete removes the stopped container.
+        let req = proto::ExecRequest { id: sb.id.clone(), command: vec!["true".into()], ..Default::default() };
+        assert_eq!(c.exec(req).await.unwrap_err().code(), tonic::Code::FailedPrecondition);
+        let del = c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap().into_inner();
+        assert_eq!(state(&del), SandboxState::Deleted);
+        assert!(!container_exists(&sb.container_id).await);
+    }
+}
