@@ -181,7 +181,9 @@ impl<R: Runtime> Manager<R> {
         sb.state = SandboxState::Exited;
         sb.exit_code = status.exit_code;
         sb.oom_killed |= status.oom_killed;
-        sb.state_reason = if sb.oom_killed {
+        // Docker's OOMKilled stays set once anything in the sandbox was
+        // OOM-killed; the main process was only if it died of SIGKILL.
+        sb.state_reason = if sb.oom_killed && status.exit_code == Some(137) {
             "killed by the OOM killer (memory limit reached)".to_string()
         } else {
             format!("main process exited with code {}", status.exit_code.unwrap_or(-1))
