@@ -13,6 +13,7 @@ use crate::policy::Classification;
 use crate::time::de_duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_PROFILES_DIR: &str = "./sandbox-profiles";
 pub const DEFAULT_NODE: &str = "local";
 /// The non-root user every sandbox runs as (nobody:nogroup).
@@ -21,6 +22,8 @@ pub const DEFAULT_SANDBOX_USER: &str = "65534:65534";
 pub const LOCAL_TOKEN_FILE: &str = "local-token";
 /// File in the data directory holding the address the daemon listens on.
 pub const ADDR_FILE: &str = "sandpitd.addr";
+/// File in the data directory holding the address metrics are served on.
+pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 pub const ENV_PREFIX: &str = "SANDPIT";
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +51,31 @@ pub struct Config {
     /// Extra labels put on every Docker object the daemon creates.
     pub labels: BTreeMap<String, String>,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics at `http://<listen>/metrics`.
+    pub enabled: bool,
+    /// Its own plaintext listener; loopback unless you mean otherwise (logged).
+    pub listen: SocketAddr,
+}
+
+/// What one identity (one token or certificate) may ask of the daemon.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request message accepted; bigger ones get RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
+    /// Calls one identity may have in progress at once (open streams count).
+    pub max_concurrent_calls: u32,
+    /// Sustained calls per second one identity may make.
+    pub calls_per_second: u32,
+    /// Calls one identity may make at once after being idle.
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +212,16 @@ user = "{DEFAULT_SANDBOX_USER}"
 [log]
 format = "text"
 filter = "info"
+
+[metrics]
+enabled = true
+listen = "{DEFAULT_METRICS_LISTEN}"
+
+[limits]
+max_message_bytes = 4194304
+max_concurrent_calls = 128
+calls_per_second = 100
+burst = 200
 "#,
         data_dir = default_data_dir().display().to_string().replace('\\', "/"),
     )
@@ -318,6 +356,19 @@ impl Config {
                 self.listen
             ));
         }
+        let limits = &self.limits;
+        if limits.max_message_bytes < 64 * 1024 {
+            return Err("limits.max_message_bytes: must be at least 65536".into());
+        }
+        for (key, value) in [
+            ("max_concurrent_calls", limits.max_concurrent_calls),
+            ("calls_per_second", limits.calls_per_second),
+            ("burst", limits.burst),
+        ] {
+            if value == 0 {
+                return Err(format!("limits.{key}: must be at least 1"));
+            }
+        }
         if self.lifecycle.reconcile_interval.is_zero() {
             return Err("lifecycle.reconcile_interval: must be above zero".into());
         }
@@ -349,6 +400,8 @@ mod tests {
         assert_eq!(c.max_classification, Classification::OfficialSensitive);
         assert!(!c.allow_insecure_listen && c.tls.is_none() && c.identities.is_empty());
         assert_eq!(c.sandbox.user, DEFAULT_SANDBOX_USER);
+        assert!(c.metrics.enabled && c.metrics.listen.ip().is_loopback());
+        assert!(c.limits.max_concurrent_calls > 0 && c.limits.calls_per_second > 0);
     }
 
     #[test]
@@ -391,6 +444,8 @@ mod tests {
         let f = file("[[identities]]\nname = \"a\"\nteam = \"t\"\nroles = [\"requester\"]\ntoken_sha256 = \"abc\"\n");
         let e = Config::load_from(Some(f.path()), env(&[])).unwrap_err().to_string();
         assert!(e.contains("identities[0].token_sha256"), "{e}");
+        let e = Config::load_from(None, env(&[("SANDPIT__LIMITS__BURST", "0")])).unwrap_err().to_string();
+        assert!(e.contains("limits.burst"), "{e}");
     }
 
     #[test]

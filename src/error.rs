@@ -56,6 +56,10 @@ pub enum Error {
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
 
+    /// A per-identity limit (rate, concurrent calls, message size) was reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
+
     #[error("daemon is shutting down")]
     ShuttingDown,
 
@@ -91,6 +95,7 @@ impl Error {
             Error::Store(_) => "store",
             Error::Config { .. } => "config",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::ResourceExhausted(_) => "resource_exhausted",
             Error::ShuttingDown => "shutting_down",
             Error::Internal(_) => "internal",
         }
@@ -108,13 +113,17 @@ impl Error {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Unavailable(_) | Error::ShuttingDown => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Docker { .. } | Error::Store(_) | Error::Config { .. } | Error::Internal(_) => Code::Internal,
         }
     }
 
     /// Whether the request was refused (rather than attempted and failed).
     pub fn is_denial(&self) -> bool {
-        matches!(self, Error::Denied { .. } | Error::PermissionDenied(_) | Error::Unauthenticated)
+        matches!(
+            self,
+            Error::Denied { .. } | Error::PermissionDenied(_) | Error::Unauthenticated | Error::ResourceExhausted(_)
+        )
     }
 
     /// Transient failures worth retrying (engine down, engine hiccup).
@@ -142,6 +151,7 @@ pub enum Code {
     Internal,
     Unavailable,
     Unauthenticated,
+    ResourceExhausted,
 }
 
 impl Code {
@@ -156,6 +166,7 @@ impl Code {
             Code::Internal => "INTERNAL",
             Code::Unavailable => "UNAVAILABLE",
             Code::Unauthenticated => "UNAUTHENTICATED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
         }
     }
 }

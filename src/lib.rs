@@ -19,6 +19,7 @@ pub mod config;
 pub mod egress;
 pub mod error;
 pub mod lifecycle;
+pub mod metrics;
 pub mod policy;
 pub mod register;
 pub mod runtime;

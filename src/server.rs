@@ -11,11 +11,12 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::audit::AuditApi;
 use crate::api::auth::Gate;
+use crate::api::limits::Limits;
 use crate::api::profile::ProfileApi;
 use crate::api::register::RegisterApi;
 use crate::api::sandbox::SandboxApi;
 use crate::auth::{local_caller, local_token, Identities};
-use crate::config::{Config, ADDR_FILE};
+use crate::config::{Config, ADDR_FILE, METRICS_ADDR_FILE};
 use crate::lifecycle::{Manager, Settings};
 use crate::policy::admission::Dataset;
 use crate::policy::{HostPolicy, ProfileSet};
@@ -52,6 +53,36 @@ fn data_dir(path: &Path) -> Result<(), StartError> {
     std::fs::create_dir_all(path).map_err(|e| StartError::Io(format!("data_dir {}: {e}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| StartError::Io(format!("data_dir {}: {e}", path.display())))
+}
+
+/// Writes a small file whole, then renames it: a reader never sees half of it.
+fn write_atomically(path: &Path, content: &str) -> Result<(), StartError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| StartError::Io(format!("{}: {e}", path.display())))
+}
+
+/// One span per RPC: every log line of the call carries its method, and the
+/// handlers record the caller, sandbox and experiment as they learn them.
+fn rpc_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    use tracing::field::Empty;
+    tracing::info_span!(target: "sandpit::rpc", "rpc", method = %req.uri().path(), caller = Empty, sandbox = Empty, experiment = Empty)
+}
+
+/// tonic answers a request message over the size limit with OUT_OF_RANGE;
+/// gRPC's convention (and every other gRPC server) says RESOURCE_EXHAUSTED.
+fn oversize_is_resource_exhausted<B>(mut res: tonic::codegen::http::Response<B>) -> tonic::codegen::http::Response<B> {
+    use tonic::codegen::http::HeaderValue;
+    let h = res.headers_mut();
+    let oversize = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message").and_then(|m| m.to_str().ok()).is_some_and(|m| {
+            m.contains("decoded message length too large") || m.contains("decoded%20message%20length%20too%20large")
+        });
+    if oversize {
+        h.insert("grpc-status", HeaderValue::from_static("8"));
+    }
+    res
 }
 
 /// Runs the daemon until `shutdown` resolves, then drains in-flight calls for
@@ -117,15 +148,29 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         Manager::new(runtime, Arc::new(store), profiles, settings).map_err(|e| StartError::Io(e.to_string()))?;
     let _tasks = manager.start().map_err(|e| StartError::Io(e.to_string()))?;
 
+    let _metrics = match &cfg.metrics {
+        m if m.enabled => {
+            let listener = TcpListener::bind(m.listen)
+                .await
+                .map_err(|e| StartError::Io(format!("metrics listen {}: {e}", m.listen)))?;
+            let maddr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+            if !maddr.ip().is_loopback() {
+                tracing::warn!(%maddr, "serving metrics on a non-loopback address: anyone who can reach it can read them");
+            }
+            write_atomically(&cfg.data_dir.join(METRICS_ADDR_FILE), &format!("http://{maddr}/metrics\n"))?;
+            tracing::info!(addr = %maddr, "metrics at /metrics");
+            let m = Arc::clone(&manager);
+            let render: crate::metrics::Render = Arc::new(move || m.render_metrics().map_err(|e| e.to_string()));
+            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(listener, render, manager.shutdown_signal()))))
+        }
+        _ => None,
+    };
+
     let listener =
         TcpListener::bind(cfg.listen).await.map_err(|e| StartError::Io(format!("listen {}: {e}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
-    // Written whole, then renamed: a reader never sees half an address.
-    let addr_tmp = cfg.data_dir.join(format!("{ADDR_FILE}.tmp"));
-    std::fs::write(&addr_tmp, format!("{scheme}://{addr}\n"))
-        .and_then(|()| std::fs::rename(&addr_tmp, cfg.data_dir.join(ADDR_FILE)))
-        .map_err(|e| StartError::Io(format!("address file: {e}")))?;
+    write_atomically(&cfg.data_dir.join(ADDR_FILE), &format!("{scheme}://{addr}\n"))?;
 
     let mut builder = Server::builder();
     if let Some(tls) = &cfg.tls {
@@ -158,11 +203,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .build_v1alpha()
         .map_err(|e| StartError::Io(e.to_string()))?;
 
-    let gate = Gate::new(identities, Arc::clone(&manager) as Arc<dyn crate::api::auth::AuditSink>);
-    let sandboxes = SandboxServiceServer::new(SandboxApi::new(Arc::clone(&manager), gate.clone()));
-    let register = RegisterServiceServer::new(RegisterApi::new(Arc::clone(&manager), gate.clone()));
-    let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(&manager), gate.clone()));
-    let profile = ProfileServiceServer::new(ProfileApi::new(Arc::clone(&manager), gate));
+    let limits = Limits {
+        max_concurrent_calls: cfg.limits.max_concurrent_calls,
+        calls_per_second: cfg.limits.calls_per_second,
+        burst: cfg.limits.burst,
+    };
+    let gate = Gate::new(identities, Arc::clone(&manager) as Arc<dyn crate::api::auth::AuditSink>, limits);
+    let max = cfg.limits.max_message_bytes;
+    let sandboxes =
+        SandboxServiceServer::new(SandboxApi::new(Arc::clone(&manager), gate.clone())).max_decoding_message_size(max);
+    let register =
+        RegisterServiceServer::new(RegisterApi::new(Arc::clone(&manager), gate.clone())).max_decoding_message_size(max);
+    let audit =
+        AuditServiceServer::new(AuditApi::new(Arc::clone(&manager), gate.clone())).max_decoding_message_size(max);
+    let profile = ProfileServiceServer::new(ProfileApi::new(Arc::clone(&manager), gate)).max_decoding_message_size(max);
 
     let _egress = {
         let policy = Arc::clone(&manager) as Arc<dyn crate::egress::Policy>;
@@ -194,6 +248,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         }
     };
     let server = builder
+        .trace_fn(rpc_span)
+        .layer(tower::util::MapResponseLayer::new(oversize_is_resource_exhausted))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -216,6 +272,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         () = drained => tracing::warn!(grace = ?grace, "in-flight calls did not finish within the grace period"),
     }
     let _ = std::fs::remove_file(cfg.data_dir.join(ADDR_FILE));
+    let _ = std::fs::remove_file(cfg.data_dir.join(METRICS_ADDR_FILE));
     tracing::info!("stopped");
     Ok(())
 }

@@ -37,7 +37,7 @@ impl<R: Runtime> AuditService for AuditApi<R> {
         &self,
         req: Request<proto::QueryAuditLogRequest>,
     ) -> Result<Response<proto::QueryAuditLogResponse>, Status> {
-        self.gate.authorize(&req, Method::QueryAuditLog)?;
+        let _call = self.gate.authorize(&req, Method::QueryAuditLog)?;
         let q = AuditQuery::try_from(req.into_inner())?;
         let page = self.manager.query_audit(&q)?;
         let next_page_token = if page.len() == q.limit {
@@ -57,15 +57,15 @@ impl<R: Runtime> AuditService for AuditApi<R> {
         &self,
         req: Request<proto::WatchAuditLogRequest>,
     ) -> Result<Response<Self::WatchAuditLogStream>, Status> {
-        self.gate.authorize(&req, Method::WatchAuditLog)?;
-        Ok(Response::new(self.manager.watch_audit().map(|r| Ok(r.into())).boxed()))
+        let call = self.gate.authorize(&req, Method::WatchAuditLog)?;
+        Ok(Response::new(call.hold(self.manager.watch_audit().map(|r| Ok(r.into()))).boxed()))
     }
 
     async fn verify_audit_log(
         &self,
         req: Request<proto::VerifyAuditLogRequest>,
     ) -> Result<Response<proto::VerifyAuditLogResponse>, Status> {
-        self.gate.authorize(&req, Method::VerifyAuditLog)?;
+        let _call = self.gate.authorize(&req, Method::VerifyAuditLog)?;
         let manager = Arc::clone(&self.manager);
         let report = tokio::task::spawn_blocking(move || manager.verify_audit())
             .await
@@ -76,7 +76,7 @@ impl<R: Runtime> AuditService for AuditApi<R> {
     type ExportStream = StatusStream<proto::ExportChunk>;
 
     async fn export(&self, req: Request<proto::ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
-        self.gate.authorize(&req, Method::Export)?;
+        let call = self.gate.authorize(&req, Method::Export)?;
         let r = req.into_inner();
         let format = proto::ExportFormat::try_from(r.format).unwrap_or(proto::ExportFormat::Unspecified);
         let csv = match format {
@@ -108,14 +108,14 @@ impl<R: Runtime> AuditService for AuditApi<R> {
         };
         let chunks: Vec<Result<proto::ExportChunk, Status>> =
             data.chunks(EXPORT_CHUNK).map(|c| Ok(proto::ExportChunk { data: c.to_vec() })).collect();
-        Ok(Response::new(futures_util::stream::iter(chunks).boxed()))
+        Ok(Response::new(call.hold(futures_util::stream::iter(chunks)).boxed()))
     }
 
     async fn list_active_experiments(
         &self,
         req: Request<proto::ListActiveExperimentsRequest>,
     ) -> Result<Response<proto::ListActiveExperimentsResponse>, Status> {
-        self.gate.authorize(&req, Method::ListActiveExperiments)?;
+        let _call = self.gate.authorize(&req, Method::ListActiveExperiments)?;
         let list = self.manager.active_experiments()?;
         Ok(Response::new(proto::ListActiveExperimentsResponse {
             experiments: list.into_iter().map(Into::into).collect(),

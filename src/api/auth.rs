@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use tonic::Request;
 
+use super::limits::{Limiter, Limits, Permit};
 use crate::audit::{action, AuditEntry, Outcome};
 use crate::auth::{certificate_subject, Caller, Identities, Role};
+use crate::metrics::Refusal;
 use crate::Error;
 
 /// Every RPC that needs a caller.
@@ -143,20 +145,54 @@ impl<R: crate::runtime::Runtime> AuditSink for crate::lifecycle::Manager<R> {
     }
 }
 
-/// Authenticates and authorizes each call.
+/// Authenticates, authorizes and rate-limits each call.
 #[derive(Clone)]
 pub struct Gate {
     identities: Arc<Identities>,
     audit: Arc<dyn AuditSink>,
+    limiter: Arc<Limiter>,
+}
+
+/// An admitted call: its caller, and its place among the caller's calls in
+/// progress, given back when this is dropped. Keep it for as long as the call
+/// runs (move it into a response stream to count the stream).
+#[derive(Debug)]
+pub struct Call {
+    pub caller: Caller,
+    _permit: Permit,
+}
+
+impl std::ops::Deref for Call {
+    type Target = Caller;
+
+    fn deref(&self) -> &Caller {
+        &self.caller
+    }
+}
+
+impl Call {
+    /// Keeps this call counted as in progress until `stream` ends or is dropped.
+    pub fn hold<S: futures_util::Stream + Send + 'static>(
+        self,
+        stream: S,
+    ) -> impl futures_util::Stream<Item = S::Item> {
+        use futures_util::StreamExt;
+        stream.map(move |item| {
+            let _held = &self;
+            item
+        })
+    }
 }
 
 impl Gate {
-    pub fn new(identities: Identities, audit: Arc<dyn AuditSink>) -> Gate {
-        Gate { identities: Arc::new(identities), audit }
+    pub fn new(identities: Identities, audit: Arc<dyn AuditSink>, limits: Limits) -> Gate {
+        Gate { identities: Arc::new(identities), audit, limiter: Arc::new(Limiter::new(limits)) }
     }
 
-    /// The caller of `req`, allowed to call `method` in the returned role.
-    pub fn authorize<T>(&self, req: &Request<T>, method: Method) -> Result<Caller, Error> {
+    /// The caller of `req`, allowed to call `method` in the returned role and
+    /// within its limits.
+    pub fn authorize<T>(&self, req: &Request<T>, method: Method) -> Result<Call, Error> {
+        let metrics = crate::metrics::global();
         let source = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let deny = |actor: &str, role: &str, e: Error| {
             self.audit.record(AuditEntry {
@@ -178,6 +214,7 @@ impl Gate {
             Ok(c) => c,
             Err(why) => {
                 tracing::info!(method = method.path(), %source, why, "unauthenticated call");
+                metrics.refused(method.path(), Refusal::Unauthenticated);
                 return Err(deny("anonymous", "", Error::Unauthenticated));
             }
         };
@@ -191,11 +228,31 @@ impl Gate {
                 caller.name,
                 has.join(", ")
             ));
+            metrics.refused(method.path(), Refusal::PermissionDenied);
             return Err(deny(&caller.name, "", e));
         };
+        // Refusals for load are counted, not audited: a runaway client
+        // would flood the audit log.
+        let permit = self.limiter.admit(&caller.name, std::time::Instant::now()).map_err(|why| {
+            metrics.refused(method.path(), why);
+            let limits = self.limiter.limits();
+            tracing::debug!(method = method.path(), caller = %caller.name, ?why, "call refused by a limit");
+            Error::ResourceExhausted(match why {
+                Refusal::TooManyConcurrent => format!(
+                    "{} already has {} calls in progress (limits.max_concurrent_calls); retry when one ends",
+                    caller.name, limits.max_concurrent_calls
+                ),
+                _ => format!(
+                    "{} is over {} calls per second (limits.calls_per_second, burst {}); retry with backoff",
+                    caller.name, limits.calls_per_second, limits.burst
+                ),
+            })
+        })?;
+        metrics.call(method.path());
+        tracing::Span::current().record("caller", caller.name.as_str());
         caller.role = Some(role);
         caller.source = source;
-        Ok(caller)
+        Ok(Call { caller, _permit: permit })
     }
 
     fn identify<T>(&self, req: &Request<T>) -> Result<Caller, &'static str> {

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod auth;
 pub mod convert;
+pub mod limits;
 pub mod profile;
 pub mod register;
 pub mod sandbox;

@@ -88,13 +88,13 @@ impl<R: Runtime> ProfileService for ProfileApi<R> {
         &self,
         req: Request<proto::ListProfilesRequest>,
     ) -> Result<Response<proto::ListProfilesResponse>, Status> {
-        self.gate.authorize(&req, Method::ListProfiles)?;
+        let _call = self.gate.authorize(&req, Method::ListProfiles)?;
         let set = self.manager.profiles();
         Ok(Response::new(proto::ListProfilesResponse { profiles: set.iter().map(Into::into).collect() }))
     }
 
     async fn get_profile(&self, req: Request<proto::GetProfileRequest>) -> Result<Response<proto::Profile>, Status> {
-        self.gate.authorize(&req, Method::GetProfile)?;
+        let _call = self.gate.authorize(&req, Method::GetProfile)?;
         let name = req.into_inner().name;
         let set = self.manager.profiles();
         let p = set.get(&name).ok_or_else(|| Error::not_found("profile", &name))?;
@@ -105,7 +105,7 @@ impl<R: Runtime> ProfileService for ProfileApi<R> {
         &self,
         req: Request<proto::ValidateProfileRequest>,
     ) -> Result<Response<proto::ValidateProfileResponse>, Status> {
-        self.gate.authorize(&req, Method::ValidateProfile)?;
+        let _call = self.gate.authorize(&req, Method::ValidateProfile)?;
         let r = req.into_inner();
         if r.content.len() > MAX_PROFILE_BYTES {
             return Err(Error::invalid("content", format!("larger than {MAX_PROFILE_BYTES} bytes")).into());
@@ -141,7 +141,7 @@ impl<R: Runtime> ProfileService for ProfileApi<R> {
         &self,
         req: Request<proto::ListPoolsRequest>,
     ) -> Result<Response<proto::ListPoolsResponse>, Status> {
-        self.gate.authorize(&req, Method::ListPools)?;
+        let _call = self.gate.authorize(&req, Method::ListPools)?;
         let pools = self
             .manager
             .pool_status()

@@ -24,8 +24,11 @@ impl<R: Runtime> RegisterApi<R> {
     }
 }
 
+/// Checks an experiment id, and records it in the call's span.
 fn id(field: &'static str, value: &str) -> Result<(), Error> {
-    crate::policy::admission::validate_name(field, value)
+    crate::policy::admission::validate_name(field, value)?;
+    tracing::Span::current().record("experiment", value);
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -36,7 +39,9 @@ impl<R: Runtime> RegisterService for RegisterApi<R> {
     ) -> Result<Response<proto::Experiment>, Status> {
         let caller = self.gate.authorize(&req, Method::RegisterExperiment)?;
         let new = NewExperiment::try_from(req.into_inner())?;
-        Ok(Response::new(self.manager.register_experiment(&caller, new)?.into()))
+        let experiment = self.manager.register_experiment(&caller, new)?;
+        tracing::Span::current().record("experiment", experiment.id.as_str());
+        Ok(Response::new(experiment.into()))
     }
 
     async fn get_experiment(

@@ -35,6 +35,11 @@ fn required(field: &'static str, value: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// tonic refuses an over-size message with OUT_OF_RANGE; gRPC says RESOURCE_EXHAUSTED.
+fn oversize(s: &Status) -> Error {
+    Error::ResourceExhausted(format!("{} (limits.max_message_bytes)", s.message()))
+}
+
 fn opt(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
@@ -99,7 +104,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         let caller = self.gate.authorize(&req, Method::WatchSandboxes)?;
         let r = req.into_inner();
         let events = self.manager.watch(&caller, opt(r.id), opt(r.experiment));
-        Ok(Response::new(events.map(|e| Ok(e.into())).boxed()))
+        Ok(Response::new(caller.hold(events.map(|e| Ok(e.into()))).boxed()))
     }
 
     type ExecStream = StatusStream<proto::ExecOutput>;
@@ -111,7 +116,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         let timeout = r.timeout.as_ref().map(|d| duration("timeout", d)).transpose()?;
         let spec = ExecSpec { command: r.command, env: r.env, workdir: opt(r.workdir) };
         let out = self.manager.exec(&caller, &r.id, spec, timeout).await?;
-        Ok(Response::new(out.map(|o| o.map(Into::into).map_err(Status::from)).boxed()))
+        Ok(Response::new(caller.hold(out.map(|o| o.map(Into::into).map_err(Status::from))).boxed()))
     }
 
     type PullImageStream = StatusStream<proto::PullProgress>;
@@ -132,7 +137,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
             failed |= item.is_err();
             std::future::ready(keep)
         });
-        Ok(Response::new(stream.boxed()))
+        Ok(Response::new(caller.hold(stream).boxed()))
     }
 
     async fn copy_in(
@@ -142,7 +147,10 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         use proto::copy_in_request::Part;
         let caller = self.gate.authorize(&req, Method::CopyIn)?;
         let mut stream = req.into_inner();
-        let header = match stream.message().await? {
+        let header = match stream.message().await.map_err(|s| match s.code() {
+            tonic::Code::OutOfRange => Status::from(oversize(&s)),
+            _ => s,
+        })? {
             Some(proto::CopyInRequest { part: Some(Part::Header(h)) }) => h,
             _ => return Err(Error::invalid("header", "the first message must be the header").into()),
         };
@@ -151,6 +159,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
             .map(|m| match m {
                 Ok(proto::CopyInRequest { part: Some(Part::Chunk(b)) }) => Ok(b),
                 Ok(_) => Err(Error::invalid("chunk", "only the first message may be a header")),
+                Err(s) if s.code() == tonic::Code::OutOfRange => Err(oversize(&s)),
                 Err(s) => Err(Error::Internal(format!("copy-in stream: {}", s.message()))),
             })
             .boxed();
@@ -166,12 +175,13 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         required("id", &r.id)?;
         let out = self.manager.copy_out(&caller, &r.id, &r.path).await?;
         Ok(Response::new(
-            out.map(|item| match item {
-                Ok(CopyOut::Chunk(b)) => Ok(proto::CopyOutChunk { chunk: b, summary: None }),
-                Ok(CopyOut::Done(t)) => Ok(proto::CopyOutChunk { chunk: vec![], summary: Some(t.into()) }),
-                Err(e) => Err(Status::from(e)),
-            })
-            .boxed(),
+            caller
+                .hold(out.map(|item| match item {
+                    Ok(CopyOut::Chunk(b)) => Ok(proto::CopyOutChunk { chunk: b, summary: None }),
+                    Ok(CopyOut::Done(t)) => Ok(proto::CopyOutChunk { chunk: vec![], summary: Some(t.into()) }),
+                    Err(e) => Err(Status::from(e)),
+                }))
+                .boxed(),
         ))
     }
 }

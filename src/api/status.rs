@@ -16,6 +16,7 @@ pub fn tonic_code(c: Code) -> tonic::Code {
         Code::Internal => tonic::Code::Internal,
         Code::Unavailable => tonic::Code::Unavailable,
         Code::Unauthenticated => tonic::Code::Unauthenticated,
+        Code::ResourceExhausted => tonic::Code::ResourceExhausted,
     }
 }
 
@@ -25,14 +26,34 @@ impl From<Error> for Status {
         if code == Code::Internal {
             tracing::error!(error = %e, "internal error");
         }
-        Status::new(tonic_code(code), e.to_string())
+        Status::new(tonic_code(code), bounded(e.to_string()))
     }
+}
+
+/// Longest status message sent: messages may quote the request, and a
+/// header-sized limit applies to them on the wire.
+const MESSAGE_MAX: usize = 1024;
+
+fn bounded(mut message: String) -> String {
+    if message.len() > MESSAGE_MAX {
+        let cut = (0..=MESSAGE_MAX).rev().find(|i| message.is_char_boundary(*i)).unwrap_or(0);
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::Rule;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let s = Status::from(Error::invalid("x", "é".repeat(2000)));
+        assert!(s.message().len() <= MESSAGE_MAX + '…'.len_utf8());
+        assert!(s.message().starts_with("x: é") && s.message().ends_with('…'));
+    }
 
     #[test]
     fn denials_by_rule() {

@@ -71,8 +71,11 @@ fn init_tracing(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
     use std::io::IsTerminal;
+    // Each RPC is a span (target sandpit::rpc) carrying its method, caller,
+    // sandbox and experiment; its close is logged with the call's duration.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cfg.log.format {

@@ -103,6 +103,8 @@ pub struct Manager<R: Runtime> {
     pools: pool::Pools,
     /// Sandboxes whose create is in flight in this process; reconcile leaves them be.
     creating: Mutex<HashSet<String>>,
+    /// Whether a reconcile pass has adopted what Docker had at start.
+    adopted: std::sync::atomic::AtomicBool,
     shutdown: watch::Sender<bool>,
     due_rx: Mutex<Option<mpsc::UnboundedReceiver<Due>>>,
 }
@@ -135,6 +137,7 @@ impl<R: Runtime> Manager<R> {
             locks: locks::KeyedLocks::default(),
             pools: pool::Pools::default(),
             creating: Mutex::new(HashSet::new()),
+            adopted: std::sync::atomic::AtomicBool::new(false),
             shutdown: watch::channel(false).0,
             due_rx: Mutex::new(Some(due_rx)),
         }))
@@ -367,7 +370,10 @@ impl<R: Runtime> Manager<R> {
     /// A visible record, or not-found (other teams' sandboxes are not acknowledged).
     fn visible(&self, caller: &Caller, id: &str) -> Result<Sandbox> {
         match self.store.get(id)? {
-            Some(sb) if caller.may_see(&sb.team) => Ok(sb),
+            Some(sb) if caller.may_see(&sb.team) => {
+                in_span(&sb.id, &sb.experiment);
+                Ok(sb)
+            }
             _ => Err(Error::not_found("sandbox", id)),
         }
     }
@@ -399,11 +405,15 @@ impl<R: Runtime> Manager<R> {
             }
         };
         match self.claim(caller, &plan).await {
-            Ok(Some(sb)) => return Ok(sb),
+            Ok(Some(sb)) => {
+                in_span(&sb.id, &sb.experiment);
+                return Ok(sb);
+            }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "warm pool claim failed; creating cold"),
         }
         let sb = Sandbox::provisioning(new_id(), self.runtime.node().to_string(), plan);
+        in_span(&sb.id, &sb.experiment);
         self.creating.lock().unwrap_or_else(|p| p.into_inner()).insert(sb.id.clone());
         if let Err(e) = self.store.put(&sb, None) {
             self.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&sb.id);
@@ -417,7 +427,7 @@ impl<R: Runtime> Manager<R> {
         let (ack_tx, ack_rx) = oneshot::channel::<()>();
         let this = Arc::clone(self);
         let caller = caller.clone();
-        tokio::spawn(async move {
+        let task = async move {
             let id = sb.id.clone();
             let result = this.provision(&caller, sb).await;
             let ok = result.is_ok();
@@ -431,7 +441,9 @@ impl<R: Runtime> Manager<R> {
                 }
             }
             this.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        });
+        };
+        // In the call's span, so its log lines carry the RPC's ids.
+        tokio::spawn(tracing::Instrument::in_current_span(task));
         let result = result_rx.await.map_err(|_| Error::Internal("provisioning task ended without a result".into()))?;
         let _ = ack_tx.send(());
         result
@@ -481,6 +493,7 @@ impl<R: Runtime> Manager<R> {
         }
         self.schedule(&sb);
         self.egress_learn(&sb);
+        crate::metrics::global().provisioned(crate::metrics::Source::Cold, started.elapsed());
         tracing::info!(sandbox = %sb.id, experiment = %sb.experiment, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox running");
         self.emit(EventKind::Created, &sb, "running");
         Ok(sb)
@@ -770,9 +783,9 @@ impl<R: Runtime> Manager<R> {
                     tokio::spawn(async move {
                         // Stop it now; removing it (slower, and Docker does
                         // removals one at a time) can wait for a permit.
-                        this.stop_expired(&id).await;
+                        let stopped = this.stop_expired(&id).await;
                         let _permit = permits.acquire_owned().await;
-                        this.expire(&id).await;
+                        this.expire(&id, stopped).await;
                     });
                 }
             }
@@ -781,21 +794,30 @@ impl<R: Runtime> Manager<R> {
 
     /// Kills an expired sandbox's container at once, so that many sandboxes
     /// falling due together all stop on time. Best effort: the teardown that
-    /// follows kills and removes in any case.
-    async fn stop_expired(&self, id: &str) {
+    /// follows kills and removes in any case. Whether it stopped the sandbox
+    /// (its lateness is then in the metrics).
+    async fn stop_expired(&self, id: &str) -> bool {
         let _guard = self.locks.lock(id).await;
-        let Ok(Some(sb)) = self.store.get(id) else { return };
+        let Ok(Some(sb)) = self.store.get(id) else { return false };
         if sb.state.is_ended() || sb.expires_at > SystemTime::now() {
-            return;
+            return false;
         }
-        if let Some(cid) = &sb.container_id {
-            if let Err(e) = self.runtime.kill(cid).await {
+        let Some(cid) = &sb.container_id else { return false };
+        match self.runtime.kill(cid).await {
+            Ok(()) => {
+                crate::metrics::global().expired(SystemTime::now().duration_since(sb.expires_at).unwrap_or_default());
+                true
+            }
+            Err(e) => {
                 tracing::debug!(sandbox = %id, error = %e, "kill at expiry failed; the teardown will retry");
+                false
             }
         }
     }
 
-    async fn expire(&self, id: &str) {
+    /// Tears an expired sandbox down, retrying while Docker refuses. `stopped`:
+    /// the kill at expiry already stopped it.
+    async fn expire(&self, id: &str, stopped: bool) {
         let mut delay = RETRY_MIN;
         loop {
             let now = SystemTime::now();
@@ -803,7 +825,14 @@ impl<R: Runtime> Manager<R> {
                 .teardown(id, SandboxState::Expired, "ttl reached", None, action::EXPIRE, |sb| sb.expires_at <= now)
                 .await
             {
-                Ok(_) | Err(Error::NotFound { .. }) => return,
+                Ok(sb) => {
+                    if !stopped && sb.state == SandboxState::Expired && sb.ended_at.is_some_and(|t| t >= now) {
+                        let late = SystemTime::now().duration_since(sb.expires_at).unwrap_or_default();
+                        crate::metrics::global().expired(late);
+                    }
+                    return;
+                }
+                Err(Error::NotFound { .. }) => return,
                 Err(e) => {
                     tracing::warn!(sandbox = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "expiry teardown failed");
                     tokio::time::sleep(delay).await;
@@ -815,6 +844,50 @@ impl<R: Runtime> Manager<R> {
 }
 
 impl<R: Runtime> Manager<R> {
+    /// Every metric in the Prometheus text format: the gauges read now from
+    /// the store and the pools, then the process's counters and histograms.
+    pub fn render_metrics(&self) -> Result<String> {
+        use crate::metrics::{help, sample};
+        let mut out = String::with_capacity(8192);
+        let mut live: BTreeMap<(&'static str, String, String), u64> = BTreeMap::new();
+        let records = self.live_records()?;
+        for sb in &records {
+            *live.entry((sb.state.as_str(), sb.profile.name.clone(), sb.classification.to_string())).or_default() += 1;
+        }
+        help(&mut out, "sandpit_sandboxes", "gauge", "Sandboxes not yet ended, by state, profile and classification.");
+        for ((state, profile, classification), n) in &live {
+            let labels =
+                [("state", *state), ("profile", profile.as_str()), ("classification", classification.as_str())];
+            sample(&mut out, "sandpit_sandboxes", &labels, n);
+        }
+        let stats = self.store.stats()?;
+        help(&mut out, "sandpit_sandboxes_ended", "gauge", "Ended sandboxes on record, by final state.");
+        for (state, n) in &stats.ended {
+            sample(&mut out, "sandpit_sandboxes_ended", &[("state", state.as_str())], n);
+        }
+        help(&mut out, "sandpit_audit_records", "gauge", "Records in the hash-chained audit log.");
+        sample(&mut out, "sandpit_audit_records", &[], stats.audit_records);
+        let pools = self.pool_status();
+        help(&mut out, "sandpit_warm_pool_target", "gauge", "Warm sandboxes each pool is kept at.");
+        for p in &pools {
+            sample(&mut out, "sandpit_warm_pool_target", &[("profile", p.profile.as_str())], p.target);
+        }
+        help(&mut out, "sandpit_warm_pool_ready", "gauge", "Warm sandboxes ready to be claimed.");
+        for p in &pools {
+            sample(&mut out, "sandpit_warm_pool_ready", &[("profile", p.profile.as_str())], p.warm);
+        }
+        help(&mut out, "sandpit_warm_pool_claims_total", "counter", "Creates served from a warm pool.");
+        for p in &pools {
+            sample(&mut out, "sandpit_warm_pool_claims_total", &[("profile", p.profile.as_str())], p.claims);
+        }
+        help(&mut out, "sandpit_warm_pool_misses_total", "counter", "Creates of a pooled profile that found no warm sandbox (or needed another image or datasets) and started cold.");
+        for p in &pools {
+            sample(&mut out, "sandpit_warm_pool_misses_total", &[("profile", p.profile.as_str())], p.misses);
+        }
+        crate::metrics::global().render(&mut out);
+        Ok(out)
+    }
+
     /// The sandboxes in the store that own (or may own) Docker objects.
     fn live_records(&self) -> Result<Vec<Sandbox>> {
         self.store.list(&ListFilter::default())
@@ -834,6 +907,15 @@ async fn exit_code<R: Runtime>(runtime: &R, exec_id: &str) -> Result<i64> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(Error::Internal("exec output ended but the command did not finish".into()))
+}
+
+/// Records the sandbox and experiment in the current RPC's span (no-op outside one).
+fn in_span(sandbox: &str, experiment: &str) {
+    let span = tracing::Span::current();
+    span.record("sandbox", sandbox);
+    if !experiment.is_empty() {
+        span.record("experiment", experiment);
+    }
 }
 
 /// The Docker name of a sandbox's container.

@@ -106,6 +106,7 @@ impl<R: Runtime> Manager<R> {
             counters.1.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
+        let started = std::time::Instant::now();
         while let Some(id) = self.pools.pop(&profile.name) {
             let _guard = self.locks.lock(&id).await;
             let Some(mut sb) = self.store.get(&id)? else { continue };
@@ -132,6 +133,7 @@ impl<R: Runtime> Manager<R> {
             self.schedule(&sb);
             self.egress_learn(&sb);
             counters.0.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::global().provisioned(crate::metrics::Source::Warm, started.elapsed());
             self.pools.wake.notify_one();
             self.emit(EventKind::Created, &sb, "running (warm pool)");
             return Ok(Some(sb));

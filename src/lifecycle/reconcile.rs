@@ -217,15 +217,33 @@ impl<R: Runtime> Manager<R> {
     }
 
     async fn reconcile_logged(&self, why: &str) {
+        let metrics = crate::metrics::global();
         match self.reconcile().await {
-            Ok(r) if r != ReconcileReport::default() => {
-                tracing::info!(why, report = ?r, "reconciled with Docker")
+            Ok(r) => {
+                metrics.reconciled("ok");
+                // Every pass keeps the live sandboxes; only the first adopts them.
+                if !self.adopted.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    metrics.reconcile_action("adopted", r.adopted);
+                }
+                metrics.reconcile_action("orphan_removed", r.orphans_removed);
+                metrics.reconcile_action("leftover_removed", r.leftovers_removed);
+                metrics.reconcile_action("lost", r.lost);
+                metrics.reconcile_action("exited", r.exited);
+                metrics.reconcile_action("interrupted_create_failed", r.failed_provisioning);
+                if r == ReconcileReport::default() {
+                    tracing::debug!(why, "reconciled with Docker: nothing to do")
+                } else {
+                    tracing::info!(why, report = ?r, "reconciled with Docker")
+                }
             }
-            Ok(_) => tracing::debug!(why, "reconciled with Docker: nothing to do"),
             Err(e @ Error::Unavailable(_)) => {
+                metrics.reconciled("unavailable");
                 tracing::warn!(why, error = %e, "reconcile skipped: Docker unavailable")
             }
-            Err(e) => tracing::error!(why, error = %e, "reconcile failed"),
+            Err(e) => {
+                metrics.reconciled("error");
+                tracing::error!(why, error = %e, "reconcile failed")
+            }
         }
     }
 

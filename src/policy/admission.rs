@@ -142,7 +142,10 @@ pub fn validate_name(field: &'static str, value: &str) -> Result<()> {
 }
 
 fn validate_image(image: &str) -> Result<()> {
-    if image.is_empty() || image.len() > MAX_IMAGE_LEN || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if image.len() > MAX_IMAGE_LEN {
+        return Err(Error::invalid("image", format!("longer than {MAX_IMAGE_LEN} characters")));
+    }
+    if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(Error::invalid("image", format!("'{image}' is not an image reference")));
     }
     Ok(())

@@ -268,8 +268,9 @@ fn is_not_found(e: &BollardError) -> bool {
 }
 
 /// Connection-level failures mean the engine is unavailable; answers are Docker errors.
+/// A failed Docker call as the daemon's error, counted in the metrics.
 fn map_err(op: &'static str, e: BollardError) -> Error {
-    match e {
+    let error = match e {
         BollardError::DockerResponseServerError { status_code, message } => {
             Error::Docker { op, message: format!("{message} (HTTP {status_code})") }
         }
@@ -280,7 +281,10 @@ fn map_err(op: &'static str, e: BollardError) -> Error {
         | BollardError::RequestTimeoutError
         | BollardError::HyperLegacyError { .. } => Error::Unavailable(format!("{op}: {e}")),
         other => Error::Docker { op, message: other.to_string() },
-    }
+    };
+    let kind = if matches!(error, Error::Unavailable(_)) { "unavailable" } else { "error" };
+    crate::metrics::global().docker_error(op, kind);
+    error
 }
 
 /// The container Docker is asked for: the spec plus every hardening setting.

@@ -66,4 +66,15 @@ pub trait Store: Send + Sync + 'static {
     fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
     /// Recomputes the whole chain.
     fn verify_audit(&self) -> Result<VerifyReport>;
+
+    /// Totals for metrics: ended sandboxes by final state, and the audit log's length.
+    fn stats(&self) -> Result<StoreStats>;
+}
+
+/// See [`Store::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// `(state, count)` of ended sandboxes.
+    pub ended: Vec<(String, u64)>,
+    pub audit_records: u64,
 }

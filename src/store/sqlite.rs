@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
-use super::{AuditQuery, ExperimentFilter, ListFilter, Store};
+use super::{AuditQuery, ExperimentFilter, ListFilter, Store, StoreStats};
 use crate::audit::{self, AuditEntry, AuditRecord, Hash, Outcome, VerifyReport};
 use crate::register::Experiment;
 use crate::sandbox::Sandbox;
@@ -235,6 +235,17 @@ impl Store for SqliteStore {
             ])?;
             Ok(())
         })
+    }
+
+    fn stats(&self) -> Result<StoreStats> {
+        let conn = lock(&self.reader);
+        let mut stmt =
+            conn.prepare_cached("SELECT state, COUNT(*) FROM sandboxes WHERE ended = 1 GROUP BY state ORDER BY state")?;
+        let ended = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let audit_records = read_head(&conn)?.map_or(0, |(seq, _)| seq);
+        Ok(StoreStats { ended, audit_records })
     }
 
     fn get(&self, id: &str) -> Result<Option<Sandbox>> {

@@ -32,6 +32,10 @@ async fn creates_claim_warm_sandboxes_and_pools_refill_and_drain() {
     let d = Daemon::with(Options { profiles: vec![("test-warm".into(), warm_profile(2))], ..Default::default() }).await;
     let status = wait_warm(&d, 2).await;
     assert_eq!((status.target, status.claims, status.misses), (2, 0, 0));
+    let m = d.scrape().await;
+    assert_eq!(m.get("sandpit_warm_pool_target", &[("profile", "test-warm")]), 2.0);
+    assert_eq!(m.get("sandpit_warm_pool_ready", &[("profile", "test-warm")]), 2.0);
+    assert_eq!(m.get("sandpit_sandboxes", &[("state", "warm"), ("profile", "test-warm")]), 2.0);
 
     // Operators see the warm sandboxes; requesters never do.
     let mut op = d.client(OPERATOR).await;
@@ -79,6 +83,10 @@ async fn creates_claim_warm_sandboxes_and_pools_refill_and_drain() {
     let other_image = proto::CreateSandboxRequest { image: "sandpit-test/absent:never".into(), ..req() };
     assert_eq!(a.create_sandbox(other_image).await.unwrap_err().code(), tonic::Code::FailedPrecondition);
     assert_eq!(pool(&d).await.misses, 1);
+    let m = d.scrape().await;
+    assert_eq!(m.get("sandpit_warm_pool_claims_total", &[("profile", "test-warm")]), 2.0);
+    assert_eq!(m.get("sandpit_warm_pool_misses_total", &[("profile", "test-warm")]), 1.0);
+    assert_eq!(m.get("sandpit_provisioning_seconds_count", &[("source", "warm")]), 2.0);
     let mut fresh = op.list_sandboxes(proto::ListSandboxesRequest::default()).await.unwrap().into_inner().sandboxes;
     fresh.retain(|s| state(s) == SandboxState::Warm);
     assert_eq!(fresh.len(), 2);

@@ -71,6 +71,8 @@ pub struct Options {
     pub server_ca: Option<String>,
     /// More profiles: (name, TOML body); `{image}` in a body is the test image.
     pub profiles: Vec<(String, String)>,
+    /// Body of the `[limits]` table (the defaults when empty).
+    pub limits: String,
 }
 
 impl Default for Options {
@@ -83,6 +85,7 @@ impl Default for Options {
             extra_config: String::new(),
             server_ca: None,
             profiles: Vec::new(),
+            limits: String::new(),
         }
     }
 }
@@ -170,6 +173,12 @@ egress_port = 0
 [docker]
 {host}timeout = "30s"
 
+[metrics]
+listen = "127.0.0.1:0"
+
+[limits]
+{limits}
+
 [lifecycle]
 orphan_grace = "{grace}"
 reconcile_interval = "{interval}"
@@ -226,6 +235,7 @@ token_sha256 = "{appr_a}"
                 appr = sha256(APPROVER),
                 appr_a = sha256(APPROVER_A),
                 extra = opts.extra_config,
+                limits = opts.limits,
             ),
         )
         .unwrap();
@@ -316,6 +326,21 @@ token_sha256 = "{appr_a}"
             assert!(Instant::now() < deadline, "sandpitd did not start:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// One scrape of the daemon's Prometheus endpoint.
+    pub async fn scrape(&self) -> Metrics {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let url = std::fs::read_to_string(self.data_dir().join("metrics.addr")).expect("metrics.addr");
+        let host = url.trim().trim_start_matches("http://").trim_end_matches("/metrics").to_string();
+        let mut s = tokio::net::TcpStream::connect(&host).await.expect("connect to metrics");
+        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+        Metrics(body.to_string())
     }
 
     pub fn log(&self) -> String {
@@ -505,4 +530,23 @@ pub async fn container_exists(id: &str) -> bool {
 
 pub fn to_system(t: &pbjson_types::Timestamp) -> std::time::SystemTime {
     sandpit::time::from_millis(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+/// A scraped exposition.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The sum of the samples of `name` whose labels include every one of `labels`.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+                let want = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+                (n == name && want).then(|| value.parse::<f64>().ok()).flatten()
+            })
+            .sum()
+    }
 }
