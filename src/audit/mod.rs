@@ -71,6 +71,8 @@ pub mod action {
     pub const REMOVE_LEFTOVER: &str = "reconcile-remove-leftover";
     /// Reconcile failed a create that a crash of the daemon interrupted.
     pub const INTERRUPTED: &str = "reconcile-interrupted-create";
+    /// Reconcile put back host firewall rules that someone else removed.
+    pub const FIREWALL_RESTORED: &str = "reconcile-firewall-restored";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

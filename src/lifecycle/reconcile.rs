@@ -32,6 +32,8 @@ pub struct ReconcileReport {
     pub lost: usize,
     pub exited: usize,
     pub failed_provisioning: usize,
+    /// Sandbox networks whose host firewall rules had been removed and were put back.
+    pub firewall_restored: usize,
 }
 
 impl<R: Runtime> Manager<R> {
@@ -90,6 +92,20 @@ impl<R: Runtime> Manager<R> {
             let reason = format!("removed labelled network {} with no live sandbox", n.name);
             self.record(self.entry(None, action::REMOVE_ORPHAN, "", id, Ok(reason)));
             report.orphans_removed += 1;
+        }
+
+        // Host rules of live networked sandboxes, put back if someone removed them.
+        let subnets: Vec<String> = records
+            .iter()
+            .filter(|sb| !self.is_creating(&sb.id) && sb.state != SandboxState::Provisioning)
+            .filter_map(|sb| sb.network.as_ref().map(|n| n.subnet.clone()))
+            .collect();
+        let restored = self.runtime.ensure_isolated(&subnets).await?;
+        if !restored.is_empty() {
+            tracing::warn!(subnets = ?restored, "host firewall rules of live sandboxes had been removed; restored");
+            let reason = format!("restored host firewall rules of {}", restored.join(", "));
+            self.record(self.entry(None, action::FIREWALL_RESTORED, "", "", Ok(reason)));
+            report.firewall_restored = restored.len();
         }
 
         for sb in records {
@@ -230,6 +246,7 @@ impl<R: Runtime> Manager<R> {
                 metrics.reconcile_action("lost", r.lost);
                 metrics.reconcile_action("exited", r.exited);
                 metrics.reconcile_action("interrupted_create_failed", r.failed_provisioning);
+                metrics.reconcile_action("firewall_restored", r.firewall_restored);
                 if r == ReconcileReport::default() {
                     tracing::debug!(why, "reconciled with Docker: nothing to do")
                 } else {

@@ -488,6 +488,10 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn ensure_isolated(&self, subnets: &[String]) -> Result<Vec<String>> {
+        self.inner.firewall.restore(subnets).await
+    }
+
     async fn kill(&self, container: &str) -> Result<()> {
         let d = self.docker().await?;
         let opts = bollard::query_parameters::KillContainerOptionsBuilder::default().signal("SIGKILL").build();

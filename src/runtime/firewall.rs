@@ -14,7 +14,8 @@
 //!   which lets DNS through to the host's resolvers and rejects those ranges.
 //!
 //! Rules are added with the network and removed with it; the chains are
-//! removed when no rule uses them. Every command is idempotent.
+//! removed when no rule uses them. Every command is idempotent. Reconcile
+//! puts back rules and chains that someone else removed ([`Firewall::restore`]).
 
 use tokio::process::Command;
 
@@ -87,9 +88,24 @@ impl Firewall {
         &self.chain
     }
 
+    /// Whether `chain` exists with rules in it (a firewall reload may leave it empty).
+    async fn filled(chain: &str) -> Result<bool> {
+        let out = run(&["-S", chain]).await?;
+        Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("-A ")))
+    }
+
+    /// Creates a missing chain, or empties one whose rules are incomplete, for refilling.
+    async fn fresh(chain: &str) -> Result<()> {
+        if iptables(&["-n", "-L", chain]).await? {
+            must(&["-F", chain]).await
+        } else {
+            must(&["-N", chain]).await
+        }
+    }
+
     async fn ensure_chains(&self) -> Result<()> {
-        if !iptables(&["-n", "-L", &self.forward]).await? {
-            must(&["-N", &self.forward]).await?;
+        if !Self::filled(&self.forward).await? {
+            Self::fresh(&self.forward).await?;
             // The host's resolvers, for sandboxes whose names Docker resolves through them.
             for ns in nameservers() {
                 for proto in ["udp", "tcp"] {
@@ -102,10 +118,10 @@ impl Firewall {
             }
             must(&["-A", &self.forward, "-j", "RETURN"]).await?;
         }
-        if iptables(&["-n", "-L", &self.chain]).await? {
+        if Self::filled(&self.chain).await? {
             return Ok(());
         }
-        must(&["-N", &self.chain]).await?;
+        Self::fresh(&self.chain).await?;
         let port = self.egress_port.to_string();
         must(&["-A", &self.chain, "-p", "tcp", "--dport", &port, "-j", "ACCEPT"]).await?;
         must(&["-A", &self.chain, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"]).await?;
@@ -122,6 +138,34 @@ impl Firewall {
             }
         }
         Ok(())
+    }
+
+    /// Puts back the rules of any of `subnets` (CIDRs of live sandbox
+    /// networks) that someone else removed, e.g. a firewall service reloading
+    /// its own rules. Returns the subnets that had lost theirs.
+    pub async fn restore(&self, subnets: &[String]) -> Result<Vec<String>> {
+        if subnets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _g = self.lock.lock().await;
+        let chains_lost = !Self::filled(&self.chain).await? || !Self::filled(&self.forward).await?;
+        self.ensure_chains().await?;
+        let rules = String::from_utf8_lossy(&run(&["-S"]).await?.stdout).to_string();
+        let present = |rule: &[String]| rules.lines().any(|l| l.strip_prefix("-A ") == Some(rule.join(" ").as_str()));
+        let mut restored = Vec::new();
+        for subnet in subnets {
+            let mut lost = chains_lost;
+            for rule in [self.input_rule(subnet), self.forward_rule(subnet).await?] {
+                if !present(&rule) {
+                    must(&with("-I", &rule)).await?;
+                    lost = true;
+                }
+            }
+            if lost {
+                restored.push(subnet.clone());
+            }
+        }
+        Ok(restored)
     }
 
     /// Removes `subnet`'s rules, and the chains once nothing jumps to them.

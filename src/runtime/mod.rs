@@ -164,6 +164,11 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         selector: &HashMap<String, String>,
     ) -> impl Future<Output = Result<Vec<ManagedNetwork>>> + Send;
 
+    /// Makes sure the host rules isolating each of `subnets` (live sandbox
+    /// networks) are in place, putting back any that were removed behind the
+    /// daemon's back. Returns the subnets whose rules had to be restored.
+    fn ensure_isolated(&self, subnets: &[String]) -> impl Future<Output = Result<Vec<String>>> + Send;
+
     /// Sends SIGKILL to a container's processes. A missing or stopped container is fine.
     fn kill(&self, container: &str) -> impl Future<Output = Result<()>> + Send;
 

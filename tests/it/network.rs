@@ -150,6 +150,70 @@ async fn isolated_none_and_open_sandboxes_reach_nothing_they_must_not() {
     assert_eq!(chain_rules(), 0, "rules go with their networks");
 }
 
+/// This daemon's rules (`iptables -S` lines) that jump to, or are in, its chains.
+fn rules_of(short: &str) -> Vec<String> {
+    let out = std::process::Command::new("iptables").args(["-S"]).output().unwrap();
+    let chains = [format!("SANDPIT-{short}"), format!("SANDPITF-{short}")];
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| chains.iter().any(|c| l.ends_with(&format!("-j {c}")) || l.starts_with(&format!("-A {c} "))))
+        .map(String::from)
+        .collect()
+}
+
+fn iptables(args: &[&str]) {
+    let ok = std::process::Command::new("iptables").args(args).status().unwrap().success();
+    assert!(ok, "iptables {args:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn firewall_rules_removed_behind_the_daemons_back_are_restored() {
+    let d = Daemon::with(Options {
+        reconcile_interval: "1s",
+        profiles: vec![("test-isolated".into(), profile("isolated", "OFFICIAL-SENSITIVE", ""))],
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.client(TEAM_A).await;
+    let req = proto::CreateSandboxRequest { profile: "test-isolated".into(), ..create_req(&d.exp_a, 300) };
+    let sb = c.create_sandbox(req).await.unwrap().into_inner();
+    let labels =
+        docker().await.inspect_container(&sb.container_id, None).await.unwrap().config.unwrap().labels.unwrap();
+    let short = labels["sandpit.instance"][..12].to_string();
+    let chain = format!("SANDPIT-{short}");
+    let installed = rules_of(&short);
+    assert!(installed.iter().any(|l| l.starts_with("-A INPUT ") && l.ends_with(&format!("-j {chain}"))));
+    assert!(installed.len() > 2, "the chains hold rules: {installed:?}");
+
+    // A firewall reload drops the INPUT jump and empties the chain: the
+    // sandbox can reach host ports until reconcile puts them back.
+    let jump = installed.iter().find(|l| l.starts_with("-A INPUT ")).unwrap().clone();
+    let mut delete: Vec<&str> = vec!["-D"];
+    delete.extend(jump.trim_start_matches("-A ").split_whitespace());
+    iptables(&delete);
+    iptables(&["-F", &chain]);
+    assert!(rules_of(&short).len() < installed.len());
+
+    eventually(Duration::from_secs(15), "rules restored", || {
+        let short = short.clone();
+        let mut want = installed.clone();
+        async move {
+            let mut now = rules_of(&short);
+            now.sort();
+            want.sort();
+            (now == want).then_some(())
+        }
+    })
+    .await;
+    let port = greeter().await;
+    assert!(!reaches(&mut c, &sb.id, &gateway(&sb), port).await, "the host is out of reach again");
+    let q = proto::QueryAuditLogRequest { action: "reconcile-firewall-restored".into(), ..Default::default() };
+    let events = d.audit(AUDITOR).await.query_audit_log(q).await.unwrap().into_inner().events;
+    assert!(!events.is_empty() && events[0].reason.contains(&sb.address[..sb.address.rfind('.').unwrap()]));
+    let m = d.scrape().await;
+    assert!(m.get("sandpit_reconcile_actions_total", &[("action", "firewall_restored")]) >= 1.0);
+}
+
 /// Sends `request` to the proxy on the sandbox's gateway, returns what comes back.
 async fn via_proxy(c: &mut Client, id: &str, request: &str) -> String {
     let script = format!(
