@@ -188,6 +188,16 @@ max_classification = "OFFICIAL-SENSITIVE"
 [docker]
 timeout = "{timeout}s"
 
+[metrics]
+listen = "127.0.0.1:0"
+
+# The benchmark is one identity driving the daemon as hard as it can: the
+# per-identity limits (there to stop a runaway client) would measure themselves.
+[limits]
+max_concurrent_calls = 100000
+calls_per_second = 1000000
+burst = 1000000
+
 [[identities]]
 name = "bench"
 team = "bench"
