@@ -111,6 +111,9 @@ pub struct Decision {
 pub struct Limits {
     /// Connections served at once; any beyond are closed on accept, unanswered.
     pub max_connections: usize,
+    /// Connections served at once from one source address (one sandbox), so
+    /// that no sandbox can take every slot; any beyond are closed likewise.
+    pub max_per_source: usize,
     /// Largest request head, request line to blank line inclusive.
     pub max_head: usize,
     /// Time for the client to send a complete head.
@@ -123,6 +126,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_per_source: 64,
             max_head: 16 * 1024,
             head_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
@@ -163,8 +167,43 @@ struct Ctx {
     dials: AtomicU64,
 }
 
+/// Connections open per source address.
+#[derive(Default)]
+struct PerSource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One open connection of a source; gives its place back when dropped.
+struct SourceSlot {
+    all: Arc<PerSource>,
+    ip: std::net::IpAddr,
+}
+
+impl PerSource {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { all: Arc::clone(self), ip })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.all.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn run(listener: TcpListener, ctx: Arc<Ctx>, shutdown: impl Future<Output = ()> + Send) {
     let slots = Arc::new(Semaphore::new(ctx.limits.max_connections.min(Semaphore::MAX_PERMITS)));
+    let per_source = Arc::new(PerSource::default());
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -182,10 +221,14 @@ async fn run(listener: TcpListener, ctx: Arc<Ctx>, shutdown: impl Future<Output 
                         tracing::warn!(%peer, limit = ctx.limits.max_connections, "egress proxy full; closing connection");
                         continue;
                     };
+                    let Some(slot) = per_source.take(peer.ip().to_canonical(), ctx.limits.max_per_source) else {
+                        tracing::warn!(%peer, limit = ctx.limits.max_per_source, "too many egress connections from one source; closing connection");
+                        continue;
+                    };
                     let ctx = ctx.clone();
                     tasks.spawn(async move {
                         handle(stream, peer, &ctx).await;
-                        drop(permit);
+                        drop((permit, slot));
                     });
                 }
                 Err(e) => {

@@ -497,6 +497,33 @@ async fn connections_beyond_the_limit_are_closed_unanswered() {
 }
 
 #[tokio::test]
+async fn one_source_cannot_take_every_connection() {
+    let limits = Limits { max_connections: 100, max_per_source: 1, ..Limits::default() };
+    let proxy = Proxy::start(Some(vec![]), limits).await;
+    let mut first = proxy.connect().await;
+    first.write_all(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\n").await.unwrap();
+
+    // A second connection from the same address is closed unanswered...
+    let mut second = proxy.connect().await;
+    let mut buf = Vec::new();
+    let closed = timeout(WAIT, second.read_to_end(&mut buf)).await.expect("closed in time");
+    assert!(closed.is_err() || buf.is_empty(), "second connection was answered: {buf:?}");
+
+    // ...while another source is served.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = other.connect(proxy.addr).await.unwrap();
+    other.write_all(b"CONNECT 127.0.0.1:3 HTTP/1.1\r\n\r\n").await.unwrap();
+    assert_eq!(status_line(&read_all(&mut other).await), "HTTP/1.1 403 Forbidden");
+    assert_eq!(proxy.decision().port, 3);
+
+    first.write_all(b"\r\n").await.unwrap();
+    assert_eq!(status_line(&read_all(&mut first).await), "HTTP/1.1 403 Forbidden");
+    assert_eq!(proxy.decision().port, 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_closes_open_tunnels() {
     let echo = echo_server().await;
     let proxy = Proxy::allowing(vec![Destination::new("127.0.0.1", echo)]).await;
