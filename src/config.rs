@@ -53,6 +53,16 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub limits: LimitsConfig,
+    pub quotas: QuotasConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// Live sandboxes (provisioning, running, exited) a team may have at once.
+    pub sandboxes_per_team: u32,
+    /// Quotas of particular teams, by team name.
+    pub teams: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +232,10 @@ max_message_bytes = 4194304
 max_concurrent_calls = 128
 calls_per_second = 100
 burst = 200
+
+[quotas]
+sandboxes_per_team = 50
+teams = {{}}
 "#,
         data_dir = default_data_dir().display().to_string().replace('\\', "/"),
     )
@@ -244,6 +258,13 @@ pub fn default_data_dir() -> PathBuf {
 pub struct ConfigError(pub String);
 
 impl Config {
+    pub fn team_quotas(&self) -> crate::policy::admission::TeamQuotas {
+        crate::policy::admission::TeamQuotas {
+            default: self.quotas.sandboxes_per_team,
+            teams: self.quotas.teams.clone(),
+        }
+    }
+
     /// What profile validation needs to know about this host.
     pub fn host_rules(&self) -> crate::policy::HostRules {
         crate::policy::HostRules {
@@ -402,6 +423,7 @@ mod tests {
         assert_eq!(c.sandbox.user, DEFAULT_SANDBOX_USER);
         assert!(c.metrics.enabled && c.metrics.listen.ip().is_loopback());
         assert!(c.limits.max_concurrent_calls > 0 && c.limits.calls_per_second > 0);
+        assert_eq!(c.team_quotas().of("anyone"), 50);
     }
 
     #[test]

@@ -105,6 +105,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::Denied { rule: Rule::TeamQuota, .. } => Code::ResourceExhausted,
             Error::Denied { rule, .. } if rule.depends_on_state() => Code::FailedPrecondition,
             Error::Denied { .. } => Code::PermissionDenied,
             Error::FailedPrecondition(_) | Error::ImageUnavailable { .. } => Code::FailedPrecondition,

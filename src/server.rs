@@ -143,6 +143,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         exec_timeout: cfg.lifecycle.exec_timeout,
         profiles_dir: cfg.profiles_dir.clone(),
         host_rules: cfg.host_rules(),
+        quotas: cfg.team_quotas(),
     };
     let manager =
         Manager::new(runtime, Arc::new(store), profiles, settings).map_err(|e| StartError::Io(e.to_string()))?;

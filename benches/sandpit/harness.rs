@@ -198,6 +198,9 @@ max_concurrent_calls = 100000
 calls_per_second = 1000000
 burst = 1000000
 
+[quotas]
+sandboxes_per_team = 100000
+
 [[identities]]
 name = "bench"
 team = "bench"

@@ -34,6 +34,7 @@ pub use transfer::{CopyOut, Transfer};
 use crate::audit::{action, AuditEntry, AuditRecord, Outcome, VerifyReport, DAEMON};
 use crate::auth::Caller;
 use crate::egress;
+use crate::policy::admission::check_quota;
 use crate::policy::{admit, extend_deadline, CreateSandbox, HostPolicy, NetworkMode, ProfileSet};
 use crate::runtime::{
     labels, BoxStream, ContainerSpec, ExecChunk, ExecSpec, Mount, NetworkRequest, PullProgress, Runtime,
@@ -68,6 +69,7 @@ pub struct Settings {
     /// Where profiles are reloaded from, and what they are checked against.
     pub profiles_dir: std::path::PathBuf,
     pub host_rules: crate::policy::HostRules,
+    pub quotas: crate::policy::admission::TeamQuotas,
 }
 
 /// The result of reloading the profiles directory.
@@ -385,9 +387,12 @@ impl<R: Runtime> Manager<R> {
         if *self.shutdown.borrow() {
             return Err(Error::ShuttingDown);
         }
+        // One admission of a team at a time, until its record is in the
+        // store: concurrent creates cannot overrun the team's quota.
+        let team_guard = self.locks.lock(&format!("team:{}", caller.team)).await;
         let admitted = self.store.get_experiment(&req.experiment).and_then(|experiment| {
             let profiles = self.profiles();
-            admit(
+            let plan = admit(
                 &req,
                 &caller.name,
                 &caller.team,
@@ -395,7 +400,9 @@ impl<R: Runtime> Manager<R> {
                 &profiles,
                 &self.settings.host,
                 SystemTime::now(),
-            )
+            )?;
+            check_quota(&caller.team, self.store.count_live(&caller.team)?, &self.settings.quotas)?;
+            Ok(plan)
         });
         let plan = match admitted {
             Ok(plan) => plan,
@@ -420,6 +427,7 @@ impl<R: Runtime> Manager<R> {
             self.record_error(caller, action::CREATE_SANDBOX, &sb.experiment, &sb.id, &e);
             return Err(e);
         }
+        drop(team_guard);
 
         // Provision in a task of its own. The caller acknowledges receipt; if
         // it hung up first, the task tears the new sandbox down again.

@@ -10,7 +10,9 @@
 //!    `experiment-approval`: it is approved when the classification is
 //!    OFFICIAL-SENSITIVE or above, or the profile requires approval;
 //! 4. `image-allowlist`: the image is one the profile allows;
-//! 5. `ttl` and `max-lifetime`: within the profile's lifetime limits.
+//! 5. `ttl` and `max-lifetime`: within the profile's lifetime limits;
+//!    `team-quota`: the team's live sandboxes stay within its quota
+//!    ([`check_quota`], given the count the store holds).
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -31,6 +33,32 @@ pub struct HostPolicy {
     pub max_classification: Classification,
     /// Operator-declared datasets.
     pub datasets: Vec<Dataset>,
+}
+
+/// How many live sandboxes (provisioning, running or exited) each team may have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamQuotas {
+    /// For any team not listed in `teams`.
+    pub default: u32,
+    pub teams: std::collections::BTreeMap<String, u32>,
+}
+
+impl TeamQuotas {
+    pub fn of(&self, team: &str) -> u32 {
+        self.teams.get(team).copied().unwrap_or(self.default)
+    }
+}
+
+/// Whether `team`, which has `live` sandboxes, may have one more.
+pub fn check_quota(team: &str, live: u64, quotas: &TeamQuotas) -> Result<()> {
+    let quota = quotas.of(team);
+    if live >= u64::from(quota) {
+        return Err(Error::denied(
+            Rule::TeamQuota,
+            format!("team '{team}' has {live} live sandboxes, its quota is {quota}; delete one or ask an operator"),
+        ));
+    }
+    Ok(())
 }
 
 /// A host directory an operator declared, with its classification.
@@ -58,6 +86,7 @@ pub enum Rule {
     FileTransfer,
     Ttl,
     MaxLifetime,
+    TeamQuota,
 }
 
 impl Rule {
@@ -76,6 +105,7 @@ impl Rule {
             Rule::FileTransfer => "file-transfer",
             Rule::Ttl => "ttl",
             Rule::MaxLifetime => "max-lifetime",
+            Rule::TeamQuota => "team-quota",
         }
     }
 
@@ -84,7 +114,11 @@ impl Rule {
     pub fn depends_on_state(self) -> bool {
         matches!(
             self,
-            Rule::MaxLifetime | Rule::ExperimentRegistered | Rule::ExperimentStatus | Rule::ExperimentApproval
+            Rule::MaxLifetime
+                | Rule::ExperimentRegistered
+                | Rule::ExperimentStatus
+                | Rule::ExperimentApproval
+                | Rule::TeamQuota
         )
     }
 }

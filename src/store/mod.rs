@@ -53,6 +53,8 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, id: &str) -> Result<Option<Sandbox>>;
     /// Records matching `filter`, oldest first.
     fn list(&self, filter: &ListFilter) -> Result<Vec<Sandbox>>;
+    /// How many of `team`'s sandboxes have not ended.
+    fn count_live(&self, team: &str) -> Result<u64>;
     /// A stable id for this daemon's data, put in the labels of everything it
     /// creates so that two daemons on one engine never touch each other's objects.
     fn instance_id(&self) -> Result<String>;

@@ -237,6 +237,15 @@ impl Store for SqliteStore {
         })
     }
 
+    fn count_live(&self, team: &str) -> Result<u64> {
+        let n: i64 = lock(&self.reader).query_row(
+            "SELECT COUNT(*) FROM sandboxes WHERE ended = 0 AND team = ?1",
+            [team],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
     fn stats(&self) -> Result<StoreStats> {
         let conn = lock(&self.reader);
         let mut stmt =

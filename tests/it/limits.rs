@@ -1,6 +1,7 @@
 //! Per-identity limits: over-size messages, too many calls at once and too
 //! many calls per second get RESOURCE_EXHAUSTED naming the limit; other
-//! identities are not affected.
+//! identities are not affected. Team quotas: a team's live sandboxes stay
+//! within its quota, however many creates race.
 
 use std::time::Duration;
 
@@ -79,4 +80,39 @@ async fn too_many_calls_at_once_are_refused_until_one_ends() {
     let sb = create(&mut d.client(TEAM_A).await, &d.exp_a, 60).await;
     let ev = tokio::time::timeout(Duration::from_secs(10), w2.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(ev.sandbox.unwrap().id, sb.id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_team_never_exceeds_its_quota_even_with_racing_creates() {
+    let quotas = "sandboxes_per_team = 3\nteams = { team-b = 1 }\n".to_string();
+    let d = Daemon::with(Options { quotas, ..Default::default() }).await;
+    let a = d.client(TEAM_A).await;
+    let creates = (0..6).map(|_| {
+        let mut a = a.clone();
+        let req = create_req(&d.exp_a, 120);
+        async move { a.create_sandbox(req).await }
+    });
+    let results = futures_util::future::join_all(creates).await;
+    let (ok, refused): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+    assert_eq!(ok.len(), 3, "{refused:?}");
+    for e in refused.iter().map(|r| r.as_ref().unwrap_err()) {
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        assert!(e.message().contains("team-quota") && e.message().contains("quota is 3"), "{}", e.message());
+    }
+    assert_eq!(d.containers().await.len(), 3);
+
+    // A per-team quota; and ended sandboxes give their place back.
+    let mut b = d.client(TEAM_B).await;
+    let exp_b = d.experiment(TEAM_B, "OFFICIAL").await;
+    let first = create(&mut b, &exp_b, 120).await;
+    let e = b.create_sandbox(create_req(&exp_b, 120)).await.unwrap_err();
+    assert!(e.message().contains("quota is 1"), "{}", e.message());
+    b.delete_sandbox(proto::DeleteSandboxRequest { id: first.id }).await.unwrap();
+    create(&mut b, &exp_b, 120).await;
+
+    // The refusal is on record for the governance group.
+    let q = proto::QueryAuditLogRequest { actor: "alice".into(), ..Default::default() };
+    let events = d.audit(AUDITOR).await.query_audit_log(q).await.unwrap().into_inner().events;
+    let denied = events.iter().filter(|e| e.code == "RESOURCE_EXHAUSTED" && e.reason.contains("team-quota")).count();
+    assert_eq!(denied, 3);
 }

@@ -274,6 +274,7 @@ async fn two_hundred_isolated_sandboxes_then_all_removed_with_their_networks() {
     const N: usize = 200;
     let d = Daemon::with(Options {
         profiles: vec![("test-isolated".into(), profile("isolated", "OFFICIAL", ""))],
+        quotas: format!("sandboxes_per_team = {N}\n"),
         ..Default::default()
     })
     .await;

@@ -73,6 +73,8 @@ pub struct Options {
     pub profiles: Vec<(String, String)>,
     /// Body of the `[limits]` table (the defaults when empty).
     pub limits: String,
+    /// Body of the `[quotas]` table (the defaults when empty).
+    pub quotas: String,
 }
 
 impl Default for Options {
@@ -86,6 +88,7 @@ impl Default for Options {
             server_ca: None,
             profiles: Vec::new(),
             limits: String::new(),
+            quotas: String::new(),
         }
     }
 }
@@ -179,6 +182,9 @@ listen = "127.0.0.1:0"
 [limits]
 {limits}
 
+[quotas]
+{quotas}
+
 [lifecycle]
 orphan_grace = "{grace}"
 reconcile_interval = "{interval}"
@@ -236,6 +242,7 @@ token_sha256 = "{appr_a}"
                 appr_a = sha256(APPROVER_A),
                 extra = opts.extra_config,
                 limits = opts.limits,
+                quotas = opts.quotas,
             ),
         )
         .unwrap();
