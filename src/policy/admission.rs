@@ -425,6 +425,17 @@ mod tests {
     }
 
     #[test]
+    fn team_quota_counts_live_sandboxes_with_per_team_overrides() {
+        let q = TeamQuotas { default: 2, teams: [("big".to_string(), 5)].into() };
+        assert!(check_quota("t", 1, &q).is_ok());
+        let e = check_quota("t", 2, &q).unwrap_err();
+        assert!(matches!(e, Error::Denied { rule: Rule::TeamQuota, .. }), "{e}");
+        assert_eq!(e.code(), crate::error::Code::ResourceExhausted);
+        assert!(check_quota("big", 4, &q).is_ok());
+        assert!(check_quota("big", 5, &q).is_err());
+    }
+
+    #[test]
     fn plan_uses_profile_defaults() {
         let now = SystemTime::now();
         let plan = admit(
