@@ -50,7 +50,7 @@ const EVENT_BUFFER: usize = 1024;
 const AUDIT_COMMAND_MAX: usize = 512;
 /// Expiry teardowns running at once.
 const EXPIRY_PARALLELISM: usize = 64;
-/// Retry delays for teardowns that failed because the engine was unavailable.
+/// Retry delays for daemon-internal teardowns Docker refused or could not be reached for.
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -443,10 +443,11 @@ impl<R: Runtime> Manager<R> {
             if ok && !delivered {
                 tracing::info!(sandbox = %id, "client went away during create; tearing down");
                 let reason = "create abandoned by the client";
-                if let Err(e) = this.teardown(&id, SandboxState::Failed, reason, None, action::ABANDON, |_| true).await
-                {
-                    tracing::warn!(sandbox = %id, error = %e, "teardown of abandoned create failed; reconcile will retry");
-                }
+                // Reconcile would adopt it as running: this task must finish the job.
+                with_backoff("teardown of an abandoned create", &id, || {
+                    this.teardown(&id, SandboxState::Failed, reason, None, action::ABANDON, |_| true)
+                })
+                .await;
             }
             this.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         };
@@ -455,6 +456,21 @@ impl<R: Runtime> Manager<R> {
         let result = result_rx.await.map_err(|_| Error::Internal("provisioning task ended without a result".into()))?;
         let _ = ack_tx.send(());
         result
+    }
+
+    /// Removes what a failed create left in Docker: at once, and if Docker
+    /// refuses, again in the background with backoff until it accepts. The
+    /// failure is recorded meanwhile; nothing else would remove the container
+    /// before the next periodic reconcile.
+    async fn undo_create(&self, container: &str, network: Option<&str>) {
+        let Err(e) = self.runtime.remove(container, network).await else { return };
+        tracing::warn!(%container, error = %e, "could not remove a failed create's container; retrying");
+        let (runtime, container, network) = (self.runtime.clone(), container.to_string(), network.map(String::from));
+        tokio::spawn(async move {
+            tokio::time::sleep(RETRY_MIN).await;
+            with_backoff("removal of a failed create", &container, || runtime.remove(&container, network.as_deref()))
+                .await;
+        });
     }
 
     async fn provision(&self, caller: &Caller, mut sb: Sandbox) -> Result<Sandbox> {
@@ -470,7 +486,7 @@ impl<R: Runtime> Manager<R> {
             Err(e) => {
                 // Docker may have created the container even though the call
                 // failed: remove by name before recording the failure.
-                let _ = self.runtime.remove(&container_name(&sb.id), sb.network_name().as_deref()).await;
+                self.undo_create(&container_name(&sb.id), sb.network_name().as_deref()).await;
                 sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
                 let entry = self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Err(&e));
                 if let Err(se) = self.commit(&sb, entry) {
@@ -494,7 +510,7 @@ impl<R: Runtime> Manager<R> {
         let entry = self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason));
         if let Err(e) = self.commit(&sb, entry) {
             // Not on record, not audited: refuse the create and leave nothing behind.
-            let _ = self.runtime.remove(&container_id, sb.network_name().as_deref()).await;
+            self.undo_create(&container_id, sb.network_name().as_deref()).await;
             sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
             let _ = self.store.put(&sb, None);
             return Err(e);
@@ -826,26 +842,13 @@ impl<R: Runtime> Manager<R> {
     /// Tears an expired sandbox down, retrying while Docker refuses. `stopped`:
     /// the kill at expiry already stopped it.
     async fn expire(&self, id: &str, stopped: bool) {
-        let mut delay = RETRY_MIN;
-        loop {
-            let now = SystemTime::now();
-            match self
-                .teardown(id, SandboxState::Expired, "ttl reached", None, action::EXPIRE, |sb| sb.expires_at <= now)
-                .await
-            {
-                Ok(sb) => {
-                    if !stopped && sb.state == SandboxState::Expired && sb.ended_at.is_some_and(|t| t >= now) {
-                        let late = SystemTime::now().duration_since(sb.expires_at).unwrap_or_default();
-                        crate::metrics::global().expired(late);
-                    }
-                    return;
-                }
-                Err(Error::NotFound { .. }) => return,
-                Err(e) => {
-                    tracing::warn!(sandbox = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "expiry teardown failed");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
-                }
+        let now = SystemTime::now();
+        let teardown =
+            || self.teardown(id, SandboxState::Expired, "ttl reached", None, action::EXPIRE, |sb| sb.expires_at <= now);
+        if let Some(sb) = with_backoff("expiry teardown", id, teardown).await {
+            if !stopped && sb.state == SandboxState::Expired && sb.ended_at.is_some_and(|t| t >= now) {
+                let late = SystemTime::now().duration_since(sb.expires_at).unwrap_or_default();
+                crate::metrics::global().expired(late);
             }
         }
     }
@@ -903,6 +906,28 @@ impl<R: Runtime> Manager<R> {
 
     fn is_creating(&self, id: &str) -> bool {
         self.creating.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+    }
+}
+
+/// Runs `op` until it succeeds (its result) or finds nothing to act on
+/// (`None`), sleeping between tries with backoff from [`RETRY_MIN`] to
+/// [`RETRY_MAX`]: for daemon-internal work that no caller will retry.
+async fn with_backoff<T, F, Fut>(what: &str, target: &str, mut op: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = RETRY_MIN;
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(Error::NotFound { .. }) => return None,
+            Err(e) => {
+                tracing::warn!(object = %target, error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
     }
 }
 

@@ -262,7 +262,7 @@ impl<R: Runtime> Manager<R> {
                     sb.state = SandboxState::Warm;
                     let reason = format!("warm sandbox for profile {}", profile.name);
                     if let Err(e) = self.commit(&sb, self.entry(None, action::POOL_FILL, "", &sb.id, Ok(reason))) {
-                        let _ = self.runtime.remove(&container_name(&sb.id), sb.network_name().as_deref()).await;
+                        self.undo_create(&container_name(&sb.id), sb.network_name().as_deref()).await;
                         return Err(e);
                     }
                     self.schedule(&sb);
@@ -270,7 +270,7 @@ impl<R: Runtime> Manager<R> {
                     Ok(())
                 }
                 Err(e) => {
-                    let _ = self.runtime.remove(&container_name(&sb.id), sb.network_name().as_deref()).await;
+                    self.undo_create(&container_name(&sb.id), sb.network_name().as_deref()).await;
                     sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
                     let _ = self.commit(&sb, self.entry(None, action::POOL_FILL, "", &sb.id, Err(&e)));
                     Err(e)
