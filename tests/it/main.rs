@@ -12,6 +12,7 @@ mod datasets;
 mod deploy;
 mod docker_outage;
 mod escape;
+mod faults;
 mod governance;
 mod lifecycle;
 mod limits;

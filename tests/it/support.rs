@@ -1,6 +1,9 @@
 //! Test harness: a locally built image, a daemon spawned on port 0 with a
 //! temporary data directory, authenticated clients, and cleanup by label.
 
+mod fault_proxy;
+pub use fault_proxy::{Fault, FaultProxy};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
