@@ -631,8 +631,6 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
         /// The example config with one to four edits, and an environment
         /// variable or two: loads into a safe, usable config or fails
         /// naming the file.

@@ -500,8 +500,6 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
         /// A create request either converts into one that passes validation,
         /// with what was asked, or is refused naming the field at fault:
         /// setting that field right gets past it.

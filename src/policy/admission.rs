@@ -627,8 +627,6 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
         /// Any profile an operator can write, any register entry, any request:
         /// admission never panics; a plan keeps every rule; a refusal names
         /// its rule or field, and the host ceiling is checked before anything

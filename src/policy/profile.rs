@@ -812,8 +812,6 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
         /// One to four edits of a repository profile: accepted profiles keep
         /// every promise; refusals name the file and the field.
         #[test]
