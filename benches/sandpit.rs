@@ -9,7 +9,8 @@
 //! no timings. Every container either side makes carries
 //! `sandpit.bench-run=<run id>` and is removed however the run ends.
 //!
-//! Scenarios: `cold`, `burst`, `warm-pool`, `expiry`, `scale`. See README
+//! Scenarios: `cold`, `burst`, `warm-pool`, `expiry`, `scale`, and `soak`
+//! (only with `--only soak`; see benches/sandpit/soak.rs). See README
 //! "Benchmarks".
 //!
 //! `warm-pool` uses a second profile, `bench-warm`: the bench profile with
@@ -28,6 +29,8 @@
 
 #[path = "sandpit/harness.rs"]
 mod harness;
+#[path = "sandpit/soak.rs"]
+mod soak;
 #[path = "sandpit/stats.rs"]
 mod stats;
 
@@ -47,7 +50,9 @@ use harness::{
 };
 use stats::{header, ms, ratio, ratio_json, ratio_row, round3, row, samples_json, Summary};
 
-const SCENARIOS: [&str; 5] = ["cold", "burst", "warm-pool", "expiry", "scale"];
+const SCENARIOS: [&str; 6] = ["cold", "burst", "warm-pool", "expiry", "scale", "soak"];
+/// Run only when named with `--only` (minutes, and a correctness check rather than a measurement).
+const ON_REQUEST: [&str; 1] = ["soak"];
 /// Concurrency of set-up and tear-down work that is not itself measured, and of the scale creates.
 const CONCURRENCY: usize = 16;
 /// A ttl no sandbox reaches during the run (the profile's max_ttl is 2h).
@@ -86,8 +91,9 @@ impl Sizes {
 fn usage() -> String {
     format!(
         "usage: cargo bench --bench sandpit -- [--quick] [--json-out FILE] [--only SCENARIO[,SCENARIO...]]\n\
-         scenarios: {}",
-        SCENARIOS.join(", ")
+         scenarios: {} (the default run leaves out {})",
+        SCENARIOS.join(", "),
+        ON_REQUEST.join(", ")
     )
 }
 
@@ -220,7 +226,8 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
     let mut scenarios = Map::new();
     let mut failed = Vec::new();
     for name in SCENARIOS {
-        if args.only.as_ref().is_some_and(|o| !o.iter().any(|s| s == name)) {
+        let named = args.only.as_ref().map(|o| o.iter().any(|s| s == name));
+        if named == Some(false) || (named.is_none() && ON_REQUEST.contains(&name)) {
             continue;
         }
         println!();
@@ -230,6 +237,7 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
             "warm-pool" => warm_pool(&mut ctx, sizes.warm_seq, sizes.warm_conc).await,
             "expiry" => expiry(&mut ctx, sizes.expiry).await,
             "scale" => scale(&mut ctx, sizes.scale, sizes.list_calls).await,
+            "soak" => soak::soak(&mut ctx, soak::SoakSize::new(args.quick)).await,
             _ => unreachable!(),
         };
         match result {

@@ -257,6 +257,17 @@ pub fn default_data_dir() -> PathBuf {
 #[error("configuration: {0}")]
 pub struct ConfigError(pub String);
 
+/// TOML syntax errors with the line they are on (the `config` crate reports
+/// some, such as a number out of range, with neither line nor key).
+fn check_syntax(path: &Path) -> Result<(), ConfigError> {
+    let content =
+        std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+    toml::from_str::<toml::Table>(&content).map(|_| ()).map_err(|e| {
+        let line = e.span().map(|s| format!("line {}: ", content[..s.start].matches('\n').count() + 1));
+        ConfigError(format!("{}: {}{}", path.display(), line.unwrap_or_default(), e.message().trim()))
+    })
+}
+
 impl Config {
     pub fn team_quotas(&self) -> crate::policy::admission::TeamQuotas {
         crate::policy::admission::TeamQuotas {
@@ -289,6 +300,7 @@ impl Config {
             if !path.is_file() {
                 return Err(ConfigError(format!("{}: no such file", path.display())));
             }
+            check_syntax(path)?;
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
         let vars: config::Map<String, String> =
@@ -393,6 +405,20 @@ impl Config {
         if self.lifecycle.reconcile_interval.is_zero() {
             return Err("lifecycle.reconcile_interval: must be above zero".into());
         }
+        let l = &self.lifecycle;
+        for (key, d) in [
+            ("docker.timeout", self.docker.timeout),
+            ("lifecycle.expiry_warning", l.expiry_warning),
+            ("lifecycle.reconcile_interval", l.reconcile_interval),
+            ("lifecycle.orphan_grace", l.orphan_grace),
+            ("lifecycle.shutdown_grace", l.shutdown_grace),
+            ("lifecycle.exec_timeout", l.exec_timeout),
+        ] {
+            // Deadlines are computed by adding these to the clock.
+            if d > crate::time::LONGEST {
+                return Err(format!("{key}: must be at most 100 years (36500d)"));
+            }
+        }
         Ok(())
     }
 }
@@ -478,11 +504,277 @@ mod tests {
         assert!(e.contains("soon"), "{e}");
         let e = Config::load_from(Some(Path::new("/nonexistent/sandpit.toml")), env(&[])).unwrap_err().to_string();
         assert!(e.contains("no such file"), "{e}");
+        // Once accepted: an exec without a timeout then panicked adding it to the clock.
+        let e = Config::load_from(None, env(&[("SANDPIT__LIFECYCLE__EXEC_TIMEOUT", "300000000000y")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lifecycle.exec_timeout"), "{e}");
     }
 
     #[test]
     fn example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/sandpit.example.toml");
         Config::load_from(Some(&path), env(&[])).unwrap();
+    }
+
+    // ---- property tests: whatever the file and environment say, loading
+    // never panics; an accepted config is safe and usable; a refusal names
+    // the file and the key.
+
+    use proptest::prelude::*;
+
+    use crate::testing::{apply, nasty_string, quoted, toml_value, Edit};
+
+    /// What a key holds, to pick values of the wrong kind for it.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Kind {
+        Duration,
+        U8,
+        U16,
+        Classification,
+        Addr,
+        Str,
+        LogFormat,
+        Cidr,
+    }
+
+    /// Every scalar key: its table (`""` at the top), name and kind.
+    const KEYS: [(&str, &str, Kind); 18] = [
+        ("", "listen", Kind::Addr),
+        ("", "data_dir", Kind::Str),
+        ("", "profiles_dir", Kind::Str),
+        ("", "max_classification", Kind::Classification),
+        ("network", "subnet_pool", Kind::Cidr),
+        ("network", "subnet_prefix", Kind::U8),
+        ("network", "egress_port", Kind::U16),
+        ("docker", "node", Kind::Str),
+        ("docker", "timeout", Kind::Duration),
+        ("lifecycle", "expiry_warning", Kind::Duration),
+        ("lifecycle", "reconcile_interval", Kind::Duration),
+        ("lifecycle", "orphan_grace", Kind::Duration),
+        ("lifecycle", "shutdown_grace", Kind::Duration),
+        ("lifecycle", "exec_timeout", Kind::Duration),
+        ("sandbox", "user", Kind::Str),
+        ("log", "format", Kind::LogFormat),
+        ("log", "filter", Kind::Str),
+        ("", "allow_insecure_listen", Kind::Str),
+    ];
+
+    /// A value `kind` cannot hold.
+    fn wrong_value(kind: Kind) -> BoxedStrategy<String> {
+        let containers = prop::sample::select(vec!["[]", "[1]", "{}", "{ a = 1 }"]).prop_map(String::from);
+        let junk = "[a-z ]{0,8}".prop_map(|s| quoted(&format!("{s}!")));
+        match kind {
+            Kind::Duration => prop_oneof![
+                junk,
+                containers,
+                any::<i64>().prop_map(|n| n.to_string()),
+                Just("\"99999999999999999999999s\"".to_string()),
+            ]
+            .boxed(),
+            Kind::U8 => {
+                prop_oneof![junk, containers, prop_oneof![256i64..100_000, i64::MIN..0].prop_map(|n| n.to_string())]
+                    .boxed()
+            }
+            Kind::U16 => prop_oneof![
+                junk,
+                containers,
+                prop_oneof![65_536i64..10_000_000, i64::MIN..0].prop_map(|n| n.to_string())
+            ]
+            .boxed(),
+            Kind::Classification | Kind::Addr | Kind::LogFormat => prop_oneof![junk, containers].boxed(),
+            Kind::Str | Kind::Cidr => containers.boxed(),
+        }
+    }
+
+    /// A value for `kind`, often right, sometimes edgy.
+    fn value_for(kind: Kind) -> BoxedStrategy<String> {
+        let right = match kind {
+            Kind::Duration => (
+                prop_oneof![0u64..1000, any::<u64>(), Just(3_650_000u64)],
+                prop::sample::select(vec!["s", "m", "d", "y", "ns"]),
+            )
+                .prop_map(|(n, u)| format!("\"{n}{u}\""))
+                .boxed(),
+            Kind::U8 => (0u32..=40).prop_map(|n| n.to_string()).boxed(),
+            Kind::U16 => prop_oneof![Just(0u32), 1000u32..=65_535].prop_map(|n| n.to_string()).boxed(),
+            Kind::Classification => prop::sample::select(vec!["\"OFFICIAL\"", "\"SECRET\"", "\"top-secret\""])
+                .prop_map(String::from)
+                .boxed(),
+            Kind::Addr => prop::sample::select(vec![
+                "\"127.0.0.1:0\"",
+                "\"0.0.0.0:50051\"",
+                "\"[::1]:50051\"",
+                "\"[::]:1\"",
+                "\"10.0.0.1:65535\"",
+            ])
+            .prop_map(String::from)
+            .boxed(),
+            Kind::LogFormat => prop::sample::select(vec!["\"json\"", "\"text\""]).prop_map(String::from).boxed(),
+            Kind::Cidr => prop::sample::select(vec![
+                "\"0.0.0.0/0\"",
+                "\"10.0.0.0/8\"",
+                "\"10.213.0.0/16\"",
+                "\"10.213.0.0/29\"",
+                "\"10.213.0.1/16\"",
+                "\"255.255.255.248/29\"",
+                "\"::/0\"",
+            ])
+            .prop_map(String::from)
+            .boxed(),
+            Kind::Str => nasty_string().prop_map(|s| quoted(&s)).boxed(),
+        };
+        prop_oneof![4 => right, 1 => wrong_value(kind), 1 => toml_value()].boxed()
+    }
+
+    fn example() -> &'static str {
+        static EXAMPLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        EXAMPLE.get_or_init(|| {
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/sandpit.example.toml")).unwrap()
+        })
+    }
+
+    /// Lines of a config file: known keys, tables, junk.
+    fn config_line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(KEYS.to_vec())
+                .prop_flat_map(|(_, k, kind)| value_for(kind).prop_map(move |v| format!("{k} = {v}"))),
+            2 => prop::sample::select(vec![
+                "[network]", "[docker]", "[lifecycle]", "[sandbox]", "[log]", "[labels]", "[tls]", "[[identities]]",
+                "[[datasets]]", "[identities]", "[nope]", "roles = [\"requester\"]", "roles = [\"root\"]",
+                "token_sha256 = \"00\"", "cert_subject = \"CN=x\"", "path = \"/\"", "\"sandpit.managed\" = \"false\"",
+            ])
+            .prop_map(String::from),
+            1 => nasty_string(),
+        ]
+    }
+
+    fn config_edit() -> impl Strategy<Value = Edit> {
+        let set = prop::sample::select(KEYS.to_vec())
+            .prop_flat_map(|(_, k, kind)| value_for(kind).prop_map(move |v| Edit::Set(k, v)));
+        crate::testing::edit(set, config_line())
+    }
+
+    /// An environment variable or two, as an operator's unit file may set them.
+    fn env_vars() -> impl Strategy<Value = Vec<(String, String)>> {
+        let var = prop_oneof![
+            3 => prop::sample::select(KEYS.to_vec()).prop_flat_map(|(table, k, kind)| {
+                let name = if table.is_empty() { k.to_uppercase() } else { format!("{table}__{k}").to_uppercase() };
+                prop_oneof![value_for(kind).prop_map(|v| v.trim_matches('"').to_string()), nasty_string()]
+                    .prop_map(move |v| (format!("SANDPIT__{name}"), v))
+            }),
+            1 => ("SANDPIT__[A-Z_]{1,12}", nasty_string()),
+        ];
+        prop::collection::vec(var, 0..3)
+    }
+
+    /// Whether a load error says where: a key (as the `config` crate quotes
+    /// it, or as `validate` prefixes it) or a line.
+    fn names_key_or_line(e: &str) -> bool {
+        let after_file = e.split(".toml: ").nth(1).unwrap_or(e);
+        let prefix = after_file.split(": ").next().unwrap_or_default();
+        e.contains("key `")
+            || e.contains("field `")
+            || e.contains("field \"")
+            || after_file.starts_with("line ")
+            || (!prefix.is_empty()
+                && prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c)))
+    }
+
+    /// What every accepted config must satisfy, whatever it was given.
+    fn check_accepted(c: &Config) -> Result<(), TestCaseError> {
+        prop_assert!(c.listen.ip().is_loopback() || c.tls.is_some() || c.allow_insecure_listen);
+        let uid = c.sandbox.user.trim().split(':').next().unwrap_or_default();
+        prop_assert!(!uid.is_empty() && uid != "0" && uid != "root", "user {}", c.sandbox.user);
+        prop_assert!(!c.lifecycle.reconcile_interval.is_zero());
+        for id in &c.identities {
+            prop_assert!(!id.roles.is_empty() && (id.token_sha256.is_some() || id.cert_subject.is_some()));
+        }
+        // The daemon can use what it was given: the subnet pool carves
+        // subnets, and every duration can be added to the clocks.
+        let pool = crate::runtime::subnet::Pool::new(&c.network.subnet_pool, c.network.subnet_prefix);
+        prop_assert!(pool.is_ok());
+        let pool = pool.unwrap();
+        let last = pool.subnet(pool.len() - 1);
+        prop_assert_eq!(pool.index_of(&last), Some(pool.len() - 1));
+        let l = &c.lifecycle;
+        for d in
+            [c.docker.timeout, l.expiry_warning, l.reconcile_interval, l.orphan_grace, l.shutdown_grace, l.exec_timeout]
+        {
+            prop_assert!(std::time::Instant::now().checked_add(d).is_some(), "{:?} overflows the clock", d);
+            prop_assert!(std::time::SystemTime::now().checked_add(d).is_some(), "{:?} overflows the clock", d);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// The example config with one to four edits, and an environment
+        /// variable or two: loads into a safe, usable config or fails
+        /// naming the file.
+        #[test]
+        fn edited_configs_load_safely_or_name_the_file(
+            edits in prop::collection::vec(config_edit(), 1..5),
+            env in env_vars(),
+        ) {
+            let content = edits.iter().fold(example().to_string(), |c, e| apply(&c, e));
+            let f = file(&content);
+            match Config::load_from(Some(f.path()), env) {
+                Ok(c) => check_accepted(&c)?,
+                Err(e) => {
+                    let e = e.to_string();
+                    prop_assert!(e.contains(&f.path().display().to_string()), "{}", e);
+                    prop_assert!(names_key_or_line(&e), "{}", e);
+                }
+            }
+        }
+
+        /// The subnet pool and prefix together: usable, or refused naming them.
+        #[test]
+        fn subnet_pools_are_usable_or_refused(pool in value_for(Kind::Cidr), prefix in value_for(Kind::U8)) {
+            let f = file(&format!("[network]\nsubnet_pool = {pool}\nsubnet_prefix = {prefix}\n"));
+            match Config::load_from(Some(f.path()), env(&[])) {
+                Ok(c) => check_accepted(&c)?,
+                Err(e) => {
+                    let e = e.to_string();
+                    prop_assert!(e.contains("subnet_pool") || e.contains("subnet_prefix") || e.contains(": line "), "{}", e);
+                }
+            }
+        }
+
+        /// A value of the wrong kind for a key, in the file or in the
+        /// environment: the error names the key.
+        #[test]
+        fn a_bad_value_names_its_key(
+            (table, key, value) in prop::sample::select(KEYS.to_vec())
+                .prop_filter("accepts anything a string can", |(_, _, kind)| *kind != Kind::Str)
+                .prop_flat_map(|(table, key, kind)| wrong_value(kind).prop_map(move |v| (table, key, v))),
+        ) {
+            let header = if table.is_empty() { String::new() } else { format!("[{table}]\n") };
+            let f = file(&format!("{header}{key} = {value}\n"));
+            let e = Config::load_from(Some(f.path()), env(&[]));
+            prop_assert!(e.is_err(), "{} = {} was accepted", key, value);
+            let e = e.unwrap_err().to_string();
+            prop_assert!(e.contains(&f.path().display().to_string()) && e.contains(key), "{}", e);
+        }
+
+        /// A key the daemon does not know, in any table: named.
+        #[test]
+        fn an_unknown_key_is_named(
+            table in prop::sample::select(vec!["", "network", "docker", "lifecycle", "sandbox", "log", "tls", "[identities]"]),
+            key in "[a-z][a-z_]{0,12}".prop_filter("unknown", |k| !KEYS.iter().any(|(_, known, _)| known == k)
+                && !["tls", "identities", "permitted_residency", "datasets", "labels", "network", "docker",
+                    "lifecycle", "sandbox", "log", "host", "cert", "key", "client_ca", "name", "team", "roles",
+                    "token_sha256", "cert_subject"].contains(&k.as_str())),
+        ) {
+            let header = match table {
+                "" => String::new(),
+                "[identities]" => "[[identities]]\nname = \"a\"\nteam = \"t\"\nroles = [\"requester\"]\n".into(),
+                "tls" => "[tls]\ncert = \"/c\"\nkey = \"/k\"\n".into(),
+                t => format!("[{t}]\n"),
+            };
+            let f = file(&format!("{header}{key} = 1\n"));
+            let e = Config::load_from(Some(f.path()), env(&[])).unwrap_err().to_string();
+            prop_assert!(e.contains(&format!("`{key}`")) && e.contains(&f.path().display().to_string()), "{}", e);
+        }
     }
 }

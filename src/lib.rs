@@ -26,6 +26,8 @@ pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod time;
 
 pub use error::{Error, Result};

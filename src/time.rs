@@ -5,6 +5,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer};
 
+/// The longest duration Sandpit accepts anywhere (ttls, timeouts, profile
+/// lifetimes): a hundred years. Longer is a typo, not a lifetime, and keeps
+/// every deadline within what the clock and RFC 3339 can hold.
+pub const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Parses `90s`, `10m`, `1h 30m`, `2d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("'{s}' is not a duration like 10m or 1h30m ({e})"))

@@ -35,6 +35,11 @@ pub const IMAGE: &str = "sandpit-bench/base:latest";
 pub const PROFILE: &str = "bench-none";
 /// `PROFILE` with a warm pool (scenario 3).
 pub const WARM_PROFILE: &str = "bench-warm";
+/// `PROFILE` with network `isolated`: a Docker network per sandbox (soak).
+pub const ISOLATED_PROFILE: &str = "bench-isolated";
+/// The daemon's range for sandbox networks: outside the integration tests'
+/// (10.20-219.0.0/16) and the default (10.213.0.0/16).
+const SUBNET_POOL: &str = "10.250.0.0/16";
 
 /// The register entry every sandbox of the run belongs to (set once at start).
 static EXPERIMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -99,6 +104,16 @@ pub fn labelled_containers(run: &str) -> Vec<String> {
     }
 }
 
+/// Ids of every network carrying `sandpit.bench-run=<run>`.
+pub fn labelled_networks(run: &str) -> Vec<String> {
+    let out =
+        Command::new("docker").args(["network", "ls", "-q", "--filter", &format!("label={RUN_LABEL}={run}")]).output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         // Twice: a create Docker was still finishing when the daemon died can
@@ -108,6 +123,11 @@ impl Drop for Cleanup {
             if !left.is_empty() {
                 eprintln!("cleanup: removing {} container(s) labelled {RUN_LABEL}={}", left.len(), self.run);
                 let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&left).output();
+            }
+            let networks = labelled_networks(&self.run);
+            if !networks.is_empty() {
+                eprintln!("cleanup: removing {} network(s) labelled {RUN_LABEL}={}", networks.len(), self.run);
+                let _ = Command::new("docker").args(["network", "rm"]).args(&networks).output();
             }
             if pass == 0 {
                 std::thread::sleep(Duration::from_millis(500));
@@ -124,6 +144,10 @@ fn profile_toml(warm_pool: Option<u32>) -> String {
         Some(n) => ("benchmark: no network, small resources, warm pool", format!("warm_pool = {n}\n")),
         None => ("benchmark: no network, small resources", String::new()),
     };
+    profile_with(description, &pool, "none")
+}
+
+fn profile_with(description: &str, pool: &str, network: &str) -> String {
     format!(
         r#"description = "{description}"
 max_classification = "OFFICIAL"
@@ -142,7 +166,7 @@ max_ttl = "2h"
 max_lifetime = "4h"
 
 [network]
-mode = "none"
+mode = "{network}"
 "#
     )
 }
@@ -171,6 +195,10 @@ impl Daemon {
         // The warm-pool profile, its pool off until scenario 3 turns it on
         // (a pool filling in the background would disturb the other scenarios).
         std::fs::write(profiles.join(format!("{WARM_PROFILE}.toml")), profile_toml(Some(0)))?;
+        std::fs::write(
+            profiles.join(format!("{ISOLATED_PROFILE}.toml")),
+            profile_with("benchmark: isolated network, small resources", "", "isolated"),
+        )?;
         let token = unique("bench-token");
         let operator_token = unique("bench-operator-token");
         let config_path = dir.path().join("sandpit.toml");
@@ -184,6 +212,10 @@ max_classification = "OFFICIAL-SENSITIVE"
 
 [labels]
 "{RUN_LABEL}" = "{run}"
+
+[network]
+subnet_pool = "{SUBNET_POOL}"
+egress_port = 0
 
 [docker]
 timeout = "{timeout}s"

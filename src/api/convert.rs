@@ -22,8 +22,7 @@ pub fn duration(field: &'static str, d: &pbjson_types::Duration) -> Result<Durat
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return Err(Error::invalid(field, "must not be negative"));
     }
-    // Anything past a hundred years is a typo, not a lifetime.
-    if d.seconds > 100 * 365 * 24 * 3600 {
+    if d.seconds > crate::time::LONGEST.as_secs() as i64 {
         return Err(Error::invalid(field, "is implausibly long"));
     }
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
@@ -151,12 +150,28 @@ impl From<PullProgress> for proto::PullProgress {
     }
 }
 
+/// 9999-12-31T23:59:59Z, the last second RFC 3339 (and so the CLI, the logs
+/// and the CSV export) can write.
+const LAST_TIMESTAMP_SECS: i64 = 253_402_300_799;
+
+/// A protobuf timestamp as a std one; outside 1970-9999 is an error naming `field`.
 pub fn system_time(field: &'static str, t: &pbjson_types::Timestamp) -> Result<SystemTime, Error> {
     if !(0..1_000_000_000).contains(&t.nanos) {
         return Err(Error::invalid(field, "nanos out of range"));
     }
-    let ms = t.seconds.checked_mul(1000).and_then(|ms| ms.checked_add(i64::from(t.nanos) / 1_000_000));
-    ms.map(crate::time::from_millis).ok_or_else(|| Error::invalid(field, "out of range"))
+    if !(0..=LAST_TIMESTAMP_SECS).contains(&t.seconds) {
+        return Err(Error::invalid(field, "out of range (1970-01-01 to 9999-12-31)"));
+    }
+    Ok(crate::time::from_millis(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000))
+}
+
+/// The sandbox id and the new ttl of an `ExtendSandbox` request.
+pub fn extend_request(r: proto::ExtendSandboxRequest) -> Result<(String, Duration), Error> {
+    if r.id.trim().is_empty() {
+        return Err(Error::invalid("id", "must not be empty"));
+    }
+    let ttl = r.ttl.as_ref().ok_or_else(|| Error::invalid("ttl", "must be set"))?;
+    Ok((r.id, duration("ttl", ttl)?))
 }
 
 fn classification(field: &'static str, s: &str) -> Result<crate::policy::Classification, Error> {
@@ -356,7 +371,10 @@ impl From<ActiveExperiment> for proto::ActiveExperiment {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::testing::{any_proto_duration, any_proto_timestamp, mostly, nasty_list, nasty_string};
 
     fn req() -> proto::CreateSandboxRequest {
         proto::CreateSandboxRequest {
@@ -397,9 +415,253 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_rfc3339_cannot_write_are_refused() {
+        // An experiment planned to end in the year 10000 once broke the register's CSV export.
+        for seconds in [-1, 253_402_300_800, i64::MAX] {
+            let t = pbjson_types::Timestamp { seconds, nanos: 0 };
+            assert!(matches!(system_time("planned_end", &t), Err(Error::InvalidArgument { field: "planned_end", .. })));
+        }
+        let last = system_time("planned_end", &pbjson_types::Timestamp { seconds: 253_402_300_799, nanos: 0 }).unwrap();
+        assert_eq!(crate::time::rfc3339(last), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
     fn timestamps_keep_milliseconds() {
         let t = crate::time::from_millis(1_700_000_000_123);
         let ts = timestamp(t);
         assert_eq!((ts.seconds, ts.nanos), (1_700_000_000, 123_000_000));
+    }
+
+    const HUNDRED_YEARS: u64 = crate::time::LONGEST.as_secs();
+
+    /// An `InvalidArgument` naming one of `fields`, whose message starts with that field.
+    fn names_a_field(e: &Error, fields: &[&str]) -> Result<&'static str, TestCaseError> {
+        match e {
+            Error::InvalidArgument { field, reason } => {
+                prop_assert!(fields.contains(field), "unexpected field '{}' in {}", field, e);
+                prop_assert!(!reason.trim().is_empty(), "no reason for {}", field);
+                prop_assert!(e.to_string().starts_with(&format!("{field}: ")), "{}", e);
+                Ok(field)
+            }
+            other => Err(TestCaseError::fail(format!("expected an invalid-argument error, got {other:?}"))),
+        }
+    }
+
+    const CREATE_FIELDS: [&str; 6] = ["classification", "ttl", "experiment", "profile", "image", "datasets"];
+
+    /// `r` with `field` set to a valid value.
+    fn fix_create(mut r: proto::CreateSandboxRequest, field: &str) -> proto::CreateSandboxRequest {
+        match field {
+            "classification" => r.classification = "OFFICIAL".into(),
+            "ttl" => r.ttl = None,
+            "experiment" => r.experiment = "exp".into(),
+            "profile" => r.profile = "p".into(),
+            "image" => r.image = String::new(),
+            "datasets" => r.datasets.clear(),
+            _ => unreachable!("{field}"),
+        }
+        r
+    }
+
+    const REGISTER_FIELDS: [&str; 13] = [
+        "title",
+        "purpose",
+        "ai_tools",
+        "models",
+        "classification",
+        "datasets",
+        "risks",
+        "risks.description",
+        "risks.likelihood",
+        "risks.impact",
+        "risks.mitigation",
+        "risks.owner",
+        "planned_end",
+    ];
+
+    fn risk() -> impl Strategy<Value = proto::Risk> {
+        let level = || mostly(prop::sample::select(vec!["low", "Medium", "HIGH"]).prop_map(String::from));
+        (mostly("[a-z ]{1,20}".prop_map(String::from)), level(), level(), nasty_string(), nasty_string()).prop_map(
+            |(description, likelihood, impact, mitigation, owner)| proto::Risk {
+                description,
+                likelihood,
+                impact,
+                mitigation,
+                owner,
+            },
+        )
+    }
+
+    fn classification_name() -> impl Strategy<Value = String> {
+        mostly(
+            prop::sample::select(vec!["OFFICIAL", "official-sensitive", "Official_Sensitive", " SECRET", "top secret"])
+                .prop_map(String::from),
+        )
+    }
+
+    proptest! {
+        /// A create request either converts into one that passes validation,
+        /// with what was asked, or is refused naming the field at fault:
+        /// setting that field right gets past it.
+        #[test]
+        fn create_requests_convert_or_name_the_field(
+            experiment in mostly("[a-z0-9-]{1,12}".prop_map(String::from)),
+            profile in mostly("[a-z0-9-]{1,12}".prop_map(String::from)),
+            classification in classification_name(),
+            ttl in prop::option::of(any_proto_duration()),
+            image in prop_oneof![Just(String::new()), mostly("[a-z]{1,8}:[0-9]".prop_map(String::from))],
+            datasets in prop_oneof![Just(vec![]), nasty_list()],
+        ) {
+            let r = proto::CreateSandboxRequest { experiment, profile, classification, ttl, image, datasets };
+            match CreateSandbox::try_from(r.clone()) {
+                Ok(c) => {
+                    prop_assert!(c.validate().is_ok());
+                    prop_assert_eq!(&c.experiment, &r.experiment);
+                    prop_assert_eq!(&c.profile, &r.profile);
+                    prop_assert_eq!(Ok(c.classification), r.classification.parse::<crate::policy::Classification>());
+                    prop_assert_eq!(c.ttl.is_some(), r.ttl.is_some());
+                    prop_assert!(c.ttl.is_none_or(|t| !t.is_zero() && t.as_secs() <= HUNDRED_YEARS));
+                    prop_assert_eq!(c.image.as_deref(), Some(r.image.as_str()).filter(|i| !i.trim().is_empty()));
+                    prop_assert_eq!(&c.datasets, &r.datasets);
+                }
+                Err(e) => {
+                    let field = names_a_field(&e, &CREATE_FIELDS)?;
+                    match CreateSandbox::try_from(fix_create(r, field)) {
+                        Ok(_) => {}
+                        Err(e) => prop_assert_ne!(names_a_field(&e, &CREATE_FIELDS)?, field),
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn extend_requests_convert_or_name_the_field(
+            id in nasty_string(),
+            ttl in prop::option::of(any_proto_duration()),
+        ) {
+            let r = proto::ExtendSandboxRequest { id, ttl };
+            match extend_request(r.clone()) {
+                Ok((id, ttl)) => {
+                    prop_assert_eq!(id, r.id);
+                    let d = r.ttl.unwrap();
+                    prop_assert_eq!(ttl, Duration::new(d.seconds as u64, d.nanos as u32));
+                    prop_assert!(ttl.as_secs() <= HUNDRED_YEARS);
+                }
+                Err(e) => {
+                    names_a_field(&e, &["id", "ttl"])?;
+                }
+            }
+        }
+
+        /// Durations: accepted exactly when non-negative, normalised and at
+        /// most a hundred years.
+        #[test]
+        fn durations_are_accepted_exactly_in_range(d in any_proto_duration()) {
+            let in_range = (0..=HUNDRED_YEARS as i64).contains(&d.seconds) && (0..1_000_000_000).contains(&d.nanos);
+            match duration("timeout", &d) {
+                Ok(got) => {
+                    prop_assert!(in_range);
+                    prop_assert_eq!(proto_duration(got), d);
+                }
+                Err(e) => {
+                    prop_assert!(!in_range);
+                    names_a_field(&e, &["timeout"])?;
+                }
+            }
+        }
+
+        /// Whatever timestamp a client sends, one that is accepted can be
+        /// stored (milliseconds), read back and printed as RFC 3339 (as the
+        /// CLI and the CSV export do).
+        #[test]
+        fn accepted_timestamps_can_be_stored_and_printed(t in any_proto_timestamp()) {
+            match system_time("since", &t) {
+                Ok(st) => {
+                    let ms = crate::time::to_millis(st);
+                    prop_assert_eq!(ms, t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+                    prop_assert_eq!(crate::time::from_millis(ms), st);
+                    let printed = crate::time::rfc3339(st);
+                    prop_assert_eq!(crate::time::parse_rfc3339(&printed).map(crate::time::to_millis), Some(ms / 1000 * 1000));
+                    let back = timestamp(st);
+                    prop_assert_eq!((back.seconds, back.nanos / 1_000_000), (t.seconds, t.nanos / 1_000_000));
+                }
+                Err(e) => {
+                    names_a_field(&e, &["since"])?;
+                }
+            }
+        }
+
+        #[test]
+        fn register_requests_convert_or_name_the_field(
+            title in mostly("[A-Za-z ]{1,20}".prop_map(String::from)),
+            purpose in mostly("[A-Za-z ]{1,20}".prop_map(String::from)),
+            ai_tools in prop_oneof![Just(vec![]), nasty_list()],
+            models in prop_oneof![Just(vec![]), nasty_list()],
+            classification in classification_name(),
+            datasets in prop_oneof![Just(vec![]), nasty_list()],
+            risks in prop_oneof![4 => prop::collection::vec(risk(), 0..3), 1 => prop::collection::vec(risk(), 64..66)],
+            planned_end in prop::option::of(any_proto_timestamp()),
+        ) {
+            let r = proto::RegisterExperimentRequest {
+                title, purpose, ai_tools, models, classification, datasets, risks, planned_end,
+            };
+            let now = SystemTime::now();
+            // As the manager does: convert, then validate when creating the entry.
+            let converted = NewExperiment::try_from(r.clone())
+                .and_then(|n| Experiment::new("exp-1".into(), "alice", "team", n, now));
+            match converted {
+                Ok(e) => {
+                    prop_assert_eq!(&e.title, &r.title);
+                    prop_assert_eq!(e.risks.len(), r.risks.len());
+                    // Everything shown back to people renders.
+                    let shown = proto::Experiment::from(e.clone());
+                    if let Some(end) = e.planned_end {
+                        prop_assert!(end > now);
+                        crate::time::rfc3339(end);
+                    }
+                    prop_assert_eq!(shown.planned_end.is_some(), r.planned_end.is_some());
+                }
+                Err(e) => {
+                    names_a_field(&e, &REGISTER_FIELDS)?;
+                }
+            }
+        }
+
+        #[test]
+        fn audit_queries_convert_or_name_the_field(
+            since in prop::option::of(any_proto_timestamp()),
+            until in prop::option::of(any_proto_timestamp()),
+            actor in nasty_string(),
+            action in nasty_string(),
+            page_size in prop_oneof![0u32..2000, any::<u32>()],
+            page_token in prop_oneof![Just(String::new()), any::<u64>().prop_map(|n| n.to_string()), nasty_string()],
+        ) {
+            let r = proto::QueryAuditLogRequest {
+                since, until, actor, action, page_size, page_token,
+                experiment: String::new(), sandbox: String::new(),
+            };
+            match AuditQuery::try_from(r.clone()) {
+                Ok(q) => {
+                    prop_assert!((1..=PAGE_MAX).contains(&q.limit));
+                    prop_assert_eq!(q.actor.is_some(), !r.actor.trim().is_empty());
+                }
+                Err(e) => {
+                    names_a_field(&e, &["since", "until", "page_size", "page_token"])?;
+                }
+            }
+        }
+
+        /// Enum values a newer (or hostile) client may send.
+        #[test]
+        fn unknown_enum_values_are_refused_by_name(v in prop_oneof![-2i32..8, any::<i32>()]) {
+            match status_filter(v) {
+                Ok(s) => prop_assert!((0..=4).contains(&v) && s.is_some() == (v != 0)),
+                Err(e) => { names_a_field(&e, &["status"])?; }
+            }
+            match outcome(v) {
+                Ok(_) => prop_assert!((1..=3).contains(&v)),
+                Err(e) => { names_a_field(&e, &["outcome"])?; }
+            }
+        }
     }
 }

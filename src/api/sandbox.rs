@@ -7,7 +7,7 @@ use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::auth::{Gate, Method};
-use super::convert::duration;
+use super::convert::{duration, extend_request};
 use crate::lifecycle::{CopyOut, Manager};
 use crate::policy::CreateSandbox;
 use crate::proto;
@@ -78,11 +78,8 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         req: Request<proto::ExtendSandboxRequest>,
     ) -> Result<Response<proto::Sandbox>, Status> {
         let caller = self.gate.authorize(&req, Method::ExtendSandbox)?;
-        let r = req.into_inner();
-        required("id", &r.id)?;
-        let ttl = r.ttl.as_ref().ok_or_else(|| Error::invalid("ttl", "must be set"))?;
-        let ttl = duration("ttl", ttl)?;
-        Ok(Response::new(self.manager.extend(&caller, &r.id, ttl).await?.into()))
+        let (id, ttl) = extend_request(req.into_inner())?;
+        Ok(Response::new(self.manager.extend(&caller, &id, ttl).await?.into()))
     }
 
     async fn delete_sandbox(

@@ -585,4 +585,191 @@ mod tests {
             }
         }
     }
+
+    // ---- arbitrary profiles, experiments and requests ---------------------
+
+    /// Host datasets: `d1` OFFICIAL, `d2` of any classification; `d3` is not declared.
+    fn host_datasets(d2: Classification) -> Vec<Dataset> {
+        [("d1", Classification::Official), ("d2", d2)]
+            .into_iter()
+            .map(|(name, classification)| Dataset {
+                name: name.into(),
+                path: format!("/srv/{name}").into(),
+                classification,
+                residency: "UK".into(),
+            })
+            .collect()
+    }
+
+    /// A profile `p` as an operator could write it; `None` when it does not
+    /// pass validation (admission only ever sees validated profiles).
+    fn written_profile(
+        max: Classification,
+        requires_approval: bool,
+        images: &[&str],
+        lifetime: &[String; 3],
+        datasets: &[&str],
+        d2: Classification,
+    ) -> Option<Profile> {
+        let list = |v: &[&str]| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        let toml = format!(
+            "max_classification = \"{max}\"\nrequires_approval = {requires_approval}\nimages = [{}]\n\
+             datasets = [{}]\n[lifetime]\ndefault_ttl = \"{}\"\nmax_ttl = \"{}\"\nmax_lifetime = \"{}\"\n",
+            list(images),
+            list(datasets),
+            lifetime[0],
+            lifetime[1],
+            lifetime[2],
+        );
+        let host = crate::policy::HostRules {
+            permitted_residency: vec!["UK".into()],
+            datasets: host_datasets(d2).into_iter().map(|d| (d.name, d.classification)).collect(),
+        };
+        Profile::parse_with(Path::new("p.toml"), &toml, &host).ok()
+    }
+
+    /// `default_ttl`, `max_ttl` and `max_lifetime` as written: mostly in
+    /// order (so the profile is valid), sometimes absurdly long.
+    fn lifetime_texts() -> impl Strategy<Value = [String; 3]> {
+        let one = (
+            prop_oneof![3 => 1u64..5_000, 1 => any::<u64>(), 1 => prop::sample::select(vec![0, 36_500, 3_650_000])],
+            prop::sample::select(vec![("s", 1u64), ("m", 60), ("h", 3600), ("d", 86_400), ("y", 31_557_600)]),
+        );
+        ([one.clone(), one.clone(), one], prop::bool::weighted(0.8)).prop_map(|(mut l, ordered)| {
+            if ordered {
+                l.sort_by_key(|(n, (_, secs))| n.saturating_mul(*secs));
+            }
+            l.map(|(n, (unit, _))| format!("{n}{unit}"))
+        })
+    }
+
+    fn status() -> impl Strategy<Value = Status> {
+        prop::sample::select(vec![
+            Status::Proposed,
+            Status::Approved,
+            Status::Approved,
+            Status::Rejected,
+            Status::Closed,
+        ])
+    }
+
+    fn name_or_junk(valid: Vec<&'static str>) -> impl Strategy<Value = String> {
+        crate::testing::mostly(prop::sample::select(valid).prop_map(String::from))
+    }
+
+    /// What a denial must say: the rule, by name, and why; a malformed request
+    /// names its field.
+    fn check_refusal(e: &Error) -> std::result::Result<(), TestCaseError> {
+        match e {
+            Error::Denied { rule, reason } => {
+                prop_assert!(e.to_string().contains(rule.as_str()), "{}", e);
+                prop_assert!(!reason.trim().is_empty());
+            }
+            Error::InvalidArgument { field, reason } => {
+                prop_assert!(["experiment", "profile", "ttl", "image", "datasets"].contains(field), "{}", e);
+                prop_assert!(!reason.trim().is_empty());
+            }
+            other => prop_assert!(false, "admission answered neither a denial nor an invalid argument: {other:?}"),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// Any profile an operator can write, any register entry, any request:
+        /// admission never panics; a plan keeps every rule; a refusal names
+        /// its rule or field, and the host ceiling is checked before anything
+        /// that depends on the profile's other settings or the experiment.
+        #[test]
+        fn any_profile_experiment_and_request_is_decided_by_rule(
+            prof_max in classification(),
+            requires_approval in any::<bool>(),
+            images in prop::sample::subsequence(vec!["img:1", "img:2", "other:3"], 1..=3),
+            lifetime in lifetime_texts(),
+            prof_datasets in prop::sample::subsequence(vec!["d1", "d2"], 0..=2),
+            d2 in classification(),
+            ceiling in classification(),
+            experiment in prop::option::weighted(0.9, (classification(), status(), prop::sample::select(vec!["t", "t", "u"]))),
+            req_experiment in name_or_junk(vec!["exp-1", "exp-2"]),
+            req_profile in name_or_junk(vec!["p", "q"]),
+            c in prop_oneof![2 => Just(Classification::Official), 1 => classification()],
+            ttl in prop::option::of(prop_oneof![0u64..20_000, any::<u64>(), Just(crate::time::LONGEST.as_secs())]),
+            image in prop::option::of(name_or_junk(vec!["img:1", "img:2", "other:3", "evil:latest"])),
+            datasets in prop::collection::vec(name_or_junk(vec!["d1", "d2", "d3"]), 0..3),
+            elapsed in 0u64..40_000,
+            ext_ttl in prop_oneof![0u64..20_000, Just(crate::time::LONGEST.as_secs())],
+        ) {
+            let Some(profile) = written_profile(prof_max, requires_approval, &images, &lifetime, &prof_datasets, d2)
+            else {
+                return Ok(());
+            };
+            let profiles = ProfileSet::from_profiles([profile.clone()]);
+            let host = HostPolicy { max_classification: ceiling, datasets: host_datasets(d2) };
+            let experiment = experiment.map(|(declared, status, team)| {
+                let mut e = exp(declared, status);
+                e.team = team.into();
+                e
+            });
+            let r = CreateSandbox {
+                experiment: req_experiment,
+                profile: req_profile,
+                classification: c,
+                ttl: ttl.map(Duration::from_secs),
+                image,
+                datasets,
+            };
+            let now = SystemTime::now();
+            match admit(&r, "alice", "t", experiment.as_ref(), &profiles, &host, now) {
+                Ok(plan) => {
+                    let e = experiment.as_ref().unwrap();
+                    prop_assert!(r.validate().is_ok() && r.profile == "p");
+                    prop_assert_eq!(plan.classification, c);
+                    prop_assert!(c <= ceiling && c <= profile.max_classification && c <= e.classification);
+                    prop_assert_eq!(e.team.as_str(), "t");
+                    prop_assert!(matches!(e.status, Status::Proposed | Status::Approved));
+                    if c >= Classification::OfficialSensitive || profile.requires_approval {
+                        prop_assert_eq!(e.status, Status::Approved);
+                    }
+                    prop_assert!(profile.images.contains(&plan.image));
+                    prop_assert_eq!(plan.image == profile.images[0], r.image.as_ref().is_none_or(|i| *i == profile.images[0]));
+                    for m in &plan.datasets {
+                        prop_assert!(profile.datasets.contains(&m.name));
+                        let d = host.datasets.iter().find(|d| d.name == m.name).unwrap();
+                        prop_assert!(d.classification <= c && m.source == d.path);
+                    }
+                    prop_assert!(plan.datasets.iter().enumerate().all(|(i, m)| plan.datasets[..i].iter().all(|o| o.name != m.name)));
+                    let ttl = plan.expires_at.duration_since(now).unwrap();
+                    prop_assert!(!ttl.is_zero() && ttl <= profile.lifetime.max_ttl);
+                    prop_assert_eq!(plan.max_expires_at, now + profile.lifetime.max_lifetime);
+                    prop_assert!(plan.expires_at <= plan.max_expires_at);
+                    // The deadlines go into labels and logs.
+                    crate::time::rfc3339(plan.max_expires_at);
+
+                    // Any later extension stays within the same limits.
+                    let later = now + Duration::from_secs(elapsed);
+                    match extend_deadline(&plan.profile, plan.max_expires_at, Duration::from_secs(ext_ttl), later) {
+                        Ok(new) => {
+                            prop_assert!(new > later && new <= plan.max_expires_at);
+                            prop_assert!(new.duration_since(later).unwrap() <= profile.lifetime.max_ttl);
+                        }
+                        Err(e) => {
+                            check_refusal(&e)?;
+                            if let Error::Denied { rule, .. } = e {
+                                prop_assert!(matches!(rule, Rule::Ttl | Rule::MaxLifetime), "{rule}");
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    check_refusal(&e)?;
+                    if let Error::Denied { rule, .. } = &e {
+                        prop_assert!(r.validate().is_ok() && r.profile == "p");
+                        prop_assert!(c > ceiling || *rule != Rule::HostCeiling);
+                    }
+                    if r.validate().is_ok() && r.profile == "p" && c > ceiling {
+                        prop_assert!(matches!(e, Error::Denied { rule: Rule::HostCeiling, .. }), "{}", e);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -272,6 +272,9 @@ impl Profile {
         if l.max_ttl > l.max_lifetime {
             errors.push(err("lifetime.max_ttl", "must not exceed lifetime.max_lifetime".into()));
         }
+        if l.max_lifetime > crate::time::LONGEST {
+            errors.push(err("lifetime.max_lifetime", "must be at most 100 years (36500d)".into()));
+        }
         let net = &raw.network;
         if net.mode == NetworkMode::Open && raw.max_classification > Classification::Official {
             errors.push(err(
@@ -506,6 +509,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn lifetimes_longer_than_a_century_are_refused() {
+        // Once accepted: sandboxes then got deadlines past the year 9999 (their
+        // labels could not be written) or past the end of the clock (admission panicked).
+        for long in ["101y", "10000y", "300000000000y"] {
+            let bad = GOOD.replace("max_lifetime = \"4h\"", &format!("max_lifetime = \"{long}\""));
+            assert_eq!(fields(parse(&bad).unwrap_err()), ["lifetime.max_lifetime"], "{long}");
+        }
+        assert!(parse(&GOOD.replace("max_lifetime = \"4h\"", "max_lifetime = \"36500d\"")).is_ok());
+    }
+
     fn fields(e: Vec<ProfileError>) -> Vec<String> {
         e.into_iter().map(|e| e.field).collect()
     }
@@ -596,5 +610,266 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sandbox-profiles");
         let set = ProfileSet::load_dir(&dir).unwrap_or_else(|e| panic!("{e:?}"));
         assert!(!set.is_empty());
+    }
+
+    // ---- property tests: whatever an operator writes, parsing never panics,
+    // a profile it accepts keeps every promise, and a refusal names the file
+    // and the field (or line).
+
+    use proptest::prelude::*;
+
+    use crate::testing::{apply, nasty_string, toml_value, Edit};
+
+    /// The repository's example profiles.
+    fn examples() -> &'static [(PathBuf, String)] {
+        static EXAMPLES: std::sync::OnceLock<Vec<(PathBuf, String)>> = std::sync::OnceLock::new();
+        EXAMPLES.get_or_init(|| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sandbox-profiles");
+            let mut files: Vec<(PathBuf, String)> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .map(|p| {
+                    let content = std::fs::read_to_string(&p).unwrap();
+                    (p, content)
+                })
+                .collect();
+            files.sort();
+            assert!(!files.is_empty());
+            files
+        })
+    }
+
+    fn host_rules() -> HostRules {
+        HostRules {
+            permitted_residency: vec!["UK".into()],
+            datasets: vec![("census-sample".into(), Classification::Official)],
+        }
+    }
+
+    const KEYS: [&str; 28] = [
+        "description",
+        "max_classification",
+        "requires_approval",
+        "images",
+        "command",
+        "datasets",
+        "warm_pool",
+        "cpus",
+        "memory",
+        "pids",
+        "tmpfs",
+        "default_ttl",
+        "max_ttl",
+        "max_lifetime",
+        "mode",
+        "host",
+        "port",
+        "residency",
+        "copy_in",
+        "copy_out",
+        "privileged",
+        "network_mode",
+        "user",
+        "cap_add",
+        "resources",
+        "lifetime",
+        "network",
+        "file_transfer",
+    ];
+
+    const TABLES: [&str; 8] = [
+        "[resources]",
+        "[lifetime]",
+        "[network]",
+        "[[network.allow]]",
+        "[file_transfer]",
+        "[network.allow]",
+        "[[resources]]",
+        "[devices]",
+    ];
+
+    /// A line an operator might write: `key = value`, a table header, junk.
+    fn toml_line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => (prop::sample::select(KEYS.to_vec()), toml_value()).prop_map(|(k, v)| format!("{k} = {v}")),
+            2 => prop::sample::select(TABLES.to_vec()).prop_map(String::from),
+            1 => nasty_string(),
+            1 => prop::sample::select(vec!["[", "]", "=", "a =", "= 1", "\"", "'''", "[[", "x = [", "#"])
+                .prop_map(String::from),
+        ]
+    }
+
+    /// A duration as operators write them, often far too long.
+    fn duration() -> impl Strategy<Value = String> {
+        (
+            prop_oneof![
+                2 => 1u64..100,
+                1 => any::<u64>(),
+                2 => prop::sample::select(vec![0, 36_500, 36_525, 36_600, 3_650_000, 300_000_000_000, u64::MAX]),
+            ],
+            prop::sample::select(vec!["s", "m", "h", "d", "y", "ns", "years"]),
+        )
+            .prop_map(|(n, u)| format!("\"{n}{u}\""))
+    }
+
+    /// A plausible but edgy value for `key`, as an operator might write it.
+    fn value_for(key: &'static str) -> BoxedStrategy<String> {
+        let size = || {
+            prop_oneof![
+                any::<u64>().prop_map(|n| n.to_string()),
+                (0u64..100_000, prop::sample::select(vec!["", "B", "KiB", "MiB", "GiB", "MB", "k", "XB"]))
+                    .prop_map(|(n, u)| format!("\"{n}{u}\"")),
+            ]
+        };
+        match key {
+            "default_ttl" | "max_ttl" | "max_lifetime" => duration().boxed(),
+            "memory" | "tmpfs" => size().boxed(),
+            "cpus" => prop_oneof![any::<f64>().prop_map(|f| format!("{f:?}")), Just("nan".to_string())].boxed(),
+            "pids" => any::<i64>().prop_map(|n| n.to_string()).boxed(),
+            "warm_pool" | "port" => prop_oneof![0i64..70, any::<i64>()].prop_map(|n| n.to_string()).boxed(),
+            "max_classification" => {
+                prop::sample::select(vec!["OFFICIAL", "OFFICIAL-SENSITIVE", "SECRET", "TOP-SECRET"])
+                    .prop_map(|c| format!("\"{c}\""))
+                    .boxed()
+            }
+            "mode" => prop::sample::select(vec!["none", "isolated", "allowlist", "open"])
+                .prop_map(|m| format!("\"{m}\""))
+                .boxed(),
+            _ => toml_value().boxed(),
+        }
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        let set = prop::sample::select(vec![
+            "default_ttl",
+            "max_ttl",
+            "max_lifetime",
+            "memory",
+            "tmpfs",
+            "cpus",
+            "pids",
+            "warm_pool",
+            "port",
+            "max_classification",
+            "mode",
+        ])
+        .prop_flat_map(|k| value_for(k).prop_map(move |v| Edit::Set(k, v)));
+        crate::testing::edit(set, toml_line())
+    }
+
+    /// What every profile that parses must satisfy, whatever its file said.
+    fn check_accepted(p: &Profile, host: &HostRules) -> Result<(), TestCaseError> {
+        prop_assert!(valid_name(&p.name));
+        prop_assert!(!p.images.is_empty());
+        prop_assert!(p.images.iter().all(|i| !i.trim().is_empty() && !i.chars().any(char::is_whitespace)));
+        prop_assert!(!p.command.iter().any(|a| a.contains('\0')));
+        let r = &p.resources;
+        prop_assert!(r.cpus.is_finite() && r.cpus > 0.0 && r.cpus <= MAX_CPUS, "cpus {}", r.cpus);
+        prop_assert!(r.memory >= MIN_MEMORY && r.pids >= MIN_PIDS && r.tmpfs > 0);
+        let l = &p.lifetime;
+        prop_assert!(!l.default_ttl.is_zero() && l.default_ttl <= l.max_ttl && l.max_ttl <= l.max_lifetime);
+        // Sandboxes of this profile get deadlines that exist and can be
+        // written in their labels.
+        let last = std::time::SystemTime::now().checked_add(l.max_lifetime);
+        prop_assert!(last.is_some(), "max_lifetime {:?} overflows the clock", l.max_lifetime);
+        crate::time::rfc3339(last.unwrap());
+        let net = &p.network;
+        prop_assert!(net.mode != NetworkMode::Open || p.max_classification == Classification::Official);
+        prop_assert_eq!(net.mode == NetworkMode::Allowlist, !net.allow.is_empty());
+        for d in &net.allow {
+            prop_assert!(d.port != 0 && !d.residency.trim().is_empty());
+            prop_assert!(crate::egress::addr::Host::parse(&d.host).is_some());
+            prop_assert!(
+                p.max_classification == Classification::Official
+                    || host.permitted_residency.iter().any(|r| r.eq_ignore_ascii_case(d.residency.trim()))
+            );
+        }
+        prop_assert!(p.datasets.iter().all(|d| host.datasets.iter().any(|(n, _)| n == d)));
+        prop_assert!(p.warm_pool <= MAX_WARM_POOL);
+        // What the API shows of it renders.
+        let shown = crate::proto::Profile::from(p);
+        prop_assert_eq!(&shown.name, &p.name);
+        Ok(())
+    }
+
+    /// What every refusal must say: the file, a field or line, and why.
+    fn check_refused(file: &Path, content: &str, errors: &[ProfileError]) -> Result<(), TestCaseError> {
+        prop_assert!(!errors.is_empty());
+        for e in errors {
+            prop_assert_eq!(&e.file, file);
+            prop_assert!(!e.field.is_empty(), "no field or line in {}", e);
+            prop_assert!(!e.reason.trim().is_empty(), "no reason in {}", e);
+            let shown = e.to_string();
+            prop_assert!(shown.starts_with(&format!("{}: {}: ", file.display(), e.field)), "{}", shown);
+            if let Some(n) = e.field.strip_prefix("line ") {
+                let n: usize = n.parse().map_err(|_| TestCaseError::fail(format!("bad line in {shown}")))?;
+                let lines = content.lines().count().max(1);
+                prop_assert!(n >= 1 && n <= lines + 1, "{} of {} lines", shown, lines);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// One to four edits of a repository profile: accepted profiles keep
+        /// every promise; refusals name the file and the field.
+        #[test]
+        fn edited_example_profiles_are_accepted_safely_or_refused_by_field(
+            which in any::<usize>(),
+            edits in prop::collection::vec(edit(), 1..5),
+        ) {
+            let (path, original) = &examples()[which % examples().len()];
+            let content = edits.iter().fold(original.clone(), |c, e| apply(&c, e));
+            let host = host_rules();
+            match Profile::parse_with(path, &content, &host) {
+                Ok(p) => check_accepted(&p, &host)?,
+                Err(errors) => check_refused(path, &content, &errors)?,
+            }
+        }
+
+        /// Lifetimes: whatever the operator writes, an accepted profile's
+        /// deadlines exist on the clock and can be written down.
+        #[test]
+        fn profile_lifetimes_fit_the_clock(
+            which in any::<usize>(),
+            default_ttl in duration(),
+            max_ttl in duration(),
+            max_lifetime in duration(),
+        ) {
+            let (path, original) = &examples()[which % examples().len()];
+            let content = [("default_ttl", default_ttl), ("max_ttl", max_ttl), ("max_lifetime", max_lifetime)]
+                .into_iter()
+                .fold(original.clone(), |c, (k, v)| apply(&c, &Edit::Set(k, v)));
+            let host = host_rules();
+            match Profile::parse_with(path, &content, &host) {
+                Ok(p) => check_accepted(&p, &host)?,
+                Err(errors) => check_refused(path, &content, &errors)?,
+            }
+        }
+
+        /// Files assembled line by line from profile keys, tables and junk.
+        #[test]
+        fn toml_ish_profiles_are_accepted_safely_or_refused_by_field(
+            lines in prop::collection::vec(toml_line(), 0..16),
+            name in prop_oneof![Just("p".to_string()), nasty_string()],
+        ) {
+            let content = lines.join("\n");
+            let file = Path::new("/profiles").join(format!("{name}.toml"));
+            let host = host_rules();
+            match Profile::parse_with(&file, &content, &host) {
+                Ok(p) => check_accepted(&p, &host)?,
+                Err(errors) => check_refused(&file, &content, &errors)?,
+            }
+        }
+
+        /// Arbitrary text, not even TOML.
+        #[test]
+        fn arbitrary_text_never_panics(content in any::<String>()) {
+            let file = Path::new("x.toml");
+            if let Err(errors) = Profile::parse(file, &content) {
+                check_refused(file, &content, &errors)?;
+            }
+        }
     }
 }

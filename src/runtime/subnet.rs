@@ -8,6 +8,8 @@ use std::sync::Mutex;
 
 /// The largest subnet prefix that still holds network, gateway, sandbox and broadcast.
 const MAX_PREFIX: u8 = 29;
+/// The smallest: one sandbox never needs more than a /8 (and a /0 does not fit the arithmetic).
+const MIN_PREFIX: u8 = 8;
 
 /// A range split into equal subnets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +47,11 @@ impl Pool {
     pub fn new(cidr: &str, prefix: u8) -> Result<Pool, String> {
         let s = Subnet::parse(cidr)
             .ok_or_else(|| format!("subnet_pool '{cidr}' is not an IPv4 range like 10.213.0.0/16"))?;
-        if s.prefix > prefix || prefix > MAX_PREFIX {
-            return Err(format!("subnet_prefix {prefix} must be between the pool's /{} and /{MAX_PREFIX}", s.prefix));
+        if s.prefix > prefix || !(MIN_PREFIX..=MAX_PREFIX).contains(&prefix) {
+            return Err(format!(
+                "subnet_prefix {prefix} must be between the pool's /{} (at least /{MIN_PREFIX}) and /{MAX_PREFIX}",
+                s.prefix
+            ));
         }
         let base = u32::from(s.network);
         let mask = if s.prefix == 0 { 0 } else { u32::MAX << (32 - s.prefix) };
@@ -149,6 +154,9 @@ mod tests {
         assert!(Pool::new("10.213.0.0/16", 30).is_err(), "too small for a sandbox");
         assert!(Pool::new("10.213.0.0/24", 16).is_err(), "prefix above the pool's");
         assert!(Pool::new("bogus", 28).is_err());
+        // Once accepted: carving a /0 out of 0.0.0.0/0 overflowed.
+        assert!(Pool::new("0.0.0.0/0", 0).is_err(), "a whole address space per sandbox");
+        assert_eq!(Pool::new("0.0.0.0/0", 8).unwrap().subnet(255).cidr(), "255.0.0.0/8");
     }
 
     #[test]

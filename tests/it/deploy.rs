@@ -1,7 +1,9 @@
 //! The files in `deploy/` stay true to the daemon: the production config is
 //! valid for `sandpitd --check` (with the repository's profiles), and the
 //! systemd unit agrees with it on the data directory, the config path and
-//! the stop timeout.
+//! the stop timeout. A malformed config or profile stops `sandpitd` with
+//! exit code 64 (the unit's RestartPreventExitStatus) and a message naming
+//! the file and the key, field or line.
 
 use std::path::Path;
 use std::process::Command;
@@ -73,4 +75,86 @@ fn systemd_unit_agrees_with_the_production_config() {
     assert_eq!(get("KillSignal"), ["SIGTERM"]);
     assert_eq!(get("Restart"), ["on-failure"]);
     assert_eq!(get("RestartPreventExitStatus"), ["64"], "a bad config is not retried");
+}
+
+/// `sandpitd` with only these settings: no `SANDPIT__*` from the caller's environment.
+fn sandpitd(args: &[&std::ffi::OsStr], env: &[(&str, &Path)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandpitd"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SANDPIT__")) {
+        cmd.env_remove(k);
+    }
+    cmd.args(args).envs(env.iter().map(|(k, v)| (k, v))).env("RUST_LOG", "error");
+    cmd.output().unwrap()
+}
+
+#[test]
+fn malformed_config_files_stop_the_daemon_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cases = [
+        ("syntax", "listen = \"127.0.0.1:0\"\n[docker\ntimeout = \"2m\"\n", "line 2"),
+        ("number", "[network]\nsubnet_prefix = 1e309\n", "line 2"),
+        ("unknown-key", "[lifecycle]\nnap = \"1s\"\n", "`nap`"),
+        ("wrong-type", "[network]\nsubnet_prefix = \"big\"\n", "network.subnet_prefix"),
+        ("bad-duration", "[lifecycle]\norphan_grace = \"soon\"\n", "lifecycle.orphan_grace"),
+        ("huge-duration", "[lifecycle]\nexec_timeout = \"300000000000y\"\n", "lifecycle.exec_timeout"),
+        ("classification", "max_classification = \"RESTRICTED\"\n", "max_classification"),
+        ("unsafe-listen", "listen = \"0.0.0.0:50051\"\n", "listen"),
+        (
+            "identity",
+            "[[identities]]\nname = \"a\"\nteam = \"t\"\nroles = [\"king\"]\ntoken_sha256 = \"00\"\n",
+            "roles",
+        ),
+    ];
+    for (name, content, key) in cases {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, content).unwrap();
+        // Both `--check` (ExecStartPre) and a plain start refuse it, before touching anything.
+        for check in [true, false] {
+            let mut args = vec![std::ffi::OsStr::new("--config"), file.as_os_str()];
+            if check {
+                args.push("--check".as_ref());
+            }
+            let out =
+                sandpitd(&args, &[("SANDPIT__DATA_DIR", &data), ("SANDPIT__PROFILES_DIR", &repo("sandbox-profiles"))]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{name} (check {check}): {stderr}");
+            assert!(stderr.starts_with("sandpitd: "), "{name}: {stderr}");
+            assert!(
+                stderr.contains(&file.display().to_string()) && stderr.contains(key),
+                "{name}: {key} not in {stderr}"
+            );
+            assert!(out.stdout.is_empty(), "{name}");
+        }
+    }
+    assert!(!data.exists(), "nothing was created for a config that does not load");
+}
+
+#[test]
+fn a_malformed_profile_stops_a_normal_start_naming_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    std::fs::write(profiles.join("good.toml"), "max_classification = \"OFFICIAL\"\nimages = [\"x\"]\n").unwrap();
+    std::fs::write(
+        profiles.join("long.toml"),
+        "max_classification = \"OFFICIAL\"\nimages = [\"x\"]\n[lifetime]\ndefault_ttl = \"1h\"\nmax_ttl = \"1h\"\nmax_lifetime = \"10000y\"\n",
+    )
+    .unwrap();
+    std::fs::write(profiles.join("broken.toml"), "max_classification = \"OFFICIAL\"\nimages = [\"x\"\n").unwrap();
+    let out = sandpitd(
+        &[],
+        &[
+            ("SANDPIT__PROFILES_DIR", &profiles),
+            ("SANDPIT__DATA_DIR", &dir.path().join("data")),
+            ("SANDPIT__LISTEN", Path::new("127.0.0.1:0")),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    for (file, field) in [("long.toml", "lifetime.max_lifetime"), ("broken.toml", "line ")] {
+        let line = stderr.lines().find(|l| l.contains(file)).unwrap_or_else(|| panic!("{file} not named: {stderr}"));
+        assert!(line.contains(&profiles.join(file).display().to_string()) && line.contains(field), "{line}");
+    }
+    assert!(!stderr.contains("good.toml"), "{stderr}");
 }
