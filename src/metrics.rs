@@ -218,7 +218,7 @@ impl Metrics {
             "Full reconcile passes with Docker by result (ok, unavailable, error).",
         );
         self.reconcile_runs.render(out, "sandpit_reconcile_runs_total", ["result"]);
-        help(out, "sandpit_reconcile_actions_total", "counter", "What reconcile changed: adopted, lost, exited, orphan_removed, leftover_removed, interrupted_create_failed.");
+        help(out, "sandpit_reconcile_actions_total", "counter", "What reconcile changed: adopted, lost, exited, orphan_removed, leftover_removed, interrupted_create_failed, firewall_restored, step_failed.");
         self.reconcile_actions.render(out, "sandpit_reconcile_actions_total", ["action"]);
         help(out, "sandpit_calls_total", "counter", "Authorized API calls by method.");
         self.calls.render(out, "sandpit_calls_total", ["method"]);

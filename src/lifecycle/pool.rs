@@ -107,13 +107,38 @@ impl<R: Runtime> Manager<R> {
             return Ok(None);
         }
         let started = std::time::Instant::now();
-        while let Some(id) = self.pools.pop(&profile.name) {
-            let _guard = self.locks.lock(&id).await;
-            let Some(mut sb) = self.store.get(&id)? else { continue };
-            // Reloaded or expired since it was pooled: the refiller drains it.
-            if sb.state != SandboxState::Warm || sb.profile != *profile {
+        // Warm sandboxes of an older version of the profile: left in the
+        // pool for the refiller to drain.
+        let mut stale = Vec::new();
+        let mut failed = None;
+        let claimed = loop {
+            let Some(id) = self.pools.pop(&profile.name) else { break None };
+            let guard = self.locks.lock(&id).await;
+            let sb = match self.store.get(&id) {
+                Ok(Some(sb)) => sb,
+                Ok(None) => continue,
+                Err(e) => {
+                    stale.push(id);
+                    failed = Some(e);
+                    break None;
+                }
+            };
+            if sb.state != SandboxState::Warm {
                 continue;
             }
+            if sb.profile != *profile {
+                stale.push(id);
+                continue;
+            }
+            break Some((sb, guard));
+        };
+        for id in stale {
+            self.pools.push(&profile.name, id);
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if let Some((mut sb, _guard)) = claimed {
             sb.experiment = plan.experiment.clone();
             sb.owner = plan.owner.clone();
             sb.team = plan.team.clone();
@@ -211,7 +236,9 @@ impl<R: Runtime> Manager<R> {
                     s.state == SandboxState::Warm
                 });
                 if let Err(e) = drained.await {
-                    tracing::warn!(sandbox = %id, error = %e, "could not drain a warm sandbox; reconcile will retry");
+                    // Back in the list, so the next pass tries again.
+                    tracing::warn!(sandbox = %id, error = %e, "could not drain a warm sandbox; will retry");
+                    self.pools.push(&name, id);
                 }
             }
         }

@@ -34,6 +34,23 @@ pub struct ReconcileReport {
     pub failed_provisioning: usize,
     /// Sandbox networks whose host firewall rules had been removed and were put back.
     pub firewall_restored: usize,
+    /// Steps that failed (other than the engine being away); the next pass retries them.
+    pub failed: usize,
+}
+
+/// One object's step of a pass: an engine that is away ends the pass; any
+/// other failure is logged and counted, and the pass goes on with the rest,
+/// so one object Docker keeps refusing cannot hold up all the others.
+fn step<T>(report: &mut ReconcileReport, what: &str, object: &str, result: Result<T>) -> Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e @ Error::Unavailable(_)) => Err(e),
+        Err(e) => {
+            tracing::warn!(object, error = %e, "reconcile: {what} failed; the next pass retries");
+            report.failed += 1;
+            Ok(None)
+        }
+    }
 }
 
 impl<R: Runtime> Manager<R> {
@@ -54,7 +71,10 @@ impl<R: Runtime> Manager<R> {
                 (Some(r), Some(id)) if !r.state.is_ended() => by_sandbox.entry(id.clone()).or_default().push(c),
                 (Some(r), _) => {
                     // The record ended but its container survived (a teardown cut short).
-                    self.runtime.remove(&c.id, r.network_name().as_deref()).await?;
+                    let removed = self.runtime.remove(&c.id, r.network_name().as_deref()).await;
+                    if step(&mut report, "removing a leftover container", &c.id, removed)?.is_none() {
+                        continue;
+                    }
                     let sandbox = c.sandbox_id.as_deref().unwrap_or_default();
                     let reason = format!("removed container {} of an ended sandbox", c.id);
                     self.record(self.entry(None, action::REMOVE_LEFTOVER, "", sandbox, Ok(reason)));
@@ -64,7 +84,10 @@ impl<R: Runtime> Manager<R> {
                     let in_flight = id.as_deref().is_some_and(|id| self.is_creating(id));
                     if !in_flight && crate::runtime::docker::age(c.created, now) >= self.settings.orphan_grace {
                         tracing::info!(container = %c.id, sandbox = ?id, "removing labelled container with no record");
-                        self.runtime.remove(&c.id, None).await?;
+                        let removed = self.runtime.remove(&c.id, None).await;
+                        if step(&mut report, "removing an orphan container", &c.id, removed)?.is_none() {
+                            continue;
+                        }
                         let reason = format!("removed labelled container {} with no record", c.id);
                         self.record(self.entry(
                             None,
@@ -88,7 +111,10 @@ impl<R: Runtime> Manager<R> {
             {
                 continue;
             }
-            self.runtime.remove(&container_name(id), Some(&n.name)).await?;
+            let removed = self.runtime.remove(&container_name(id), Some(&n.name)).await;
+            if step(&mut report, "removing an orphan network", &n.name, removed)?.is_none() {
+                continue;
+            }
             let reason = format!("removed labelled network {} with no live sandbox", n.name);
             self.record(self.entry(None, action::REMOVE_ORPHAN, "", id, Ok(reason)));
             report.orphans_removed += 1;
@@ -100,7 +126,8 @@ impl<R: Runtime> Manager<R> {
             .filter(|sb| !self.is_creating(&sb.id) && sb.state != SandboxState::Provisioning)
             .filter_map(|sb| sb.network.as_ref().map(|n| n.subnet.clone()))
             .collect();
-        let restored = self.runtime.ensure_isolated(&subnets).await?;
+        let restored = self.runtime.ensure_isolated(&subnets).await;
+        let restored = step(&mut report, "restoring host firewall rules", "firewall", restored)?.unwrap_or_default();
         if !restored.is_empty() {
             tracing::warn!(subnets = ?restored, "host firewall rules of live sandboxes had been removed; restored");
             let reason = format!("restored host firewall rules of {}", restored.join(", "));
@@ -118,19 +145,24 @@ impl<R: Runtime> Manager<R> {
                 (SandboxState::Provisioning, _) => {
                     // A create cut short by a crash of the daemon: it was never acknowledged.
                     let reason = "daemon stopped during provisioning";
-                    self.teardown(&sb.id, SandboxState::Failed, reason, None, action::INTERRUPTED, |s| {
-                        s.state == SandboxState::Provisioning
-                    })
-                    .await?;
-                    report.failed_provisioning += 1;
+                    let ended = self
+                        .teardown(&sb.id, SandboxState::Failed, reason, None, action::INTERRUPTED, |s| {
+                            s.state == SandboxState::Provisioning
+                        })
+                        .await;
+                    if step(&mut report, "failing an interrupted create", &sb.id, ended)?.is_some() {
+                        report.failed_provisioning += 1;
+                    }
                 }
                 (_, None) => {
-                    if self.mark_lost(&sb.id).await? {
+                    let lost = self.mark_lost(&sb.id).await;
+                    if step(&mut report, "marking a sandbox lost", &sb.id, lost)? == Some(true) {
                         report.lost += 1;
                     }
                 }
                 (SandboxState::Running | SandboxState::Warm, Some(c)) if !c.running => {
-                    if self.record_exit(&sb.id).await? {
+                    let exited = self.record_exit(&sb.id).await;
+                    if step(&mut report, "recording an exit", &sb.id, exited)? == Some(true) {
                         report.exited += 1;
                     }
                 }
@@ -247,6 +279,7 @@ impl<R: Runtime> Manager<R> {
                 metrics.reconcile_action("exited", r.exited);
                 metrics.reconcile_action("interrupted_create_failed", r.failed_provisioning);
                 metrics.reconcile_action("firewall_restored", r.firewall_restored);
+                metrics.reconcile_action("step_failed", r.failed);
                 if r == ReconcileReport::default() {
                     tracing::debug!(why, "reconciled with Docker: nothing to do")
                 } else {

@@ -228,8 +228,8 @@ impl DockerRuntime {
             privileged: Some(false),
             ..Default::default()
         };
-        let exec = d.create_exec(container, opts).await.map_err(|e| map_err("create exec", e))?;
-        match d.start_exec(&exec.id, None).await.map_err(|e| map_err("start exec", e))? {
+        let exec = d.create_exec(container, opts).await.map_err(|e| exec_err("create exec", e))?;
+        match d.start_exec(&exec.id, None).await.map_err(|e| exec_err("start exec", e))? {
             StartExecResults::Attached { output, input } => Ok((
                 ExecSession {
                     exec_id: exec.id,
@@ -268,6 +268,17 @@ fn is_not_found(e: &BollardError) -> bool {
 }
 
 /// Connection-level failures mean the engine is unavailable; answers are Docker errors.
+/// An exec refused because the container is stopping, being removed or gone
+/// (an exec racing a delete or expiry) is the sandbox's state, not a fault.
+fn exec_err(op: &'static str, e: BollardError) -> Error {
+    match e {
+        BollardError::DockerResponseServerError { status_code: 404 | 409, message } => {
+            Error::FailedPrecondition(format!("the sandbox's container is not running ({message})"))
+        }
+        other => map_err(op, other),
+    }
+}
+
 /// A failed Docker call as the daemon's error, counted in the metrics.
 fn map_err(op: &'static str, e: BollardError) -> Error {
     let error = match e {

@@ -434,3 +434,68 @@ async fn kill9_during_50_concurrent_creates_leaves_records_and_docker_agreeing()
         records.iter().filter(|s| state(s) == SandboxState::Failed).count()
     );
 }
+
+/// One orphan Docker keeps refusing to remove does not hold up reconcile:
+/// the others are removed in the same passes, and it goes once Docker relents.
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_goes_on_past_an_object_docker_keeps_refusing() {
+    let r = rig(Options { orphan_grace: "1s", reconcile_interval: "1s", ..Default::default() }).await;
+    let mut c = r.d.client(TEAM_A).await;
+    let sb = create(&mut c, &r.d.exp_a, 300).await;
+    let labels =
+        docker().await.inspect_container(&sb.container_id, None).await.unwrap().config.unwrap().labels.unwrap();
+    let orphan = |n: &str| {
+        HashMap::from([
+            ("sandpit.managed".to_string(), "true".to_string()),
+            ("sandpit.instance".to_string(), labels["sandpit.instance"].clone()),
+            ("sandpit.sandbox".to_string(), format!("sb-00000000000{n}")),
+            (TEST_RUN_LABEL.to_string(), r.d.run.clone()),
+        ])
+    };
+    // Docker lists the newest first: the stubborn one comes up first in every pass.
+    let other = crate::reconcile::start_container(&unique("other"), orphan("2")).await;
+    let stubborn = crate::reconcile::start_container(&unique("stubborn"), orphan("1")).await;
+    let refusals = r.proxy.inject(Fault::fail("DELETE", &format!("/containers/{stubborn}")));
+
+    eventually(Duration::from_secs(30), "the other orphan removed, the stubborn one refused twice", || {
+        let id = other.clone();
+        let refused = r.proxy.hits(refusals);
+        async move { (!container_exists(&id).await && refused >= 2).then_some(()) }
+    })
+    .await;
+    assert!(container_exists(&stubborn).await);
+    let m = r.d.scrape().await;
+    assert!(m.get("sandpit_reconcile_actions_total", &[("action", "step_failed")]) >= 1.0);
+    assert!(m.get("sandpit_docker_errors_total", &[("operation", "remove container"), ("kind", "error")]) >= 1.0);
+
+    r.proxy.clear();
+    eventually(Duration::from_secs(30), "the stubborn orphan removed", || {
+        let id = stubborn.clone();
+        async move { (!container_exists(&id).await).then_some(()) }
+    })
+    .await;
+    assert!(container_exists(&sb.container_id).await, "the tracked sandbox is never touched");
+}
+
+/// An exec that races the container stopping (a delete, an expiry, the main
+/// process exiting) before the daemon hears of it: Docker refuses, and the
+/// caller is told the sandbox is not running, not that the daemon failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_into_a_container_stopped_behind_the_daemons_back_is_failed_precondition() {
+    // No event stream and no periodic reconcile: only Docker knows it stopped.
+    let r = rig(Options { reconcile_interval: "1h", ..Default::default() }).await;
+    let events = r.proxy.inject(Fault::drop("GET", "/events"));
+    r.proxy.down();
+    r.proxy.up();
+    // Let the event follower's reconnects back off (each one reconciles).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut c = r.d.client(TEAM_A).await;
+    let sb = create(&mut c, &r.d.exp_a, 120).await;
+    let kill = None::<bollard::query_parameters::KillContainerOptions>;
+    docker().await.kill_container(&sb.container_id, kill).await.unwrap();
+    let req = proto::ExecRequest { id: sb.id.clone(), command: vec!["true".into()], ..Default::default() };
+    let e = c.exec(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("not running"), "{}", e.message());
+    assert!(r.proxy.hits(events) >= 1, "the event stream was kept away");
+}

@@ -43,7 +43,7 @@ async fn kill9_restart_adopts_live_sandboxes_and_removes_expired_ones() {
     assert_eq!(running, vec![live.container_id.clone()]);
 }
 
-async fn start_container(name: &str, labels: HashMap<String, String>) -> String {
+pub(crate) async fn start_container(name: &str, labels: HashMap<String, String>) -> String {
     let body = ContainerCreateBody {
         image: Some(image().to_string()),
         cmd: Some(vec!["sleep".into(), "300".into()]),
