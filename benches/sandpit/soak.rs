@@ -36,14 +36,17 @@ use super::{Ctx, LONG_TTL};
 pub struct SoakSize {
     pub ops: usize,
     pub workers: usize,
+    /// Rounds in the same daemon: memory after the second shows whether the
+    /// first's was growth or the allocator keeping what it had.
+    pub rounds: usize,
 }
 
 impl SoakSize {
     pub fn new(quick: bool) -> SoakSize {
         if quick {
-            SoakSize { ops: 200, workers: 20 }
+            SoakSize { ops: 200, workers: 20, rounds: 2 }
         } else {
-            SoakSize { ops: 1000, workers: 50 }
+            SoakSize { ops: 1000, workers: 50, rounds: 2 }
         }
     }
 }
@@ -342,7 +345,27 @@ fn rss_of(pid: u32) -> Option<u64> {
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// The soak, `size.rounds` times over in the same daemon.
 pub async fn soak(ctx: &mut Ctx, size: SoakSize) -> Result<Value> {
+    let mut rounds = Vec::new();
+    let mut problems = Vec::new();
+    for round in 1..=size.rounds {
+        println!("[soak] round {round} of {}", size.rounds);
+        let v = soak_round(ctx, &size).await?;
+        if let Some(p) = v.get("problems").and_then(Value::as_array) {
+            problems.extend(p.iter().map(|p| json!(format!("round {round}: {}", p.as_str().unwrap_or_default()))));
+        }
+        rounds.push(v);
+    }
+    let rss_end: Vec<Value> = rounds.iter().map(|r| r["rss_kib"]["end"].clone()).collect();
+    println!(
+        "    daemon VmRSS (KiB) at the start, then after each round idles: {} then {rss_end:?}",
+        rounds[0]["rss_kib"]["start"]
+    );
+    Ok(json!({ "rounds": rounds, "rss_kib_after_each_round": rss_end, "problems": problems }))
+}
+
+async fn soak_round(ctx: &mut Ctx, size: &SoakSize) -> Result<Value> {
     let blocks = size.ops.div_ceil(BLOCK_OPS);
     let plan: Vec<Kind> = (0..blocks).flat_map(|_| BLOCK).collect();
     let planned = blocks * BLOCK_OPS;

@@ -879,21 +879,23 @@ impl<R: Runtime> Manager<R> {
         help(&mut out, "sandpit_audit_records", "gauge", "Records in the hash-chained audit log.");
         sample(&mut out, "sandpit_audit_records", &[], stats.audit_records);
         let pools = self.pool_status();
-        help(&mut out, "sandpit_warm_pool_target", "gauge", "Warm sandboxes each pool is kept at.");
-        for p in &pools {
-            sample(&mut out, "sandpit_warm_pool_target", &[("profile", p.profile.as_str())], p.target);
-        }
-        help(&mut out, "sandpit_warm_pool_ready", "gauge", "Warm sandboxes ready to be claimed.");
-        for p in &pools {
-            sample(&mut out, "sandpit_warm_pool_ready", &[("profile", p.profile.as_str())], p.warm);
-        }
-        help(&mut out, "sandpit_warm_pool_claims_total", "counter", "Creates served from a warm pool.");
-        for p in &pools {
-            sample(&mut out, "sandpit_warm_pool_claims_total", &[("profile", p.profile.as_str())], p.claims);
-        }
-        help(&mut out, "sandpit_warm_pool_misses_total", "counter", "Creates of a pooled profile that found no warm sandbox (or needed another image or datasets) and started cold.");
-        for p in &pools {
-            sample(&mut out, "sandpit_warm_pool_misses_total", &[("profile", p.profile.as_str())], p.misses);
+        type Read = fn(&PoolStatus) -> u64;
+        let per_pool: [(&str, &str, &str, Read); 4] = [
+            ("sandpit_warm_pool_target", "gauge", "Warm sandboxes each pool is kept at.", |p| p.target.into()),
+            ("sandpit_warm_pool_ready", "gauge", "Warm sandboxes ready to be claimed.", |p| p.warm.into()),
+            ("sandpit_warm_pool_claims_total", "counter", "Creates served from a warm pool.", |p| p.claims),
+            (
+                "sandpit_warm_pool_misses_total",
+                "counter",
+                "Creates of a pooled profile that found no warm sandbox (or needed another image or datasets) and started cold.",
+                |p| p.misses,
+            ),
+        ];
+        for (name, kind, text, read) in per_pool {
+            help(&mut out, name, kind, text);
+            for p in &pools {
+                sample(&mut out, name, &[("profile", p.profile.as_str())], read(p));
+            }
         }
         crate::metrics::global().render(&mut out);
         Ok(out)

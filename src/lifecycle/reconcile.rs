@@ -126,8 +126,26 @@ impl<R: Runtime> Manager<R> {
             .filter(|sb| !self.is_creating(&sb.id) && sb.state != SandboxState::Provisioning)
             .filter_map(|sb| sb.network.as_ref().map(|n| n.subnet.clone()))
             .collect();
-        let restored = self.runtime.ensure_isolated(&subnets).await;
-        let restored = step(&mut report, "restoring host firewall rules", "firewall", restored)?.unwrap_or_default();
+        let missing = self.runtime.unisolated(&subnets).await;
+        let mut restored = Vec::new();
+        for subnet in step(&mut report, "checking host firewall rules", "firewall", missing)?.unwrap_or_default() {
+            // Under the sandbox's lock, and only if it is still live: a
+            // teardown that released the rules meanwhile must not be undone.
+            let Some(owner) = records.iter().find(|sb| sb.network.as_ref().is_some_and(|n| n.subnet == subnet)) else {
+                continue;
+            };
+            let _guard = self.locks.lock(&owner.id).await;
+            let live = self
+                .store
+                .get(&owner.id)?
+                .is_some_and(|sb| !sb.state.is_ended() && sb.network.as_ref().is_some_and(|n| n.subnet == subnet));
+            if live
+                && step(&mut report, "restoring host firewall rules", &subnet, self.runtime.isolate(&subnet).await)?
+                    .is_some()
+            {
+                restored.push(subnet);
+            }
+        }
         if !restored.is_empty() {
             tracing::warn!(subnets = ?restored, "host firewall rules of live sandboxes had been removed; restored");
             let reason = format!("restored host firewall rules of {}", restored.join(", "));

@@ -499,8 +499,12 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    async fn ensure_isolated(&self, subnets: &[String]) -> Result<Vec<String>> {
-        self.inner.firewall.restore(subnets).await
+    async fn unisolated(&self, subnets: &[String]) -> Result<Vec<String>> {
+        self.inner.firewall.missing(subnets).await
+    }
+
+    async fn isolate(&self, subnet: &str) -> Result<()> {
+        self.inner.firewall.isolate(subnet).await
     }
 
     async fn kill(&self, container: &str) -> Result<()> {

@@ -15,7 +15,7 @@
 //!
 //! Rules are added with the network and removed with it; the chains are
 //! removed when no rule uses them. Every command is idempotent. Reconcile
-//! puts back rules and chains that someone else removed ([`Firewall::restore`]).
+//! puts back rules and chains that someone else removed ([`Firewall::missing`]).
 
 use tokio::process::Command;
 
@@ -140,32 +140,26 @@ impl Firewall {
         Ok(())
     }
 
-    /// Puts back the rules of any of `subnets` (CIDRs of live sandbox
-    /// networks) that someone else removed, e.g. a firewall service reloading
-    /// its own rules. Returns the subnets that had lost theirs.
-    pub async fn restore(&self, subnets: &[String]) -> Result<Vec<String>> {
+    /// Those of `subnets` (CIDRs of live sandbox networks) whose rules are
+    /// not all in place: someone else removed them, e.g. a firewall service
+    /// reloading its own rules. [`Firewall::isolate`] puts them back.
+    pub async fn missing(&self, subnets: &[String]) -> Result<Vec<String>> {
         if subnets.is_empty() {
             return Ok(Vec::new());
         }
         let _g = self.lock.lock().await;
-        let chains_lost = !Self::filled(&self.chain).await? || !Self::filled(&self.forward).await?;
-        self.ensure_chains().await?;
+        if !Self::filled(&self.chain).await? || !Self::filled(&self.forward).await? {
+            return Ok(subnets.to_vec());
+        }
         let rules = String::from_utf8_lossy(&run(&["-S"]).await?.stdout).to_string();
         let present = |rule: &[String]| rules.lines().any(|l| l.strip_prefix("-A ") == Some(rule.join(" ").as_str()));
-        let mut restored = Vec::new();
+        let mut missing = Vec::new();
         for subnet in subnets {
-            let mut lost = chains_lost;
-            for rule in [self.input_rule(subnet), self.forward_rule(subnet).await?] {
-                if !present(&rule) {
-                    must(&with("-I", &rule)).await?;
-                    lost = true;
-                }
-            }
-            if lost {
-                restored.push(subnet.clone());
+            if !present(&self.input_rule(subnet)) || !present(&self.forward_rule(subnet).await?) {
+                missing.push(subnet.clone());
             }
         }
-        Ok(restored)
+        Ok(missing)
     }
 
     /// Removes `subnet`'s rules, and the chains once nothing jumps to them.

@@ -164,10 +164,12 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         selector: &HashMap<String, String>,
     ) -> impl Future<Output = Result<Vec<ManagedNetwork>>> + Send;
 
-    /// Makes sure the host rules isolating each of `subnets` (live sandbox
-    /// networks) are in place, putting back any that were removed behind the
-    /// daemon's back. Returns the subnets whose rules had to be restored.
-    fn ensure_isolated(&self, subnets: &[String]) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Those of `subnets` (live sandbox networks) whose host rules are not
+    /// all in place, e.g. removed behind the daemon's back.
+    fn unisolated(&self, subnets: &[String]) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// Puts `subnet`'s host rules (back) in place. Idempotent.
+    fn isolate(&self, subnet: &str) -> impl Future<Output = Result<()>> + Send;
 
     /// Sends SIGKILL to a container's processes. A missing or stopped container is fine.
     fn kill(&self, container: &str) -> impl Future<Output = Result<()>> + Send;
