@@ -587,7 +587,7 @@ impl Runtime for DockerRuntime {
 
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
         let d = self.docker().await?;
-        let i = d.inspect_exec(exec_id).await.map_err(|e| map_err("inspect exec", e))?;
+        let i = d.inspect_exec(exec_id).await.map_err(|e| exec_err("inspect exec", e))?;
         Ok(if i.running.unwrap_or(false) { None } else { i.exit_code })
     }
 
