@@ -88,14 +88,20 @@ impl<R: Runtime> Manager<R> {
             // Feed the archive while collecting tar's complaints.
             let mut output = session.output;
             let feed = async {
-                while let Some(chunk) = data.next().await {
-                    let chunk = chunk?;
-                    hash.update(&chunk);
-                    size += chunk.len() as u64;
-                    stdin.write_all(&chunk).await.map_err(|e| Error::Internal(format!("copy-in: {e}")))?;
+                let fed = async {
+                    while let Some(chunk) = data.next().await {
+                        let chunk = chunk?;
+                        hash.update(&chunk);
+                        size += chunk.len() as u64;
+                        stdin.write_all(&chunk).await.map_err(|e| Error::Internal(format!("copy-in: {e}")))?;
+                    }
+                    Ok::<_, Error>(())
                 }
-                stdin.shutdown().await.map_err(|e| Error::Internal(format!("copy-in: {e}")))?;
-                Ok::<_, Error>(())
+                .await;
+                // Closed whatever happened: on a broken upload tar must see
+                // the end of its input and exit, not wait for more.
+                let closed = stdin.shutdown().await.map_err(|e| Error::Internal(format!("copy-in: {e}")));
+                fed.and(closed)
             };
             let drain = async {
                 let mut err = Vec::new();

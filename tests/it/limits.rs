@@ -116,3 +116,22 @@ async fn a_team_never_exceeds_its_quota_even_with_racing_creates() {
     let denied = events.iter().filter(|e| e.code == "RESOURCE_EXHAUSTED" && e.reason.contains("team-quota")).count();
     assert_eq!(denied, 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversize_chunk_in_a_copy_in_stream_is_resource_exhausted() {
+    use sandpit::proto::copy_in_request::Part;
+    let d = Daemon::with(Options { limits: "max_message_bytes = 65536\n".into(), ..Default::default() }).await;
+    let mut c = d.client(TEAM_A).await;
+    let sb = create(&mut c, &d.exp_a, 120).await;
+    let header = proto::CopyInRequest {
+        part: Some(Part::Header(proto::CopyInHeader { id: sb.id.clone(), path: "/tmp".into() })),
+    };
+    let chunk = proto::CopyInRequest { part: Some(Part::Chunk(vec![0u8; 100_000])) };
+    // Promptly: the extraction in the sandbox is told its input has ended.
+    let call = c.copy_in(futures_util::stream::iter([header, chunk]));
+    let e = tokio::time::timeout(Duration::from_secs(20), call).await.expect("answered in time").unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(e.message().contains("limits.max_message_bytes"), "{}", e.message());
+    let rec = c.get_sandbox(proto::GetSandboxRequest { id: sb.id }).await.unwrap().into_inner();
+    assert_eq!(state(&rec), sandpit::proto::SandboxState::Running);
+}
