@@ -49,7 +49,7 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn count(&self) -> u64 {
+    fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
@@ -83,10 +83,6 @@ impl<const N: usize> Counters<N> {
 
     fn add(&self, key: [&'static str; N], n: u64) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += n;
-    }
-
-    fn get(&self, key: [&'static str; N]) -> u64 {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied().unwrap_or(0)
     }
 
     fn render(&self, out: &mut String, name: &str, labels: [&str; N]) {
@@ -153,10 +149,6 @@ impl Metrics {
         self.provisioning[source as usize].observe(took);
     }
 
-    pub fn provisioning_count(&self, source: Source) -> u64 {
-        self.provisioning[source as usize].count()
-    }
-
     /// A sandbox stopped `late` after its deadline.
     pub fn expired(&self, late: Duration) {
         self.expiry_lateness.observe(late);
@@ -166,10 +158,6 @@ impl Metrics {
     /// reached or timed out) or `error` (it answered with an error).
     pub fn docker_error(&self, operation: &'static str, kind: &'static str) {
         self.docker_errors.inc([operation, kind]);
-    }
-
-    pub fn docker_errors(&self, operation: &'static str, kind: &'static str) -> u64 {
-        self.docker_errors.get([operation, kind])
     }
 
     /// A reconcile pass ended: `ok`, `unavailable` or `error`.
@@ -191,10 +179,6 @@ impl Metrics {
 
     pub fn refused(&self, method: &'static str, why: Refusal) {
         self.refused.inc([method, why.as_str()]);
-    }
-
-    pub fn refusals(&self, method: &'static str, why: Refusal) -> u64 {
-        self.refused.get([method, why.as_str()])
     }
 
     /// The counters and histograms in the text exposition format.

@@ -167,17 +167,21 @@ pub fn system_time(field: &'static str, t: &pbjson_types::Timestamp) -> Result<S
 
 /// The sandbox id and the new ttl of an `ExtendSandbox` request.
 pub fn extend_request(r: proto::ExtendSandboxRequest) -> Result<(String, Duration), Error> {
-    if r.id.trim().is_empty() {
-        return Err(Error::invalid("id", "must not be empty"));
-    }
+    required("id", &r.id)?;
     let ttl = r.ttl.as_ref().ok_or_else(|| Error::invalid("ttl", "must be set"))?;
     Ok((r.id, duration("ttl", ttl)?))
 }
 
-fn classification(field: &'static str, s: &str) -> Result<crate::policy::Classification, Error> {
-    if s.trim().is_empty() {
+/// A field that must hold something besides whitespace.
+pub fn required(field: &'static str, value: &str) -> Result<(), Error> {
+    if value.trim().is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
+    Ok(())
+}
+
+fn classification(field: &'static str, s: &str) -> Result<crate::policy::Classification, Error> {
+    required(field, s)?;
     s.parse().map_err(|e: String| Error::invalid(field, e))
 }
 

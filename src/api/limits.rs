@@ -17,12 +17,6 @@ pub struct Limits {
     pub burst: u32,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { max_concurrent_calls: 128, calls_per_second: 100, burst: 200 }
-    }
-}
-
 /// Held for as long as a call is in progress.
 #[derive(Debug)]
 pub struct Permit(#[allow(dead_code)] OwnedSemaphorePermit);

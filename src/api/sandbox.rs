@@ -7,7 +7,7 @@ use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::auth::{Gate, Method};
-use super::convert::{duration, extend_request};
+use super::convert::{duration, extend_request, required};
 use crate::lifecycle::{CopyOut, Manager};
 use crate::policy::CreateSandbox;
 use crate::proto;
@@ -28,14 +28,9 @@ impl<R: Runtime> SandboxApi<R> {
     }
 }
 
-fn required(field: &'static str, value: &str) -> Result<(), Status> {
-    if value.trim().is_empty() {
-        return Err(Error::invalid(field, "must not be empty").into());
-    }
-    Ok(())
-}
-
-/// tonic refuses an over-size message with OUT_OF_RANGE; gRPC says RESOURCE_EXHAUSTED.
+/// tonic refuses an over-size message with OUT_OF_RANGE; gRPC says
+/// RESOURCE_EXHAUSTED. For the messages after the first of a client stream,
+/// which reach the handler as a domain error rather than as tonic's status.
 fn oversize(s: &Status) -> Error {
     Error::ResourceExhausted(format!("{} (limits.max_message_bytes)", s.message()))
 }
@@ -144,10 +139,8 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         use proto::copy_in_request::Part;
         let caller = self.gate.authorize(&req, Method::CopyIn)?;
         let mut stream = req.into_inner();
-        let header = match stream.message().await.map_err(|s| match s.code() {
-            tonic::Code::OutOfRange => Status::from(oversize(&s)),
-            _ => s,
-        })? {
+        // An over-size header is answered RESOURCE_EXHAUSTED by the server's layer.
+        let header = match stream.message().await? {
             Some(proto::CopyInRequest { part: Some(Part::Header(h)) }) => h,
             _ => return Err(Error::invalid("header", "the first message must be the header").into()),
         };

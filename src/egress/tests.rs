@@ -459,6 +459,13 @@ async fn an_unreachable_allowed_destination_is_a_bad_gateway() {
     proxy.stop().await;
 }
 
+/// The proxy closes `client` without answering it.
+async fn assert_closed_unanswered(mut client: TcpStream) {
+    let mut buf = Vec::new();
+    let closed = timeout(WAIT, client.read_to_end(&mut buf)).await.expect("closed in time");
+    assert!(closed.is_err() || buf.is_empty(), "the connection was answered: {buf:?}");
+}
+
 #[tokio::test]
 async fn connections_beyond_the_limit_are_closed_unanswered() {
     let limits = Limits { max_connections: 1, ..Limits::default() };
@@ -466,10 +473,7 @@ async fn connections_beyond_the_limit_are_closed_unanswered() {
     let mut first = proxy.connect().await;
     first.write_all(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\n").await.unwrap();
 
-    let mut second = proxy.connect().await;
-    let mut buf = Vec::new();
-    let closed = timeout(WAIT, second.read_to_end(&mut buf)).await.expect("closed in time");
-    assert!(closed.is_err() || buf.is_empty(), "second connection was answered: {buf:?}");
+    assert_closed_unanswered(proxy.connect().await).await;
 
     first.write_all(b"\r\n").await.unwrap();
     assert_eq!(status_line(&read_all(&mut first).await), "HTTP/1.1 403 Forbidden");
@@ -504,10 +508,7 @@ async fn one_source_cannot_take_every_connection() {
     first.write_all(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\n").await.unwrap();
 
     // A second connection from the same address is closed unanswered...
-    let mut second = proxy.connect().await;
-    let mut buf = Vec::new();
-    let closed = timeout(WAIT, second.read_to_end(&mut buf)).await.expect("closed in time");
-    assert!(closed.is_err() || buf.is_empty(), "second connection was answered: {buf:?}");
+    assert_closed_unanswered(proxy.connect().await).await;
 
     // ...while another source is served.
     let other = tokio::net::TcpSocket::new_v4().unwrap();

@@ -794,6 +794,15 @@ mod tests {
     }
 
     /// What every refusal must say: the file, a field or line, and why.
+    /// Parses `content` as `file`: accepted safely, or refused by field.
+    fn parsed_safely(file: &Path, content: &str) -> Result<(), TestCaseError> {
+        let host = host_rules();
+        match Profile::parse_with(file, content, &host) {
+            Ok(p) => check_accepted(&p, &host),
+            Err(errors) => check_refused(file, content, &errors),
+        }
+    }
+
     fn check_refused(file: &Path, content: &str, errors: &[ProfileError]) -> Result<(), TestCaseError> {
         prop_assert!(!errors.is_empty());
         for e in errors {
@@ -821,11 +830,7 @@ mod tests {
         ) {
             let (path, original) = &examples()[which % examples().len()];
             let content = edits.iter().fold(original.clone(), |c, e| apply(&c, e));
-            let host = host_rules();
-            match Profile::parse_with(path, &content, &host) {
-                Ok(p) => check_accepted(&p, &host)?,
-                Err(errors) => check_refused(path, &content, &errors)?,
-            }
+            parsed_safely(path, &content)?;
         }
 
         /// Lifetimes: whatever the operator writes, an accepted profile's
@@ -841,11 +846,7 @@ mod tests {
             let content = [("default_ttl", default_ttl), ("max_ttl", max_ttl), ("max_lifetime", max_lifetime)]
                 .into_iter()
                 .fold(original.clone(), |c, (k, v)| apply(&c, &Edit::Set(k, v)));
-            let host = host_rules();
-            match Profile::parse_with(path, &content, &host) {
-                Ok(p) => check_accepted(&p, &host)?,
-                Err(errors) => check_refused(path, &content, &errors)?,
-            }
+            parsed_safely(path, &content)?;
         }
 
         /// Files assembled line by line from profile keys, tables and junk.
@@ -856,11 +857,7 @@ mod tests {
         ) {
             let content = lines.join("\n");
             let file = Path::new("/profiles").join(format!("{name}.toml"));
-            let host = host_rules();
-            match Profile::parse_with(&file, &content, &host) {
-                Ok(p) => check_accepted(&p, &host)?,
-                Err(errors) => check_refused(&file, &content, &errors)?,
-            }
+            parsed_safely(&file, &content)?;
         }
 
         /// Arbitrary text, not even TOML.

@@ -132,6 +132,12 @@ async fn an_oversize_chunk_in_a_copy_in_stream_is_resource_exhausted() {
     let e = tokio::time::timeout(Duration::from_secs(20), call).await.expect("answered in time").unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
     assert!(e.message().contains("limits.max_message_bytes"), "{}", e.message());
+    // An over-size first message (the header) too.
+    let header = proto::CopyInRequest {
+        part: Some(Part::Header(proto::CopyInHeader { id: sb.id.clone(), path: "/".repeat(100_000) })),
+    };
+    let e = c.copy_in(futures_util::stream::iter([header])).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
     let rec = c.get_sandbox(proto::GetSandboxRequest { id: sb.id }).await.unwrap().into_inner();
     assert_eq!(state(&rec), sandpit::proto::SandboxState::Running);
 }
