@@ -1240,18 +1240,27 @@ async fn expiry(ctx: &mut Ctx, n: usize) -> Result<Value> {
     let (seen, stream_error) = collector.await?;
     let sp = Lateness::of(&seen, &deadlines);
 
-    // What the daemon recorded, and anything that did not go.
-    let listed = ctx
-        .client
-        .list_sandboxes(ListSandboxesRequest { include_ended: true, experiment: String::new() })
-        .await?
-        .into_inner()
-        .sandboxes;
-    let states: HashMap<&str, i32> = listed.iter().map(|s| (s.id.as_str(), s.state)).collect();
-    let expired_state = containers
-        .values()
-        .filter(|id| states.get(id.as_str()) == Some(&(proto::SandboxState::Expired as i32)))
-        .count();
+    // What the daemon recorded, and anything that did not go. A record says
+    // `expired` once its container is removed, a moment after Docker's
+    // destroy event: give the records a few seconds to catch up.
+    let mut expired_state = 0;
+    for _ in 0..50 {
+        let listed = ctx
+            .client
+            .list_sandboxes(ListSandboxesRequest { include_ended: true, experiment: String::new() })
+            .await?
+            .into_inner()
+            .sandboxes;
+        let states: HashMap<&str, i32> = listed.iter().map(|s| (s.id.as_str(), s.state)).collect();
+        expired_state = containers
+            .values()
+            .filter(|id| states.get(id.as_str()) == Some(&(proto::SandboxState::Expired as i32)))
+            .count();
+        if expired_state == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let not_gone: Vec<String> = sp.not_gone.iter().filter_map(|cid| containers.get(cid).cloned()).collect();
     if !not_gone.is_empty() {
         sp_delete_many(&ctx.client, &not_gone).await;

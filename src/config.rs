@@ -86,6 +86,13 @@ pub struct LimitsConfig {
     pub calls_per_second: u32,
     /// Calls one identity may make at once after being idle.
     pub burst: u32,
+    /// Refusals are summarised per window of this length: a repeat of one
+    /// already recorded in the window is counted, not recorded.
+    #[serde(deserialize_with = "de_duration")]
+    pub refusal_window: Duration,
+    /// Refusal records each source (address and identity) gets per window;
+    /// beyond it refusals are counted into one summary record.
+    pub refusals_per_source: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -161,6 +168,9 @@ pub struct LifecycleConfig {
     /// Exec commands are cut off after this long unless the request says otherwise.
     #[serde(deserialize_with = "de_duration")]
     pub exec_timeout: Duration,
+    /// The shortest ttl a create or extension may ask for.
+    #[serde(deserialize_with = "de_duration")]
+    pub min_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -215,6 +225,7 @@ reconcile_interval = "30s"
 orphan_grace = "1m"
 shutdown_grace = "10s"
 exec_timeout = "10m"
+min_ttl = "10s"
 
 [sandbox]
 user = "{DEFAULT_SANDBOX_USER}"
@@ -232,6 +243,8 @@ max_message_bytes = 4194304
 max_concurrent_calls = 128
 calls_per_second = 100
 burst = 200
+refusal_window = "10s"
+refusals_per_source = 30
 
 [quotas]
 sandboxes_per_team = 50
@@ -397,10 +410,17 @@ impl Config {
             ("max_concurrent_calls", limits.max_concurrent_calls),
             ("calls_per_second", limits.calls_per_second),
             ("burst", limits.burst),
+            ("refusals_per_source", limits.refusals_per_source),
         ] {
             if value == 0 {
                 return Err(format!("limits.{key}: must be at least 1"));
             }
+        }
+        if self.limits.refusal_window < Duration::from_millis(100) {
+            return Err("limits.refusal_window: must be at least 100ms".into());
+        }
+        if self.lifecycle.min_ttl < Duration::from_secs(1) {
+            return Err("lifecycle.min_ttl: must be at least 1s".into());
         }
         if self.lifecycle.reconcile_interval.is_zero() {
             return Err("lifecycle.reconcile_interval: must be above zero".into());
@@ -413,6 +433,8 @@ impl Config {
             ("lifecycle.orphan_grace", l.orphan_grace),
             ("lifecycle.shutdown_grace", l.shutdown_grace),
             ("lifecycle.exec_timeout", l.exec_timeout),
+            ("lifecycle.min_ttl", l.min_ttl),
+            ("limits.refusal_window", self.limits.refusal_window),
         ] {
             // Deadlines are computed by adding these to the clock.
             if d > crate::time::LONGEST {

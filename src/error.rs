@@ -133,6 +133,38 @@ impl Error {
     }
 }
 
+/// Longest caller-supplied value quoted back in a message (and so in the
+/// audit log): enough to recognise it, never enough to flood anything.
+const QUOTE_MAX: usize = 64;
+
+/// A caller-supplied value as it is quoted in messages: in single quotes,
+/// cut after [`QUOTE_MAX`] characters (the cut is marked with its size), with
+/// control characters and Unicode direction controls escaped, so that no
+/// value can make a message long, span lines, or reorder what a reader sees.
+pub fn quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len().min(QUOTE_MAX) + 16);
+    out.push('\'');
+    for (n, c) in value.chars().enumerate() {
+        if n == QUOTE_MAX {
+            out.push_str(&format!("…' ({} bytes)", value.len()));
+            return out;
+        }
+        if c.is_control() || crate::error::is_direction_control(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Unicode bidirectional formatting characters: shown raw they reorder the
+/// text around them (the "Trojan Source" trick).
+pub fn is_direction_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+}
+
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         Error::Store(e.to_string())
@@ -169,5 +201,21 @@ impl Code {
             Code::Unauthenticated => "UNAUTHENTICATED",
             Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_values_are_short_single_line_and_inert() {
+        assert_eq!(quoted("sb-1"), "'sb-1'");
+        let long = quoted(&"x".repeat(4_000_000));
+        assert!(long.len() < 100 && long.ends_with("(4000000 bytes)"), "{long}");
+        assert_eq!(quoted("a\nb\x1b[2J"), "'a\\nb\\u{1b}[2J'");
+        assert_eq!(quoted("\u{202e}abc"), "'\\u{202e}abc'");
+        // Cut on a character, not a byte.
+        assert!(quoted(&"é".repeat(100)).starts_with(&format!("'{}…", "é".repeat(64))));
     }
 }

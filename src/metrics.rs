@@ -123,6 +123,8 @@ pub struct Metrics {
     reconcile_actions: Counters<1>,
     calls: Counters<1>,
     refused: Counters<2>,
+    /// Refusals counted into a summary record rather than recorded one by one.
+    refusals_summarised: std::sync::atomic::AtomicU64,
 }
 
 /// How a create was served.
@@ -142,6 +144,7 @@ impl Metrics {
             reconcile_actions: Counters::new(),
             calls: Counters::new(),
             refused: Counters::new(),
+            refusals_summarised: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -181,6 +184,11 @@ impl Metrics {
         self.refused.inc([method, why.as_str()]);
     }
 
+    /// A refusal was counted into its window's summary record instead of being recorded alone.
+    pub fn refusal_summarised(&self) {
+        self.refusals_summarised.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters and histograms in the text exposition format.
     pub fn render(&self, out: &mut String) {
         help(out, "sandpit_provisioning_seconds", "histogram", "Time from an admitted create to a running sandbox; source=cold is a new container, source=warm a pool claim.");
@@ -213,6 +221,13 @@ impl Metrics {
             "API calls refused before their handler ran, by method and reason.",
         );
         self.refused.render(out, "sandpit_calls_refused_total", ["method", "reason"]);
+        help(
+            out,
+            "sandpit_audit_refusals_summarised_total",
+            "counter",
+            "Refusals counted into a summary audit record (repeats, or over a source's share) instead of recorded one by one.",
+        );
+        sample(out, "sandpit_audit_refusals_summarised_total", &[], self.refusals_summarised.load(Ordering::Relaxed));
     }
 }
 

@@ -70,7 +70,7 @@ impl FromStr for Level {
             "low" => Ok(Level::Low),
             "medium" => Ok(Level::Medium),
             "high" => Ok(Level::High),
-            _ => Err(format!("'{s}' is not low, medium or high")),
+            _ => Err(format!("{} is not low, medium or high", crate::error::quoted(s))),
         }
     }
 }
@@ -148,7 +148,7 @@ fn list(field: &'static str, values: &[String]) -> Result<()> {
     }
     for v in values {
         if v.trim().is_empty() || v.len() > 256 {
-            return Err(Error::invalid(field, format!("'{v}' must be 1-256 characters")));
+            return Err(Error::invalid(field, format!("{} must be 1-256 characters", crate::error::quoted(v))));
         }
     }
     Ok(())
@@ -199,6 +199,16 @@ pub struct Experiment {
     pub created_at: SystemTime,
     pub planned_end: Option<SystemTime>,
     pub closed_at: Option<SystemTime>,
+    /// Who closed it, and their team.
+    #[serde(default)]
+    pub closed_by: String,
+    #[serde(default)]
+    pub closed_by_team: String,
+    /// Bumped by the store on every write: a decision or close is written
+    /// only if nothing else wrote the record since it was read, so racing
+    /// decisions cannot both succeed.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// A new experiment id: `exp-` and 10 random hex digits.
@@ -230,6 +240,9 @@ impl Experiment {
             created_at: now,
             planned_end: n.planned_end,
             closed_at: None,
+            closed_by: String::new(),
+            closed_by_team: String::new(),
+            version: 0,
         })
     }
 
@@ -274,8 +287,15 @@ impl Experiment {
         Ok(())
     }
 
-    /// Closes the experiment with its outcome and lessons learnt.
-    pub fn close(&mut self, outcome: Outcome, lessons_learnt: String, now: SystemTime) -> Result<()> {
+    /// Closes the experiment with its outcome and lessons learnt, recording who closed it.
+    pub fn close(
+        &mut self,
+        by: &str,
+        by_team: &str,
+        outcome: Outcome,
+        lessons_learnt: String,
+        now: SystemTime,
+    ) -> Result<()> {
         text("lessons_learnt", &lessons_learnt, true)?;
         if self.status == Status::Closed {
             return Err(Error::FailedPrecondition(format!("experiment '{}' is already closed", self.id)));
@@ -284,7 +304,15 @@ impl Experiment {
         self.outcome = Some(outcome);
         self.lessons_learnt = lessons_learnt;
         self.closed_at = Some(now);
+        self.closed_by = by.to_string();
+        self.closed_by_team = by_team.to_string();
         Ok(())
+    }
+
+    /// Whether sandboxes may exist for this experiment at all: proposed
+    /// (at OFFICIAL, or from profiles that need no approval) or approved.
+    pub fn may_have_sandboxes(&self) -> bool {
+        matches!(self.status, Status::Proposed | Status::Approved)
     }
 }
 
@@ -326,12 +354,13 @@ mod tests {
             Err(Error::FailedPrecondition(_))
         ));
         assert!(matches!(
-            e.close(Outcome::Succeeded, "".into(), now),
+            e.close("zed", "alg", Outcome::Succeeded, "".into(), now),
             Err(Error::InvalidArgument { field: "lessons_learnt", .. })
         ));
-        e.close(Outcome::Succeeded, "works".into(), now).unwrap();
+        e.close("zed", "alg", Outcome::Succeeded, "works".into(), now).unwrap();
         assert_eq!((e.status, e.outcome), (Status::Closed, Some(Outcome::Succeeded)));
-        assert!(e.close(Outcome::Failed, "again".into(), now).is_err());
+        assert_eq!((e.closed_by.as_str(), e.closed_by_team.as_str()), ("zed", "alg"));
+        assert!(e.close("zed", "alg", Outcome::Failed, "again".into(), now).is_err());
     }
 
     #[test]

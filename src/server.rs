@@ -103,6 +103,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         );
     }
 
+    if cfg.lifecycle.min_ttl < crate::policy::admission::DEFAULT_MIN_TTL {
+        tracing::warn!(min_ttl = ?cfg.lifecycle.min_ttl, "lifecycle.min_ttl is below 10s: sandboxes may be asked to live only seconds");
+    }
     let instance = store.instance_id().map_err(|e| StartError::Io(e.to_string()))?;
     // The egress proxy listens on every address; sandboxes reach it on their
     // gateway, the firewall lets nothing else of the host through, and it
@@ -134,6 +137,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                     residency: d.residency.clone(),
                 })
                 .collect(),
+            min_ttl: cfg.lifecycle.min_ttl,
         },
         user: cfg.sandbox.user.clone(),
         labels: cfg.labels.clone(),
@@ -144,6 +148,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         profiles_dir: cfg.profiles_dir.clone(),
         host_rules: cfg.host_rules(),
         quotas: cfg.team_quotas(),
+        refusals: crate::audit::refusals::Limits {
+            window: cfg.limits.refusal_window,
+            per_source: cfg.limits.refusals_per_source,
+        },
     };
     let manager =
         Manager::new(runtime, Arc::new(store), profiles, settings).map_err(|e| StartError::Io(e.to_string()))?;
@@ -272,6 +280,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         r = server => r.map_err(|e| StartError::Io(format!("server: {e}")))?,
         () = drained => tracing::warn!(grace = ?grace, "in-flight calls did not finish within the grace period"),
     }
+    // Refusals counted since the last summary are not lost with the process.
+    manager.flush_refusals();
     let _ = std::fs::remove_file(cfg.data_dir.join(ADDR_FILE));
     let _ = std::fs::remove_file(cfg.data_dir.join(METRICS_ADDR_FILE));
     tracing::info!("stopped");

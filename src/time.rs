@@ -20,8 +20,22 @@ pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
+/// Formats a duration to the millisecond when it is under a minute (`9s 500ms`), else as [`format_duration`].
+pub fn format_duration_ms(d: Duration) -> String {
+    if d < Duration::from_secs(60) {
+        humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+    } else {
+        format_duration(d)
+    }
+}
+
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// RFC 3339 to the millisecond.
+pub fn rfc3339_ms(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {

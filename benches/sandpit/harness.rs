@@ -233,6 +233,11 @@ burst = 1000000
 [quotas]
 sandboxes_per_team = 100000
 
+# The soak's short-lived sandboxes (3-10 s) and the expiry scenario's
+# deadlines are below the default minimum ttl.
+[lifecycle]
+min_ttl = "1s"
+
 [[identities]]
 name = "bench"
 team = "bench"

@@ -39,14 +39,14 @@ impl<R: Runtime> AuditService for AuditApi<R> {
     ) -> Result<Response<proto::QueryAuditLogResponse>, Status> {
         let _call = self.gate.authorize(&req, Method::QueryAuditLog)?;
         let q = AuditQuery::try_from(req.into_inner())?;
+        // Bounded by count and by size: a page never outgrows what a client accepts.
         let page = self.manager.query_audit(&q)?;
-        let next_page_token = if page.len() == q.limit {
-            page.last().map(|r| r.seq.to_string()).unwrap_or_default()
-        } else {
-            String::new()
+        let next_page_token = match page.records.last() {
+            Some(last) if page.more => last.seq.to_string(),
+            _ => String::new(),
         };
         Ok(Response::new(proto::QueryAuditLogResponse {
-            events: page.into_iter().map(Into::into).collect(),
+            events: page.records.into_iter().map(Into::into).collect(),
             next_page_token,
         }))
     }
@@ -178,6 +178,8 @@ fn register_csv(list: &[proto::Experiment]) -> Vec<u8> {
         "created_at",
         "planned_end",
         "closed_at",
+        "closed_by",
+        "closed_by_team",
     ];
     let rows = list.iter().map(|e| {
         let status = proto::ExperimentStatus::try_from(e.status).map(|s| s.as_str_name()).unwrap_or_default();
@@ -195,7 +197,16 @@ fn register_csv(list: &[proto::Experiment]) -> Vec<u8> {
         let approvals: Vec<String> = e
             .approvals
             .iter()
-            .map(|a| format!("{} by {} at {}: {}", a.decision, a.approver, time(a.time.as_ref()), a.conditions))
+            .map(|a| {
+                format!(
+                    "{} by {} ({}) at {}: {}",
+                    a.decision,
+                    a.approver,
+                    a.approver_team,
+                    time(a.time.as_ref()),
+                    a.conditions
+                )
+            })
             .collect();
         vec![
             e.id.clone(),
@@ -215,6 +226,8 @@ fn register_csv(list: &[proto::Experiment]) -> Vec<u8> {
             time(e.created_at.as_ref()),
             time(e.planned_end.as_ref()),
             time(e.closed_at.as_ref()),
+            e.closed_by.clone(),
+            e.closed_by_team.clone(),
         ]
     });
     csv(&header, rows)

@@ -139,9 +139,11 @@ pub trait AuditSink: Send + Sync + 'static {
     fn record(&self, entry: AuditEntry);
 }
 
+/// Refusals go through the manager's bounds: a source repeating a refused
+/// call, or spraying different ones, cannot flood the audit log.
 impl<R: crate::runtime::Runtime> AuditSink for crate::lifecycle::Manager<R> {
     fn record(&self, entry: AuditEntry) {
-        crate::lifecycle::Manager::record(self, entry)
+        crate::lifecycle::Manager::record_refusal(self, entry)
     }
 }
 

@@ -167,9 +167,74 @@ pub fn system_time(field: &'static str, t: &pbjson_types::Timestamp) -> Result<S
 
 /// The sandbox id and the new ttl of an `ExtendSandbox` request.
 pub fn extend_request(r: proto::ExtendSandboxRequest) -> Result<(String, Duration), Error> {
-    required("id", &r.id)?;
+    id("id", &r.id)?;
     let ttl = r.ttl.as_ref().ok_or_else(|| Error::invalid("ttl", "must be set"))?;
     Ok((r.id, duration("ttl", ttl)?))
+}
+
+/// A sandbox or experiment id: checked (length first) before anything
+/// about the call is recorded, so no audit record can hold an unbounded id.
+pub fn id(field: &'static str, value: &str) -> Result<(), Error> {
+    crate::policy::admission::validate_name(field, value)
+}
+
+/// An optional filter naming an object: empty, or a valid name.
+pub fn filter(field: &'static str, value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        Ok(())
+    } else {
+        id(field, value)
+    }
+}
+
+/// Longest free-text filter (actor, action) accepted in a query.
+const FILTER_MAX: usize = 256;
+
+fn text_filter(field: &'static str, value: String) -> Result<Option<String>, Error> {
+    if value.len() > FILTER_MAX {
+        return Err(Error::invalid(field, format!("longer than {FILTER_MAX} bytes")));
+    }
+    Ok(non_empty(value))
+}
+
+/// Bounds on what an exec request may carry: generous for real commands,
+/// far below anything that could flood memory or the audit log.
+pub const EXEC_MAX_ARGS: usize = 4096;
+pub const EXEC_MAX_COMMAND_BYTES: usize = 256 * 1024;
+pub const EXEC_MAX_ENV: usize = 256;
+pub const EXEC_MAX_ENV_BYTES: usize = 64 * 1024;
+pub const PATH_MAX: usize = 4096;
+
+/// Checks an exec request's command, environment and working directory.
+pub fn exec_spec(command: Vec<String>, env: Vec<String>, workdir: String) -> Result<crate::runtime::ExecSpec, Error> {
+    if command.is_empty() || command[0].is_empty() {
+        return Err(Error::invalid("command", "must not be empty"));
+    }
+    if command.len() > EXEC_MAX_ARGS {
+        return Err(Error::invalid("command", format!("more than {EXEC_MAX_ARGS} arguments")));
+    }
+    if command.iter().map(String::len).sum::<usize>() > EXEC_MAX_COMMAND_BYTES {
+        return Err(Error::invalid("command", format!("longer than {EXEC_MAX_COMMAND_BYTES} bytes in all")));
+    }
+    if command.iter().any(|a| a.contains('\0')) {
+        return Err(Error::invalid("command", "contains a NUL byte"));
+    }
+    if env.len() > EXEC_MAX_ENV {
+        return Err(Error::invalid("env", format!("more than {EXEC_MAX_ENV} entries")));
+    }
+    if env.iter().map(String::len).sum::<usize>() > EXEC_MAX_ENV_BYTES {
+        return Err(Error::invalid("env", format!("longer than {EXEC_MAX_ENV_BYTES} bytes in all")));
+    }
+    if let Some(bad) = env.iter().find(|e| !e.contains('=') || e.starts_with('=') || e.contains('\0')) {
+        return Err(Error::invalid("env", format!("{} is not KEY=VALUE", crate::error::quoted(bad))));
+    }
+    if !workdir.is_empty() && (!workdir.starts_with('/') || workdir.len() > PATH_MAX || workdir.contains('\0')) {
+        return Err(Error::invalid(
+            "workdir",
+            format!("{} must be an absolute path of at most {PATH_MAX} bytes", crate::error::quoted(&workdir)),
+        ));
+    }
+    Ok(crate::runtime::ExecSpec { command, env, workdir: non_empty(workdir) })
 }
 
 /// A field that must hold something besides whitespace.
@@ -276,6 +341,7 @@ impl From<Experiment> for proto::Experiment {
                     time: Some(timestamp(a.time)),
                     decision: a.decision.as_str().to_string(),
                     conditions: a.conditions,
+                    approver_team: a.approver_team,
                 })
                 .collect(),
             outcome: match e.outcome {
@@ -288,6 +354,8 @@ impl From<Experiment> for proto::Experiment {
             created_at: Some(timestamp(e.created_at)),
             planned_end: e.planned_end.map(timestamp),
             closed_at: e.closed_at.map(timestamp),
+            closed_by: e.closed_by,
+            closed_by_team: e.closed_by_team,
         }
     }
 }
@@ -329,6 +397,9 @@ impl From<VerifyReport> for proto::VerifyAuditLogResponse {
 /// Default and largest audit page.
 const PAGE_DEFAULT: usize = 100;
 const PAGE_MAX: usize = 1000;
+/// Largest page of audit records sent in one response, well below the 4 MiB
+/// gRPC clients accept by default, whatever page size was asked for.
+pub const PAGE_BYTES: usize = 1024 * 1024;
 
 impl TryFrom<proto::QueryAuditLogRequest> for AuditQuery {
     type Error = Error;
@@ -347,12 +418,19 @@ impl TryFrom<proto::QueryAuditLogRequest> for AuditQuery {
         Ok(AuditQuery {
             since: r.since.as_ref().map(|t| system_time("since", t)).transpose()?,
             until: r.until.as_ref().map(|t| system_time("until", t)).transpose()?,
-            actor: non_empty(r.actor),
-            experiment: non_empty(r.experiment),
-            sandbox: non_empty(r.sandbox),
-            action: non_empty(r.action),
+            actor: text_filter("actor", r.actor)?,
+            experiment: {
+                filter("experiment", &r.experiment)?;
+                non_empty(r.experiment)
+            },
+            sandbox: {
+                filter("sandbox", &r.sandbox)?;
+                non_empty(r.sandbox)
+            },
+            action: text_filter("action", r.action)?,
             after_seq,
             limit,
+            max_bytes: PAGE_BYTES,
         })
     }
 }
@@ -637,20 +715,26 @@ mod tests {
             until in prop::option::of(any_proto_timestamp()),
             actor in nasty_string(),
             action in nasty_string(),
+            experiment in prop_oneof![Just(String::new()), nasty_string()],
+            sandbox in prop_oneof![Just(String::new()), nasty_string()],
             page_size in prop_oneof![0u32..2000, any::<u32>()],
             page_token in prop_oneof![Just(String::new()), any::<u64>().prop_map(|n| n.to_string()), nasty_string()],
         ) {
             let r = proto::QueryAuditLogRequest {
-                since, until, actor, action, page_size, page_token,
-                experiment: String::new(), sandbox: String::new(),
+                since, until, actor, action, page_size, page_token, experiment, sandbox,
             };
             match AuditQuery::try_from(r.clone()) {
                 Ok(q) => {
                     prop_assert!((1..=PAGE_MAX).contains(&q.limit));
                     prop_assert_eq!(q.actor.is_some(), !r.actor.trim().is_empty());
+                    // Every filter is bounded, and pages are bounded in bytes.
+                    for f in [&q.actor, &q.action, &q.experiment, &q.sandbox].into_iter().flatten() {
+                        prop_assert!(f.len() <= 256);
+                    }
+                    prop_assert_eq!(q.max_bytes, PAGE_BYTES);
                 }
                 Err(e) => {
-                    names_a_field(&e, &["since", "until", "page_size", "page_token"])?;
+                    names_a_field(&e, &["since", "until", "page_size", "page_token", "actor", "action", "experiment", "sandbox"])?;
                 }
             }
         }

@@ -72,7 +72,9 @@ impl<R: Runtime> RegisterService for RegisterApi<R> {
         let caller = self.gate.authorize(&req, Method::ApproveExperiment)?;
         let r = req.into_inner();
         id("id", &r.id)?;
-        Ok(Response::new(self.manager.decide_experiment(&caller, &r.id, Decision::Approved, r.conditions)?.into()))
+        Ok(Response::new(
+            self.manager.decide_experiment(&caller, &r.id, Decision::Approved, r.conditions).await?.into(),
+        ))
     }
 
     async fn reject_experiment(
@@ -82,7 +84,9 @@ impl<R: Runtime> RegisterService for RegisterApi<R> {
         let caller = self.gate.authorize(&req, Method::RejectExperiment)?;
         let r = req.into_inner();
         id("id", &r.id)?;
-        Ok(Response::new(self.manager.decide_experiment(&caller, &r.id, Decision::Rejected, r.conditions)?.into()))
+        Ok(Response::new(
+            self.manager.decide_experiment(&caller, &r.id, Decision::Rejected, r.conditions).await?.into(),
+        ))
     }
 
     async fn close_experiment(

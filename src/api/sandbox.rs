@@ -7,12 +7,12 @@ use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::auth::{Gate, Method};
-use super::convert::{duration, extend_request, required};
+use super::convert::{duration, exec_spec, extend_request, filter, id};
 use crate::lifecycle::{CopyOut, Manager};
 use crate::policy::CreateSandbox;
 use crate::proto;
 use crate::proto::sandbox_service_server::SandboxService;
-use crate::runtime::{ExecSpec, Runtime};
+use crate::runtime::Runtime;
 use crate::Error;
 
 type StatusStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -53,9 +53,9 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
 
     async fn get_sandbox(&self, req: Request<proto::GetSandboxRequest>) -> Result<Response<proto::Sandbox>, Status> {
         let caller = self.gate.authorize(&req, Method::GetSandbox)?;
-        let id = req.into_inner().id;
-        required("id", &id)?;
-        Ok(Response::new(self.manager.get(&caller, &id)?.into()))
+        let sandbox = req.into_inner().id;
+        id("id", &sandbox)?;
+        Ok(Response::new(self.manager.get(&caller, &sandbox)?.into()))
     }
 
     async fn list_sandboxes(
@@ -64,6 +64,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
     ) -> Result<Response<proto::ListSandboxesResponse>, Status> {
         let caller = self.gate.authorize(&req, Method::ListSandboxes)?;
         let r = req.into_inner();
+        filter("experiment", &r.experiment)?;
         let list = self.manager.list(&caller, opt(r.experiment), r.include_ended)?;
         Ok(Response::new(proto::ListSandboxesResponse { sandboxes: list.into_iter().map(Into::into).collect() }))
     }
@@ -82,9 +83,9 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         req: Request<proto::DeleteSandboxRequest>,
     ) -> Result<Response<proto::Sandbox>, Status> {
         let caller = self.gate.authorize(&req, Method::DeleteSandbox)?;
-        let id = req.into_inner().id;
-        required("id", &id)?;
-        Ok(Response::new(self.manager.delete(&caller, &id).await?.into()))
+        let sandbox = req.into_inner().id;
+        id("id", &sandbox)?;
+        Ok(Response::new(self.manager.delete(&caller, &sandbox).await?.into()))
     }
 
     type WatchSandboxesStream = StatusStream<proto::SandboxEvent>;
@@ -95,6 +96,8 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
     ) -> Result<Response<Self::WatchSandboxesStream>, Status> {
         let caller = self.gate.authorize(&req, Method::WatchSandboxes)?;
         let r = req.into_inner();
+        filter("id", &r.id)?;
+        filter("experiment", &r.experiment)?;
         let events = self.manager.watch(&caller, opt(r.id), opt(r.experiment));
         Ok(Response::new(caller.hold(events.map(|e| Ok(e.into()))).boxed()))
     }
@@ -104,9 +107,9 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
     async fn exec(&self, req: Request<proto::ExecRequest>) -> Result<Response<Self::ExecStream>, Status> {
         let caller = self.gate.authorize(&req, Method::Exec)?;
         let r = req.into_inner();
-        required("id", &r.id)?;
+        id("id", &r.id)?;
         let timeout = r.timeout.as_ref().map(|d| duration("timeout", d)).transpose()?;
-        let spec = ExecSpec { command: r.command, env: r.env, workdir: opt(r.workdir) };
+        let spec = exec_spec(r.command, r.env, r.workdir)?;
         let out = self.manager.exec(&caller, &r.id, spec, timeout).await?;
         Ok(Response::new(caller.hold(out.map(|o| o.map(Into::into).map_err(Status::from))).boxed()))
     }
@@ -144,7 +147,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
             Some(proto::CopyInRequest { part: Some(Part::Header(h)) }) => h,
             _ => return Err(Error::invalid("header", "the first message must be the header").into()),
         };
-        required("id", &header.id)?;
+        id("id", &header.id)?;
         let data = stream
             .map(|m| match m {
                 Ok(proto::CopyInRequest { part: Some(Part::Chunk(b)) }) => Ok(b),
@@ -162,7 +165,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
     async fn copy_out(&self, req: Request<proto::CopyOutRequest>) -> Result<Response<Self::CopyOutStream>, Status> {
         let caller = self.gate.authorize(&req, Method::CopyOut)?;
         let r = req.into_inner();
-        required("id", &r.id)?;
+        id("id", &r.id)?;
         let out = self.manager.copy_out(&caller, &r.id, &r.path).await?;
         Ok(Response::new(
             caller

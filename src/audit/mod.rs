@@ -10,6 +10,8 @@
 //! Anyone who can rewrite the whole file can rewrite the whole chain, so the
 //! head hash ([`VerifyReport::head_hash`]) is what auditors record elsewhere.
 
+pub mod refusals;
+
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
@@ -60,6 +62,8 @@ pub mod action {
     pub const ABANDON: &str = "abandon";
     /// Closing an experiment tore down one of its sandboxes.
     pub const CLOSE_TEARDOWN: &str = "close-teardown";
+    /// Rejecting an experiment tore down one of its sandboxes.
+    pub const REJECT_TEARDOWN: &str = "reject-teardown";
     /// A sandbox's main process ended (exit code and OOM kill in the reason).
     pub const EXIT: &str = "exit";
     pub const OOM_KILL: &str = "oom-kill";
@@ -118,6 +122,62 @@ pub struct AuditEntry {
     pub reason: String,
     /// The caller's network address, or `daemon`.
     pub source: String,
+}
+
+/// Longest reason kept in a record; longer ones are cut, saying how long they were.
+pub const REASON_MAX: usize = 4096;
+/// Longest of any other field (names, ids, actions, codes, addresses).
+pub const FIELD_MAX: usize = 256;
+
+impl AuditEntry {
+    /// The entry with every field within [`FIELD_MAX`] (the reason within
+    /// [`REASON_MAX`]). Callers bound what they put in; this makes sure no
+    /// record, whatever its source, holds unbounded input.
+    pub fn bounded(mut self) -> AuditEntry {
+        for f in [
+            &mut self.actor,
+            &mut self.role,
+            &mut self.action,
+            &mut self.target,
+            &mut self.experiment,
+            &mut self.sandbox,
+            &mut self.code,
+            &mut self.source,
+        ] {
+            cut(f, FIELD_MAX);
+        }
+        cut(&mut self.reason, REASON_MAX);
+        self
+    }
+
+    /// Roughly how many bytes the entry takes, for bounding pages.
+    pub fn approx_size(&self) -> usize {
+        let fields = [
+            &self.actor,
+            &self.role,
+            &self.action,
+            &self.target,
+            &self.experiment,
+            &self.sandbox,
+            &self.code,
+            &self.reason,
+            &self.source,
+        ];
+        // Hashes (hex), numbers, time and the field framing.
+        200 + fields.iter().map(|f| f.len()).sum::<usize>()
+    }
+}
+
+/// Cuts `s` to at most `max` bytes (on a character boundary), marking the cut.
+fn cut(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let note = format!("… [cut: {} bytes]", s.len());
+    let keep = max.saturating_sub(note.len());
+    let at = (0..=keep).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+    s.truncate(at);
+    s.push_str(&note);
 }
 
 /// An entry as stored: numbered and chained.
@@ -297,6 +357,18 @@ mod tests {
             r.seq = i as u64 + 1;
         }
         assert_eq!(check(&renumbered, head).first_bad_seq, 7);
+    }
+
+    #[test]
+    fn bounded_entries_hold_no_unbounded_input() {
+        let mut e = entry(1);
+        e.target = "é".repeat(1_000_000);
+        e.reason = "r".repeat(5_000_000);
+        let b = e.bounded();
+        assert!(b.target.len() <= FIELD_MAX && b.target.ends_with("[cut: 2000000 bytes]"), "{}", b.target.len());
+        assert!(b.reason.len() <= REASON_MAX && b.reason.ends_with("[cut: 5000000 bytes]"));
+        let small = entry(2);
+        assert_eq!(small.clone().bounded(), small, "short entries are untouched");
     }
 
     #[test]

@@ -745,7 +745,7 @@ async fn profile(clients: &Clients, cmd: ProfileCommand, as_json: bool) -> Resul
 
 fn active_row(a: &proto::ActiveExperiment) -> Vec<String> {
     let e = a.experiment.clone().unwrap_or_default();
-    let approval = e.approvals.last().map(|a| format!("{} by {}", a.decision, a.approver));
+    let approval = e.approvals.last().map(|a| format!("{} by {} ({})", a.decision, a.approver, a.approver_team));
     let sandboxes: Vec<String> = a
         .sandboxes
         .iter()
@@ -826,10 +826,11 @@ fn show_experiment(e: &proto::Experiment, as_json: bool) -> Result<(), Failure> 
     }
     for a in &e.approvals {
         println!(
-            "{:<15} {} by {} at {} {}",
+            "{:<15} {} by {} (team {}) at {} {}",
             "decision",
             a.decision,
             a.approver,
+            a.approver_team,
             when_abs(a.time.as_ref()),
             a.conditions
         );
@@ -838,7 +839,14 @@ fn show_experiment(e: &proto::Experiment, as_json: bool) -> Result<(), Failure> 
         let outcome = proto::ExperimentOutcome::try_from(e.outcome)
             .map(|o| o.as_str_name().trim_start_matches("EXPERIMENT_OUTCOME_").to_lowercase())
             .unwrap_or_default();
-        println!("{:<15} {outcome} at {}: {}", "closed", when_abs(e.closed_at.as_ref()), e.lessons_learnt);
+        println!(
+            "{:<15} {outcome} by {} (team {}) at {}: {}",
+            "closed",
+            e.closed_by,
+            e.closed_by_team,
+            when_abs(e.closed_at.as_ref()),
+            e.lessons_learnt
+        );
     }
     Ok(())
 }

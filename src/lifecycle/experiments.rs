@@ -6,13 +6,14 @@ use std::time::{Duration, SystemTime};
 use super::Manager;
 use crate::audit::action;
 use crate::auth::Caller;
+use crate::policy::Rule;
 use crate::register::{new_id, Decision, Experiment, NewExperiment, Outcome, Status};
 use crate::runtime::Runtime;
 use crate::sandbox::{Sandbox, SandboxState};
-use crate::store::{ExperimentFilter, ListFilter};
+use crate::store::{ExperimentFilter, ListFilter, Versioned};
 use crate::{Error, Result};
 
-/// An experiment that is not closed, with its live sandboxes.
+/// An experiment that may have sandboxes (proposed or approved), with its live sandboxes.
 #[derive(Debug, Clone)]
 pub struct ActiveExperiment {
     pub experiment: Experiment,
@@ -33,9 +34,9 @@ impl<R: Runtime> Manager<R> {
         let result = Experiment::new(new_id(), &caller.name, &caller.team, new, SystemTime::now()).and_then(|e| {
             let reason = format!("'{}' declared {}", e.title, e.classification);
             let entry = self.entry(Some(caller), action::REGISTER_EXPERIMENT, &e.id, "", Ok(reason));
-            let rec = self.store.put_experiment(&e, Some(entry))?;
+            let rec = self.store.insert_experiment(&e, Some(entry))?;
             self.published(rec);
-            Ok(e)
+            Ok(Experiment { version: 1, ..e })
         });
         self.register_result(caller, action::REGISTER_EXPERIMENT, "", result)
     }
@@ -58,8 +59,10 @@ impl<R: Runtime> Manager<R> {
         self.store.list_experiments(&ExperimentFilter { team, status })
     }
 
-    /// An approver's decision on a proposed experiment of another team.
-    pub fn decide_experiment(
+    /// An approver's decision on a proposed experiment of another team. A
+    /// rejection tears down the sandboxes it already has (at OFFICIAL a
+    /// proposed experiment may have some).
+    pub async fn decide_experiment(
         &self,
         caller: &Caller,
         id: &str,
@@ -70,19 +73,23 @@ impl<R: Runtime> Manager<R> {
             Decision::Approved => action::APPROVE_EXPERIMENT,
             Decision::Rejected => action::REJECT_EXPERIMENT,
         };
-        let result = self.get_experiment(caller, id).and_then(|mut e| {
-            e.decide(&caller.name, &caller.team, decision, conditions, SystemTime::now())?;
-            let approval = e.approvals.last().map(|a| a.conditions.clone()).unwrap_or_default();
-            let reason = if approval.is_empty() {
-                decision.as_str().to_string()
-            } else {
-                format!("{}: {approval}", decision.as_str())
-            };
-            let rec = self.store.put_experiment(&e, Some(self.entry(Some(caller), act, id, "", Ok(reason))))?;
-            self.published(rec);
-            Ok(e)
-        });
-        self.register_result(caller, act, id, result)
+        let result = self
+            .transition(caller, id, act, |e| {
+                e.decide(&caller.name, &caller.team, decision, conditions, SystemTime::now())?;
+                let approval = e.approvals.last().map(|a| a.conditions.clone()).unwrap_or_default();
+                Ok(if approval.is_empty() {
+                    decision.as_str().to_string()
+                } else {
+                    format!("{}: {approval}", decision.as_str())
+                })
+            })
+            .await;
+        let (e, live) = self.register_result(caller, act, id, result)?;
+        if decision == Decision::Rejected {
+            let reason = format!("experiment rejected by {}", caller.name);
+            self.teardown_all(caller, live, &reason, action::REJECT_TEARDOWN).await?;
+        }
+        Ok(e)
     }
 
     /// Closes an experiment with its outcome and lessons learnt, then tears
@@ -94,34 +101,78 @@ impl<R: Runtime> Manager<R> {
         outcome: Outcome,
         lessons: String,
     ) -> Result<Experiment> {
-        let result = self.get_experiment(caller, id).and_then(|mut e| {
-            e.close(outcome, lessons, SystemTime::now())?;
-            let reason = format!("outcome {}", outcome.as_str());
-            let rec = self
-                .store
-                .put_experiment(&e, Some(self.entry(Some(caller), action::CLOSE_EXPERIMENT, id, "", Ok(reason))))?;
-            self.published(rec);
-            Ok(e)
-        });
-        let e = self.register_result(caller, action::CLOSE_EXPERIMENT, id, result)?;
-        // Closed experiments admit no new sandboxes, so this list cannot grow.
-        let live = self.store.list(&ListFilter { experiment: Some(id.to_string()), ..Default::default() })?;
-        for sb in live {
-            let reason = format!("experiment closed by {}", caller.name);
-            self.teardown(&sb.id, SandboxState::Deleted, reason, Some(caller), action::CLOSE_TEARDOWN, |_| true)
-                .await?;
-        }
+        let result = self
+            .transition(caller, id, action::CLOSE_EXPERIMENT, |e| {
+                e.close(&caller.name, &caller.team, outcome, lessons, SystemTime::now())?;
+                Ok(format!("outcome {}", outcome.as_str()))
+            })
+            .await;
+        let (e, live) = self.register_result(caller, action::CLOSE_EXPERIMENT, id, result)?;
+        let reason = format!("experiment closed by {}", caller.name);
+        self.teardown_all(caller, live, &reason, action::CLOSE_TEARDOWN).await?;
         Ok(e)
     }
 
-    /// The oversight view: every experiment not closed, its live sandboxes and their time left.
+    /// Applies `change` to the experiment and writes it only if no other
+    /// write came between reading and writing it (compare-and-set on its
+    /// version), with its audit record in the same transaction. Returns the
+    /// experiment as written and the sandboxes it had then.
+    ///
+    /// Holds the experiment's team lock from reading it until its live
+    /// sandboxes are listed: creates for that team hold the same lock from
+    /// admission until their record is stored, so a create either sees the
+    /// new status or is in the list this returns; none slips between.
+    async fn transition(
+        &self,
+        caller: &Caller,
+        id: &str,
+        act: &str,
+        change: impl FnOnce(&mut Experiment) -> Result<String>,
+    ) -> Result<(Experiment, Vec<Sandbox>)> {
+        let team = self.get_experiment(caller, id)?.team;
+        let _team_guard = self.locks.lock(&format!("team:{team}")).await;
+        let mut e = self.get_experiment(caller, id)?;
+        let reason = change(&mut e)?;
+        let entry = self.entry(Some(caller), act, id, "", Ok(reason));
+        match self.store.update_experiment(&e, entry)? {
+            Versioned::Written(rec) => self.published(Some(*rec)),
+            Versioned::Stale(now) => {
+                let found = now.map_or("gone".to_string(), |n| n.status.as_str().to_string());
+                return Err(Error::FailedPrecondition(format!(
+                    "experiment '{id}' is {found}: another decision changed it first; nothing was changed"
+                )));
+            }
+        }
+        e.version += 1;
+        let live = self.store.list(&ListFilter { experiment: Some(id.to_string()), ..Default::default() })?;
+        Ok((e, live))
+    }
+
+    /// Tears down the sandboxes an experiment had when it was rejected or closed.
+    async fn teardown_all(&self, caller: &Caller, live: Vec<Sandbox>, reason: &str, act: &str) -> Result<()> {
+        for sb in live {
+            self.teardown(&sb.id, SandboxState::Deleted, reason, Some(caller), act, |_| true).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the experiment of `sb` still lets it be used (extend, exec,
+    /// file transfer): the admission rules on experiment status, checked again.
+    pub(super) fn experiment_in_force(&self, sb: &Sandbox) -> Result<()> {
+        let experiment = self.store.get_experiment(&sb.experiment)?.ok_or_else(|| {
+            Error::denied(Rule::ExperimentRegistered, format!("experiment '{}' is not in the register", sb.experiment))
+        })?;
+        crate::policy::admission::experiment_in_force(&experiment, sb.classification, &sb.profile)
+    }
+
+    /// The oversight view: every experiment that may have sandboxes, its live sandboxes and their time left.
     pub fn active_experiments(&self) -> Result<Vec<ActiveExperiment>> {
         let now = SystemTime::now();
         let live = self.store.list(&ListFilter::default())?;
         let experiments = self.store.list_experiments(&ExperimentFilter::default())?;
         Ok(experiments
             .into_iter()
-            .filter(|e| e.status != Status::Closed)
+            .filter(Experiment::may_have_sandboxes)
             .map(|experiment| {
                 let sandboxes = live
                     .iter()

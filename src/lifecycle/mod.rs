@@ -70,6 +70,8 @@ pub struct Settings {
     pub profiles_dir: std::path::PathBuf,
     pub host_rules: crate::policy::HostRules,
     pub quotas: crate::policy::admission::TeamQuotas,
+    /// How refusals are bounded in the audit log.
+    pub refusals: crate::audit::refusals::Limits,
 }
 
 /// The result of reloading the profiles directory.
@@ -105,8 +107,14 @@ pub struct Manager<R: Runtime> {
     pools: pool::Pools,
     /// Sandboxes whose create is in flight in this process; reconcile leaves them be.
     creating: Mutex<HashSet<String>>,
-    /// Whether a reconcile pass has adopted what Docker had at start.
-    adopted: std::sync::atomic::AtomicBool,
+    /// Live sandboxes this process has made or taken over: reconcile adopts
+    /// only those it finds that are not in here yet.
+    tracked: Mutex<HashSet<String>>,
+    /// Sandboxes whose expiry is being carried out: a deadline that falls due
+    /// again meanwhile (reconcile puts deadlines back) starts no second one.
+    expiring: Mutex<HashSet<String>>,
+    /// Refusals waiting to be summarised, so that none floods the audit log.
+    refusals: Mutex<crate::audit::refusals::Refusals>,
     shutdown: watch::Sender<bool>,
     due_rx: Mutex<Option<mpsc::UnboundedReceiver<Due>>>,
 }
@@ -126,6 +134,7 @@ impl<R: Runtime> Manager<R> {
     pub fn new(runtime: R, store: Arc<dyn Store>, profiles: ProfileSet, settings: Settings) -> Result<Arc<Self>> {
         let instance = store.instance_id()?;
         let (due_tx, due_rx) = mpsc::unbounded_channel();
+        let refusals = crate::audit::refusals::Refusals::new(settings.refusals);
         Ok(Arc::new(Manager {
             runtime,
             store,
@@ -139,7 +148,9 @@ impl<R: Runtime> Manager<R> {
             locks: locks::KeyedLocks::default(),
             pools: pool::Pools::default(),
             creating: Mutex::new(HashSet::new()),
-            adopted: std::sync::atomic::AtomicBool::new(false),
+            tracked: Mutex::new(HashSet::new()),
+            expiring: Mutex::new(HashSet::new()),
+            refusals: Mutex::new(refusals),
             shutdown: watch::channel(false).0,
             due_rx: Mutex::new(Some(due_rx)),
         }))
@@ -164,6 +175,7 @@ impl<R: Runtime> Manager<R> {
             tokio::spawn(Arc::clone(self).reconcile_loop()),
             tokio::spawn(Arc::clone(self).follow_events()),
             tokio::spawn(Arc::clone(self).pool_loop()),
+            tokio::spawn(Arc::clone(self).refusal_loop()),
         ]))
     }
 
@@ -287,6 +299,36 @@ impl<R: Runtime> Manager<R> {
         }
     }
 
+    /// Records a refusal (a call or connection that changed nothing), unless
+    /// it repeats one already recorded in this window or its source has had
+    /// its share of records: those are counted and summarised when the
+    /// window closes ([`crate::audit::refusals`]).
+    pub fn record_refusal(&self, entry: AuditEntry) {
+        let admitted = self.refusals.lock().unwrap_or_else(|p| p.into_inner()).admit(entry);
+        match admitted {
+            Some(e) => self.record(e),
+            None => crate::metrics::global().refusal_summarised(),
+        }
+    }
+
+    /// Writes the summaries of the refusals counted in the window now closing.
+    pub fn flush_refusals(&self) {
+        let summaries = self.refusals.lock().unwrap_or_else(|p| p.into_inner()).flush(SystemTime::now());
+        for e in summaries {
+            self.record(e);
+        }
+    }
+
+    async fn refusal_loop(self: Arc<Self>) {
+        let window = self.settings.refusals.window;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush_refusals();
+        }
+    }
+
     /// The experiment of a sandbox, for audit records (empty when unknown).
     fn experiment_of(&self, id: &str) -> String {
         self.store.get(id).ok().flatten().map(|s| s.experiment).unwrap_or_default()
@@ -294,7 +336,7 @@ impl<R: Runtime> Manager<R> {
 
     /// Records a refused or failed request that changed nothing.
     fn record_error(&self, caller: &Caller, action: &str, experiment: &str, sandbox: &str, e: &Error) {
-        self.record(self.entry(Some(caller), action, experiment, sandbox, Err(e)));
+        self.record_refusal(self.entry(Some(caller), action, experiment, sandbox, Err(e)));
     }
 
     fn schedule(&self, sb: &Sandbox) {
@@ -364,7 +406,12 @@ impl<R: Runtime> egress::Policy for Manager<R> {
         };
         let mut entry = self.entry(None, action::EGRESS, &experiment, &sandbox, result.as_ref().map(Clone::clone));
         entry.source = d.source.to_string();
-        self.record(entry);
+        if result.is_ok() {
+            self.record(entry);
+        } else {
+            // A sandbox retrying a refused destination is one record per window, with a count.
+            self.record_refusal(entry);
+        }
     }
 }
 
@@ -515,6 +562,7 @@ impl<R: Runtime> Manager<R> {
             let _ = self.store.put(&sb, None);
             return Err(e);
         }
+        self.track(&sb.id);
         self.schedule(&sb);
         self.egress_learn(&sb);
         crate::metrics::global().provisioned(crate::metrics::Source::Cold, started.elapsed());
@@ -555,6 +603,8 @@ impl<R: Runtime> Manager<R> {
         if sb.state != SandboxState::Running {
             return Err(Error::FailedPrecondition(format!("sandbox '{id}' is {}, not running", sb.state.as_str())));
         }
+        self.experiment_in_force(&sb)?;
+        crate::policy::admission::check_min_ttl(ttl, self.settings.host.min_ttl)?;
         sb.expires_at = extend_deadline(&sb.profile, sb.max_expires_at, ttl, SystemTime::now())?;
         let reason = format!("ttl {} until {}", crate::time::format_duration(ttl), crate::time::rfc3339(sb.expires_at));
         self.commit(&sb, self.entry(Some(caller), action::EXTEND_SANDBOX, &sb.experiment, id, Ok(reason)))?;
@@ -606,6 +656,9 @@ impl<R: Runtime> Manager<R> {
         image: Option<&str>,
     ) -> Result<(String, BoxStream<Result<PullProgress>>)> {
         crate::policy::admission::validate_name("profile", profile)?;
+        if let Some(i) = image {
+            crate::policy::admission::validate_image(i)?;
+        }
         let profiles = self.profiles();
         let p =
             profiles.get(profile).ok_or_else(|| Error::invalid("profile", format!("unknown profile '{profile}'")))?;
@@ -650,15 +703,10 @@ impl<R: Runtime> Manager<R> {
         if !caller.may_use(&sb.team) {
             return Err(Error::PermissionDenied("exec needs the requester role in the sandbox's team".into()));
         }
-        if spec.command.is_empty() || spec.command[0].is_empty() {
-            return Err(Error::invalid("command", "must not be empty"));
-        }
-        if let Some(bad) = spec.env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
-            return Err(Error::invalid("env", format!("'{bad}' is not KEY=VALUE")));
-        }
         let (Some(cid), SandboxState::Running) = (sb.container_id.clone(), sb.state) else {
             return Err(Error::FailedPrecondition(format!("sandbox '{id}' is {}, not running", sb.state.as_str())));
         };
+        self.experiment_in_force(&sb)?;
         // On record before the command runs: what was run, by whom.
         let mut command = spec.command.join(" ");
         if command.len() > AUDIT_COMMAND_MAX {
@@ -730,7 +778,7 @@ impl<R: Runtime> Manager<R> {
 
     // ---- the audit log ------------------------------------------------
 
-    pub fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+    pub fn query_audit(&self, q: &AuditQuery) -> Result<crate::store::AuditPage> {
         self.store.query_audit(q)
     }
 
@@ -761,10 +809,23 @@ impl<R: Runtime> Manager<R> {
         action: &str,
         still: impl FnOnce(&Sandbox) -> bool,
     ) -> Result<Sandbox> {
+        self.end(id, state, reason, caller, action, still).await.map(|(sb, _)| sb)
+    }
+
+    /// [`Manager::teardown`], and whether this call ended the sandbox.
+    async fn end(
+        &self,
+        id: &str,
+        state: SandboxState,
+        reason: impl Into<String>,
+        caller: Option<&Caller>,
+        action: &str,
+        still: impl FnOnce(&Sandbox) -> bool,
+    ) -> Result<(Sandbox, bool)> {
         let _guard = self.locks.lock(id).await;
         let mut sb = self.store.get(id)?.ok_or_else(|| Error::not_found("sandbox", id))?;
         if sb.state.is_ended() || !still(&sb) {
-            return Ok(sb);
+            return Ok((sb, false));
         }
         let target = sb.container_id.clone().unwrap_or_else(|| container_name(id));
         self.runtime.remove(&target, sb.network_name().as_deref()).await?;
@@ -772,6 +833,7 @@ impl<R: Runtime> Manager<R> {
         sb.end(state, reason, SystemTime::now());
         self.commit(&sb, self.entry(caller, action, &sb.experiment, id, Ok(sb.state_reason.clone())))?;
         self.scheduler.cancel(id);
+        self.untrack(id);
         let kind = match state {
             SandboxState::Expired => EventKind::Expired,
             SandboxState::Deleted => EventKind::Deleted,
@@ -780,7 +842,16 @@ impl<R: Runtime> Manager<R> {
         };
         tracing::info!(sandbox = %id, state = state.as_str(), reason = %sb.state_reason, "sandbox ended");
         self.emit(kind, &sb, sb.state_reason.clone());
-        Ok(sb)
+        Ok((sb, true))
+    }
+
+    /// Marks a live sandbox as made or taken over by this process; whether it was new to it.
+    fn track(&self, id: &str) -> bool {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string())
+    }
+
+    fn untrack(&self, id: &str) {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     /// Handles due deadlines: warnings at once, expiries in bounded parallel,
@@ -802,14 +873,19 @@ impl<R: Runtime> Manager<R> {
                     }
                 }
                 Due::Expire(id) => {
+                    if !self.expiring.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
+                        // Already being expired (reconcile put the deadline back meanwhile).
+                        continue;
+                    }
                     let this = Arc::clone(&self);
                     let permits = Arc::clone(&permits);
                     tokio::spawn(async move {
                         // Stop it now; removing it (slower, and Docker does
                         // removals one at a time) can wait for a permit.
-                        let stopped = this.stop_expired(&id).await;
+                        let killed = this.stop_expired(&id).await;
                         let _permit = permits.acquire_owned().await;
-                        this.expire(&id, stopped).await;
+                        this.expire(&id, killed).await;
+                        this.expiring.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                     });
                 }
             }
@@ -818,38 +894,33 @@ impl<R: Runtime> Manager<R> {
 
     /// Kills an expired sandbox's container at once, so that many sandboxes
     /// falling due together all stop on time. Best effort: the teardown that
-    /// follows kills and removes in any case. Whether it stopped the sandbox
-    /// (its lateness is then in the metrics).
-    async fn stop_expired(&self, id: &str) -> bool {
+    /// follows kills and removes in any case. When it stopped the sandbox.
+    async fn stop_expired(&self, id: &str) -> Option<SystemTime> {
         let _guard = self.locks.lock(id).await;
-        let Ok(Some(sb)) = self.store.get(id) else { return false };
+        let Ok(Some(sb)) = self.store.get(id) else { return None };
         if sb.state.is_ended() || sb.expires_at > SystemTime::now() {
-            return false;
+            return None;
         }
-        let Some(cid) = &sb.container_id else { return false };
+        let cid = sb.container_id.as_ref()?;
         match self.runtime.kill(cid).await {
-            Ok(()) => {
-                crate::metrics::global().expired(SystemTime::now().duration_since(sb.expires_at).unwrap_or_default());
-                true
-            }
+            Ok(()) => Some(SystemTime::now()),
             Err(e) => {
                 tracing::debug!(sandbox = %id, error = %e, "kill at expiry failed; the teardown will retry");
-                false
+                None
             }
         }
     }
 
-    /// Tears an expired sandbox down, retrying while Docker refuses. `stopped`:
-    /// the kill at expiry already stopped it.
-    async fn expire(&self, id: &str, stopped: bool) {
+    /// Tears an expired sandbox down, retrying while Docker refuses. `killed`:
+    /// when the kill at expiry stopped it. Its lateness goes into the metrics
+    /// once, by the call that recorded it expired.
+    async fn expire(&self, id: &str, killed: Option<SystemTime>) {
         let now = SystemTime::now();
-        let teardown =
-            || self.teardown(id, SandboxState::Expired, "ttl reached", None, action::EXPIRE, |sb| sb.expires_at <= now);
-        if let Some(sb) = with_backoff("expiry teardown", id, teardown).await {
-            if !stopped && sb.state == SandboxState::Expired && sb.ended_at.is_some_and(|t| t >= now) {
-                let late = SystemTime::now().duration_since(sb.expires_at).unwrap_or_default();
-                crate::metrics::global().expired(late);
-            }
+        let end =
+            || self.end(id, SandboxState::Expired, "ttl reached", None, action::EXPIRE, |sb| sb.expires_at <= now);
+        if let Some((sb, true)) = with_backoff("expiry teardown", id, end).await {
+            let stopped = killed.or(sb.ended_at).unwrap_or(now);
+            crate::metrics::global().expired(stopped.duration_since(sb.expires_at).unwrap_or_default());
         }
     }
 }

@@ -155,6 +155,7 @@ impl<R: Runtime> Manager<R> {
                 crate::time::rfc3339(sb.expires_at)
             );
             self.commit(&sb, self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason)))?;
+            self.track(&sb.id);
             self.schedule(&sb);
             self.egress_learn(&sb);
             counters.0.fetch_add(1, Ordering::Relaxed);
@@ -292,6 +293,7 @@ impl<R: Runtime> Manager<R> {
                         self.undo_create(&container_name(&sb.id), sb.network_name().as_deref()).await;
                         return Err(e);
                     }
+                    self.track(&sb.id);
                     self.schedule(&sb);
                     self.pools.push(&profile.name, sb.id.clone());
                     Ok(())

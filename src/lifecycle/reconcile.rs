@@ -26,6 +26,7 @@ const EVENTS_RETRY_MAX: Duration = Duration::from_secs(10);
 /// What one reconcile pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
+    /// Live sandboxes this process found for the first time (after a restart): taken over.
     pub adopted: usize,
     pub orphans_removed: usize,
     pub leftovers_removed: usize,
@@ -185,9 +186,13 @@ impl<R: Runtime> Manager<R> {
                     }
                 }
                 (_, Some(_)) => {
-                    // Live: keep (or put back) its deadlines; an expired one falls due at once.
+                    // Live: keep (or put back) its deadlines; an expired one
+                    // falls due at once. Adopted only the first time this
+                    // process finds it (after a restart), not on every pass.
+                    if self.track(&sb.id) {
+                        report.adopted += 1;
+                    }
                     self.schedule(&sb);
-                    report.adopted += 1;
                 }
             }
         }
@@ -210,6 +215,7 @@ impl<R: Runtime> Manager<R> {
         sb.end(SandboxState::Lost, "container vanished from Docker", SystemTime::now());
         self.commit(&sb, self.entry(None, action::LOST, &sb.experiment, id, Ok(sb.state_reason.clone())))?;
         self.scheduler.cancel(id);
+        self.untrack(id);
         tracing::warn!(sandbox = %id, "sandbox lost: its container is gone");
         self.emit(EventKind::Lost, &sb, sb.state_reason.clone());
         Ok(true)
@@ -287,10 +293,7 @@ impl<R: Runtime> Manager<R> {
         match self.reconcile().await {
             Ok(r) => {
                 metrics.reconciled("ok");
-                // Every pass keeps the live sandboxes; only the first adopts them.
-                if !self.adopted.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    metrics.reconcile_action("adopted", r.adopted);
-                }
+                metrics.reconcile_action("adopted", r.adopted);
                 metrics.reconcile_action("orphan_removed", r.orphans_removed);
                 metrics.reconcile_action("leftover_removed", r.leftovers_removed);
                 metrics.reconcile_action("lost", r.lost);

@@ -35,7 +35,10 @@ fn tar(args: &str) -> Vec<String> {
 
 fn check_path(path: &str) -> Result<()> {
     if !path.starts_with('/') || path.split('/').any(|p| p == "..") || path.contains('\0') || path.len() > 4096 {
-        return Err(Error::invalid("path", format!("'{path}' must be an absolute path without '..'")));
+        return Err(Error::invalid(
+            "path",
+            format!("{} must be an absolute path without '..', at most 4096 bytes", crate::error::quoted(path)),
+        ));
     }
     Ok(())
 }
@@ -61,6 +64,7 @@ impl<R: Runtime> Manager<R> {
         }
         match (&sb.container_id, sb.state) {
             (Some(cid), SandboxState::Running) => {
+                self.experiment_in_force(&sb)?;
                 let cid = cid.clone();
                 Ok((sb, cid))
             }

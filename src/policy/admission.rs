@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use super::classification::Classification;
 use super::profile::{Profile, ProfileSet};
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::register::{Experiment, Status};
 
 /// Longest accepted experiment id or image reference.
@@ -33,6 +33,28 @@ pub struct HostPolicy {
     pub max_classification: Classification,
     /// Operator-declared datasets.
     pub datasets: Vec<Dataset>,
+    /// The shortest ttl a create or an extension may ask for.
+    pub min_ttl: Duration,
+}
+
+/// The shortest ttl accepted unless the host's config says otherwise: a
+/// sandbox that lives only seconds is a mistake or a way to flood the audit
+/// log with lifecycle records.
+pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(10);
+
+/// Refuses a ttl below the host's minimum, naming the field.
+pub fn check_min_ttl(ttl: Duration, min: Duration) -> Result<()> {
+    if ttl < min {
+        return Err(Error::invalid(
+            "ttl",
+            format!(
+                "{} is below the minimum of {} (lifecycle.min_ttl)",
+                crate::time::format_duration_ms(ttl),
+                crate::time::format_duration_ms(min)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// How many live sandboxes (provisioning, running or exited) each team may have.
@@ -170,17 +192,21 @@ pub fn validate_name(field: &'static str, value: &str) -> Result<()> {
         return Err(Error::invalid(field, format!("longer than {MAX_ID_LEN} characters")));
     }
     if !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-        return Err(Error::invalid(field, format!("'{value}' may contain only letters, digits, '.', '_' and '-'")));
+        return Err(Error::invalid(
+            field,
+            format!("{} may contain only letters, digits, '.', '_' and '-'", quoted(value)),
+        ));
     }
     Ok(())
 }
 
-fn validate_image(image: &str) -> Result<()> {
+/// An image reference: 1-255 bytes, no whitespace or control characters.
+pub fn validate_image(image: &str) -> Result<()> {
     if image.len() > MAX_IMAGE_LEN {
         return Err(Error::invalid("image", format!("longer than {MAX_IMAGE_LEN} characters")));
     }
     if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Error::invalid("image", format!("'{image}' is not an image reference")));
+        return Err(Error::invalid("image", format!("{} is not an image reference", quoted(image))));
     }
     Ok(())
 }
@@ -247,22 +273,7 @@ pub fn admit(
             ),
         ));
     }
-    if matches!(experiment.status, Status::Rejected | Status::Closed) {
-        return Err(Error::denied(
-            Rule::ExperimentStatus,
-            format!("experiment '{}' is {}", experiment.id, experiment.status.as_str()),
-        ));
-    }
-    let needs_approval = req.classification >= Classification::OfficialSensitive || profile.requires_approval;
-    if needs_approval && experiment.status != Status::Approved {
-        return Err(Error::denied(
-            Rule::ExperimentApproval,
-            format!(
-                "experiment '{}' must be approved before sandboxes at {} (or from profile '{}', which requires approval)",
-                experiment.id, req.classification, profile.name
-            ),
-        ));
-    }
+    experiment_in_force(experiment, req.classification, profile)?;
     let image = match &req.image {
         Some(i) if profile.images.iter().any(|a| a == i) => i.clone(),
         Some(i) => {
@@ -297,6 +308,7 @@ pub fn admit(
         }
     }
     let ttl = req.ttl.unwrap_or(profile.lifetime.default_ttl);
+    check_min_ttl(ttl, host.min_ttl)?;
     check_ttl(profile, ttl)?;
     let max_expires_at = now + profile.lifetime.max_lifetime;
     Ok(Plan {
@@ -311,6 +323,35 @@ pub fn admit(
         expires_at: now + ttl,
         max_expires_at,
     })
+}
+
+/// Whether `experiment` lets a sandbox at `classification` from `profile`
+/// exist: neither rejected nor closed (`experiment-status`), and approved when
+/// the classification is OFFICIAL-SENSITIVE or above or the profile requires
+/// approval (`experiment-approval`). Checked at admission, and again before
+/// every extend, exec and file transfer, so that a sandbox never outlives in
+/// use the decision that allowed it.
+pub fn experiment_in_force(experiment: &Experiment, classification: Classification, profile: &Profile) -> Result<()> {
+    if matches!(experiment.status, Status::Rejected | Status::Closed) {
+        return Err(Error::denied(
+            Rule::ExperimentStatus,
+            format!("experiment '{}' is {}", experiment.id, experiment.status.as_str()),
+        ));
+    }
+    let needs_approval = classification >= Classification::OfficialSensitive || profile.requires_approval;
+    if needs_approval && experiment.status != Status::Approved {
+        return Err(Error::denied(
+            Rule::ExperimentApproval,
+            format!(
+                "experiment '{}' is {} and must be approved for sandboxes at {} (or from profile '{}', which requires approval)",
+                experiment.id,
+                experiment.status.as_str(),
+                classification,
+                profile.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_ttl(profile: &Profile, ttl: Duration) -> Result<()> {
@@ -410,7 +451,7 @@ mod tests {
     }
 
     fn host() -> HostPolicy {
-        HostPolicy { max_classification: Classification::OfficialSensitive, datasets: vec![] }
+        HostPolicy { max_classification: Classification::OfficialSensitive, datasets: vec![], min_ttl: Duration::ZERO }
     }
 
     fn set(max: Classification) -> ProfileSet {
@@ -561,7 +602,7 @@ mod tests {
             let now = SystemTime::now();
             let s = set(prof);
             let e = exp(declared, status);
-            if let Ok(plan) = admit(&r, "u", "t", Some(&e), &s, &HostPolicy { max_classification: host, datasets: vec![] }, now) {
+            if let Ok(plan) = admit(&r, "u", "t", Some(&e), &s, &HostPolicy { max_classification: host, datasets: vec![], min_ttl: Duration::ZERO }, now) {
                 let p = s.get("p").unwrap();
                 prop_assert!(plan.classification <= host && plan.classification <= prof && plan.classification <= declared);
                 prop_assert!(matches!(status, Status::Proposed | Status::Approved));
@@ -703,7 +744,7 @@ mod tests {
                 return Ok(());
             };
             let profiles = ProfileSet::from_profiles([profile.clone()]);
-            let host = HostPolicy { max_classification: ceiling, datasets: host_datasets(d2) };
+            let host = HostPolicy { max_classification: ceiling, datasets: host_datasets(d2), min_ttl: Duration::ZERO };
             let experiment = experiment.map(|(declared, status, team)| {
                 let mut e = exp(declared, status);
                 e.team = team.into();

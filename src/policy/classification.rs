@@ -47,10 +47,12 @@ impl FromStr for Classification {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let norm: String =
             s.trim().chars().map(|c| if c == '_' || c == ' ' { '-' } else { c.to_ascii_uppercase() }).collect();
-        Classification::ALL
-            .into_iter()
-            .find(|c| c.as_str() == norm)
-            .ok_or_else(|| format!("'{s}' is not a classification (OFFICIAL, OFFICIAL-SENSITIVE, SECRET, TOP-SECRET)"))
+        Classification::ALL.into_iter().find(|c| c.as_str() == norm).ok_or_else(|| {
+            format!(
+                "{} is not a classification (OFFICIAL, OFFICIAL-SENSITIVE, SECRET, TOP-SECRET)",
+                crate::error::quoted(s)
+            )
+        })
     }
 }
 

@@ -45,7 +45,24 @@ pub struct AuditQuery {
     /// Only records after this sequence number (pagination).
     pub after_seq: u64,
     pub limit: usize,
+    /// Stop once the page holds about this many bytes (0: no bound); a page
+    /// always holds at least one record when any match.
+    pub max_bytes: usize,
 }
+
+/// One page of [`Store::query_audit`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    /// Whether more records match after the last one.
+    pub more: bool,
+}
+
+/// The longest any text field of a record is returned by a query (legacy
+/// records written before caller input was bounded can hold megabytes);
+/// longer ones are cut, saying how long they were. Verification always reads
+/// them whole.
+pub const QUERY_FIELD_MAX: usize = 16 * 1024;
 
 pub trait Store: Send + Sync + 'static {
     /// Inserts or replaces a record, with the audit record of the change.
@@ -59,18 +76,33 @@ pub trait Store: Send + Sync + 'static {
     /// creates so that two daemons on one engine never touch each other's objects.
     fn instance_id(&self) -> Result<String>;
 
-    fn put_experiment(&self, experiment: &Experiment, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>>;
+    /// Adds a new experiment (its version becomes 1), with the audit record of its registration.
+    fn insert_experiment(&self, experiment: &Experiment, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>>;
+    /// Writes `experiment` only if the stored record is still at
+    /// `experiment.version` (compare-and-set), with the audit record of the
+    /// change in the same transaction. The stored version is then one higher.
+    fn update_experiment(&self, experiment: &Experiment, audit: AuditEntry) -> Result<Versioned<Experiment>>;
     fn get_experiment(&self, id: &str) -> Result<Option<Experiment>>;
     fn list_experiments(&self, filter: &ExperimentFilter) -> Result<Vec<Experiment>>;
 
     /// Appends an audit record that goes with no other change (e.g. a denial).
     fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord>;
-    fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
+    fn query_audit(&self, query: &AuditQuery) -> Result<AuditPage>;
     /// Recomputes the whole chain.
     fn verify_audit(&self) -> Result<VerifyReport>;
 
     /// Totals for metrics: ended sandboxes by final state, and the audit log's length.
     fn stats(&self) -> Result<StoreStats>;
+}
+
+/// The outcome of a compare-and-set write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Versioned<T> {
+    /// Written; the audit record that went with it.
+    Written(Box<AuditRecord>),
+    /// Someone else wrote the record since it was read: nothing was written.
+    /// The record as it is now (`None` if it is gone).
+    Stale(Option<T>),
 }
 
 /// See [`Store::stats`].

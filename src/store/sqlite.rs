@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
-use super::{AuditQuery, ExperimentFilter, ListFilter, Store, StoreStats};
+use super::{AuditPage, AuditQuery, ExperimentFilter, ListFilter, Store, StoreStats, Versioned, QUERY_FIELD_MAX};
 use crate::audit::{self, AuditEntry, AuditRecord, Hash, Outcome, VerifyReport};
 use crate::register::Experiment;
 use crate::sandbox::Sandbox;
@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS experiments (
     team TEXT NOT NULL,
     status TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY,
@@ -124,6 +125,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
     })
 }
 
+/// Every column of a record, whole, in [`row_to_record`] order (for verification).
 const AUDIT_COLUMNS: &str =
     "seq, time_ms, actor, role, action, target, experiment, sandbox, outcome, code, reason, source, prev_hash, hash";
 
@@ -136,6 +138,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         let head = read_head(&conn)?.unwrap_or((0, [0; 32]));
         let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -155,7 +158,7 @@ impl SqliteStore {
 
     /// Appends `entry` in `tx`, returning the record and the new head.
     fn append_in(tx: &Transaction<'_>, head: (u64, Hash), entry: AuditEntry) -> Result<AuditRecord> {
-        let rec = audit::seal(head.0, head.1, entry);
+        let rec = audit::seal(head.0, head.1, entry.bounded());
         let e = &rec.entry;
         tx.prepare_cached(
             "INSERT INTO audit (seq, time_ms, actor, role, action, target, experiment, sandbox, outcome, code, reason, source, prev_hash, hash)
@@ -199,6 +202,27 @@ impl SqliteStore {
         }
         Ok(rec)
     }
+}
+
+/// Brings a store written by an older daemon up to the current schema.
+fn migrate(conn: &Connection) -> Result<()> {
+    let has_version =
+        conn.prepare("SELECT 1 FROM pragma_table_info('experiments') WHERE name = 'version'")?.exists([])?;
+    if !has_version {
+        conn.execute_batch("ALTER TABLE experiments ADD COLUMN version INTEGER NOT NULL DEFAULT 1")?;
+    }
+    Ok(())
+}
+
+/// An experiment body with the version its row holds.
+fn experiment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64)> {
+    Ok((r.get(0)?, r.get(1)?))
+}
+
+fn decode_experiment((body, version): (String, i64)) -> Result<Experiment> {
+    let mut e: Experiment = decode(body)?;
+    e.version = version as u64;
+    Ok(e)
 }
 
 fn verify_conn(conn: &Connection) -> Result<VerifyReport> {
@@ -291,52 +315,86 @@ impl Store for SqliteStore {
         Ok(id)
     }
 
-    fn put_experiment(&self, e: &Experiment, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>> {
-        let body = encode(e)?;
+    fn insert_experiment(&self, e: &Experiment, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>> {
+        let body = encode(&Experiment { version: 1, ..e.clone() })?;
         self.write(audit, |tx| {
             tx.prepare_cached(
-                "INSERT INTO experiments (id, team, status, created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(id) DO UPDATE SET status = ?3, body = ?5",
+                "INSERT INTO experiments (id, team, status, created_ms, body, version) VALUES (?1, ?2, ?3, ?4, ?5, 1)",
             )?
             .execute(params![e.id, e.team, e.status.as_str(), to_millis(e.created_at), body])?;
             Ok(())
         })
     }
 
+    fn update_experiment(&self, e: &Experiment, audit: AuditEntry) -> Result<Versioned<Experiment>> {
+        let next = Experiment { version: e.version + 1, ..e.clone() };
+        let body = encode(&next)?;
+        let mut w = lock(&self.writer);
+        let head = w.head;
+        let tx = w.conn.transaction()?;
+        let changed = tx
+            .prepare_cached(
+                "UPDATE experiments SET status = ?2, body = ?3, version = version + 1 WHERE id = ?1 AND version = ?4",
+            )?
+            .execute(params![e.id, e.status.as_str(), body, e.version as i64])?;
+        if changed == 0 {
+            let now = tx
+                .query_row("SELECT body, version FROM experiments WHERE id = ?1", [&e.id], experiment_row)
+                .optional()?;
+            drop(tx);
+            return Ok(Versioned::Stale(now.map(decode_experiment).transpose()?));
+        }
+        let rec = Self::append_in(&tx, head, audit)?;
+        tx.commit()?;
+        w.head = (rec.seq, rec.hash);
+        Ok(Versioned::Written(Box::new(rec)))
+    }
+
     fn get_experiment(&self, id: &str) -> Result<Option<Experiment>> {
-        let body: Option<String> = lock(&self.reader)
-            .query_row("SELECT body FROM experiments WHERE id = ?1", [id], |r| r.get(0))
+        let row = lock(&self.reader)
+            .query_row("SELECT body, version FROM experiments WHERE id = ?1", [id], experiment_row)
             .optional()?;
-        body.map(decode).transpose()
+        row.map(decode_experiment).transpose()
     }
 
     fn list_experiments(&self, f: &ExperimentFilter) -> Result<Vec<Experiment>> {
         let bodies = {
             let conn = lock(&self.reader);
             let mut stmt = conn.prepare_cached(
-                "SELECT body FROM experiments WHERE (?1 IS NULL OR team = ?1) AND (?2 IS NULL OR status = ?2)
+                "SELECT body, version FROM experiments WHERE (?1 IS NULL OR team = ?1) AND (?2 IS NULL OR status = ?2)
                  ORDER BY created_ms, id",
             )?;
-            let rows = stmt.query_map(params![f.team, f.status.map(|s| s.as_str())], |r| r.get::<_, String>(0))?;
+            let rows = stmt.query_map(params![f.team, f.status.map(|s| s.as_str())], experiment_row)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
-        bodies.into_iter().map(decode).collect()
+        bodies.into_iter().map(decode_experiment).collect()
     }
 
     fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord> {
         self.write(Some(entry), |_| Ok(()))?.ok_or_else(|| Error::Internal("audit append returned nothing".into()))
     }
 
-    fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+    fn query_audit(&self, q: &AuditQuery) -> Result<AuditPage> {
+        // Text fields cut at QUERY_FIELD_MAX in SQL, so that a page of
+        // legacy megabyte records is never read into memory whole.
+        let cut = |c: &str| {
+            format!(
+                "CASE WHEN length({c}) > {QUERY_FIELD_MAX} THEN substr({c}, 1, {QUERY_FIELD_MAX}) || '… [cut: ' || length({c}) || ' characters]' ELSE {c} END"
+            )
+        };
+        let text =
+            ["actor", "role", "action", "target", "experiment", "sandbox", "outcome", "code", "reason", "source"];
+        let columns: Vec<String> = text.iter().map(|c| cut(c)).collect();
         let conn = lock(&self.reader);
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit
+            "SELECT seq, time_ms, {}, prev_hash, hash FROM audit
              WHERE seq > ?1 AND (?2 IS NULL OR time_ms >= ?2) AND (?3 IS NULL OR time_ms < ?3)
                AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR experiment = ?5)
                AND (?6 IS NULL OR sandbox = ?6) AND (?7 IS NULL OR action = ?7)
-             ORDER BY seq LIMIT ?8"
+             ORDER BY seq LIMIT ?8",
+            columns.join(", ")
         ))?;
-        let rows = stmt.query_map(
+        let mut rows = stmt.query_map(
             params![
                 q.after_seq as i64,
                 q.since.map(to_millis),
@@ -345,11 +403,24 @@ impl Store for SqliteStore {
                 q.experiment,
                 q.sandbox,
                 q.action,
-                q.limit as i64
+                q.limit.saturating_add(1) as i64
             ],
             row_to_record,
         )?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        let mut page = AuditPage::default();
+        let mut bytes = 0usize;
+        for row in rows.by_ref() {
+            let rec = row?;
+            let size = rec.entry.approx_size();
+            let full = page.records.len() >= q.limit || (q.max_bytes > 0 && bytes + size > q.max_bytes);
+            if full && !page.records.is_empty() {
+                page.more = true;
+                break;
+            }
+            bytes += size;
+            page.records.push(rec);
+        }
+        Ok(page)
     }
 
     fn verify_audit(&self) -> Result<VerifyReport> {
@@ -396,7 +467,7 @@ mod tests {
             team,
             Some(&experiment(team)),
             &ProfileSet::from_profiles([p]),
-            &HostPolicy { max_classification: Classification::Official, datasets: vec![] },
+            &HostPolicy { max_classification: Classification::Official, datasets: vec![], min_ttl: Duration::ZERO },
             SystemTime::now(),
         )
         .unwrap();
@@ -454,10 +525,61 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
         let e = experiment("a");
-        s.put_experiment(&e, Some(entry("a"))).unwrap();
-        assert_eq!(s.get_experiment("exp-1").unwrap().unwrap(), e);
+        s.insert_experiment(&e, Some(entry("a"))).unwrap();
+        assert_eq!(s.get_experiment("exp-1").unwrap().unwrap(), Experiment { version: 1, ..e.clone() });
+        assert!(s.insert_experiment(&e, None).is_err(), "an id is registered once");
         assert_eq!(s.list_experiments(&ExperimentFilter { team: Some("a".into()), status: None }).unwrap().len(), 1);
         assert!(s.list_experiments(&ExperimentFilter { team: Some("b".into()), status: None }).unwrap().is_empty());
+    }
+
+    #[test]
+    fn experiment_updates_are_compare_and_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        s.insert_experiment(&experiment("a"), None).unwrap();
+        // Two decisions read the same version; only the first write lands.
+        let read = s.get_experiment("exp-1").unwrap().unwrap();
+        let mut approve = read.clone();
+        approve.status = crate::register::Status::Approved;
+        let mut close = read.clone();
+        close.status = crate::register::Status::Closed;
+        assert!(matches!(s.update_experiment(&close, entry("closer")).unwrap(), Versioned::Written(_)));
+        match s.update_experiment(&approve, entry("approver")).unwrap() {
+            Versioned::Stale(Some(now)) => {
+                assert_eq!((now.status, now.version), (crate::register::Status::Closed, 2));
+            }
+            other => panic!("a stale write must not land: {other:?}"),
+        }
+        assert_eq!(s.get_experiment("exp-1").unwrap().unwrap().status, crate::register::Status::Closed);
+        // The loser's audit record was not written either.
+        let actors: Vec<String> = s
+            .query_audit(&AuditQuery { limit: 10, ..Default::default() })
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|r| r.entry.actor)
+            .collect();
+        assert_eq!(actors, ["closer"]);
+        let mut ghost = read;
+        ghost.id = "exp-none".into();
+        assert!(matches!(s.update_experiment(&ghost, entry("x")).unwrap(), Versioned::Stale(None)));
+    }
+
+    #[test]
+    fn a_store_without_experiment_versions_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "CREATE TABLE experiments (id TEXT PRIMARY KEY, team TEXT NOT NULL, status TEXT NOT NULL,
+             created_ms INTEGER NOT NULL, body TEXT NOT NULL);",
+        )
+        .unwrap();
+        let old = serde_json::to_string(&experiment("a")).unwrap();
+        raw.execute("INSERT INTO experiments VALUES ('exp-1', 'a', 'proposed', 0, ?1)", [old]).unwrap();
+        drop(raw);
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.get_experiment("exp-1").unwrap().unwrap().version, 1);
     }
 
     #[test]
@@ -469,9 +591,48 @@ mod tests {
         }
         let q = AuditQuery { actor: Some("even".into()), limit: 3, ..Default::default() };
         let page = s.query_audit(&q).unwrap();
-        assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3, 5]);
+        assert_eq!(page.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3, 5]);
+        assert!(page.more);
         let next = s.query_audit(&AuditQuery { after_seq: 5, ..q }).unwrap();
-        assert_eq!(next.iter().map(|r| r.seq).collect::<Vec<_>>(), [7, 9]);
+        assert_eq!(next.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [7, 9]);
+        assert!(!next.more);
+    }
+
+    #[test]
+    fn audit_pages_are_bounded_in_bytes_and_huge_legacy_fields_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let s = SqliteStore::open(&path).unwrap();
+        for _ in 0..20 {
+            s.append_audit(entry("a")).unwrap();
+        }
+        // A record as an older daemon wrote it, before caller input was bounded.
+        let raw = Connection::open(&path).unwrap();
+        raw.execute("UPDATE audit SET target = ?1 WHERE seq = 3", [&"x".repeat(4_000_000)]).unwrap();
+        let q = AuditQuery { limit: 1000, max_bytes: 2000, ..Default::default() };
+        let page = s.query_audit(&q).unwrap();
+        assert!(page.more && page.records.len() < 20, "{}", page.records.len());
+        let bytes: usize = page.records.iter().map(|r| r.entry.approx_size()).sum();
+        assert!(bytes <= 2000 + QUERY_FIELD_MAX + 100, "{bytes}");
+        // Paging on reaches every record, the huge one cut.
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = s.query_audit(&AuditQuery { after_seq: after, ..q.clone() }).unwrap();
+            seen.extend(page.records.iter().map(|r| r.seq));
+            let huge = page.records.iter().find(|r| r.seq == 3);
+            if let Some(r) = huge {
+                assert!(r.entry.target.len() < QUERY_FIELD_MAX + 64, "cut in the query");
+                assert!(r.entry.target.ends_with("[cut: 4000000 characters]"), "says how long it was");
+            }
+            after = page.records.last().unwrap().seq;
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(seen, (1..=20).collect::<Vec<_>>());
+        // Verification still reads it whole (and so finds the edit).
+        assert_eq!(s.verify_audit().unwrap().first_bad_seq, 3);
     }
 
     #[test]

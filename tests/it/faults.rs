@@ -321,6 +321,30 @@ async fn an_expiry_docker_refuses_is_retried_until_it_succeeds() {
     assert!(!container_exists(&sb.container_id).await);
 }
 
+/// A deadline that falls due again while its expiry is under way (reconcile
+/// puts the deadlines of running sandboxes back, and the kill is slow) starts
+/// no second expiry: one kill's lateness in the metrics, one `expire` record.
+#[tokio::test(flavor = "multi_thread")]
+async fn expiry_happens_once_and_is_recorded_once_while_reconcile_runs() {
+    let r = rig(Options { reconcile_interval: "200ms", ..Default::default() }).await;
+    let mut c = r.d.client(TEAM_A).await;
+    let exp = r.d.experiment(TEAM_A, "OFFICIAL").await;
+    let sb = create(&mut c, &exp, 2).await;
+    // While the kill is slow, the container still runs: each reconcile pass
+    // finds a live sandbox past its deadline and schedules it again.
+    let slow = r.proxy.inject(Fault::delay("POST", "/kill", Duration::from_millis(1500)));
+    ends_as(&r.d, SandboxState::Expired, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(r.proxy.hits(slow) >= 1);
+    let m = r.d.scrape().await;
+    assert_eq!(m.get("sandpit_expiry_lateness_seconds_count", &[]), 1.0, "one expiry, counted once");
+    let q = proto::QueryAuditLogRequest { sandbox: sb.id.clone(), page_size: 100, ..Default::default() };
+    let events = r.d.audit(AUDITOR).await.query_audit_log(q).await.unwrap().into_inner().events;
+    let expiries = events.iter().filter(|e| e.action == "expire").count();
+    assert_eq!(expiries, 1, "{events:#?}");
+    assert!(!container_exists(&sb.container_id).await);
+}
+
 /// A create whose caller gave up is torn down even when Docker refuses the
 /// first removals; it is not left running until its expiry.
 #[tokio::test(flavor = "multi_thread")]

@@ -110,11 +110,13 @@ async fn a_team_never_exceeds_its_quota_even_with_racing_creates() {
     b.delete_sandbox(proto::DeleteSandboxRequest { id: first.id }).await.unwrap();
     create(&mut b, &exp_b, 120).await;
 
-    // The refusal is on record for the governance group.
+    // The refusal is on record for the governance group: the first at once,
+    // its two repeats counted for the window's summary record.
     let q = proto::QueryAuditLogRequest { actor: "alice".into(), ..Default::default() };
     let events = d.audit(AUDITOR).await.query_audit_log(q).await.unwrap().into_inner().events;
     let denied = events.iter().filter(|e| e.code == "RESOURCE_EXHAUSTED" && e.reason.contains("team-quota")).count();
-    assert_eq!(denied, 3);
+    assert_eq!(denied, 1);
+    assert_eq!(d.scrape().await.get("sandpit_audit_refusals_summarised_total", &[]), 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -140,4 +142,201 @@ async fn an_oversize_chunk_in_a_copy_in_stream_is_resource_exhausted() {
     assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
     let rec = c.get_sandbox(proto::GetSandboxRequest { id: sb.id }).await.unwrap().into_inner();
     assert_eq!(state(&rec), sandpit::proto::SandboxState::Running);
+}
+
+/// Sizes of the audit table: (records, bytes of the largest, bytes in all).
+fn audit_sizes(d: &Daemon) -> (i64, i64, i64) {
+    let conn = rusqlite::Connection::open(d.data_dir().join("sandpit.db")).unwrap();
+    let size = "length(actor) + length(role) + length(action) + length(target) + length(experiment) \
+                + length(sandbox) + length(outcome) + length(code) + length(reason) + length(source)";
+    conn.query_row(&format!("SELECT count(*), max({size}), sum({size}) FROM audit"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .unwrap()
+}
+
+/// Every caller-supplied string is bounded before anything is recorded: a
+/// hostile client sending megabyte ids, titles, paths and commands gets
+/// INVALID_ARGUMENT naming the field, and the audit log stays small.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_audit_record_holds_unbounded_caller_input() {
+    let d = Daemon::start().await;
+    let (_, _, before) = audit_sizes(&d);
+    let huge = "x".repeat(4_000_000);
+    let big = "y".repeat(1_000_000);
+    let mut a = d.client(TEAM_A).await;
+    let invalid = |r: Result<(), tonic::Status>, field: &str, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        assert!(e.message().starts_with(&format!("{field}:")), "{what}: {}", e.message());
+        assert!(e.message().len() < 300, "{what}: the message does not echo the input");
+    };
+    // The hostile tester's case: ten deletes with a 4 MB id.
+    for _ in 0..10 {
+        invalid(a.delete_sandbox(proto::DeleteSandboxRequest { id: huge.clone() }).await.map(|_| ()), "id", "delete");
+    }
+    invalid(a.get_sandbox(proto::GetSandboxRequest { id: big.clone() }).await.map(|_| ()), "id", "get");
+    let r = a.extend_sandbox(proto::ExtendSandboxRequest { id: big.clone(), ttl: ttl(60) }).await;
+    invalid(r.map(|_| ()), "id", "extend");
+    let sb = create(&mut a, &d.exp_a, 300).await;
+    let exec = |command: Vec<String>, env: Vec<String>, workdir: String| proto::ExecRequest {
+        id: sb.id.clone(),
+        command,
+        env,
+        workdir,
+        timeout: None,
+    };
+    let r = a.exec(exec(vec!["echo".into(), big.clone()], vec![], String::new())).await;
+    invalid(r.map(|_| ()), "command", "exec with a huge command");
+    let r = a.exec(exec(vec!["true".into()], vec![format!("A={big}")], String::new())).await;
+    invalid(r.map(|_| ()), "env", "exec with a huge env");
+    let r = a.exec(exec(vec!["true".into()], vec![big.clone()], String::new())).await;
+    invalid(r.map(|_| ()), "env", "exec with a huge bad env");
+    let r = a.exec(exec(vec!["true".into()], vec![], format!("/{big}"))).await;
+    invalid(r.map(|_| ()), "workdir", "exec with a huge workdir");
+    let r = a.copy_out(proto::CopyOutRequest { id: sb.id.clone(), path: format!("/{big}") }).await;
+    invalid(r.map(|_| ()), "path", "copy-out of a huge path");
+    let r = a.pull_image(proto::PullImageRequest { profile: PROFILE.into(), image: big.clone() }).await;
+    invalid(r.map(|_| ()), "image", "pull of a huge image name");
+
+    let mut reg = d.register(TEAM_A).await;
+    let register = |f: &dyn Fn(&mut proto::RegisterExperimentRequest)| {
+        let mut r = proto::RegisterExperimentRequest {
+            title: "t".into(),
+            purpose: "p".into(),
+            classification: "OFFICIAL".into(),
+            ..Default::default()
+        };
+        f(&mut r);
+        r
+    };
+    for (field, req) in [
+        ("title", register(&|r| r.title = big.clone())),
+        ("purpose", register(&|r| r.purpose = big.clone())),
+        ("ai_tools", register(&|r| r.ai_tools = vec![big.clone()])),
+        ("classification", register(&|r| r.classification = big.clone())),
+        (
+            "risks.likelihood",
+            register(&|r| {
+                r.risks = vec![proto::Risk { description: "d".into(), likelihood: big.clone(), ..Default::default() }]
+            }),
+        ),
+    ] {
+        invalid(reg.register_experiment(req).await.map(|_| ()), field, field);
+    }
+    let mut approver = d.register(APPROVER).await;
+    let decide =
+        |id: &str, conditions: &str| proto::DecideExperimentRequest { id: id.into(), conditions: conditions.into() };
+    invalid(approver.approve_experiment(decide(&big, "")).await.map(|_| ()), "id", "approve a huge id");
+    let proposed = d.experiment(TEAM_A, "OFFICIAL").await;
+    let r = approver.approve_experiment(decide(&proposed, &big)).await;
+    invalid(r.map(|_| ()), "conditions", "approve with huge conditions");
+    let close = proto::CloseExperimentRequest {
+        id: proposed.clone(),
+        outcome: proto::ExperimentOutcome::Failed as i32,
+        lessons_learnt: big.clone(),
+    };
+    invalid(approver.close_experiment(close).await.map(|_| ()), "lessons_learnt", "close with huge lessons");
+    let q = proto::QueryAuditLogRequest { actor: big.clone(), ..Default::default() };
+    invalid(d.audit(AUDITOR).await.query_audit_log(q).await.map(|_| ()), "actor", "query with a huge filter");
+
+    let (records, largest, total) = audit_sizes(&d);
+    assert!(largest < 5_000, "the largest record holds {largest} bytes");
+    assert!(total - before < 100_000, "{records} records hold {} bytes", total - before);
+    // And the log still pages, start to end.
+    let mut audit = d.audit(AUDITOR).await;
+    let page = audit.query_audit_log(proto::QueryAuditLogRequest { page_size: 1000, ..Default::default() }).await;
+    assert_eq!(page.unwrap().into_inner().events.len() as i64, records);
+}
+
+/// Refusals are recorded without letting a source flood the log: repeats in
+/// a window become one record with a count; a source spraying different
+/// refusals gets its share of records and one summary for the rest; other
+/// callers are not held back.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_are_summarised_per_source_and_window() {
+    let limits = "refusal_window = \"2s\"\nrefusals_per_source = 5\n".to_string();
+    let d = Daemon::with(Options { limits, ..Default::default() }).await;
+    let mut anon = d.anonymous().await;
+    for _ in 0..200 {
+        anon.list_sandboxes(proto::ListSandboxesRequest::default()).await.unwrap_err();
+    }
+    let mut a = d.client(TEAM_A).await;
+    for i in 0..50 {
+        let e = a.delete_sandbox(proto::DeleteSandboxRequest { id: format!("sb-{i:012}") }).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+    }
+    // Nothing of alice's spray holds back bob.
+    let mut b = d.client(TEAM_B).await;
+    b.delete_sandbox(proto::DeleteSandboxRequest { id: "sb-bobs".into() }).await.unwrap_err();
+
+    let mut audit = d.audit(AUDITOR).await;
+    let query =
+        |actor: &str| proto::QueryAuditLogRequest { actor: actor.into(), page_size: 1000, ..Default::default() };
+    let now = audit.query_audit_log(query("anonymous")).await.unwrap().into_inner().events;
+    assert_eq!(now.len(), 1, "the first refusal at once, the repeats counted");
+    let bob = audit.query_audit_log(query("bob")).await.unwrap().into_inner().events;
+    assert_eq!(bob.len(), 1, "another caller's refusal is recorded at once");
+
+    let summaries = eventually(Duration::from_secs(10), "the window's summaries", || {
+        let mut audit = audit.clone();
+        async move {
+            let anon = audit.query_audit_log(query("anonymous")).await.ok()?.into_inner().events;
+            let alice = audit.query_audit_log(query("alice")).await.ok()?.into_inner().events;
+            (anon.len() == 2 && alice.iter().any(|e| e.action == "refusals-suppressed")).then_some((anon, alice))
+        }
+    })
+    .await;
+    let (anon, alice) = summaries;
+    assert!(anon[1].reason.starts_with("199 more identical refusals"), "{}", anon[1].reason);
+    assert_eq!((anon[1].code.as_str(), anon[1].outcome.as_str()), ("UNAUTHENTICATED", "denied"));
+    let deletes: Vec<_> = alice.iter().filter(|e| e.action.ends_with("DeleteSandbox")).collect();
+    assert_eq!(deletes.len(), 5, "alice's share of records");
+    let suppressed: Vec<_> = alice.iter().filter(|e| e.action == "refusals-suppressed").collect();
+    assert_eq!(suppressed.len(), 1);
+    assert!(
+        suppressed[0].reason.starts_with("45 further refusals of alice from 127.0.0.1"),
+        "{}",
+        suppressed[0].reason
+    );
+    let m = d.scrape().await;
+    assert_eq!(m.get("sandpit_audit_refusals_summarised_total", &[]), 199.0 + 45.0);
+    let report = audit.verify_audit_log(proto::VerifyAuditLogRequest {}).await.unwrap().into_inner();
+    assert!(report.ok, "{report:?}");
+}
+
+/// A page of the audit log never outgrows what a client accepts (4 MiB by
+/// default), even over records an older daemon let grow to megabytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_pages_stay_within_the_message_limit() {
+    let d = Daemon::start().await;
+    {
+        // Three records of 3.5 MB each, as the flood wrote them before input was bounded.
+        let conn = rusqlite::Connection::open(d.data_dir().join("sandpit.db")).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let max: i64 = conn.query_row("SELECT max(seq) FROM audit", [], |r| r.get(0)).unwrap();
+        for i in 1..=3 {
+            conn.execute(
+                "INSERT INTO audit (seq, time_ms, actor, role, action, target, experiment, sandbox, outcome, code, reason, source, prev_hash, hash)
+                 VALUES (?1, 0, 'alice', 'requester', 'sandpit.v1.SandboxService/DeleteSandbox', ?2, '', ?2, 'failed', 'NOT_FOUND', 'x', '127.0.0.1:1', zeroblob(32), zeroblob(32))",
+                (max + i, "z".repeat(3_500_000)),
+            )
+            .unwrap();
+        }
+    }
+    let mut audit = d.audit(AUDITOR).await;
+    let mut req = proto::QueryAuditLogRequest { page_size: 1000, ..Default::default() };
+    let mut seen = 0;
+    loop {
+        let page = audit.query_audit_log(req.clone()).await.expect("every page fits the client's limit").into_inner();
+        seen += page.events.len();
+        for e in page.events.iter().filter(|e| e.target.starts_with("zzz")) {
+            assert!(e.target.len() < 20_000 && e.target.ends_with("[cut: 3500000 characters]"), "{}", e.target.len());
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        req.page_token = page.next_page_token;
+    }
+    assert!(seen >= 5, "{seen}");
 }

@@ -21,6 +21,7 @@ mod observability;
 mod pools;
 mod profiles;
 mod reconcile;
+mod register;
 mod requests;
 mod tls;
 mod transfer;

@@ -7,6 +7,25 @@ use tonic::Code;
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_ttl_below_ten_seconds_is_refused_naming_the_field() {
+    // The embedded default minimum (the other tests lower it to stay quick).
+    let d = Daemon::with(Options { min_ttl: "10s", ..Default::default() }).await;
+    let mut c = d.client(TEAM_A).await;
+    let e = c.create_sandbox(create_req(&d.exp_a, 9)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("ttl: 9s is below the minimum of 10s"), "{}", e.message());
+    let sb = create(&mut c, &d.exp_a, 10).await;
+    let short = proto::ExtendSandboxRequest {
+        id: sb.id.clone(),
+        ttl: Some(pbjson_types::Duration { seconds: 9, nanos: 999_000_000 }),
+    };
+    let e = c.extend_sandbox(short).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("ttl: 9s 999ms is below the minimum"), "{}", e.message());
+    c.extend_sandbox(proto::ExtendSandboxRequest { id: sb.id, ttl: ttl(60) }).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_create_requests_are_refused_with_the_right_status() {
     let d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;

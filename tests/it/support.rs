@@ -78,6 +78,8 @@ pub struct Options {
     pub limits: String,
     /// Body of the `[quotas]` table (the defaults when empty).
     pub quotas: String,
+    /// `lifecycle.min_ttl`: short by default, so expiry tests are quick.
+    pub min_ttl: &'static str,
 }
 
 impl Default for Options {
@@ -92,6 +94,7 @@ impl Default for Options {
             profiles: Vec::new(),
             limits: String::new(),
             quotas: String::new(),
+            min_ttl: "1s",
         }
     }
 }
@@ -193,6 +196,7 @@ orphan_grace = "{grace}"
 reconcile_interval = "{interval}"
 expiry_warning = "{warning}"
 shutdown_grace = "3s"
+min_ttl = "{min_ttl}"
 
 [[identities]]
 name = "alice"
@@ -246,6 +250,7 @@ token_sha256 = "{appr_a}"
                 extra = opts.extra_config,
                 limits = opts.limits,
                 quotas = opts.quotas,
+                min_ttl = opts.min_ttl,
             ),
         )
         .unwrap();
