@@ -1,8 +1,9 @@
 //! TLS and mutual TLS with certificates generated here: client certificates
 //! map to identities by their exact subject; unknown or untrusted ones get
-//! nowhere.
+//! nowhere. The CLI presents a client certificate with `--cert`/`--key`.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use sandpit::proto;
@@ -56,8 +57,9 @@ fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
 struct Mtls {
     d: Daemon,
     client_ca: Ca,
-    /// The PEM files.
-    _dir: tempfile::TempDir,
+    /// The PEM files, kept for clients: `server_ca` verifies the daemon.
+    dir: tempfile::TempDir,
+    server_ca: PathBuf,
 }
 
 async fn mtls_daemon(identities: &str) -> Mtls {
@@ -81,7 +83,8 @@ client_ca = "{}"
     let d = Daemon::with(Options { extra_config: extra, server_ca: Some(server_ca.pem.clone()), ..Default::default() })
         .await;
     assert!(d.addr.starts_with("https://"), "{}", d.addr);
-    Mtls { d, client_ca, _dir: dir }
+    let server_ca = write(dir.path(), "server-ca.crt", &server_ca.pem);
+    Mtls { d, client_ca, dir, server_ca }
 }
 
 const CAROL: &str = r#"
@@ -200,4 +203,112 @@ cert_subject = "CN=dave, O=ONS"
         let exp = register.register_experiment(req).await.unwrap().into_inner();
         assert_eq!((exp.owner.as_str(), exp.team.as_str()), ("dave", "team-d"));
     }
+}
+
+/// Runs the CLI with `args`, `data_dir` as its data directory and no
+/// SANDPIT_* settings but `env`.
+fn sandpit_cli(data_dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandpit"));
+    cmd.args(args);
+    for var in ["SANDPIT_ADDR", "SANDPIT_TOKEN", "SANDPIT_CA_CERT", "SANDPIT_CERT", "SANDPIT_KEY"] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env("SANDPIT_DATA_DIR", data_dir).output().expect("run sandpit")
+}
+
+/// The CLI presents a client certificate with --cert/--key (or SANDPIT_CERT,
+/// SANDPIT_KEY): the certificate's identity acts, and a local token file is
+/// not sent along (it would win: the daemon checks tokens first).
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_presents_a_client_certificate() {
+    let m = mtls_daemon(CAROL).await;
+    let (c, k) = leaf(&m.client_ca, &[], "carol", "ONS");
+    let cert = write(m.dir.path(), "carol.crt", &c);
+    let key = write(m.dir.path(), "carol.key", &k);
+    // A local data directory whose token is alice's.
+    let data_dir = tempfile::tempdir().unwrap();
+    std::fs::write(data_dir.path().join("local-token"), format!("{TEAM_A}\n")).unwrap();
+    let ca = m.server_ca.to_str().unwrap();
+    let tls = ["--addr", m.d.addr.as_str(), "--ca-cert", ca];
+
+    let register = [
+        "register",
+        "--title",
+        "mTLS from the CLI",
+        "--purpose",
+        "certificates",
+        "--classification",
+        "OFFICIAL",
+        "--json",
+    ];
+    let args = [&tls[..], &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()], &register].concat();
+    let out = sandpit_cli(data_dir.path(), &[], &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exp: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((exp["owner"].as_str(), exp["team"].as_str()), (Some("carol"), Some("team-c")), "{exp}");
+
+    // The same from the environment.
+    let out = sandpit_cli(
+        data_dir.path(),
+        &[("SANDPIT_CERT", &cert), ("SANDPIT_KEY", &key)],
+        &[&tls[..], &["ls", "--json"]].concat(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok());
+
+    // A token given explicitly is still sent, and decides.
+    let args =
+        [&tls[..], &["--token", TEAM_A, "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()], &register]
+            .concat();
+    let out = sandpit_cli(data_dir.path(), &[], &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exp: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(exp["owner"].as_str(), Some("alice"), "{exp}");
+
+    // A trusted certificate of no identity: UNAUTHENTICATED, in one line.
+    let (c, k) = leaf(&m.client_ca, &[], "mallory", "ONS");
+    let (cert, key) = (write(m.dir.path(), "m.crt", &c), write(m.dir.path(), "m.key", &k));
+    let out = sandpit_cli(
+        data_dir.path(),
+        &[],
+        &[&tls[..], &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap(), "ls"]].concat(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("sandpit: UNAUTHENTICATED") && err.lines().count() == 1, "{err}");
+}
+
+/// --cert and --key go together, and must be readable: refused locally, in
+/// one line naming the flag (and the file), before any connection.
+#[test]
+fn cli_client_certificate_flags_are_checked_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = write(dir.path(), "some.pem", "not checked before both are given\n");
+    let pem = pem.to_str().unwrap();
+    let missing = dir.path().join("absent.pem");
+    let missing = missing.to_str().unwrap();
+    let https = ["--addr", "https://127.0.0.1:1", "--ca-cert", pem];
+    let local_error = |out: Output, names: &[&str]| {
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.starts_with("sandpit: "), "{err}");
+        assert!(!err.contains("UNAVAILABLE"), "refused before connecting: {err}");
+        for n in names {
+            assert!(err.contains(n), "{err} should name {n}");
+        }
+    };
+    let run = |env: &[(&str, &Path)], args: &[&str]| sandpit_cli(dir.path(), env, &[&https[..], args].concat());
+
+    local_error(run(&[], &["--cert", pem, "ls"]), &["--key"]);
+    local_error(run(&[], &["--key", pem, "ls"]), &["--cert"]);
+    local_error(run(&[("SANDPIT_CERT", Path::new(pem))], &["ls"]), &["--key"]);
+    local_error(run(&[], &["--cert", missing, "--key", pem, "ls"]), &["--cert", missing]);
+    local_error(run(&[], &["--cert", pem, "--key", missing, "ls"]), &["--key", missing]);
+    // A client certificate needs TLS.
+    let out = sandpit_cli(dir.path(), &[], &["--addr", "http://127.0.0.1:1", "--cert", pem, "--key", pem, "ls"]);
+    local_error(out, &["--cert", "https://"]);
 }
