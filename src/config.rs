@@ -360,10 +360,19 @@ impl Config {
                 }
             }
             if let Some(s) = &id.cert_subject {
-                if !s.contains('=') {
-                    return Err(format!("{}: '{s}' is not a subject like CN=alice, O=ONS", field("cert_subject")));
+                let subject: crate::auth::DistinguishedName =
+                    s.parse().map_err(|e| format!("{}: '{s}': {e}", field("cert_subject")))?;
+                let same = self.identities[..i].iter().position(|o| {
+                    o.cert_subject.as_ref().and_then(|o| o.parse().ok()).is_some_and(|o| subject.matches(&o))
+                });
+                if let Some(j) = same {
+                    return Err(format!(
+                        "{}: the same subject as identities[{j}].cert_subject (as written or reversed: \
+                         both orders match a certificate)",
+                        field("cert_subject")
+                    ));
                 }
-                if id.cert_subject.is_some() && self.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+                if self.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
                     return Err(format!(
                         "{}: needs tls.client_ca to verify client certificates",
                         field("cert_subject")
@@ -516,6 +525,44 @@ mod tests {
         assert!(e.contains("identities[0].token_sha256"), "{e}");
         let e = Config::load_from(None, env(&[("SANDPIT__LIMITS__BURST", "0")])).unwrap_err().to_string();
         assert!(e.contains("limits.burst"), "{e}");
+    }
+
+    #[test]
+    fn cert_subjects_are_distinguished_names_of_one_identity_each() {
+        let load = |subjects: &[&str]| {
+            let mut s = "[tls]\ncert = \"/c\"\nkey = \"/k\"\nclient_ca = \"/ca\"\n".to_string();
+            for (i, subject) in subjects.iter().enumerate() {
+                s += &format!("[[identities]]\nname = \"p{i}\"\nteam = \"t\"\nroles = [\"requester\"]\ncert_subject = '{subject}'\n");
+            }
+            let f = file(&s);
+            Config::load_from(Some(f.path()), env(&[])).map_err(|e| e.to_string())
+        };
+        let c = load(&[
+            "CN=alice, O=ONS",
+            "CN=bob, O=ONS",
+            r"CN=alice\, O=ONS",
+            "CN=alice+O=ONS",
+            "O=ONS, CN=alice, O=ONS",
+        ])
+        .unwrap();
+        assert_eq!(c.identities.len(), 5);
+        for (subjects, why) in [
+            (&["CN=alice;O=ONS"][..], "identities[0].cert_subject: 'CN=alice;O=ONS': ';' at character 9"),
+            (&["dave"], "identities[0].cert_subject: 'dave': expected '='"),
+            (&["CN=alice", "CN=#00"], "identities[1].cert_subject: 'CN=#00': the value of CN is in #hex (BER) form"),
+            (&["CN=alice, O=ONS", "cn = alice,o=ONS"], "identities[1].cert_subject: the same subject as identities[0]"),
+            (
+                &["CN=alice, O=ONS", "X=y", "O=ONS, CN=alice"],
+                "identities[1].cert_subject: 'X=y': unknown attribute type",
+            ),
+            (
+                &["CN=alice, O=ONS", "CN=b", "O=ONS, CN=alice"],
+                "identities[2].cert_subject: the same subject as identities[0]",
+            ),
+        ] {
+            let e = load(subjects).unwrap_err();
+            assert!(e.contains(why), "{subjects:?}: {e}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tonic::Request;
 
 use super::limits::{Limiter, Limits, Permit};
 use crate::audit::{action, AuditEntry, Outcome};
-use crate::auth::{certificate_subject, Caller, Identities, Role};
+use crate::auth::{Caller, Identities, Role};
 use crate::metrics::Refusal;
 use crate::Error;
 
@@ -270,8 +270,8 @@ impl Gate {
         }
         // Only certificates the TLS layer verified against tls.client_ca get here.
         if let Some(certs) = req.peer_certs() {
-            let subject = certs.first().and_then(|c| certificate_subject(c)).ok_or("unreadable client certificate")?;
-            return self.identities.by_subject(&subject).cloned().ok_or("unknown certificate subject");
+            let cert = certs.first().ok_or("no client certificate")?;
+            return self.identities.by_certificate(cert).cloned();
         }
         Err("no bearer token or client certificate")
     }

@@ -15,7 +15,7 @@ use sandpit::proto::register_service_client::RegisterServiceClient;
 use sandpit::proto::{self, exec_output::Output, sandbox_service_client::SandboxServiceClient};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
 const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
@@ -33,6 +33,14 @@ struct Cli {
     /// PEM CA certificate to verify an https:// daemon.
     #[arg(long, env = "SANDPIT_CA_CERT", global = true)]
     ca_cert: Option<PathBuf>,
+    /// PEM client certificate to present to an https:// daemon (mutual TLS;
+    /// needs --key). It is then the identity: the local token file is not
+    /// sent. A --token or SANDPIT_TOKEN still is, and the daemon checks it first.
+    #[arg(long, env = "SANDPIT_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, env = "SANDPIT_KEY", global = true)]
+    key: Option<PathBuf>,
     /// Print responses in the proto3 JSON mapping.
     #[arg(long, global = true)]
     json: bool,
@@ -347,19 +355,47 @@ async fn connect(cli: &Cli) -> Result<Clients, Failure> {
         .clone()
         .or_else(|| read_trimmed(&data_dir.join(ADDR_FILE)))
         .unwrap_or_else(|| DEFAULT_ADDR.to_string());
-    let token = cli.token.clone().or_else(|| read_trimmed(&data_dir.join(LOCAL_TOKEN_FILE)));
+    let read = |flag: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| Failure::Local(format!("{flag} {}: {e}", path.display())))
+    };
+    // A client certificate (mutual TLS): both files, or neither.
+    let identity = match (&cli.cert, &cli.key) {
+        (None, None) => None,
+        (Some(_), None) => return Err(Failure::Local("--cert needs --key (or SANDPIT_KEY), its private key".into())),
+        (None, Some(_)) => return Err(Failure::Local("--key needs --cert (or SANDPIT_CERT), its certificate".into())),
+        (Some(cert), Some(key)) => Some(Identity::from_pem(read("--cert", cert)?, read("--key", key)?)),
+    };
+    // With a certificate, it is the identity: the local token (every role)
+    // would otherwise be sent and win, as the daemon checks tokens first.
+    let token = match (&cli.token, &identity) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(_)) => None,
+        (None, None) => read_trimmed(&data_dir.join(LOCAL_TOKEN_FILE)),
+    };
     let mut endpoint =
         Endpoint::from_shared(addr.clone()).map_err(|e| Failure::Local(format!("--addr {addr}: {e}")))?;
     if addr.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         match &cli.ca_cert {
-            Some(ca) => {
-                let pem = std::fs::read(ca).map_err(|e| Failure::Local(format!("--ca-cert {}: {e}", ca.display())))?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
+            Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read("--ca-cert", ca)?)),
             None => return Err(Failure::Local("an https:// address needs --ca-cert (or SANDPIT_CA_CERT)".into())),
         }
-        endpoint = endpoint.tls_config(tls).map_err(|e| Failure::Local(format!("tls: {e}")))?;
+        let with_identity = identity.is_some();
+        if let Some(identity) = identity {
+            tls = tls.identity(identity);
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| {
+            let what = if with_identity { "--ca-cert, --cert, --key" } else { "--ca-cert" };
+            let mut msg = format!("tls ({what}): {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg += &format!(": {s}");
+                source = s.source();
+            }
+            Failure::Local(msg)
+        })?;
+    } else if identity.is_some() {
+        return Err(Failure::Local(format!("--cert needs an https:// daemon address; {addr} is not")));
     }
     let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
