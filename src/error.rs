@@ -63,6 +63,10 @@ pub enum Error {
     #[error("daemon is shutting down")]
     ShuttingDown,
 
+    /// The caller went away before the call finished.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -97,6 +101,7 @@ impl Error {
             Error::DeadlineExceeded(_) => "deadline_exceeded",
             Error::ResourceExhausted(_) => "resource_exhausted",
             Error::ShuttingDown => "shutting_down",
+            Error::Cancelled(_) => "cancelled",
             Error::Internal(_) => "internal",
         }
     }
@@ -115,6 +120,7 @@ impl Error {
             Error::Unavailable(_) | Error::ShuttingDown => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Cancelled(_) => Code::Cancelled,
             Error::Docker { .. } | Error::Store(_) | Error::Config { .. } | Error::Internal(_) => Code::Internal,
         }
     }
@@ -176,6 +182,7 @@ impl From<rusqlite::Error> for Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
     Ok,
+    Cancelled,
     InvalidArgument,
     DeadlineExceeded,
     NotFound,
@@ -191,6 +198,7 @@ impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
             Code::Ok => "OK",
+            Code::Cancelled => "CANCELLED",
             Code::InvalidArgument => "INVALID_ARGUMENT",
             Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Code::NotFound => "NOT_FOUND",

@@ -65,6 +65,7 @@ impl From<&Profile> for proto::Profile {
             file_transfer: Some(proto::ProfileFileTransfer {
                 copy_in: p.file_transfer.copy_in,
                 copy_out: p.file_transfer.copy_out,
+                max_exec_output_bytes: p.file_transfer.max_exec_output.unwrap_or(0),
             }),
             warm_pool_size: p.warm_pool,
             source: p.source.display().to_string(),

@@ -153,7 +153,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
                 Ok(proto::CopyInRequest { part: Some(Part::Chunk(b)) }) => Ok(b),
                 Ok(_) => Err(Error::invalid("chunk", "only the first message may be a header")),
                 Err(s) if s.code() == tonic::Code::OutOfRange => Err(oversize(&s)),
-                Err(s) => Err(Error::Internal(format!("copy-in stream: {}", s.message()))),
+                Err(s) => Err(Error::Cancelled(format!("the upload broke off: {}", s.message()))),
             })
             .boxed();
         let t = self.manager.copy_in(&caller, &header.id, &header.path, data).await?;

@@ -8,6 +8,7 @@ use crate::Error;
 pub fn tonic_code(c: Code) -> tonic::Code {
     match c {
         Code::Ok => tonic::Code::Ok,
+        Code::Cancelled => tonic::Code::Cancelled,
         Code::InvalidArgument => tonic::Code::InvalidArgument,
         Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
         Code::NotFound => tonic::Code::NotFound,

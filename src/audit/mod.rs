@@ -54,6 +54,8 @@ pub mod action {
     pub const POOL_FILL: &str = "pool-fill";
     /// The daemon removed a warm sandbox its pool no longer wants.
     pub const POOL_DRAIN: &str = "pool-drain";
+    /// An exec ended (however it ended): its output's size and SHA-256.
+    pub const EXEC_END: &str = "exec-end";
     /// The egress proxy let a sandbox's request through, or refused it.
     pub const EGRESS: &str = "egress";
     /// The daemon tore a sandbox down at its expiry.

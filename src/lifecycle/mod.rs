@@ -678,7 +678,7 @@ impl<R: Runtime> Manager<R> {
 
     /// Runs a command in a running sandbox: its output, then its exit code.
     pub async fn exec(
-        &self,
+        self: &Arc<Self>,
         caller: &Caller,
         id: &str,
         spec: ExecSpec,
@@ -693,7 +693,7 @@ impl<R: Runtime> Manager<R> {
     }
 
     async fn exec_inner(
-        &self,
+        self: &Arc<Self>,
         caller: &Caller,
         id: &str,
         spec: ExecSpec,
@@ -717,38 +717,73 @@ impl<R: Runtime> Manager<R> {
         let entry = self.entry(Some(caller), action::EXEC, &sb.experiment, id, Ok(format!("command: {command}")));
         self.published(Some(self.store.append_audit(entry)?));
         let session = self.runtime.exec(&cid, spec).await?;
-        let deadline = tokio::time::Instant::now() + timeout.unwrap_or(self.settings.exec_timeout);
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout.unwrap_or(self.settings.exec_timeout);
+        let cap = sb.profile.file_transfer.max_exec_output;
         let (tx, rx) = mpsc::channel(16);
-        let runtime = self.runtime.clone();
+        let this = Arc::clone(self);
+        let (caller, sb) = (caller.clone(), sb.clone());
         let stop = self.shutdown_signal();
         let mut output = session.output;
-        // Stream output until it ends, the deadline passes, the daemon stops
-        // or the caller leaves; then the exit code.
+        // Stream output until it ends, the deadline passes, the output cap is
+        // reached, the daemon stops or the caller leaves; then the exit code.
+        // Whichever it was goes on record with what the command sent out.
         tokio::spawn(async move {
             tokio::pin!(stop);
-            loop {
-                let item = tokio::select! {
-                    item = output.next() => item,
-                    () = tokio::time::sleep_until(deadline) => {
-                        let _ = tx.send(Err(Error::DeadlineExceeded("exec ran past its timeout".into()))).await;
-                        return;
+            let (mut stdout, mut stderr) = (transfer::Tally::default(), transfer::Tally::default());
+            let ended: Result<i64> = async {
+                loop {
+                    let item = tokio::select! {
+                        item = output.next() => item,
+                        () = tokio::time::sleep_until(deadline) => {
+                            return Err(Error::DeadlineExceeded("exec ran past its timeout".into()));
+                        }
+                        () = &mut stop => return Err(Error::ShuttingDown),
+                        () = tx.closed() => return Err(Error::Cancelled("the client went away".into())),
+                    };
+                    let (mut bytes, is_stdout) = match item {
+                        None => break,
+                        Some(Ok(ExecChunk::Stdout(b))) => (b, true),
+                        Some(Ok(ExecChunk::Stderr(b))) => (b, false),
+                        Some(Err(e)) => return Err(e),
+                    };
+                    // Exec output leaves the sandbox like a copy-out does: within the profile's cap.
+                    let over = cap.and_then(|cap| {
+                        let left = cap.saturating_sub(stdout.bytes + stderr.bytes);
+                        (bytes.len() as u64 > left).then_some((cap, left))
+                    });
+                    if let Some((_, left)) = over {
+                        bytes.truncate(left as usize);
                     }
-                    () = &mut stop => {
-                        let _ = tx.send(Err(Error::ShuttingDown)).await;
-                        return;
+                    let tally = if is_stdout { &mut stdout } else { &mut stderr };
+                    tally.add(&bytes);
+                    let out = if is_stdout { ExecOutput::Stdout(bytes) } else { ExecOutput::Stderr(bytes) };
+                    if tx.send(Ok(out)).await.is_err() {
+                        return Err(Error::Cancelled("the client went away".into()));
                     }
-                };
-                let out = match item {
-                    None => break,
-                    Some(Ok(ExecChunk::Stdout(b))) => Ok(ExecOutput::Stdout(b)),
-                    Some(Ok(ExecChunk::Stderr(b))) => Ok(ExecOutput::Stderr(b)),
-                    Some(Err(e)) => Err(e),
-                };
-                if tx.send(out).await.is_err() {
-                    return;
+                    if let Some((cap, _)) = over {
+                        return Err(Error::ResourceExhausted(format!(
+                            "exec output reached profile '{}' max_exec_output of {}; the rest was withheld",
+                            sb.profile.name,
+                            crate::policy::size::format_size(cap)
+                        )));
+                    }
                 }
+                exit_code(&this.runtime, &session.exec_id).await
             }
-            let _ = tx.send(exit_code(&runtime, &session.exec_id).await.map(ExecOutput::Exit)).await;
+            .await;
+            let took = crate::time::format_duration_ms(started.elapsed());
+            let sent = format!("stdout {}; stderr {}", stdout.describe(), stderr.describe());
+            let result = match &ended {
+                Ok(code) => Ok(format!("exit {code} after {took}; {sent}")),
+                Err(e) => Err(e),
+            };
+            let mut entry = this.entry(Some(&caller), action::EXEC_END, &sb.experiment, &sb.id, result);
+            if ended.is_err() {
+                entry.reason = format!("ended after {took}, {sent}: {}", entry.reason);
+            }
+            this.record(entry);
+            let _ = tx.send(ended.map(ExecOutput::Exit)).await;
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
     }

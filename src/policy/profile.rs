@@ -141,13 +141,21 @@ impl Default for Network {
     }
 }
 
-/// Whether files may be copied into and out of sandboxes of this profile.
+/// Whether files may be copied into and out of sandboxes of this profile,
+/// and how much output an exec may bring out (exec output is a transfer too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTransfer {
     pub copy_in: bool,
     pub copy_out: bool,
+    /// Most stdout and stderr bytes, together, one exec may return; `None`: no cap.
+    #[serde(default)]
+    pub max_exec_output: Option<u64>,
 }
+
+/// The exec output cap of a profile that refuses copy-out and names no cap
+/// of its own: enough for any command's report, too little to carry data out.
+pub const DEFAULT_EXEC_OUTPUT_WITHOUT_COPY_OUT: u64 = 1 << 20;
 
 /// What profile validation needs to know about the host.
 #[derive(Debug, Clone)]
@@ -194,6 +202,12 @@ struct ProfileFile {
 struct FileTransferFile {
     copy_in: Option<bool>,
     copy_out: Option<bool>,
+    #[serde(default, deserialize_with = "de_opt_size")]
+    max_exec_output: Option<u64>,
+}
+
+fn de_opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_size(d).map(Some)
 }
 
 /// One problem with one profile file.
@@ -332,12 +346,21 @@ impl Profile {
                 format!("{} is above the most a pool may hold, {MAX_WARM_POOL}", raw.warm_pool),
             ));
         }
-        // Copy-out is refused by default above OFFICIAL; copy-in allowed by default.
+        // Copy-out is refused by default above OFFICIAL; copy-in allowed by
+        // default. Where copy-out is refused, exec output is capped unless
+        // the profile says otherwise, or refusing copy-out would mean nothing.
         let ft = raw.file_transfer.as_ref();
-        let file_transfer = FileTransfer {
-            copy_in: ft.and_then(|f| f.copy_in).unwrap_or(true),
-            copy_out: ft.and_then(|f| f.copy_out).unwrap_or(raw.max_classification == Classification::Official),
-        };
+        let copy_out = ft.and_then(|f| f.copy_out).unwrap_or(raw.max_classification == Classification::Official);
+        let max_exec_output =
+            ft.and_then(|f| f.max_exec_output).or((!copy_out).then_some(DEFAULT_EXEC_OUTPUT_WITHOUT_COPY_OUT));
+        if max_exec_output == Some(0) {
+            errors.push(err(
+                "file_transfer.max_exec_output",
+                "must be above 0 (a command's exit code comes with its output)".into(),
+            ));
+        }
+        let file_transfer =
+            FileTransfer { copy_in: ft.and_then(|f| f.copy_in).unwrap_or(true), copy_out, max_exec_output };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -483,7 +506,7 @@ mod tests {
         assert_eq!(p.resources, Resources::default());
         assert_eq!(p.lifetime, Lifetime::default());
         assert_eq!(p.network, Network::default());
-        assert_eq!(p.file_transfer, FileTransfer { copy_in: true, copy_out: true });
+        assert_eq!(p.file_transfer, FileTransfer { copy_in: true, copy_out: true, max_exec_output: None });
     }
 
     #[test]
@@ -566,7 +589,12 @@ mod tests {
         let e = Profile::parse_with(Path::new("p.toml"), &format!("datasets = [\"nope\"]\n{GOOD}"), &host).unwrap_err();
         assert_eq!(fields(e), ["datasets[0]"]);
         let p = with("[file_transfer]\ncopy_out = false\n").unwrap();
-        assert_eq!(p.file_transfer, FileTransfer { copy_in: true, copy_out: false });
+        let capped = Some(DEFAULT_EXEC_OUTPUT_WITHOUT_COPY_OUT);
+        assert_eq!(p.file_transfer, FileTransfer { copy_in: true, copy_out: false, max_exec_output: capped });
+        let p = with("[file_transfer]\ncopy_out = false\nmax_exec_output = \"64KiB\"\n").unwrap();
+        assert_eq!(p.file_transfer.max_exec_output, Some(64 << 10));
+        let e = with("[file_transfer]\nmax_exec_output = \"0B\"\n").unwrap_err();
+        assert!(e.iter().any(|e| e.field == "file_transfer.max_exec_output"), "{e:?}");
         let sensitive =
             GOOD.replace("max_classification = \"OFFICIAL\"", "max_classification = \"OFFICIAL-SENSITIVE\"");
         let p = Profile::parse_with(Path::new("p.toml"), &sensitive, &host).unwrap();
@@ -647,7 +675,7 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 28] = [
+    const KEYS: [&str; 29] = [
         "description",
         "max_classification",
         "requires_approval",
@@ -668,6 +696,7 @@ mod tests {
         "residency",
         "copy_in",
         "copy_out",
+        "max_exec_output",
         "privileged",
         "network_mode",
         "user",
@@ -724,7 +753,7 @@ mod tests {
         };
         match key {
             "default_ttl" | "max_ttl" | "max_lifetime" => duration().boxed(),
-            "memory" | "tmpfs" => size().boxed(),
+            "memory" | "tmpfs" | "max_exec_output" => size().boxed(),
             "cpus" => prop_oneof![any::<f64>().prop_map(|f| format!("{f:?}")), Just("nan".to_string())].boxed(),
             "pids" => any::<i64>().prop_map(|n| n.to_string()).boxed(),
             "warm_pool" | "port" => prop_oneof![0i64..70, any::<i64>()].prop_map(|n| n.to_string()).boxed(),
@@ -787,6 +816,9 @@ mod tests {
         }
         prop_assert!(p.datasets.iter().all(|d| host.datasets.iter().any(|(n, _)| n == d)));
         prop_assert!(p.warm_pool <= MAX_WARM_POOL);
+        // Refusing copy-out always comes with a cap on exec output.
+        prop_assert!(p.file_transfer.copy_out || p.file_transfer.max_exec_output.is_some());
+        prop_assert!(p.file_transfer.max_exec_output != Some(0));
         // What the API shows of it renders.
         let shown = crate::proto::Profile::from(p);
         prop_assert_eq!(&shown.name, &p.name);

@@ -565,3 +565,51 @@ impl Metrics {
             .sum()
     }
 }
+
+/// A TCP relay to the daemon that can be cut, as a client whose machine or
+/// network goes away would be: its connections end without a goodbye.
+pub struct Cuttable {
+    pub addr: String,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Cuttable {
+    pub async fn to(daemon: &Daemon) -> Cuttable {
+        let target = daemon.addr.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let tasks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = std::sync::Arc::clone(&tasks);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let relay = tokio::spawn(async move {
+                    let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                held.lock().unwrap().push(relay.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        Cuttable { addr, tasks }
+    }
+
+    /// A client of `token` whose calls go through this relay.
+    pub async fn client(&self, token: &str) -> Client {
+        let channel = Channel::from_shared(self.addr.clone()).unwrap().connect().await.unwrap();
+        SandboxServiceClient::with_interceptor(channel, bearer(token))
+    }
+
+    /// Drops every connection at once.
+    pub fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Cuttable {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
