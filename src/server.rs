@@ -82,17 +82,8 @@ fn key_error(cfg: &Config, e: KeyError) -> StartError {
 /// path and the verifier key.
 pub fn init_audit_key(cfg: &Config) -> Result<(std::path::PathBuf, bool, std::path::PathBuf, String), StartError> {
     data_dir(&cfg.data_dir)?;
-    let store =
-        Arc::new(SqliteStore::open(&cfg.data_dir.join("sandpit.db")).map_err(|e| StartError::Io(e.to_string()))?);
+    let store = SqliteStore::open(&cfg.data_dir.join("sandpit.db")).map_err(|e| StartError::Io(e.to_string()))?;
     let instance = store.instance_id().map_err(|e| StartError::Io(e.to_string()))?;
-    let checkpoints = Checkpointer::new(Arc::clone(&store) as Arc<dyn Store>, cfg.checkpoint_settings(&instance))
-        .map_err(|e| key_error(cfg, e))?;
-    tracing::info!(
-        verifier_key = %checkpoints.verifier(),
-        signing_key = %cfg.signing_key().display(),
-        checkpoint_dir = %cfg.checkpoint_dir().display(),
-        "audit checkpoints are signed with this key; keep the verifier key and the checkpoints off this host"
-    );
     let settings = cfg.checkpoint_settings(&instance);
     let (key, created) = crate::checkpoints::load_or_create_key(&settings.signing_key, &settings.key_name)
         .map_err(|e| key_error(cfg, e))?;
