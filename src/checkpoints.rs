@@ -451,7 +451,7 @@ impl Checkpointer {
             return;
         }
         if let Ok(Some(s)) = self.checkpoint_async("shutdown").await {
-            tracing::info!(size = s.checkpoint.size, "audit chain checkpointed at shutdown");
+            tracing::info!(size = s.checkpoint.size, "the newest audit checkpoint covers the chain at shutdown");
         }
     }
 }
