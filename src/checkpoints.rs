@@ -14,6 +14,7 @@
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -200,6 +201,9 @@ pub struct Checkpointer {
     settings: Settings,
     state: Mutex<State>,
     ready: watch::Sender<bool>,
+    /// Mirrors of the state for the schedule, which must not wait on a signing in progress.
+    signed_size: AtomicU64,
+    broken: AtomicBool,
 }
 
 impl Checkpointer {
@@ -233,6 +237,8 @@ impl Checkpointer {
             settings,
             state: Mutex::new(State::Starting),
             ready: watch::channel(false).0,
+            signed_size: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
         }))
     }
 
@@ -267,8 +273,9 @@ impl Checkpointer {
                     checkpoint = %held.as_ref().map(|(p, size)| format!("{size} records ({p})")).unwrap_or_else(|| "none yet".into()),
                     "audit chain verified at start"
                 );
-                *state =
-                    State::Healthy { verified: (report.records, report.head_hash), latest: newest.map(|(_, s)| s) };
+                let latest = newest.map(|(_, s)| s);
+                self.signed_size.store(latest.as_ref().map_or(0, |s| s.checkpoint.size), Ordering::Relaxed);
+                *state = State::Healthy { verified: (report.records, report.head_hash), latest };
             }
             Ok((report, newest)) => {
                 let against =
@@ -310,6 +317,7 @@ impl Checkpointer {
 
     /// Logs why the chain cannot be trusted; the state that signs nothing.
     fn broken(&self, why: String, when: &str) -> State {
+        self.broken.store(true, Ordering::Relaxed);
         crate::metrics::global().audit_chain(false);
         tracing::error!("audit chain BROKEN ({when}): {why}; this process will sign no checkpoint over it");
         State::Broken(why)
@@ -325,14 +333,6 @@ impl Checkpointer {
                 report.reason.clone()
             };
             *state = self.broken(why, "on verification");
-        }
-    }
-
-    /// Records of the newest checkpoint (0 before the first).
-    fn signed_size(&self) -> u64 {
-        match &*self.state() {
-            State::Healthy { latest: Some(s), .. } => s.checkpoint.size,
-            _ => 0,
         }
     }
 
@@ -374,7 +374,11 @@ impl Checkpointer {
         let note = checkpoint.sign(&self.key).map_err(|e| Error::Internal(format!("signing a checkpoint: {e}")))?;
         let dir = &self.settings.checkpoint_dir;
         let file = dir.join(file_name(checkpoint.size));
-        let written = write_atomically(&file, note.as_bytes(), 0o644)
+        let written = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .and_then(|()| write_atomically(&file, note.as_bytes(), 0o644))
             .and_then(|()| write_atomically(&dir.join(LATEST), note.as_bytes(), 0o644));
         tracing::info!(
             size = checkpoint.size,
@@ -389,6 +393,7 @@ impl Checkpointer {
             return Err(Error::Internal(format!("writing {}: {e}", file.display())));
         }
         crate::metrics::global().checkpoint_signed();
+        self.signed_size.store(checkpoint.size, Ordering::Relaxed);
         let signed = Signed { checkpoint, note };
         *latest = Some(signed.clone());
         Ok(Some(signed))
@@ -431,13 +436,13 @@ impl Checkpointer {
         loop {
             let why = tokio::select! {
                 r = records.next() => match r {
-                    Some(r) if r.seq >= self.signed_size().saturating_add(self.settings.every) => "records",
+                    Some(r) if r.seq >= self.signed_size.load(Ordering::Relaxed).saturating_add(self.settings.every) => "records",
                     Some(_) => continue,
                     None => return,
                 },
                 _ = tick.tick() => "interval",
             };
-            if matches!(*self.state(), State::Broken(_)) {
+            if self.broken.load(Ordering::Relaxed) {
                 continue;
             }
             // Failures are logged where they happen.
@@ -447,7 +452,7 @@ impl Checkpointer {
 
     /// The final checkpoint, at shutdown (after in-flight calls ended).
     pub async fn finish(self: &Arc<Self>) {
-        if matches!(*self.state(), State::Broken(_)) {
+        if self.broken.load(Ordering::Relaxed) {
             return;
         }
         if let Ok(Some(s)) = self.checkpoint_async("shutdown").await {
@@ -580,6 +585,13 @@ mod tests {
         assert_eq!(mode(&cp.join(LATEST)), 0o644);
         let (path, newest_cp, _) = newest(&cp, c.verifier()).unwrap().unwrap();
         assert_eq!((path, newest_cp), (cp.join(file_name(12)), two.checkpoint.clone()));
+
+        // A checkpoint directory removed meanwhile is made again.
+        std::fs::remove_dir_all(&cp).unwrap();
+        f.append(1);
+        assert_eq!(c.checkpoint("test").unwrap().unwrap().checkpoint.size, 13);
+        assert_eq!(f.files(), [file_name(13), LATEST.to_string()]);
+        let two = c.checkpoint("test").unwrap().unwrap();
 
         // A restart picks up where it was: the newest checkpoint holds.
         drop(c);
