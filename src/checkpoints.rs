@@ -250,10 +250,6 @@ impl Checkpointer {
         &self.settings.origin
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
