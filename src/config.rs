@@ -25,6 +25,10 @@ pub const ADDR_FILE: &str = "sandpitd.addr";
 /// File in the data directory holding the address metrics are served on.
 pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 pub const ENV_PREFIX: &str = "SANDPIT";
+/// The audit signing key in the data directory, when `audit.signing_key` is unset.
+pub const DEFAULT_SIGNING_KEY_FILE: &str = "audit-signing.key";
+/// The checkpoint directory in the data directory, when `audit.checkpoint_dir` is unset.
+pub const DEFAULT_CHECKPOINT_DIR: &str = "checkpoints";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +58,27 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub limits: LimitsConfig,
     pub quotas: QuotasConfig,
+    pub audit: AuditConfig,
+}
+
+/// Signed checkpoints of the audit chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The Ed25519 seed that signs checkpoints, created (0600) if missing;
+    /// `<signing_key>.pub` holds the verifier key. Default: in data_dir.
+    pub signing_key: Option<PathBuf>,
+    /// Where each checkpoint is written (and `latest`). Default: in data_dir.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// A checkpoint every this many records...
+    pub checkpoint_every: u64,
+    /// ...and this often when records were appended since the last one.
+    #[serde(deserialize_with = "de_duration")]
+    pub checkpoint_interval: Duration,
+    /// First line of every checkpoint. Default: `sandpit/<instance id>`.
+    pub origin: Option<String>,
+    /// Name of the key in signatures and the verifier key. Default: `sandpit-<instance id>`.
+    pub key_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,6 +274,10 @@ refusals_per_source = 30
 [quotas]
 sandboxes_per_team = 50
 teams = {{}}
+
+[audit]
+checkpoint_every = 1000
+checkpoint_interval = "5m"
 "#,
         data_dir = default_data_dir().display().to_string().replace('\\', "/"),
     )
@@ -286,6 +315,28 @@ impl Config {
         crate::policy::admission::TeamQuotas {
             default: self.quotas.sandboxes_per_team,
             teams: self.quotas.teams.clone(),
+        }
+    }
+
+    /// `audit.signing_key`, or its default in the data directory.
+    pub fn signing_key(&self) -> PathBuf {
+        self.audit.signing_key.clone().unwrap_or_else(|| self.data_dir.join(DEFAULT_SIGNING_KEY_FILE))
+    }
+
+    /// `audit.checkpoint_dir`, or its default in the data directory.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.audit.checkpoint_dir.clone().unwrap_or_else(|| self.data_dir.join(DEFAULT_CHECKPOINT_DIR))
+    }
+
+    /// What the checkpointer needs, defaults resolved with the store's instance id.
+    pub fn checkpoint_settings(&self, instance: &str) -> crate::checkpoints::Settings {
+        crate::checkpoints::Settings {
+            signing_key: self.signing_key(),
+            checkpoint_dir: self.checkpoint_dir(),
+            every: self.audit.checkpoint_every,
+            interval: self.audit.checkpoint_interval,
+            origin: self.audit.origin.clone().unwrap_or_else(|| format!("sandpit/{instance}")),
+            key_name: self.audit.key_name.clone().unwrap_or_else(|| format!("sandpit-{instance}")),
         }
     }
 
@@ -330,6 +381,37 @@ impl Config {
             builder.build().and_then(|c| c.try_deserialize()).map_err(|e| ConfigError(format!("{where_}{e}")))?;
         cfg.validate().map_err(|e| ConfigError(format!("{where_}{e}")))?;
         Ok(cfg)
+    }
+
+    fn validate_audit(&self) -> Result<(), String> {
+        let a = &self.audit;
+        if a.checkpoint_every == 0 {
+            return Err("audit.checkpoint_every: must be at least 1".into());
+        }
+        if a.checkpoint_interval < Duration::from_secs(1) {
+            return Err("audit.checkpoint_interval: must be at least 1s".into());
+        }
+        if let Some(o) = &a.origin {
+            crate::audit::checkpoint::valid_origin(o).map_err(|e| format!("audit.origin: {e}"))?;
+        }
+        if let Some(n) = &a.key_name {
+            crate::audit::checkpoint::valid_key_name(n).map_err(|e| format!("audit.key_name: {e}"))?;
+        }
+        for (key, path) in [("audit.signing_key", &a.signing_key), ("audit.checkpoint_dir", &a.checkpoint_dir)] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(format!("{key}: must not be empty"));
+            }
+        }
+        // The checkpoint directory is meant to be shipped off the host; the private key must not go with it.
+        let (key, dir) = (self.signing_key(), self.checkpoint_dir());
+        if key.starts_with(&dir) {
+            return Err(format!(
+                "audit.signing_key: {} is inside audit.checkpoint_dir {}, which is shipped off the host; keep the private key elsewhere",
+                key.display(),
+                dir.display()
+            ));
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -434,6 +516,7 @@ impl Config {
         if self.lifecycle.reconcile_interval.is_zero() {
             return Err("lifecycle.reconcile_interval: must be above zero".into());
         }
+        self.validate_audit()?;
         let l = &self.lifecycle;
         for (key, d) in [
             ("docker.timeout", self.docker.timeout),
@@ -444,6 +527,7 @@ impl Config {
             ("lifecycle.exec_timeout", l.exec_timeout),
             ("lifecycle.min_ttl", l.min_ttl),
             ("limits.refusal_window", self.limits.refusal_window),
+            ("audit.checkpoint_interval", self.audit.checkpoint_interval),
         ] {
             // Deadlines are computed by adding these to the clock.
             if d > crate::time::LONGEST {
@@ -581,6 +665,51 @@ mod tests {
     }
 
     #[test]
+    fn audit_keys_default_into_the_data_dir_and_bad_ones_are_named() {
+        let c = Config::load_from(None, env(&[("SANDPIT__DATA_DIR", "/srv/sp")])).unwrap();
+        assert_eq!(c.signing_key(), Path::new("/srv/sp/audit-signing.key"));
+        assert_eq!(c.checkpoint_dir(), Path::new("/srv/sp/checkpoints"));
+        assert_eq!((c.audit.checkpoint_every, c.audit.checkpoint_interval), (1000, Duration::from_secs(300)));
+        let s = c.checkpoint_settings("0123abcd");
+        assert_eq!((s.origin.as_str(), s.key_name.as_str()), ("sandpit/0123abcd", "sandpit-0123abcd"));
+        let f = file(
+            "[audit]\nsigning_key = \"/etc/sp/k\"\ncheckpoint_dir = \"/var/log/sp\"\norigin = \"o.example/log\"\nkey_name = \"o.example\"\ncheckpoint_every = 10\ncheckpoint_interval = \"30s\"\n",
+        );
+        let c = Config::load_from(Some(f.path()), env(&[])).unwrap();
+        let s = c.checkpoint_settings("x");
+        assert_eq!(
+            (s.signing_key.as_path(), s.checkpoint_dir.as_path()),
+            (Path::new("/etc/sp/k"), Path::new("/var/log/sp"))
+        );
+        assert_eq!((s.origin.as_str(), s.key_name.as_str(), s.every), ("o.example/log", "o.example", 10));
+        assert_eq!(s.interval, Duration::from_secs(30));
+
+        for (vars, key) in [
+            (vec![("SANDPIT__AUDIT__CHECKPOINT_EVERY", "0")], "audit.checkpoint_every"),
+            (vec![("SANDPIT__AUDIT__CHECKPOINT_EVERY", "many")], "audit.checkpoint_every"),
+            (vec![("SANDPIT__AUDIT__CHECKPOINT_INTERVAL", "0s")], "audit.checkpoint_interval"),
+            (vec![("SANDPIT__AUDIT__CHECKPOINT_INTERVAL", "soon")], "audit.checkpoint_interval"),
+            (vec![("SANDPIT__AUDIT__CHECKPOINT_INTERVAL", "36501d")], "audit.checkpoint_interval"),
+            (vec![("SANDPIT__AUDIT__KEY_NAME", "two words")], "audit.key_name"),
+            (vec![("SANDPIT__AUDIT__KEY_NAME", "a+b")], "audit.key_name"),
+            (vec![("SANDPIT__AUDIT__ORIGIN", "")], "audit.origin"),
+            (vec![("SANDPIT__AUDIT__SIGNING_KEY", "")], "audit.signing_key"),
+            (
+                vec![("SANDPIT__AUDIT__SIGNING_KEY", "/srv/cp/key"), ("SANDPIT__AUDIT__CHECKPOINT_DIR", "/srv/cp")],
+                "audit.signing_key",
+            ),
+            (
+                vec![("SANDPIT__DATA_DIR", "/srv/sp"), ("SANDPIT__AUDIT__CHECKPOINT_DIR", "/srv/sp")],
+                "audit.signing_key",
+            ),
+            (vec![("SANDPIT__AUDIT__NAP", "1")], "nap"),
+        ] {
+            let e = Config::load_from(None, env(&vars)).unwrap_err().to_string();
+            assert!(e.contains(key), "{vars:?}: {e}");
+        }
+    }
+
+    #[test]
     fn example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/sandpit.example.toml");
         Config::load_from(Some(&path), env(&[])).unwrap();
@@ -608,7 +737,7 @@ mod tests {
     }
 
     /// Every scalar key: its table (`""` at the top), name and kind.
-    const KEYS: [(&str, &str, Kind); 18] = [
+    const KEYS: [(&str, &str, Kind); 21] = [
         ("", "listen", Kind::Addr),
         ("", "data_dir", Kind::Str),
         ("", "profiles_dir", Kind::Str),
@@ -627,6 +756,9 @@ mod tests {
         ("log", "format", Kind::LogFormat),
         ("log", "filter", Kind::Str),
         ("", "allow_insecure_listen", Kind::Str),
+        ("audit", "checkpoint_interval", Kind::Duration),
+        ("audit", "key_name", Kind::Str),
+        ("audit", "origin", Kind::Str),
     ];
 
     /// A value `kind` cannot hold.
@@ -709,7 +841,7 @@ mod tests {
             4 => prop::sample::select(KEYS.to_vec())
                 .prop_flat_map(|(_, k, kind)| value_for(kind).prop_map(move |v| format!("{k} = {v}"))),
             2 => prop::sample::select(vec![
-                "[network]", "[docker]", "[lifecycle]", "[sandbox]", "[log]", "[labels]", "[tls]", "[[identities]]",
+                "[network]", "[docker]", "[lifecycle]", "[sandbox]", "[log]", "[labels]", "[tls]", "[[identities]]", "[audit]",
                 "[[datasets]]", "[identities]", "[nope]", "roles = [\"requester\"]", "roles = [\"root\"]",
                 "token_sha256 = \"00\"", "cert_subject = \"CN=x\"", "path = \"/\"", "\"sandpit.managed\" = \"false\"",
             ])
@@ -767,9 +899,17 @@ mod tests {
         let last = pool.subnet(pool.len() - 1);
         prop_assert_eq!(pool.index_of(&last), Some(pool.len() - 1));
         let l = &c.lifecycle;
-        for d in
-            [c.docker.timeout, l.expiry_warning, l.reconcile_interval, l.orphan_grace, l.shutdown_grace, l.exec_timeout]
-        {
+        prop_assert!(c.audit.checkpoint_every >= 1 && !c.audit.checkpoint_interval.is_zero());
+        prop_assert!(!c.signing_key().starts_with(c.checkpoint_dir()), "the private key would be shipped");
+        for d in [
+            c.docker.timeout,
+            l.expiry_warning,
+            l.reconcile_interval,
+            l.orphan_grace,
+            l.shutdown_grace,
+            l.exec_timeout,
+            c.audit.checkpoint_interval,
+        ] {
             prop_assert!(std::time::Instant::now().checked_add(d).is_some(), "{:?} overflows the clock", d);
             prop_assert!(std::time::SystemTime::now().checked_add(d).is_some(), "{:?} overflows the clock", d);
         }

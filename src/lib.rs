@@ -7,6 +7,7 @@
 //! - [`lifecycle`]: the manager that provisions, extends, tears down, expires and reconciles sandboxes.
 //! - [`api`]: tonic services; decode, convert, call the core, map [`Error`] to a gRPC status.
 //! - [`egress`]: the allowlist egress proxy for sandboxes in `allowlist` network mode; no Docker, store or gRPC.
+//! - [`checkpoints`]: signed checkpoints of the audit chain (key file, directory, schedule).
 //! - [`config`], [`auth`], [`server`]: what the `sandpitd` binary wires together.
 //!
 //! The core never sees protobuf or bollard types.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod checkpoints;
 pub mod config;
 pub mod egress;
 pub mod error;

@@ -125,7 +125,13 @@ pub struct Metrics {
     refused: Counters<2>,
     /// Refusals counted into a summary record rather than recorded one by one.
     refusals_summarised: std::sync::atomic::AtomicU64,
+    /// 1 or 0 once the audit chain has been checked at start; [`UNKNOWN`] before.
+    audit_chain_ok: AtomicU64,
+    checkpoints: AtomicU64,
 }
+
+/// `audit_chain_ok` before the first check: no sample is rendered.
+const UNKNOWN: u64 = u64::MAX;
 
 /// How a create was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +151,19 @@ impl Metrics {
             calls: Counters::new(),
             refused: Counters::new(),
             refusals_summarised: std::sync::atomic::AtomicU64::new(0),
+            audit_chain_ok: AtomicU64::new(UNKNOWN),
+            checkpoints: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the audit chain verified (at start, and before each checkpoint since).
+    pub fn audit_chain(&self, ok: bool) {
+        self.audit_chain_ok.store(u64::from(ok), Ordering::Relaxed);
+    }
+
+    /// A signed checkpoint of the audit chain was written.
+    pub fn checkpoint_signed(&self) {
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn provisioned(&self, source: Source, took: Duration) {
@@ -228,6 +246,18 @@ impl Metrics {
             "Refusals counted into a summary audit record (repeats, or over a source's share) instead of recorded one by one.",
         );
         sample(out, "sandpit_audit_refusals_summarised_total", &[], self.refusals_summarised.load(Ordering::Relaxed));
+        help(out, "sandpit_audit_chain_ok", "gauge", "1 when the audit chain verified at start (against the newest checkpoint too) and before every checkpoint since; 0 when it did not (the log says why, and no checkpoint is signed). Absent until the check at start ends.");
+        let ok = self.audit_chain_ok.load(Ordering::Relaxed);
+        if ok != UNKNOWN {
+            sample(out, "sandpit_audit_chain_ok", &[], ok);
+        }
+        help(
+            out,
+            "sandpit_audit_checkpoints_total",
+            "counter",
+            "Signed checkpoints of the audit chain written by this process.",
+        );
+        sample(out, "sandpit_audit_checkpoints_total", &[], self.checkpoints.load(Ordering::Relaxed));
     }
 }
 
@@ -366,5 +396,26 @@ mod tests {
         assert!(out.contains("sandpit_docker_errors_total{operation=\"remove container\",kind=\"unavailable\"} 2\n"));
         assert!(out.contains("sandpit_calls_refused_total{method=\"/x/Y\",reason=\"rate_limited\"} 1\n"));
         assert!(out.contains("# TYPE sandpit_expiry_lateness_seconds histogram\n"));
+    }
+
+    #[test]
+    fn the_audit_chain_gauge_is_absent_until_checked() {
+        let m = Metrics::new();
+        let render = |m: &Metrics| {
+            let mut out = String::new();
+            m.render(&mut out);
+            out
+        };
+        assert!(!render(&m).contains("\nsandpit_audit_chain_ok "), "unknown before the check");
+        m.audit_chain(true);
+        m.checkpoint_signed();
+        m.checkpoint_signed();
+        let out = render(&m);
+        assert!(
+            out.contains("\nsandpit_audit_chain_ok 1\n") && out.contains("\nsandpit_audit_checkpoints_total 2\n"),
+            "{out}"
+        );
+        m.audit_chain(false);
+        assert!(render(&m).contains("\nsandpit_audit_chain_ok 0\n"));
     }
 }

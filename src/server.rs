@@ -16,6 +16,7 @@ use crate::api::profile::ProfileApi;
 use crate::api::register::RegisterApi;
 use crate::api::sandbox::SandboxApi;
 use crate::auth::{local_caller, local_token, Identities};
+use crate::checkpoints::{Checkpointer, KeyError};
 use crate::config::{Config, ADDR_FILE, METRICS_ADDR_FILE};
 use crate::lifecycle::{Manager, Settings};
 use crate::policy::admission::Dataset;
@@ -63,6 +64,36 @@ fn write_atomically(path: &Path, content: &str) -> Result<(), StartError> {
         .map_err(|e| StartError::Io(format!("{}: {e}", path.display())))
 }
 
+/// A key file problem, as a start error; a missing key that could not be
+/// created (e.g. under a read-only /etc) says how to create it.
+fn key_error(cfg: &Config, e: KeyError) -> StartError {
+    match e {
+        KeyError::Invalid(m) => StartError::Config(m),
+        KeyError::Io(m) if !cfg.signing_key().exists() => StartError::Io(format!(
+            "{m}; create it once with `sandpitd --config <file> --init-audit-key` as a user that may write there"
+        )),
+        KeyError::Io(m) => StartError::Io(m),
+    }
+}
+
+/// `sandpitd --init-audit-key`: creates the audit signing key (never
+/// replacing one) and its `.pub`, for a daemon that may not write where the
+/// key lives. Returns the key's path, whether it was created, the `.pub`
+/// path and the verifier key.
+pub fn init_audit_key(cfg: &Config) -> Result<(std::path::PathBuf, bool, std::path::PathBuf, String), StartError> {
+    data_dir(&cfg.data_dir)?;
+    let store = SqliteStore::open(&cfg.data_dir.join("sandpit.db")).map_err(|e| StartError::Io(e.to_string()))?;
+    let instance = store.instance_id().map_err(|e| StartError::Io(e.to_string()))?;
+    let settings = cfg.checkpoint_settings(&instance);
+    let (key, created) = crate::checkpoints::load_or_create_key(&settings.signing_key, &settings.key_name)
+        .map_err(|e| key_error(cfg, e))?;
+    let public = crate::checkpoints::write_public_key(&settings.signing_key, key.verifier()).map_err(|e| {
+        let path = crate::checkpoints::public_key_path(&settings.signing_key);
+        StartError::Io(format!("{}: {e}", path.display()))
+    })?;
+    Ok((settings.signing_key, created, public, key.verifier().to_string()))
+}
+
 /// One span per RPC: every log line of the call carries its method, and the
 /// handlers record the caller, sandbox and experiment as they learn them.
 fn rpc_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
@@ -86,12 +117,14 @@ fn oversize_is_resource_exhausted<B>(mut res: tonic::codegen::http::Response<B>)
 }
 
 /// Runs the daemon until `shutdown` resolves, then drains in-flight calls for
-/// up to the configured grace period. Sandboxes are left running.
+/// up to the configured grace period and signs a last audit checkpoint.
+/// Sandboxes are left running.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
     let profiles = ProfileSet::load_dir_with(&cfg.profiles_dir, &cfg.host_rules())
         .map_err(|errors| StartError::Config(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
     data_dir(&cfg.data_dir)?;
-    let store = SqliteStore::open(&cfg.data_dir.join("sandpit.db")).map_err(|e| StartError::Io(e.to_string()))?;
+    let store =
+        Arc::new(SqliteStore::open(&cfg.data_dir.join("sandpit.db")).map_err(|e| StartError::Io(e.to_string()))?);
 
     let mut identities = Identities::from_config(&cfg.identities);
     if identities.is_empty() {
@@ -107,6 +140,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         tracing::warn!(min_ttl = ?cfg.lifecycle.min_ttl, "lifecycle.min_ttl is below 10s: sandboxes may be asked to live only seconds");
     }
     let instance = store.instance_id().map_err(|e| StartError::Io(e.to_string()))?;
+    let checkpoints = Checkpointer::new(Arc::clone(&store) as Arc<dyn Store>, cfg.checkpoint_settings(&instance))
+        .map_err(|e| key_error(&cfg, e))?;
+    tracing::info!(
+        verifier_key = %checkpoints.verifier(),
+        signing_key = %cfg.signing_key().display(),
+        checkpoint_dir = %cfg.checkpoint_dir().display(),
+        "audit checkpoints are signed with this key; keep the verifier key and the checkpoints off this host"
+    );
     // The egress proxy listens on every address; sandboxes reach it on their
     // gateway, the firewall lets nothing else of the host through, and it
     // answers only sources it knows as allowlist sandboxes.
@@ -153,9 +194,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             per_source: cfg.limits.refusals_per_source,
         },
     };
-    let manager =
-        Manager::new(runtime, Arc::new(store), profiles, settings).map_err(|e| StartError::Io(e.to_string()))?;
+    let manager = Manager::new(runtime, store, profiles, settings).map_err(|e| StartError::Io(e.to_string()))?;
     let _tasks = manager.start().map_err(|e| StartError::Io(e.to_string()))?;
+    // Verifies the chain (in a blocking task: serving starts meanwhile), then signs on schedule.
+    let _checkpointing = AbortOnDrop(tokio::spawn(Arc::clone(&checkpoints).run(manager.watch_audit())));
 
     let _metrics = match &cfg.metrics {
         m if m.enabled => {
@@ -223,8 +265,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         SandboxServiceServer::new(SandboxApi::new(Arc::clone(&manager), gate.clone())).max_decoding_message_size(max);
     let register =
         RegisterServiceServer::new(RegisterApi::new(Arc::clone(&manager), gate.clone())).max_decoding_message_size(max);
-    let audit =
-        AuditServiceServer::new(AuditApi::new(Arc::clone(&manager), gate.clone())).max_decoding_message_size(max);
+    let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(&manager), gate.clone(), Arc::clone(&checkpoints)))
+        .max_decoding_message_size(max);
     let profile = ProfileServiceServer::new(ProfileApi::new(Arc::clone(&manager), gate)).max_decoding_message_size(max);
 
     let _egress = {
@@ -282,6 +324,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
     // Refusals counted since the last summary are not lost with the process.
     manager.flush_refusals();
+    // The last records of this run, calls drained, are checkpointed before exit.
+    checkpoints.finish().await;
     let _ = std::fs::remove_file(cfg.data_dir.join(ADDR_FILE));
     let _ = std::fs::remove_file(cfg.data_dir.join(METRICS_ADDR_FILE));
     tracing::info!("stopped");

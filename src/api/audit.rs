@@ -8,6 +8,8 @@ use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::auth::{Gate, Method};
+use crate::audit::checkpoint::{Checkpoint, VerifierKey};
+use crate::checkpoints::Checkpointer;
 use crate::lifecycle::Manager;
 use crate::proto;
 use crate::proto::audit_service_server::AuditService;
@@ -23,11 +25,49 @@ const EXPORT_CHUNK: usize = 64 * 1024;
 pub struct AuditApi<R: Runtime> {
     manager: Arc<Manager<R>>,
     gate: Gate,
+    checkpoints: Arc<Checkpointer>,
 }
 
 impl<R: Runtime> AuditApi<R> {
-    pub fn new(manager: Arc<Manager<R>>, gate: Gate) -> Self {
-        AuditApi { manager, gate }
+    pub fn new(manager: Arc<Manager<R>>, gate: Gate, checkpoints: Arc<Checkpointer>) -> Self {
+        AuditApi { manager, gate, checkpoints }
+    }
+
+    /// The chain against a signed checkpoint: its signature (with `key`),
+    /// its origin, then whether the chain holds its head at its size.
+    async fn verify_against(&self, note: &str, key: VerifierKey) -> Result<proto::VerifyAuditLogResponse, Error> {
+        let refused = |reason: String| proto::VerifyAuditLogResponse {
+            ok: false,
+            reason,
+            verifier_key: key.to_string(),
+            ..Default::default()
+        };
+        let checkpoint = match Checkpoint::open(note, &key) {
+            Ok(c) => c,
+            Err(e) => return Ok(refused(format!("the checkpoint does not verify against key {key}: {e}"))),
+        };
+        if checkpoint.origin != self.checkpoints.origin() {
+            return Ok(refused(format!(
+                "the checkpoint is of the log '{}', not this one ('{}')",
+                checkpoint.origin,
+                self.checkpoints.origin()
+            )));
+        }
+        let manager = Arc::clone(&self.manager);
+        let at = (checkpoint.size, checkpoint.head);
+        let report = tokio::task::spawn_blocking(move || manager.verify_audit_against(at))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        // Only the daemon's own signature makes it the daemon's business.
+        if !report.ok && key == *self.checkpoints.verifier() {
+            self.checkpoints.chain_broken(&report);
+        }
+        Ok(proto::VerifyAuditLogResponse {
+            checkpoint_size: checkpoint.size,
+            checkpoint_origin: checkpoint.origin,
+            verifier_key: key.to_string(),
+            ..report.into()
+        })
     }
 }
 
@@ -66,11 +106,41 @@ impl<R: Runtime> AuditService for AuditApi<R> {
         req: Request<proto::VerifyAuditLogRequest>,
     ) -> Result<Response<proto::VerifyAuditLogResponse>, Status> {
         let _call = self.gate.authorize(&req, Method::VerifyAuditLog)?;
+        let r = req.into_inner();
+        if !r.checkpoint.is_empty() {
+            let key = if r.verifier_key.is_empty() {
+                self.checkpoints.verifier().clone()
+            } else {
+                VerifierKey::parse(&r.verifier_key).map_err(|e| Error::invalid("verifier_key", e.to_string()))?
+            };
+            return Ok(Response::new(self.verify_against(&r.checkpoint, key).await?));
+        }
+        if !r.verifier_key.is_empty() {
+            return Err(Error::invalid("verifier_key", "is used only with a checkpoint").into());
+        }
         let manager = Arc::clone(&self.manager);
         let report = tokio::task::spawn_blocking(move || manager.verify_audit())
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
+        if !report.ok {
+            self.checkpoints.chain_broken(&report);
+        }
         Ok(Response::new(report.into()))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        req: Request<proto::GetCheckpointRequest>,
+    ) -> Result<Response<proto::Checkpoint>, Status> {
+        let _call = self.gate.authorize(&req, Method::GetCheckpoint)?;
+        let signed = self.checkpoints.current().await?;
+        Ok(Response::new(proto::Checkpoint {
+            note: signed.note,
+            origin: signed.checkpoint.origin,
+            size: signed.checkpoint.size,
+            head_hash: hex::encode(signed.checkpoint.head),
+            verifier_key: self.checkpoints.verifier().to_string(),
+        }))
     }
 
     type ExportStream = StatusStream<proto::ExportChunk>;

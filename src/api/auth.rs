@@ -38,6 +38,7 @@ pub enum Method {
     QueryAuditLog,
     WatchAuditLog,
     VerifyAuditLog,
+    GetCheckpoint,
     Export,
     ListActiveExperiments,
     ListProfiles,
@@ -50,7 +51,7 @@ pub enum Method {
 use Role::{Approver, Auditor, Operator, Requester};
 
 impl Method {
-    pub const ALL: [Method; 26] = [
+    pub const ALL: [Method; 27] = [
         Method::CreateSandbox,
         Method::GetSandbox,
         Method::ListSandboxes,
@@ -70,6 +71,7 @@ impl Method {
         Method::QueryAuditLog,
         Method::WatchAuditLog,
         Method::VerifyAuditLog,
+        Method::GetCheckpoint,
         Method::Export,
         Method::ListActiveExperiments,
         Method::ListProfiles,
@@ -95,7 +97,11 @@ impl Method {
             Method::RegisterExperiment => &[Requester],
             Method::GetExperiment | Method::ListExperiments => &[Requester, Approver, Auditor, Operator],
             Method::ApproveExperiment | Method::RejectExperiment | Method::CloseExperiment => &[Approver],
-            Method::QueryAuditLog | Method::WatchAuditLog | Method::VerifyAuditLog | Method::Export => &[Auditor],
+            Method::QueryAuditLog
+            | Method::WatchAuditLog
+            | Method::VerifyAuditLog
+            | Method::GetCheckpoint
+            | Method::Export => &[Auditor],
             Method::ListActiveExperiments => &[Auditor, Approver],
             Method::ListProfiles | Method::GetProfile => &[Requester, Operator, Approver, Auditor],
             Method::ValidateProfile | Method::ReloadProfiles | Method::ListPools => &[Operator],
@@ -123,6 +129,7 @@ impl Method {
             Method::QueryAuditLog => action::QUERY_AUDIT_LOG,
             Method::WatchAuditLog => action::WATCH_AUDIT_LOG,
             Method::VerifyAuditLog => action::VERIFY_AUDIT_LOG,
+            Method::GetCheckpoint => action::GET_CHECKPOINT,
             Method::Export => action::EXPORT,
             Method::ListActiveExperiments => action::LIST_ACTIVE_EXPERIMENTS,
             Method::ListProfiles => action::LIST_PROFILES,
@@ -298,5 +305,6 @@ mod tests {
         assert!(!Method::CreateSandbox.roles().contains(&Approver));
         assert!(!Method::CreateSandbox.roles().contains(&Auditor));
         assert!(!Method::VerifyAuditLog.roles().contains(&Operator));
+        assert_eq!(Method::GetCheckpoint.roles(), [Auditor]);
     }
 }

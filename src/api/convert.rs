@@ -390,6 +390,7 @@ impl From<VerifyReport> for proto::VerifyAuditLogResponse {
             first_bad_seq: r.first_bad_seq,
             reason: r.reason,
             head_hash: hex::encode(r.head_hash),
+            ..Default::default()
         }
     }
 }

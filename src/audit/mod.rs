@@ -7,8 +7,12 @@
 //! in a fixed order, the sequence number and time included. Editing a record
 //! breaks its own hash; deleting or reordering one breaks the links or the
 //! sequence; truncating the tail is caught by the head kept beside the chain.
-//! Anyone who can rewrite the whole file can rewrite the whole chain, so the
-//! head hash ([`VerifyReport::head_hash`]) is what auditors record elsewhere.
+//! Anyone who can rewrite the whole file can rewrite the whole chain (and its
+//! head), so the daemon also signs [`checkpoint`]s of the chain, kept off the
+//! host: [`verify_against`] fails a chain that no longer holds a checkpoint's
+//! head at its size, however consistent it is with itself.
+
+pub mod checkpoint;
 
 pub mod refusals;
 
@@ -42,6 +46,7 @@ pub mod action {
     pub const QUERY_AUDIT_LOG: &str = "sandpit.v1.AuditService/QueryAuditLog";
     pub const WATCH_AUDIT_LOG: &str = "sandpit.v1.AuditService/WatchAuditLog";
     pub const VERIFY_AUDIT_LOG: &str = "sandpit.v1.AuditService/VerifyAuditLog";
+    pub const GET_CHECKPOINT: &str = "sandpit.v1.AuditService/GetCheckpoint";
     pub const EXPORT: &str = "sandpit.v1.AuditService/Export";
     pub const LIST_ACTIVE_EXPERIMENTS: &str = "sandpit.v1.AuditService/ListActiveExperiments";
     pub const LIST_PROFILES: &str = "sandpit.v1.ProfileService/ListProfiles";
@@ -251,8 +256,66 @@ pub fn verify<E>(
     records: impl IntoIterator<Item = Result<AuditRecord, E>>,
     head: Option<(u64, Hash)>,
 ) -> Result<VerifyReport, E> {
-    let mut prev_hash = [0u8; 32];
-    let mut count = 0u64;
+    Ok(scan((0, [0; 32]), records, head, None)?.0)
+}
+
+/// As [`verify`], and the chain must also hold a checkpoint's head: record
+/// `size` (of a chain at least that long) must hash to `checkpoint_head`.
+/// A chain that is consistent with itself but was truncated, emptied or
+/// rewritten (and re-chained) since the checkpoint fails here.
+pub fn verify_against<E>(
+    records: impl IntoIterator<Item = Result<AuditRecord, E>>,
+    head: Option<(u64, Hash)>,
+    (size, checkpoint_head): (u64, Hash),
+) -> Result<VerifyReport, E> {
+    let (report, at) = scan((0, [0; 32]), records, head, Some(size))?;
+    if !report.ok {
+        // The chain's own break is the more precise finding.
+        return Ok(report);
+    }
+    let bad = |first_bad_seq: u64, reason: String| VerifyReport { ok: false, first_bad_seq, reason, ..report.clone() };
+    Ok(match at {
+        None => bad(
+            0,
+            format!(
+                "the log has {} records but the checkpoint covers {size}: records {} to {size} are missing \
+                 (the log was truncated, or its records deleted)",
+                report.records,
+                report.records + 1
+            ),
+        ),
+        Some(h) if h != checkpoint_head => bad(
+            size,
+            format!(
+                "record {size} does not hash to the checkpoint's head: the log up to record {size} was \
+                 rewritten (or forked) after the checkpoint was signed"
+            ),
+        ),
+        Some(_) => report,
+    })
+}
+
+/// As [`verify`], for the records after `start` (`(seq, hash)` of a record
+/// already verified): they must follow on from it. `records` are those with
+/// a sequence number above `start.0`, in storage order.
+pub fn verify_from<E>(
+    start: (u64, Hash),
+    records: impl IntoIterator<Item = Result<AuditRecord, E>>,
+    head: Option<(u64, Hash)>,
+) -> Result<VerifyReport, E> {
+    Ok(scan(start, records, head, None)?.0)
+}
+
+/// Recomputes the chain from `start` on; also returns the hash of record
+/// `at`, if the chain reaches it unbroken.
+fn scan<E>(
+    start: (u64, Hash),
+    records: impl IntoIterator<Item = Result<AuditRecord, E>>,
+    head: Option<(u64, Hash)>,
+    at: Option<u64>,
+) -> Result<(VerifyReport, Option<Hash>), E> {
+    let (mut count, mut prev_hash) = start;
+    let mut hash_at = (at == Some(count)).then_some(prev_hash);
     let bad = |seq: u64, reason: String, count: u64, head_hash: Hash| VerifyReport {
         ok: false,
         records: count,
@@ -265,32 +328,45 @@ pub fn verify<E>(
         count += 1;
         // Sequence numbers are 1, 2, 3, ... in storage order.
         if r.seq != count {
-            return Ok(bad(
-                r.seq,
-                format!("record {} found where {count} was expected (deleted or reordered records)", r.seq),
-                count,
-                prev_hash,
+            return Ok((
+                bad(
+                    r.seq,
+                    format!("record {} found where {count} was expected (deleted or reordered records)", r.seq),
+                    count,
+                    prev_hash,
+                ),
+                hash_at,
             ));
         }
         if r.prev_hash != prev_hash {
-            return Ok(bad(r.seq, format!("record {} does not link to its predecessor", r.seq), count, prev_hash));
+            let reason = format!("record {} does not link to its predecessor", r.seq);
+            return Ok((bad(r.seq, reason, count, prev_hash), hash_at));
         }
         if chain_hash(&prev_hash, r.seq, &r.entry) != r.hash {
-            return Ok(bad(r.seq, format!("record {} does not match its hash (edited)", r.seq), count, prev_hash));
+            let reason = format!("record {} does not match its hash (edited)", r.seq);
+            return Ok((bad(r.seq, reason, count, prev_hash), hash_at));
         }
         prev_hash = r.hash;
+        if at == Some(count) {
+            hash_at = Some(prev_hash);
+        }
     }
     if let Some((len, hash)) = head {
         if len != count || hash != prev_hash {
-            return Ok(bad(
-                0,
-                format!("the chain has {count} records but its head says {len} (records removed from the end)"),
-                count,
-                prev_hash,
+            return Ok((
+                bad(
+                    0,
+                    format!("the chain has {count} records but its head says {len} (records removed from the end)"),
+                    count,
+                    prev_hash,
+                ),
+                hash_at,
             ));
         }
     }
-    Ok(VerifyReport { ok: true, records: count, first_bad_seq: 0, reason: String::new(), head_hash: prev_hash })
+    let report =
+        VerifyReport { ok: true, records: count, first_bad_seq: 0, reason: String::new(), head_hash: prev_hash };
+    Ok((report, hash_at))
 }
 
 #[cfg(test)]
@@ -359,6 +435,81 @@ mod tests {
             r.seq = i as u64 + 1;
         }
         assert_eq!(check(&renumbered, head).first_bad_seq, 7);
+    }
+
+    /// `c` with record `seq`'s reason changed and every record from it on re-chained.
+    fn rewritten(c: &[AuditRecord], seq: u64) -> Vec<AuditRecord> {
+        let mut out: Vec<AuditRecord> = c[..seq as usize - 1].to_vec();
+        for r in &c[seq as usize - 1..] {
+            let mut e = r.entry.clone();
+            if r.seq == seq {
+                e.reason = "nothing to see".into();
+            }
+            let (prev_seq, prev) = out.last().map(|r| (r.seq, r.hash)).unwrap_or((0, [0; 32]));
+            out.push(seal(prev_seq, prev, e));
+        }
+        out
+    }
+
+    fn against(records: &[AuditRecord], checkpoint: (u64, Hash)) -> VerifyReport {
+        let head = records.last().map(|r| (r.seq, r.hash)).unwrap_or((0, [0; 32]));
+        verify_against(records.iter().cloned().map(Ok::<_, Infallible>), Some(head), checkpoint).unwrap()
+    }
+
+    #[test]
+    fn a_checkpoint_catches_what_the_chain_alone_cannot() {
+        let c = chain(10);
+        let cp = (8, c[7].hash);
+        for ok in [against(&c, cp), against(&c[..8], cp), against(&c, (0, [0; 32])), against(&[], (0, [0; 32]))] {
+            assert!(ok.ok, "{ok:?}");
+        }
+        assert_eq!(against(&c, cp).head_hash, c[9].hash, "the report is about the whole chain");
+
+        // Truncated (the head rewritten to match) and emptied: each verifies
+        // on its own, neither holds the checkpoint.
+        for (kept, name) in [(&c[..5], "truncated"), (&c[..0], "emptied")] {
+            let head = kept.last().map(|r| (r.seq, r.hash)).unwrap_or((0, [0; 32]));
+            assert!(check(kept, Some(head)).ok, "{name} verifies alone");
+            let r = against(kept, cp);
+            assert!(!r.ok && r.first_bad_seq == 0, "{name}: {r:?}");
+            let missing = format!("records {} to 8 are missing", kept.len() + 1);
+            assert!(r.reason.contains(&missing) && r.reason.contains("truncated"), "{name}: {}", r.reason);
+        }
+
+        // Rewritten before the checkpoint's size and re-chained: consistent, not the same.
+        let rw = rewritten(&c, 3);
+        assert!(check(&rw, Some((10, rw[9].hash))).ok);
+        let r = against(&rw, cp);
+        assert!(!r.ok && r.first_bad_seq == 8 && r.reason.contains("rewritten"), "{r:?}");
+        // Rewritten after it: the checkpoint still holds (a later one would not).
+        assert!(against(&rewritten(&c, 9), cp).ok);
+        assert!(!against(&rewritten(&c, 9), (10, c[9].hash)).ok);
+
+        // A broken chain is reported as broken, at its first bad record.
+        let mut edited = c.clone();
+        edited[4].entry.reason = "edited".into();
+        let r = against(&edited, cp);
+        assert_eq!((r.ok, r.first_bad_seq), (false, 5), "{r:?}");
+        assert!(r.reason.contains("edited"), "{r:?}");
+    }
+
+    #[test]
+    fn verifying_from_a_verified_record_checks_only_what_follows() {
+        let c = chain(10);
+        let from = |start: (u64, Hash), rest: &[AuditRecord], head: (u64, Hash)| {
+            verify_from(start, rest.iter().cloned().map(Ok::<_, Infallible>), Some(head)).unwrap()
+        };
+        let r = from((6, c[5].hash), &c[6..], (10, c[9].hash));
+        assert!(r.ok && r.records == 10 && r.head_hash == c[9].hash, "{r:?}");
+        assert!(from((10, c[9].hash), &[], (10, c[9].hash)).ok, "nothing new");
+        // Records that do not follow on from the verified one: re-chained from an earlier rewrite.
+        let rw = rewritten(&c, 3);
+        let r = from((6, c[5].hash), &rw[6..], (10, rw[9].hash));
+        assert_eq!((r.ok, r.first_bad_seq), (false, 7), "{r:?}");
+        let mut gap = c[6..].to_vec();
+        gap.remove(1);
+        assert_eq!(from((6, c[5].hash), &gap, (10, c[9].hash)).first_bad_seq, 9);
+        assert!(!from((6, c[5].hash), &c[6..9], (10, c[9].hash)).ok, "the head says more");
     }
 
     #[test]

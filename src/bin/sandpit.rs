@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
+use sandpit::audit::checkpoint::{Checkpoint, VerifierKey};
 use sandpit::config::{default_data_dir, ADDR_FILE, LOCAL_TOKEN_FILE};
 use sandpit::proto::audit_service_client::AuditServiceClient;
 use sandpit::proto::profile_service_client::ProfileServiceClient;
@@ -209,11 +210,26 @@ enum AuditCommand {
     /// Follow the audit log as it is written.
     Watch,
     /// Recompute the hash chain. With --data-dir, reads the store directly
-    /// (the daemon may be stopped). Exits 1 when the chain is broken.
+    /// (the daemon may be stopped). With --checkpoint, the chain must also
+    /// hold that signed checkpoint's head at its size. Exits 1 when the chain
+    /// is broken, does not hold the checkpoint, or the signature fails.
     Verify {
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// A signed checkpoint: a file from audit.checkpoint_dir, or the
+        /// output of `sandpit audit checkpoint`, kept off the host.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The verifier key to check the checkpoint's signature with (the
+        /// .pub beside audit.signing_key, kept off the host). Needed with
+        /// --data-dir; online, the daemon's own key is used without it.
+        #[arg(long, requires = "checkpoint")]
+        public_key: Option<PathBuf>,
     },
+    /// A signed checkpoint of the chain as it is now (signed now if records
+    /// were appended since the newest): the note as is; --json adds its
+    /// size, head and verifier key.
+    Checkpoint,
     /// Export the register or the active sandboxes.
     Export {
         /// register or sandboxes.
@@ -427,10 +443,8 @@ fn json_line<T: serde::Serialize>(msg: &T) -> Result<(), Failure> {
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     // Offline verification needs no daemon.
-    if let Command::Audit(AuditCommand::Verify { data_dir: Some(dir) }) = &cli.command {
-        let report = sandpit::store::SqliteStore::verify_file(&dir.join("sandpit.db"))
-            .map_err(|e| Failure::Local(e.to_string()))?;
-        return print_verify(report.into(), cli.json);
+    if let Command::Audit(AuditCommand::Verify { data_dir: Some(dir), checkpoint, public_key }) = &cli.command {
+        return verify_offline(dir, checkpoint.as_deref(), public_key.as_deref(), cli.json);
     }
     let clients = connect(&cli).await?;
     let mut client = clients.sandboxes();
@@ -661,9 +675,38 @@ async fn audit(clients: &Clients, cmd: AuditCommand, as_json: bool) -> Result<Ex
                 }
             }
         }
-        AuditCommand::Verify { .. } => {
-            let report = audit.verify_audit_log(proto::VerifyAuditLogRequest {}).await?.into_inner();
-            return print_verify(report, as_json);
+        AuditCommand::Verify { checkpoint: None, .. } => {
+            let report = audit.verify_audit_log(proto::VerifyAuditLogRequest::default()).await?.into_inner();
+            return print_verify(report, None, as_json);
+        }
+        AuditCommand::Verify { checkpoint: Some(file), public_key, .. } => {
+            let note = read_note(&file)?;
+            let (verifier_key, how) = match &public_key {
+                Some(path) => {
+                    let key = read_public_key(path)?;
+                    // Checked here: the daemon is not trusted to say so.
+                    if let Err(e) = Checkpoint::open(&note, &key) {
+                        return refuse_checkpoint(&file, &key, &e.to_string(), as_json);
+                    }
+                    (key.to_string(), format!("checked here against {}", path.display()))
+                }
+                None => (
+                    String::new(),
+                    "checked by the daemon against its own key; pass --public-key with a key you hold to check it yourself"
+                        .to_string(),
+                ),
+            };
+            let req = proto::VerifyAuditLogRequest { checkpoint: note, verifier_key };
+            let report = audit.verify_audit_log(req).await?.into_inner();
+            return print_verify(report, Some((&file, &how)), as_json);
+        }
+        AuditCommand::Checkpoint => {
+            let cp = audit.get_checkpoint(proto::GetCheckpointRequest {}).await?.into_inner();
+            if as_json {
+                json(&cp)?;
+            } else {
+                print!("{}", cp.note);
+            }
         }
         AuditCommand::Export { kind, format } => {
             let kind = match kind.as_str() {
@@ -801,15 +844,106 @@ fn active_row(a: &proto::ActiveExperiment) -> Vec<String> {
     ]
 }
 
-fn print_verify(report: proto::VerifyAuditLogResponse, as_json: bool) -> Result<ExitCode, Failure> {
+/// Exit code of a refused invocation (as clap's own usage errors).
+const EXIT_USAGE: u8 = 2;
+
+fn read_note(path: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| Failure::Local(format!("--checkpoint {}: {e}", path.display())))
+}
+
+fn read_public_key(path: &Path) -> Result<VerifierKey, Failure> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Failure::Local(format!("--public-key {}: {e}", path.display())))?;
+    VerifierKey::parse(&text).map_err(|e| Failure::Local(format!("--public-key {}: {e}", path.display())))
+}
+
+/// A checkpoint whose signature (or syntax) fails: exit 1, saying why.
+fn refuse_checkpoint(file: &Path, key: &VerifierKey, why: &str, as_json: bool) -> Result<ExitCode, Failure> {
+    let reason = format!("the checkpoint does not verify against key {key}: {why}");
+    if as_json {
+        json(&proto::VerifyAuditLogResponse {
+            ok: false,
+            reason,
+            verifier_key: key.to_string(),
+            ..Default::default()
+        })?;
+    } else {
+        println!("checkpoint {} REFUSED: {reason}", file.display());
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// `audit verify --data-dir`: the store read directly, no daemon.
+fn verify_offline(
+    dir: &Path,
+    checkpoint: Option<&Path>,
+    public_key: Option<&Path>,
+    as_json: bool,
+) -> Result<ExitCode, Failure> {
+    let db = dir.join("sandpit.db");
+    let Some(file) = checkpoint else {
+        let report = sandpit::store::SqliteStore::verify_file(&db).map_err(|e| Failure::Local(e.to_string()))?;
+        return print_verify(report.into(), None, as_json);
+    };
+    let Some(key_file) = public_key else {
+        eprintln!(
+            "sandpit: --checkpoint with --data-dir needs --public-key FILE: offline, nothing else can vouch for the \
+             checkpoint's signature. Use the verifier key written beside audit.signing_key (<signing_key>.pub), \
+             from a copy kept off this host, or verify online, where the daemon checks it with its own key."
+        );
+        return Ok(ExitCode::from(EXIT_USAGE));
+    };
+    let key = read_public_key(key_file)?;
+    let note = read_note(file)?;
+    let cp = match Checkpoint::open(&note, &key) {
+        Ok(cp) => cp,
+        Err(e) => return refuse_checkpoint(file, &key, &e.to_string(), as_json),
+    };
+    let report = sandpit::store::SqliteStore::verify_file_against(&db, (cp.size, cp.head))
+        .map_err(|e| Failure::Local(e.to_string()))?;
+    let report = proto::VerifyAuditLogResponse {
+        checkpoint_size: cp.size,
+        checkpoint_origin: cp.origin,
+        verifier_key: key.to_string(),
+        ..report.into()
+    };
+    print_verify(report, Some((file, &format!("checked here against {}", key_file.display()))), as_json)
+}
+
+/// Prints a verification; `checkpoint` is the file checked against and how its signature was checked.
+fn print_verify(
+    report: proto::VerifyAuditLogResponse,
+    checkpoint: Option<(&Path, &str)>,
+    as_json: bool,
+) -> Result<ExitCode, Failure> {
+    let code = if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     if as_json {
         json(&report)?;
-    } else if report.ok {
-        println!("audit log verified: {} records, head {}", report.records, report.head_hash);
-    } else {
-        println!("audit log BROKEN at record {}: {}", report.first_bad_seq, report.reason);
+        return Ok(code);
     }
-    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    if let Some((file, _)) = checkpoint.filter(|_| !report.ok && report.checkpoint_origin.is_empty()) {
+        // Refused before the chain was looked at: signature or origin.
+        println!("checkpoint {} REFUSED: {}", file.display(), report.reason);
+        return Ok(code);
+    }
+    if report.ok {
+        println!("audit log verified: {} records, head {}", report.records, report.head_hash);
+    } else if report.first_bad_seq > 0 {
+        println!("audit log BROKEN at record {}: {}", report.first_bad_seq, report.reason);
+    } else {
+        println!("audit log BROKEN: {}", report.reason);
+    }
+    if let Some((file, how)) = checkpoint {
+        let holds = if report.ok { "holds" } else { "does NOT hold" };
+        println!(
+            "the log {holds} checkpoint {} (origin {}, {} records); its signature by {} was {how}",
+            file.display(),
+            report.checkpoint_origin,
+            report.checkpoint_size,
+            report.verifier_key
+        );
+    }
+    Ok(code)
 }
 
 fn print_events(events: &[proto::AuditEvent]) {

@@ -21,6 +21,10 @@ struct Args {
     /// Check the configuration and profiles, then exit.
     #[arg(long)]
     check: bool,
+    /// Create the audit signing key (audit.signing_key) and its .pub if
+    /// missing, print the verifier key, then exit. Never replaces a key.
+    #[arg(long, conflicts_with = "check")]
+    init_audit_key: bool,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,25 @@ fn main() -> ExitCode {
                     eprintln!("sandpitd: {e}");
                 }
                 ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
+    if args.init_audit_key {
+        return match server::init_audit_key(&cfg) {
+            Ok((key, created, public, vkey)) => {
+                let what = if created { "created" } else { "already there, kept" };
+                println!("audit signing key: {} ({what})", key.display());
+                println!("verifier key, also in {} (keep a copy off this host):", public.display());
+                println!("{vkey}");
+                ExitCode::SUCCESS
+            }
+            Err(StartError::Config(e)) => {
+                eprintln!("sandpitd: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+            Err(StartError::Io(e)) => {
+                eprintln!("sandpitd: {e}");
+                ExitCode::FAILURE
             }
         };
     }

@@ -821,6 +821,11 @@ impl<R: Runtime> Manager<R> {
         self.store.verify_audit()
     }
 
+    /// As [`Manager::verify_audit`], and the chain must hold a checkpoint's `(size, head)`.
+    pub fn verify_audit_against(&self, checkpoint: (u64, crate::audit::Hash)) -> Result<VerifyReport> {
+        self.store.verify_audit_against(checkpoint)
+    }
+
     /// Audit records as they are written.
     pub fn watch_audit(&self) -> BoxStream<AuditRecord> {
         let shutdown = self.shutdown_signal();

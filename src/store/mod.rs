@@ -12,7 +12,7 @@ pub use sqlite::SqliteStore;
 
 use std::time::SystemTime;
 
-use crate::audit::{AuditEntry, AuditRecord, VerifyReport};
+use crate::audit::{AuditEntry, AuditRecord, Hash, VerifyReport};
 use crate::register::{Experiment, Status};
 use crate::sandbox::Sandbox;
 use crate::Result;
@@ -90,6 +90,15 @@ pub trait Store: Send + Sync + 'static {
     fn query_audit(&self, query: &AuditQuery) -> Result<AuditPage>;
     /// Recomputes the whole chain.
     fn verify_audit(&self) -> Result<VerifyReport>;
+    /// Recomputes the whole chain, which must also hold a checkpoint's
+    /// `(size, head)`: record `size` exists and hashes to `head`.
+    fn verify_audit_against(&self, checkpoint: (u64, Hash)) -> Result<VerifyReport>;
+    /// Verifies only what follows `from`, the `(seq, hash)` of a record
+    /// verified before: that record still has that hash, and every later
+    /// one follows on from it up to the head.
+    fn verify_audit_from(&self, from: (u64, Hash)) -> Result<VerifyReport>;
+    /// The hash stored for record `seq` (32 zero bytes for 0), if there is one.
+    fn audit_hash_at(&self, seq: u64) -> Result<Option<Hash>>;
 
     /// Totals for metrics: ended sandboxes by final state, and the audit log's length.
     fn stats(&self) -> Result<StoreStats>;

@@ -148,12 +148,22 @@ impl SqliteStore {
     /// Verifies the audit chain of a data directory's store without a
     /// running daemon, reading only.
     pub fn verify_file(path: &Path) -> Result<VerifyReport> {
+        verify_conn(&Self::open_read_only(path)?, None)
+    }
+
+    /// As [`SqliteStore::verify_file`], and the chain must hold a
+    /// checkpoint's `(size, head)` (see [`Store::verify_audit_against`]).
+    pub fn verify_file_against(path: &Path, checkpoint: (u64, Hash)) -> Result<VerifyReport> {
+        verify_conn(&Self::open_read_only(path)?, Some(checkpoint))
+    }
+
+    fn open_read_only(path: &Path) -> Result<Connection> {
         if !path.is_file() {
             return Err(Error::Store(format!("{}: no such store", path.display())));
         }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        verify_conn(&conn)
+        Ok(conn)
     }
 
     /// Appends `entry` in `tx`, returning the record and the new head.
@@ -225,18 +235,62 @@ fn decode_experiment((body, version): (String, i64)) -> Result<Experiment> {
     Ok(e)
 }
 
-fn verify_conn(conn: &Connection) -> Result<VerifyReport> {
-    // One read transaction: the rows and the head are one snapshot.
+/// Runs `f` in one read transaction: the rows and the head it reads are one snapshot.
+fn snapshot<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
     conn.execute_batch("BEGIN")?;
-    let result = (|| {
+    let result = f();
+    conn.execute_batch("COMMIT")?;
+    result
+}
+
+/// The whole chain, checked against a checkpoint's `(size, head)` if given.
+fn verify_conn(conn: &Connection, checkpoint: Option<(u64, Hash)>) -> Result<VerifyReport> {
+    snapshot(conn, || {
         let head = read_head(conn)?.unwrap_or((0, [0; 32]));
         let mut stmt = conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY rowid"))?;
         let rows = stmt.query_map([], row_to_record)?;
-        let report = audit::verify(rows, Some(head))?;
-        Ok(report)
-    })();
-    conn.execute_batch("COMMIT")?;
-    result
+        Ok(match checkpoint {
+            None => audit::verify(rows, Some(head))?,
+            Some(cp) => audit::verify_against(rows, Some(head), cp)?,
+        })
+    })
+}
+
+fn hash_at(conn: &Connection, seq: u64) -> Result<Option<Hash>> {
+    if seq == 0 {
+        return Ok(Some([0; 32]));
+    }
+    let Ok(seq) = i64::try_from(seq) else { return Ok(None) };
+    let v: Option<Vec<u8>> = conn.query_row("SELECT hash FROM audit WHERE seq = ?1", [seq], |r| r.get(0)).optional()?;
+    v.map(|v| v.try_into().map_err(|_| Error::Store(format!("audit record {seq}: corrupt hash")))).transpose()
+}
+
+/// The records after `from`, which must still end in `from`'s hash.
+fn verify_from_conn(conn: &Connection, from: (u64, Hash)) -> Result<VerifyReport> {
+    snapshot(conn, || {
+        let head = read_head(conn)?.unwrap_or((0, [0; 32]));
+        let bad = |reason: String| VerifyReport {
+            ok: false,
+            records: head.0,
+            first_bad_seq: from.0,
+            reason,
+            head_hash: head.1,
+        };
+        match hash_at(conn, from.0)? {
+            None => return Ok(bad(format!("record {} is gone (records deleted or the log truncated)", from.0))),
+            Some(h) if h != from.1 => {
+                return Ok(bad(format!(
+                    "record {} no longer has the hash it had when it was verified (rewritten)",
+                    from.0
+                )))
+            }
+            Some(_) => {}
+        }
+        let after = i64::try_from(from.0).map_err(|_| Error::Store(format!("sequence {} out of range", from.0)))?;
+        let mut stmt = conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE rowid > ?1 ORDER BY rowid"))?;
+        let rows = stmt.query_map([after], row_to_record)?;
+        Ok(audit::verify_from(from, rows, Some(head))?)
+    })
 }
 
 impl Store for SqliteStore {
@@ -424,7 +478,19 @@ impl Store for SqliteStore {
     }
 
     fn verify_audit(&self) -> Result<VerifyReport> {
-        verify_conn(&lock(&self.reader))
+        verify_conn(&lock(&self.reader), None)
+    }
+
+    fn verify_audit_against(&self, checkpoint: (u64, Hash)) -> Result<VerifyReport> {
+        verify_conn(&lock(&self.reader), Some(checkpoint))
+    }
+
+    fn verify_audit_from(&self, from: (u64, Hash)) -> Result<VerifyReport> {
+        verify_from_conn(&lock(&self.reader), from)
+    }
+
+    fn audit_hash_at(&self, seq: u64) -> Result<Option<Hash>> {
+        hash_at(&lock(&self.reader), seq)
     }
 }
 
@@ -633,6 +699,122 @@ mod tests {
         assert_eq!(seen, (1..=20).collect::<Vec<_>>());
         // Verification still reads it whole (and so finds the edit).
         assert_eq!(s.verify_audit().unwrap().first_bad_seq, 3);
+    }
+
+    /// A closed store of `n` records, its path, and the hash of record 8.
+    fn closed_store(n: usize) -> (tempfile::TempDir, std::path::PathBuf, Hash) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let s = SqliteStore::open(&path).unwrap();
+        for i in 0..n {
+            s.append_audit(entry(&format!("actor-{i}"))).unwrap();
+        }
+        let h8 = s.audit_hash_at(8).unwrap().unwrap();
+        (dir, path, h8)
+    }
+
+    /// Re-chains every record from `from` on, and the head, as someone able to write the file could.
+    fn rechain(conn: &Connection, from: u64) {
+        let mut stmt = conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")).unwrap();
+        let records: Vec<AuditRecord> =
+            stmt.query_map([], row_to_record).unwrap().collect::<rusqlite::Result<_>>().unwrap();
+        let mut prev = [0u8; 32];
+        for r in &records {
+            if r.seq >= from {
+                let hash = audit::chain_hash(&prev, r.seq, &r.entry);
+                conn.execute(
+                    "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+                    params![&prev[..], &hash[..], r.seq as i64],
+                )
+                .unwrap();
+                prev = hash;
+            } else {
+                prev = r.hash;
+            }
+        }
+        set_head(conn, records.last().map_or(0, |r| r.seq), prev);
+    }
+
+    fn set_head(conn: &Connection, seq: u64, hash: Hash) {
+        conn.execute("UPDATE meta SET value = ?1 WHERE key = 'audit_head_seq'", [seq.to_string()]).unwrap();
+        conn.execute("UPDATE meta SET value = ?1 WHERE key = 'audit_head_hash'", [hex::encode(hash)]).unwrap();
+    }
+
+    #[test]
+    fn the_hash_at_a_size_is_read_back() {
+        let (_dir, path, h8) = closed_store(10);
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.audit_hash_at(0).unwrap(), Some([0; 32]));
+        assert_eq!(s.audit_hash_at(8).unwrap(), Some(h8));
+        let page = s.query_audit(&AuditQuery { after_seq: 7, limit: 1, ..Default::default() }).unwrap();
+        assert_eq!(page.records[0].hash, h8);
+        assert_eq!(s.audit_hash_at(11).unwrap(), None);
+        assert_eq!(s.audit_hash_at(u64::MAX).unwrap(), None);
+    }
+
+    #[test]
+    fn a_checkpoint_catches_truncation_emptying_and_rechaining() {
+        let (_dir, path, h8) = closed_store(10);
+        let cp = (8, h8);
+        assert!(SqliteStore::verify_file_against(&path, cp).unwrap().ok);
+        assert!(SqliteStore::open(&path).unwrap().verify_audit_against(cp).unwrap().ok);
+
+        type Tamper = fn(&Connection);
+        let cases: [(&str, Tamper, u64, &str); 3] = [
+            (
+                "truncated, head rewritten",
+                |c| {
+                    let h5: Vec<u8> = c.query_row("SELECT hash FROM audit WHERE seq = 5", [], |r| r.get(0)).unwrap();
+                    c.execute("DELETE FROM audit WHERE seq > 5", []).unwrap();
+                    set_head(c, 5, h5.try_into().unwrap());
+                },
+                0,
+                "records 6 to 8 are missing",
+            ),
+            (
+                "emptied, head deleted",
+                |c| c.execute_batch("DELETE FROM audit; DELETE FROM meta WHERE key LIKE 'audit_head_%';").unwrap(),
+                0,
+                "records 1 to 8 are missing",
+            ),
+            (
+                "edited and re-chained",
+                |c| {
+                    c.execute("UPDATE audit SET reason = 'nothing happened' WHERE seq = 3", []).unwrap();
+                    rechain(c, 3);
+                },
+                8,
+                "rewritten",
+            ),
+        ];
+        for (what, tamper, first_bad, says) in cases {
+            let (_dir, path, _) = closed_store(10);
+            tamper(&Connection::open(&path).unwrap());
+            let alone = SqliteStore::verify_file(&path).unwrap();
+            assert!(alone.ok, "{what}: consistent with itself: {alone:?}");
+            let r = SqliteStore::verify_file_against(&path, cp).unwrap();
+            assert!(!r.ok && r.first_bad_seq == first_bad && r.reason.contains(says), "{what}: {r:?}");
+            assert_eq!(SqliteStore::open(&path).unwrap().verify_audit_against(cp).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn verifying_from_a_verified_record_sees_what_changed_since() {
+        let (_dir, path, h8) = closed_store(10);
+        let s = SqliteStore::open(&path).unwrap();
+        let r = s.verify_audit_from((8, h8)).unwrap();
+        assert!(r.ok && r.records == 10, "{r:?}");
+        s.append_audit(entry("more")).unwrap();
+        let r = s.verify_audit_from((10, r.head_hash)).unwrap();
+        assert!(r.ok && r.records == 11, "{r:?}");
+        assert!(!s.verify_audit_from((8, [1; 32])).unwrap().ok, "not the hash it had");
+        let raw = Connection::open(&path).unwrap();
+        raw.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 9", []).unwrap();
+        let r = s.verify_audit_from((8, h8)).unwrap();
+        assert_eq!((r.ok, r.first_bad_seq), (false, 9), "{r:?}");
+        raw.execute("DELETE FROM audit WHERE seq >= 8", []).unwrap();
+        let r = s.verify_audit_from((8, h8)).unwrap();
+        assert!(!r.ok && r.reason.contains("record 8 is gone"), "{r:?}");
     }
 
     #[test]

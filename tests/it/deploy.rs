@@ -75,6 +75,58 @@ fn systemd_unit_agrees_with_the_production_config() {
     assert_eq!(get("KillSignal"), ["SIGTERM"]);
     assert_eq!(get("Restart"), ["on-failure"]);
     assert_eq!(get("RestartPreventExitStatus"), ["64"], "a bad config is not retried");
+
+    // Audit checkpoints: written where the unit lets the daemon write, away
+    // from the data; the signing key elsewhere again, read-only to the unit.
+    let logs = get("LogsDirectory");
+    assert_eq!(logs.len(), 1);
+    let checkpoints = cfg.checkpoint_dir();
+    assert!(checkpoints.starts_with(Path::new("/var/log").join(logs[0])), "{checkpoints:?} is not writable");
+    assert!(!checkpoints.starts_with(&cfg.data_dir), "checkpoints outside data_dir");
+    let key = cfg.signing_key();
+    assert!(!key.starts_with(&cfg.data_dir) && !key.starts_with(&checkpoints), "{key:?}");
+    assert!(key.starts_with("/etc/sandpit"), "{key:?}: created with --init-audit-key, read-only to the unit");
+}
+
+#[test]
+fn init_audit_key_creates_the_key_once_and_prints_the_verifier_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("etc/audit.key");
+    let data = dir.path().join("data");
+    let run = || {
+        sandpitd(&["--init-audit-key".as_ref()], &[("SANDPIT__DATA_DIR", &data), ("SANDPIT__AUDIT__SIGNING_KEY", &key)])
+    };
+    let out = run();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("(created)"), "{stdout}");
+    let vkey = stdout.lines().last().unwrap().to_string();
+    let parsed = sandpit::audit::checkpoint::VerifierKey::parse(&vkey).unwrap();
+    assert!(parsed.name().starts_with("sandpit-"), "{vkey}");
+    let pub_file = dir.path().join("etc/audit.key.pub");
+    assert_eq!(std::fs::read_to_string(&pub_file).unwrap(), format!("{vkey}\n"));
+    let seed = std::fs::read(&key).unwrap();
+
+    let again = run();
+    let stdout = String::from_utf8_lossy(&again.stdout).to_string();
+    assert!(again.status.success() && stdout.contains("already there, kept"), "{stdout}");
+    assert_eq!(stdout.lines().last(), Some(vkey.as_str()), "the same key");
+    assert_eq!(std::fs::read(&key).unwrap(), seed, "never overwritten");
+
+    // A daemon that cannot create its key (e.g. /etc read-only under the unit) says how to.
+    let out = sandpitd(
+        &[],
+        &[
+            ("SANDPIT__DATA_DIR", &data),
+            ("SANDPIT__PROFILES_DIR", &repo("sandbox-profiles")),
+            ("SANDPIT__LISTEN", Path::new("127.0.0.1:0")),
+            ("SANDPIT__AUDIT__SIGNING_KEY", Path::new("/proc/sandpit-no-such-dir/audit.key")),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("audit.signing_key /proc/sandpit-no-such-dir/audit.key"), "{stderr}");
+    assert!(stderr.contains("--init-audit-key"), "{stderr}");
 }
 
 /// `sandpitd` with only these settings: no `SANDPIT__*` from the caller's environment.

@@ -51,7 +51,7 @@ async fn each_role_is_allowed_and_refused_on_each_service() {
             .map(|_| ());
         let approve = register.approve_experiment(decide("exp-0000000000")).await.map(|_| ());
         let query = audit.query_audit_log(proto::QueryAuditLogRequest::default()).await.map(|_| ());
-        let verify = audit.verify_audit_log(proto::VerifyAuditLogRequest {}).await.map(|_| ());
+        let verify = audit.verify_audit_log(proto::VerifyAuditLogRequest::default()).await.map(|_| ());
         let active = audit.list_active_experiments(proto::ListActiveExperimentsRequest {}).await.map(|_| ());
 
         let deny = Code::PermissionDenied;
@@ -291,7 +291,7 @@ async fn a_scripted_session_produces_exactly_the_expected_audit_events() {
     let next = proto::QueryAuditLogRequest { page_token: first.next_page_token, ..q };
     assert_eq!(audit.query_audit_log(next).await.unwrap().into_inner().events[0], events[3]);
 
-    let report = audit.verify_audit_log(proto::VerifyAuditLogRequest {}).await.unwrap().into_inner();
+    let report = audit.verify_audit_log(proto::VerifyAuditLogRequest::default()).await.unwrap().into_inner();
     assert!(report.ok, "{report:?}");
 }
 
@@ -362,7 +362,8 @@ async fn editing_deleting_or_reordering_audit_rows_is_detected() {
         .execute("UPDATE audit SET reason = reason || ' (edited)' WHERE seq = 7", [])
         .unwrap();
     d.spawn().await;
-    let report = d.audit(AUDITOR).await.verify_audit_log(proto::VerifyAuditLogRequest {}).await.unwrap().into_inner();
+    let report =
+        d.audit(AUDITOR).await.verify_audit_log(proto::VerifyAuditLogRequest::default()).await.unwrap().into_inner();
     assert!(!report.ok);
     assert_eq!(report.first_bad_seq, 7, "{report:?}");
 }

@@ -301,7 +301,7 @@ async fn refusals_are_summarised_per_source_and_window() {
     );
     let m = d.scrape().await;
     assert_eq!(m.get("sandpit_audit_refusals_summarised_total", &[]), 199.0 + 45.0);
-    let report = audit.verify_audit_log(proto::VerifyAuditLogRequest {}).await.unwrap().into_inner();
+    let report = audit.verify_audit_log(proto::VerifyAuditLogRequest::default()).await.unwrap().into_inner();
     assert!(report.ok, "{report:?}");
 }
 

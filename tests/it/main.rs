@@ -6,6 +6,7 @@
 
 mod support;
 
+mod audit;
 mod cis;
 mod cli;
 mod datasets;
