@@ -123,6 +123,7 @@ pub struct Metrics {
     reconcile_actions: Counters<1>,
     calls: Counters<1>,
     refused: Counters<2>,
+    egress_strangers: AtomicU64,
 }
 
 /// How a create was served.
@@ -142,6 +143,7 @@ impl Metrics {
             reconcile_actions: Counters::new(),
             calls: Counters::new(),
             refused: Counters::new(),
+            egress_strangers: AtomicU64::new(0),
         }
     }
 
@@ -181,6 +183,11 @@ impl Metrics {
         self.refused.inc([method, why.as_str()]);
     }
 
+    /// The egress proxy closed a connection from a source that is no allowlist sandbox.
+    pub fn egress_stranger_refused(&self) {
+        self.egress_strangers.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters and histograms in the text exposition format.
     pub fn render(&self, out: &mut String) {
         help(out, "sandpit_provisioning_seconds", "histogram", "Time from an admitted create to a running sandbox; source=cold is a new container, source=warm a pool claim.");
@@ -213,6 +220,13 @@ impl Metrics {
             "API calls refused before their handler ran, by method and reason.",
         );
         self.refused.render(out, "sandpit_calls_refused_total", ["method", "reason"]);
+        help(
+            out,
+            "sandpit_egress_refused_strangers_total",
+            "counter",
+            "Connections to the egress proxy from sources that are no allowlist sandbox, closed unread and unaudited.",
+        );
+        sample(out, "sandpit_egress_refused_strangers_total", &[], self.egress_strangers.load(Ordering::Relaxed));
     }
 }
 
@@ -346,10 +360,12 @@ mod tests {
         m.docker_error("remove container", "unavailable");
         m.docker_error("remove container", "unavailable");
         m.refused("/x/Y", Refusal::RateLimited);
+        m.egress_stranger_refused();
         let mut out = String::new();
         m.render(&mut out);
         assert!(out.contains("sandpit_docker_errors_total{operation=\"remove container\",kind=\"unavailable\"} 2\n"));
         assert!(out.contains("sandpit_calls_refused_total{method=\"/x/Y\",reason=\"rate_limited\"} 1\n"));
         assert!(out.contains("# TYPE sandpit_expiry_lateness_seconds histogram\n"));
+        assert!(out.contains("\nsandpit_egress_refused_strangers_total 1\n"), "{out}");
     }
 }
