@@ -27,8 +27,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use super::firewall::Firewall;
 use super::subnet::{Allocator, Pool, Subnet};
 use super::{
-    labels, BoxStream, ContainerSpec, ContainerStatus, ExecChunk, ExecSession, ExecSpec, ManagedContainer,
-    ManagedNetwork, NetworkInfo, NetworkRequest, Provisioned, PullProgress, Runtime, RuntimeEvent,
+    labels, BoxStream, ContainerSpec, ContainerStatus, ExecChunk, ExecSession, ExecSpec, Isolation, IsolationRepair,
+    ManagedContainer, ManagedNetwork, NetworkInfo, NetworkRequest, Provisioned, PullProgress, Runtime, RuntimeEvent,
 };
 use crate::{Error, Result};
 
@@ -81,7 +81,7 @@ impl DockerRuntime {
                 client: RwLock::new(None),
                 subnets: Allocator::new(net.pool),
                 subnets_loaded: tokio::sync::OnceCell::new(),
-                firewall: Firewall::new(&net.instance, net.egress_port),
+                firewall: Firewall::new(&net.instance, net.egress_port, net.pool.range()),
                 egress_port: net.egress_port,
             }),
         }
@@ -156,7 +156,8 @@ impl DockerRuntime {
                     return Err(map_err("create network", e));
                 }
             }
-            if let Err(e) = self.inner.firewall.isolate(&subnet.cidr()).await {
+            let isolation = Isolation { subnet: subnet.cidr(), egress: req.egress };
+            if let Err(e) = self.inner.firewall.isolate(&[isolation]).await {
                 let _ = d.remove_network(&req.name).await;
                 self.inner.subnets.release(&subnet);
                 return Err(e);
@@ -171,23 +172,26 @@ impl DockerRuntime {
         Err(Error::Unavailable("no free subnet found that the engine accepts".into()))
     }
 
-    /// Removes a network, its host rule and its subnet reservation. Gone is fine.
+    /// Removes a network, its host rules and its subnet reservation. Gone is fine.
     async fn remove_network(&self, d: &Docker, name: &str) -> Result<()> {
         let subnet = match d.inspect_network(name, None).await {
             Ok(n) => n.ipam.and_then(|i| i.config).unwrap_or_default().into_iter().find_map(|c| c.subnet),
             Err(e) if is_not_found(&e) => return Ok(()),
             Err(e) => return Err(map_err("inspect network", e)),
         };
+        // Rules first (its containers are gone): a crash in between then
+        // leaves a network without rules, which reconcile removes, rather
+        // than rules without a network, which nothing would.
+        if let Some(cidr) = &subnet {
+            self.inner.firewall.release(cidr).await?;
+        }
         match d.remove_network(name).await {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(map_err("remove network", e)),
         }
-        if let Some(cidr) = subnet {
-            self.inner.firewall.release(&cidr).await?;
-            if let Some(s) = Subnet::parse(&cidr) {
-                self.inner.subnets.release(&s);
-            }
+        if let Some(s) = subnet.as_deref().and_then(Subnet::parse) {
+            self.inner.subnets.release(&s);
         }
         Ok(())
     }
@@ -499,12 +503,16 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    async fn unisolated(&self, subnets: &[String]) -> Result<Vec<String>> {
-        self.inner.firewall.missing(subnets).await
+    async fn repair_isolation(&self, live: &[Isolation]) -> Result<IsolationRepair> {
+        self.inner.firewall.repair(live).await
     }
 
-    async fn isolate(&self, subnet: &str) -> Result<()> {
-        self.inner.firewall.isolate(subnet).await
+    async fn isolate(&self, nets: &[Isolation]) -> Result<()> {
+        self.inner.firewall.isolate(nets).await
+    }
+
+    fn isolation_changes(&self) -> BoxStream<()> {
+        self.inner.firewall.changes()
     }
 
     async fn kill(&self, container: &str) -> Result<()> {
