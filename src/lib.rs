@@ -15,6 +15,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod cleanup;
 pub mod config;
 pub mod egress;
 pub mod error;

@@ -6,7 +6,7 @@
 //! success, so the daemon starts and serves while the engine is down, answers
 //! `UNAVAILABLE`, and recovers by itself when the engine returns.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -61,6 +61,14 @@ pub struct NetworkSettings {
     pub egress_port: u16,
     /// Names this daemon's firewall chain.
     pub instance: String,
+}
+
+/// Containers, networks and volumes of one daemon instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstanceObjects {
+    pub containers: usize,
+    pub networks: usize,
+    pub volumes: usize,
 }
 
 /// Tries before giving up on finding a subnet Docker accepts.
@@ -258,6 +266,101 @@ impl DockerRuntime {
                 input,
             )),
             StartExecResults::Detached => Err(Error::Internal("exec started detached".into())),
+        }
+    }
+
+    /// Every daemon instance's objects on this engine (labelled
+    /// `sandpit.managed=true`), by their `sandpit.instance` label.
+    pub async fn instances(&self) -> Result<BTreeMap<String, InstanceObjects>> {
+        let d = self.docker().await?;
+        let managed = HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]);
+        let filters = label_filters(&managed);
+        let mut out: BTreeMap<String, InstanceObjects> = BTreeMap::new();
+        let containers = d
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .await
+            .map_err(|e| map_err("list containers", e))?;
+        let networks = d
+            .list_networks(Some(
+                bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&filters).build(),
+            ))
+            .await
+            .map_err(|e| map_err("list networks", e))?;
+        let volumes = d
+            .list_volumes(Some(
+                bollard::query_parameters::ListVolumesOptionsBuilder::default().filters(&filters).build(),
+            ))
+            .await
+            .map_err(|e| map_err("list volumes", e))?
+            .volumes
+            .unwrap_or_default();
+        let instance = |l: Option<&HashMap<String, String>>| l.and_then(|l| l.get(labels::INSTANCE)).cloned();
+        for i in containers.iter().filter_map(|c| instance(c.labels.as_ref())) {
+            out.entry(i).or_default().containers += 1;
+        }
+        for i in networks.iter().filter_map(|n| instance(n.labels.as_ref())) {
+            out.entry(i).or_default().networks += 1;
+        }
+        for i in volumes.iter().filter_map(|v| instance(Some(&v.labels))) {
+            out.entry(i).or_default().volumes += 1;
+        }
+        Ok(out)
+    }
+
+    /// Removes every container, network and volume of `instance`
+    /// (containers first: a network in use cannot go). Goes on past a
+    /// failure and reports all of them. Its host firewall rules are not
+    /// touched here.
+    pub async fn remove_instance(&self, instance: &str) -> Result<InstanceObjects> {
+        let d = self.docker().await?;
+        let filters = label_filters(&labels::selector(instance));
+        let mut removed = InstanceObjects::default();
+        let mut failed = Vec::new();
+        let containers = d
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .await
+            .map_err(|e| map_err("list containers", e))?;
+        let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            match d.remove_container(&id, Some(opts.clone())).await {
+                Ok(()) => removed.containers += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => failed.push(format!("container {id}: {e}")),
+            }
+        }
+        let networks = d
+            .list_networks(Some(
+                bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&filters).build(),
+            ))
+            .await
+            .map_err(|e| map_err("list networks", e))?;
+        for name in networks.into_iter().filter_map(|n| n.name) {
+            match d.remove_network(&name).await {
+                Ok(()) => removed.networks += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => failed.push(format!("network {name}: {e}")),
+            }
+        }
+        let volumes = d
+            .list_volumes(Some(
+                bollard::query_parameters::ListVolumesOptionsBuilder::default().filters(&filters).build(),
+            ))
+            .await
+            .map_err(|e| map_err("list volumes", e))?
+            .volumes
+            .unwrap_or_default();
+        let force = bollard::query_parameters::RemoveVolumeOptionsBuilder::default().force(true).build();
+        for v in volumes {
+            match d.remove_volume(&v.name, Some(force.clone())).await {
+                Ok(()) => removed.volumes += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => failed.push(format!("volume {}: {e}", v.name)),
+            }
+        }
+        if failed.is_empty() {
+            Ok(removed)
+        } else {
+            Err(Error::Internal(format!("removed {removed:?}, but not: {}", failed.join("; "))))
         }
     }
 
