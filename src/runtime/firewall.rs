@@ -725,15 +725,17 @@ impl Firewall {
 /// restores, sends one signal (coalesced while one is pending).
 async fn watch(names: &[String], own: &Mutex<VecDeque<u32>>, tx: &tokio::sync::mpsc::Sender<()>) -> Result<()> {
     // Piped, the monitor's output is block-buffered (nothing arrives until
-    // 4 KiB): stdbuf makes it line-buffered.
-    let mut child = Command::new("stdbuf")
-        .args(["-oL", "xtables-monitor", "--event", "-4"])
-        .stdin(Stdio::null())
+    // 4 KiB): stdbuf makes it line-buffered. It lives as long as its stdin,
+    // which only this task holds: whether the task ends or the daemon is
+    // killed, the shell then stops the monitor (it would otherwise live on
+    // until its next write failed).
+    let mut child = Command::new("sh")
+        .args(["-c", "stdbuf -oL xtables-monitor --event -4 </dev/null & m=$!; exec >/dev/null; read -r _; kill $m; wait $m"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
-        .map_err(|e| Error::Internal(format!("cannot run stdbuf xtables-monitor: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot run xtables-monitor: {e}")))?;
     let stdout = child.stdout.take().ok_or_else(|| Error::Internal("xtables-monitor has no output".into()))?;
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     tracing::debug!("watching host firewall changes with xtables-monitor");
@@ -764,12 +766,13 @@ async fn watch(names: &[String], own: &Mutex<VecDeque<u32>>, tx: &tokio::sync::m
             Ok(Ok(None)) | Ok(Err(_)) => break,
         }
     }
+    drop(child.stdin.take());
     let mut err = String::new();
     if let Some(mut stderr) = child.stderr.take() {
         let _ = tokio::time::timeout(Duration::from_secs(1), stderr.read_to_string(&mut err)).await;
     }
-    let status = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
-    Err(Error::Internal(format!("xtables-monitor ended ({status:?}): {}", err.trim())))
+    let _ = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
+    Err(Error::Internal(format!("xtables-monitor ended: {}", err.trim())))
 }
 
 /// Chains and rules one instance has on this host.
