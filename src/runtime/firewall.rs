@@ -730,7 +730,10 @@ async fn watch(names: &[String], own: &Mutex<VecDeque<u32>>, tx: &tokio::sync::m
     // killed, the shell then stops the monitor (it would otherwise live on
     // until its next write failed).
     let mut child = Command::new("sh")
-        .args(["-c", "stdbuf -oL xtables-monitor --event -4 </dev/null & m=$!; exec >/dev/null; read -r _; kill $m; wait $m"])
+        .args([
+            "-c",
+            "stdbuf -oL xtables-monitor --event -4 </dev/null & m=$!; exec >/dev/null; read -r _; kill $m; wait $m",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -565,8 +565,8 @@ struct Outside {
 }
 
 impl Outside {
-    /// On a free /30 of `a.b.0.0/16`.
-    fn new(a: u8, b: u8) -> Outside {
+    /// On a free /30 of `a.b.c.0/24`, or of `a.b.0.0/16` without `c`.
+    fn new(a: u8, b: u8, c: Option<u8>) -> Outside {
         let id = unique("o");
         let tag = &id[id.len() - 8..];
         let mut o = Outside {
@@ -587,7 +587,7 @@ impl Outside {
             .map(|_| {
                 let mut r = [0u8; 2];
                 getrandom::fill(&mut r).unwrap();
-                (r[0], r[1] & 0xfc)
+                (c.unwrap_or(r[0]), r[1] & 0xfc)
             })
             .find(|(c, d)| !String::from_utf8_lossy(&addrs).contains(&format!(" {a}.{b}.{c}.{}/", d + 1)))
             .expect("a free /30");
@@ -629,8 +629,8 @@ async fn open_sandboxes_reach_no_benchmarking_range_and_no_network_the_host_is_o
     // (AS112, a sink for stray reverse lookups) is not: it is refused only
     // because the host is now directly on part of it. Neither is reachable
     // from this machine otherwise, and both go with the namespaces.
-    let bench = Outside::new(198, 18);
-    let lan = Outside::new(192, 31);
+    let bench = Outside::new(198, 18, None);
+    let lan = Outside::new(192, 31, Some(196));
     let d = Daemon::with(Options {
         profiles: vec![("test-open".into(), profile("open", "OFFICIAL", ""))],
         ..Default::default()
