@@ -30,6 +30,7 @@ use super::{
     labels, BoxStream, ContainerSpec, ContainerStatus, ExecChunk, ExecSession, ExecSpec, Isolation, IsolationRepair,
     ManagedContainer, ManagedNetwork, NetworkInfo, NetworkRequest, Provisioned, PullProgress, Runtime, RuntimeEvent,
 };
+use crate::egress::addr::Net4;
 use crate::{Error, Result};
 
 /// Scratch space mount inside every sandbox (the root filesystem is read-only).
@@ -267,6 +268,20 @@ impl DockerRuntime {
             )),
             StartExecResults::Detached => Err(Error::Internal("exec started detached".into())),
         }
+    }
+
+    /// The subnets of every network on the engine, ours or not.
+    async fn subnets_in_use(&self) -> Result<Vec<Net4>> {
+        let d = self.docker().await?;
+        let nets = d
+            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+            .await
+            .map_err(|e| map_err("list networks", e))?;
+        Ok(nets
+            .into_iter()
+            .flat_map(|n| n.ipam.and_then(|i| i.config).unwrap_or_default())
+            .filter_map(|c| c.subnet.as_deref().and_then(Net4::parse))
+            .collect())
     }
 
     /// Every daemon instance's objects on this engine (labelled
@@ -607,7 +622,21 @@ impl Runtime for DockerRuntime {
     }
 
     async fn repair_isolation(&self, live: &[Isolation]) -> Result<IsolationRepair> {
-        self.inner.firewall.repair(live).await
+        let (repair, strays) = self.inner.firewall.repair(live).await?;
+        if !strays.is_empty() {
+            // Only hooks whose network is gone from the engine: a network
+            // being made now already has its subnet there.
+            match self.subnets_in_use().await {
+                Ok(used) => {
+                    let gone: Vec<Net4> = strays.into_iter().filter(|s| !used.contains(s)).collect();
+                    if let Err(e) = self.inner.firewall.forget(&gone).await {
+                        tracing::warn!(error = %e, "removing host rules of vanished networks failed; the next check retries");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot list networks; stray host rules stay for now"),
+            }
+        }
+        Ok(repair)
     }
 
     async fn isolate(&self, nets: &[Isolation]) -> Result<()> {

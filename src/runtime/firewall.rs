@@ -293,6 +293,19 @@ pub fn plan(names: &Names, host: &Host, nets: &BTreeMap<Net4, bool>, dump: &Dump
     p
 }
 
+/// Networks with hooks into our chains that are neither `known` nor `live`.
+fn strays(names: &Names, dump: &Dump, known: &BTreeMap<Net4, bool>, live: &BTreeSet<Net4>) -> Vec<Net4> {
+    let mut out = BTreeSet::new();
+    for (_, rules) in dump.chains.iter().filter(|(c, _)| !names.owns(c)) {
+        for rule in rules.iter().filter(|r| target(r).is_some_and(|t| names.owns(t))) {
+            if let Some(net) = hook_net(rule).filter(|n| !known.contains_key(n) && !live.contains(n)) {
+                out.insert(net);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// Whether `net`'s own hooks are exactly as they should be (its shared chains aside).
 fn hooks_intact(names: &Names, host: &Host, dump: &Dump, net: Net4, egress: bool) -> bool {
     let want = desired(names, host, &BTreeMap::from([(net, egress)]), true).hooks;
@@ -659,12 +672,14 @@ impl Firewall {
     /// Compares the host's rules, as a whole, with what the known networks
     /// need and puts back whatever is out of place. Of `live` (the networks
     /// of live sandboxes on record), those not known yet are adopted when
-    /// their hooks are in place, and returned as `unknown` when not.
-    pub async fn repair(&self, live: &[Isolation]) -> Result<IsolationRepair> {
+    /// their hooks are in place, and returned as `unknown` when not. Also
+    /// returns the networks whose hooks are there but which are neither
+    /// known nor live, for [`Firewall::forget`] once their network is gone.
+    pub async fn repair(&self, live: &[Isolation]) -> Result<(IsolationRepair, Vec<Net4>)> {
         let mut st = self.state.lock().await;
         // Nothing networked, nothing to read: hosts with mode `none` alone need no iptables.
         if live.is_empty() && st.nets.is_empty() && st.unreported.changes.is_empty() {
-            return Ok(IsolationRepair::default());
+            return Ok((IsolationRepair::default(), Vec::new()));
         }
         let dump = save().await?;
         let host = self.host(&dump);
@@ -683,6 +698,8 @@ impl Firewall {
                 unknown.push(l.clone());
             }
         }
+        let live_nets: BTreeSet<Net4> = live.iter().filter_map(|l| Net4::parse(&l.subnet)).collect();
+        let strays = strays(&self.names, &dump, &st.nets, &live_nets);
         let known = st.nets.clone();
         let applied = st.applied.clone();
         let plan = self.apply(&mut st, &[], Some(dump)).await?;
@@ -696,7 +713,22 @@ impl Firewall {
             }
         }
         out.unknown = unknown;
-        Ok(out)
+        Ok((out, strays))
+    }
+
+    /// Removes the hooks of `nets` that are still unknown: networks gone
+    /// without their rules (removed behind the daemon's back), whose hooks
+    /// would otherwise keep the chains, and fence whatever network takes
+    /// the subnet next.
+    pub async fn forget(&self, nets: &[Net4]) -> Result<()> {
+        let mut st = self.state.lock().await;
+        let drop: Vec<Net4> = nets.iter().copied().filter(|n| !st.nets.contains_key(n)).collect();
+        if drop.is_empty() {
+            return Ok(());
+        }
+        self.apply(&mut st, &drop, None).await?;
+        tracing::info!(subnets = ?drop, "removed host rules of sandbox networks that no longer exist");
+        Ok(())
     }
 
     /// Yields soon after someone else changes a rule in or into this

@@ -475,6 +475,18 @@ async fn rules_changed_in_our_chains_are_repaired_within_seconds() {
     assert!(!reaches(&mut c, &sb.id, &gateway(&sb), port).await, "the host is out of reach again");
     let m = d.scrape().await;
     assert!(m.get("sandpit_reconcile_actions_total", &[("action", "firewall_restored")]) >= 4.0);
+
+    // A hook of a subnet no network has (one removed behind the daemon's
+    // back) is dropped, without a record: nothing was exposed.
+    let records = audit_of(&d, "reconcile-firewall-restored").await.len();
+    let stray = format!("{}.240/28", &sb.address[..sb.address.rfind('.').unwrap()]);
+    iptables(&["-I", "INPUT", "-s", &stray, "-j", &input]);
+    eventually(Duration::from_secs(10), "the stray hook dropped", || {
+        let (short, installed) = (short.clone(), installed.clone());
+        async move { (sorted(rules_of(&short)) == installed).then_some(()) }
+    })
+    .await;
+    assert_eq!(audit_of(&d, "reconcile-firewall-restored").await.len(), records);
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
