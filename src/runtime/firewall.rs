@@ -36,8 +36,13 @@
 //! line or commit applies nothing. Repair compares each of our chains whole
 //! and each hook's presence; other chains' rules are never touched but for
 //! jumps into ours. Hooks of networks this process does not know (a previous
-//! run's, until reconcile adopts them) are left in place; a network's hooks
-//! go with it, and the chains with the last hook.
+//! run's, until reconcile adopts them) are left in place until their network
+//! is gone from the engine ([`Firewall::forget`]); a network's hooks go with
+//! it, and the chains with the last hook.
+//!
+//! Repairs of networks this process knows need no sandbox lock: a network
+//! is forgotten, under the same lock as every repair, before its teardown
+//! goes on, so no repair can put back what a teardown took away.
 //!
 //! Changes are watched with `xtables-monitor --event` (nf_tables only) so a
 //! repair need not wait for the next reconcile ([`Firewall::changes`]).
@@ -565,10 +570,6 @@ impl Firewall {
             state: tokio::sync::Mutex::new(State::default()),
             own: Arc::new(Mutex::new(VecDeque::new())),
         }
-    }
-
-    pub fn names(&self) -> &Names {
-        &self.names
     }
 
     fn host(&self, dump: &Dump) -> Host {
