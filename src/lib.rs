@@ -17,6 +17,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod checkpoints;
+pub mod cleanup;
 pub mod config;
 pub mod egress;
 pub mod error;

@@ -128,6 +128,7 @@ pub struct Metrics {
     /// 1 or 0 once the audit chain has been checked at start; [`UNKNOWN`] before.
     audit_chain_ok: AtomicU64,
     checkpoints: AtomicU64,
+    egress_strangers: AtomicU64,
 }
 
 /// `audit_chain_ok` before the first check: no sample is rendered.
@@ -153,6 +154,7 @@ impl Metrics {
             refusals_summarised: std::sync::atomic::AtomicU64::new(0),
             audit_chain_ok: AtomicU64::new(UNKNOWN),
             checkpoints: AtomicU64::new(0),
+            egress_strangers: AtomicU64::new(0),
         }
     }
 
@@ -207,6 +209,11 @@ impl Metrics {
         self.refusals_summarised.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The egress proxy closed a connection from a source that is no allowlist sandbox.
+    pub fn egress_stranger_refused(&self) {
+        self.egress_strangers.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters and histograms in the text exposition format.
     pub fn render(&self, out: &mut String) {
         help(out, "sandpit_provisioning_seconds", "histogram", "Time from an admitted create to a running sandbox; source=cold is a new container, source=warm a pool claim.");
@@ -258,6 +265,13 @@ impl Metrics {
             "Signed checkpoints of the audit chain written by this process.",
         );
         sample(out, "sandpit_audit_checkpoints_total", &[], self.checkpoints.load(Ordering::Relaxed));
+        help(
+            out,
+            "sandpit_egress_refused_strangers_total",
+            "counter",
+            "Connections to the egress proxy from sources that are no allowlist sandbox, closed unread and unaudited.",
+        );
+        sample(out, "sandpit_egress_refused_strangers_total", &[], self.egress_strangers.load(Ordering::Relaxed));
     }
 }
 
@@ -391,11 +405,13 @@ mod tests {
         m.docker_error("remove container", "unavailable");
         m.docker_error("remove container", "unavailable");
         m.refused("/x/Y", Refusal::RateLimited);
+        m.egress_stranger_refused();
         let mut out = String::new();
         m.render(&mut out);
         assert!(out.contains("sandpit_docker_errors_total{operation=\"remove container\",kind=\"unavailable\"} 2\n"));
         assert!(out.contains("sandpit_calls_refused_total{method=\"/x/Y\",reason=\"rate_limited\"} 1\n"));
         assert!(out.contains("# TYPE sandpit_expiry_lateness_seconds histogram\n"));
+        assert!(out.contains("\nsandpit_egress_refused_strangers_total 1\n"), "{out}");
     }
 
     #[test]

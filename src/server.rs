@@ -148,9 +148,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         checkpoint_dir = %cfg.checkpoint_dir().display(),
         "audit checkpoints are signed with this key; keep the verifier key and the checkpoints off this host"
     );
-    // The egress proxy listens on every address; sandboxes reach it on their
-    // gateway, the firewall lets nothing else of the host through, and it
-    // answers only sources it knows as allowlist sandboxes.
+    // The egress proxy listens on every address, as sandbox gateways come
+    // and go. The host firewall lets only allowlist sandboxes (and loopback)
+    // reach the port, and the proxy closes any other source unread.
     let egress_addr = std::net::SocketAddr::from(([0, 0, 0, 0], cfg.network.egress_port));
     let egress = TcpListener::bind(egress_addr)
         .await

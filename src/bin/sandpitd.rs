@@ -1,14 +1,17 @@
 //! `sandpitd`: the Sandpit daemon. Loads configuration, starts logging, runs
-//! the server until SIGTERM or SIGINT, and returns an exit code.
+//! the server until SIGTERM or SIGINT, and returns an exit code: 0, 1 on a
+//! failure, 64 on bad usage or configuration.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use sandpit::config::{Config, LogFormat};
+use sandpit::runtime::docker::{DockerRuntime, NetworkSettings};
 use sandpit::server::{self, StartError};
+use sandpit::store::SqliteStore;
 
-/// Exit code for bad configuration (EX_USAGE).
+/// Exit code for bad usage or configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
 /// Sandpit daemon: isolated, policy-checked Docker sandboxes over gRPC.
@@ -23,12 +26,26 @@ struct Args {
     check: bool,
     /// Create the audit signing key (audit.signing_key) and its .pub if
     /// missing, print the verifier key, then exit. Never replaces a key.
-    #[arg(long, conflicts_with = "check")]
+    #[arg(long, conflicts_with_all = ["check", "cleanup"])]
     init_audit_key: bool,
+    /// List the daemon instances that left containers, networks, volumes or
+    /// firewall rules on this host, removing nothing; with INSTANCE, remove
+    /// all of that instance's (one whose daemon and data are gone for good).
+    #[arg(long, value_name = "INSTANCE", num_args = 0..=1, default_missing_value = "", conflicts_with = "check")]
+    cleanup: Option<String>,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(EXIT_CONFIG),
+            };
+        }
+    };
     let cfg = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -77,6 +94,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(target) = args.cleanup {
+        return runtime.block_on(cleanup(&cfg, &target));
+    }
     match runtime.block_on(server::run(cfg, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(StartError::Config(e)) => {
@@ -85,6 +105,66 @@ fn main() -> ExitCode {
         }
         Err(StartError::Io(e)) => {
             eprintln!("sandpitd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--cleanup [INSTANCE]`: lists leftovers, or removes one instance's.
+async fn cleanup(cfg: &Config, target: &str) -> ExitCode {
+    let store = cfg.data_dir.join("sandpit.db");
+    let own = match SqliteStore::read_instance_id(&store) {
+        Ok(own) => own,
+        Err(e) => {
+            eprintln!("sandpitd: cannot read {}: {e}", store.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let pool = match sandpit::runtime::subnet::Pool::new(&cfg.network.subnet_pool, cfg.network.subnet_prefix) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sandpitd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let net = NetworkSettings { pool, egress_port: cfg.network.egress_port, instance: own.clone().unwrap_or_default() };
+    let rt = DockerRuntime::new(cfg.docker.host.clone(), cfg.docker.timeout, cfg.docker.node.clone(), net);
+    if target.is_empty() {
+        return match sandpit::cleanup::survey(&rt).await {
+            Ok(found) if found.is_empty() => {
+                println!("no daemon instance has containers, networks, volumes or firewall rules here");
+                ExitCode::SUCCESS
+            }
+            Ok(found) => {
+                print!("{}", sandpit::cleanup::table(&found, own.as_deref()));
+                println!("\nremove one instance's with: sandpitd --cleanup INSTANCE (only once its daemon and data are gone)");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sandpitd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(why) = sandpit::cleanup::refusal(target, own.as_deref()) {
+        eprintln!("sandpitd: refusing to clean up: {why}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match sandpit::cleanup::remove(&rt, target).await {
+        Ok(r) => {
+            let o = r.objects;
+            println!(
+                "removed {} containers, {} networks, {} volumes, {} firewall chains and {} rules of instance {target}",
+                o.containers, o.networks, o.volumes, r.firewall.chains, r.firewall.rules
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ sandpit::Error::InvalidArgument { .. }) => {
+            eprintln!("sandpitd: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("sandpitd: cleanup of {target} failed: {e}");
             ExitCode::FAILURE
         }
     }

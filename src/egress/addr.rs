@@ -71,6 +71,82 @@ impl fmt::Display for Host {
     }
 }
 
+/// An IPv4 range: a network address and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Net4 {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Net4 {
+    /// `addr` with its host bits cleared; `prefix` above 32 is taken as 32.
+    pub const fn new(addr: Ipv4Addr, prefix: u8) -> Net4 {
+        let prefix = if prefix > 32 { 32 } else { prefix };
+        Net4 { addr: Ipv4Addr::from_bits(addr.to_bits() & mask(prefix)), prefix }
+    }
+
+    /// `a.b.c.d/n`; host bits set below the prefix are refused, as iptables would
+    /// silently clear them and the rule would not say what was meant.
+    pub fn parse(s: &str) -> Option<Net4> {
+        let (ip, prefix) = s.split_once('/')?;
+        let (addr, prefix): (Ipv4Addr, u8) = (ip.parse().ok()?, prefix.parse().ok()?);
+        let net = Net4::new(addr, prefix);
+        (prefix <= 32 && net.addr == addr).then_some(net)
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        ip.to_bits() & mask(self.prefix) == self.addr.to_bits()
+    }
+
+    /// Whether every address of `other` is in this range.
+    pub fn covers(&self, other: &Net4) -> bool {
+        self.prefix <= other.prefix && self.contains(other.addr)
+    }
+}
+
+const fn mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    }
+}
+
+/// The form iptables prints, `/32` included.
+impl fmt::Display for Net4 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+const fn net(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> Net4 {
+    Net4::new(Ipv4Addr::new(a, b, c, d), prefix)
+}
+
+/// Every IPv4 range that is not plainly public unicast, one IANA
+/// special-purpose block each, most specific first so that the first match
+/// names the narrowest block. The egress proxy refuses them as resolved
+/// addresses ([`refusal`]) and the host firewall refuses to forward an
+/// open-mode sandbox's traffic to them: one table, so the two cannot drift.
+pub const NON_PUBLIC: [(Net4, &str); 16] = [
+    (net(255, 255, 255, 255, 32), "broadcast"),
+    (net(192, 0, 0, 0, 24), "IETF protocol assignments (192.0.0.0/24)"),
+    (net(192, 0, 2, 0, 24), "documentation"),
+    (net(192, 88, 99, 0, 24), "6to4 relay anycast (192.88.99.0/24)"),
+    (net(198, 51, 100, 0, 24), "documentation"),
+    (net(203, 0, 113, 0, 24), "documentation"),
+    (net(169, 254, 0, 0, 16), "link-local (169.254.0.0/16)"),
+    (net(192, 168, 0, 0, 16), "private (192.168.0.0/16)"),
+    (net(198, 18, 0, 0, 15), "benchmarking (198.18.0.0/15)"),
+    (net(172, 16, 0, 0, 12), "private (172.16.0.0/12)"),
+    (net(100, 64, 0, 0, 10), "carrier-grade NAT (100.64.0.0/10)"),
+    (net(0, 0, 0, 0, 8), "unspecified (0.0.0.0/8)"),
+    (net(10, 0, 0, 0, 8), "private (10.0.0.0/8)"),
+    (net(127, 0, 0, 0, 8), "loopback"),
+    (net(224, 0, 0, 0, 4), "multicast"),
+    (net(240, 0, 0, 0, 4), "reserved (240.0.0.0/4)"),
+];
+
 /// Why the proxy will not connect to `ip` on behalf of a name it resolved,
 /// or `None` when the address is an ordinary public IPv4 address.
 ///
@@ -80,27 +156,9 @@ impl fmt::Display for Host {
 /// service. IPv6 is refused outright: the sandbox networks' firewalling is
 /// IPv4 and IPv6 has too many ways to embed or reach local addresses.
 pub fn refusal(ip: IpAddr) -> Option<&'static str> {
-    let v4 = match ip {
-        IpAddr::V6(_) => return Some("IPv6"),
-        IpAddr::V4(v4) => v4,
-    };
-    let [a, b, c, _] = v4.octets();
-    // Ordered most specific first; each arm is one IANA special-purpose block.
-    match (a, b, c) {
-        (0, ..) => Some("unspecified (0.0.0.0/8)"),
-        (127, ..) => Some("loopback"),
-        (10, ..) => Some("private (10.0.0.0/8)"),
-        (172, 16..=31, _) => Some("private (172.16.0.0/12)"),
-        (192, 168, _) => Some("private (192.168.0.0/16)"),
-        (169, 254, _) => Some("link-local (169.254.0.0/16)"),
-        (100, 64..=127, _) => Some("carrier-grade NAT (100.64.0.0/10)"),
-        (192, 0, 0) => Some("IETF protocol assignments (192.0.0.0/24)"),
-        (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => Some("documentation"),
-        (198, 18..=19, _) => Some("benchmarking (198.18.0.0/15)"),
-        (224..=239, ..) => Some("multicast"),
-        (255, 255, 255) if v4 == Ipv4Addr::BROADCAST => Some("broadcast"),
-        (240..=255, ..) => Some("reserved (240.0.0.0/4)"),
-        _ => None,
+    match ip {
+        IpAddr::V6(_) => Some("IPv6"),
+        IpAddr::V4(v4) => NON_PUBLIC.iter().find(|(range, _)| range.contains(v4)).map(|(_, why)| *why),
     }
 }
 
@@ -147,6 +205,9 @@ mod tests {
             ("240.0.0.1", Some("reserved (240.0.0.0/4)")),
             ("255.255.255.254", Some("reserved (240.0.0.0/4)")),
             ("255.255.255.255", Some("broadcast")),
+            ("192.88.99.1", Some("6to4 relay anycast (192.88.99.0/24)")),
+            ("192.88.98.255", None),
+            ("192.88.100.0", None),
             ("::1", Some("IPv6")),
             ("::", Some("IPv6")),
             ("2606:4700:4700::1111", Some("IPv6")),
@@ -159,6 +220,57 @@ mod tests {
             let ip: IpAddr = addr.parse().expect("table address");
             assert_eq!(refusal(ip), *want, "{addr}");
         }
+    }
+
+    #[test]
+    fn the_table_is_most_specific_first_and_its_blocks_are_disjoint_but_for_broadcast() {
+        for pair in NON_PUBLIC.windows(2) {
+            assert!(pair[0].0.prefix >= pair[1].0.prefix, "{:?} before {:?}", pair[0], pair[1]);
+        }
+        for (i, (a, _)) in NON_PUBLIC.iter().enumerate() {
+            for (b, _) in &NON_PUBLIC[i + 1..] {
+                let nested = b.covers(a) && a.addr == Ipv4Addr::BROADCAST;
+                assert!(nested || !(a.covers(b) || b.covers(a)), "{a} and {b} overlap");
+            }
+        }
+        let cidrs: Vec<String> = NON_PUBLIC.iter().map(|(n, _)| n.to_string()).collect();
+        for want in [
+            "0.0.0.0/8",
+            "10.0.0.0/8",
+            "100.64.0.0/10",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+            "172.16.0.0/12",
+            "192.0.0.0/24",
+            "192.0.2.0/24",
+            "192.88.99.0/24",
+            "192.168.0.0/16",
+            "198.18.0.0/15",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "224.0.0.0/4",
+            "240.0.0.0/4",
+            "255.255.255.255/32",
+        ] {
+            assert!(cidrs.iter().any(|c| c == want), "{want} missing from {cidrs:?}");
+        }
+    }
+
+    #[test]
+    fn ranges_parse_and_compare() {
+        let n = |s: &str| Net4::parse(s).unwrap_or_else(|| panic!("{s}"));
+        assert_eq!(n("10.1.2.0/24").to_string(), "10.1.2.0/24");
+        assert_eq!(n("192.0.2.7/32").to_string(), "192.0.2.7/32");
+        assert_eq!(n("0.0.0.0/0").to_string(), "0.0.0.0/0");
+        for bad in ["10.1.2.3/24", "10.1.2.0", "10.1.2.0/33", "10.1.2/24", "x/8", "::1/128"] {
+            assert_eq!(Net4::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Net4::new(Ipv4Addr::new(10, 1, 2, 3), 24), n("10.1.2.0/24"));
+        assert!(n("10.0.0.0/8").covers(&n("10.213.0.16/28")));
+        assert!(n("10.0.0.0/8").covers(&n("10.0.0.0/8")));
+        assert!(!n("10.213.0.16/28").covers(&n("10.0.0.0/8")));
+        assert!(!n("10.0.0.0/8").covers(&n("11.0.0.0/28")));
+        assert!(n("0.0.0.0/0").contains(Ipv4Addr::BROADCAST));
     }
 
     #[test]

@@ -5,12 +5,19 @@
 //! when its `host:port` is listed in the sandbox's profile. It speaks just
 //! enough HTTP/1.1 for that: `CONNECT host:port` opens a byte tunnel, and a
 //! plain request with an absolute `http://` target is forwarded in origin
-//! form. Each connection carries exactly one request and yields exactly one
-//! [`Decision`], reported through [`Policy::decided`] before the client hears
-//! the answer.
+//! form. Each connection of an allowlist sandbox carries exactly one request
+//! and yields exactly one [`Decision`], reported through [`Policy::decided`]
+//! before the client hears the answer.
 //!
 //! Rules, in the order they are applied:
-//! 1. The source address must belong to an allowlist sandbox ([`Policy::lookup`]), else 403.
+//! 1. The source address must belong to an allowlist sandbox ([`Policy::lookup`]).
+//!    Any other source (a stranger: the host firewall lets none through but
+//!    loopback, so one here means a firewall gone or a local process) is
+//!    closed on accept, before it holds a connection slot and without a byte
+//!    read or answered: no number of strangers can crowd out the sandboxes,
+//!    and none can fill the audit log. They are counted instead
+//!    (`sandpit_egress_refused_strangers_total`) and logged at most every
+//!    [`STRANGER_LOG_EVERY`].
 //! 2. The request head must parse ([`http`]), within [`Limits::head_timeout`] and
 //!    [`Limits::max_head`] bytes, else 400.
 //! 3. `(host, port)` must equal an allowlist entry, host compared in one canonical
@@ -72,9 +79,12 @@ impl Destination {
 /// What the proxy asks of the daemon.
 pub trait Policy: Send + Sync + 'static {
     /// The sandbox that owns this source address and its allowed destinations;
-    /// None when the address belongs to no allowlist sandbox (connection refused with 403).
+    /// None when the address belongs to no allowlist sandbox (connection closed unanswered).
+    ///
+    /// Called on the accept loop for every connection: it must be quick.
     fn lookup(&self, source: IpAddr) -> Option<(String, Vec<Destination>)>;
-    /// Called once for every decision, allowed or denied (the daemon audits it).
+    /// Called once for every decision about an allowlist sandbox's request,
+    /// allowed or denied (the daemon audits it). Strangers get no decision.
     ///
     /// Called on the connection's task before the client is answered, so it
     /// should be quick (queue the audit record rather than write it here).
@@ -84,7 +94,8 @@ pub trait Policy: Send + Sync + 'static {
 /// The outcome of one proxy connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    /// None when the source is no sandbox.
+    /// The sandbox that asked. Always set: strangers are closed before any
+    /// decision (kept an `Option` so the daemon's record keeping is unchanged).
     pub sandbox: Option<String>,
     /// The client's address (IPv4-mapped IPv6 shown as IPv4).
     pub source: SocketAddr,
@@ -134,6 +145,9 @@ impl Default for Limits {
     }
 }
 
+/// At most one log line per this long about strangers, however many there are.
+pub const STRANGER_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// After an error answer, how long and how much to keep reading so that
 /// unread request bytes do not make the kernel reset the connection before
 /// the client has read the answer.
@@ -155,7 +169,7 @@ pub async fn serve_with_limits(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    run(listener, Arc::new(Ctx { policy, limits, dials: AtomicU64::new(0) }), shutdown).await;
+    run(listener, Arc::new(Ctx::new(policy, limits)), shutdown).await;
 }
 
 /// What every connection task shares.
@@ -165,6 +179,40 @@ struct Ctx {
     /// Connection attempts to destinations, so that tests can prove a denied
     /// request never reached the network.
     dials: AtomicU64,
+    /// Connections closed on accept because their source is no allowlist sandbox.
+    strangers: AtomicU64,
+    /// When strangers were last logged, and how many came since.
+    stranger_log: std::sync::Mutex<(Option<Instant>, u64)>,
+}
+
+impl Ctx {
+    fn new(policy: Arc<dyn Policy>, limits: Limits) -> Ctx {
+        Ctx {
+            policy,
+            limits,
+            dials: AtomicU64::new(0),
+            strangers: AtomicU64::new(0),
+            stranger_log: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// Counts a stranger, and logs one line per [`STRANGER_LOG_EVERY`] at
+    /// most, so that a flood cannot flood the log either.
+    fn stranger(&self, peer: SocketAddr) {
+        self.strangers.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::global().egress_stranger_refused();
+        let mut log = self.stranger_log.lock().unwrap_or_else(|p| p.into_inner());
+        log.1 += 1;
+        let now = Instant::now();
+        if log.0.is_none_or(|last| now.duration_since(last) >= STRANGER_LOG_EVERY) {
+            tracing::warn!(
+                latest = %peer,
+                closed = log.1,
+                "egress proxy closed connections from sources that are no allowlist sandbox (is the host firewall in place?)"
+            );
+            *log = (Some(now), 0);
+        }
+    }
 }
 
 /// Connections open per source address.
@@ -217,6 +265,12 @@ async fn run(listener: TcpListener, ctx: Arc<Ctx>, shutdown: impl Future<Output 
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Before any slot is taken and without reading a byte.
+                    let Some(owner) = ctx.policy.lookup(peer.ip().to_canonical()) else {
+                        ctx.stranger(peer);
+                        drop(stream);
+                        continue;
+                    };
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         tracing::warn!(%peer, limit = ctx.limits.max_connections, "egress proxy full; closing connection");
                         continue;
@@ -227,7 +281,7 @@ async fn run(listener: TcpListener, ctx: Arc<Ctx>, shutdown: impl Future<Output 
                     };
                     let ctx = ctx.clone();
                     tasks.spawn(async move {
-                        handle(stream, peer, &ctx).await;
+                        handle(stream, peer, owner, &ctx).await;
                         drop((permit, slot));
                     });
                 }
@@ -243,21 +297,19 @@ async fn run(listener: TcpListener, ctx: Arc<Ctx>, shutdown: impl Future<Output 
     tasks.shutdown().await;
 }
 
-/// Serves one connection: one request, one decision.
-async fn handle(mut client: TcpStream, peer: SocketAddr, ctx: &Ctx) {
+/// Serves one connection of `owner` (sandbox, allowlist): one request, one decision.
+async fn handle(mut client: TcpStream, peer: SocketAddr, owner: (String, Vec<Destination>), ctx: &Ctx) {
     let source = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let limits = &ctx.limits;
-    // The head is read even from unknown sources, so that their decision
-    // records what they tried to reach.
     let head = match timeout(limits.head_timeout, http::read_head(&mut client, limits.max_head)).await {
         Ok(Ok((head, rest))) => http::parse(&head).map(|request| (request, rest)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(HeadError::Timeout(limits.head_timeout)),
     };
-    let owner = ctx.policy.lookup(source.ip());
+    let (sandbox, allowlist) = owner;
 
     let mut decision = Decision {
-        sandbox: owner.as_ref().map(|(name, _)| name.clone()),
+        sandbox: Some(sandbox),
         source,
         method: String::new(),
         host: String::new(),
@@ -272,10 +324,6 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, ctx: &Ctx) {
         decision.port = request.port;
     }
 
-    let Some((_, allowlist)) = owner else {
-        let reason = format!("source {} is not an allowlist sandbox", source.ip());
-        return refuse(client, decision, 403, reason, ctx).await;
-    };
     let (request, rest) = match head {
         Ok(ok) => ok,
         Err(e) => return refuse(client, decision, 400, e.to_string(), ctx).await,

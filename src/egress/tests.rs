@@ -21,16 +21,19 @@ const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Bound on every client-side wait, so that a bug fails a test instead of hanging it.
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A policy that knows at most one sandbox, at 127.0.0.1, and records decisions.
+/// A policy that knows sandboxes at `known` (`sb-1` the first), all with one
+/// allowlist, or none at all; and records decisions.
 struct Fake {
+    known: Vec<IpAddr>,
     allowlist: Option<Vec<Destination>>,
     decisions: Mutex<Vec<Decision>>,
 }
 
 impl Policy for Fake {
     fn lookup(&self, source: IpAddr) -> Option<(String, Vec<Destination>)> {
-        let list = self.allowlist.as_ref().filter(|_| source == LOCAL)?;
-        Some(("sb-1".to_string(), list.clone()))
+        let list = self.allowlist.as_ref()?;
+        let i = self.known.iter().position(|ip| *ip == source)?;
+        Some((format!("sb-{}", i + 1), list.clone()))
     }
 
     fn decided(&self, decision: &Decision) {
@@ -49,10 +52,15 @@ struct Proxy {
 impl Proxy {
     /// `None` makes 127.0.0.1 an unknown source.
     async fn start(allowlist: Option<Vec<Destination>>, limits: Limits) -> Proxy {
+        Proxy::start_for(vec![LOCAL], allowlist, limits).await
+    }
+
+    /// A proxy whose sandboxes are at `known`.
+    async fn start_for(known: Vec<IpAddr>, allowlist: Option<Vec<Destination>>, limits: Limits) -> Proxy {
         let listener = TcpListener::bind((LOCAL, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let policy = Arc::new(Fake { allowlist, decisions: Mutex::new(Vec::new()) });
-        let ctx = Arc::new(Ctx { policy: policy.clone(), limits, dials: AtomicU64::new(0) });
+        let policy = Arc::new(Fake { known, allowlist, decisions: Mutex::new(Vec::new()) });
+        let ctx = Arc::new(Ctx::new(policy.clone(), limits));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(run(listener, ctx.clone(), async move {
             let _ = stopped.await;
@@ -66,6 +74,17 @@ impl Proxy {
 
     fn dials(&self) -> u64 {
         self.ctx.dials.load(Ordering::Relaxed)
+    }
+
+    fn strangers(&self) -> u64 {
+        self.ctx.strangers.load(Ordering::Relaxed)
+    }
+
+    /// A connection from `source` (any 127.0.0.0/8 address works on Linux).
+    async fn connect_from(&self, source: Ipv4Addr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::from((source, 0))).expect("bind source");
+        socket.connect(self.addr).await.expect("connect to proxy")
     }
 
     /// Takes the decisions made so far.
@@ -360,22 +379,43 @@ async fn plain_http_is_forwarded_in_origin_form() {
 }
 
 #[tokio::test]
-async fn an_unknown_source_is_forbidden() {
+async fn an_unknown_source_is_closed_unread_unanswered_and_unaudited() {
     let echo = echo_server().await;
     let proxy = Proxy::start(None, Limits::default()).await;
-    let mut client = proxy.connect().await;
-    client.write_all(format!("CONNECT 127.0.0.1:{echo} HTTP/1.1\r\n\r\n").as_bytes()).await.unwrap();
-    let answer = read_all(&mut client).await;
-    assert_eq!(status_line(&answer), "HTTP/1.1 403 Forbidden");
-    let reason = "source 127.0.0.1 is not an allowlist sandbox";
-    assert_eq!(proxy.decision(), expected(None, &client, "CONNECT", "127.0.0.1", echo, false, reason, 403));
-
-    // Even a malformed request from a stranger is a 403, not a 400.
-    let mut client = proxy.connect().await;
-    client.write_all(b"nonsense\r\n\r\n").await.unwrap();
-    assert_eq!(status_line(&read_all(&mut client).await), "HTTP/1.1 403 Forbidden");
-    assert_eq!(proxy.decision(), expected(None, &client, "", "", 0, false, reason, 403));
+    for request in [format!("CONNECT 127.0.0.1:{echo} HTTP/1.1\r\n\r\n"), "nonsense\r\n\r\n".to_string()] {
+        let mut client = proxy.connect().await;
+        // The proxy may have closed before this write: either way nothing comes back.
+        let _ = client.write_all(request.as_bytes()).await;
+        assert_closed_unanswered(client).await;
+    }
+    assert_eq!(proxy.decisions(), vec![], "strangers are counted, not audited");
+    assert_eq!(proxy.strangers(), 2);
     assert_eq!(proxy.dials(), 0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn strangers_holding_connections_open_cannot_crowd_out_a_sandbox() {
+    // Two slots, one per source: before strangers were refused on accept,
+    // two of them holding a head open took both slots.
+    let limits = Limits { max_connections: 2, max_per_source: 1, ..Limits::default() };
+    let proxy = Proxy::start_for(vec![LOCAL], Some(vec![]), limits).await;
+    let mut strangers = Vec::new();
+    for i in 2..=41u8 {
+        let mut s = proxy.connect_from(Ipv4Addr::new(127, 0, 0, i)).await;
+        let _ = s.write_all(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\n").await;
+        strangers.push(s);
+    }
+    let mut sandbox = proxy.connect().await;
+    sandbox.write_all(b"CONNECT 127.0.0.1:7 HTTP/1.1\r\n\r\n").await.unwrap();
+    assert_eq!(status_line(&read_all(&mut sandbox).await), "HTTP/1.1 403 Forbidden");
+    let d = proxy.decision();
+    assert_eq!((d.sandbox.as_deref(), d.port), (Some("sb-1"), 7), "only the sandbox was decided");
+    // Accepted in order, so every stranger was seen before the sandbox.
+    assert_eq!(proxy.strangers(), 40);
+    for s in strangers {
+        assert_closed_unanswered(s).await;
+    }
     proxy.stop().await;
 }
 
@@ -503,7 +543,8 @@ async fn connections_beyond_the_limit_are_closed_unanswered() {
 #[tokio::test]
 async fn one_source_cannot_take_every_connection() {
     let limits = Limits { max_connections: 100, max_per_source: 1, ..Limits::default() };
-    let proxy = Proxy::start(Some(vec![]), limits).await;
+    let other_ip = Ipv4Addr::new(127, 0, 0, 2);
+    let proxy = Proxy::start_for(vec![LOCAL, IpAddr::V4(other_ip)], Some(vec![]), limits).await;
     let mut first = proxy.connect().await;
     first.write_all(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\n").await.unwrap();
 
@@ -511,9 +552,7 @@ async fn one_source_cannot_take_every_connection() {
     assert_closed_unanswered(proxy.connect().await).await;
 
     // ...while another source is served.
-    let other = tokio::net::TcpSocket::new_v4().unwrap();
-    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-    let mut other = other.connect(proxy.addr).await.unwrap();
+    let mut other = proxy.connect_from(other_ip).await;
     other.write_all(b"CONNECT 127.0.0.1:3 HTTP/1.1\r\n\r\n").await.unwrap();
     assert_eq!(status_line(&read_all(&mut other).await), "HTTP/1.1 403 Forbidden");
     assert_eq!(proxy.decision().port, 3);

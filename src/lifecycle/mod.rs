@@ -176,6 +176,7 @@ impl<R: Runtime> Manager<R> {
             tokio::spawn(Arc::clone(self).follow_events()),
             tokio::spawn(Arc::clone(self).pool_loop()),
             tokio::spawn(Arc::clone(self).refusal_loop()),
+            tokio::spawn(Arc::clone(self).watch_firewall()),
         ]))
     }
 

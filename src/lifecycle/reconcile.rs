@@ -11,17 +11,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use super::{container_name, Manager};
 use crate::audit::action;
-use crate::runtime::{labels, ManagedContainer, Runtime, RuntimeEvent};
-use crate::sandbox::{EventKind, SandboxState};
+use crate::policy::NetworkMode;
+use crate::runtime::{labels, Isolation, ManagedContainer, Runtime, RuntimeEvent};
+use crate::sandbox::{EventKind, Sandbox, SandboxState};
 use crate::{Error, Result};
 
 /// Backoff bounds for reconnecting to Docker's event stream.
 const EVENTS_RETRY_MIN: Duration = Duration::from_millis(500);
 const EVENTS_RETRY_MAX: Duration = Duration::from_secs(10);
+/// Backoff bounds for watching host firewall changes again after the watch ended.
+const WATCH_RETRY_MIN: Duration = Duration::from_secs(1);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(300);
+/// A firewall reload is many changes: let them land, then check once.
+const FIREWALL_SETTLE: Duration = Duration::from_millis(250);
 
 /// What one reconcile pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -121,38 +127,7 @@ impl<R: Runtime> Manager<R> {
             report.orphans_removed += 1;
         }
 
-        // Host rules of live networked sandboxes, put back if someone removed them.
-        let subnets: Vec<String> = records
-            .iter()
-            .filter(|sb| !self.is_creating(&sb.id) && sb.state != SandboxState::Provisioning)
-            .filter_map(|sb| sb.network.as_ref().map(|n| n.subnet.clone()))
-            .collect();
-        let missing = self.runtime.unisolated(&subnets).await;
-        let mut restored = Vec::new();
-        for subnet in step(&mut report, "checking host firewall rules", "firewall", missing)?.unwrap_or_default() {
-            // Under the sandbox's lock, and only if it is still live: a
-            // teardown that released the rules meanwhile must not be undone.
-            let Some(owner) = records.iter().find(|sb| sb.network.as_ref().is_some_and(|n| n.subnet == subnet)) else {
-                continue;
-            };
-            let _guard = self.locks.lock(&owner.id).await;
-            let live = self
-                .store
-                .get(&owner.id)?
-                .is_some_and(|sb| !sb.state.is_ended() && sb.network.as_ref().is_some_and(|n| n.subnet == subnet));
-            if live
-                && step(&mut report, "restoring host firewall rules", &subnet, self.runtime.isolate(&subnet).await)?
-                    .is_some()
-            {
-                restored.push(subnet);
-            }
-        }
-        if !restored.is_empty() {
-            tracing::warn!(subnets = ?restored, "host firewall rules of live sandboxes had been removed; restored");
-            let reason = format!("restored host firewall rules of {}", restored.join(", "));
-            self.record(self.entry(None, action::FIREWALL_RESTORED, "", "", Ok(reason)));
-            report.firewall_restored = restored.len();
-        }
+        self.reconcile_firewall(&records, &mut report).await?;
 
         for sb in records {
             if self.is_creating(&sb.id) {
@@ -197,6 +172,108 @@ impl<R: Runtime> Manager<R> {
             }
         }
         Ok(report)
+    }
+
+    /// Host rules of live networked sandboxes: whatever someone else removed
+    /// or changed is put back, the rule set as a whole.
+    async fn reconcile_firewall(&self, records: &[Sandbox], report: &mut ReconcileReport) -> Result<()> {
+        let live: Vec<Isolation> = records
+            .iter()
+            .filter(|sb| !self.is_creating(&sb.id) && sb.state != SandboxState::Provisioning)
+            .filter_map(|sb| {
+                let egress = sb.profile.network.mode == NetworkMode::Allowlist;
+                sb.network.as_ref().map(|n| Isolation { subnet: n.subnet.clone(), egress })
+            })
+            .collect();
+        let checked = self.runtime.repair_isolation(&live).await;
+        let Some(repair) = step(report, "checking host firewall rules", "firewall", checked)? else {
+            return Ok(());
+        };
+        let (mut changes, mut restored) = (repair.changes, repair.restored);
+
+        // Networks the runtime did not know (a previous run's) with rules
+        // missing: put back under their sandboxes' locks, taken in id order
+        // so that two passes cannot deadlock, and only while each sandbox is
+        // still live: a teardown that released them meanwhile must not be
+        // undone. One change for all of them.
+        let mut owners: Vec<(&Sandbox, &Isolation)> = repair
+            .unknown
+            .iter()
+            .filter_map(|net| {
+                records
+                    .iter()
+                    .find(|sb| sb.network.as_ref().is_some_and(|n| n.subnet == net.subnet))
+                    .map(|sb| (sb, net))
+            })
+            .collect();
+        owners.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let mut guards = Vec::with_capacity(owners.len());
+        let mut verified = Vec::new();
+        for (owner, net) in owners {
+            guards.push(self.locks.lock(&owner.id).await);
+            let live = self
+                .store
+                .get(&owner.id)?
+                .is_some_and(|sb| !sb.state.is_ended() && sb.network.as_ref().is_some_and(|n| n.subnet == net.subnet));
+            if live {
+                verified.push(net.clone());
+            }
+        }
+        if !verified.is_empty()
+            && step(report, "restoring host firewall rules", "firewall", self.runtime.isolate(&verified).await)?
+                .is_some()
+        {
+            let subnets: Vec<String> = verified.into_iter().map(|n| n.subnet).collect();
+            changes.push(format!("rules of {} put back", subnets.join(", ")));
+            restored.extend(subnets);
+        }
+        drop(guards);
+
+        if !changes.is_empty() {
+            tracing::warn!(subnets = ?restored, ?changes, "host firewall rules of live sandboxes had been changed; restored");
+            let reason = format!("restored host firewall rules of {}: {}", restored.join(", "), changes.join("; "));
+            self.record(self.entry(None, action::FIREWALL_RESTORED, "", "", Ok(reason)));
+            report.firewall_restored += restored.len().max(1);
+        }
+        Ok(())
+    }
+
+    /// The firewall part of a pass on its own, when a change was seen.
+    async fn reconcile_firewall_logged(&self, why: &str) {
+        let mut report = ReconcileReport::default();
+        let result = match self.live_records() {
+            Ok(records) => self.reconcile_firewall(&records, &mut report).await,
+            Err(e) => Err(e),
+        };
+        let metrics = crate::metrics::global();
+        metrics.reconcile_action("firewall_restored", report.firewall_restored);
+        metrics.reconcile_action("step_failed", report.failed);
+        match result {
+            Ok(()) if report == ReconcileReport::default() => tracing::debug!(why, "host firewall rules in place"),
+            Ok(()) => tracing::info!(why, report = ?report, "host firewall checked"),
+            Err(e) => tracing::warn!(why, error = %e, "host firewall check failed; reconcile retries"),
+        }
+    }
+
+    /// Repairs the host firewall soon after someone else changes it, rather
+    /// than at the next reconcile; watches again with backoff when the watch
+    /// ends (reconcile's interval still covers the time between).
+    pub(super) async fn watch_firewall(self: Arc<Self>) {
+        let mut delay = WATCH_RETRY_MIN;
+        loop {
+            let started = std::time::Instant::now();
+            let mut changes = self.runtime.isolation_changes();
+            while changes.next().await.is_some() {
+                tokio::time::sleep(FIREWALL_SETTLE).await;
+                while let Some(Some(())) = changes.next().now_or_never() {}
+                self.reconcile_firewall_logged("host firewall changed").await;
+            }
+            if started.elapsed() >= WATCH_RETRY_MAX {
+                delay = WATCH_RETRY_MIN;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(WATCH_RETRY_MAX);
+        }
     }
 
     /// Marks a record `lost` if its container is really gone.

@@ -6,7 +6,7 @@
 //! success, so the daemon starts and serves while the engine is down, answers
 //! `UNAVAILABLE`, and recovers by itself when the engine returns.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,9 +27,10 @@ use futures_util::{StreamExt, TryStreamExt};
 use super::firewall::Firewall;
 use super::subnet::{Allocator, Pool, Subnet};
 use super::{
-    labels, BoxStream, ContainerSpec, ContainerStatus, ExecChunk, ExecSession, ExecSpec, ManagedContainer,
-    ManagedNetwork, NetworkInfo, NetworkRequest, Provisioned, PullProgress, Runtime, RuntimeEvent,
+    labels, BoxStream, ContainerSpec, ContainerStatus, ExecChunk, ExecSession, ExecSpec, Isolation, IsolationRepair,
+    ManagedContainer, ManagedNetwork, NetworkInfo, NetworkRequest, Provisioned, PullProgress, Runtime, RuntimeEvent,
 };
+use crate::egress::addr::Net4;
 use crate::{Error, Result};
 
 /// Scratch space mount inside every sandbox (the root filesystem is read-only).
@@ -63,6 +64,14 @@ pub struct NetworkSettings {
     pub instance: String,
 }
 
+/// Containers, networks and volumes of one daemon instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstanceObjects {
+    pub containers: usize,
+    pub networks: usize,
+    pub volumes: usize,
+}
+
 /// Tries before giving up on finding a subnet Docker accepts.
 const SUBNET_TRIES: usize = 8;
 /// Where name lookups of isolated sandboxes go: nowhere. Docker's embedded
@@ -81,7 +90,7 @@ impl DockerRuntime {
                 client: RwLock::new(None),
                 subnets: Allocator::new(net.pool),
                 subnets_loaded: tokio::sync::OnceCell::new(),
-                firewall: Firewall::new(&net.instance, net.egress_port),
+                firewall: Firewall::new(&net.instance, net.egress_port, net.pool.range()),
                 egress_port: net.egress_port,
             }),
         }
@@ -156,7 +165,8 @@ impl DockerRuntime {
                     return Err(map_err("create network", e));
                 }
             }
-            if let Err(e) = self.inner.firewall.isolate(&subnet.cidr()).await {
+            let isolation = Isolation { subnet: subnet.cidr(), egress: req.egress };
+            if let Err(e) = self.inner.firewall.isolate(&[isolation]).await {
                 let _ = d.remove_network(&req.name).await;
                 self.inner.subnets.release(&subnet);
                 return Err(e);
@@ -171,23 +181,26 @@ impl DockerRuntime {
         Err(Error::Unavailable("no free subnet found that the engine accepts".into()))
     }
 
-    /// Removes a network, its host rule and its subnet reservation. Gone is fine.
+    /// Removes a network, its host rules and its subnet reservation. Gone is fine.
     async fn remove_network(&self, d: &Docker, name: &str) -> Result<()> {
         let subnet = match d.inspect_network(name, None).await {
             Ok(n) => n.ipam.and_then(|i| i.config).unwrap_or_default().into_iter().find_map(|c| c.subnet),
             Err(e) if is_not_found(&e) => return Ok(()),
             Err(e) => return Err(map_err("inspect network", e)),
         };
+        // Rules first (its containers are gone): a crash in between then
+        // leaves a network without rules, which reconcile removes, rather
+        // than rules without a network, which nothing would.
+        if let Some(cidr) = &subnet {
+            self.inner.firewall.release(cidr).await?;
+        }
         match d.remove_network(name).await {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(map_err("remove network", e)),
         }
-        if let Some(cidr) = subnet {
-            self.inner.firewall.release(&cidr).await?;
-            if let Some(s) = Subnet::parse(&cidr) {
-                self.inner.subnets.release(&s);
-            }
+        if let Some(s) = subnet.as_deref().and_then(Subnet::parse) {
+            self.inner.subnets.release(&s);
         }
         Ok(())
     }
@@ -254,6 +267,115 @@ impl DockerRuntime {
                 input,
             )),
             StartExecResults::Detached => Err(Error::Internal("exec started detached".into())),
+        }
+    }
+
+    /// The subnets of every network on the engine, ours or not.
+    async fn subnets_in_use(&self) -> Result<Vec<Net4>> {
+        let d = self.docker().await?;
+        let nets = d
+            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+            .await
+            .map_err(|e| map_err("list networks", e))?;
+        Ok(nets
+            .into_iter()
+            .flat_map(|n| n.ipam.and_then(|i| i.config).unwrap_or_default())
+            .filter_map(|c| c.subnet.as_deref().and_then(Net4::parse))
+            .collect())
+    }
+
+    /// Every daemon instance's objects on this engine (labelled
+    /// `sandpit.managed=true`), by their `sandpit.instance` label.
+    pub async fn instances(&self) -> Result<BTreeMap<String, InstanceObjects>> {
+        let d = self.docker().await?;
+        let managed = HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]);
+        let filters = label_filters(&managed);
+        let mut out: BTreeMap<String, InstanceObjects> = BTreeMap::new();
+        let containers = d
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .await
+            .map_err(|e| map_err("list containers", e))?;
+        let networks = d
+            .list_networks(Some(
+                bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&filters).build(),
+            ))
+            .await
+            .map_err(|e| map_err("list networks", e))?;
+        let volumes = d
+            .list_volumes(Some(
+                bollard::query_parameters::ListVolumesOptionsBuilder::default().filters(&filters).build(),
+            ))
+            .await
+            .map_err(|e| map_err("list volumes", e))?
+            .volumes
+            .unwrap_or_default();
+        let instance = |l: Option<&HashMap<String, String>>| l.and_then(|l| l.get(labels::INSTANCE)).cloned();
+        for i in containers.iter().filter_map(|c| instance(c.labels.as_ref())) {
+            out.entry(i).or_default().containers += 1;
+        }
+        for i in networks.iter().filter_map(|n| instance(n.labels.as_ref())) {
+            out.entry(i).or_default().networks += 1;
+        }
+        for i in volumes.iter().filter_map(|v| instance(Some(&v.labels))) {
+            out.entry(i).or_default().volumes += 1;
+        }
+        Ok(out)
+    }
+
+    /// Removes every container, network and volume of `instance`
+    /// (containers first: a network in use cannot go). Goes on past a
+    /// failure and reports all of them. Its host firewall rules are not
+    /// touched here.
+    pub async fn remove_instance(&self, instance: &str) -> Result<InstanceObjects> {
+        let d = self.docker().await?;
+        let filters = label_filters(&labels::selector(instance));
+        let mut removed = InstanceObjects::default();
+        let mut failed = Vec::new();
+        let containers = d
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .await
+            .map_err(|e| map_err("list containers", e))?;
+        let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            match d.remove_container(&id, Some(opts.clone())).await {
+                Ok(()) => removed.containers += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => failed.push(format!("container {id}: {e}")),
+            }
+        }
+        let networks = d
+            .list_networks(Some(
+                bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&filters).build(),
+            ))
+            .await
+            .map_err(|e| map_err("list networks", e))?;
+        for name in networks.into_iter().filter_map(|n| n.name) {
+            match d.remove_network(&name).await {
+                Ok(()) => removed.networks += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => failed.push(format!("network {name}: {e}")),
+            }
+        }
+        let volumes = d
+            .list_volumes(Some(
+                bollard::query_parameters::ListVolumesOptionsBuilder::default().filters(&filters).build(),
+            ))
+            .await
+            .map_err(|e| map_err("list volumes", e))?
+            .volumes
+            .unwrap_or_default();
+        let force = bollard::query_parameters::RemoveVolumeOptionsBuilder::default().force(true).build();
+        for v in volumes {
+            match d.remove_volume(&v.name, Some(force.clone())).await {
+                Ok(()) => removed.volumes += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => failed.push(format!("volume {}: {e}", v.name)),
+            }
+        }
+        if failed.is_empty() {
+            Ok(removed)
+        } else {
+            Err(Error::Internal(format!("removed {removed:?}, but not: {}", failed.join("; "))))
         }
     }
 
@@ -499,12 +621,30 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    async fn unisolated(&self, subnets: &[String]) -> Result<Vec<String>> {
-        self.inner.firewall.missing(subnets).await
+    async fn repair_isolation(&self, live: &[Isolation]) -> Result<IsolationRepair> {
+        let (repair, strays) = self.inner.firewall.repair(live).await?;
+        if !strays.is_empty() {
+            // Only hooks whose network is gone from the engine: a network
+            // being made now already has its subnet there.
+            match self.subnets_in_use().await {
+                Ok(used) => {
+                    let gone: Vec<Net4> = strays.into_iter().filter(|s| !used.contains(s)).collect();
+                    if let Err(e) = self.inner.firewall.forget(&gone).await {
+                        tracing::warn!(error = %e, "removing host rules of vanished networks failed; the next check retries");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot list networks; stray host rules stay for now"),
+            }
+        }
+        Ok(repair)
     }
 
-    async fn isolate(&self, subnet: &str) -> Result<()> {
-        self.inner.firewall.isolate(subnet).await
+    async fn isolate(&self, nets: &[Isolation]) -> Result<()> {
+        self.inner.firewall.isolate(nets).await
+    }
+
+    fn isolation_changes(&self) -> BoxStream<()> {
+        self.inner.firewall.changes()
     }
 
     async fn kill(&self, container: &str) -> Result<()> {

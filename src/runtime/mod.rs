@@ -70,6 +70,29 @@ pub struct NetworkInfo {
     pub address: Ipv4Addr,
 }
 
+/// A sandbox network's place in the host firewall.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Isolation {
+    /// CIDR, e.g. `10.213.0.16/28`.
+    pub subnet: String,
+    /// An allowlist sandbox's network: it may reach the egress proxy's port
+    /// on its gateway (no other network may).
+    pub egress: bool,
+}
+
+/// What [`Runtime::repair_isolation`] found out of place and put back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IsolationRepair {
+    /// Each repair, for the record (e.g. `SANDPIT-… rewritten (missing: …)`).
+    pub changes: Vec<String>,
+    /// Subnets of networks whose rules were incomplete and are whole again.
+    pub restored: Vec<String>,
+    /// Networks of live sandboxes the runtime did not know (e.g. after a
+    /// restart) whose rules are not all in place: for [`Runtime::isolate`],
+    /// once each sandbox is known to be still live.
+    pub unknown: Vec<Isolation>,
+}
+
 /// What [`Runtime::create`] made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provisioned {
@@ -164,12 +187,23 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         selector: &HashMap<String, String>,
     ) -> impl Future<Output = Result<Vec<ManagedNetwork>>> + Send;
 
-    /// Those of `subnets` (live sandbox networks) whose host rules are not
-    /// all in place, e.g. removed behind the daemon's back.
-    fn unisolated(&self, subnets: &[String]) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Compares the host's firewall rules, as a whole, with what the
+    /// sandbox networks the runtime knows need (those it made or adopted),
+    /// and puts back whatever is out of place. Removing a network makes the
+    /// runtime forget it first, so a repair never undoes a teardown. Of
+    /// `live` (the networks of live sandboxes on record), those it does not
+    /// know yet are adopted when their rules are in place and returned as
+    /// `unknown` when not.
+    fn repair_isolation(&self, live: &[Isolation]) -> impl Future<Output = Result<IsolationRepair>> + Send;
 
-    /// Puts `subnet`'s host rules (back) in place. Idempotent.
-    fn isolate(&self, subnet: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Puts `nets`' host rules (back) in place, with whatever else the rule
+    /// set lacks, in one change. Idempotent.
+    fn isolate(&self, nets: &[Isolation]) -> impl Future<Output = Result<()>> + Send;
+
+    /// Yields soon after someone else changes the host rules of this
+    /// runtime's networks; ends when that cannot be watched (then only
+    /// reconcile's interval repairs them).
+    fn isolation_changes(&self) -> BoxStream<()>;
 
     /// Sends SIGKILL to a container's processes. A missing or stopped container is fine.
     fn kill(&self, container: &str) -> impl Future<Output = Result<()>> + Send;

@@ -84,7 +84,12 @@ impl Pool {
 
     /// The whole pool as a CIDR.
     pub fn cidr(&self) -> String {
-        format!("{}/{}", Ipv4Addr::from(self.base), self.pool_prefix)
+        self.range().to_string()
+    }
+
+    /// The whole pool as a range.
+    pub fn range(&self) -> crate::egress::addr::Net4 {
+        crate::egress::addr::Net4::new(Ipv4Addr::from(self.base), self.pool_prefix)
     }
 }
 

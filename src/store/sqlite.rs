@@ -166,6 +166,25 @@ impl SqliteStore {
         Ok(conn)
     }
 
+    /// The instance id of the store at `path`, reading only: `None` when
+    /// there is no store there or it has no id yet.
+    pub fn read_instance_id(path: &Path) -> Result<Option<String>> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let has_meta: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_meta {
+            return Ok(None);
+        }
+        Ok(conn.query_row("SELECT value FROM meta WHERE key = 'instance_id'", [], |r| r.get(0)).optional()?)
+    }
+
     /// Appends `entry` in `tx`, returning the record and the new head.
     fn append_in(tx: &Transaction<'_>, head: (u64, Hash), entry: AuditEntry) -> Result<AuditRecord> {
         let rec = audit::seal(head.0, head.1, entry.bounded());
@@ -570,6 +589,8 @@ mod tests {
             b.end(SandboxState::Deleted, "test", SystemTime::now());
             s.put(&b, Some(entry("x"))).unwrap();
         }
+        assert_eq!(SqliteStore::read_instance_id(&path).unwrap(), Some(id.clone()));
+        assert_eq!(SqliteStore::read_instance_id(&path.with_extension("absent")).unwrap(), None);
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.instance_id().unwrap(), id);
         assert_eq!(s.get("sb-2").unwrap().unwrap().state, SandboxState::Deleted);

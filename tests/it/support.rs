@@ -433,8 +433,8 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    /// Removes this daemon's host firewall chain and the rules jumping to it
-    /// (left behind when a test ends with sandboxes the daemon never tore down).
+    /// Removes this daemon's host firewall chains and the rules jumping to
+    /// them (left behind when a test ends with sandboxes the daemon never tore down).
     fn remove_firewall(&self) {
         let Ok(conn) = rusqlite::Connection::open(self.data_dir().join("sandpit.db")) else { return };
         let Ok(instance) =
@@ -442,16 +442,24 @@ impl Daemon {
         else {
             return;
         };
-        let short = &instance[..12.min(instance.len())];
-        let out = Command::new("iptables").args(["-w", "5", "-S"]).output();
-        let rules = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
-        for chain in [format!("SANDPIT-{short}"), format!("SANDPITF-{short}")] {
-            for rule in rules.lines().filter(|l| l.starts_with("-A ") && l.ends_with(&format!("-j {chain}"))) {
-                let spec: Vec<&str> = rule.split_whitespace().skip(1).collect();
-                let _ = Command::new("iptables").args(["-w", "5", "-D"]).args(&spec).output();
-            }
-            let _ = Command::new("iptables").args(["-w", "5", "-F", &chain]).output();
-            let _ = Command::new("iptables").args(["-w", "5", "-X", &chain]).output();
+        remove_firewall_of(&instance);
+    }
+}
+
+/// Removes every chain of the instance `instance` and every rule jumping to them.
+pub fn remove_firewall_of(instance: &str) {
+    let short = &instance[..sandpit::runtime::firewall::SHORT.min(instance.len())];
+    let chains: Vec<String> = sandpit::runtime::firewall::PREFIXES.iter().map(|p| format!("{p}{short}")).collect();
+    let out = Command::new("iptables").args(["-w", "5", "-S"]).output();
+    let rules = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    for rule in rules.lines().filter(|l| l.starts_with("-A ") && chains.iter().any(|c| l.ends_with(&format!("-j {c}"))))
+    {
+        let spec: Vec<&str> = rule.split_whitespace().skip(1).collect();
+        let _ = Command::new("iptables").args(["-w", "5", "-D"]).args(&spec).output();
+    }
+    for op in ["-F", "-X"] {
+        for chain in &chains {
+            let _ = Command::new("iptables").args(["-w", "5", op, chain]).output();
         }
     }
 }
