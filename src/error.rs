@@ -155,7 +155,7 @@ pub fn quoted(value: &str) -> String {
             out.push_str(&format!("…' ({} bytes)", value.len()));
             return out;
         }
-        if c.is_control() || crate::error::is_direction_control(c) {
+        if c.is_control() || crate::text::is_direction_control(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -163,12 +163,6 @@ pub fn quoted(value: &str) -> String {
     }
     out.push('\'');
     out
-}
-
-/// Unicode bidirectional formatting characters: shown raw they reorder the
-/// text around them (the "Trojan Source" trick).
-pub fn is_direction_control(c: char) -> bool {
-    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
 }
 
 impl From<rusqlite::Error> for Error {

@@ -31,6 +31,7 @@ pub mod server;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod text;
 pub mod time;
 
 pub use error::{Error, Result};

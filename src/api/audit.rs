@@ -200,8 +200,14 @@ fn json<T: serde::Serialize>(list: &[T]) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// One CSV field, quoted when it must be (RFC 4180).
+/// One CSV field, quoted when it must be (RFC 4180). A cell a spreadsheet
+/// would take for a formula (leading `=`, `+`, `-`, `@`, tab or carriage
+/// return: titles and reasons are written by callers) is neutralised as
+/// OWASP recommends: prefixed with `'` and quoted, so it shows as text.
 fn field(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        return format!("\"'{}\"", s.replace('"', "\"\""));
+    }
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -349,5 +355,16 @@ mod tests {
         assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
         let out = String::from_utf8(csv(&["a", "b"], [vec!["1".into(), "x\ny".into()]].into_iter())).unwrap();
         assert_eq!(out, "a,b\r\n1,\"x\ny\"\r\n");
+    }
+
+    #[test]
+    fn csv_cells_a_spreadsheet_would_run_are_neutralised() {
+        assert_eq!(field("=HYPERLINK(\"http://x\",\"y\")"), "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\"");
+        for lead in ["=", "+", "-", "@", "\t", "\r"] {
+            let cell = field(&format!("{lead}cmd|' /C calc'!A0"));
+            assert!(cell.starts_with("\"'"), "{lead:?}: {cell}");
+        }
+        assert_eq!(field("a=b"), "a=b", "only a leading character is a formula");
+        assert_eq!(field(""), "");
     }
 }

@@ -14,10 +14,22 @@ use sandpit::proto::audit_service_client::AuditServiceClient;
 use sandpit::proto::profile_service_client::ProfileServiceClient;
 use sandpit::proto::register_service_client::RegisterServiceClient;
 use sandpit::proto::{self, exec_output::Output, sandbox_service_client::SandboxServiceClient};
+use sandpit::text::{json_safe, shown};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
+
+/// One line for a person, each field in it shown inert: a title or reason
+/// cannot print a second line, move the cursor or clear the screen.
+macro_rules! say {
+    ($($t:tt)*) => { println!("{}", shown(&format!($($t)*))) };
+}
+
+/// [`say!`] on stderr.
+macro_rules! complain {
+    ($($t:tt)*) => { eprintln!("{}", shown(&format!($($t)*))) };
+}
 
 const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
 
@@ -342,19 +354,18 @@ fn main() -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("sandpit: {e}");
+            complain!("sandpit: {e}");
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(Failure::Status(s)) => {
-            let msg = s.message().replace('\n', " ");
-            eprintln!("sandpit: {}: {msg}", code_name(s.code()));
+            complain!("sandpit: {}: {}", code_name(s.code()), s.message());
             ExitCode::FAILURE
         }
         Err(Failure::Local(msg)) => {
-            eprintln!("sandpit: {msg}");
+            complain!("sandpit: {msg}");
             ExitCode::FAILURE
         }
     }
@@ -431,13 +442,13 @@ async fn connect(cli: &Cli) -> Result<Clients, Failure> {
 
 fn json<T: serde::Serialize>(msg: &T) -> Result<(), Failure> {
     let s = serde_json::to_string_pretty(msg).map_err(|e| Failure::Local(e.to_string()))?;
-    println!("{s}");
+    println!("{}", json_safe(s));
     Ok(())
 }
 
 fn json_line<T: serde::Serialize>(msg: &T) -> Result<(), Failure> {
     let s = serde_json::to_string(msg).map_err(|e| Failure::Local(e.to_string()))?;
-    println!("{s}");
+    println!("{}", json_safe(s));
     Ok(())
 }
 
@@ -493,7 +504,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             if cli.json {
                 json(&sb)?;
             } else {
-                println!("{} now expires {}", sb.id, when(sb.expires_at.as_ref()));
+                say!("{} now expires {}", sb.id, when(sb.expires_at.as_ref()));
             }
         }
         Command::Rm { id } => {
@@ -501,7 +512,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             if cli.json {
                 json(&sb)?;
             } else {
-                println!("{} {}", sb.id, state_name(sb.state));
+                say!("{} {}", sb.id, state_name(sb.state));
             }
         }
         Command::Exec { id, env, workdir, timeout, command } => {
@@ -548,7 +559,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                         .map(|k| k.as_str_name().trim_start_matches("SANDBOX_EVENT_KIND_").to_lowercase())
                         .unwrap_or_default();
                     let sb = ev.sandbox.unwrap_or_default();
-                    println!(
+                    say!(
                         "{}  {:<14} {:<16} {:<20} {}",
                         when_abs(ev.time.as_ref()),
                         kind,
@@ -705,7 +716,9 @@ async fn audit(clients: &Clients, cmd: AuditCommand, as_json: bool) -> Result<Ex
             if as_json {
                 json(&cp)?;
             } else {
-                print!("{}", cp.note);
+                for line in cp.note.lines() {
+                    say!("{line}");
+                }
             }
         }
         AuditCommand::Export { kind, format } => {
@@ -743,7 +756,7 @@ async fn profile(clients: &Clients, cmd: ProfileCommand, as_json: bool) -> Resul
     let mut profiles = ProfileServiceClient::with_interceptor(clients.channel.clone(), clients.auth.clone());
     let errors = |errors: &[proto::ProfileError]| {
         for e in errors {
-            eprintln!("{}: {}: {}", e.file, e.field, e.reason);
+            complain!("{}: {}: {}", e.file, e.field, e.reason);
         }
     };
     match cmd {
@@ -779,7 +792,7 @@ async fn profile(clients: &Clients, cmd: ProfileCommand, as_json: bool) -> Resul
             if as_json {
                 json(&r)?;
             } else if r.valid {
-                println!("{} is valid", file.display());
+                say!("{} is valid", file.display());
             } else {
                 errors(&r.errors);
             }
@@ -790,10 +803,10 @@ async fn profile(clients: &Clients, cmd: ProfileCommand, as_json: bool) -> Resul
             if as_json {
                 json(&r)?;
             } else if r.applied {
-                println!("reloaded: {}", r.loaded.join(", "));
+                say!("reloaded: {}", r.loaded.join(", "));
             } else {
                 errors(&r.errors);
-                println!("kept the last good set: {}", r.loaded.join(", "));
+                say!("kept the last good set: {}", r.loaded.join(", "));
             }
             return Ok(if r.applied { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
@@ -868,7 +881,7 @@ fn refuse_checkpoint(file: &Path, key: &VerifierKey, why: &str, as_json: bool) -
             ..Default::default()
         })?;
     } else {
-        println!("checkpoint {} REFUSED: {reason}", file.display());
+        say!("checkpoint {} REFUSED: {reason}", file.display());
     }
     Ok(ExitCode::FAILURE)
 }
@@ -886,7 +899,7 @@ fn verify_offline(
         return print_verify(report.into(), None, as_json);
     };
     let Some(key_file) = public_key else {
-        eprintln!(
+        complain!(
             "sandpit: --checkpoint with --data-dir needs --public-key FILE: offline, nothing else can vouch for the \
              checkpoint's signature. Use the verifier key written beside audit.signing_key (<signing_key>.pub), \
              from a copy kept off this host, or verify online, where the daemon checks it with its own key."
@@ -923,19 +936,19 @@ fn print_verify(
     }
     if let Some((file, _)) = checkpoint.filter(|_| !report.ok && report.checkpoint_origin.is_empty()) {
         // Refused before the chain was looked at: signature or origin.
-        println!("checkpoint {} REFUSED: {}", file.display(), report.reason);
+        say!("checkpoint {} REFUSED: {}", file.display(), report.reason);
         return Ok(code);
     }
     if report.ok {
-        println!("audit log verified: {} records, head {}", report.records, report.head_hash);
+        say!("audit log verified: {} records, head {}", report.records, report.head_hash);
     } else if report.first_bad_seq > 0 {
-        println!("audit log BROKEN at record {}: {}", report.first_bad_seq, report.reason);
+        say!("audit log BROKEN at record {}: {}", report.first_bad_seq, report.reason);
     } else {
-        println!("audit log BROKEN: {}", report.reason);
+        say!("audit log BROKEN: {}", report.reason);
     }
     if let Some((file, how)) = checkpoint {
         let holds = if report.ok { "holds" } else { "does NOT hold" };
-        println!(
+        say!(
             "the log {holds} checkpoint {} (origin {}, {} records); its signature by {} was {how}",
             file.display(),
             report.checkpoint_origin,
@@ -948,7 +961,7 @@ fn print_verify(
 
 fn print_events(events: &[proto::AuditEvent]) {
     for e in events {
-        println!(
+        say!(
             "{:>6}  {}  {:<10} {:<9} {:<46} {:<16} {:<9} {:<18} {}",
             e.seq,
             when_abs(e.time.as_ref()),
@@ -986,16 +999,21 @@ fn show_experiment(e: &proto::Experiment, as_json: bool) -> Result<(), Failure> 
         ("created", when_abs(e.created_at.as_ref())),
     ];
     for (k, v) in rows {
-        println!("{k:<15} {v}");
+        say!("{k:<15} {v}");
     }
     for r in &e.risks {
-        println!(
+        say!(
             "{:<15} {} (likelihood {}, impact {}; mitigation: {}; owner: {})",
-            "risk", r.description, r.likelihood, r.impact, r.mitigation, r.owner
+            "risk",
+            r.description,
+            r.likelihood,
+            r.impact,
+            r.mitigation,
+            r.owner
         );
     }
     for a in &e.approvals {
-        println!(
+        say!(
             "{:<15} {} by {} (team {}) at {} {}",
             "decision",
             a.decision,
@@ -1009,7 +1027,7 @@ fn show_experiment(e: &proto::Experiment, as_json: bool) -> Result<(), Failure> 
         let outcome = proto::ExperimentOutcome::try_from(e.outcome)
             .map(|o| o.as_str_name().trim_start_matches("EXPERIMENT_OUTCOME_").to_lowercase())
             .unwrap_or_default();
-        println!(
+        say!(
             "{:<15} {outcome} by {} (team {}) at {}: {}",
             "closed",
             e.closed_by,
@@ -1021,8 +1039,9 @@ fn show_experiment(e: &proto::Experiment, as_json: bool) -> Result<(), Failure> 
     Ok(())
 }
 
-/// Prints left-aligned columns.
+/// Prints left-aligned columns, each cell shown inert (so widths count what is shown).
 fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.into_iter().map(|r| r.iter().map(|c| shown(c).into_owned()).collect()).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -1031,7 +1050,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
     let line = |cells: Vec<&str>| {
         let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", s.join("  ").trim_end());
+        say!("{}", s.join("  ").trim_end());
     };
     line(header.to_vec());
     for r in &rows {
@@ -1043,20 +1062,20 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 async fn pull(client: &mut Client, profile: &str, image: String, quiet: bool) -> Result<(), Failure> {
     let mut stream =
         client.pull_image(proto::PullImageRequest { profile: profile.to_string(), image }).await?.into_inner();
-    let mut shown = false;
+    let mut progressed = false;
     while let Some(p) = stream.next().await {
         let p = p?;
         if p.done || quiet {
             continue;
         }
-        shown = true;
+        progressed = true;
         if p.total > 0 {
-            eprint!("\r{} {}: {}/{} bytes        ", p.layer, p.status, p.current, p.total);
+            eprint!("\r{} {}: {}/{} bytes        ", shown(&p.layer), shown(&p.status), p.current, p.total);
         } else {
-            eprint!("\r{} {}                        ", p.layer, p.status);
+            eprint!("\r{} {}                        ", shown(&p.layer), shown(&p.status));
         }
     }
-    if shown {
+    if progressed {
         eprintln!();
     }
     Ok(())
@@ -1104,13 +1123,13 @@ fn print_sandbox(sb: &proto::Sandbox) {
         ("node", sb.node.clone()),
     ];
     for (k, v) in rows {
-        println!("{k:<15} {v}");
+        say!("{k:<15} {v}");
     }
     if !sb.state_reason.is_empty() {
-        println!("{:<15} {}", "reason", sb.state_reason);
+        say!("{:<15} {}", "reason", sb.state_reason);
     }
     if let Some(code) = sb.exit_code {
-        println!("{:<15} {code}{}", "exit code", if sb.oom_killed { " (OOM killed)" } else { "" });
+        say!("{:<15} {code}{}", "exit code", if sb.oom_killed { " (OOM killed)" } else { "" });
     }
 }
 

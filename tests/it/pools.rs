@@ -96,7 +96,7 @@ async fn creates_claim_warm_sandboxes_and_pools_refill_and_drain() {
     let q = proto::QueryAuditLogRequest { sandbox: one.id.clone(), ..Default::default() };
     let events = d.audit(AUDITOR).await.query_audit_log(q).await.unwrap().into_inner().events;
     let actions: Vec<&str> = events.iter().map(|e| e.action.rsplit('/').next().unwrap()).collect();
-    assert_eq!(actions, ["pool-fill", "CreateSandbox", "Exec"]);
+    assert_eq!(actions, ["pool-fill", "CreateSandbox", "Exec", "exec-end"]);
     assert!(events[1].reason.contains("warm pool") && events[1].actor == "alice");
 
     // A reload that removes the pool drains it; the claimed sandboxes stay.
