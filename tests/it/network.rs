@@ -287,6 +287,16 @@ async fn allowlist_reaches_the_listed_destination_through_the_proxy_and_nothing_
     let denied_events = events.iter().filter(|e| e.outcome == "denied").count();
     assert_eq!((allowed_events, denied_events), (1, 5), "{events:#?}");
     assert!(events.iter().all(|e| e.experiment == d.exp_a && e.source.starts_with(&sb.address)));
+
+    // A sandbox retrying a refused destination is one record per window, with a count.
+    let before = d.scrape().await.get("sandpit_audit_refusals_summarised_total", &[]);
+    for _ in 0..10 {
+        assert!(via_proxy(&mut c, &sb.id, &connect("127.0.0.1", other)).await.starts_with("HTTP/1.1 403"));
+    }
+    let q = proto::QueryAuditLogRequest { sandbox: sb.id.clone(), action: "egress".into(), ..Default::default() };
+    let now = d.audit(AUDITOR).await.query_audit_log(q).await.unwrap().into_inner().events;
+    assert_eq!(now.len(), events.len(), "repeats are counted, not recorded one by one");
+    assert_eq!(d.scrape().await.get("sandpit_audit_refusals_summarised_total", &[]), before + 10.0);
 }
 
 /// Hundreds of isolated sandboxes at once: subnets come from the daemon's own

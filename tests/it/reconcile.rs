@@ -43,6 +43,41 @@ async fn kill9_restart_adopts_live_sandboxes_and_removes_expired_ones() {
     assert_eq!(running, vec![live.container_id.clone()]);
 }
 
+/// Adopted means taken over: a restarted daemon adopts the sandboxes it
+/// finds, once; the passes after that, and a daemon's own sandboxes, are not
+/// "adopted" again and again.
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_adopts_a_sandbox_once_after_a_restart_and_never_its_own() {
+    let mut d = Daemon::with(Options { reconcile_interval: "300ms", ..Default::default() }).await;
+    let mut c = d.client(TEAM_A).await;
+    create(&mut c, &d.exp_a, 300).await;
+    create(&mut c, &d.exp_a, 300).await;
+    let m = passes(&d, 5.0).await;
+    assert_eq!(adopted(&m), 0.0, "this daemon's own sandboxes are not adopted");
+
+    d.kill9();
+    d.spawn().await;
+    let m = passes(&d, 5.0).await;
+    assert_eq!(adopted(&m), 2.0, "both taken over, once, over five passes");
+    // What each pass reports says the same (the log spans both daemons).
+    let log = d.log();
+    let adopting: Vec<&str> = log.lines().filter(|l| l.contains("adopted: ") && !l.contains("adopted: 0")).collect();
+    assert_eq!(adopting.len(), 1, "one pass adopted:\n{}", adopting.join("\n"));
+}
+
+fn adopted(m: &Metrics) -> f64 {
+    m.get("sandpit_reconcile_actions_total", &[("action", "adopted")])
+}
+
+/// The metrics once the daemon has made `n` good reconcile passes.
+async fn passes(d: &Daemon, n: f64) -> Metrics {
+    eventually(Duration::from_secs(20), "reconcile passes", || async move {
+        let m = d.scrape().await;
+        (m.get("sandpit_reconcile_runs_total", &[("result", "ok")]) >= n).then_some(m)
+    })
+    .await
+}
+
 pub(crate) async fn start_container(name: &str, labels: HashMap<String, String>) -> String {
     let body = ContainerCreateBody {
         image: Some(image().to_string()),
