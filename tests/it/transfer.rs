@@ -162,9 +162,19 @@ async fn a_copy_in_that_outgrows_the_scratch_space_leaves_nothing() {
     let e = &events[0];
     assert_eq!((e.outcome.as_str(), e.code.as_str()), ("failed", "RESOURCE_EXHAUSTED"));
     assert!(e.reason.starts_with("ended after ") && e.reason.contains(" bytes sha256 "), "{}", e.reason);
-    // The scratch space still works for what fits.
+    // The scratch space still works for what fits; directories that exist are merged into.
     c.copy_in(copy_in_stream(&sb.id, "/tmp", archive())).await.unwrap();
     assert!(scratch(&mut c, &sb.id).await.contains(&"notes.txt".to_string()));
+    for name in ["a.txt", "b.txt"] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("work")).unwrap();
+        std::fs::write(dir.path().join("work").join(name), name).unwrap();
+        let out = std::process::Command::new("tar").arg("-c").arg("-C").arg(dir.path()).arg("work").output().unwrap();
+        c.copy_in(copy_in_stream(&sb.id, "/tmp", out.stdout)).await.unwrap();
+    }
+    let (out, _, code) = exec(&mut c, &sb.id, &["sh", "-c", "cat /tmp/work/a.txt /tmp/work/b.txt; ls -A /tmp"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out, "a.txtb.txtnotes.txt\nwork\n", "merged, and no staging directory left");
 }
 
 /// Transfers the client abandons half-way are on record with the bytes moved
