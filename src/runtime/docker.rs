@@ -420,6 +420,27 @@ fn map_err(op: &'static str, e: BollardError) -> Error {
     error
 }
 
+/// The scratch tmpfs's options. `mode=1777` alone does not make it writable:
+/// runc (1.1 on Docker 20.10 here) gives a tmpfs's root the mode of the image
+/// directory it is mounted over, copy-up or not, so an image whose /tmp is
+/// root's 0755 gave a /tmp only root could write. This engine refuses
+/// `notmpcopyup`, and a `Mounts` tmpfs with a mode fares the same. So the
+/// tmpfs belongs to the sandbox user (`uid=`/`gid=`, when the user is given
+/// as numbers): as owner it may write whatever mode the image leaves, short
+/// of one that denies even the owner (e.g. 0555). A sandbox has one user, so
+/// the sticky bit protected no one. `mode=1777` still serves images with no
+/// /tmp at all.
+fn scratch_options(spec: &ContainerSpec) -> String {
+    let mut o = format!("rw,nosuid,nodev,size={},mode=1777", spec.resources.tmpfs);
+    let mut ids = spec.user.splitn(2, ':');
+    for (key, id) in [("uid", ids.next()), ("gid", ids.next())] {
+        if let Some(n) = id.map(str::trim).filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+            o.push_str(&format!(",{key}={n}"));
+        }
+    }
+    o
+}
+
 /// The container Docker is asked for: the spec plus every hardening setting.
 /// `network` is the sandbox's own network, if it has one; `egress_port` the
 /// proxy's port on its gateway.
@@ -438,7 +459,7 @@ pub fn create_body(spec: &ContainerSpec, network: Option<&NetworkInfo>, egress_p
         security_opt: Some(vec!["no-new-privileges:true".into()]),
         privileged: Some(false),
         readonly_rootfs: Some(true),
-        tmpfs: Some(HashMap::from([(SCRATCH_DIR.to_string(), format!("rw,nosuid,nodev,size={},mode=1777", r.tmpfs))])),
+        tmpfs: Some(HashMap::from([(SCRATCH_DIR.to_string(), scratch_options(spec))])),
         // Own namespaces; its own network or none; nothing published; only
         // datasets mounted, read-only.
         network_mode: Some(network.map_or_else(|| "none".to_string(), |n| n.name.clone())),
@@ -798,10 +819,27 @@ mod tests {
         assert_eq!(h.pids_limit, Some(32));
         assert_eq!(h.network_mode.as_deref(), Some("none"));
         assert!(h.binds.is_none() && h.mounts.is_none() && h.devices.is_none() && h.port_bindings.is_none());
-        assert!(h.tmpfs.unwrap()["/tmp"].contains(&format!("size={}", 8 << 20)));
+        let tmpfs = h.tmpfs.unwrap();
+        assert!(tmpfs["/tmp"].contains(&format!("size={}", 8 << 20)));
+        // Owned by the sandbox user, whatever the mode of the image's /tmp.
+        assert!(tmpfs["/tmp"].ends_with(",uid=65534,gid=65534"), "{tmpfs:?}");
         assert_eq!(h.restart_policy.unwrap().name, Some(RestartPolicyNameEnum::NO));
         assert!(h.pid_mode.is_none() && h.uts_mode.is_none() && h.cap_add.is_none());
         assert!(b.cmd.is_none(), "an empty command keeps the image default");
+    }
+
+    #[test]
+    fn scratch_belongs_to_a_numeric_sandbox_user() {
+        let mut s = spec();
+        for (user, tail) in [
+            ("1000:1001", "mode=1777,uid=1000,gid=1001"),
+            ("1000", "mode=1777,uid=1000"),
+            // Names are resolved in the image, which only Docker reads.
+            ("nobody:nogroup", "mode=1777"),
+        ] {
+            s.user = user.into();
+            assert!(scratch_options(&s).ends_with(tail), "{user}: {}", scratch_options(&s));
+        }
     }
 
     #[test]

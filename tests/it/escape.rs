@@ -27,16 +27,17 @@ fn fields(text: &str) -> HashMap<String, String> {
     text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
 }
 
-/// An image with a setuid-root copy of busybox at /suid/busybox, built from
-/// the test image with `docker commit`; removed when dropped.
-struct SuidImage {
+/// An image made from the test image by a script run in it as root, then
+/// `docker commit` with `changes` (e.g. `VOLUME /data`); removed, with
+/// anything carrying its label, when dropped.
+struct DerivedImage {
     tag: String,
     label: String,
 }
 
-impl SuidImage {
-    fn build() -> SuidImage {
-        let id = unique("suid");
+impl DerivedImage {
+    fn build(name: &str, script: &str, changes: &[&str]) -> DerivedImage {
+        let id = unique(name);
         let tag = format!("sandpit-test/{id}:latest");
         let label = format!("{TEST_RUN_LABEL}={id}");
         let docker = |args: &[&str]| {
@@ -44,8 +45,7 @@ impl SuidImage {
             assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         };
-        let guard = SuidImage { tag, label };
-        let script = "busybox mkdir /suid && busybox cp /bin/busybox /suid/busybox && busybox chmod 4755 /suid/busybox";
+        let guard = DerivedImage { tag, label };
         let builder = docker(&[
             "create",
             "--label",
@@ -60,13 +60,25 @@ impl SuidImage {
             script,
         ]);
         docker(&["start", "-a", &builder]);
-        docker(&["commit", "--change", &format!("LABEL {}", guard.label), &builder, &guard.tag]);
-        docker(&["rm", "-f", &builder]);
+        let label_change = format!("LABEL {}", guard.label);
+        let mut commit = vec!["commit", "--change", label_change.as_str()];
+        for c in changes {
+            commit.extend(["--change", c]);
+        }
+        commit.extend([builder.as_str(), guard.tag.as_str()]);
+        docker(&commit);
+        docker(&["rm", "-f", "-v", &builder]);
         guard
+    }
+
+    /// An image with a setuid-root copy of busybox at /suid/busybox.
+    fn suid() -> DerivedImage {
+        let script = "busybox mkdir /suid && busybox cp /bin/busybox /suid/busybox && busybox chmod 4755 /suid/busybox";
+        DerivedImage::build("suid", script, &[])
     }
 }
 
-impl Drop for SuidImage {
+impl Drop for DerivedImage {
     fn drop(&mut self) {
         remove_labelled(&self.label);
         let _ = Command::new("docker").args(["rmi", "-f", &self.tag]).output();
@@ -78,7 +90,7 @@ impl Drop for SuidImage {
 /// setns refused; and a setuid-root binary planted in the image is inert.
 #[tokio::test(flavor = "multi_thread")]
 async fn no_capabilities_and_no_way_to_root() {
-    let suid = SuidImage::build();
+    let suid = DerivedImage::suid();
     let suid_profile = format!(
         "max_classification = \"OFFICIAL\"\nimages = [\"{}\"]\ncommand = [\"sleep\", \"infinity\"]\n[network]\nmode = \"none\"\n",
         suid.tag
@@ -214,6 +226,43 @@ async fn root_filesystem_is_read_only_and_scratch_space_is_bounded() {
     let (mounts, _, _) = exec(&mut c, &sb.id, &["cat", "/proc/self/mountinfo"]).await;
     let tmp = mounts.lines().find(|l| l.split_whitespace().nth(4) == Some("/tmp")).expect("a /tmp mount");
     assert!(tmp.contains(" - tmpfs ") && tmp.contains("size=16384k") && tmp.contains("nosuid"), "{tmp:?}");
+}
+
+/// 2c. The scratch tmpfs is the sandbox user's to write whatever the mode of
+/// the image's own /tmp (here root's 0755, which the tmpfs would otherwise
+/// take over), and still stops at the profile's size.
+#[tokio::test(flavor = "multi_thread")]
+async fn scratch_is_writable_whatever_the_image_tmp_mode() {
+    let img = DerivedImage::build("tmp0755", "busybox chown 0:0 /tmp && busybox chmod 0755 /tmp", &[]);
+    // Control: the image's /tmp is root's and closed to others.
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--label", &img.label, "--network", "none", "--user", "0", &img.tag])
+        .args(["busybox", "stat", "-c", "%a %u", "/tmp"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "755 0\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let profile = format!(
+        "max_classification = \"OFFICIAL\"\nimages = [\"{}\"]\ncommand = [\"sleep\", \"infinity\"]\n\
+         [resources]\ncpus = 0.5\nmemory = \"64MiB\"\npids = 64\ntmpfs = \"16MiB\"\n[network]\nmode = \"none\"\n",
+        img.tag
+    );
+    let d = Daemon::with(Options { profiles: vec![("test-tmp0755".into(), profile)], ..Default::default() }).await;
+    let mut c = d.client(TEAM_A).await;
+    let mut req = create_req(&d.exp_a, 300);
+    req.profile = "test-tmp0755".into();
+    let sb = c.create_sandbox(req).await.expect("create").into_inner();
+
+    let (out, err, code) = sh(&mut c, &sb.id, "id -u; echo scratch > /tmp/ok && cat /tmp/ok").await;
+    assert_eq!((out.as_str(), code), ("65534\nscratch\n", 0), "the sandbox user writes /tmp: {err}");
+    let (out, _, _) = exec(&mut c, &sb.id, &["busybox", "stat", "-c", "%U", "/tmp"]).await;
+    assert_eq!(out, "nobody\n", "/tmp belongs to the sandbox user");
+    let (_, err, code) = exec(&mut c, &sb.id, &["dd", "if=/dev/zero", "of=/tmp/fill", "bs=1M", "count=32"]).await;
+    assert_ne!(code, 0, "32 MiB fit in a 16 MiB tmpfs");
+    assert!(err.contains("No space left on device"), "{err}");
+    let (out, _, _) = exec(&mut c, &sb.id, &["wc", "-c", "/tmp/fill"]).await;
+    let written: u64 = out.split_whitespace().next().unwrap().parse().unwrap();
+    assert!((15 << 20..=16 << 20).contains(&written), "stopped at the tmpfs size, wrote {written} bytes");
+    // `d` drops before `img`.
 }
 
 /// One line of /proc/self/mountinfo.
