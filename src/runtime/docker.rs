@@ -36,6 +36,9 @@ use crate::{Error, Result};
 /// Scratch space mount inside every sandbox (the root filesystem is read-only).
 pub const SCRATCH_DIR: &str = "/tmp";
 const LOG_MAX_SIZE: &str = "10m";
+/// tmpfs options of the mask over each image-declared VOLUME: read-only
+/// (nothing may be written there), and as small as tmpfs goes.
+const VOLUME_MASK: &str = "ro,nosuid,nodev,noexec,size=4k";
 
 /// Cheap to clone: clones share one client.
 #[derive(Clone)]
@@ -379,6 +382,27 @@ impl DockerRuntime {
         }
     }
 
+    /// What the image (its declared VOLUMEs) adds to the hardening of
+    /// `spec`'s container.
+    async fn confinement(&self, d: &Docker, spec: &ContainerSpec) -> Result<Confinement> {
+        let image = match d.inspect_image(&spec.image).await {
+            Ok(i) => i,
+            Err(e) if is_not_found(&e) => return Err(image_missing(spec)),
+            Err(e) => return Err(map_err("inspect image", e)),
+        };
+        let declared = image.config.and_then(|c| c.volumes).unwrap_or_default();
+        let masked_volumes = masked_volumes(&declared, spec).map_err(Error::FailedPrecondition)?;
+        if !masked_volumes.is_empty() {
+            tracing::info!(
+                image = %spec.image,
+                container = %spec.name,
+                masked = ?masked_volumes,
+                "the image declares VOLUMEs: each is masked by an empty read-only tmpfs, so none is host disk"
+            );
+        }
+        Ok(Confinement { masked_volumes })
+    }
+
     /// Docker's own view of the engine, for health checks.
     pub async fn ping(&self) -> Result<()> {
         self.docker().await?.ping().await.map(|_| ()).map_err(|e| map_err("ping", e))
@@ -420,6 +444,63 @@ fn map_err(op: &'static str, e: BollardError) -> Error {
     error
 }
 
+/// What the image adds to a container's hardening.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confinement {
+    /// The image's declared VOLUMEs to mask, as [`masked_volumes`] gives them.
+    pub masked_volumes: Vec<String>,
+}
+
+/// An absolute path as Docker keys mounts by it (Go's `filepath.Clean`):
+/// `None` when it is not absolute.
+fn clean_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
+/// The image's declared VOLUMEs (`declared`, from `docker image inspect`)
+/// that the sandbox must mask: Docker would otherwise make each one an
+/// anonymous volume, a writable directory on the host's disk outside the
+/// sandbox's size-limited tmpfs. One at the scratch directory or at a
+/// dataset's mount point is left out: that mount already covers it, and
+/// Docker makes no volume where something is mounted. Sorted, each once.
+///
+/// Masked rather than refused: many ordinary images declare a VOLUME (for
+/// data a service would keep), and they still run; only writing there fails,
+/// loudly (read-only file system) instead of filling the host's disk.
+/// `Err` names a volume that cannot be masked (not absolute, or `/`): the
+/// image is refused.
+pub fn masked_volumes(declared: &[String], spec: &ContainerSpec) -> std::result::Result<Vec<String>, String> {
+    let covered: Vec<String> = std::iter::once(SCRATCH_DIR)
+        .chain(spec.mounts.iter().map(|m| m.target.as_str()))
+        .filter_map(clean_path)
+        .collect();
+    let mut masked = Vec::new();
+    for v in declared {
+        let path = clean_path(v).filter(|p| p != "/").ok_or_else(|| {
+            format!("image '{}' declares VOLUME {v:?}, which a sandbox cannot mask: the image is refused", spec.image)
+        })?;
+        if !covered.contains(&path) {
+            masked.push(path);
+        }
+    }
+    masked.sort();
+    masked.dedup();
+    Ok(masked)
+}
+
 /// The scratch tmpfs's options. `mode=1777` alone does not make it writable:
 /// runc (1.1 on Docker 20.10 here) gives a tmpfs's root the mode of the image
 /// directory it is mounted over, copy-up or not, so an image whose /tmp is
@@ -443,10 +524,20 @@ fn scratch_options(spec: &ContainerSpec) -> String {
 
 /// The container Docker is asked for: the spec plus every hardening setting.
 /// `network` is the sandbox's own network, if it has one; `egress_port` the
-/// proxy's port on its gateway.
-pub fn create_body(spec: &ContainerSpec, network: Option<&NetworkInfo>, egress_port: u16) -> ContainerCreateBody {
+/// proxy's port on its gateway; `confinement` what the image adds.
+pub fn create_body(
+    spec: &ContainerSpec,
+    network: Option<&NetworkInfo>,
+    egress_port: u16,
+    confinement: &Confinement,
+) -> ContainerCreateBody {
     let r = &spec.resources;
     let memory = i64::try_from(r.memory).unwrap_or(i64::MAX);
+    // An empty read-only tmpfs over each image VOLUME: Docker makes no
+    // anonymous volume where a tmpfs is mounted (nothing is copied into it).
+    let mut tmpfs: HashMap<String, String> =
+        confinement.masked_volumes.iter().map(|v| (v.clone(), VOLUME_MASK.to_string())).collect();
+    tmpfs.insert(SCRATCH_DIR.to_string(), scratch_options(spec));
     let host_config = HostConfig {
         // Limits: memory with swap equal (no swap), cpus, pids.
         memory: Some(memory),
@@ -459,7 +550,7 @@ pub fn create_body(spec: &ContainerSpec, network: Option<&NetworkInfo>, egress_p
         security_opt: Some(vec!["no-new-privileges:true".into()]),
         privileged: Some(false),
         readonly_rootfs: Some(true),
-        tmpfs: Some(HashMap::from([(SCRATCH_DIR.to_string(), scratch_options(spec))])),
+        tmpfs: Some(tmpfs),
         // Own namespaces; its own network or none; nothing published; only
         // datasets mounted, read-only.
         network_mode: Some(network.map_or_else(|| "none".to_string(), |n| n.name.clone())),
@@ -512,6 +603,10 @@ pub fn create_body(spec: &ContainerSpec, network: Option<&NetworkInfo>, egress_p
         networking_config,
         ..Default::default()
     }
+}
+
+fn image_missing(spec: &ContainerSpec) -> Error {
+    Error::ImageUnavailable { image: spec.image.clone(), reason: "not present on the engine".into() }
 }
 
 fn label_filters(selector: &HashMap<String, String>) -> HashMap<String, Vec<String>> {
@@ -592,6 +687,7 @@ impl Runtime for DockerRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<Provisioned> {
         let d = self.docker().await?;
+        let confinement = self.confinement(&d, spec).await?;
         let network = match &spec.network {
             Some(req) => Some(self.create_network(&d, req, &spec.labels).await?),
             None => None,
@@ -602,20 +698,41 @@ impl Runtime for DockerRuntime {
             }
         };
         let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
-        let body = create_body(spec, network.as_ref(), self.inner.egress_port);
+        let body = create_body(spec, network.as_ref(), self.inner.egress_port, &confinement);
         let created = match d.create_container(Some(opts), body).await {
             Ok(c) => c,
             Err(e) => {
                 undo_network(d, network.map(|n| n.name)).await;
                 return Err(match e {
-                    BollardError::DockerResponseServerError { status_code: 404, .. } => Error::ImageUnavailable {
-                        image: spec.image.clone(),
-                        reason: "not present on the engine".into(),
-                    },
+                    BollardError::DockerResponseServerError { status_code: 404, .. } => image_missing(spec),
                     other => map_err("create container", other),
                 });
             }
         };
+        // The image was inspected before the create; should its tag have
+        // moved since to one declaring other VOLUMEs, Docker made volumes
+        // for them. Such a container never starts.
+        let volumes = match d.inspect_container(&created.id, None).await {
+            Ok(i) => i
+                .mounts
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| m.typ.as_deref() == Some("volume"))
+                .map(|m| m.destination.unwrap_or_default())
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                let _ = self.remove(&created.id, network.as_ref().map(|n| n.name.as_str())).await;
+                return Err(map_err("inspect container", e));
+            }
+        };
+        if !volumes.is_empty() {
+            // Removed with its anonymous volumes.
+            let _ = self.remove(&created.id, network.as_ref().map(|n| n.name.as_str())).await;
+            return Err(Error::FailedPrecondition(format!(
+                "image '{}' changed while the sandbox was made: Docker gave it volumes at {volumes:?}; try again",
+                spec.image
+            )));
+        }
         if let Err(e) = d.start_container(&created.id, None).await {
             // Never leave a created-but-not-started container behind.
             let _ = self.remove(&created.id, network.as_ref().map(|n| n.name.as_str())).await;
@@ -808,7 +925,7 @@ mod tests {
 
     #[test]
     fn every_container_is_hardened() {
-        let b = create_body(&spec(), None, 3128);
+        let b = create_body(&spec(), None, 3128, &Confinement::default());
         let h = b.host_config.unwrap();
         assert_eq!(b.user.as_deref(), Some("65534:65534"));
         assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
@@ -820,12 +937,37 @@ mod tests {
         assert_eq!(h.network_mode.as_deref(), Some("none"));
         assert!(h.binds.is_none() && h.mounts.is_none() && h.devices.is_none() && h.port_bindings.is_none());
         let tmpfs = h.tmpfs.unwrap();
+        assert_eq!(tmpfs.len(), 1, "nothing but scratch: {tmpfs:?}");
         assert!(tmpfs["/tmp"].contains(&format!("size={}", 8 << 20)));
         // Owned by the sandbox user, whatever the mode of the image's /tmp.
         assert!(tmpfs["/tmp"].ends_with(",uid=65534,gid=65534"), "{tmpfs:?}");
         assert_eq!(h.restart_policy.unwrap().name, Some(RestartPolicyNameEnum::NO));
         assert!(h.pid_mode.is_none() && h.uts_mode.is_none() && h.cap_add.is_none());
         assert!(b.cmd.is_none(), "an empty command keeps the image default");
+    }
+
+    #[test]
+    fn image_volumes_are_masked_read_only_except_scratch_and_datasets() {
+        let mut s = spec();
+        s.mounts = vec![super::super::Mount { source: "/srv/ref".into(), target: "/data/ref".into() }];
+        let declared: Vec<String> =
+            ["/var/lib/app/", "/data", "/tmp", "/data/ref", "/x//y/../z", "/data", "/tmp/cache"]
+                .map(String::from)
+                .into();
+        let masked = masked_volumes(&declared, &s).unwrap();
+        assert_eq!(masked, ["/data", "/tmp/cache", "/var/lib/app", "/x/z"]);
+        let b = create_body(&s, None, 3128, &Confinement { masked_volumes: masked });
+        let tmpfs = b.host_config.unwrap().tmpfs.unwrap();
+        assert_eq!(tmpfs.len(), 5, "{tmpfs:?}");
+        for v in ["/data", "/tmp/cache", "/var/lib/app", "/x/z"] {
+            assert_eq!(tmpfs[v], "ro,nosuid,nodev,noexec,size=4k", "{v}");
+        }
+        assert!(tmpfs["/tmp"].starts_with("rw,") && tmpfs["/tmp"].contains("size=8388608"), "scratch untouched");
+        assert_eq!(masked_volumes(&[], &s), Ok(vec![]));
+        for bad in ["data", "/", "/..", ""] {
+            let e = masked_volumes(&[bad.to_string()], &s).unwrap_err();
+            assert!(e.contains(&format!("VOLUME {bad:?}")) && e.contains("img:1"), "{e}");
+        }
     }
 
     #[test]
