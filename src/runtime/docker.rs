@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::errors::Error as BollardError;
@@ -36,6 +36,10 @@ use crate::{Error, Result};
 /// Scratch space mount inside every sandbox (the root filesystem is read-only).
 pub const SCRATCH_DIR: &str = "/tmp";
 const LOG_MAX_SIZE: &str = "10m";
+/// The kernel's AppArmor switch on the host: `Y` when AppArmor is enabled.
+pub const APPARMOR_ENABLED: &str = "/sys/module/apparmor/parameters/enabled";
+/// The AppArmor profile every sandbox runs under where the host has AppArmor.
+pub const APPARMOR_PROFILE: &str = "docker-default";
 /// tmpfs options of the mask over each image-declared VOLUME: read-only
 /// (nothing may be written there), and as small as tmpfs goes.
 const VOLUME_MASK: &str = "ro,nosuid,nodev,noexec,size=4k";
@@ -56,6 +60,9 @@ struct Inner {
     subnets_loaded: tokio::sync::OnceCell<()>,
     firewall: Firewall,
     egress_port: u16,
+    /// Whether sandboxes are put under AppArmor: learnt once, at the first
+    /// connection to the engine (which is when it is said in the log).
+    apparmor: OnceLock<bool>,
 }
 
 /// How sandbox networks are laid out on this engine.
@@ -95,6 +102,7 @@ impl DockerRuntime {
                 subnets_loaded: tokio::sync::OnceCell::new(),
                 firewall: Firewall::new(&net.instance, net.egress_port, net.pool.range()),
                 egress_port: net.egress_port,
+                apparmor: OnceLock::new(),
             }),
         }
     }
@@ -222,6 +230,24 @@ impl DockerRuntime {
         d.set_timeout(inner.timeout);
         let d = d.negotiate_version().await.map_err(|e| map_err("connect", e))?;
         tracing::info!(version = %d.client_version(), "connected to the Docker engine");
+        // What the engine can enforce, before any sandbox is made with this client.
+        let info = d.info().await.map_err(|e| map_err("info", e))?;
+        let host_flag = std::fs::read_to_string(APPARMOR_ENABLED).ok();
+        let support = apparmor_support(host_flag.as_deref(), &info.security_options.unwrap_or_default());
+        inner.apparmor.get_or_init(|| match support {
+            Ok(()) => {
+                tracing::info!(profile = APPARMOR_PROFILE, "AppArmor available: every sandbox runs under its profile");
+                true
+            }
+            Err(missing) => {
+                tracing::warn!(
+                    %missing,
+                    "AppArmor unavailable on this host: sandboxes run without an AppArmor profile \
+                     (seccomp, no capabilities and no-new-privileges still apply)"
+                );
+                false
+            }
+        });
         *inner.client.write().unwrap_or_else(|p| p.into_inner()) = Some(d.clone());
         Ok(d)
     }
@@ -382,8 +408,8 @@ impl DockerRuntime {
         }
     }
 
-    /// What the image (its declared VOLUMEs) adds to the hardening of
-    /// `spec`'s container.
+    /// What the engine (AppArmor, learnt at connect) and the image (its
+    /// declared VOLUMEs) add to the hardening of `spec`'s container.
     async fn confinement(&self, d: &Docker, spec: &ContainerSpec) -> Result<Confinement> {
         let image = match d.inspect_image(&spec.image).await {
             Ok(i) => i,
@@ -400,7 +426,7 @@ impl DockerRuntime {
                 "the image declares VOLUMEs: each is masked by an empty read-only tmpfs, so none is host disk"
             );
         }
-        Ok(Confinement { masked_volumes })
+        Ok(Confinement { apparmor: self.inner.apparmor.get().copied().unwrap_or(false), masked_volumes })
     }
 
     /// Docker's own view of the engine, for health checks.
@@ -444,9 +470,36 @@ fn map_err(op: &'static str, e: BollardError) -> Error {
     error
 }
 
-/// What the image adds to a container's hardening.
+/// Whether sandboxes can be put under AppArmor: the host has it enabled
+/// (`host_flag`, the content of [`APPARMOR_ENABLED`]; `None` when the file is
+/// absent, i.e. no AppArmor in the kernel) and the engine lists
+/// `name=apparmor` among its security options (`docker info`). Both, because
+/// an engine without AppArmor takes `apparmor=` options without complaint
+/// and reports a profile it does not enforce (seen on Docker 20.10), and a
+/// host flag alone says nothing of the engine. `Err` says what is missing.
+pub fn apparmor_support(host_flag: Option<&str>, engine_options: &[String]) -> std::result::Result<(), String> {
+    let mut missing = Vec::new();
+    match host_flag.map(str::trim) {
+        Some("Y") => {}
+        Some(other) => missing.push(format!("the host has AppArmor disabled ({APPARMOR_ENABLED} is {other:?})")),
+        None => missing.push(format!("the host kernel has no AppArmor ({APPARMOR_ENABLED} is absent)")),
+    }
+    let engine = engine_options.iter().any(|o| o.split(',').any(|kv| kv.trim() == "name=apparmor"));
+    if !engine {
+        missing.push("the Docker engine does not list name=apparmor in its security options".into());
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing.join("; "))
+    }
+}
+
+/// What the engine and the image add to a container's hardening.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Confinement {
+    /// Ask for AppArmor's [`APPARMOR_PROFILE`] by name (see [`apparmor_support`]).
+    pub apparmor: bool,
     /// The image's declared VOLUMEs to mask, as [`masked_volumes`] gives them.
     pub masked_volumes: Vec<String>,
 }
@@ -524,7 +577,8 @@ fn scratch_options(spec: &ContainerSpec) -> String {
 
 /// The container Docker is asked for: the spec plus every hardening setting.
 /// `network` is the sandbox's own network, if it has one; `egress_port` the
-/// proxy's port on its gateway; `confinement` what the image adds.
+/// proxy's port on its gateway; `confinement` what the engine and the image
+/// add.
 pub fn create_body(
     spec: &ContainerSpec,
     network: Option<&NetworkInfo>,
@@ -533,6 +587,12 @@ pub fn create_body(
 ) -> ContainerCreateBody {
     let r = &spec.resources;
     let memory = i64::try_from(r.memory).unwrap_or(i64::MAX);
+    let mut security_opt = vec!["no-new-privileges:true".to_string()];
+    if confinement.apparmor {
+        // Named, so that no engine default (or a change of it) can leave a
+        // sandbox unconfined.
+        security_opt.push(format!("apparmor={APPARMOR_PROFILE}"));
+    }
     // An empty read-only tmpfs over each image VOLUME: Docker makes no
     // anonymous volume where a tmpfs is mounted (nothing is copied into it).
     let mut tmpfs: HashMap<String, String> =
@@ -545,9 +605,9 @@ pub fn create_body(
         nano_cpus: Some((r.cpus * 1e9) as i64),
         pids_limit: Some(r.pids),
         // No capabilities, no privilege escalation; Docker's default seccomp
-        // and AppArmor profiles stay in force because nothing overrides them.
+        // profile stays in force because nothing overrides it.
         cap_drop: Some(vec!["ALL".into()]),
-        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        security_opt: Some(security_opt),
         privileged: Some(false),
         readonly_rootfs: Some(true),
         tmpfs: Some(tmpfs),
@@ -947,6 +1007,34 @@ mod tests {
     }
 
     #[test]
+    fn apparmor_is_asked_for_by_name_only_where_the_host_has_it() {
+        let with = Confinement { apparmor: true, ..Default::default() };
+        let h = create_body(&spec(), None, 3128, &with).host_config.unwrap();
+        let opts = h.security_opt.unwrap();
+        assert_eq!(opts, ["no-new-privileges:true", "apparmor=docker-default"]);
+        let h = create_body(&spec(), None, 3128, &Confinement::default()).host_config.unwrap();
+        assert!(!h.security_opt.unwrap().iter().any(|o| o.contains("apparmor")));
+    }
+
+    #[test]
+    fn apparmor_needs_the_host_and_the_engine() {
+        let engine = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let with = engine(&["name=apparmor", "name=seccomp,profile=default"]);
+        let without = engine(&["name=seccomp,profile=default"]);
+        assert_eq!(apparmor_support(Some("Y\n"), &with), Ok(()));
+        // This machine: no AppArmor in the kernel, none in the engine.
+        let e = apparmor_support(None, &without).unwrap_err();
+        assert!(e.contains("is absent") && e.contains("does not list name=apparmor"), "{e}");
+        let e = apparmor_support(Some("N\n"), &with).unwrap_err();
+        assert!(e.contains("disabled") && !e.contains("engine"), "{e}");
+        let e = apparmor_support(Some("Y"), &without).unwrap_err();
+        assert!(e.contains("engine") && !e.contains("host"), "{e}");
+        // Only the option's name counts, not a profile that happens to say apparmor.
+        assert!(apparmor_support(Some("Y"), &engine(&["name=seccomp,profile=apparmor"])).is_err());
+        assert!(apparmor_support(Some("Y"), &[]).is_err());
+    }
+
+    #[test]
     fn image_volumes_are_masked_read_only_except_scratch_and_datasets() {
         let mut s = spec();
         s.mounts = vec![super::super::Mount { source: "/srv/ref".into(), target: "/data/ref".into() }];
@@ -956,7 +1044,7 @@ mod tests {
                 .into();
         let masked = masked_volumes(&declared, &s).unwrap();
         assert_eq!(masked, ["/data", "/tmp/cache", "/var/lib/app", "/x/z"]);
-        let b = create_body(&s, None, 3128, &Confinement { masked_volumes: masked });
+        let b = create_body(&s, None, 3128, &Confinement { apparmor: false, masked_volumes: masked });
         let tmpfs = b.host_config.unwrap().tmpfs.unwrap();
         assert_eq!(tmpfs.len(), 5, "{tmpfs:?}");
         for v in ["/data", "/tmp/cache", "/var/lib/app", "/x/z"] {
