@@ -554,8 +554,10 @@ impl Raw {
         self.docker.inspect_image(&self.image).await?;
         let spec = self.spec(&id);
         let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
-        let created =
-            self.docker.create_container(Some(opts), sandpit::runtime::docker::create_body(&spec, None, 0)).await?;
+        let created = self
+            .docker
+            .create_container(Some(opts), sandpit::runtime::docker::create_body(&spec, None, 0, &Default::default()))
+            .await?;
         if let Err(e) = self.docker.start_container(&created.id, None).await {
             let _ = self.remove(&created.id).await;
             return Err(e.into());

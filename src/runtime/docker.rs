@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::errors::Error as BollardError;
@@ -36,6 +36,13 @@ use crate::{Error, Result};
 /// Scratch space mount inside every sandbox (the root filesystem is read-only).
 pub const SCRATCH_DIR: &str = "/tmp";
 const LOG_MAX_SIZE: &str = "10m";
+/// The kernel's AppArmor switch on the host: `Y` when AppArmor is enabled.
+pub const APPARMOR_ENABLED: &str = "/sys/module/apparmor/parameters/enabled";
+/// The AppArmor profile every sandbox runs under where the host has AppArmor.
+pub const APPARMOR_PROFILE: &str = "docker-default";
+/// tmpfs options of the mask over each image-declared VOLUME: read-only
+/// (nothing may be written there), and as small as tmpfs goes.
+const VOLUME_MASK: &str = "ro,nosuid,nodev,noexec,size=4k";
 
 /// Cheap to clone: clones share one client.
 #[derive(Clone)]
@@ -53,6 +60,9 @@ struct Inner {
     subnets_loaded: tokio::sync::OnceCell<()>,
     firewall: Firewall,
     egress_port: u16,
+    /// Whether sandboxes are put under AppArmor: learnt once, at the first
+    /// connection to the engine (which is when it is said in the log).
+    apparmor: OnceLock<bool>,
 }
 
 /// How sandbox networks are laid out on this engine.
@@ -92,6 +102,7 @@ impl DockerRuntime {
                 subnets_loaded: tokio::sync::OnceCell::new(),
                 firewall: Firewall::new(&net.instance, net.egress_port, net.pool.range()),
                 egress_port: net.egress_port,
+                apparmor: OnceLock::new(),
             }),
         }
     }
@@ -219,6 +230,24 @@ impl DockerRuntime {
         d.set_timeout(inner.timeout);
         let d = d.negotiate_version().await.map_err(|e| map_err("connect", e))?;
         tracing::info!(version = %d.client_version(), "connected to the Docker engine");
+        // What the engine can enforce, before any sandbox is made with this client.
+        let info = d.info().await.map_err(|e| map_err("info", e))?;
+        let host_flag = std::fs::read_to_string(APPARMOR_ENABLED).ok();
+        let support = apparmor_support(host_flag.as_deref(), &info.security_options.unwrap_or_default());
+        inner.apparmor.get_or_init(|| match support {
+            Ok(()) => {
+                tracing::info!(profile = APPARMOR_PROFILE, "AppArmor available: every sandbox runs under its profile");
+                true
+            }
+            Err(missing) => {
+                tracing::warn!(
+                    %missing,
+                    "AppArmor unavailable on this host: sandboxes run without an AppArmor profile \
+                     (seccomp, no capabilities and no-new-privileges still apply)"
+                );
+                false
+            }
+        });
         *inner.client.write().unwrap_or_else(|p| p.into_inner()) = Some(d.clone());
         Ok(d)
     }
@@ -379,6 +408,27 @@ impl DockerRuntime {
         }
     }
 
+    /// What the engine (AppArmor, learnt at connect) and the image (its
+    /// declared VOLUMEs) add to the hardening of `spec`'s container.
+    async fn confinement(&self, d: &Docker, spec: &ContainerSpec) -> Result<Confinement> {
+        let image = match d.inspect_image(&spec.image).await {
+            Ok(i) => i,
+            Err(e) if is_not_found(&e) => return Err(image_missing(spec)),
+            Err(e) => return Err(map_err("inspect image", e)),
+        };
+        let declared = image.config.and_then(|c| c.volumes).unwrap_or_default();
+        let masked_volumes = masked_volumes(&declared, spec).map_err(Error::FailedPrecondition)?;
+        if !masked_volumes.is_empty() {
+            tracing::info!(
+                image = %spec.image,
+                container = %spec.name,
+                masked = ?masked_volumes,
+                "the image declares VOLUMEs: each is masked by an empty read-only tmpfs, so none is host disk"
+            );
+        }
+        Ok(Confinement { apparmor: self.inner.apparmor.get().copied().unwrap_or(false), masked_volumes })
+    }
+
     /// Docker's own view of the engine, for health checks.
     pub async fn ping(&self) -> Result<()> {
         self.docker().await?.ping().await.map(|_| ()).map_err(|e| map_err("ping", e))
@@ -420,12 +470,134 @@ fn map_err(op: &'static str, e: BollardError) -> Error {
     error
 }
 
+/// Whether sandboxes can be put under AppArmor: the host has it enabled
+/// (`host_flag`, the content of [`APPARMOR_ENABLED`]; `None` when the file is
+/// absent, i.e. no AppArmor in the kernel) and the engine lists
+/// `name=apparmor` among its security options (`docker info`). Both, because
+/// an engine without AppArmor takes `apparmor=` options without complaint
+/// and reports a profile it does not enforce (seen on Docker 20.10), and a
+/// host flag alone says nothing of the engine. `Err` says what is missing.
+pub fn apparmor_support(host_flag: Option<&str>, engine_options: &[String]) -> std::result::Result<(), String> {
+    let mut missing = Vec::new();
+    match host_flag.map(str::trim) {
+        Some("Y") => {}
+        Some(other) => missing.push(format!("the host has AppArmor disabled ({APPARMOR_ENABLED} is {other:?})")),
+        None => missing.push(format!("the host kernel has no AppArmor ({APPARMOR_ENABLED} is absent)")),
+    }
+    let engine = engine_options.iter().any(|o| o.split(',').any(|kv| kv.trim() == "name=apparmor"));
+    if !engine {
+        missing.push("the Docker engine does not list name=apparmor in its security options".into());
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing.join("; "))
+    }
+}
+
+/// What the engine and the image add to a container's hardening.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confinement {
+    /// Ask for AppArmor's [`APPARMOR_PROFILE`] by name (see [`apparmor_support`]).
+    pub apparmor: bool,
+    /// The image's declared VOLUMEs to mask, as [`masked_volumes`] gives them.
+    pub masked_volumes: Vec<String>,
+}
+
+/// An absolute path as Docker keys mounts by it (Go's `filepath.Clean`):
+/// `None` when it is not absolute.
+fn clean_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
+/// The image's declared VOLUMEs (`declared`, from `docker image inspect`)
+/// that the sandbox must mask: Docker would otherwise make each one an
+/// anonymous volume, a writable directory on the host's disk outside the
+/// sandbox's size-limited tmpfs. One at the scratch directory or at a
+/// dataset's mount point is left out: that mount already covers it, and
+/// Docker makes no volume where something is mounted. Sorted, each once.
+///
+/// Masked rather than refused: many ordinary images declare a VOLUME (for
+/// data a service would keep), and they still run; only writing there fails,
+/// loudly (read-only file system) instead of filling the host's disk.
+/// `Err` names a volume that cannot be masked (not absolute, or `/`): the
+/// image is refused.
+pub fn masked_volumes(declared: &[String], spec: &ContainerSpec) -> std::result::Result<Vec<String>, String> {
+    let covered: Vec<String> = std::iter::once(SCRATCH_DIR)
+        .chain(spec.mounts.iter().map(|m| m.target.as_str()))
+        .filter_map(clean_path)
+        .collect();
+    let mut masked = Vec::new();
+    for v in declared {
+        let path = clean_path(v).filter(|p| p != "/").ok_or_else(|| {
+            format!("image '{}' declares VOLUME {v:?}, which a sandbox cannot mask: the image is refused", spec.image)
+        })?;
+        if !covered.contains(&path) {
+            masked.push(path);
+        }
+    }
+    masked.sort();
+    masked.dedup();
+    Ok(masked)
+}
+
+/// The scratch tmpfs's options. `mode=1777` alone does not make it writable:
+/// runc (1.1 on Docker 20.10 here) gives a tmpfs's root the mode of the image
+/// directory it is mounted over, copy-up or not, so an image whose /tmp is
+/// root's 0755 gave a /tmp only root could write. This engine refuses
+/// `notmpcopyup`, and a `Mounts` tmpfs with a mode fares the same. So the
+/// tmpfs belongs to the sandbox user (`uid=`/`gid=`, when the user is given
+/// as numbers): as owner it may write whatever mode the image leaves, short
+/// of one that denies even the owner (e.g. 0555). A sandbox has one user, so
+/// the sticky bit protected no one. `mode=1777` still serves images with no
+/// /tmp at all.
+fn scratch_options(spec: &ContainerSpec) -> String {
+    let mut o = format!("rw,nosuid,nodev,size={},mode=1777", spec.resources.tmpfs);
+    let mut ids = spec.user.splitn(2, ':');
+    for (key, id) in [("uid", ids.next()), ("gid", ids.next())] {
+        if let Some(n) = id.map(str::trim).filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+            o.push_str(&format!(",{key}={n}"));
+        }
+    }
+    o
+}
+
 /// The container Docker is asked for: the spec plus every hardening setting.
 /// `network` is the sandbox's own network, if it has one; `egress_port` the
-/// proxy's port on its gateway.
-pub fn create_body(spec: &ContainerSpec, network: Option<&NetworkInfo>, egress_port: u16) -> ContainerCreateBody {
+/// proxy's port on its gateway; `confinement` what the engine and the image
+/// add.
+pub fn create_body(
+    spec: &ContainerSpec,
+    network: Option<&NetworkInfo>,
+    egress_port: u16,
+    confinement: &Confinement,
+) -> ContainerCreateBody {
     let r = &spec.resources;
     let memory = i64::try_from(r.memory).unwrap_or(i64::MAX);
+    let mut security_opt = vec!["no-new-privileges:true".to_string()];
+    if confinement.apparmor {
+        // Named, so that no engine default (or a change of it) can leave a
+        // sandbox unconfined.
+        security_opt.push(format!("apparmor={APPARMOR_PROFILE}"));
+    }
+    // An empty read-only tmpfs over each image VOLUME: Docker makes no
+    // anonymous volume where a tmpfs is mounted (nothing is copied into it).
+    let mut tmpfs: HashMap<String, String> =
+        confinement.masked_volumes.iter().map(|v| (v.clone(), VOLUME_MASK.to_string())).collect();
+    tmpfs.insert(SCRATCH_DIR.to_string(), scratch_options(spec));
     let host_config = HostConfig {
         // Limits: memory with swap equal (no swap), cpus, pids.
         memory: Some(memory),
@@ -433,12 +605,12 @@ pub fn create_body(spec: &ContainerSpec, network: Option<&NetworkInfo>, egress_p
         nano_cpus: Some((r.cpus * 1e9) as i64),
         pids_limit: Some(r.pids),
         // No capabilities, no privilege escalation; Docker's default seccomp
-        // and AppArmor profiles stay in force because nothing overrides them.
+        // profile stays in force because nothing overrides it.
         cap_drop: Some(vec!["ALL".into()]),
-        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        security_opt: Some(security_opt),
         privileged: Some(false),
         readonly_rootfs: Some(true),
-        tmpfs: Some(HashMap::from([(SCRATCH_DIR.to_string(), format!("rw,nosuid,nodev,size={},mode=1777", r.tmpfs))])),
+        tmpfs: Some(tmpfs),
         // Own namespaces; its own network or none; nothing published; only
         // datasets mounted, read-only.
         network_mode: Some(network.map_or_else(|| "none".to_string(), |n| n.name.clone())),
@@ -491,6 +663,10 @@ pub fn create_body(spec: &ContainerSpec, network: Option<&NetworkInfo>, egress_p
         networking_config,
         ..Default::default()
     }
+}
+
+fn image_missing(spec: &ContainerSpec) -> Error {
+    Error::ImageUnavailable { image: spec.image.clone(), reason: "not present on the engine".into() }
 }
 
 fn label_filters(selector: &HashMap<String, String>) -> HashMap<String, Vec<String>> {
@@ -571,6 +747,7 @@ impl Runtime for DockerRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<Provisioned> {
         let d = self.docker().await?;
+        let confinement = self.confinement(&d, spec).await?;
         let network = match &spec.network {
             Some(req) => Some(self.create_network(&d, req, &spec.labels).await?),
             None => None,
@@ -581,20 +758,41 @@ impl Runtime for DockerRuntime {
             }
         };
         let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
-        let body = create_body(spec, network.as_ref(), self.inner.egress_port);
+        let body = create_body(spec, network.as_ref(), self.inner.egress_port, &confinement);
         let created = match d.create_container(Some(opts), body).await {
             Ok(c) => c,
             Err(e) => {
                 undo_network(d, network.map(|n| n.name)).await;
                 return Err(match e {
-                    BollardError::DockerResponseServerError { status_code: 404, .. } => Error::ImageUnavailable {
-                        image: spec.image.clone(),
-                        reason: "not present on the engine".into(),
-                    },
+                    BollardError::DockerResponseServerError { status_code: 404, .. } => image_missing(spec),
                     other => map_err("create container", other),
                 });
             }
         };
+        // The image was inspected before the create; should its tag have
+        // moved since to one declaring other VOLUMEs, Docker made volumes
+        // for them. Such a container never starts.
+        let volumes = match d.inspect_container(&created.id, None).await {
+            Ok(i) => i
+                .mounts
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| m.typ.as_deref() == Some("volume"))
+                .map(|m| m.destination.unwrap_or_default())
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                let _ = self.remove(&created.id, network.as_ref().map(|n| n.name.as_str())).await;
+                return Err(map_err("inspect container", e));
+            }
+        };
+        if !volumes.is_empty() {
+            // Removed with its anonymous volumes.
+            let _ = self.remove(&created.id, network.as_ref().map(|n| n.name.as_str())).await;
+            return Err(Error::FailedPrecondition(format!(
+                "image '{}' changed while the sandbox was made: Docker gave it volumes at {volumes:?}; try again",
+                spec.image
+            )));
+        }
         if let Err(e) = d.start_container(&created.id, None).await {
             // Never leave a created-but-not-started container behind.
             let _ = self.remove(&created.id, network.as_ref().map(|n| n.name.as_str())).await;
@@ -787,7 +985,7 @@ mod tests {
 
     #[test]
     fn every_container_is_hardened() {
-        let b = create_body(&spec(), None, 3128);
+        let b = create_body(&spec(), None, 3128, &Confinement::default());
         let h = b.host_config.unwrap();
         assert_eq!(b.user.as_deref(), Some("65534:65534"));
         assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
@@ -798,10 +996,80 @@ mod tests {
         assert_eq!(h.pids_limit, Some(32));
         assert_eq!(h.network_mode.as_deref(), Some("none"));
         assert!(h.binds.is_none() && h.mounts.is_none() && h.devices.is_none() && h.port_bindings.is_none());
-        assert!(h.tmpfs.unwrap()["/tmp"].contains(&format!("size={}", 8 << 20)));
+        let tmpfs = h.tmpfs.unwrap();
+        assert_eq!(tmpfs.len(), 1, "nothing but scratch: {tmpfs:?}");
+        assert!(tmpfs["/tmp"].contains(&format!("size={}", 8 << 20)));
+        // Owned by the sandbox user, whatever the mode of the image's /tmp.
+        assert!(tmpfs["/tmp"].ends_with(",uid=65534,gid=65534"), "{tmpfs:?}");
         assert_eq!(h.restart_policy.unwrap().name, Some(RestartPolicyNameEnum::NO));
         assert!(h.pid_mode.is_none() && h.uts_mode.is_none() && h.cap_add.is_none());
         assert!(b.cmd.is_none(), "an empty command keeps the image default");
+    }
+
+    #[test]
+    fn apparmor_is_asked_for_by_name_only_where_the_host_has_it() {
+        let with = Confinement { apparmor: true, ..Default::default() };
+        let h = create_body(&spec(), None, 3128, &with).host_config.unwrap();
+        let opts = h.security_opt.unwrap();
+        assert_eq!(opts, ["no-new-privileges:true", "apparmor=docker-default"]);
+        let h = create_body(&spec(), None, 3128, &Confinement::default()).host_config.unwrap();
+        assert!(!h.security_opt.unwrap().iter().any(|o| o.contains("apparmor")));
+    }
+
+    #[test]
+    fn apparmor_needs_the_host_and_the_engine() {
+        let engine = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let with = engine(&["name=apparmor", "name=seccomp,profile=default"]);
+        let without = engine(&["name=seccomp,profile=default"]);
+        assert_eq!(apparmor_support(Some("Y\n"), &with), Ok(()));
+        // This machine: no AppArmor in the kernel, none in the engine.
+        let e = apparmor_support(None, &without).unwrap_err();
+        assert!(e.contains("is absent") && e.contains("does not list name=apparmor"), "{e}");
+        let e = apparmor_support(Some("N\n"), &with).unwrap_err();
+        assert!(e.contains("disabled") && !e.contains("engine"), "{e}");
+        let e = apparmor_support(Some("Y"), &without).unwrap_err();
+        assert!(e.contains("engine") && !e.contains("host"), "{e}");
+        // Only the option's name counts, not a profile that happens to say apparmor.
+        assert!(apparmor_support(Some("Y"), &engine(&["name=seccomp,profile=apparmor"])).is_err());
+        assert!(apparmor_support(Some("Y"), &[]).is_err());
+    }
+
+    #[test]
+    fn image_volumes_are_masked_read_only_except_scratch_and_datasets() {
+        let mut s = spec();
+        s.mounts = vec![super::super::Mount { source: "/srv/ref".into(), target: "/data/ref".into() }];
+        let declared: Vec<String> =
+            ["/var/lib/app/", "/data", "/tmp", "/data/ref", "/x//y/../z", "/data", "/tmp/cache"]
+                .map(String::from)
+                .into();
+        let masked = masked_volumes(&declared, &s).unwrap();
+        assert_eq!(masked, ["/data", "/tmp/cache", "/var/lib/app", "/x/z"]);
+        let b = create_body(&s, None, 3128, &Confinement { apparmor: false, masked_volumes: masked });
+        let tmpfs = b.host_config.unwrap().tmpfs.unwrap();
+        assert_eq!(tmpfs.len(), 5, "{tmpfs:?}");
+        for v in ["/data", "/tmp/cache", "/var/lib/app", "/x/z"] {
+            assert_eq!(tmpfs[v], "ro,nosuid,nodev,noexec,size=4k", "{v}");
+        }
+        assert!(tmpfs["/tmp"].starts_with("rw,") && tmpfs["/tmp"].contains("size=8388608"), "scratch untouched");
+        assert_eq!(masked_volumes(&[], &s), Ok(vec![]));
+        for bad in ["data", "/", "/..", ""] {
+            let e = masked_volumes(&[bad.to_string()], &s).unwrap_err();
+            assert!(e.contains(&format!("VOLUME {bad:?}")) && e.contains("img:1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn scratch_belongs_to_a_numeric_sandbox_user() {
+        let mut s = spec();
+        for (user, tail) in [
+            ("1000:1001", "mode=1777,uid=1000,gid=1001"),
+            ("1000", "mode=1777,uid=1000"),
+            // Names are resolved in the image, which only Docker reads.
+            ("nobody:nogroup", "mode=1777"),
+        ] {
+            s.user = user.into();
+            assert!(scratch_options(&s).ends_with(tail), "{user}: {}", scratch_options(&s));
+        }
     }
 
     #[test]

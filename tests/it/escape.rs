@@ -27,16 +27,17 @@ fn fields(text: &str) -> HashMap<String, String> {
     text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
 }
 
-/// An image with a setuid-root copy of busybox at /suid/busybox, built from
-/// the test image with `docker commit`; removed when dropped.
-struct SuidImage {
+/// An image made from the test image by a script run in it as root, then
+/// `docker commit` with `changes` (e.g. `VOLUME /data`); removed, with
+/// anything carrying its label, when dropped.
+struct DerivedImage {
     tag: String,
     label: String,
 }
 
-impl SuidImage {
-    fn build() -> SuidImage {
-        let id = unique("suid");
+impl DerivedImage {
+    fn build(name: &str, script: &str, changes: &[&str]) -> DerivedImage {
+        let id = unique(name);
         let tag = format!("sandpit-test/{id}:latest");
         let label = format!("{TEST_RUN_LABEL}={id}");
         let docker = |args: &[&str]| {
@@ -44,8 +45,7 @@ impl SuidImage {
             assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         };
-        let guard = SuidImage { tag, label };
-        let script = "busybox mkdir /suid && busybox cp /bin/busybox /suid/busybox && busybox chmod 4755 /suid/busybox";
+        let guard = DerivedImage { tag, label };
         let builder = docker(&[
             "create",
             "--label",
@@ -60,13 +60,25 @@ impl SuidImage {
             script,
         ]);
         docker(&["start", "-a", &builder]);
-        docker(&["commit", "--change", &format!("LABEL {}", guard.label), &builder, &guard.tag]);
-        docker(&["rm", "-f", &builder]);
+        let label_change = format!("LABEL {}", guard.label);
+        let mut commit = vec!["commit", "--change", label_change.as_str()];
+        for c in changes {
+            commit.extend(["--change", c]);
+        }
+        commit.extend([builder.as_str(), guard.tag.as_str()]);
+        docker(&commit);
+        docker(&["rm", "-f", "-v", &builder]);
         guard
+    }
+
+    /// An image with a setuid-root copy of busybox at /suid/busybox.
+    fn suid() -> DerivedImage {
+        let script = "busybox mkdir /suid && busybox cp /bin/busybox /suid/busybox && busybox chmod 4755 /suid/busybox";
+        DerivedImage::build("suid", script, &[])
     }
 }
 
-impl Drop for SuidImage {
+impl Drop for DerivedImage {
     fn drop(&mut self) {
         remove_labelled(&self.label);
         let _ = Command::new("docker").args(["rmi", "-f", &self.tag]).output();
@@ -78,7 +90,7 @@ impl Drop for SuidImage {
 /// setns refused; and a setuid-root binary planted in the image is inert.
 #[tokio::test(flavor = "multi_thread")]
 async fn no_capabilities_and_no_way_to_root() {
-    let suid = SuidImage::build();
+    let suid = DerivedImage::suid();
     let suid_profile = format!(
         "max_classification = \"OFFICIAL\"\nimages = [\"{}\"]\ncommand = [\"sleep\", \"infinity\"]\n[network]\nmode = \"none\"\n",
         suid.tag
@@ -214,6 +226,146 @@ async fn root_filesystem_is_read_only_and_scratch_space_is_bounded() {
     let (mounts, _, _) = exec(&mut c, &sb.id, &["cat", "/proc/self/mountinfo"]).await;
     let tmp = mounts.lines().find(|l| l.split_whitespace().nth(4) == Some("/tmp")).expect("a /tmp mount");
     assert!(tmp.contains(" - tmpfs ") && tmp.contains("size=16384k") && tmp.contains("nosuid"), "{tmp:?}");
+}
+
+/// Every Docker volume's name that carries no label: anonymous volumes (the
+/// ones Docker makes for an image's VOLUMEs) have none, and every volume a
+/// test makes on purpose carries its run's label.
+fn unlabelled_volumes() -> std::collections::BTreeSet<String> {
+    let out = Command::new("docker").args(["volume", "ls", "-q"]).output().expect("docker CLI");
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+    names
+        .into_iter()
+        .filter(|v| {
+            let out = Command::new("docker").args(["volume", "inspect", "-f", "{{len .Labels}}", v]).output();
+            // Gone meanwhile (another test's): not ours either way.
+            out.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0")
+        })
+        .collect()
+}
+
+/// 2b. An image's declared VOLUMEs never become writable host disk: each is
+/// masked by an empty read-only tmpfs, so Docker makes no anonymous volume
+/// (which would be a directory under /var/lib/docker, writable, outside the
+/// size-limited scratch space). A VOLUME at /tmp stays the scratch tmpfs,
+/// and one at a dataset's mount point stays the dataset; the datasets'
+/// directory /data, declared a VOLUME too, still shows the datasets.
+#[tokio::test(flavor = "multi_thread")]
+async fn image_volumes_never_become_writable_host_disk() {
+    // World-writable directories, so that an anonymous volume (which takes
+    // the image directory's mode) would take the sandbox's writes.
+    let img = DerivedImage::build(
+        "volumes",
+        "busybox mkdir -p /data/ref /var/lib/app && busybox chmod 1777 /data /var/lib/app",
+        &["VOLUME /data", "VOLUME /var/lib/app", "VOLUME /data/ref", "VOLUME /tmp"],
+    );
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("readme.csv"), "a,b\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(data.path().join("readme.csv"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let extra = format!(
+        "[[datasets]]\nname = \"ref\"\npath = \"{}\"\nclassification = \"OFFICIAL\"\nresidency = \"UK\"\n",
+        data.path().display()
+    );
+    let profile = format!(
+        "max_classification = \"OFFICIAL\"\nimages = [\"{}\"]\ncommand = [\"sleep\", \"infinity\"]\n\
+         datasets = [\"ref\"]\n[resources]\ncpus = 0.5\nmemory = \"64MiB\"\npids = 64\ntmpfs = \"16MiB\"\n[network]\nmode = \"none\"\n",
+        img.tag
+    );
+    let d = Daemon::with(Options {
+        extra_config: extra,
+        profiles: vec![("test-volumes".into(), profile)],
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.client(TEAM_A).await;
+    let before = unlabelled_volumes();
+    let req = |datasets: &[&str]| proto::CreateSandboxRequest {
+        profile: "test-volumes".into(),
+        datasets: datasets.iter().map(|s| s.to_string()).collect(),
+        ..create_req(&d.exp_a, 300)
+    };
+    let with_dataset = c.create_sandbox(req(&["ref"])).await.expect("create with the dataset").into_inner();
+    let without = c.create_sandbox(req(&[])).await.expect("create without datasets").into_inner();
+
+    for (sb, dataset) in [(&with_dataset, true), (&without, false)] {
+        let what = if dataset { "with the dataset" } else { "without datasets" };
+        let i = docker().await.inspect_container(&sb.container_id, None).await.unwrap();
+        let mounts = i.mounts.clone().unwrap_or_default();
+        let volumes: Vec<_> = mounts.iter().filter(|m| m.typ.as_deref() == Some("volume")).collect();
+        assert!(volumes.is_empty(), "{what}: Docker volumes mounted: {volumes:#?}");
+        assert!(mounts.iter().all(|m| m.rw == Some(false)), "{what}: a writable mount: {mounts:#?}");
+        let tmpfs = i.host_config.clone().unwrap().tmpfs.unwrap();
+        for v in ["/data", "/var/lib/app"] {
+            assert!(tmpfs.get(v).is_some_and(|o| o.starts_with("ro,")), "{what}: {v} not masked: {tmpfs:?}");
+        }
+        assert_eq!(tmpfs.contains_key("/data/ref"), !dataset, "{what}: /data/ref masked only without the dataset");
+        assert!(tmpfs["/tmp"].starts_with("rw,") && tmpfs["/tmp"].contains(&format!("size={}", 16 << 20)));
+
+        for path in ["/data/x", "/var/lib/app/x", "/data/ref/x"] {
+            let (_, err, code) = exec(&mut c, &sb.id, &["touch", path]).await;
+            assert_ne!(code, 0, "{what}: wrote {path}");
+            assert!(err.contains("Read-only file system"), "{what}: {path}: {err}");
+        }
+        let (out, _, _) = exec(&mut c, &sb.id, &["ls", "-a", "/var/lib/app"]).await;
+        assert_eq!(out, ".\n..\n", "{what}: the mask is empty");
+        let (out, err, code) = sh(&mut c, &sb.id, "echo scratch > /tmp/ok && cat /tmp/ok").await;
+        assert_eq!((out.as_str(), code), ("scratch\n", 0), "{what}: the VOLUME at /tmp is still scratch: {err}");
+        let (mounts, _, _) = exec(&mut c, &sb.id, &["cat", "/proc/self/mountinfo"]).await;
+        let tmp = mountinfo(&mounts).into_iter().find(|m| m.point == "/tmp").expect("a /tmp mount");
+        assert!(tmp.fstype == "tmpfs" && tmp.raw.contains("size=16384k"), "{what}: {}", tmp.raw);
+    }
+    let (out, err, code) = exec(&mut c, &with_dataset.id, &["cat", "/data/ref/readme.csv"]).await;
+    assert_eq!((out.as_str(), code), ("a,b\n", 0), "the dataset under the masked /data: {err}");
+
+    let made: Vec<String> = unlabelled_volumes().difference(&before).cloned().collect();
+    assert!(made.is_empty(), "anonymous volumes made while the sandboxes run: {made:?}");
+    let log = d.log();
+    assert!(
+        log.lines().any(|l| l.contains("masked") && l.contains("/var/lib/app") && l.contains(&without.id)),
+        "the masking is logged:\n{log}"
+    );
+    // `d` drops before `img`: the sandboxes go first, then their image.
+}
+
+/// 2c. The scratch tmpfs is the sandbox user's to write whatever the mode of
+/// the image's own /tmp (here root's 0755, which the tmpfs would otherwise
+/// take over), and still stops at the profile's size.
+#[tokio::test(flavor = "multi_thread")]
+async fn scratch_is_writable_whatever_the_image_tmp_mode() {
+    let img = DerivedImage::build("tmp0755", "busybox chown 0:0 /tmp && busybox chmod 0755 /tmp", &[]);
+    // Control: the image's /tmp is root's and closed to others.
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--label", &img.label, "--network", "none", "--user", "0", &img.tag])
+        .args(["busybox", "stat", "-c", "%a %u", "/tmp"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "755 0\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let profile = format!(
+        "max_classification = \"OFFICIAL\"\nimages = [\"{}\"]\ncommand = [\"sleep\", \"infinity\"]\n\
+         [resources]\ncpus = 0.5\nmemory = \"64MiB\"\npids = 64\ntmpfs = \"16MiB\"\n[network]\nmode = \"none\"\n",
+        img.tag
+    );
+    let d = Daemon::with(Options { profiles: vec![("test-tmp0755".into(), profile)], ..Default::default() }).await;
+    let mut c = d.client(TEAM_A).await;
+    let mut req = create_req(&d.exp_a, 300);
+    req.profile = "test-tmp0755".into();
+    let sb = c.create_sandbox(req).await.expect("create").into_inner();
+
+    let (out, err, code) = sh(&mut c, &sb.id, "id -u; echo scratch > /tmp/ok && cat /tmp/ok").await;
+    assert_eq!((out.as_str(), code), ("65534\nscratch\n", 0), "the sandbox user writes /tmp: {err}");
+    let (out, _, _) = exec(&mut c, &sb.id, &["busybox", "stat", "-c", "%U", "/tmp"]).await;
+    assert_eq!(out, "nobody\n", "/tmp belongs to the sandbox user");
+    let (_, err, code) = exec(&mut c, &sb.id, &["dd", "if=/dev/zero", "of=/tmp/fill", "bs=1M", "count=32"]).await;
+    assert_ne!(code, 0, "32 MiB fit in a 16 MiB tmpfs");
+    assert!(err.contains("No space left on device"), "{err}");
+    let (out, _, _) = exec(&mut c, &sb.id, &["wc", "-c", "/tmp/fill"]).await;
+    let written: u64 = out.split_whitespace().next().unwrap().parse().unwrap();
+    assert!((15 << 20..=16 << 20).contains(&written), "stopped at the tmpfs size, wrote {written} bytes");
+    // `d` drops before `img`.
 }
 
 /// One line of /proc/self/mountinfo.
