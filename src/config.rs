@@ -294,6 +294,22 @@ pub fn default_data_dir() -> PathBuf {
     PathBuf::from("./sandpit-data")
 }
 
+/// The numeric `uid:gid` every sandbox runs as. Numbers, not names: a name
+/// means whatever the image's /etc/passwd says (root, for all the daemon
+/// knows), and the scratch tmpfs is made the user's by number. Neither may be
+/// 0 (`00` and `0:0` included): never root, never root's group.
+pub fn sandbox_user(user: &str) -> Result<(u32, u32), String> {
+    let (uid, gid) = user.trim().split_once(':').ok_or_else(|| format!("'{user}' is not uid:gid, e.g. 65534:65534"))?;
+    let id = |what: &str, v: &str| {
+        v.parse::<u32>().map_err(|_| format!("'{user}': the {what} must be a number (names depend on the image)"))
+    };
+    let (uid, gid) = (id("uid", uid)?, id("gid", gid)?);
+    if uid == 0 || gid == 0 {
+        return Err(format!("'{user}' would run sandboxes as root or in root's group"));
+    }
+    Ok((uid, gid))
+}
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -481,11 +497,7 @@ impl Config {
                 return Err(format!("datasets[{i}].residency: must not be empty"));
             }
         }
-        let user = self.sandbox.user.trim();
-        let uid = user.split(':').next().unwrap_or_default();
-        if uid.is_empty() || uid == "0" || uid == "root" {
-            return Err(format!("sandbox.user: '{user}' would run sandboxes as root"));
-        }
+        sandbox_user(&self.sandbox.user).map_err(|e| format!("sandbox.user: {e}"))?;
         if !self.listen.ip().is_loopback() && self.tls.is_none() && !self.allow_insecure_listen {
             return Err(format!(
                 "listen: {} is not a loopback address and no [tls] is configured; \
@@ -602,8 +614,11 @@ mod tests {
             env(&[("SANDPIT__LISTEN", "0.0.0.0:50051"), ("SANDPIT__ALLOW_INSECURE_LISTEN", "true")]),
         );
         assert!(ok.is_ok());
-        let e = Config::load_from(None, env(&[("SANDPIT__SANDBOX__USER", "0:0")])).unwrap_err().to_string();
-        assert!(e.contains("sandbox.user"), "{e}");
+        for root in ["0:0", "00:1000", "1000:0", "root:root", "65534", "nobody:nogroup", "-1:5", ""] {
+            let e = Config::load_from(None, env(&[("SANDPIT__SANDBOX__USER", root)])).unwrap_err().to_string();
+            assert!(e.contains("sandbox.user"), "{root}: {e}");
+        }
+        assert_eq!(sandbox_user(" 1000:1001 "), Ok((1000, 1001)));
         let f = file("[[identities]]\nname = \"a\"\nteam = \"t\"\nroles = [\"requester\"]\ntoken_sha256 = \"abc\"\n");
         let e = Config::load_from(Some(f.path()), env(&[])).unwrap_err().to_string();
         assert!(e.contains("identities[0].token_sha256"), "{e}");
@@ -885,8 +900,8 @@ mod tests {
     /// What every accepted config must satisfy, whatever it was given.
     fn check_accepted(c: &Config) -> Result<(), TestCaseError> {
         prop_assert!(c.listen.ip().is_loopback() || c.tls.is_some() || c.allow_insecure_listen);
-        let uid = c.sandbox.user.trim().split(':').next().unwrap_or_default();
-        prop_assert!(!uid.is_empty() && uid != "0" && uid != "root", "user {}", c.sandbox.user);
+        let (uid, gid) = sandbox_user(&c.sandbox.user).unwrap();
+        prop_assert!(uid != 0 && gid != 0, "user {}", c.sandbox.user);
         prop_assert!(!c.lifecycle.reconcile_interval.is_zero());
         for id in &c.identities {
             prop_assert!(!id.roles.is_empty() && (id.token_sha256.is_some() || id.cert_subject.is_some()));
