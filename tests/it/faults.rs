@@ -18,8 +18,11 @@ use crate::support::*;
 
 /// A daemon whose Docker is behind a fault proxy.
 struct Rig {
-    d: Daemon,
+    /// Dropped first (fields drop in this order): requests it still holds
+    /// back are cut, not let through to Docker after the daemon's cleanup
+    /// (they would leave containers no cleanup sees).
     proxy: FaultProxy,
+    d: Daemon,
     _dir: tempfile::TempDir,
 }
 
