@@ -10,7 +10,8 @@ use std::time::{Instant, SystemTime};
 use sandpit::audit::{AuditEntry, Outcome};
 use sandpit::store::{SqliteStore, Store};
 
-fn main() {
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
     let n: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(100_000);
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("sandpit.db");
@@ -32,6 +33,7 @@ fn main() {
                 reason: "official-none OFFICIAL sandpit/base:local until 2026-11-26T17:00:00Z".into(),
                 source: "127.0.0.1:50000".into(),
             })
+            .await
             .expect("append");
     }
     let append = started.elapsed();
@@ -39,7 +41,7 @@ fn main() {
         + std::fs::metadata(dir.path().join("sandpit.db-wal")).map(|m| m.len()).unwrap_or(0);
 
     let started = Instant::now();
-    let report = store.verify_audit().expect("verify");
+    let report = store.verify_audit().await.expect("verify");
     let verify = started.elapsed();
     assert!(report.ok, "{report:?}");
     drop(store);

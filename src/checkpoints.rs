@@ -15,7 +15,7 @@ use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -199,7 +199,8 @@ pub struct Checkpointer {
     store: Arc<dyn Store>,
     key: SigningKey,
     settings: Settings,
-    state: Mutex<State>,
+    /// Held while a checkpoint is checked and signed, so one is signed at a time.
+    state: tokio::sync::Mutex<State>,
     ready: watch::Sender<bool>,
     /// Mirrors of the state for the schedule, which must not wait on a signing in progress.
     signed_size: AtomicU64,
@@ -235,7 +236,7 @@ impl Checkpointer {
             store,
             key,
             settings,
-            state: Mutex::new(State::Starting),
+            state: tokio::sync::Mutex::new(State::Starting),
             ready: watch::channel(false).0,
             signed_size: AtomicU64::new(0),
             broken: AtomicBool::new(false),
@@ -250,15 +251,15 @@ impl Checkpointer {
         &self.settings.origin
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    async fn state(&self) -> tokio::sync::MutexGuard<'_, State> {
+        self.state.lock().await
     }
 
     /// Verifies the chain, against the newest checkpoint in the directory if
-    /// any, and decides whether this process may sign. Blocking.
-    pub fn check_at_start(&self) {
-        let result = self.start_report();
-        let mut state = self.state();
+    /// any, and decides whether this process may sign.
+    pub async fn check_at_start(&self) {
+        let result = self.start_report().await;
+        let mut state = self.state().await;
         match result {
             Ok((report, newest)) if report.ok => {
                 crate::metrics::global().audit_chain(true);
@@ -294,10 +295,10 @@ impl Checkpointer {
         self.ready.send_replace(true);
     }
 
-    fn start_report(&self) -> std::result::Result<(VerifyReport, Option<(PathBuf, Signed)>), String> {
+    async fn start_report(&self) -> std::result::Result<(VerifyReport, Option<(PathBuf, Signed)>), String> {
         let newest = newest(&self.settings.checkpoint_dir, self.verifier())?;
         let Some((path, checkpoint, note)) = newest else {
-            return self.store.verify_audit().map(|r| (r, None)).map_err(|e| e.to_string());
+            return self.store.verify_audit().await.map(|r| (r, None)).map_err(|e| e.to_string());
         };
         if checkpoint.origin != self.settings.origin {
             return Err(format!(
@@ -307,7 +308,8 @@ impl Checkpointer {
                 self.settings.origin
             ));
         }
-        let report = self.store.verify_audit_against((checkpoint.size, checkpoint.head)).map_err(|e| e.to_string())?;
+        let report =
+            self.store.verify_audit_against((checkpoint.size, checkpoint.head)).await.map_err(|e| e.to_string())?;
         Ok((report, Some((path, Signed { checkpoint, note }))))
     }
 
@@ -320,8 +322,8 @@ impl Checkpointer {
     }
 
     /// A verification elsewhere (an auditor's) found the chain broken.
-    pub fn chain_broken(&self, report: &VerifyReport) {
-        let mut state = self.state();
+    pub async fn chain_broken(&self, report: &VerifyReport) {
+        let mut state = self.state().await;
         if !matches!(*state, State::Broken(_)) {
             let why = if report.first_bad_seq > 0 {
                 format!("record {}: {}", report.first_bad_seq, report.reason)
@@ -335,9 +337,8 @@ impl Checkpointer {
     /// Signs a checkpoint of the chain as it is now, if records were
     /// appended since the newest one, after checking they follow on from
     /// what was verified. The newest checkpoint; None while the log is empty.
-    /// Blocking.
-    pub fn checkpoint(&self, why: &str) -> Result<Option<Signed>> {
-        let mut state = self.state();
+    pub async fn checkpoint(&self, why: &str) -> Result<Option<Signed>> {
+        let mut state = self.state().await;
         let (verified, latest) = match &mut *state {
             State::Starting => return Err(Error::Unavailable("the audit chain is still being verified".into())),
             State::Broken(reason) => {
@@ -347,7 +348,7 @@ impl Checkpointer {
             }
             State::Healthy { verified, latest } => (verified, latest),
         };
-        let report = match self.store.verify_audit_from(*verified) {
+        let report = match self.store.verify_audit_from(*verified).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "could not read the audit chain to checkpoint it");
@@ -403,8 +404,7 @@ impl Checkpointer {
 
     async fn checkpoint_async(self: &Arc<Self>, why: &'static str) -> Result<Option<Signed>> {
         self.started().await;
-        let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.checkpoint(why)).await.map_err(|e| Error::Internal(e.to_string()))?
+        self.checkpoint(why).await
     }
 
     /// A checkpoint of the chain as it is now (signed now if records were
@@ -419,13 +419,7 @@ impl Checkpointer {
     /// reports them) and every `interval` when records were appended, until
     /// `records` ends (at shutdown).
     pub async fn run(self: Arc<Self>, mut records: BoxStream<AuditRecord>) {
-        let this = Arc::clone(&self);
-        if let Err(e) = tokio::task::spawn_blocking(move || this.check_at_start()).await {
-            tracing::error!(error = %e, "the audit chain check at start failed to run");
-            *self.state() = self.broken(format!("the check at start failed to run: {e}"), "at start");
-            self.ready.send_replace(true);
-            return;
-        }
+        self.check_at_start().await;
         let interval = self.settings.interval;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -504,15 +498,15 @@ mod tests {
             }
         }
 
-        fn checkpointer(&self) -> Arc<Checkpointer> {
+        async fn checkpointer(&self) -> Arc<Checkpointer> {
             let c = Checkpointer::new(Arc::clone(&self.store) as Arc<dyn Store>, self.settings()).unwrap();
-            c.check_at_start();
+            c.check_at_start().await;
             c
         }
 
-        fn append(&self, n: u64) {
+        async fn append(&self, n: u64) {
             for i in 0..n {
-                self.store.append_audit(entry(i)).unwrap();
+                self.store.append_audit(entry(i)).await.unwrap();
             }
         }
 
@@ -559,19 +553,19 @@ mod tests {
         assert!(e.contains("not a regular file"), "{e}");
     }
 
-    #[test]
-    fn checkpoints_are_signed_written_and_sorted_by_size() {
+    #[tokio::test]
+    async fn checkpoints_are_signed_written_and_sorted_by_size() {
         let f = Fixture::new();
-        let c = f.checkpointer();
-        assert_eq!(c.checkpoint("test").unwrap(), None, "nothing to sign in an empty log");
-        f.append(5);
-        let one = c.checkpoint("test").unwrap().unwrap();
+        let c = f.checkpointer().await;
+        assert_eq!(c.checkpoint("test").await.unwrap(), None, "nothing to sign in an empty log");
+        f.append(5).await;
+        let one = c.checkpoint("test").await.unwrap().unwrap();
         assert_eq!(one.checkpoint.size, 5);
-        assert_eq!(Some(one.checkpoint.head), f.store.audit_hash_at(5).unwrap());
+        assert_eq!(Some(one.checkpoint.head), f.store.audit_hash_at(5).await.unwrap());
         assert_eq!(Checkpoint::open(&one.note, c.verifier()).unwrap(), one.checkpoint);
-        assert_eq!(c.checkpoint("test").unwrap().unwrap(), one, "nothing new: the same checkpoint");
-        f.append(7);
-        let two = c.checkpoint("test").unwrap().unwrap();
+        assert_eq!(c.checkpoint("test").await.unwrap().unwrap(), one, "nothing new: the same checkpoint");
+        f.append(7).await;
+        let two = c.checkpoint("test").await.unwrap().unwrap();
         assert_eq!(two.checkpoint.size, 12);
         assert_eq!(f.files(), [file_name(5), file_name(12), LATEST.to_string()]);
         assert_eq!(file_name(12), "checkpoint-00000000000000000012");
@@ -584,72 +578,72 @@ mod tests {
 
         // A checkpoint directory removed meanwhile is made again.
         std::fs::remove_dir_all(&cp).unwrap();
-        f.append(1);
-        assert_eq!(c.checkpoint("test").unwrap().unwrap().checkpoint.size, 13);
+        f.append(1).await;
+        assert_eq!(c.checkpoint("test").await.unwrap().unwrap().checkpoint.size, 13);
         assert_eq!(f.files(), [file_name(13), LATEST.to_string()]);
-        let two = c.checkpoint("test").unwrap().unwrap();
+        let two = c.checkpoint("test").await.unwrap().unwrap();
 
         // A restart picks up where it was: the newest checkpoint holds.
         drop(c);
-        let c = f.checkpointer();
-        assert_eq!(c.checkpoint("test").unwrap().unwrap(), two);
+        let c = f.checkpointer().await;
+        assert_eq!(c.checkpoint("test").await.unwrap().unwrap(), two);
     }
 
-    #[test]
-    fn a_broken_or_rewritten_chain_is_never_signed() {
+    #[tokio::test]
+    async fn a_broken_or_rewritten_chain_is_never_signed() {
         let f = Fixture::new();
-        let c = f.checkpointer();
-        f.append(6);
-        c.checkpoint("test").unwrap().unwrap();
+        let c = f.checkpointer().await;
+        f.append(6).await;
+        c.checkpoint("test").await.unwrap().unwrap();
         // Truncated, its head rewritten: the chain verifies alone; not against the checkpoint.
         let raw = rusqlite::Connection::open(f.dir.path().join("s.db")).unwrap();
-        let h4 = hex::encode(f.store.audit_hash_at(4).unwrap().unwrap());
+        let h4 = hex::encode(f.store.audit_hash_at(4).await.unwrap().unwrap());
         raw.execute_batch(&format!(
             "DELETE FROM audit WHERE seq > 4; UPDATE meta SET value = '4' WHERE key = 'audit_head_seq';
              UPDATE meta SET value = '{h4}' WHERE key = 'audit_head_hash';"
         ))
         .unwrap();
-        assert!(f.store.verify_audit().unwrap().ok);
+        assert!(f.store.verify_audit().await.unwrap().ok);
         let before = f.files();
-        let c = f.checkpointer();
-        let e = c.checkpoint("test").unwrap_err();
+        let c = f.checkpointer().await;
+        let e = c.checkpoint("test").await.unwrap_err();
         assert!(matches!(e, Error::FailedPrecondition(_)), "{e}");
         assert!(e.to_string().contains("missing"), "{e}");
         assert_eq!(f.files(), before, "no new checkpoint");
 
         // Tampering while running: caught before the next one is signed.
         let f = Fixture::new();
-        let c = f.checkpointer();
-        f.append(4);
-        c.checkpoint("test").unwrap().unwrap();
-        f.append(2);
+        let c = f.checkpointer().await;
+        f.append(4).await;
+        c.checkpoint("test").await.unwrap().unwrap();
+        f.append(2).await;
         let raw = rusqlite::Connection::open(f.dir.path().join("s.db")).unwrap();
         raw.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 5", []).unwrap();
-        let e = c.checkpoint("test").unwrap_err().to_string();
+        let e = c.checkpoint("test").await.unwrap_err().to_string();
         assert!(e.contains("record 5 does not match its hash"), "{e}");
-        f.append(1);
-        assert!(c.checkpoint("test").is_err(), "and stays refused");
+        f.append(1).await;
+        assert!(c.checkpoint("test").await.is_err(), "and stays refused");
         assert_eq!(f.files(), [file_name(4), LATEST.to_string()]);
     }
 
-    #[test]
-    fn a_checkpoint_of_another_log_or_key_stops_signing() {
+    #[tokio::test]
+    async fn a_checkpoint_of_another_log_or_key_stops_signing() {
         let f = Fixture::new();
-        let c = f.checkpointer();
-        f.append(3);
-        c.checkpoint("test").unwrap().unwrap();
+        let c = f.checkpointer().await;
+        f.append(3).await;
+        c.checkpoint("test").await.unwrap().unwrap();
         drop(c);
         // Another origin under the same key.
         let other = Settings { origin: "sandpit/other".into(), ..f.settings() };
         let c = Checkpointer::new(Arc::clone(&f.store) as Arc<dyn Store>, other).unwrap();
-        c.check_at_start();
-        let e = c.checkpoint("test").unwrap_err().to_string();
+        c.check_at_start().await;
+        let e = c.checkpoint("test").await.unwrap_err().to_string();
         assert!(e.contains("not this one"), "{e}");
         // Another key name: the checkpoints in the directory do not verify.
         let renamed = Settings { key_name: "sandpit-renamed".into(), ..f.settings() };
         let c = Checkpointer::new(Arc::clone(&f.store) as Arc<dyn Store>, renamed).unwrap();
-        c.check_at_start();
-        let e = c.checkpoint("test").unwrap_err().to_string();
+        c.check_at_start().await;
+        let e = c.checkpoint("test").await.unwrap_err().to_string();
         assert!(e.contains("no signature by key sandpit-renamed+"), "{e}");
     }
 }

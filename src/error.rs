@@ -63,6 +63,10 @@ pub enum Error {
     #[error("daemon is shutting down")]
     ShuttingDown,
 
+    /// Someone else changed the record between reading and writing it.
+    #[error("{0}")]
+    Conflict(String),
+
     /// The caller went away before the call finished.
     #[error("cancelled: {0}")]
     Cancelled(String),
@@ -102,6 +106,7 @@ impl Error {
             Error::ResourceExhausted(_) => "resource_exhausted",
             Error::ShuttingDown => "shutting_down",
             Error::Cancelled(_) => "cancelled",
+            Error::Conflict(_) => "conflict",
             Error::Internal(_) => "internal",
         }
     }
@@ -121,6 +126,7 @@ impl Error {
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Cancelled(_) => Code::Cancelled,
+            Error::Conflict(_) => Code::Aborted,
             Error::Docker { .. } | Error::Store(_) | Error::Config { .. } | Error::Internal(_) => Code::Internal,
         }
     }
@@ -177,6 +183,7 @@ impl From<rusqlite::Error> for Error {
 pub enum Code {
     Ok,
     Cancelled,
+    Aborted,
     InvalidArgument,
     DeadlineExceeded,
     NotFound,
@@ -193,6 +200,7 @@ impl Code {
         match self {
             Code::Ok => "OK",
             Code::Cancelled => "CANCELLED",
+            Code::Aborted => "ABORTED",
             Code::InvalidArgument => "INVALID_ARGUMENT",
             Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Code::NotFound => "NOT_FOUND",

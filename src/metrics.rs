@@ -303,7 +303,7 @@ fn escape(v: &str) -> String {
 }
 
 /// Produces the whole exposition on each scrape.
-pub type Render = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+pub type Render = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<String, String>> + Send + Sync>;
 
 /// Longest request head read from a scraper.
 const REQUEST_MAX: usize = 8192;
@@ -351,7 +351,7 @@ async fn answer(mut stream: TcpStream, render: Render) {
     let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
     let path = path.split('?').next().unwrap_or_default();
     match (method, path) {
-        ("GET", "/metrics") => match render() {
+        ("GET", "/metrics") => match render().await {
             Ok(body) => respond(&mut stream, "200 OK", "text/plain; version=0.0.4; charset=utf-8", &body).await,
             Err(e) => {
                 tracing::warn!(error = %e, "metrics scrape failed");

@@ -73,6 +73,10 @@ pub struct Sandbox {
     /// Datasets mounted read-only at `/data/<name>`.
     #[serde(default)]
     pub datasets: Vec<DatasetMount>,
+    /// The store's version of this record: an update is written only if the
+    /// record is still at it (compare-and-set). 0 until first stored.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// A dataset mounted into a sandbox.
@@ -108,6 +112,7 @@ impl Sandbox {
             oom_killed: false,
             network: None,
             datasets: plan.datasets,
+            version: 0,
         }
     }
 

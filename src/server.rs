@@ -80,10 +80,12 @@ fn key_error(cfg: &Config, e: KeyError) -> StartError {
 /// replacing one) and its `.pub`, for a daemon that may not write where the
 /// key lives. Returns the key's path, whether it was created, the `.pub`
 /// path and the verifier key.
-pub fn init_audit_key(cfg: &Config) -> Result<(std::path::PathBuf, bool, std::path::PathBuf, String), StartError> {
+pub async fn init_audit_key(
+    cfg: &Config,
+) -> Result<(std::path::PathBuf, bool, std::path::PathBuf, String), StartError> {
     data_dir(&cfg.data_dir)?;
     let store = SqliteStore::open(&cfg.data_dir.join("sandpit.db")).map_err(|e| StartError::Io(e.to_string()))?;
-    let instance = store.instance_id().map_err(|e| StartError::Io(e.to_string()))?;
+    let instance = store.instance_id().await.map_err(|e| StartError::Io(e.to_string()))?;
     let settings = cfg.checkpoint_settings(&instance);
     let (key, created) = crate::checkpoints::load_or_create_key(&settings.signing_key, &settings.key_name)
         .map_err(|e| key_error(cfg, e))?;
@@ -139,7 +141,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     if cfg.lifecycle.min_ttl < crate::policy::admission::DEFAULT_MIN_TTL {
         tracing::warn!(min_ttl = ?cfg.lifecycle.min_ttl, "lifecycle.min_ttl is below 10s: sandboxes may be asked to live only seconds");
     }
-    let instance = store.instance_id().map_err(|e| StartError::Io(e.to_string()))?;
+    let instance = store.instance_id().await.map_err(|e| StartError::Io(e.to_string()))?;
     let checkpoints = Checkpointer::new(Arc::clone(&store) as Arc<dyn Store>, cfg.checkpoint_settings(&instance))
         .map_err(|e| key_error(&cfg, e))?;
     tracing::info!(
@@ -194,8 +196,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             per_source: cfg.limits.refusals_per_source,
         },
     };
-    let manager = Manager::new(runtime, store, profiles, settings).map_err(|e| StartError::Io(e.to_string()))?;
-    let _tasks = manager.start().map_err(|e| StartError::Io(e.to_string()))?;
+    let manager = Manager::new(runtime, store, profiles, settings).await.map_err(|e| StartError::Io(e.to_string()))?;
+    let _tasks = manager.start().await.map_err(|e| StartError::Io(e.to_string()))?;
     // Verifies the chain (in a blocking task: serving starts meanwhile), then signs on schedule.
     let _checkpointing = AbortOnDrop(tokio::spawn(Arc::clone(&checkpoints).run(manager.watch_audit())));
 
@@ -211,7 +213,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             write_atomically(&cfg.data_dir.join(METRICS_ADDR_FILE), &format!("http://{maddr}/metrics\n"))?;
             tracing::info!(addr = %maddr, "metrics at /metrics");
             let m = Arc::clone(&manager);
-            let render: crate::metrics::Render = Arc::new(move || m.render_metrics().map_err(|e| e.to_string()));
+            let render: crate::metrics::Render = Arc::new(move || {
+                let m = Arc::clone(&m);
+                Box::pin(async move { m.render_metrics().await.map_err(|e| e.to_string()) })
+            });
             Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(listener, render, manager.shutdown_signal()))))
         }
         _ => None,
@@ -281,7 +286,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             .map_err(|e| StartError::Io(format!("SIGHUP handler: {e}")))?;
         AbortOnDrop(tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                let r = manager.reload_profiles(None);
+                let r = manager.reload_profiles(None).await;
                 for e in &r.errors {
                     tracing::error!(error = %e, "invalid profile; the last good set stays in force");
                 }
@@ -323,7 +328,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         () = drained => tracing::warn!(grace = ?grace, "in-flight calls did not finish within the grace period"),
     }
     // Refusals counted since the last summary are not lost with the process.
-    manager.flush_refusals();
+    manager.flush_refusals().await;
     // The last records of this run, calls drained, are checkpointed before exit.
     checkpoints.finish().await;
     let _ = std::fs::remove_file(cfg.data_dir.join(ADDR_FILE));

@@ -53,14 +53,11 @@ impl<R: Runtime> AuditApi<R> {
                 self.checkpoints.origin()
             )));
         }
-        let manager = Arc::clone(&self.manager);
-        let at = (checkpoint.size, checkpoint.head);
-        let report = tokio::task::spawn_blocking(move || manager.verify_audit_against(at))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
+        // The store scans the chain on a thread of its own.
+        let report = self.manager.verify_audit_against((checkpoint.size, checkpoint.head)).await?;
         // Only the daemon's own signature makes it the daemon's business.
         if !report.ok && key == *self.checkpoints.verifier() {
-            self.checkpoints.chain_broken(&report);
+            self.checkpoints.chain_broken(&report).await;
         }
         Ok(proto::VerifyAuditLogResponse {
             checkpoint_size: checkpoint.size,
@@ -77,10 +74,10 @@ impl<R: Runtime> AuditService for AuditApi<R> {
         &self,
         req: Request<proto::QueryAuditLogRequest>,
     ) -> Result<Response<proto::QueryAuditLogResponse>, Status> {
-        let _call = self.gate.authorize(&req, Method::QueryAuditLog)?;
+        let _call = self.gate.authorize(&req, Method::QueryAuditLog).await?;
         let q = AuditQuery::try_from(req.into_inner())?;
         // Bounded by count and by size: a page never outgrows what a client accepts.
-        let page = self.manager.query_audit(&q)?;
+        let page = self.manager.query_audit(&q).await?;
         let next_page_token = match page.records.last() {
             Some(last) if page.more => last.seq.to_string(),
             _ => String::new(),
@@ -97,7 +94,7 @@ impl<R: Runtime> AuditService for AuditApi<R> {
         &self,
         req: Request<proto::WatchAuditLogRequest>,
     ) -> Result<Response<Self::WatchAuditLogStream>, Status> {
-        let call = self.gate.authorize(&req, Method::WatchAuditLog)?;
+        let call = self.gate.authorize(&req, Method::WatchAuditLog).await?;
         Ok(Response::new(call.hold(self.manager.watch_audit().map(|r| Ok(r.into()))).boxed()))
     }
 
@@ -105,7 +102,7 @@ impl<R: Runtime> AuditService for AuditApi<R> {
         &self,
         req: Request<proto::VerifyAuditLogRequest>,
     ) -> Result<Response<proto::VerifyAuditLogResponse>, Status> {
-        let _call = self.gate.authorize(&req, Method::VerifyAuditLog)?;
+        let _call = self.gate.authorize(&req, Method::VerifyAuditLog).await?;
         let r = req.into_inner();
         if !r.checkpoint.is_empty() {
             let key = if r.verifier_key.is_empty() {
@@ -118,12 +115,9 @@ impl<R: Runtime> AuditService for AuditApi<R> {
         if !r.verifier_key.is_empty() {
             return Err(Error::invalid("verifier_key", "is used only with a checkpoint").into());
         }
-        let manager = Arc::clone(&self.manager);
-        let report = tokio::task::spawn_blocking(move || manager.verify_audit())
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
+        let report = self.manager.verify_audit().await?;
         if !report.ok {
-            self.checkpoints.chain_broken(&report);
+            self.checkpoints.chain_broken(&report).await;
         }
         Ok(Response::new(report.into()))
     }
@@ -132,7 +126,7 @@ impl<R: Runtime> AuditService for AuditApi<R> {
         &self,
         req: Request<proto::GetCheckpointRequest>,
     ) -> Result<Response<proto::Checkpoint>, Status> {
-        let _call = self.gate.authorize(&req, Method::GetCheckpoint)?;
+        let _call = self.gate.authorize(&req, Method::GetCheckpoint).await?;
         let signed = self.checkpoints.current().await?;
         Ok(Response::new(proto::Checkpoint {
             note: signed.note,
@@ -146,7 +140,7 @@ impl<R: Runtime> AuditService for AuditApi<R> {
     type ExportStream = StatusStream<proto::ExportChunk>;
 
     async fn export(&self, req: Request<proto::ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
-        let call = self.gate.authorize(&req, Method::Export)?;
+        let call = self.gate.authorize(&req, Method::Export).await?;
         let r = req.into_inner();
         let format = proto::ExportFormat::try_from(r.format).unwrap_or(proto::ExportFormat::Unspecified);
         let csv = match format {
@@ -157,7 +151,7 @@ impl<R: Runtime> AuditService for AuditApi<R> {
         let data = match proto::ExportKind::try_from(r.kind).unwrap_or(proto::ExportKind::Unspecified) {
             proto::ExportKind::Register => {
                 let list: Vec<proto::Experiment> =
-                    self.manager.all_experiments()?.into_iter().map(Into::into).collect();
+                    self.manager.all_experiments().await?.into_iter().map(Into::into).collect();
                 if csv {
                     register_csv(&list)
                 } else {
@@ -165,7 +159,8 @@ impl<R: Runtime> AuditService for AuditApi<R> {
                 }
             }
             proto::ExportKind::ActiveSandboxes => {
-                let list: Vec<proto::Sandbox> = self.manager.active_sandboxes()?.into_iter().map(Into::into).collect();
+                let list: Vec<proto::Sandbox> =
+                    self.manager.active_sandboxes().await?.into_iter().map(Into::into).collect();
                 if csv {
                     sandboxes_csv(&list)
                 } else {
@@ -185,8 +180,8 @@ impl<R: Runtime> AuditService for AuditApi<R> {
         &self,
         req: Request<proto::ListActiveExperimentsRequest>,
     ) -> Result<Response<proto::ListActiveExperimentsResponse>, Status> {
-        let _call = self.gate.authorize(&req, Method::ListActiveExperiments)?;
-        let list = self.manager.active_experiments()?;
+        let _call = self.gate.authorize(&req, Method::ListActiveExperiments).await?;
+        let list = self.manager.active_experiments().await?;
         Ok(Response::new(proto::ListActiveExperimentsResponse {
             experiments: list.into_iter().map(Into::into).collect(),
         }))

@@ -142,16 +142,25 @@ impl Method {
 }
 
 /// Where refusals are recorded.
+#[async_trait::async_trait]
 pub trait AuditSink: Send + Sync + 'static {
-    fn record(&self, entry: AuditEntry);
+    async fn record(&self, entry: AuditEntry);
 }
 
 /// Refusals go through the manager's bounds: a source repeating a refused
 /// call, or spraying different ones, cannot flood the audit log.
+#[async_trait::async_trait]
 impl<R: crate::runtime::Runtime> AuditSink for crate::lifecycle::Manager<R> {
-    fn record(&self, entry: AuditEntry) {
-        crate::lifecycle::Manager::record_refusal(self, entry)
+    async fn record(&self, entry: AuditEntry) {
+        crate::lifecycle::Manager::record_refusal(self, entry).await
     }
+}
+
+/// A refused call: the error to answer with, and its audit record (none
+/// for load refusals, which are counted rather than audited).
+struct Refused {
+    entry: Option<Box<AuditEntry>>,
+    error: Error,
 }
 
 /// Authenticates, authorizes and rate-limits each call.
@@ -200,11 +209,34 @@ impl Gate {
 
     /// The caller of `req`, allowed to call `method` in the returned role and
     /// within its limits.
-    pub fn authorize<T>(&self, req: &Request<T>, method: Method) -> Result<Call, Error> {
+    /// The caller of `req`, allowed to call `method` in the returned role and
+    /// within its limits; a refusal is on record before it is returned.
+    ///
+    /// The request is read at once (it need not outlive the check); only the
+    /// recording of a refusal is awaited.
+    pub fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        method: Method,
+    ) -> impl std::future::Future<Output = Result<Call, Error>> + Send + '_ {
+        let checked = self.check(req, method);
+        async move {
+            match checked {
+                Ok(call) => Ok(call),
+                Err(Refused { entry: Some(entry), error }) => {
+                    self.audit.record(*entry).await;
+                    Err(error)
+                }
+                Err(Refused { entry: None, error }) => Err(error),
+            }
+        }
+    }
+
+    fn check<T>(&self, req: &Request<T>, method: Method) -> Result<Call, Refused> {
         let metrics = crate::metrics::global();
         let source = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        let deny = |actor: &str, role: &str, e: Error| {
-            self.audit.record(AuditEntry {
+        let deny = |actor: &str, role: &str, e: Error| Refused {
+            entry: Some(Box::new(AuditEntry {
                 time: std::time::SystemTime::now(),
                 actor: actor.to_string(),
                 role: role.to_string(),
@@ -216,8 +248,8 @@ impl Gate {
                 code: e.code().as_str().to_string(),
                 reason: e.to_string(),
                 source: source.clone(),
-            });
-            e
+            })),
+            error: e,
         };
         let mut caller = match self.identify(req) {
             Ok(c) => c,
@@ -242,20 +274,23 @@ impl Gate {
         };
         // Refusals for load are counted, not audited: a runaway client
         // would flood the audit log.
-        let permit = self.limiter.admit(&caller.name, std::time::Instant::now()).map_err(|why| {
-            metrics.refused(method.path(), why);
-            let limits = self.limiter.limits();
-            tracing::debug!(method = method.path(), caller = %caller.name, ?why, "call refused by a limit");
-            Error::ResourceExhausted(match why {
-                Refusal::TooManyConcurrent => format!(
-                    "{} already has {} calls in progress (limits.max_concurrent_calls); retry when one ends",
-                    caller.name, limits.max_concurrent_calls
-                ),
-                _ => format!(
-                    "{} is over {} calls per second (limits.calls_per_second, burst {}); retry with backoff",
-                    caller.name, limits.calls_per_second, limits.burst
-                ),
-            })
+        let permit = self.limiter.admit(&caller.name, std::time::Instant::now()).map_err(|why| Refused {
+            entry: None,
+            error: {
+                metrics.refused(method.path(), why);
+                let limits = self.limiter.limits();
+                tracing::debug!(method = method.path(), caller = %caller.name, ?why, "call refused by a limit");
+                Error::ResourceExhausted(match why {
+                    Refusal::TooManyConcurrent => format!(
+                        "{} already has {} calls in progress (limits.max_concurrent_calls); retry when one ends",
+                        caller.name, limits.max_concurrent_calls
+                    ),
+                    _ => format!(
+                        "{} is over {} calls per second (limits.calls_per_second, burst {}); retry with backoff",
+                        caller.name, limits.calls_per_second, limits.burst
+                    ),
+                })
+            },
         })?;
         metrics.call(method.path());
         tracing::Span::current().record("caller", caller.name.as_str());

@@ -89,13 +89,13 @@ impl<R: Runtime> ProfileService for ProfileApi<R> {
         &self,
         req: Request<proto::ListProfilesRequest>,
     ) -> Result<Response<proto::ListProfilesResponse>, Status> {
-        let _call = self.gate.authorize(&req, Method::ListProfiles)?;
+        let _call = self.gate.authorize(&req, Method::ListProfiles).await?;
         let set = self.manager.profiles();
         Ok(Response::new(proto::ListProfilesResponse { profiles: set.iter().map(Into::into).collect() }))
     }
 
     async fn get_profile(&self, req: Request<proto::GetProfileRequest>) -> Result<Response<proto::Profile>, Status> {
-        let _call = self.gate.authorize(&req, Method::GetProfile)?;
+        let _call = self.gate.authorize(&req, Method::GetProfile).await?;
         let name = req.into_inner().name;
         let set = self.manager.profiles();
         let p = set.get(&name).ok_or_else(|| Error::not_found("profile", &name))?;
@@ -106,7 +106,7 @@ impl<R: Runtime> ProfileService for ProfileApi<R> {
         &self,
         req: Request<proto::ValidateProfileRequest>,
     ) -> Result<Response<proto::ValidateProfileResponse>, Status> {
-        let _call = self.gate.authorize(&req, Method::ValidateProfile)?;
+        let _call = self.gate.authorize(&req, Method::ValidateProfile).await?;
         let r = req.into_inner();
         if r.content.len() > MAX_PROFILE_BYTES {
             return Err(Error::invalid("content", format!("larger than {MAX_PROFILE_BYTES} bytes")).into());
@@ -129,8 +129,8 @@ impl<R: Runtime> ProfileService for ProfileApi<R> {
         &self,
         req: Request<proto::ReloadProfilesRequest>,
     ) -> Result<Response<proto::ReloadProfilesResponse>, Status> {
-        let caller = self.gate.authorize(&req, Method::ReloadProfiles)?;
-        let r = self.manager.reload_profiles(Some(&caller));
+        let caller = self.gate.authorize(&req, Method::ReloadProfiles).await?;
+        let r = self.manager.reload_profiles(Some(&caller)).await;
         Ok(Response::new(proto::ReloadProfilesResponse {
             applied: r.applied,
             loaded: r.loaded,
@@ -142,10 +142,11 @@ impl<R: Runtime> ProfileService for ProfileApi<R> {
         &self,
         req: Request<proto::ListPoolsRequest>,
     ) -> Result<Response<proto::ListPoolsResponse>, Status> {
-        let _call = self.gate.authorize(&req, Method::ListPools)?;
+        let _call = self.gate.authorize(&req, Method::ListPools).await?;
         let pools = self
             .manager
             .pool_status()
+            .await
             .into_iter()
             .map(|p| proto::PoolStatus {
                 profile: p.profile,

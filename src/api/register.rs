@@ -37,9 +37,9 @@ impl<R: Runtime> RegisterService for RegisterApi<R> {
         &self,
         req: Request<proto::RegisterExperimentRequest>,
     ) -> Result<Response<proto::Experiment>, Status> {
-        let caller = self.gate.authorize(&req, Method::RegisterExperiment)?;
+        let caller = self.gate.authorize(&req, Method::RegisterExperiment).await?;
         let new = NewExperiment::try_from(req.into_inner())?;
-        let experiment = self.manager.register_experiment(&caller, new)?;
+        let experiment = self.manager.register_experiment(&caller, new).await?;
         tracing::Span::current().record("experiment", experiment.id.as_str());
         Ok(Response::new(experiment.into()))
     }
@@ -48,20 +48,20 @@ impl<R: Runtime> RegisterService for RegisterApi<R> {
         &self,
         req: Request<proto::GetExperimentRequest>,
     ) -> Result<Response<proto::Experiment>, Status> {
-        let caller = self.gate.authorize(&req, Method::GetExperiment)?;
+        let caller = self.gate.authorize(&req, Method::GetExperiment).await?;
         let r = req.into_inner();
         id("id", &r.id)?;
-        Ok(Response::new(self.manager.get_experiment(&caller, &r.id)?.into()))
+        Ok(Response::new(self.manager.get_experiment(&caller, &r.id).await?.into()))
     }
 
     async fn list_experiments(
         &self,
         req: Request<proto::ListExperimentsRequest>,
     ) -> Result<Response<proto::ListExperimentsResponse>, Status> {
-        let caller = self.gate.authorize(&req, Method::ListExperiments)?;
+        let caller = self.gate.authorize(&req, Method::ListExperiments).await?;
         let r = req.into_inner();
         let team = (!r.team.is_empty()).then_some(r.team);
-        let list = self.manager.list_experiments(&caller, team, status_filter(r.status)?)?;
+        let list = self.manager.list_experiments(&caller, team, status_filter(r.status)?).await?;
         Ok(Response::new(proto::ListExperimentsResponse { experiments: list.into_iter().map(Into::into).collect() }))
     }
 
@@ -69,7 +69,7 @@ impl<R: Runtime> RegisterService for RegisterApi<R> {
         &self,
         req: Request<proto::DecideExperimentRequest>,
     ) -> Result<Response<proto::Experiment>, Status> {
-        let caller = self.gate.authorize(&req, Method::ApproveExperiment)?;
+        let caller = self.gate.authorize(&req, Method::ApproveExperiment).await?;
         let r = req.into_inner();
         id("id", &r.id)?;
         Ok(Response::new(
@@ -81,7 +81,7 @@ impl<R: Runtime> RegisterService for RegisterApi<R> {
         &self,
         req: Request<proto::DecideExperimentRequest>,
     ) -> Result<Response<proto::Experiment>, Status> {
-        let caller = self.gate.authorize(&req, Method::RejectExperiment)?;
+        let caller = self.gate.authorize(&req, Method::RejectExperiment).await?;
         let r = req.into_inner();
         id("id", &r.id)?;
         Ok(Response::new(
@@ -93,7 +93,7 @@ impl<R: Runtime> RegisterService for RegisterApi<R> {
         &self,
         req: Request<proto::CloseExperimentRequest>,
     ) -> Result<Response<proto::Experiment>, Status> {
-        let caller = self.gate.authorize(&req, Method::CloseExperiment)?;
+        let caller = self.gate.authorize(&req, Method::CloseExperiment).await?;
         let r = req.into_inner();
         id("id", &r.id)?;
         let outcome = outcome(r.outcome)?;

@@ -45,27 +45,27 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         &self,
         req: Request<proto::CreateSandboxRequest>,
     ) -> Result<Response<proto::Sandbox>, Status> {
-        let caller = self.gate.authorize(&req, Method::CreateSandbox)?;
+        let caller = self.gate.authorize(&req, Method::CreateSandbox).await?;
         let create = CreateSandbox::try_from(req.into_inner())?;
         let sb = self.manager.create(&caller, create).await?;
         Ok(Response::new(sb.into()))
     }
 
     async fn get_sandbox(&self, req: Request<proto::GetSandboxRequest>) -> Result<Response<proto::Sandbox>, Status> {
-        let caller = self.gate.authorize(&req, Method::GetSandbox)?;
+        let caller = self.gate.authorize(&req, Method::GetSandbox).await?;
         let sandbox = req.into_inner().id;
         id("id", &sandbox)?;
-        Ok(Response::new(self.manager.get(&caller, &sandbox)?.into()))
+        Ok(Response::new(self.manager.get(&caller, &sandbox).await?.into()))
     }
 
     async fn list_sandboxes(
         &self,
         req: Request<proto::ListSandboxesRequest>,
     ) -> Result<Response<proto::ListSandboxesResponse>, Status> {
-        let caller = self.gate.authorize(&req, Method::ListSandboxes)?;
+        let caller = self.gate.authorize(&req, Method::ListSandboxes).await?;
         let r = req.into_inner();
         filter("experiment", &r.experiment)?;
-        let list = self.manager.list(&caller, opt(r.experiment), r.include_ended)?;
+        let list = self.manager.list(&caller, opt(r.experiment), r.include_ended).await?;
         Ok(Response::new(proto::ListSandboxesResponse { sandboxes: list.into_iter().map(Into::into).collect() }))
     }
 
@@ -73,7 +73,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         &self,
         req: Request<proto::ExtendSandboxRequest>,
     ) -> Result<Response<proto::Sandbox>, Status> {
-        let caller = self.gate.authorize(&req, Method::ExtendSandbox)?;
+        let caller = self.gate.authorize(&req, Method::ExtendSandbox).await?;
         let (id, ttl) = extend_request(req.into_inner())?;
         Ok(Response::new(self.manager.extend(&caller, &id, ttl).await?.into()))
     }
@@ -82,7 +82,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         &self,
         req: Request<proto::DeleteSandboxRequest>,
     ) -> Result<Response<proto::Sandbox>, Status> {
-        let caller = self.gate.authorize(&req, Method::DeleteSandbox)?;
+        let caller = self.gate.authorize(&req, Method::DeleteSandbox).await?;
         let sandbox = req.into_inner().id;
         id("id", &sandbox)?;
         Ok(Response::new(self.manager.delete(&caller, &sandbox).await?.into()))
@@ -94,7 +94,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         &self,
         req: Request<proto::WatchSandboxesRequest>,
     ) -> Result<Response<Self::WatchSandboxesStream>, Status> {
-        let caller = self.gate.authorize(&req, Method::WatchSandboxes)?;
+        let caller = self.gate.authorize(&req, Method::WatchSandboxes).await?;
         let r = req.into_inner();
         filter("id", &r.id)?;
         filter("experiment", &r.experiment)?;
@@ -105,7 +105,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
     type ExecStream = StatusStream<proto::ExecOutput>;
 
     async fn exec(&self, req: Request<proto::ExecRequest>) -> Result<Response<Self::ExecStream>, Status> {
-        let caller = self.gate.authorize(&req, Method::Exec)?;
+        let caller = self.gate.authorize(&req, Method::Exec).await?;
         let r = req.into_inner();
         id("id", &r.id)?;
         let timeout = r.timeout.as_ref().map(|d| duration("timeout", d)).transpose()?;
@@ -120,9 +120,9 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         &self,
         req: Request<proto::PullImageRequest>,
     ) -> Result<Response<Self::PullImageStream>, Status> {
-        let caller = self.gate.authorize(&req, Method::PullImage)?;
+        let caller = self.gate.authorize(&req, Method::PullImage).await?;
         let r = req.into_inner();
-        let progress = self.manager.pull_image(&caller, &r.profile, opt(r.image).as_deref())?;
+        let progress = self.manager.pull_image(&caller, &r.profile, opt(r.image).as_deref()).await?;
         let done = futures_util::stream::once(async { Ok(proto::PullProgress { done: true, ..Default::default() }) });
         // Progress, then a final `done` message unless the pull failed.
         let stream = progress.map(|p| p.map(Into::into).map_err(Status::from)).chain(done);
@@ -140,7 +140,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
         req: Request<tonic::Streaming<proto::CopyInRequest>>,
     ) -> Result<Response<proto::FileTransfer>, Status> {
         use proto::copy_in_request::Part;
-        let caller = self.gate.authorize(&req, Method::CopyIn)?;
+        let caller = self.gate.authorize(&req, Method::CopyIn).await?;
         let mut stream = req.into_inner();
         // An over-size header is answered RESOURCE_EXHAUSTED by the server's layer.
         let header = match stream.message().await? {
@@ -163,7 +163,7 @@ impl<R: Runtime> SandboxService for SandboxApi<R> {
     type CopyOutStream = StatusStream<proto::CopyOutChunk>;
 
     async fn copy_out(&self, req: Request<proto::CopyOutRequest>) -> Result<Response<Self::CopyOutStream>, Status> {
-        let caller = self.gate.authorize(&req, Method::CopyOut)?;
+        let caller = self.gate.authorize(&req, Method::CopyOut).await?;
         let r = req.into_inner();
         id("id", &r.id)?;
         let out = self.manager.copy_out(&caller, &r.id, &r.path).await?;

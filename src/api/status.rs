@@ -9,6 +9,7 @@ pub fn tonic_code(c: Code) -> tonic::Code {
     match c {
         Code::Ok => tonic::Code::Ok,
         Code::Cancelled => tonic::Code::Cancelled,
+        Code::Aborted => tonic::Code::Aborted,
         Code::InvalidArgument => tonic::Code::InvalidArgument,
         Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
         Code::NotFound => tonic::Code::NotFound,

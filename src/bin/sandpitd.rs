@@ -69,7 +69,14 @@ fn main() -> ExitCode {
         };
     }
     if args.init_audit_key {
-        return match server::init_audit_key(&cfg) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("sandpitd: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match runtime.block_on(server::init_audit_key(&cfg)) {
             Ok((key, created, public, vkey)) => {
                 let what = if created { "created" } else { "already there, kept" };
                 println!("audit signing key: {} ({what})", key.display());

@@ -77,6 +77,7 @@ impl Destination {
 }
 
 /// What the proxy asks of the daemon.
+#[async_trait::async_trait]
 pub trait Policy: Send + Sync + 'static {
     /// The sandbox that owns this source address and its allowed destinations;
     /// None when the address belongs to no allowlist sandbox (connection closed unanswered).
@@ -86,9 +87,9 @@ pub trait Policy: Send + Sync + 'static {
     /// Called once for every decision about an allowlist sandbox's request,
     /// allowed or denied (the daemon audits it). Strangers get no decision.
     ///
-    /// Called on the connection's task before the client is answered, so it
-    /// should be quick (queue the audit record rather than write it here).
-    fn decided(&self, decision: &Decision);
+    /// Called on the connection's task before the client is answered (the
+    /// decision is on record before the sandbox learns of it).
+    async fn decided(&self, decision: &Decision);
 }
 
 /// The outcome of one proxy connection.
@@ -352,7 +353,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, owner: (String, Vec<Des
     decision.allowed = true;
     decision.status = 200;
     decision.reason = connected.to_string();
-    ctx.policy.decided(&decision);
+    ctx.policy.decided(&decision).await;
     tracing::debug!(?decision, "egress allowed");
 
     // Small writes (TLS handshakes, interactive protocols) should not wait on Nagle.
@@ -461,7 +462,7 @@ async fn refuse(mut client: TcpStream, mut decision: Decision, status: u16, reas
     decision.allowed = false;
     decision.status = status;
     decision.reason = reason;
-    ctx.policy.decided(&decision);
+    ctx.policy.decided(&decision).await;
     tracing::debug!(?decision, "egress refused");
 
     let _ = timeout(LINGER, async {

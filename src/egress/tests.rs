@@ -29,6 +29,7 @@ struct Fake {
     decisions: Mutex<Vec<Decision>>,
 }
 
+#[async_trait::async_trait]
 impl Policy for Fake {
     fn lookup(&self, source: IpAddr) -> Option<(String, Vec<Destination>)> {
         let list = self.allowlist.as_ref()?;
@@ -36,7 +37,7 @@ impl Policy for Fake {
         Some((format!("sb-{}", i + 1), list.clone()))
     }
 
-    fn decided(&self, decision: &Decision) {
+    async fn decided(&self, decision: &Decision) {
         self.decisions.lock().expect("lock").push(decision.clone());
     }
 }

@@ -23,40 +23,42 @@ pub struct ActiveExperiment {
 
 impl<R: Runtime> Manager<R> {
     /// Records the outcome of a register request that changed nothing.
-    fn register_result<T>(&self, caller: &Caller, act: &str, id: &str, result: Result<T>) -> Result<T> {
+    async fn register_result<T>(&self, caller: &Caller, act: &str, id: &str, result: Result<T>) -> Result<T> {
         if let Err(e) = &result {
-            self.record_error(caller, act, id, "", e);
+            self.record_error(caller, act, id, "", e).await;
         }
         result
     }
 
-    pub fn register_experiment(&self, caller: &Caller, new: NewExperiment) -> Result<Experiment> {
-        let result = Experiment::new(new_id(), &caller.name, &caller.team, new, SystemTime::now()).and_then(|e| {
+    pub async fn register_experiment(&self, caller: &Caller, new: NewExperiment) -> Result<Experiment> {
+        let result = async {
+            let e = Experiment::new(new_id(), &caller.name, &caller.team, new, SystemTime::now())?;
             let reason = format!("'{}' declared {}", e.title, e.classification);
             let entry = self.entry(Some(caller), action::REGISTER_EXPERIMENT, &e.id, "", Ok(reason));
-            let rec = self.store.insert_experiment(&e, Some(entry))?;
+            let rec = self.store.insert_experiment(&e, Some(entry)).await?;
             self.published(rec);
             Ok(Experiment { version: 1, ..e })
-        });
-        self.register_result(caller, action::REGISTER_EXPERIMENT, "", result)
+        }
+        .await;
+        self.register_result(caller, action::REGISTER_EXPERIMENT, "", result).await
     }
 
     /// An experiment the caller may see: its own team's, or any for oversight roles.
-    pub fn get_experiment(&self, caller: &Caller, id: &str) -> Result<Experiment> {
-        match self.store.get_experiment(id)? {
+    pub async fn get_experiment(&self, caller: &Caller, id: &str) -> Result<Experiment> {
+        match self.store.get_experiment(id).await? {
             Some(e) if caller.may_see(&e.team) => Ok(e),
             _ => Err(Error::not_found("experiment", id)),
         }
     }
 
-    pub fn list_experiments(
+    pub async fn list_experiments(
         &self,
         caller: &Caller,
         team: Option<String>,
         status: Option<Status>,
     ) -> Result<Vec<Experiment>> {
         let team = if caller.sees_all_teams() { team } else { Some(caller.team.clone()) };
-        self.store.list_experiments(&ExperimentFilter { team, status })
+        self.store.list_experiments(&ExperimentFilter { team, status }).await
     }
 
     /// An approver's decision on a proposed experiment of another team. A
@@ -84,7 +86,7 @@ impl<R: Runtime> Manager<R> {
                 })
             })
             .await;
-        let (e, live) = self.register_result(caller, act, id, result)?;
+        let (e, live) = self.register_result(caller, act, id, result).await?;
         if decision == Decision::Rejected {
             let reason = format!("experiment rejected by {}", caller.name);
             self.teardown_all(caller, live, &reason, action::REJECT_TEARDOWN).await?;
@@ -107,7 +109,7 @@ impl<R: Runtime> Manager<R> {
                 Ok(format!("outcome {}", outcome.as_str()))
             })
             .await;
-        let (e, live) = self.register_result(caller, action::CLOSE_EXPERIMENT, id, result)?;
+        let (e, live) = self.register_result(caller, action::CLOSE_EXPERIMENT, id, result).await?;
         let reason = format!("experiment closed by {}", caller.name);
         self.teardown_all(caller, live, &reason, action::CLOSE_TEARDOWN).await?;
         Ok(e)
@@ -129,13 +131,13 @@ impl<R: Runtime> Manager<R> {
         act: &str,
         change: impl FnOnce(&mut Experiment) -> Result<String>,
     ) -> Result<(Experiment, Vec<Sandbox>)> {
-        let team = self.get_experiment(caller, id)?.team;
+        let team = self.get_experiment(caller, id).await?.team;
         let _team_guard = self.locks.lock(&format!("team:{team}")).await;
-        let mut e = self.get_experiment(caller, id)?;
+        let mut e = self.get_experiment(caller, id).await?;
         let reason = change(&mut e)?;
         let entry = self.entry(Some(caller), act, id, "", Ok(reason));
-        match self.store.update_experiment(&e, entry)? {
-            Versioned::Written(rec) => self.published(Some(*rec)),
+        match self.store.update_experiment(&e, entry).await? {
+            Versioned::Written(rec) => self.published(rec.map(|r| *r)),
             Versioned::Stale(now) => {
                 let found = now.map_or("gone".to_string(), |n| n.status.as_str().to_string());
                 return Err(Error::FailedPrecondition(format!(
@@ -144,7 +146,7 @@ impl<R: Runtime> Manager<R> {
             }
         }
         e.version += 1;
-        let live = self.store.list(&ListFilter { experiment: Some(id.to_string()), ..Default::default() })?;
+        let live = self.store.list(&ListFilter { experiment: Some(id.to_string()), ..Default::default() }).await?;
         Ok((e, live))
     }
 
@@ -158,18 +160,18 @@ impl<R: Runtime> Manager<R> {
 
     /// Whether the experiment of `sb` still lets it be used (extend, exec,
     /// file transfer): the admission rules on experiment status, checked again.
-    pub(super) fn experiment_in_force(&self, sb: &Sandbox) -> Result<()> {
-        let experiment = self.store.get_experiment(&sb.experiment)?.ok_or_else(|| {
+    pub(super) async fn experiment_in_force(&self, sb: &Sandbox) -> Result<()> {
+        let experiment = self.store.get_experiment(&sb.experiment).await?.ok_or_else(|| {
             Error::denied(Rule::ExperimentRegistered, format!("experiment '{}' is not in the register", sb.experiment))
         })?;
         crate::policy::admission::experiment_in_force(&experiment, sb.classification, &sb.profile)
     }
 
     /// The oversight view: every experiment that may have sandboxes, its live sandboxes and their time left.
-    pub fn active_experiments(&self) -> Result<Vec<ActiveExperiment>> {
+    pub async fn active_experiments(&self) -> Result<Vec<ActiveExperiment>> {
         let now = SystemTime::now();
-        let live = self.store.list(&ListFilter::default())?;
-        let experiments = self.store.list_experiments(&ExperimentFilter::default())?;
+        let live = self.store.list(&ListFilter::default()).await?;
+        let experiments = self.store.list_experiments(&ExperimentFilter::default()).await?;
         Ok(experiments
             .into_iter()
             .filter(Experiment::may_have_sandboxes)
@@ -185,12 +187,12 @@ impl<R: Runtime> Manager<R> {
     }
 
     /// Every live sandbox, for exports.
-    pub fn active_sandboxes(&self) -> Result<Vec<Sandbox>> {
-        self.store.list(&ListFilter::default())
+    pub async fn active_sandboxes(&self) -> Result<Vec<Sandbox>> {
+        self.store.list(&ListFilter::default()).await
     }
 
     /// The whole register, for exports.
-    pub fn all_experiments(&self) -> Result<Vec<Experiment>> {
-        self.store.list_experiments(&ExperimentFilter::default())
+    pub async fn all_experiments(&self) -> Result<Vec<Experiment>> {
+        self.store.list_experiments(&ExperimentFilter::default()).await
     }
 }

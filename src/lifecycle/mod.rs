@@ -41,7 +41,7 @@ use crate::runtime::{
 };
 use crate::sandbox::{new_id, EventKind, Sandbox, SandboxEvent, SandboxState, DATASETS_DIR};
 use crate::store::AuditQuery;
-use crate::store::{ListFilter, Store};
+use crate::store::{ListFilter, Store, Versioned};
 use crate::{Error, Result};
 
 /// Events kept for slow watchers before they miss some.
@@ -131,8 +131,8 @@ impl Drop for Tasks {
 }
 
 impl<R: Runtime> Manager<R> {
-    pub fn new(runtime: R, store: Arc<dyn Store>, profiles: ProfileSet, settings: Settings) -> Result<Arc<Self>> {
-        let instance = store.instance_id()?;
+    pub async fn new(runtime: R, store: Arc<dyn Store>, profiles: ProfileSet, settings: Settings) -> Result<Arc<Self>> {
+        let instance = store.instance_id().await?;
         let (due_tx, due_rx) = mpsc::unbounded_channel();
         let refusals = crate::audit::refusals::Refusals::new(settings.refusals);
         Ok(Arc::new(Manager {
@@ -159,8 +159,8 @@ impl<R: Runtime> Manager<R> {
     /// Schedules every live record's expiry from the store (no Docker needed,
     /// so a restart serves at once), then starts expiry handling, periodic
     /// reconcile and the Docker event follower.
-    pub fn start(self: &Arc<Self>) -> Result<Tasks> {
-        let live = self.store.list(&ListFilter::default())?;
+    pub async fn start(self: &Arc<Self>) -> Result<Tasks> {
+        let live = self.store.list(&ListFilter::default()).await?;
         for sb in &live {
             if sb.state != SandboxState::Provisioning {
                 self.schedule(sb);
@@ -195,7 +195,7 @@ impl<R: Runtime> Manager<R> {
     /// Re-reads the profiles directory. Any invalid file keeps the last good
     /// set in force and reports every error; running sandboxes keep the
     /// profile they were created with either way.
-    pub fn reload_profiles(&self, caller: Option<&Caller>) -> Reload {
+    pub async fn reload_profiles(&self, caller: Option<&Caller>) -> Reload {
         let result = ProfileSet::load_dir_with(&self.settings.profiles_dir, &self.settings.host_rules);
         let (applied, errors) = match result {
             Ok(set) => {
@@ -217,7 +217,7 @@ impl<R: Runtime> Manager<R> {
         } else {
             self.entry(caller, action::RELOAD_PROFILES, "", "", Err(&Error::FailedPrecondition(reason)))
         };
-        self.record(entry);
+        self.record(entry).await;
         tracing::info!(applied, profiles = loaded.len(), errors = errors.len(), "profiles reloaded");
         Reload { applied, loaded, errors }
     }
@@ -283,16 +283,32 @@ impl<R: Runtime> Manager<R> {
         }
     }
 
-    /// Writes a sandbox record and the audit record of its change, atomically.
-    fn commit(&self, sb: &Sandbox, entry: AuditEntry) -> Result<()> {
-        let rec = self.store.put(sb, Some(entry))?;
-        self.published(rec);
-        Ok(())
+    /// Writes a sandbox record and the audit record of its change, atomically,
+    /// if nothing else wrote the record since it was read (its version moves on).
+    async fn commit(&self, sb: &mut Sandbox, entry: impl FnOnce(&Sandbox) -> AuditEntry) -> Result<()> {
+        let entry = entry(sb);
+        self.update(sb, Some(entry)).await
+    }
+
+    /// Compare-and-set of a sandbox record, with the audit record of the change if any.
+    async fn update(&self, sb: &mut Sandbox, entry: Option<AuditEntry>) -> Result<()> {
+        match self.store.update_sandbox(sb, entry).await? {
+            Versioned::Written(rec) => {
+                sb.version += 1;
+                self.published(rec.map(|r| *r));
+                Ok(())
+            }
+            Versioned::Stale(now) => Err(Error::Conflict(format!(
+                "sandbox '{}' was changed by someone else meanwhile (it is {}); nothing was changed, try again",
+                sb.id,
+                now.map_or("gone", |n| n.state.as_str())
+            ))),
+        }
     }
 
     /// Appends an audit record that goes with no state change.
-    pub fn record(&self, entry: AuditEntry) {
-        match self.store.append_audit(entry) {
+    pub async fn record(&self, entry: AuditEntry) {
+        match self.store.append_audit(entry).await {
             Ok(r) => {
                 let _ = self.audit.send(r);
             }
@@ -304,19 +320,19 @@ impl<R: Runtime> Manager<R> {
     /// it repeats one already recorded in this window or its source has had
     /// its share of records: those are counted and summarised when the
     /// window closes ([`crate::audit::refusals`]).
-    pub fn record_refusal(&self, entry: AuditEntry) {
-        let admitted = self.refusals.lock().unwrap_or_else(|p| p.into_inner()).admit(entry);
+    pub async fn record_refusal(&self, entry: AuditEntry) {
+        let admitted = { self.refusals.lock().unwrap_or_else(|p| p.into_inner()).admit(entry) };
         match admitted {
-            Some(e) => self.record(e),
+            Some(e) => self.record(e).await,
             None => crate::metrics::global().refusal_summarised(),
         }
     }
 
     /// Writes the summaries of the refusals counted in the window now closing.
-    pub fn flush_refusals(&self) {
-        let summaries = self.refusals.lock().unwrap_or_else(|p| p.into_inner()).flush(SystemTime::now());
+    pub async fn flush_refusals(&self) {
+        let summaries = { self.refusals.lock().unwrap_or_else(|p| p.into_inner()).flush(SystemTime::now()) };
         for e in summaries {
-            self.record(e);
+            self.record(e).await;
         }
     }
 
@@ -326,18 +342,18 @@ impl<R: Runtime> Manager<R> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.flush_refusals();
+            self.flush_refusals().await;
         }
     }
 
     /// The experiment of a sandbox, for audit records (empty when unknown).
-    fn experiment_of(&self, id: &str) -> String {
-        self.store.get(id).ok().flatten().map(|s| s.experiment).unwrap_or_default()
+    async fn experiment_of(&self, id: &str) -> String {
+        self.store.get(id).await.ok().flatten().map(|s| s.experiment).unwrap_or_default()
     }
 
     /// Records a refused or failed request that changed nothing.
-    fn record_error(&self, caller: &Caller, action: &str, experiment: &str, sandbox: &str, e: &Error) {
-        self.record_refusal(self.entry(Some(caller), action, experiment, sandbox, Err(e)));
+    async fn record_error(&self, caller: &Caller, action: &str, experiment: &str, sandbox: &str, e: &Error) {
+        self.record_refusal(self.entry(Some(caller), action, experiment, sandbox, Err(e))).await;
     }
 
     fn schedule(&self, sb: &Sandbox) {
@@ -390,14 +406,15 @@ impl<R: Runtime> Manager<R> {
 
 /// The egress proxy asks the manager who a source is and where it may go,
 /// and every decision it makes goes into the audit log.
+#[async_trait::async_trait]
 impl<R: Runtime> egress::Policy for Manager<R> {
     fn lookup(&self, source: IpAddr) -> Option<(String, Vec<egress::Destination>)> {
         self.egress.read().unwrap_or_else(|p| p.into_inner()).get(&source).cloned()
     }
 
-    fn decided(&self, d: &egress::Decision) {
+    async fn decided(&self, d: &egress::Decision) {
         let sandbox = d.sandbox.clone().unwrap_or_default();
-        let experiment = self.experiment_of(&sandbox);
+        let experiment = self.experiment_of(&sandbox).await;
         let what = format!("{} {}:{}", d.method, d.host, d.port);
         let result = match d.status {
             200 => Ok(format!("{what} via {}", d.reason)),
@@ -408,18 +425,18 @@ impl<R: Runtime> egress::Policy for Manager<R> {
         let mut entry = self.entry(None, action::EGRESS, &experiment, &sandbox, result.as_ref().map(Clone::clone));
         entry.source = d.source.to_string();
         if result.is_ok() {
-            self.record(entry);
+            self.record(entry).await;
         } else {
             // A sandbox retrying a refused destination is one record per window, with a count.
-            self.record_refusal(entry);
+            self.record_refusal(entry).await;
         }
     }
 }
 
 impl<R: Runtime> Manager<R> {
     /// A visible record, or not-found (other teams' sandboxes are not acknowledged).
-    fn visible(&self, caller: &Caller, id: &str) -> Result<Sandbox> {
-        match self.store.get(id)? {
+    async fn visible(&self, caller: &Caller, id: &str) -> Result<Sandbox> {
+        match self.store.get(id).await? {
             Some(sb) if caller.may_see(&sb.team) => {
                 in_span(&sb.id, &sb.experiment);
                 Ok(sb)
@@ -438,7 +455,8 @@ impl<R: Runtime> Manager<R> {
         // One admission of a team at a time, until its record is in the
         // store: concurrent creates cannot overrun the team's quota.
         let team_guard = self.locks.lock(&format!("team:{}", caller.team)).await;
-        let admitted = self.store.get_experiment(&req.experiment).and_then(|experiment| {
+        let admitted = async {
+            let experiment = self.store.get_experiment(&req.experiment).await?;
             let profiles = self.profiles();
             let plan = admit(
                 &req,
@@ -449,13 +467,14 @@ impl<R: Runtime> Manager<R> {
                 &self.settings.host,
                 SystemTime::now(),
             )?;
-            check_quota(&caller.team, self.store.count_live(&caller.team)?, &self.settings.quotas)?;
+            check_quota(&caller.team, self.store.count_live(&caller.team).await?, &self.settings.quotas)?;
             Ok(plan)
-        });
+        }
+        .await;
         let plan = match admitted {
             Ok(plan) => plan,
             Err(e) => {
-                self.record_error(caller, action::CREATE_SANDBOX, &req.experiment, "", &e);
+                self.record_error(caller, action::CREATE_SANDBOX, &req.experiment, "", &e).await;
                 return Err(e);
             }
         };
@@ -467,12 +486,12 @@ impl<R: Runtime> Manager<R> {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "warm pool claim failed; creating cold"),
         }
-        let sb = Sandbox::provisioning(new_id(), self.runtime.node().to_string(), plan);
+        let mut sb = Sandbox::provisioning(new_id(), self.runtime.node().to_string(), plan);
         in_span(&sb.id, &sb.experiment);
         self.creating.lock().unwrap_or_else(|p| p.into_inner()).insert(sb.id.clone());
-        if let Err(e) = self.store.put(&sb, None) {
+        if let Err(e) = self.store.insert_sandbox(&sb, None).await.map(|_| sb.version = 1) {
             self.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&sb.id);
-            self.record_error(caller, action::CREATE_SANDBOX, &sb.experiment, &sb.id, &e);
+            self.record_error(caller, action::CREATE_SANDBOX, &sb.experiment, &sb.id, &e).await;
             return Err(e);
         }
         drop(team_guard);
@@ -537,7 +556,7 @@ impl<R: Runtime> Manager<R> {
                 self.undo_create(&container_name(&sb.id), sb.network_name().as_deref()).await;
                 sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
                 let entry = self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Err(&e));
-                if let Err(se) = self.commit(&sb, entry) {
+                if let Err(se) = self.commit(&mut sb, |_| entry).await {
                     tracing::error!(sandbox = %sb.id, error = %se, "could not record failed create");
                 }
                 self.emit(EventKind::Failed, &sb, e.to_string());
@@ -556,11 +575,11 @@ impl<R: Runtime> Manager<R> {
             crate::time::rfc3339(sb.expires_at)
         );
         let entry = self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason));
-        if let Err(e) = self.commit(&sb, entry) {
+        if let Err(e) = self.commit(&mut sb, |_| entry).await {
             // Not on record, not audited: refuse the create and leave nothing behind.
             self.undo_create(&container_id, sb.network_name().as_deref()).await;
             sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
-            let _ = self.store.put(&sb, None);
+            let _ = self.update(&mut sb, None).await;
             return Err(e);
         }
         self.track(&sb.id);
@@ -572,43 +591,44 @@ impl<R: Runtime> Manager<R> {
         Ok(sb)
     }
 
-    pub fn get(&self, caller: &Caller, id: &str) -> Result<Sandbox> {
-        self.visible(caller, id)
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<Sandbox> {
+        self.visible(caller, id).await
     }
 
-    pub fn list(&self, caller: &Caller, experiment: Option<String>, include_ended: bool) -> Result<Vec<Sandbox>> {
+    pub async fn list(&self, caller: &Caller, experiment: Option<String>, include_ended: bool) -> Result<Vec<Sandbox>> {
         let team = (!caller.sees_all_teams()).then(|| caller.team.clone());
         if team.is_some() && !caller.has(crate::auth::Role::Requester) {
             return Ok(Vec::new());
         }
-        self.store.list(&ListFilter { team, experiment, include_ended })
+        self.store.list(&ListFilter { team, experiment, include_ended }).await
     }
 
     /// Sets the sandbox to expire `ttl` from now, within its profile's limits.
     pub async fn extend(&self, caller: &Caller, id: &str, ttl: Duration) -> Result<Sandbox> {
         let result = self.extend_inner(caller, id, ttl).await;
         if let Err(e) = &result {
-            let experiment = self.experiment_of(id);
-            self.record_error(caller, action::EXTEND_SANDBOX, &experiment, id, e);
+            let experiment = self.experiment_of(id).await;
+            self.record_error(caller, action::EXTEND_SANDBOX, &experiment, id, e).await;
         }
         result
     }
 
     async fn extend_inner(&self, caller: &Caller, id: &str, ttl: Duration) -> Result<Sandbox> {
-        let sb = self.visible(caller, id)?;
+        let sb = self.visible(caller, id).await?;
         if !caller.may_use(&sb.team) {
             return Err(Error::PermissionDenied("extending sandboxes needs the requester role in their team".into()));
         }
         let _guard = self.locks.lock(id).await;
-        let mut sb = self.visible(caller, id)?;
+        let mut sb = self.visible(caller, id).await?;
         if sb.state != SandboxState::Running {
             return Err(Error::FailedPrecondition(format!("sandbox '{id}' is {}, not running", sb.state.as_str())));
         }
-        self.experiment_in_force(&sb)?;
+        self.experiment_in_force(&sb).await?;
         crate::policy::admission::check_min_ttl(ttl, self.settings.host.min_ttl)?;
         sb.expires_at = extend_deadline(&sb.profile, sb.max_expires_at, ttl, SystemTime::now())?;
         let reason = format!("ttl {} until {}", crate::time::format_duration(ttl), crate::time::rfc3339(sb.expires_at));
-        self.commit(&sb, self.entry(Some(caller), action::EXTEND_SANDBOX, &sb.experiment, id, Ok(reason)))?;
+        self.commit(&mut sb, |sb| self.entry(Some(caller), action::EXTEND_SANDBOX, &sb.experiment, id, Ok(reason)))
+            .await?;
         self.schedule(&sb);
         self.emit(EventKind::Extended, &sb, format!("now expires at {}", crate::time::rfc3339(sb.expires_at)));
         Ok(sb)
@@ -617,7 +637,7 @@ impl<R: Runtime> Manager<R> {
     /// Tears a sandbox down. Deleting an ended sandbox returns its record.
     pub async fn delete(&self, caller: &Caller, id: &str) -> Result<Sandbox> {
         let result = async {
-            let sb = self.visible(caller, id)?;
+            let sb = self.visible(caller, id).await?;
             if !caller.may_delete(&sb.team) {
                 return Err(Error::PermissionDenied(
                     "deleting sandboxes needs the requester (own team) or operator role".into(),
@@ -628,14 +648,14 @@ impl<R: Runtime> Manager<R> {
         }
         .await;
         if let Err(e) = &result {
-            let experiment = self.experiment_of(id);
-            self.record_error(caller, action::DELETE_SANDBOX, &experiment, id, e);
+            let experiment = self.experiment_of(id).await;
+            self.record_error(caller, action::DELETE_SANDBOX, &experiment, id, e).await;
         }
         result
     }
 
     /// Makes an image a profile allows present, pulling it with progress.
-    pub fn pull_image(
+    pub async fn pull_image(
         &self,
         caller: &Caller,
         profile: &str,
@@ -644,9 +664,9 @@ impl<R: Runtime> Manager<R> {
         let result = self.pull_image_inner(profile, image);
         match &result {
             Ok((image, _)) => {
-                self.record(self.entry(Some(caller), action::PULL_IMAGE, "", "", Ok(format!("image {image}"))))
+                self.record(self.entry(Some(caller), action::PULL_IMAGE, "", "", Ok(format!("image {image}")))).await
             }
-            Err(e) => self.record_error(caller, action::PULL_IMAGE, "", "", e),
+            Err(e) => self.record_error(caller, action::PULL_IMAGE, "", "", e).await,
         }
         result.map(|(_, stream)| stream)
     }
@@ -687,8 +707,8 @@ impl<R: Runtime> Manager<R> {
     ) -> Result<BoxStream<Result<ExecOutput>>> {
         let result = self.exec_inner(caller, id, spec, timeout).await;
         if let Err(e) = &result {
-            let experiment = self.experiment_of(id);
-            self.record_error(caller, action::EXEC, &experiment, id, e);
+            let experiment = self.experiment_of(id).await;
+            self.record_error(caller, action::EXEC, &experiment, id, e).await;
         }
         result
     }
@@ -700,14 +720,14 @@ impl<R: Runtime> Manager<R> {
         spec: ExecSpec,
         timeout: Option<Duration>,
     ) -> Result<BoxStream<Result<ExecOutput>>> {
-        let sb = self.visible(caller, id)?;
+        let sb = self.visible(caller, id).await?;
         if !caller.may_use(&sb.team) {
             return Err(Error::PermissionDenied("exec needs the requester role in the sandbox's team".into()));
         }
         let (Some(cid), SandboxState::Running) = (sb.container_id.clone(), sb.state) else {
             return Err(Error::FailedPrecondition(format!("sandbox '{id}' is {}, not running", sb.state.as_str())));
         };
-        self.experiment_in_force(&sb)?;
+        self.experiment_in_force(&sb).await?;
         // On record before the command runs: what was run, by whom.
         let mut command = spec.command.join(" ");
         if command.len() > AUDIT_COMMAND_MAX {
@@ -716,7 +736,7 @@ impl<R: Runtime> Manager<R> {
             command.push('…');
         }
         let entry = self.entry(Some(caller), action::EXEC, &sb.experiment, id, Ok(format!("command: {command}")));
-        self.published(Some(self.store.append_audit(entry)?));
+        self.published(Some(self.store.append_audit(entry).await?));
         let session = self.runtime.exec(&cid, spec).await?;
         let started = tokio::time::Instant::now();
         let deadline = started + timeout.unwrap_or(self.settings.exec_timeout);
@@ -783,7 +803,7 @@ impl<R: Runtime> Manager<R> {
             if ended.is_err() {
                 entry.reason = format!("ended after {took}, {sent}: {}", entry.reason);
             }
-            this.record(entry);
+            this.record(entry).await;
             let _ = tx.send(ended.map(ExecOutput::Exit)).await;
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
@@ -814,17 +834,17 @@ impl<R: Runtime> Manager<R> {
 
     // ---- the audit log ------------------------------------------------
 
-    pub fn query_audit(&self, q: &AuditQuery) -> Result<crate::store::AuditPage> {
-        self.store.query_audit(q)
+    pub async fn query_audit(&self, q: &AuditQuery) -> Result<crate::store::AuditPage> {
+        self.store.query_audit(q).await
     }
 
-    pub fn verify_audit(&self) -> Result<VerifyReport> {
-        self.store.verify_audit()
+    pub async fn verify_audit(&self) -> Result<VerifyReport> {
+        self.store.verify_audit().await
     }
 
     /// As [`Manager::verify_audit`], and the chain must hold a checkpoint's `(size, head)`.
-    pub fn verify_audit_against(&self, checkpoint: (u64, crate::audit::Hash)) -> Result<VerifyReport> {
-        self.store.verify_audit_against(checkpoint)
+    pub async fn verify_audit_against(&self, checkpoint: (u64, crate::audit::Hash)) -> Result<VerifyReport> {
+        self.store.verify_audit_against(checkpoint).await
     }
 
     /// Audit records as they are written.
@@ -864,7 +884,7 @@ impl<R: Runtime> Manager<R> {
         still: impl FnOnce(&Sandbox) -> bool,
     ) -> Result<(Sandbox, bool)> {
         let _guard = self.locks.lock(id).await;
-        let mut sb = self.store.get(id)?.ok_or_else(|| Error::not_found("sandbox", id))?;
+        let mut sb = self.store.get(id).await?.ok_or_else(|| Error::not_found("sandbox", id))?;
         if sb.state.is_ended() || !still(&sb) {
             return Ok((sb, false));
         }
@@ -872,7 +892,7 @@ impl<R: Runtime> Manager<R> {
         self.runtime.remove(&target, sb.network_name().as_deref()).await?;
         self.egress_forget(&sb);
         sb.end(state, reason, SystemTime::now());
-        self.commit(&sb, self.entry(caller, action, &sb.experiment, id, Ok(sb.state_reason.clone())))?;
+        self.commit(&mut sb, |sb| self.entry(caller, action, &sb.experiment, id, Ok(sb.state_reason.clone()))).await?;
         self.scheduler.cancel(id);
         self.untrack(id);
         let kind = match state {
@@ -902,7 +922,7 @@ impl<R: Runtime> Manager<R> {
         while let Some(d) = due.recv().await {
             match d {
                 Due::Warn(id) => {
-                    if let Ok(Some(sb)) = self.store.get(&id) {
+                    if let Ok(Some(sb)) = self.store.get(&id).await {
                         if !sb.state.is_ended() {
                             let left = sb.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
                             self.emit(
@@ -938,7 +958,7 @@ impl<R: Runtime> Manager<R> {
     /// follows kills and removes in any case. When it stopped the sandbox.
     async fn stop_expired(&self, id: &str) -> Option<SystemTime> {
         let _guard = self.locks.lock(id).await;
-        let Ok(Some(sb)) = self.store.get(id) else { return None };
+        let Ok(Some(sb)) = self.store.get(id).await else { return None };
         if sb.state.is_ended() || sb.expires_at > SystemTime::now() {
             return None;
         }
@@ -969,11 +989,11 @@ impl<R: Runtime> Manager<R> {
 impl<R: Runtime> Manager<R> {
     /// Every metric in the Prometheus text format: the gauges read now from
     /// the store and the pools, then the process's counters and histograms.
-    pub fn render_metrics(&self) -> Result<String> {
+    pub async fn render_metrics(&self) -> Result<String> {
         use crate::metrics::{help, sample};
         let mut out = String::with_capacity(8192);
         let mut live: BTreeMap<(&'static str, String, String), u64> = BTreeMap::new();
-        let records = self.live_records()?;
+        let records = self.live_records().await?;
         for sb in &records {
             *live.entry((sb.state.as_str(), sb.profile.name.clone(), sb.classification.to_string())).or_default() += 1;
         }
@@ -983,14 +1003,14 @@ impl<R: Runtime> Manager<R> {
                 [("state", *state), ("profile", profile.as_str()), ("classification", classification.as_str())];
             sample(&mut out, "sandpit_sandboxes", &labels, n);
         }
-        let stats = self.store.stats()?;
+        let stats = self.store.stats().await?;
         help(&mut out, "sandpit_sandboxes_ended", "gauge", "Ended sandboxes on record, by final state.");
         for (state, n) in &stats.ended {
             sample(&mut out, "sandpit_sandboxes_ended", &[("state", state.as_str())], n);
         }
         help(&mut out, "sandpit_audit_records", "gauge", "Records in the hash-chained audit log.");
         sample(&mut out, "sandpit_audit_records", &[], stats.audit_records);
-        let pools = self.pool_status();
+        let pools = self.pool_status().await;
         type Read = fn(&PoolStatus) -> u64;
         let per_pool: [(&str, &str, &str, Read); 4] = [
             ("sandpit_warm_pool_target", "gauge", "Warm sandboxes each pool is kept at.", |p| p.target.into()),
@@ -1014,8 +1034,8 @@ impl<R: Runtime> Manager<R> {
     }
 
     /// The sandboxes in the store that own (or may own) Docker objects.
-    fn live_records(&self) -> Result<Vec<Sandbox>> {
-        self.store.list(&ListFilter::default())
+    async fn live_records(&self) -> Result<Vec<Sandbox>> {
+        self.store.list(&ListFilter::default()).await
     }
 
     fn is_creating(&self, id: &str) -> bool {

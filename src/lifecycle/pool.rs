@@ -114,7 +114,7 @@ impl<R: Runtime> Manager<R> {
         let claimed = loop {
             let Some(id) = self.pools.pop(&profile.name) else { break None };
             let guard = self.locks.lock(&id).await;
-            let sb = match self.store.get(&id) {
+            let sb = match self.store.get(&id).await {
                 Ok(Some(sb)) => sb,
                 Ok(None) => continue,
                 Err(e) => {
@@ -154,7 +154,10 @@ impl<R: Runtime> Manager<R> {
                 sb.image,
                 crate::time::rfc3339(sb.expires_at)
             );
-            self.commit(&sb, self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason)))?;
+            self.commit(&mut sb, |sb| {
+                self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason))
+            })
+            .await?;
             self.track(&sb.id);
             self.schedule(&sb);
             self.egress_learn(&sb);
@@ -170,30 +173,27 @@ impl<R: Runtime> Manager<R> {
     }
 
     /// Every pool: its target, how many are ready, claims and misses.
-    pub fn pool_status(&self) -> Vec<PoolStatus> {
-        self.profiles()
-            .iter()
-            .filter(|p| p.warm_pool > 0)
-            .map(|p| {
-                let c = self.pools.counters(&p.name);
-                let warm = self
-                    .pools
-                    .ids(&p.name)
-                    .iter()
-                    .filter(|id| self.store.get(id).ok().flatten().is_some_and(|s| s.state == SandboxState::Warm))
-                    .count() as u32;
-                PoolStatus {
-                    profile: p.name.clone(),
-                    target: p.warm_pool,
-                    warm,
-                    claims: c.0.load(Ordering::Relaxed),
-                    misses: c.1.load(Ordering::Relaxed),
+    pub async fn pool_status(&self) -> Vec<PoolStatus> {
+        let mut out = Vec::new();
+        for p in self.profiles().iter().filter(|p| p.warm_pool > 0) {
+            let c = self.pools.counters(&p.name);
+            let mut warm = 0u32;
+            for id in self.pools.ids(&p.name) {
+                if self.store.get(&id).await.ok().flatten().is_some_and(|s| s.state == SandboxState::Warm) {
+                    warm += 1;
                 }
-            })
-            .collect()
+            }
+            out.push(PoolStatus {
+                profile: p.name.clone(),
+                target: p.warm_pool,
+                warm,
+                claims: c.0.load(Ordering::Relaxed),
+                misses: c.1.load(Ordering::Relaxed),
+            });
+        }
+        out
     }
 
-    /// Keeps every pool at its size, one provision at a time.
     pub(super) async fn pool_loop(self: Arc<Self>) {
         loop {
             let refilled = self.refill_once().await;
@@ -218,7 +218,7 @@ impl<R: Runtime> Manager<R> {
             let current = profiles.get(&name);
             let mut keep = 0u32;
             for id in self.pools.ids(&name) {
-                let Ok(Some(sb)) = self.store.get(&id) else {
+                let Ok(Some(sb)) = self.store.get(&id).await else {
                     self.pools.remove(&name, &id);
                     continue;
                 };
@@ -280,7 +280,8 @@ impl<R: Runtime> Manager<R> {
         let mut sb = Sandbox::provisioning(new_id(), self.runtime.node().to_string(), plan);
         self.creating.lock().unwrap_or_else(|p| p.into_inner()).insert(sb.id.clone());
         let result = async {
-            self.store.put(&sb, None)?;
+            self.store.insert_sandbox(&sb, None).await?;
+            sb.version = 1;
             let _guard = self.locks.lock(&sb.id).await;
             let created = self.runtime.create(&self.container_spec(&sb)).await;
             match created {
@@ -289,7 +290,9 @@ impl<R: Runtime> Manager<R> {
                     sb.network = p.network;
                     sb.state = SandboxState::Warm;
                     let reason = format!("warm sandbox for profile {}", profile.name);
-                    if let Err(e) = self.commit(&sb, self.entry(None, action::POOL_FILL, "", &sb.id, Ok(reason))) {
+                    if let Err(e) =
+                        self.commit(&mut sb, |sb| self.entry(None, action::POOL_FILL, "", &sb.id, Ok(reason))).await
+                    {
                         self.undo_create(&container_name(&sb.id), sb.network_name().as_deref()).await;
                         return Err(e);
                     }
@@ -301,7 +304,7 @@ impl<R: Runtime> Manager<R> {
                 Err(e) => {
                     self.undo_create(&container_name(&sb.id), sb.network_name().as_deref()).await;
                     sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
-                    let _ = self.commit(&sb, self.entry(None, action::POOL_FILL, "", &sb.id, Err(&e)));
+                    let _ = self.commit(&mut sb, |sb| self.entry(None, action::POOL_FILL, "", &sb.id, Err(&e))).await;
                     Err(e)
                 }
             }
@@ -312,7 +315,13 @@ impl<R: Runtime> Manager<R> {
     }
 
     /// Warm sandboxes on record, for tests and status.
-    pub fn warm_sandboxes(&self) -> Result<Vec<Sandbox>> {
-        Ok(self.store.list(&ListFilter::default())?.into_iter().filter(|s| s.state == SandboxState::Warm).collect())
+    pub async fn warm_sandboxes(&self) -> Result<Vec<Sandbox>> {
+        Ok(self
+            .store
+            .list(&ListFilter::default())
+            .await?
+            .into_iter()
+            .filter(|s| s.state == SandboxState::Warm)
+            .collect())
     }
 }

@@ -64,14 +64,14 @@ impl<R: Runtime> Manager<R> {
     /// One full pass over Docker's and the store's view.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let containers = self.runtime.list(&labels::selector(&self.instance)).await?;
-        let records = self.live_records()?;
+        let records = self.live_records().await?;
         let now = SystemTime::now();
         let mut report = ReconcileReport::default();
 
         let mut by_sandbox: HashMap<String, Vec<ManagedContainer>> = HashMap::new();
         for c in containers {
             let record = match &c.sandbox_id {
-                Some(id) => self.store.get(id)?,
+                Some(id) => self.store.get(id).await?,
                 None => None,
             };
             match (record, &c.sandbox_id) {
@@ -84,7 +84,7 @@ impl<R: Runtime> Manager<R> {
                     }
                     let sandbox = c.sandbox_id.as_deref().unwrap_or_default();
                     let reason = format!("removed container {} of an ended sandbox", c.id);
-                    self.record(self.entry(None, action::REMOVE_LEFTOVER, "", sandbox, Ok(reason)));
+                    self.record(self.entry(None, action::REMOVE_LEFTOVER, "", sandbox, Ok(reason))).await;
                     report.leftovers_removed += 1;
                 }
                 (None, id) => {
@@ -102,7 +102,8 @@ impl<R: Runtime> Manager<R> {
                             "",
                             id.as_deref().unwrap_or_default(),
                             Ok(reason),
-                        ));
+                        ))
+                        .await;
                         report.orphans_removed += 1;
                     }
                 }
@@ -113,7 +114,7 @@ impl<R: Runtime> Manager<R> {
         // the network and recording it), past the same grace period.
         for n in self.runtime.list_networks(&labels::selector(&self.instance)).await? {
             let Some(id) = n.sandbox_id.as_deref() else { continue };
-            let live = self.store.get(id)?.is_some_and(|r| !r.state.is_ended());
+            let live = self.store.get(id).await?.is_some_and(|r| !r.state.is_ended());
             if live || self.is_creating(id) || crate::runtime::docker::age(n.created, now) < self.settings.orphan_grace
             {
                 continue;
@@ -123,7 +124,7 @@ impl<R: Runtime> Manager<R> {
                 continue;
             }
             let reason = format!("removed labelled network {} with no live sandbox", n.name);
-            self.record(self.entry(None, action::REMOVE_ORPHAN, "", id, Ok(reason)));
+            self.record(self.entry(None, action::REMOVE_ORPHAN, "", id, Ok(reason))).await;
             report.orphans_removed += 1;
         }
 
@@ -211,10 +212,10 @@ impl<R: Runtime> Manager<R> {
         let mut verified = Vec::new();
         for (owner, net) in owners {
             guards.push(self.locks.lock(&owner.id).await);
-            let live = self
-                .store
-                .get(&owner.id)?
-                .is_some_and(|sb| !sb.state.is_ended() && sb.network.as_ref().is_some_and(|n| n.subnet == net.subnet));
+            let live =
+                self.store.get(&owner.id).await?.is_some_and(|sb| {
+                    !sb.state.is_ended() && sb.network.as_ref().is_some_and(|n| n.subnet == net.subnet)
+                });
             if live {
                 verified.push(net.clone());
             }
@@ -232,7 +233,7 @@ impl<R: Runtime> Manager<R> {
         if !changes.is_empty() {
             tracing::warn!(subnets = ?restored, ?changes, "host firewall rules of live sandboxes had been changed; restored");
             let reason = format!("restored host firewall rules of {}: {}", restored.join(", "), changes.join("; "));
-            self.record(self.entry(None, action::FIREWALL_RESTORED, "", "", Ok(reason)));
+            self.record(self.entry(None, action::FIREWALL_RESTORED, "", "", Ok(reason))).await;
             report.firewall_restored += restored.len().max(1);
         }
         Ok(())
@@ -241,7 +242,7 @@ impl<R: Runtime> Manager<R> {
     /// The firewall part of a pass on its own, when a change was seen.
     async fn reconcile_firewall_logged(&self, why: &str) {
         let mut report = ReconcileReport::default();
-        let result = match self.live_records() {
+        let result = match self.live_records().await {
             Ok(records) => self.reconcile_firewall(&records, &mut report).await,
             Err(e) => Err(e),
         };
@@ -279,7 +280,7 @@ impl<R: Runtime> Manager<R> {
     /// Marks a record `lost` if its container is really gone.
     async fn mark_lost(&self, id: &str) -> Result<bool> {
         let _guard = self.locks.lock(id).await;
-        let Some(mut sb) = self.store.get(id)? else {
+        let Some(mut sb) = self.store.get(id).await? else {
             return Ok(false);
         };
         if sb.state.is_ended() {
@@ -290,7 +291,8 @@ impl<R: Runtime> Manager<R> {
             return Ok(false);
         }
         sb.end(SandboxState::Lost, "container vanished from Docker", SystemTime::now());
-        self.commit(&sb, self.entry(None, action::LOST, &sb.experiment, id, Ok(sb.state_reason.clone())))?;
+        self.commit(&mut sb, |sb| self.entry(None, action::LOST, &sb.experiment, id, Ok(sb.state_reason.clone())))
+            .await?;
         self.scheduler.cancel(id);
         self.untrack(id);
         tracing::warn!(sandbox = %id, "sandbox lost: its container is gone");
@@ -303,7 +305,7 @@ impl<R: Runtime> Manager<R> {
     /// until expiry or delete.
     async fn record_exit(&self, id: &str) -> Result<bool> {
         let guard = self.locks.lock(id).await;
-        let Some(mut sb) = self.store.get(id)? else {
+        let Some(mut sb) = self.store.get(id).await? else {
             return Ok(false);
         };
         let Some(cid) = sb.container_id.clone() else {
@@ -337,7 +339,8 @@ impl<R: Runtime> Manager<R> {
         } else {
             format!("main process exited with code {}", status.exit_code.unwrap_or(-1))
         };
-        self.commit(&sb, self.entry(None, action::EXIT, &sb.experiment, id, Ok(sb.state_reason.clone())))?;
+        self.commit(&mut sb, |sb| self.entry(None, action::EXIT, &sb.experiment, id, Ok(sb.state_reason.clone())))
+            .await?;
         tracing::info!(sandbox = %id, exit_code = ?sb.exit_code, oom_killed = sb.oom_killed, "sandbox exited");
         self.emit(EventKind::Exited, &sb, sb.state_reason.clone());
         Ok(true)
@@ -345,11 +348,11 @@ impl<R: Runtime> Manager<R> {
 
     async fn record_oom(&self, id: &str) -> Result<()> {
         let _guard = self.locks.lock(id).await;
-        if let Some(mut sb) = self.store.get(id)? {
+        if let Some(mut sb) = self.store.get(id).await? {
             if !sb.state.is_ended() && !sb.oom_killed {
                 sb.oom_killed = true;
                 let reason = "the kernel OOM killer struck inside the sandbox".to_string();
-                self.commit(&sb, self.entry(None, action::OOM_KILL, &sb.experiment, id, Ok(reason)))?;
+                self.commit(&mut sb, |sb| self.entry(None, action::OOM_KILL, &sb.experiment, id, Ok(reason))).await?;
                 tracing::warn!(sandbox = %id, "OOM kill inside sandbox");
             }
         }

@@ -133,9 +133,9 @@ fn staging_name() -> String {
 
 impl<R: Runtime> Manager<R> {
     /// The running sandbox the caller may transfer files with, if the profile allows `copy_in`/`copy_out`.
-    fn transfer_target(&self, caller: &Caller, id: &str, path: &str, inbound: bool) -> Result<(Sandbox, String)> {
+    async fn transfer_target(&self, caller: &Caller, id: &str, path: &str, inbound: bool) -> Result<(Sandbox, String)> {
         check_path(path)?;
-        let sb = self.visible(caller, id)?;
+        let sb = self.visible(caller, id).await?;
         if !caller.may_use(&sb.team) {
             return Err(Error::PermissionDenied("file transfer needs the requester role in the sandbox's team".into()));
         }
@@ -152,7 +152,7 @@ impl<R: Runtime> Manager<R> {
         }
         match (&sb.container_id, sb.state) {
             (Some(cid), SandboxState::Running) => {
-                self.experiment_in_force(&sb)?;
+                self.experiment_in_force(&sb).await?;
                 let cid = cid.clone();
                 Ok((sb, cid))
             }
@@ -161,7 +161,14 @@ impl<R: Runtime> Manager<R> {
     }
 
     /// Records how a transfer ended: what it moved, and why it stopped if it failed.
-    fn record_transfer(&self, caller: &Caller, act: &str, sb: &Sandbox, result: &Result<Transfer>, moved: &Tally) {
+    async fn record_transfer(
+        &self,
+        caller: &Caller,
+        act: &str,
+        sb: &Sandbox,
+        result: &Result<Transfer>,
+        moved: &Tally,
+    ) {
         let entry = match result {
             Ok(t) => {
                 let dir = if act == action::COPY_IN { "into" } else { "from" };
@@ -181,7 +188,7 @@ impl<R: Runtime> Manager<R> {
                 entry
             }
         };
-        self.record(entry);
+        self.record(entry).await;
     }
 
     /// Extracts the tar archive `data` into `path` inside the sandbox.
@@ -192,10 +199,10 @@ impl<R: Runtime> Manager<R> {
         path: &str,
         data: BoxStream<Result<Vec<u8>>>,
     ) -> Result<Transfer> {
-        let (sb, cid) = match self.transfer_target(caller, id, path, true) {
+        let (sb, cid) = match self.transfer_target(caller, id, path, true).await {
             Ok(t) => t,
             Err(e) => {
-                self.record_error(caller, action::COPY_IN, &self.experiment_of(id), id, &e);
+                self.record_error(caller, action::COPY_IN, &self.experiment_of(id).await, id, &e).await;
                 return Err(e);
             }
         };
@@ -203,7 +210,7 @@ impl<R: Runtime> Manager<R> {
         let task = tokio::spawn(async move {
             let mut moved = Tally::default();
             let result = this.extract(&sb, &cid, &path, data, &mut moved).await;
-            this.record_transfer(&caller, action::COPY_IN, &sb, &result, &moved);
+            this.record_transfer(&caller, action::COPY_IN, &sb, &result, &moved).await;
             result
         });
         task.await.map_err(|e| Error::Internal(format!("copy-in task: {e}")))?
@@ -301,10 +308,10 @@ impl<R: Runtime> Manager<R> {
         id: &str,
         path: &str,
     ) -> Result<BoxStream<Result<CopyOut>>> {
-        let (sb, cid) = match self.transfer_target(caller, id, path, false) {
+        let (sb, cid) = match self.transfer_target(caller, id, path, false).await {
             Ok(t) => t,
             Err(e) => {
-                self.record_error(caller, action::COPY_OUT, &self.experiment_of(id), id, &e);
+                self.record_error(caller, action::COPY_OUT, &self.experiment_of(id).await, id, &e).await;
                 return Err(e);
             }
         };
@@ -317,7 +324,7 @@ impl<R: Runtime> Manager<R> {
         let session = match self.runtime.exec(&cid, spec).await {
             Ok(s) => s,
             Err(e) => {
-                self.record_error(caller, action::COPY_OUT, &sb.experiment, id, &e);
+                self.record_error(caller, action::COPY_OUT, &sb.experiment, id, &e).await;
                 return Err(e);
             }
         };
@@ -358,7 +365,7 @@ impl<R: Runtime> Manager<R> {
                 },
             };
             // On record before the client hears the end of it.
-            this.record_transfer(&caller, action::COPY_OUT, &sb, &result, &moved);
+            this.record_transfer(&caller, action::COPY_OUT, &sb, &result, &moved).await;
             let _ = tx.send(result.map(CopyOut::Done)).await;
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())

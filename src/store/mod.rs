@@ -64,51 +64,65 @@ pub struct AuditPage {
 /// them whole.
 pub const QUERY_FIELD_MAX: usize = 16 * 1024;
 
+/// Durable state, async so that a networked database can stand behind it.
+/// Records are versioned: an update is written only if the record is still
+/// at the version it was read at (compare-and-set), so racing writers (in
+/// one daemon, or several on one database) cannot overwrite each other.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Inserts or replaces a record, with the audit record of the change.
-    fn put(&self, sandbox: &Sandbox, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>>;
-    fn get(&self, id: &str) -> Result<Option<Sandbox>>;
+    /// Adds a new sandbox record (its version becomes 1), with the audit
+    /// record of the change if any. Fails if the id exists.
+    async fn insert_sandbox(&self, sandbox: &Sandbox, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>>;
+    /// Writes `sandbox` only if the stored record is still at
+    /// `sandbox.version`, with the audit record of the change in the same
+    /// transaction. The stored version is then one higher.
+    async fn update_sandbox(&self, sandbox: &Sandbox, audit: Option<AuditEntry>) -> Result<Versioned<Sandbox>>;
+    async fn get(&self, id: &str) -> Result<Option<Sandbox>>;
     /// Records matching `filter`, oldest first.
-    fn list(&self, filter: &ListFilter) -> Result<Vec<Sandbox>>;
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<Sandbox>>;
     /// How many of `team`'s sandboxes have not ended.
-    fn count_live(&self, team: &str) -> Result<u64>;
+    async fn count_live(&self, team: &str) -> Result<u64>;
     /// A stable id for this daemon's data, put in the labels of everything it
     /// creates so that two daemons on one engine never touch each other's objects.
-    fn instance_id(&self) -> Result<String>;
+    async fn instance_id(&self) -> Result<String>;
 
     /// Adds a new experiment (its version becomes 1), with the audit record of its registration.
-    fn insert_experiment(&self, experiment: &Experiment, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>>;
+    async fn insert_experiment(
+        &self,
+        experiment: &Experiment,
+        audit: Option<AuditEntry>,
+    ) -> Result<Option<AuditRecord>>;
     /// Writes `experiment` only if the stored record is still at
     /// `experiment.version` (compare-and-set), with the audit record of the
     /// change in the same transaction. The stored version is then one higher.
-    fn update_experiment(&self, experiment: &Experiment, audit: AuditEntry) -> Result<Versioned<Experiment>>;
-    fn get_experiment(&self, id: &str) -> Result<Option<Experiment>>;
-    fn list_experiments(&self, filter: &ExperimentFilter) -> Result<Vec<Experiment>>;
+    async fn update_experiment(&self, experiment: &Experiment, audit: AuditEntry) -> Result<Versioned<Experiment>>;
+    async fn get_experiment(&self, id: &str) -> Result<Option<Experiment>>;
+    async fn list_experiments(&self, filter: &ExperimentFilter) -> Result<Vec<Experiment>>;
 
     /// Appends an audit record that goes with no other change (e.g. a denial).
-    fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord>;
-    fn query_audit(&self, query: &AuditQuery) -> Result<AuditPage>;
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord>;
+    async fn query_audit(&self, query: &AuditQuery) -> Result<AuditPage>;
     /// Recomputes the whole chain.
-    fn verify_audit(&self) -> Result<VerifyReport>;
+    async fn verify_audit(&self) -> Result<VerifyReport>;
     /// Recomputes the whole chain, which must also hold a checkpoint's
     /// `(size, head)`: record `size` exists and hashes to `head`.
-    fn verify_audit_against(&self, checkpoint: (u64, Hash)) -> Result<VerifyReport>;
+    async fn verify_audit_against(&self, checkpoint: (u64, Hash)) -> Result<VerifyReport>;
     /// Verifies only what follows `from`, the `(seq, hash)` of a record
     /// verified before: that record still has that hash, and every later
     /// one follows on from it up to the head.
-    fn verify_audit_from(&self, from: (u64, Hash)) -> Result<VerifyReport>;
+    async fn verify_audit_from(&self, from: (u64, Hash)) -> Result<VerifyReport>;
     /// The hash stored for record `seq` (32 zero bytes for 0), if there is one.
-    fn audit_hash_at(&self, seq: u64) -> Result<Option<Hash>>;
+    async fn audit_hash_at(&self, seq: u64) -> Result<Option<Hash>>;
 
     /// Totals for metrics: ended sandboxes by final state, and the audit log's length.
-    fn stats(&self) -> Result<StoreStats>;
+    async fn stats(&self) -> Result<StoreStats>;
 }
 
 /// The outcome of a compare-and-set write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Versioned<T> {
-    /// Written; the audit record that went with it.
-    Written(Box<AuditRecord>),
+    /// Written; the audit record that went with it, if any.
+    Written(Option<Box<AuditRecord>>),
     /// Someone else wrote the record since it was read: nothing was written.
     /// The record as it is now (`None` if it is gone).
     Stale(Option<T>),
