@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::runtime::docker::firewall::{self, Leftover, SHORT};
 use crate::runtime::docker::{DockerRuntime, InstanceObjects};
-use crate::runtime::firewall::{self, Leftover, SHORT};
 use crate::{Error, Result};
 
 /// One instance's leftovers. `instance` is the full id when Docker's labels

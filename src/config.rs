@@ -478,7 +478,7 @@ impl Config {
                 }
             }
         }
-        crate::runtime::subnet::Pool::new(&self.network.subnet_pool, self.network.subnet_prefix)
+        crate::runtime::docker::subnet::Pool::new(&self.network.subnet_pool, self.network.subnet_prefix)
             .map_err(|e| format!("network: {e}"))?;
         for (i, d) in self.datasets.iter().enumerate() {
             if crate::policy::admission::validate_name("name", &d.name).is_err() {
@@ -908,7 +908,7 @@ mod tests {
         }
         // The daemon can use what it was given: the subnet pool carves
         // subnets, and every duration can be added to the clocks.
-        let pool = crate::runtime::subnet::Pool::new(&c.network.subnet_pool, c.network.subnet_prefix);
+        let pool = crate::runtime::docker::subnet::Pool::new(&c.network.subnet_pool, c.network.subnet_prefix);
         prop_assert!(pool.is_ok());
         let pool = pool.unwrap();
         let last = pool.subnet(pool.len() - 1);

@@ -25,8 +25,8 @@ use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::profile_service_server::ProfileServiceServer;
 use crate::proto::register_service_server::RegisterServiceServer;
 use crate::proto::sandbox_service_server::SandboxServiceServer;
-use crate::runtime::docker::{DockerRuntime, NetworkSettings};
-use crate::runtime::subnet::Pool;
+use crate::runtime::docker::subnet::Pool;
+use crate::runtime::docker::{DockerRuntime, NetworkSettings, SandboxDefaults};
 use crate::store::{SqliteStore, Store};
 
 /// Why the daemon could not start.
@@ -163,7 +163,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         egress_port,
         instance,
     };
-    let runtime = DockerRuntime::new(cfg.docker.host.clone(), cfg.docker.timeout, cfg.docker.node.clone(), net);
+    let sandboxes = SandboxDefaults { user: cfg.sandbox.user.clone(), labels: cfg.labels.clone() };
+    let runtime =
+        DockerRuntime::new(cfg.docker.host.clone(), cfg.docker.timeout, cfg.docker.node.clone(), net, sandboxes);
     if let Err(e) = runtime.ping().await {
         tracing::warn!(error = %e, "Docker is not reachable yet; serving anyway and retrying");
     }
@@ -182,8 +184,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 .collect(),
             min_ttl: cfg.lifecycle.min_ttl,
         },
-        user: cfg.sandbox.user.clone(),
-        labels: cfg.labels.clone(),
         expiry_warning: cfg.lifecycle.expiry_warning,
         reconcile_interval: cfg.lifecycle.reconcile_interval,
         orphan_grace: cfg.lifecycle.orphan_grace,
@@ -196,8 +196,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             per_source: cfg.limits.refusals_per_source,
         },
     };
-    let manager = Manager::new(runtime, store, profiles, settings).await.map_err(|e| StartError::Io(e.to_string()))?;
-    let _tasks = manager.start().await.map_err(|e| StartError::Io(e.to_string()))?;
+    let manager =
+        Manager::new(Arc::new(runtime), store, profiles, settings).await.map_err(|e| StartError::Io(e.to_string()))?;
+    manager.start().await.map_err(|e| StartError::Io(e.to_string()))?;
     // Verifies the chain (in a blocking task: serving starts meanwhile), then signs on schedule.
     let _checkpointing = AbortOnDrop(tokio::spawn(Arc::clone(&checkpoints).run(manager.watch_audit())));
 
@@ -244,10 +245,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<SandboxServiceServer<SandboxApi<DockerRuntime>>>().await;
-    health.set_serving::<RegisterServiceServer<RegisterApi<DockerRuntime>>>().await;
-    health.set_serving::<AuditServiceServer<AuditApi<DockerRuntime>>>().await;
-    health.set_serving::<ProfileServiceServer<ProfileApi<DockerRuntime>>>().await;
+    health.set_serving::<SandboxServiceServer<SandboxApi>>().await;
+    health.set_serving::<RegisterServiceServer<RegisterApi>>().await;
+    health.set_serving::<AuditServiceServer<AuditApi>>().await;
+    health.set_serving::<ProfileServiceServer<ProfileApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -18,7 +18,7 @@ use sandpit::proto::profile_service_client::ProfileServiceClient;
 use sandpit::proto::register_service_client::RegisterServiceClient;
 use sandpit::proto::sandbox_service_client::SandboxServiceClient;
 use sandpit::proto::{self, CreateSandboxRequest, DeleteSandboxRequest, RegisterExperimentRequest};
-use sandpit::runtime::ContainerSpec;
+use sandpit::runtime::docker::spec::ContainerSpec;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;

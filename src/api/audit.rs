@@ -13,7 +13,6 @@ use crate::checkpoints::Checkpointer;
 use crate::lifecycle::Manager;
 use crate::proto;
 use crate::proto::audit_service_server::AuditService;
-use crate::runtime::Runtime;
 use crate::store::AuditQuery;
 use crate::Error;
 
@@ -22,14 +21,14 @@ type StatusStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'st
 /// Exports are streamed in chunks of this size.
 const EXPORT_CHUNK: usize = 64 * 1024;
 
-pub struct AuditApi<R: Runtime> {
-    manager: Arc<Manager<R>>,
+pub struct AuditApi {
+    manager: Arc<Manager>,
     gate: Gate,
     checkpoints: Arc<Checkpointer>,
 }
 
-impl<R: Runtime> AuditApi<R> {
-    pub fn new(manager: Arc<Manager<R>>, gate: Gate, checkpoints: Arc<Checkpointer>) -> Self {
+impl AuditApi {
+    pub fn new(manager: Arc<Manager>, gate: Gate, checkpoints: Arc<Checkpointer>) -> Self {
         AuditApi { manager, gate, checkpoints }
     }
 
@@ -69,7 +68,7 @@ impl<R: Runtime> AuditApi<R> {
 }
 
 #[tonic::async_trait]
-impl<R: Runtime> AuditService for AuditApi<R> {
+impl AuditService for AuditApi {
     async fn query_audit_log(
         &self,
         req: Request<proto::QueryAuditLogRequest>,

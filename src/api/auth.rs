@@ -150,7 +150,7 @@ pub trait AuditSink: Send + Sync + 'static {
 /// Refusals go through the manager's bounds: a source repeating a refused
 /// call, or spraying different ones, cannot flood the audit log.
 #[async_trait::async_trait]
-impl<R: crate::runtime::Runtime> AuditSink for crate::lifecycle::Manager<R> {
+impl AuditSink for crate::lifecycle::Manager {
     async fn record(&self, entry: AuditEntry) {
         crate::lifecycle::Manager::record_refusal(self, entry).await
     }

@@ -11,19 +11,18 @@ use crate::lifecycle::Manager;
 use crate::policy::{Profile, ProfileError};
 use crate::proto;
 use crate::proto::profile_service_server::ProfileService;
-use crate::runtime::Runtime;
 use crate::Error;
 
 /// Largest profile a caller may ask to validate.
 const MAX_PROFILE_BYTES: usize = 64 * 1024;
 
-pub struct ProfileApi<R: Runtime> {
-    manager: Arc<Manager<R>>,
+pub struct ProfileApi {
+    manager: Arc<Manager>,
     gate: Gate,
 }
 
-impl<R: Runtime> ProfileApi<R> {
-    pub fn new(manager: Arc<Manager<R>>, gate: Gate) -> Self {
+impl ProfileApi {
+    pub fn new(manager: Arc<Manager>, gate: Gate) -> Self {
         ProfileApi { manager, gate }
     }
 }
@@ -84,7 +83,7 @@ fn errors(list: &[ProfileError]) -> Vec<proto::ProfileError> {
 }
 
 #[tonic::async_trait]
-impl<R: Runtime> ProfileService for ProfileApi<R> {
+impl ProfileService for ProfileApi {
     async fn list_profiles(
         &self,
         req: Request<proto::ListProfilesRequest>,

@@ -10,16 +10,15 @@ use crate::lifecycle::Manager;
 use crate::proto;
 use crate::proto::register_service_server::RegisterService;
 use crate::register::{Decision, NewExperiment};
-use crate::runtime::Runtime;
 use crate::Error;
 
-pub struct RegisterApi<R: Runtime> {
-    manager: Arc<Manager<R>>,
+pub struct RegisterApi {
+    manager: Arc<Manager>,
     gate: Gate,
 }
 
-impl<R: Runtime> RegisterApi<R> {
-    pub fn new(manager: Arc<Manager<R>>, gate: Gate) -> Self {
+impl RegisterApi {
+    pub fn new(manager: Arc<Manager>, gate: Gate) -> Self {
         RegisterApi { manager, gate }
     }
 }
@@ -32,7 +31,7 @@ fn id(field: &'static str, value: &str) -> Result<(), Error> {
 }
 
 #[tonic::async_trait]
-impl<R: Runtime> RegisterService for RegisterApi<R> {
+impl RegisterService for RegisterApi {
     async fn register_experiment(
         &self,
         req: Request<proto::RegisterExperimentRequest>,

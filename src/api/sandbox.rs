@@ -12,18 +12,17 @@ use crate::lifecycle::{CopyOut, Manager};
 use crate::policy::CreateSandbox;
 use crate::proto;
 use crate::proto::sandbox_service_server::SandboxService;
-use crate::runtime::Runtime;
 use crate::Error;
 
 type StatusStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-pub struct SandboxApi<R: Runtime> {
-    manager: Arc<Manager<R>>,
+pub struct SandboxApi {
+    manager: Arc<Manager>,
     gate: Gate,
 }
 
-impl<R: Runtime> SandboxApi<R> {
-    pub fn new(manager: Arc<Manager<R>>, gate: Gate) -> Self {
+impl SandboxApi {
+    pub fn new(manager: Arc<Manager>, gate: Gate) -> Self {
         SandboxApi { manager, gate }
     }
 }
@@ -40,7 +39,7 @@ fn opt(s: String) -> Option<String> {
 }
 
 #[tonic::async_trait]
-impl<R: Runtime> SandboxService for SandboxApi<R> {
+impl SandboxService for SandboxApi {
     async fn create_sandbox(
         &self,
         req: Request<proto::CreateSandboxRequest>,

@@ -127,7 +127,7 @@ async fn cleanup(cfg: &Config, target: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let pool = match sandpit::runtime::subnet::Pool::new(&cfg.network.subnet_pool, cfg.network.subnet_prefix) {
+    let pool = match sandpit::runtime::docker::subnet::Pool::new(&cfg.network.subnet_pool, cfg.network.subnet_prefix) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("sandpitd: {e}");
@@ -135,7 +135,13 @@ async fn cleanup(cfg: &Config, target: &str) -> ExitCode {
         }
     };
     let net = NetworkSettings { pool, egress_port: cfg.network.egress_port, instance: own.clone().unwrap_or_default() };
-    let rt = DockerRuntime::new(cfg.docker.host.clone(), cfg.docker.timeout, cfg.docker.node.clone(), net);
+    let rt = DockerRuntime::new(
+        cfg.docker.host.clone(),
+        cfg.docker.timeout,
+        cfg.docker.node.clone(),
+        net,
+        Default::default(),
+    );
     if target.is_empty() {
         return match sandpit::cleanup::survey(&rt).await {
             Ok(found) if found.is_empty() => {

@@ -8,7 +8,6 @@ use crate::audit::action;
 use crate::auth::Caller;
 use crate::policy::Rule;
 use crate::register::{new_id, Decision, Experiment, NewExperiment, Outcome, Status};
-use crate::runtime::Runtime;
 use crate::sandbox::{Sandbox, SandboxState};
 use crate::store::{ExperimentFilter, ListFilter, Versioned};
 use crate::{Error, Result};
@@ -21,7 +20,7 @@ pub struct ActiveExperiment {
     pub sandboxes: Vec<(Sandbox, Duration)>,
 }
 
-impl<R: Runtime> Manager<R> {
+impl Manager {
     /// Records the outcome of a register request that changed nothing.
     async fn register_result<T>(&self, caller: &Caller, act: &str, id: &str, result: Result<T>) -> Result<T> {
         if let Err(e) = &result {

@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use experiments::ActiveExperiment;
 pub use expiry::{Due, Scheduler};
@@ -36,10 +37,8 @@ use crate::auth::Caller;
 use crate::egress;
 use crate::policy::admission::check_quota;
 use crate::policy::{admit, extend_deadline, CreateSandbox, HostPolicy, NetworkMode, ProfileSet};
-use crate::runtime::{
-    labels, BoxStream, ContainerSpec, ExecChunk, ExecSpec, Mount, NetworkRequest, PullProgress, Runtime,
-};
-use crate::sandbox::{new_id, EventKind, Sandbox, SandboxEvent, SandboxState, DATASETS_DIR};
+use crate::runtime::{BoxStream, ExecChunk, ExecSpec, PullProgress, Runtime};
+use crate::sandbox::{new_id, EventKind, Sandbox, SandboxEvent, SandboxState};
 use crate::store::AuditQuery;
 use crate::store::{ListFilter, Store, Versioned};
 use crate::{Error, Result};
@@ -58,10 +57,6 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub host: HostPolicy,
-    /// uid:gid of every sandbox.
-    pub user: String,
-    /// Extra labels on every Docker object.
-    pub labels: BTreeMap<String, String>,
     pub expiry_warning: Duration,
     pub reconcile_interval: Duration,
     pub orphan_grace: Duration,
@@ -92,8 +87,8 @@ pub enum ExecOutput {
     Exit(i64),
 }
 
-pub struct Manager<R: Runtime> {
-    runtime: R,
+pub struct Manager {
+    runtime: Arc<dyn Runtime>,
     store: Arc<dyn Store>,
     profiles: RwLock<Arc<ProfileSet>>,
     settings: Settings,
@@ -115,23 +110,21 @@ pub struct Manager<R: Runtime> {
     expiring: Mutex<HashSet<String>>,
     /// Refusals waiting to be summarised, so that none floods the audit log.
     refusals: Mutex<crate::audit::refusals::Refusals>,
-    shutdown: watch::Sender<bool>,
+    /// Every task the manager starts (loops, provisioning, teardowns, exec
+    /// and transfer streams), so that shutdown can wait for them.
+    tasks: TaskTracker,
+    /// Cancelled when the daemon stops: loops end, streams finish, retries give up.
+    cancel: CancellationToken,
     due_rx: Mutex<Option<mpsc::UnboundedReceiver<Due>>>,
 }
 
-/// Background tasks of a started manager; aborted when dropped.
-pub struct Tasks(Vec<JoinHandle<()>>);
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
-}
-
-impl<R: Runtime> Manager<R> {
-    pub async fn new(runtime: R, store: Arc<dyn Store>, profiles: ProfileSet, settings: Settings) -> Result<Arc<Self>> {
+impl Manager {
+    pub async fn new(
+        runtime: Arc<dyn Runtime>,
+        store: Arc<dyn Store>,
+        profiles: ProfileSet,
+        settings: Settings,
+    ) -> Result<Arc<Self>> {
         let instance = store.instance_id().await?;
         let (due_tx, due_rx) = mpsc::unbounded_channel();
         let refusals = crate::audit::refusals::Refusals::new(settings.refusals);
@@ -151,7 +144,8 @@ impl<R: Runtime> Manager<R> {
             tracked: Mutex::new(HashSet::new()),
             expiring: Mutex::new(HashSet::new()),
             refusals: Mutex::new(refusals),
-            shutdown: watch::channel(false).0,
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
             due_rx: Mutex::new(Some(due_rx)),
         }))
     }
@@ -159,7 +153,7 @@ impl<R: Runtime> Manager<R> {
     /// Schedules every live record's expiry from the store (no Docker needed,
     /// so a restart serves at once), then starts expiry handling, periodic
     /// reconcile and the Docker event follower.
-    pub async fn start(self: &Arc<Self>) -> Result<Tasks> {
+    pub async fn start(self: &Arc<Self>) -> Result<()> {
         let live = self.store.list(&ListFilter::default()).await?;
         for sb in &live {
             if sb.state != SandboxState::Provisioning {
@@ -170,14 +164,13 @@ impl<R: Runtime> Manager<R> {
         self.load_pools(&live);
         let due_rx = self.due_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
         let due_rx = due_rx.ok_or_else(|| Error::Internal("manager started twice".into()))?;
-        Ok(Tasks(vec![
-            tokio::spawn(Arc::clone(self).dispatch_due(due_rx)),
-            tokio::spawn(Arc::clone(self).reconcile_loop()),
-            tokio::spawn(Arc::clone(self).follow_events()),
-            tokio::spawn(Arc::clone(self).pool_loop()),
-            tokio::spawn(Arc::clone(self).refusal_loop()),
-            tokio::spawn(Arc::clone(self).watch_firewall()),
-        ]))
+        self.spawn_until_shutdown(Arc::clone(self).dispatch_due(due_rx));
+        self.spawn_until_shutdown(Arc::clone(self).reconcile_loop());
+        self.spawn_until_shutdown(Arc::clone(self).follow_events());
+        self.spawn_until_shutdown(Arc::clone(self).pool_loop());
+        self.spawn_until_shutdown(Arc::clone(self).refusal_loop());
+        self.spawn_until_shutdown(Arc::clone(self).watch_runtime());
+        Ok(())
     }
 
     pub fn instance(&self) -> &str {
@@ -222,17 +215,39 @@ impl<R: Runtime> Manager<R> {
         Reload { applied, loaded, errors }
     }
 
-    /// Tells streaming calls (watch, exec) to finish: the daemon is stopping.
+    /// The daemon is stopping: loops end, streaming calls (watch, exec)
+    /// finish, background retries give up; work in flight (a provisioning, a
+    /// teardown) runs to its end. Sandboxes are left running.
     pub fn begin_shutdown(&self) {
-        self.shutdown.send_replace(true);
+        self.cancel.cancel();
     }
 
     /// Resolves once [`Manager::begin_shutdown`] has been called.
     pub fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.shutdown.subscribe();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
+        self.cancel.clone().cancelled_owned()
+    }
+
+    /// Stops (as [`Manager::begin_shutdown`]) and waits up to `grace` for
+    /// every task the manager started to end; whether they all did.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.begin_shutdown();
+        self.tasks.close();
+        let drained = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
+        if !drained {
+            tracing::warn!(left = self.tasks.len(), ?grace, "manager tasks still running after the grace period");
         }
+        drained
+    }
+
+    /// Runs `work` as a tracked task that ends when the daemon stops.
+    fn spawn_until_shutdown(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = work => {}
+            }
+        });
     }
 
     fn emit(&self, kind: EventKind, sandbox: &Sandbox, message: impl Into<String>) {
@@ -361,29 +376,6 @@ impl<R: Runtime> Manager<R> {
         self.scheduler.schedule(&sb.id, sb.expires_at, warn_at);
     }
 
-    fn container_spec(&self, sb: &Sandbox) -> ContainerSpec {
-        ContainerSpec {
-            name: container_name(&sb.id),
-            hostname: sb.id.clone(),
-            image: sb.image.clone(),
-            command: sb.profile.command.clone(),
-            user: self.settings.user.clone(),
-            env: vec![format!("SANDPIT_SANDBOX_ID={}", sb.id), format!("SANDPIT_EXPERIMENT={}", sb.experiment)],
-            labels: labels::for_sandbox(sb, &self.instance, &self.settings.labels),
-            resources: sb.profile.resources.clone(),
-            network: sb.network_name().map(|name| NetworkRequest {
-                name,
-                internal: sb.profile.network.mode != NetworkMode::Open,
-                egress: sb.profile.network.mode == NetworkMode::Allowlist,
-            }),
-            mounts: sb
-                .datasets
-                .iter()
-                .map(|d| Mount { source: d.source.clone(), target: format!("{DATASETS_DIR}/{}", d.name) })
-                .collect(),
-        }
-    }
-
     /// Lets the egress proxy know an allowlist sandbox by its address.
     fn egress_learn(&self, sb: &Sandbox) {
         if let (NetworkMode::Allowlist, Some(n)) = (sb.profile.network.mode, &sb.network) {
@@ -407,7 +399,7 @@ impl<R: Runtime> Manager<R> {
 /// The egress proxy asks the manager who a source is and where it may go,
 /// and every decision it makes goes into the audit log.
 #[async_trait::async_trait]
-impl<R: Runtime> egress::Policy for Manager<R> {
+impl egress::Policy for Manager {
     fn lookup(&self, source: IpAddr) -> Option<(String, Vec<egress::Destination>)> {
         self.egress.read().unwrap_or_else(|p| p.into_inner()).get(&source).cloned()
     }
@@ -433,7 +425,7 @@ impl<R: Runtime> egress::Policy for Manager<R> {
     }
 }
 
-impl<R: Runtime> Manager<R> {
+impl Manager {
     /// A visible record, or not-found (other teams' sandboxes are not acknowledged).
     async fn visible(&self, caller: &Caller, id: &str) -> Result<Sandbox> {
         match self.store.get(id).await? {
@@ -449,7 +441,7 @@ impl<R: Runtime> Manager<R> {
 
     /// Admits and provisions a sandbox; returns it running.
     pub async fn create(self: &Arc<Self>, caller: &Caller, req: CreateSandbox) -> Result<Sandbox> {
-        if *self.shutdown.borrow() {
+        if self.cancel.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
         // One admission of a team at a time, until its record is in the
@@ -518,25 +510,31 @@ impl<R: Runtime> Manager<R> {
             }
             this.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         };
-        // In the call's span, so its log lines carry the RPC's ids.
-        tokio::spawn(tracing::Instrument::in_current_span(task));
+        // In the call's span, so its log lines carry the RPC's ids. Not
+        // cancelled at shutdown: a create under way finishes, or is undone.
+        self.tasks.spawn(tracing::Instrument::in_current_span(task));
         let result = result_rx.await.map_err(|_| Error::Internal("provisioning task ended without a result".into()))?;
         let _ = ack_tx.send(());
         result
     }
 
-    /// Removes what a failed create left in Docker: at once, and if Docker
-    /// refuses, again in the background with backoff until it accepts. The
-    /// failure is recorded meanwhile; nothing else would remove the container
-    /// before the next periodic reconcile.
-    async fn undo_create(&self, container: &str, network: Option<&str>) {
-        let Err(e) = self.runtime.remove(container, network).await else { return };
-        tracing::warn!(%container, error = %e, "could not remove a failed create's container; retrying");
-        let (runtime, container, network) = (self.runtime.clone(), container.to_string(), network.map(String::from));
-        tokio::spawn(async move {
-            tokio::time::sleep(RETRY_MIN).await;
-            with_backoff("removal of a failed create", &container, || runtime.remove(&container, network.as_deref()))
-                .await;
+    /// Removes what a failed create left in the engine: at once, and if the
+    /// engine refuses, again in the background with backoff until it accepts.
+    /// The failure is recorded meanwhile; nothing else would remove it before
+    /// the next periodic reconcile.
+    async fn undo_create(&self, sb: &Sandbox) {
+        let Err(e) = self.runtime.destroy(sb).await else { return };
+        tracing::warn!(sandbox = %sb.id, error = %e, "could not remove a failed create; retrying");
+        let (runtime, sb) = (Arc::clone(&self.runtime), sb.clone());
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                _ = async {
+                    tokio::time::sleep(RETRY_MIN).await;
+                    with_backoff("removal of a failed create", &sb.id, || runtime.destroy(&sb)).await
+                } => {}
+            }
         });
     }
 
@@ -545,15 +543,15 @@ impl<R: Runtime> Manager<R> {
         let started = std::time::Instant::now();
         let result = async {
             self.runtime.ensure_image(&sb.image).await?;
-            self.runtime.create(&self.container_spec(&sb)).await
+            self.runtime.provision(&sb).await
         }
         .await;
         let provisioned = match result {
             Ok(p) => p,
             Err(e) => {
-                // Docker may have created the container even though the call
-                // failed: remove by name before recording the failure.
-                self.undo_create(&container_name(&sb.id), sb.network_name().as_deref()).await;
+                // The engine may have made something even though the call
+                // failed: remove it before recording the failure.
+                self.undo_create(&sb).await;
                 sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
                 let entry = self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Err(&e));
                 if let Err(se) = self.commit(&mut sb, |_| entry).await {
@@ -577,7 +575,7 @@ impl<R: Runtime> Manager<R> {
         let entry = self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason));
         if let Err(e) = self.commit(&mut sb, |_| entry).await {
             // Not on record, not audited: refuse the create and leave nothing behind.
-            self.undo_create(&container_id, sb.network_name().as_deref()).await;
+            self.undo_create(&sb).await;
             sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
             let _ = self.update(&mut sb, None).await;
             return Err(e);
@@ -724,7 +722,7 @@ impl<R: Runtime> Manager<R> {
         if !caller.may_use(&sb.team) {
             return Err(Error::PermissionDenied("exec needs the requester role in the sandbox's team".into()));
         }
-        let (Some(cid), SandboxState::Running) = (sb.container_id.clone(), sb.state) else {
+        let (Some(_), SandboxState::Running) = (&sb.container_id, sb.state) else {
             return Err(Error::FailedPrecondition(format!("sandbox '{id}' is {}, not running", sb.state.as_str())));
         };
         self.experiment_in_force(&sb).await?;
@@ -737,7 +735,7 @@ impl<R: Runtime> Manager<R> {
         }
         let entry = self.entry(Some(caller), action::EXEC, &sb.experiment, id, Ok(format!("command: {command}")));
         self.published(Some(self.store.append_audit(entry).await?));
-        let session = self.runtime.exec(&cid, spec).await?;
+        let session = self.runtime.exec(&sb, spec).await?;
         let started = tokio::time::Instant::now();
         let deadline = started + timeout.unwrap_or(self.settings.exec_timeout);
         let cap = sb.profile.file_transfer.max_exec_output;
@@ -749,7 +747,7 @@ impl<R: Runtime> Manager<R> {
         // Stream output until it ends, the deadline passes, the output cap is
         // reached, the daemon stops or the caller leaves; then the exit code.
         // Whichever it was goes on record with what the command sent out.
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             tokio::pin!(stop);
             let (mut stdout, mut stderr) = (transfer::Tally::default(), transfer::Tally::default());
             let ended: Result<i64> = async {
@@ -790,7 +788,7 @@ impl<R: Runtime> Manager<R> {
                         )));
                     }
                 }
-                exit_code(&this.runtime, &session.exec_id).await
+                exit_code(this.runtime.as_ref(), &session.exec_id).await
             }
             .await;
             let took = crate::time::format_duration_ms(started.elapsed());
@@ -888,8 +886,7 @@ impl<R: Runtime> Manager<R> {
         if sb.state.is_ended() || !still(&sb) {
             return Ok((sb, false));
         }
-        let target = sb.container_id.clone().unwrap_or_else(|| container_name(id));
-        self.runtime.remove(&target, sb.network_name().as_deref()).await?;
+        self.runtime.destroy(&sb).await?;
         self.egress_forget(&sb);
         sb.end(state, reason, SystemTime::now());
         self.commit(&mut sb, |sb| self.entry(caller, action, &sb.experiment, id, Ok(sb.state_reason.clone()))).await?;
@@ -940,7 +937,7 @@ impl<R: Runtime> Manager<R> {
                     }
                     let this = Arc::clone(&self);
                     let permits = Arc::clone(&permits);
-                    tokio::spawn(async move {
+                    self.tasks.spawn(async move {
                         // Stop it now; removing it (slower, and Docker does
                         // removals one at a time) can wait for a permit.
                         let killed = this.stop_expired(&id).await;
@@ -962,8 +959,8 @@ impl<R: Runtime> Manager<R> {
         if sb.state.is_ended() || sb.expires_at > SystemTime::now() {
             return None;
         }
-        let cid = sb.container_id.as_ref()?;
-        match self.runtime.kill(cid).await {
+        sb.container_id.as_ref()?;
+        match self.runtime.kill(&sb).await {
             Ok(()) => Some(SystemTime::now()),
             Err(e) => {
                 tracing::debug!(sandbox = %id, error = %e, "kill at expiry failed; the teardown will retry");
@@ -986,7 +983,7 @@ impl<R: Runtime> Manager<R> {
     }
 }
 
-impl<R: Runtime> Manager<R> {
+impl Manager {
     /// Every metric in the Prometheus text format: the gauges read now from
     /// the store and the pools, then the process's counters and histograms.
     pub async fn render_metrics(&self) -> Result<String> {
@@ -1066,7 +1063,7 @@ where
 }
 
 /// An exec's exit code. Its output can end a moment before Docker marks it finished.
-async fn exit_code<R: Runtime>(runtime: &R, exec_id: &str) -> Result<i64> {
+async fn exit_code(runtime: &dyn Runtime, exec_id: &str) -> Result<i64> {
     for _ in 0..100 {
         if let Some(code) = runtime.exec_exit_code(exec_id).await? {
             return Ok(code);
@@ -1083,9 +1080,4 @@ fn in_span(sandbox: &str, experiment: &str) {
     if !experiment.is_empty() {
         span.record("experiment", experiment);
     }
-}
-
-/// The Docker name of a sandbox's container.
-pub fn container_name(id: &str) -> String {
-    format!("sandpit-{id}")
 }

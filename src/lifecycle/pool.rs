@@ -24,11 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{container_name, Manager};
+use super::Manager;
 use crate::audit::action;
 use crate::auth::Caller;
 use crate::policy::{Plan, Profile};
-use crate::runtime::Runtime;
 use crate::sandbox::{new_id, EventKind, Sandbox, SandboxState};
 use crate::store::ListFilter;
 use crate::Result;
@@ -86,7 +85,7 @@ impl Pools {
     }
 }
 
-impl<R: Runtime> Manager<R> {
+impl Manager {
     /// Puts the warm sandboxes on record back in their pools (at start).
     pub(super) fn load_pools(&self, records: &[Sandbox]) {
         for sb in records.iter().filter(|s| s.state == SandboxState::Warm) {
@@ -209,7 +208,7 @@ impl<R: Runtime> Manager<R> {
     /// Drains what no longer fits and adds at most one warm sandbox.
     /// Returns whether it added one (then it is called again at once).
     async fn refill_once(&self) -> bool {
-        if *self.shutdown.borrow() {
+        if self.cancel.is_cancelled() {
             return false;
         }
         let profiles = self.profiles();
@@ -283,7 +282,7 @@ impl<R: Runtime> Manager<R> {
             self.store.insert_sandbox(&sb, None).await?;
             sb.version = 1;
             let _guard = self.locks.lock(&sb.id).await;
-            let created = self.runtime.create(&self.container_spec(&sb)).await;
+            let created = self.runtime.provision(&sb).await;
             match created {
                 Ok(p) => {
                     sb.container_id = Some(p.container_id);
@@ -293,7 +292,7 @@ impl<R: Runtime> Manager<R> {
                     if let Err(e) =
                         self.commit(&mut sb, |sb| self.entry(None, action::POOL_FILL, "", &sb.id, Ok(reason))).await
                     {
-                        self.undo_create(&container_name(&sb.id), sb.network_name().as_deref()).await;
+                        self.undo_create(&sb).await;
                         return Err(e);
                     }
                     self.track(&sb.id);
@@ -302,7 +301,7 @@ impl<R: Runtime> Manager<R> {
                     Ok(())
                 }
                 Err(e) => {
-                    self.undo_create(&container_name(&sb.id), sb.network_name().as_deref()).await;
+                    self.undo_create(&sb).await;
                     sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
                     let _ = self.commit(&mut sb, |sb| self.entry(None, action::POOL_FILL, "", &sb.id, Err(&e))).await;
                     Err(e)

@@ -1,11 +1,15 @@
-//! Reconciliation: converge the store and Docker, on start, periodically and
-//! after every reconnect of the event stream; and follow Docker's events so
-//! exits and OOM kills show up at once.
+//! Reconciliation: converge the store and the runtime, on start,
+//! periodically and after every reconnect of the event stream; follow the
+//! runtime's events so exits and OOM kills show up at once; and repair host
+//! state the runtime keeps (firewall rules) as soon as it says it changed.
 //!
-//! After Nomad's dangling-container rules: a container with a live record is
-//! never removed by reconcile; a labelled container with no record is removed
-//! once older than the grace period (its create may still be in flight in
-//! another call); a container without our labels is never seen, let alone touched.
+//! Each pass observes (the runtime's objects, the store's live records) and
+//! decides per object and per sandbox what to do ([`judge_object`],
+//! [`judge_sandbox`]: pure, and tested as such), then acts. After Nomad's
+//! dangling-container rules: an object with a live record is never removed;
+//! a labelled object with no record is removed once older than the grace
+//! period (its create may still be in flight in another call); an object
+//! without our labels is never seen, let alone touched.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,21 +17,20 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::{FutureExt, StreamExt};
 
-use super::{container_name, Manager};
+use super::Manager;
 use crate::audit::action;
-use crate::policy::NetworkMode;
-use crate::runtime::{labels, Isolation, ManagedContainer, Runtime, RuntimeEvent};
+use crate::runtime::{Owned, OwnedKind, RuntimeEvent};
 use crate::sandbox::{EventKind, Sandbox, SandboxState};
 use crate::{Error, Result};
 
-/// Backoff bounds for reconnecting to Docker's event stream.
+/// Backoff bounds for reconnecting to the runtime's event stream.
 const EVENTS_RETRY_MIN: Duration = Duration::from_millis(500);
 const EVENTS_RETRY_MAX: Duration = Duration::from_secs(10);
-/// Backoff bounds for watching host firewall changes again after the watch ended.
+/// Backoff bounds for watching host changes again after the watch ended.
 const WATCH_RETRY_MIN: Duration = Duration::from_secs(1);
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(300);
 /// A firewall reload is many changes: let them land, then check once.
-const FIREWALL_SETTLE: Duration = Duration::from_millis(250);
+const REPAIR_SETTLE: Duration = Duration::from_millis(250);
 
 /// What one reconcile pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,15 +42,72 @@ pub struct ReconcileReport {
     pub lost: usize,
     pub exited: usize,
     pub failed_provisioning: usize,
-    /// Sandbox networks whose host firewall rules had been removed and were put back.
+    /// Host state (firewall rules) of live sandboxes someone else changed, put back.
     pub firewall_restored: usize,
     /// Steps that failed (other than the engine being away); the next pass retries them.
     pub failed: usize,
 }
 
+/// What to do about an object the runtime owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectAction {
+    /// A live sandbox's: its record decides (see [`judge_sandbox`]).
+    Live,
+    /// Its sandbox ended, but the object survived (a teardown cut short).
+    RemoveLeftover,
+    /// Nobody's, and older than the grace period.
+    RemoveOrphan,
+    /// Nobody's yet: its create may still be in flight; or it names no sandbox.
+    Leave,
+}
+
+/// Judges one owned object by the record of the sandbox it names (if any),
+/// whether that sandbox's create is in flight in this process, and its age.
+pub fn judge_object(
+    o: &Owned,
+    record: Option<&Sandbox>,
+    creating: bool,
+    grace: Duration,
+    now: SystemTime,
+) -> ObjectAction {
+    let old_enough = now.duration_since(o.created).unwrap_or_default() >= grace;
+    match (record, &o.sandbox_id) {
+        (Some(r), Some(_)) if !r.state.is_ended() => ObjectAction::Live,
+        (Some(_), _) => ObjectAction::RemoveLeftover,
+        // A network that names no sandbox is not one of ours to judge.
+        (None, None) if o.kind == OwnedKind::Network => ObjectAction::Leave,
+        (None, _) if creating || !old_enough => ObjectAction::Leave,
+        (None, _) => ObjectAction::RemoveOrphan,
+    }
+}
+
+/// What to do about a live record, given its sandbox object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxAction {
+    /// A create cut short by a crash of the daemon: it was never acknowledged.
+    FailInterrupted,
+    /// Its object is gone: marked lost once confirmed.
+    MarkLost,
+    /// Its main process ended.
+    RecordExit,
+    /// Live and running: keep its deadlines, and take it over if new to this process.
+    Keep,
+}
+
+/// Judges one live record (not being created in this process) by the
+/// runtime's sandbox object for it, if any.
+pub fn judge_sandbox(record: &Sandbox, object: Option<&Owned>) -> SandboxAction {
+    match (record.state, object) {
+        (SandboxState::Provisioning, _) => SandboxAction::FailInterrupted,
+        (_, None) => SandboxAction::MarkLost,
+        (SandboxState::Running | SandboxState::Warm, Some(o)) if !o.running => SandboxAction::RecordExit,
+        (_, Some(_)) => SandboxAction::Keep,
+    }
+}
+
 /// One object's step of a pass: an engine that is away ends the pass; any
 /// other failure is logged and counted, and the pass goes on with the rest,
-/// so one object Docker keeps refusing cannot hold up all the others.
+/// so one object the engine keeps refusing cannot hold up all the others.
 fn step<T>(report: &mut ReconcileReport, what: &str, object: &str, result: Result<T>) -> Result<Option<T>> {
     match result {
         Ok(v) => Ok(Some(v)),
@@ -60,85 +120,61 @@ fn step<T>(report: &mut ReconcileReport, what: &str, object: &str, result: Resul
     }
 }
 
-impl<R: Runtime> Manager<R> {
-    /// One full pass over Docker's and the store's view.
+impl Manager {
+    /// One full pass over the runtime's and the store's view.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
-        let containers = self.runtime.list(&labels::selector(&self.instance)).await?;
+        let owned = self.runtime.owned().await?;
         let records = self.live_records().await?;
         let now = SystemTime::now();
         let mut report = ReconcileReport::default();
 
-        let mut by_sandbox: HashMap<String, Vec<ManagedContainer>> = HashMap::new();
-        for c in containers {
-            let record = match &c.sandbox_id {
+        // Objects first: leftovers and orphans go; live sandboxes' are kept for below.
+        let mut sandbox_objects: HashMap<String, Vec<Owned>> = HashMap::new();
+        for o in owned {
+            let record = match &o.sandbox_id {
                 Some(id) => self.store.get(id).await?,
                 None => None,
             };
-            match (record, &c.sandbox_id) {
-                (Some(r), Some(id)) if !r.state.is_ended() => by_sandbox.entry(id.clone()).or_default().push(c),
-                (Some(r), _) => {
-                    // The record ended but its container survived (a teardown cut short).
-                    let removed = self.runtime.remove(&c.id, r.network_name().as_deref()).await;
-                    if step(&mut report, "removing a leftover container", &c.id, removed)?.is_none() {
+            let creating = o.sandbox_id.as_deref().is_some_and(|id| self.is_creating(id));
+            let sandbox = o.sandbox_id.clone().unwrap_or_default();
+            match judge_object(&o, record.as_ref(), creating, self.settings.orphan_grace, now) {
+                ObjectAction::Live => {
+                    if o.kind == OwnedKind::Sandbox {
+                        sandbox_objects.entry(sandbox).or_default().push(o);
+                    }
+                }
+                ObjectAction::Leave => {}
+                ObjectAction::RemoveLeftover => {
+                    let removed = self.runtime.remove_owned(&o).await;
+                    if step(&mut report, "removing a leftover", &o.id, removed)?.is_none() {
                         continue;
                     }
-                    let sandbox = c.sandbox_id.as_deref().unwrap_or_default();
-                    let reason = format!("removed container {} of an ended sandbox", c.id);
-                    self.record(self.entry(None, action::REMOVE_LEFTOVER, "", sandbox, Ok(reason))).await;
+                    let reason = format!("removed {} of an ended sandbox", o.id);
+                    self.record(self.entry(None, action::REMOVE_LEFTOVER, "", &sandbox, Ok(reason))).await;
                     report.leftovers_removed += 1;
                 }
-                (None, id) => {
-                    let in_flight = id.as_deref().is_some_and(|id| self.is_creating(id));
-                    if !in_flight && crate::runtime::docker::age(c.created, now) >= self.settings.orphan_grace {
-                        tracing::info!(container = %c.id, sandbox = ?id, "removing labelled container with no record");
-                        let removed = self.runtime.remove(&c.id, None).await;
-                        if step(&mut report, "removing an orphan container", &c.id, removed)?.is_none() {
-                            continue;
-                        }
-                        let reason = format!("removed labelled container {} with no record", c.id);
-                        self.record(self.entry(
-                            None,
-                            action::REMOVE_ORPHAN,
-                            "",
-                            id.as_deref().unwrap_or_default(),
-                            Ok(reason),
-                        ))
-                        .await;
-                        report.orphans_removed += 1;
+                ObjectAction::RemoveOrphan => {
+                    tracing::info!(object = %o.id, sandbox = ?o.sandbox_id, "removing a labelled object with no record");
+                    let removed = self.runtime.remove_owned(&o).await;
+                    if step(&mut report, "removing an orphan", &o.id, removed)?.is_none() {
+                        continue;
                     }
+                    let reason = format!("removed labelled {} with no live sandbox", o.id);
+                    self.record(self.entry(None, action::REMOVE_ORPHAN, "", &sandbox, Ok(reason))).await;
+                    report.orphans_removed += 1;
                 }
             }
         }
 
-        // Networks whose sandbox has no live record (a crash between creating
-        // the network and recording it), past the same grace period.
-        for n in self.runtime.list_networks(&labels::selector(&self.instance)).await? {
-            let Some(id) = n.sandbox_id.as_deref() else { continue };
-            let live = self.store.get(id).await?.is_some_and(|r| !r.state.is_ended());
-            if live || self.is_creating(id) || crate::runtime::docker::age(n.created, now) < self.settings.orphan_grace
-            {
-                continue;
-            }
-            let removed = self.runtime.remove(&container_name(id), Some(&n.name)).await;
-            if step(&mut report, "removing an orphan network", &n.name, removed)?.is_none() {
-                continue;
-            }
-            let reason = format!("removed labelled network {} with no live sandbox", n.name);
-            self.record(self.entry(None, action::REMOVE_ORPHAN, "", id, Ok(reason))).await;
-            report.orphans_removed += 1;
-        }
-
-        self.reconcile_firewall(&records, &mut report).await?;
-
+        let mut adopting = Vec::new();
         for sb in records {
             if self.is_creating(&sb.id) {
                 continue;
             }
-            let containers = by_sandbox.remove(&sb.id).unwrap_or_default();
-            let container = containers.iter().find(|c| Some(&c.id) == sb.container_id.as_ref()).or(containers.first());
-            match (sb.state, container) {
-                (SandboxState::Provisioning, _) => {
-                    // A create cut short by a crash of the daemon: it was never acknowledged.
+            let objects = sandbox_objects.remove(&sb.id).unwrap_or_default();
+            let object = objects.iter().find(|o| Some(&o.id) == sb.container_id.as_ref()).or(objects.first());
+            match judge_sandbox(&sb, object) {
+                SandboxAction::FailInterrupted => {
                     let reason = "daemon stopped during provisioning";
                     let ended = self
                         .teardown(&sb.id, SandboxState::Failed, reason, None, action::INTERRUPTED, |s| {
@@ -149,125 +185,107 @@ impl<R: Runtime> Manager<R> {
                         report.failed_provisioning += 1;
                     }
                 }
-                (_, None) => {
+                SandboxAction::MarkLost => {
                     let lost = self.mark_lost(&sb.id).await;
                     if step(&mut report, "marking a sandbox lost", &sb.id, lost)? == Some(true) {
                         report.lost += 1;
                     }
                 }
-                (SandboxState::Running | SandboxState::Warm, Some(c)) if !c.running => {
+                SandboxAction::RecordExit => {
                     let exited = self.record_exit(&sb.id).await;
                     if step(&mut report, "recording an exit", &sb.id, exited)? == Some(true) {
                         report.exited += 1;
                     }
                 }
-                (_, Some(_)) => {
-                    // Live: keep (or put back) its deadlines; an expired one
-                    // falls due at once. Adopted only the first time this
-                    // process finds it (after a restart), not on every pass.
+                SandboxAction::Keep => {
+                    // Keep (or put back) its deadlines; an expired one falls
+                    // due at once. Adopted only the first time this process
+                    // finds it (after a restart), not on every pass.
                     if self.track(&sb.id) {
-                        report.adopted += 1;
+                        adopting.push(sb.clone());
                     }
                     self.schedule(&sb);
                 }
             }
         }
+        if !adopting.is_empty() {
+            let adopted = self.adopt(adopting).await;
+            if let Some(n) = step(&mut report, "adopting sandboxes", "runtime", adopted)? {
+                report.adopted += n;
+            }
+        }
+
+        self.repair_runtime(&mut report).await?;
         Ok(report)
     }
 
-    /// Host rules of live networked sandboxes: whatever someone else removed
-    /// or changed is put back, the rule set as a whole.
-    async fn reconcile_firewall(&self, records: &[Sandbox], report: &mut ReconcileReport) -> Result<()> {
-        let live: Vec<Isolation> = records
-            .iter()
-            .filter(|sb| !self.is_creating(&sb.id) && sb.state != SandboxState::Provisioning)
-            .filter_map(|sb| {
-                let egress = sb.profile.network.mode == NetworkMode::Allowlist;
-                sb.network.as_ref().map(|n| Isolation { subnet: n.subnet.clone(), egress })
-            })
-            .collect();
-        let checked = self.runtime.repair_isolation(&live).await;
-        let Some(repair) = step(report, "checking host firewall rules", "firewall", checked)? else {
-            return Ok(());
-        };
-        let (mut changes, mut restored) = (repair.changes, repair.restored);
-
-        // Networks the runtime did not know (a previous run's) with rules
-        // missing: put back under their sandboxes' locks, taken in id order
-        // so that two passes cannot deadlock, and only while each sandbox is
-        // still live: a teardown that released them meanwhile must not be
-        // undone. One change for all of them.
-        let mut owners: Vec<(&Sandbox, &Isolation)> = repair
-            .unknown
-            .iter()
-            .filter_map(|net| {
-                records
-                    .iter()
-                    .find(|sb| sb.network.as_ref().is_some_and(|n| n.subnet == net.subnet))
-                    .map(|sb| (sb, net))
-            })
-            .collect();
-        owners.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        let mut guards = Vec::with_capacity(owners.len());
-        let mut verified = Vec::new();
-        for (owner, net) in owners {
-            guards.push(self.locks.lock(&owner.id).await);
-            let live =
-                self.store.get(&owner.id).await?.is_some_and(|sb| {
-                    !sb.state.is_ended() && sb.network.as_ref().is_some_and(|n| n.subnet == net.subnet)
-                });
-            if live {
-                verified.push(net.clone());
+    /// Takes over sandboxes an earlier process made: under their locks
+    /// (taken in id order, so that two passes cannot deadlock), and only
+    /// those still live (a teardown meanwhile must not be undone). How many.
+    async fn adopt(&self, mut sandboxes: Vec<Sandbox>) -> Result<usize> {
+        sandboxes.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut guards = Vec::with_capacity(sandboxes.len());
+        let mut live = Vec::with_capacity(sandboxes.len());
+        for sb in sandboxes {
+            guards.push(self.locks.lock(&sb.id).await);
+            match self.store.get(&sb.id).await? {
+                Some(now) if !now.state.is_ended() => {
+                    self.egress_learn(&now);
+                    live.push(now);
+                }
+                _ => self.untrack(&sb.id),
             }
         }
-        if !verified.is_empty()
-            && step(report, "restoring host firewall rules", "firewall", self.runtime.isolate(&verified).await)?
-                .is_some()
-        {
-            let subnets: Vec<String> = verified.into_iter().map(|n| n.subnet).collect();
-            changes.push(format!("rules of {} put back", subnets.join(", ")));
-            restored.extend(subnets);
-        }
-        drop(guards);
+        self.runtime.adopt(&live).await?;
+        Ok(live.len())
+    }
 
-        if !changes.is_empty() {
-            tracing::warn!(subnets = ?restored, ?changes, "host firewall rules of live sandboxes had been changed; restored");
-            let reason = format!("restored host firewall rules of {}: {}", restored.join(", "), changes.join("; "));
+    /// Host state of live sandboxes (firewall rules): whatever someone else
+    /// removed or changed is put back, and on record.
+    async fn repair_runtime(&self, report: &mut ReconcileReport) -> Result<()> {
+        let checked = self.runtime.repair().await;
+        let Some(repair) = step(report, "checking host state", "runtime", checked)? else {
+            return Ok(());
+        };
+        if !repair.changes.is_empty() {
+            tracing::warn!(restored = ?repair.restored, changes = ?repair.changes, "host rules of live sandboxes had been changed; restored");
+            let reason = format!(
+                "restored host firewall rules of {}: {}",
+                repair.restored.join(", "),
+                repair.changes.join("; ")
+            );
             self.record(self.entry(None, action::FIREWALL_RESTORED, "", "", Ok(reason))).await;
-            report.firewall_restored += restored.len().max(1);
+            report.firewall_restored += repair.restored.len().max(1);
         }
         Ok(())
     }
 
-    /// The firewall part of a pass on its own, when a change was seen.
-    async fn reconcile_firewall_logged(&self, why: &str) {
+    /// The repair on its own, when the runtime says host state changed.
+    async fn repair_logged(&self, why: &str) {
         let mut report = ReconcileReport::default();
-        let result = match self.live_records().await {
-            Ok(records) => self.reconcile_firewall(&records, &mut report).await,
-            Err(e) => Err(e),
-        };
+        let result = self.repair_runtime(&mut report).await;
         let metrics = crate::metrics::global();
         metrics.reconcile_action("firewall_restored", report.firewall_restored);
         metrics.reconcile_action("step_failed", report.failed);
         match result {
-            Ok(()) if report == ReconcileReport::default() => tracing::debug!(why, "host firewall rules in place"),
-            Ok(()) => tracing::info!(why, report = ?report, "host firewall checked"),
-            Err(e) => tracing::warn!(why, error = %e, "host firewall check failed; reconcile retries"),
+            Ok(()) if report == ReconcileReport::default() => tracing::debug!(why, "host rules in place"),
+            Ok(()) => tracing::info!(why, report = ?report, "host rules checked"),
+            Err(e) => tracing::warn!(why, error = %e, "host rules check failed; reconcile retries"),
         }
     }
 
-    /// Repairs the host firewall soon after someone else changes it, rather
-    /// than at the next reconcile; watches again with backoff when the watch
-    /// ends (reconcile's interval still covers the time between).
-    pub(super) async fn watch_firewall(self: Arc<Self>) {
+    /// Repairs host state soon after someone else changes it, rather than at
+    /// the next reconcile; watches again with backoff when the watch ends
+    /// (reconcile's interval still covers the time between).
+    pub(super) async fn watch_runtime(self: Arc<Self>) {
         let mut delay = WATCH_RETRY_MIN;
         loop {
             let started = std::time::Instant::now();
-            let mut changes = self.runtime.isolation_changes();
+            let mut changes = self.runtime.repair_needed();
             while changes.next().await.is_some() {
-                tokio::time::sleep(FIREWALL_SETTLE).await;
+                tokio::time::sleep(REPAIR_SETTLE).await;
                 while let Some(Some(())) = changes.next().now_or_never() {}
-                self.reconcile_firewall_logged("host firewall changed").await;
+                self.repair_logged("host rules changed").await;
             }
             if started.elapsed() >= WATCH_RETRY_MAX {
                 delay = WATCH_RETRY_MIN;
@@ -286,11 +304,10 @@ impl<R: Runtime> Manager<R> {
         if sb.state.is_ended() {
             return Ok(false);
         }
-        let target = sb.container_id.clone().unwrap_or_else(|| container_name(id));
-        if self.runtime.status(&target).await?.is_some() {
+        if self.runtime.status(&sb).await?.is_some() {
             return Ok(false);
         }
-        sb.end(SandboxState::Lost, "container vanished from Docker", SystemTime::now());
+        sb.end(SandboxState::Lost, "its container vanished from the engine", SystemTime::now());
         self.commit(&mut sb, |sb| self.entry(None, action::LOST, &sb.experiment, id, Ok(sb.state_reason.clone())))
             .await?;
         self.scheduler.cancel(id);
@@ -308,9 +325,9 @@ impl<R: Runtime> Manager<R> {
         let Some(mut sb) = self.store.get(id).await? else {
             return Ok(false);
         };
-        let Some(cid) = sb.container_id.clone() else {
+        if sb.container_id.is_none() {
             return Ok(false);
-        };
+        }
         if sb.state == SandboxState::Warm {
             // A warm sandbox that died is no use to anyone: never hand it out.
             drop(guard);
@@ -323,7 +340,7 @@ impl<R: Runtime> Manager<R> {
         if sb.state != SandboxState::Running || sb.expires_at <= SystemTime::now() {
             return Ok(false);
         }
-        let Some(status) = self.runtime.status(&cid).await? else {
+        let Some(status) = self.runtime.status(&sb).await? else {
             return Ok(false);
         };
         if status.running {
@@ -405,7 +422,7 @@ impl<R: Runtime> Manager<R> {
         let mut delay = EVENTS_RETRY_MIN;
         let mut first = true;
         loop {
-            let mut events = self.runtime.events(&labels::selector(&self.instance));
+            let mut events = self.runtime.events();
             if !first {
                 self.reconcile_logged("event stream reconnected").await;
             }

@@ -1,63 +1,25 @@
-//! The container engine behind a small trait. [`docker::DockerRuntime`] drives
-//! a Docker engine through bollard; the lifecycle manager is written against
-//! [`Runtime`] alone, so a remote engine or an orchestrator can stand in later.
+//! The engine that runs sandboxes, behind one object-safe trait that speaks
+//! sandboxes, not containers: the lifecycle manager holds an
+//! `Arc<dyn Runtime>` and never learns which engine it drives. Object names,
+//! networks, subnets, host firewall rules and how files and commands reach a
+//! sandbox all belong to the driver ([`docker::DockerRuntime`] for a Docker
+//! engine through bollard); a Swarm or Kubernetes driver implements the same
+//! trait, and says what it can do in [`Capabilities`].
 
 pub mod docker;
-pub mod firewall;
-pub mod labels;
-pub mod subnet;
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::SystemTime;
 
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Resources;
+use crate::policy::NetworkMode;
+use crate::sandbox::Sandbox;
 use crate::Result;
 
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
-
-/// Everything needed to create one hardened sandbox container. The hardening
-/// itself (non-root, no capabilities, read-only root, ...) is not optional and
-/// so is not a field: every runtime applies it to every container.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContainerSpec {
-    pub name: String,
-    pub hostname: String,
-    pub image: String,
-    /// Empty: the image's default command.
-    pub command: Vec<String>,
-    /// uid:gid, never root.
-    pub user: String,
-    pub env: Vec<String>,
-    pub labels: HashMap<String, String>,
-    pub resources: Resources,
-    /// `None`: no network at all, loopback only.
-    pub network: Option<NetworkRequest>,
-    /// Read-only bind mounts (datasets).
-    pub mounts: Vec<Mount>,
-}
-
-/// A network of the sandbox's own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetworkRequest {
-    pub name: String,
-    /// No route out: reaches nothing but, with `egress`, the proxy.
-    pub internal: bool,
-    /// Point HTTP(S)_PROXY at the daemon's egress proxy on the gateway.
-    pub egress: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub source: PathBuf,
-    pub target: String,
-}
 
 /// The network a sandbox got, kept in its record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,51 +32,11 @@ pub struct NetworkInfo {
     pub address: Ipv4Addr,
 }
 
-/// A sandbox network's place in the host firewall.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Isolation {
-    /// CIDR, e.g. `10.213.0.16/28`.
-    pub subnet: String,
-    /// An allowlist sandbox's network: it may reach the egress proxy's port
-    /// on its gateway (no other network may).
-    pub egress: bool,
-}
-
-/// What [`Runtime::repair_isolation`] found out of place and put back.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IsolationRepair {
-    /// Each repair, for the record (e.g. `SANDPIT-… rewritten (missing: …)`).
-    pub changes: Vec<String>,
-    /// Subnets of networks whose rules were incomplete and are whole again.
-    pub restored: Vec<String>,
-    /// Networks of live sandboxes the runtime did not know (e.g. after a
-    /// restart) whose rules are not all in place: for [`Runtime::isolate`],
-    /// once each sandbox is known to be still live.
-    pub unknown: Vec<Isolation>,
-}
-
-/// What [`Runtime::create`] made.
+/// What [`Runtime::provision`] made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provisioned {
     pub container_id: String,
     pub network: Option<NetworkInfo>,
-}
-
-/// A network carrying the daemon's labels.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManagedNetwork {
-    pub name: String,
-    pub sandbox_id: Option<String>,
-    pub created: SystemTime,
-}
-
-/// A container carrying the daemon's labels, as listed by the engine.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ManagedContainer {
-    pub id: String,
-    pub sandbox_id: Option<String>,
-    pub running: bool,
-    pub created: SystemTime,
 }
 
 /// The state of a container's main process.
@@ -162,73 +84,119 @@ pub struct PullProgress {
     pub total: i64,
 }
 
-pub trait Runtime: Clone + Send + Sync + 'static {
+/// What a runtime can do: the manager refuses what it cannot rather than
+/// finding out half-way through a create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Network modes it can give a sandbox.
+    pub network_modes: Vec<NetworkMode>,
+    /// Isolation levels it can run sandboxes at (`container`: runc).
+    pub isolation: Vec<String>,
+    /// Confinement it applies to every sandbox beyond the common hardening
+    /// (e.g. `seccomp`, `apparmor`), as the engine reports it.
+    pub confinement: Vec<String>,
+}
+
+/// An object a runtime made for this daemon instance, found by
+/// [`Runtime::owned`]: reconcile decides whether it is a live sandbox's, a
+/// leftover of an ended one, or an orphan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owned {
+    pub kind: OwnedKind,
+    /// The engine's id or name of the object.
+    pub id: String,
+    /// The sandbox it was made for, when it says.
+    pub sandbox_id: Option<String>,
+    /// For a container: whether its main process runs.
+    pub running: bool,
+    pub created: SystemTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnedKind {
+    /// What runs a sandbox's processes.
+    Sandbox,
+    /// What a sandbox's network consists of.
+    Network,
+}
+
+/// What [`Runtime::repair`] found out of place and put back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Repair {
+    /// Each repair, for the record.
+    pub changes: Vec<String>,
+    /// What was restored (e.g. subnets whose rules were incomplete).
+    pub restored: Vec<String>,
+}
+
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
     /// The engine's name in sandbox records.
     fn node(&self) -> &str;
 
+    fn capabilities(&self) -> Capabilities;
+
     /// Makes sure `image` is present, pulling it if missing.
-    fn ensure_image(&self, image: &str) -> impl Future<Output = Result<()>> + Send;
+    async fn ensure_image(&self, image: &str) -> Result<()>;
 
     /// Pulls `image` if missing, reporting progress; ends once present.
     fn pull_image(&self, image: &str) -> BoxStream<Result<PullProgress>>;
 
-    /// Creates the sandbox's network (if any) and container, and starts it.
-    /// If any step fails, whatever was made is removed before the error is returned.
-    fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<Provisioned>> + Send;
+    /// Makes and starts everything the sandbox needs (network, host rules,
+    /// container) from its record. If any step fails, whatever was made is
+    /// removed before the error is returned.
+    async fn provision(&self, sandbox: &Sandbox) -> Result<Provisioned>;
 
-    /// Kills (no stop grace) and removes a container by id or name, then its
-    /// network by name, with the host rules that went with it. Removing what
-    /// is already gone succeeds.
-    fn remove(&self, container: &str, network: Option<&str>) -> impl Future<Output = Result<()>> + Send;
+    /// Kills (no grace) and removes everything the sandbox owns, found by
+    /// its id whether or not its provisioning finished. Removing what is
+    /// already gone succeeds.
+    async fn destroy(&self, sandbox: &Sandbox) -> Result<()>;
 
-    /// Every network carrying all of `selector`'s labels.
-    fn list_networks(
-        &self,
-        selector: &HashMap<String, String>,
-    ) -> impl Future<Output = Result<Vec<ManagedNetwork>>> + Send;
+    /// Stops the sandbox's processes at once (SIGKILL); its objects stay.
+    /// A sandbox already stopped or gone is fine.
+    async fn kill(&self, sandbox: &Sandbox) -> Result<()>;
 
-    /// Compares the host's firewall rules, as a whole, with what the
-    /// sandbox networks the runtime knows need (those it made or adopted),
-    /// and puts back whatever is out of place. Removing a network makes the
-    /// runtime forget it first, so a repair never undoes a teardown. Of
-    /// `live` (the networks of live sandboxes on record), those it does not
-    /// know yet are adopted when their rules are in place and returned as
-    /// `unknown` when not.
-    fn repair_isolation(&self, live: &[Isolation]) -> impl Future<Output = Result<IsolationRepair>> + Send;
+    /// The state of the sandbox's main process; `None` if it does not exist.
+    async fn status(&self, sandbox: &Sandbox) -> Result<Option<ContainerStatus>>;
 
-    /// Puts `nets`' host rules (back) in place, with whatever else the rule
-    /// set lacks, in one change. Idempotent.
-    fn isolate(&self, nets: &[Isolation]) -> impl Future<Output = Result<()>> + Send;
+    /// Takes over sandboxes an earlier process provisioned: whatever host
+    /// state the runtime keeps for them (firewall rules) is known from now
+    /// on and put in place, in one change. Idempotent. Called with the
+    /// sandboxes' locks held and each of them live.
+    async fn adopt(&self, sandboxes: &[Sandbox]) -> Result<()>;
 
-    /// Yields soon after someone else changes the host rules of this
-    /// runtime's networks; ends when that cannot be watched (then only
-    /// reconcile's interval repairs them).
-    fn isolation_changes(&self) -> BoxStream<()>;
+    /// Every object this daemon instance owns on the engine.
+    async fn owned(&self) -> Result<Vec<Owned>>;
 
-    /// Sends SIGKILL to a container's processes. A missing or stopped container is fine.
-    fn kill(&self, container: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Removes an object [`Runtime::owned`] found (an orphan, or a leftover
+    /// of an ended sandbox), with whatever goes with it.
+    async fn remove_owned(&self, object: &Owned) -> Result<()>;
 
-    /// Every container (running or not) carrying all of `selector`'s labels.
-    fn list(&self, selector: &HashMap<String, String>) -> impl Future<Output = Result<Vec<ManagedContainer>>> + Send;
+    /// Compares the host state of the sandboxes it knows (made or adopted)
+    /// with what it should be, and puts back whatever someone else changed.
+    /// Never undoes a [`Runtime::destroy`].
+    async fn repair(&self) -> Result<Repair>;
 
-    /// The container's process state; `None` if it does not exist.
-    fn status(&self, container: &str) -> impl Future<Output = Result<Option<ContainerStatus>>> + Send;
+    /// Yields soon after someone else changes what [`Runtime::repair`]
+    /// fixes; ends when that cannot be watched (reconcile's interval then
+    /// covers it).
+    fn repair_needed(&self) -> BoxStream<()>;
 
-    /// Starts a command in a running container.
-    fn exec(&self, container: &str, spec: ExecSpec) -> impl Future<Output = Result<ExecSession>> + Send;
-
-    /// Starts a command with its standard input attached; returns the session
-    /// and the writer to its stdin (drop or shut it down to send EOF).
-    fn exec_with_stdin(
-        &self,
-        container: &str,
-        spec: ExecSpec,
-    ) -> impl Future<Output = Result<(ExecSession, Pin<Box<dyn tokio::io::AsyncWrite + Send>>)>> + Send;
+    /// Starts a command in a running sandbox.
+    async fn exec(&self, sandbox: &Sandbox, spec: ExecSpec) -> Result<ExecSession>;
 
     /// The exit code of a finished exec (`None` while it runs).
-    fn exec_exit_code(&self, exec_id: &str) -> impl Future<Output = Result<Option<i64>>> + Send;
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>>;
 
-    /// Lifecycle events of containers carrying `selector`'s labels. The stream
-    /// ends or errors when the engine goes away; callers reconnect.
-    fn events(&self, selector: &HashMap<String, String>) -> BoxStream<Result<RuntimeEvent>>;
+    /// Extracts the tar archive `archive` into directory `dir` of the
+    /// sandbox, all of it or nothing (a failure leaves no partial file).
+    async fn copy_in(&self, sandbox: &Sandbox, dir: &str, archive: BoxStream<Result<Vec<u8>>>) -> Result<()>;
+
+    /// `path` in the sandbox as a tar archive; the stream ends with an error
+    /// if archiving fails part-way.
+    async fn copy_out(&self, sandbox: &Sandbox, path: &str) -> Result<BoxStream<Result<Vec<u8>>>>;
+
+    /// Lifecycle events of this instance's sandboxes. The stream ends or
+    /// errors when the engine goes away; callers reconnect.
+    fn events(&self) -> BoxStream<Result<RuntimeEvent>>;
 }

@@ -158,11 +158,11 @@ pub async fn instance_of(container_id: &str) -> String {
 
 /// The part of an instance id its chain names carry.
 pub fn short(instance: &str) -> String {
-    instance[..sandpit::runtime::firewall::SHORT].to_string()
+    instance[..sandpit::runtime::docker::firewall::SHORT].to_string()
 }
 
 fn chain_names(short: &str) -> Vec<String> {
-    sandpit::runtime::firewall::PREFIXES.iter().map(|p| format!("{p}{short}")).collect()
+    sandpit::runtime::docker::firewall::PREFIXES.iter().map(|p| format!("{p}{short}")).collect()
 }
 
 /// This daemon's chains that still exist.

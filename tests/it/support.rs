@@ -448,8 +448,9 @@ impl Daemon {
 
 /// Removes every chain of the instance `instance` and every rule jumping to them.
 pub fn remove_firewall_of(instance: &str) {
-    let short = &instance[..sandpit::runtime::firewall::SHORT.min(instance.len())];
-    let chains: Vec<String> = sandpit::runtime::firewall::PREFIXES.iter().map(|p| format!("{p}{short}")).collect();
+    let short = &instance[..sandpit::runtime::docker::firewall::SHORT.min(instance.len())];
+    let chains: Vec<String> =
+        sandpit::runtime::docker::firewall::PREFIXES.iter().map(|p| format!("{p}{short}")).collect();
     let out = Command::new("iptables").args(["-w", "5", "-S"]).output();
     let rules = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
     for rule in rules.lines().filter(|l| l.starts_with("-A ") && chains.iter().any(|c| l.ends_with(&format!("-j {c}"))))

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
@@ -24,11 +24,19 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::firewall::Firewall;
-use super::subnet::{Allocator, Pool, Subnet};
+pub mod firewall;
+pub mod labels;
+pub mod spec;
+pub mod subnet;
+
+mod driver;
+mod transfer;
+
+use self::firewall::Firewall;
+use self::spec::{ContainerSpec, Isolation, IsolationRepair, ManagedContainer, ManagedNetwork, NetworkRequest};
+use self::subnet::{Allocator, Pool, Subnet};
 use super::{
-    labels, BoxStream, ContainerSpec, ContainerStatus, ExecChunk, ExecSession, ExecSpec, Isolation, IsolationRepair,
-    ManagedContainer, ManagedNetwork, NetworkInfo, NetworkRequest, Provisioned, PullProgress, Runtime, RuntimeEvent,
+    BoxStream, ContainerStatus, ExecChunk, ExecSession, ExecSpec, NetworkInfo, Provisioned, PullProgress, RuntimeEvent,
 };
 use crate::egress::addr::Net4;
 use crate::{Error, Result};
@@ -52,6 +60,9 @@ pub struct DockerRuntime {
 
 struct Inner {
     host: Option<String>,
+    /// This daemon's instance: in the labels of everything it makes.
+    instance: String,
+    sandboxes: SandboxDefaults,
     timeout: Duration,
     node: String,
     client: RwLock<Option<Docker>>,
@@ -63,6 +74,15 @@ struct Inner {
     /// Whether sandboxes are put under AppArmor: learnt once, at the first
     /// connection to the engine (which is when it is said in the log).
     apparmor: OnceLock<bool>,
+}
+
+/// What every sandbox container gets from the daemon's config.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxDefaults {
+    /// uid:gid, never root.
+    pub user: String,
+    /// Extra labels on every object.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// How sandbox networks are laid out on this engine.
@@ -91,10 +111,18 @@ const BLACKHOLE_DNS: &str = "127.0.0.1";
 
 impl DockerRuntime {
     /// `host`: e.g. `unix:///var/run/docker.sock`; `None` uses DOCKER_HOST or the local socket.
-    pub fn new(host: Option<String>, timeout: Duration, node: String, net: NetworkSettings) -> DockerRuntime {
+    pub fn new(
+        host: Option<String>,
+        timeout: Duration,
+        node: String,
+        net: NetworkSettings,
+        sandboxes: SandboxDefaults,
+    ) -> DockerRuntime {
         DockerRuntime {
             inner: Arc::new(Inner {
                 host,
+                instance: net.instance.clone(),
+                sandboxes,
                 timeout,
                 node,
                 client: RwLock::new(None),
@@ -429,6 +457,12 @@ impl DockerRuntime {
         Ok(Confinement { apparmor: self.inner.apparmor.get().copied().unwrap_or(false), masked_volumes })
     }
 
+    /// Removes a network (and its host rules) that no sandbox names.
+    pub(crate) async fn remove_network_only(&self, name: &str) -> Result<()> {
+        let d = self.docker().await?;
+        self.remove_network(&d, name).await
+    }
+
     /// Docker's own view of the engine, for health checks.
     pub async fn ping(&self) -> Result<()> {
         self.docker().await?.ping().await.map(|_| ()).map_err(|e| map_err("ping", e))
@@ -684,12 +718,10 @@ fn split_image(image: &str) -> (&str, Option<&str>) {
     }
 }
 
-impl Runtime for DockerRuntime {
-    fn node(&self) -> &str {
-        &self.inner.node
-    }
-
-    async fn ensure_image(&self, image: &str) -> Result<()> {
+/// What the engine offers, by container and network: the driver
+/// ([`driver`]) builds sandboxes out of these.
+impl DockerRuntime {
+    pub(crate) async fn image_present(&self, image: &str) -> Result<()> {
         let d = self.docker().await?;
         match d.inspect_image(image).await {
             Ok(_) => return Ok(()),
@@ -697,14 +729,14 @@ impl Runtime for DockerRuntime {
             Err(e) => return Err(map_err("inspect image", e)),
         }
         tracing::info!(%image, "image missing locally, pulling");
-        let mut progress = self.pull_image(image);
+        let mut progress = self.pull(image);
         while let Some(p) = progress.next().await {
             p?;
         }
         Ok(())
     }
 
-    fn pull_image(&self, image: &str) -> BoxStream<Result<PullProgress>> {
+    pub(crate) fn pull(&self, image: &str) -> BoxStream<Result<PullProgress>> {
         let rt = self.clone();
         let image = image.to_string();
         futures_util::stream::once(async move {
@@ -745,7 +777,9 @@ impl Runtime for DockerRuntime {
         .boxed()
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<Provisioned> {
+    /// Creates the sandbox's network (if any) and container, and starts it.
+    /// If any step fails, whatever was made is removed before the error is returned.
+    pub async fn create(&self, spec: &ContainerSpec) -> Result<Provisioned> {
         let d = self.docker().await?;
         let confinement = self.confinement(&d, spec).await?;
         let network = match &spec.network {
@@ -801,7 +835,10 @@ impl Runtime for DockerRuntime {
         Ok(Provisioned { container_id: created.id, network })
     }
 
-    async fn remove(&self, container: &str, network: Option<&str>) -> Result<()> {
+    /// Kills (no stop grace) and removes a container by id or name, then its
+    /// network by name, with the host rules that went with it. Removing what
+    /// is already gone succeeds.
+    pub async fn remove(&self, container: &str, network: Option<&str>) -> Result<()> {
         let d = self.docker().await?;
         // force: SIGKILL then remove, with no stop grace period.
         let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
@@ -819,7 +856,7 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    async fn repair_isolation(&self, live: &[Isolation]) -> Result<IsolationRepair> {
+    pub(crate) async fn repair_isolation(&self, live: &[Isolation]) -> Result<IsolationRepair> {
         let (repair, strays) = self.inner.firewall.repair(live).await?;
         if !strays.is_empty() {
             // Only hooks whose network is gone from the engine: a network
@@ -837,15 +874,16 @@ impl Runtime for DockerRuntime {
         Ok(repair)
     }
 
-    async fn isolate(&self, nets: &[Isolation]) -> Result<()> {
+    pub(crate) async fn isolate(&self, nets: &[Isolation]) -> Result<()> {
         self.inner.firewall.isolate(nets).await
     }
 
-    fn isolation_changes(&self) -> BoxStream<()> {
+    pub(crate) fn isolation_changes(&self) -> BoxStream<()> {
         self.inner.firewall.changes()
     }
 
-    async fn kill(&self, container: &str) -> Result<()> {
+    /// Sends SIGKILL to a container's processes. A missing or stopped container is fine.
+    pub(crate) async fn kill_container(&self, container: &str) -> Result<()> {
         let d = self.docker().await?;
         let opts = bollard::query_parameters::KillContainerOptionsBuilder::default().signal("SIGKILL").build();
         match d.kill_container(container, Some(opts)).await {
@@ -857,7 +895,8 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    async fn list_networks(&self, selector: &HashMap<String, String>) -> Result<Vec<ManagedNetwork>> {
+    /// Every network carrying all of `selector`'s labels.
+    pub(crate) async fn list_networks(&self, selector: &HashMap<String, String>) -> Result<Vec<ManagedNetwork>> {
         let d = self.docker().await?;
         let opts =
             bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&label_filters(selector)).build();
@@ -874,7 +913,8 @@ impl Runtime for DockerRuntime {
             .collect())
     }
 
-    async fn list(&self, selector: &HashMap<String, String>) -> Result<Vec<ManagedContainer>> {
+    /// Every container (running or not) carrying all of `selector`'s labels.
+    pub(crate) async fn list_containers(&self, selector: &HashMap<String, String>) -> Result<Vec<ManagedContainer>> {
         let d = self.docker().await?;
         let opts = ListContainersOptionsBuilder::default().all(true).filters(&label_filters(selector)).build();
         let list = d.list_containers(Some(opts)).await.map_err(|e| map_err("list containers", e))?;
@@ -895,7 +935,8 @@ impl Runtime for DockerRuntime {
             .collect())
     }
 
-    async fn status(&self, container: &str) -> Result<Option<ContainerStatus>> {
+    /// The container's process state; `None` if it does not exist.
+    pub(crate) async fn container_status(&self, container: &str) -> Result<Option<ContainerStatus>> {
         let d = self.docker().await?;
         match d.inspect_container(container, None).await {
             Ok(i) => {
@@ -911,11 +952,14 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    async fn exec(&self, container: &str, spec: ExecSpec) -> Result<ExecSession> {
+    /// Starts a command in a running container.
+    pub(crate) async fn exec_in(&self, container: &str, spec: ExecSpec) -> Result<ExecSession> {
         self.start_exec(container, spec, false).await.map(|(session, _)| session)
     }
 
-    async fn exec_with_stdin(
+    /// Starts a command with its standard input attached; returns the session
+    /// and the writer to its stdin (drop or shut it down to send EOF).
+    pub(crate) async fn exec_in_with_stdin(
         &self,
         container: &str,
         spec: ExecSpec,
@@ -923,13 +967,15 @@ impl Runtime for DockerRuntime {
         self.start_exec(container, spec, true).await
     }
 
-    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
+    /// The exit code of a finished exec (`None` while it runs).
+    pub(crate) async fn exec_code(&self, exec_id: &str) -> Result<Option<i64>> {
         let d = self.docker().await?;
         let i = d.inspect_exec(exec_id).await.map_err(|e| exec_err("inspect exec", e))?;
         Ok(if i.running.unwrap_or(false) { None } else { i.exit_code })
     }
 
-    fn events(&self, selector: &HashMap<String, String>) -> BoxStream<Result<RuntimeEvent>> {
+    /// Lifecycle events of containers carrying `selector`'s labels.
+    pub(crate) fn container_events(&self, selector: &HashMap<String, String>) -> BoxStream<Result<RuntimeEvent>> {
         let mut filters = label_filters(selector);
         filters.insert("type".into(), vec!["container".into()]);
         filters.insert("event".into(), vec!["die".into(), "oom".into()]);
@@ -956,11 +1002,6 @@ impl Runtime for DockerRuntime {
         .try_flatten()
         .boxed()
     }
-}
-
-/// The creation time of a container list entry, for orphan grace periods.
-pub fn age(created: SystemTime, now: SystemTime) -> Duration {
-    now.duration_since(created).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -1037,7 +1078,7 @@ mod tests {
     #[test]
     fn image_volumes_are_masked_read_only_except_scratch_and_datasets() {
         let mut s = spec();
-        s.mounts = vec![super::super::Mount { source: "/srv/ref".into(), target: "/data/ref".into() }];
+        s.mounts = vec![spec::Mount { source: "/srv/ref".into(), target: "/data/ref".into() }];
         let declared: Vec<String> =
             ["/var/lib/app/", "/data", "/tmp", "/data/ref", "/x//y/../z", "/data", "/tmp/cache"]
                 .map(String::from)

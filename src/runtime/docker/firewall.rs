@@ -57,8 +57,9 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::{BoxStream, Isolation, IsolationRepair};
+use super::spec::{Isolation, IsolationRepair};
 use crate::egress::addr::{Net4, NON_PUBLIC};
+use crate::runtime::BoxStream;
 use crate::{Error, Result};
 
 /// Chain-name prefixes: sandboxes to the host, allowlist sandboxes to the
