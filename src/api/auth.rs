@@ -242,7 +242,7 @@ impl Gate {
         };
         // Refusals for load are counted, not audited: a runaway client
         // would flood the audit log.
-        let permit = self.limiter.admit(&caller.name, std::time::Instant::now()).map_err(|why| {
+        let permit = self.limiter.admit(&caller.name).map_err(|why| {
             metrics.refused(method.path(), why);
             let limits = self.limiter.limits();
             tracing::debug!(method = method.path(), caller = %caller.name, ?why, "call refused by a limit");
