@@ -274,7 +274,7 @@ impl Gate {
         };
         // Refusals for load are counted, not audited: a runaway client
         // would flood the audit log.
-        let permit = self.limiter.admit(&caller.name, std::time::Instant::now()).map_err(|why| Refused {
+        let permit = self.limiter.admit(&caller.name).map_err(|why| Refused {
             entry: None,
             error: {
                 metrics.refused(method.path(), why);

@@ -10,6 +10,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnet::Ipv4Net;
+
 /// A destination host in its one comparable form: an IP literal, or a DNS
 /// name in lower case without a trailing dot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -71,56 +73,23 @@ impl fmt::Display for Host {
     }
 }
 
-/// An IPv4 range: a network address and a prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Net4 {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
+/// An IPv4 range written `a.b.c.d/n` exactly as iptables-save and Docker
+/// print it (and as [`Ipv4Net`] displays it), host bits allowed. Other
+/// spellings are refused: ipnet reads `010.0.0.0/8` as decimal where
+/// inet_aton would read octal, and std refuses leading zeros for that reason.
+pub fn parse_cidr(s: &str) -> Option<Ipv4Net> {
+    s.parse::<Ipv4Net>().ok().filter(|n| n.to_string() == s)
 }
 
-impl Net4 {
-    /// `addr` with its host bits cleared; `prefix` above 32 is taken as 32.
-    pub const fn new(addr: Ipv4Addr, prefix: u8) -> Net4 {
-        let prefix = if prefix > 32 { 32 } else { prefix };
-        Net4 { addr: Ipv4Addr::from_bits(addr.to_bits() & mask(prefix)), prefix }
-    }
-
-    /// `a.b.c.d/n`; host bits set below the prefix are refused, as iptables would
-    /// silently clear them and the rule would not say what was meant.
-    pub fn parse(s: &str) -> Option<Net4> {
-        let (ip, prefix) = s.split_once('/')?;
-        let (addr, prefix): (Ipv4Addr, u8) = (ip.parse().ok()?, prefix.parse().ok()?);
-        let net = Net4::new(addr, prefix);
-        (prefix <= 32 && net.addr == addr).then_some(net)
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        ip.to_bits() & mask(self.prefix) == self.addr.to_bits()
-    }
-
-    /// Whether every address of `other` is in this range.
-    pub fn covers(&self, other: &Net4) -> bool {
-        self.prefix <= other.prefix && self.contains(other.addr)
-    }
+/// A range as [`parse_cidr`] reads it, without host bits set below the
+/// prefix: iptables would silently clear them and the rule would not say
+/// what was meant.
+pub fn parse_net(s: &str) -> Option<Ipv4Net> {
+    parse_cidr(s).filter(|n| *n == n.trunc())
 }
 
-const fn mask(prefix: u8) -> u32 {
-    if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - prefix)
-    }
-}
-
-/// The form iptables prints, `/32` included.
-impl fmt::Display for Net4 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-const fn net(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> Net4 {
-    Net4::new(Ipv4Addr::new(a, b, c, d), prefix)
+const fn block(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> Ipv4Net {
+    Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), prefix)
 }
 
 /// Every IPv4 range that is not plainly public unicast, one IANA
@@ -128,23 +97,23 @@ const fn net(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> Net4 {
 /// names the narrowest block. The egress proxy refuses them as resolved
 /// addresses ([`refusal`]) and the host firewall refuses to forward an
 /// open-mode sandbox's traffic to them: one table, so the two cannot drift.
-pub const NON_PUBLIC: [(Net4, &str); 16] = [
-    (net(255, 255, 255, 255, 32), "broadcast"),
-    (net(192, 0, 0, 0, 24), "IETF protocol assignments (192.0.0.0/24)"),
-    (net(192, 0, 2, 0, 24), "documentation"),
-    (net(192, 88, 99, 0, 24), "6to4 relay anycast (192.88.99.0/24)"),
-    (net(198, 51, 100, 0, 24), "documentation"),
-    (net(203, 0, 113, 0, 24), "documentation"),
-    (net(169, 254, 0, 0, 16), "link-local (169.254.0.0/16)"),
-    (net(192, 168, 0, 0, 16), "private (192.168.0.0/16)"),
-    (net(198, 18, 0, 0, 15), "benchmarking (198.18.0.0/15)"),
-    (net(172, 16, 0, 0, 12), "private (172.16.0.0/12)"),
-    (net(100, 64, 0, 0, 10), "carrier-grade NAT (100.64.0.0/10)"),
-    (net(0, 0, 0, 0, 8), "unspecified (0.0.0.0/8)"),
-    (net(10, 0, 0, 0, 8), "private (10.0.0.0/8)"),
-    (net(127, 0, 0, 0, 8), "loopback"),
-    (net(224, 0, 0, 0, 4), "multicast"),
-    (net(240, 0, 0, 0, 4), "reserved (240.0.0.0/4)"),
+pub const NON_PUBLIC: [(Ipv4Net, &str); 16] = [
+    (block(255, 255, 255, 255, 32), "broadcast"),
+    (block(192, 0, 0, 0, 24), "IETF protocol assignments (192.0.0.0/24)"),
+    (block(192, 0, 2, 0, 24), "documentation"),
+    (block(192, 88, 99, 0, 24), "6to4 relay anycast (192.88.99.0/24)"),
+    (block(198, 51, 100, 0, 24), "documentation"),
+    (block(203, 0, 113, 0, 24), "documentation"),
+    (block(169, 254, 0, 0, 16), "link-local (169.254.0.0/16)"),
+    (block(192, 168, 0, 0, 16), "private (192.168.0.0/16)"),
+    (block(198, 18, 0, 0, 15), "benchmarking (198.18.0.0/15)"),
+    (block(172, 16, 0, 0, 12), "private (172.16.0.0/12)"),
+    (block(100, 64, 0, 0, 10), "carrier-grade NAT (100.64.0.0/10)"),
+    (block(0, 0, 0, 0, 8), "unspecified (0.0.0.0/8)"),
+    (block(10, 0, 0, 0, 8), "private (10.0.0.0/8)"),
+    (block(127, 0, 0, 0, 8), "loopback"),
+    (block(224, 0, 0, 0, 4), "multicast"),
+    (block(240, 0, 0, 0, 4), "reserved (240.0.0.0/4)"),
 ];
 
 /// Why the proxy will not connect to `ip` on behalf of a name it resolved,
@@ -158,7 +127,7 @@ pub const NON_PUBLIC: [(Net4, &str); 16] = [
 pub fn refusal(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V6(_) => Some("IPv6"),
-        IpAddr::V4(v4) => NON_PUBLIC.iter().find(|(range, _)| range.contains(v4)).map(|(_, why)| *why),
+        IpAddr::V4(v4) => NON_PUBLIC.iter().find(|(range, _)| range.contains(&v4)).map(|(_, why)| *why),
     }
 }
 
@@ -225,12 +194,14 @@ mod tests {
     #[test]
     fn the_table_is_most_specific_first_and_its_blocks_are_disjoint_but_for_broadcast() {
         for pair in NON_PUBLIC.windows(2) {
-            assert!(pair[0].0.prefix >= pair[1].0.prefix, "{:?} before {:?}", pair[0], pair[1]);
+            assert!(pair[0].0.prefix_len() >= pair[1].0.prefix_len(), "{:?} before {:?}", pair[0], pair[1]);
         }
         for (i, (a, _)) in NON_PUBLIC.iter().enumerate() {
+            // One with host bits would be written into rules one way and read back from iptables-save another.
+            assert_eq!(*a, a.trunc(), "{a} has host bits");
             for (b, _) in &NON_PUBLIC[i + 1..] {
-                let nested = b.covers(a) && a.addr == Ipv4Addr::BROADCAST;
-                assert!(nested || !(a.covers(b) || b.covers(a)), "{a} and {b} overlap");
+                let nested = b.contains(a) && a.addr() == Ipv4Addr::BROADCAST;
+                assert!(nested || !(a.contains(b) || b.contains(a)), "{a} and {b} overlap");
             }
         }
         let cidrs: Vec<String> = NON_PUBLIC.iter().map(|(n, _)| n.to_string()).collect();
@@ -258,19 +229,23 @@ mod tests {
 
     #[test]
     fn ranges_parse_and_compare() {
-        let n = |s: &str| Net4::parse(s).unwrap_or_else(|| panic!("{s}"));
+        let n = |s: &str| parse_net(s).unwrap_or_else(|| panic!("{s}"));
         assert_eq!(n("10.1.2.0/24").to_string(), "10.1.2.0/24");
         assert_eq!(n("192.0.2.7/32").to_string(), "192.0.2.7/32");
         assert_eq!(n("0.0.0.0/0").to_string(), "0.0.0.0/0");
-        for bad in ["10.1.2.3/24", "10.1.2.0", "10.1.2.0/33", "10.1.2/24", "x/8", "::1/128"] {
-            assert_eq!(Net4::parse(bad), None, "{bad}");
+        for bad in ["10.1.2.3/24", "10.1.2.0", "10.1.2.0/33", "10.1.2/24", "x/8", "::1/128", "10.1.2.0/24 "] {
+            assert_eq!(parse_net(bad), None, "{bad}");
         }
-        assert_eq!(Net4::new(Ipv4Addr::new(10, 1, 2, 3), 24), n("10.1.2.0/24"));
-        assert!(n("10.0.0.0/8").covers(&n("10.213.0.16/28")));
-        assert!(n("10.0.0.0/8").covers(&n("10.0.0.0/8")));
-        assert!(!n("10.213.0.16/28").covers(&n("10.0.0.0/8")));
-        assert!(!n("10.0.0.0/8").covers(&n("11.0.0.0/28")));
-        assert!(n("0.0.0.0/0").contains(Ipv4Addr::BROADCAST));
+        assert_eq!(parse_cidr("10.1.2.3/24").map(|n| n.to_string()).as_deref(), Some("10.1.2.3/24"));
+        for odd in ["010.1.2.0/24", "10.1.2.0/024", "10.1.2.0/+24", "10.1.2.0/08"] {
+            assert_eq!(parse_cidr(odd), None, "{odd}");
+        }
+        // Containment of a whole range, as the firewall's table-covers-the-pool check uses it.
+        assert!(n("10.0.0.0/8").contains(&n("10.213.0.16/28")));
+        assert!(n("10.0.0.0/8").contains(&n("10.0.0.0/8")));
+        assert!(!n("10.213.0.16/28").contains(&n("10.0.0.0/8")));
+        assert!(!n("10.0.0.0/8").contains(&n("11.0.0.0/28")));
+        assert!(n("0.0.0.0/0").contains(&Ipv4Addr::BROADCAST));
     }
 
     #[test]

@@ -54,11 +54,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use ipnet::Ipv4Net;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use super::spec::{Isolation, IsolationRepair};
-use crate::egress::addr::{Net4, NON_PUBLIC};
+use crate::egress::addr::{parse_net, NON_PUBLIC};
 use crate::runtime::BoxStream;
 use crate::{Error, Result};
 
@@ -109,11 +110,11 @@ impl Names {
 pub struct Host {
     pub egress_port: u16,
     /// Every sandbox subnet is in it.
-    pub pool: Net4,
+    pub pool: Ipv4Net,
     /// The host's IPv4 resolvers: Docker sends open sandboxes' lookups there.
     pub nameservers: Vec<Ipv4Addr>,
     /// Networks the host is directly on.
-    pub networks: Vec<Net4>,
+    pub networks: Vec<Ipv4Net>,
     /// Whether the engine has a DOCKER-USER chain; else forwarding is hooked from FORWARD.
     pub docker_user: bool,
 }
@@ -128,7 +129,7 @@ pub struct Desired {
 }
 
 /// The rule set for `nets` (subnet, may reach the proxy); `present: false` is none at all.
-pub fn desired(names: &Names, host: &Host, nets: &BTreeMap<Net4, bool>, present: bool) -> Desired {
+pub fn desired(names: &Names, host: &Host, nets: &BTreeMap<Ipv4Net, bool>, present: bool) -> Desired {
     if !present {
         return Desired::default();
     }
@@ -173,10 +174,10 @@ fn forward_hook(host: &Host) -> &'static str {
 /// Where forwarded sandbox traffic may not go: the whole table, then the
 /// pool and the host's networks where the table does not cover them (so that
 /// sandbox bridges coming and going change nothing).
-fn rejected(host: &Host) -> Vec<Net4> {
-    let mut out: Vec<Net4> = NON_PUBLIC.iter().map(|(n, _)| *n).collect();
+fn rejected(host: &Host) -> Vec<Ipv4Net> {
+    let mut out: Vec<Ipv4Net> = NON_PUBLIC.iter().map(|(n, _)| *n).collect();
     for extra in std::iter::once(host.pool).chain(host.networks.iter().copied()) {
-        if !out.iter().any(|n| n.covers(&extra)) {
+        if !out.iter().any(|n| n.contains(&extra)) {
             out.push(extra);
         }
     }
@@ -217,9 +218,9 @@ fn target(rule: &str) -> Option<&str> {
 }
 
 /// The network of a hook shaped `-s <net> -j <chain>`.
-fn hook_net(rule: &str) -> Option<Net4> {
+fn hook_net(rule: &str) -> Option<Ipv4Net> {
     match rule.split_whitespace().collect::<Vec<_>>().as_slice() {
-        ["-s", net, "-j", _] => Net4::parse(net),
+        ["-s", net, "-j", _] => parse_net(net),
         _ => None,
     }
 }
@@ -252,7 +253,7 @@ impl Plan {
 /// (networks going away) removed. Jumps into our chains from elsewhere that
 /// are neither desired nor hooks of unknown networks are removed; rules of
 /// other chains are never touched.
-pub fn plan(names: &Names, host: &Host, nets: &BTreeMap<Net4, bool>, dump: &Dump, drop: &[Net4]) -> Plan {
+pub fn plan(names: &Names, host: &Host, nets: &BTreeMap<Ipv4Net, bool>, dump: &Dump, drop: &[Ipv4Net]) -> Plan {
     let refs: Vec<(&str, &str)> = dump
         .chains
         .iter()
@@ -300,7 +301,7 @@ pub fn plan(names: &Names, host: &Host, nets: &BTreeMap<Net4, bool>, dump: &Dump
 }
 
 /// Networks with hooks into our chains that are neither `known` nor `live`.
-fn strays(names: &Names, dump: &Dump, known: &BTreeMap<Net4, bool>, live: &BTreeSet<Net4>) -> Vec<Net4> {
+fn strays(names: &Names, dump: &Dump, known: &BTreeMap<Ipv4Net, bool>, live: &BTreeSet<Ipv4Net>) -> Vec<Ipv4Net> {
     let mut out = BTreeSet::new();
     for (_, rules) in dump.chains.iter().filter(|(c, _)| !names.owns(c)) {
         for rule in rules.iter().filter(|r| target(r).is_some_and(|t| names.owns(t))) {
@@ -313,7 +314,7 @@ fn strays(names: &Names, dump: &Dump, known: &BTreeMap<Net4, bool>, live: &BTree
 }
 
 /// Whether `net`'s own hooks are exactly as they should be (its shared chains aside).
-fn hooks_intact(names: &Names, host: &Host, dump: &Dump, net: Net4, egress: bool) -> bool {
+fn hooks_intact(names: &Names, host: &Host, dump: &Dump, net: Ipv4Net, egress: bool) -> bool {
     let want = desired(names, host, &BTreeMap::from([(net, egress)]), true).hooks;
     let mut found = Vec::new();
     for (chain, rules) in dump.chains.iter().filter(|(c, _)| !names.owns(c)) {
@@ -337,7 +338,7 @@ struct Repairs {
     changes: Vec<String>,
     /// A shared chain or the proxy guard was out of place: every network was exposed.
     all: bool,
-    nets: BTreeSet<Net4>,
+    nets: BTreeSet<Ipv4Net>,
     /// Chains rewritten only because the host changed.
     updated: Vec<String>,
 }
@@ -345,9 +346,9 @@ struct Repairs {
 fn repairs(
     names: &Names,
     plan: &Plan,
-    known: &BTreeMap<Net4, bool>,
+    known: &BTreeMap<Ipv4Net, bool>,
     applied: Option<&BTreeMap<String, Vec<String>>>,
-    drop: &[Net4],
+    drop: &[Ipv4Net],
 ) -> Repairs {
     let mut r = Repairs::default();
     for (chain, had) in &plan.rewritten {
@@ -426,7 +427,7 @@ fn differences(had: &[String], want: &[String]) -> String {
 
 /// Networks the host is directly on, from `/proc/net/route`: routes with no
 /// gateway, default and reject routes aside.
-pub fn directly_connected(route: &str) -> Vec<Net4> {
+pub fn directly_connected(route: &str) -> Vec<Ipv4Net> {
     const UP: u32 = 0x1;
     const GATEWAY: u32 = 0x2;
     const REJECT: u32 = 0x200;
@@ -442,13 +443,12 @@ pub fn directly_connected(route: &str) -> Vec<Net4> {
             continue;
         };
         let (Ok(flags), Some(mask)) = (u32::from_str_radix(flags, 16), addr(mask)) else { continue };
-        let prefix = mask.to_bits().leading_ones();
-        let contiguous = mask.to_bits().count_ones() == prefix;
         if *iface == "lo" || flags & UP == 0 || flags & (GATEWAY | REJECT) != 0 || !gw.is_unspecified() {
             continue;
         }
-        if contiguous && prefix > 0 {
-            out.insert(Net4::new(dest, prefix as u8));
+        // A mask that is not contiguous has no prefix and no rule to match it.
+        if let Some(net) = Ipv4Net::with_netmask(dest, mask).ok().filter(|n| n.prefix_len() > 0) {
+            out.insert(net.trunc());
         }
     }
     out.into_iter().collect()
@@ -541,7 +541,7 @@ async fn restore(input: &str, own: &Mutex<VecDeque<u32>>) -> Result<()> {
 pub struct Firewall {
     names: Names,
     egress_port: u16,
-    pool: Net4,
+    pool: Ipv4Net,
     /// Serialises changes: each is read, planned and applied whole.
     state: tokio::sync::Mutex<State>,
     own: Arc<Mutex<VecDeque<u32>>>,
@@ -552,7 +552,7 @@ struct State {
     /// Networks made or adopted by this process, and whether each may reach
     /// the proxy. Removing a network takes it out first, under this state's
     /// lock, so a repair from this set cannot undo a teardown.
-    nets: BTreeMap<Net4, bool>,
+    nets: BTreeMap<Ipv4Net, bool>,
     /// Our chains as last written or found whole: a chain that still holds
     /// this but should hold something else followed a change of the host.
     applied: Option<BTreeMap<String, Vec<String>>>,
@@ -563,7 +563,7 @@ struct State {
 impl Firewall {
     /// `instance` names the chains; `egress_port` is the only host port
     /// allowlist sandboxes may reach; `pool` holds every sandbox subnet.
-    pub fn new(instance: &str, egress_port: u16, pool: Net4) -> Firewall {
+    pub fn new(instance: &str, egress_port: u16, pool: Ipv4Net) -> Firewall {
         Firewall {
             names: Names::new(instance),
             egress_port,
@@ -586,7 +586,7 @@ impl Firewall {
     /// Makes the host's rules those of `st.nets`, with `drop`'s hooks gone,
     /// in one transaction (retried on a fresh read if someone changed the
     /// rules in between). Returns the plan that was applied.
-    async fn apply(&self, st: &mut State, drop: &[Net4], mut dump: Option<Dump>) -> Result<Plan> {
+    async fn apply(&self, st: &mut State, drop: &[Ipv4Net], mut dump: Option<Dump>) -> Result<Plan> {
         let mut last = None;
         for _ in 0..RESTORE_TRIES {
             let now = match dump.take() {
@@ -612,10 +612,10 @@ impl Firewall {
         if !r.updated.is_empty() {
             tracing::info!(chains = ?r.updated, "host firewall chains follow a change of the host's resolvers or networks");
         }
-        let restored: BTreeSet<Net4> = if r.all { st.nets.keys().copied().collect() } else { r.nets };
+        let restored: BTreeSet<Ipv4Net> = if r.all { st.nets.keys().copied().collect() } else { r.nets };
         IsolationRepair {
             changes: r.changes,
-            restored: restored.iter().map(Net4::to_string).collect(),
+            restored: restored.iter().map(Ipv4Net::to_string).collect(),
             unknown: Vec::new(),
         }
     }
@@ -627,7 +627,7 @@ impl Firewall {
         let parsed = nets
             .iter()
             .map(|n| {
-                Net4::parse(&n.subnet)
+                parse_net(&n.subnet)
                     .map(|net| (net, n.egress))
                     .ok_or_else(|| Error::Internal(format!("not an IPv4 subnet: {}", n.subnet)))
             })
@@ -645,7 +645,7 @@ impl Firewall {
 
     /// Removes `subnet`'s rules, and the chains when no network needs them.
     pub async fn release(&self, subnet: &str) -> Result<()> {
-        let Some(net) = Net4::parse(subnet) else { return Ok(()) };
+        let Some(net) = parse_net(subnet) else { return Ok(()) };
         let mut st = self.state.lock().await;
         let known = st.nets.clone();
         let applied = st.applied.clone();
@@ -677,7 +677,7 @@ impl Firewall {
     /// their hooks are in place, and returned as `unknown` when not. Also
     /// returns the networks whose hooks are there but which are neither
     /// known nor live, for [`Firewall::forget`] once their network is gone.
-    pub async fn repair(&self, live: &[Isolation]) -> Result<(IsolationRepair, Vec<Net4>)> {
+    pub async fn repair(&self, live: &[Isolation]) -> Result<(IsolationRepair, Vec<Ipv4Net>)> {
         let mut st = self.state.lock().await;
         // Nothing networked, nothing to read: hosts with mode `none` alone need no iptables.
         if live.is_empty() && st.nets.is_empty() && st.unreported.changes.is_empty() {
@@ -687,7 +687,7 @@ impl Firewall {
         let host = self.host(&dump);
         let mut unknown = Vec::new();
         for l in live {
-            let Some(net) = Net4::parse(&l.subnet) else {
+            let Some(net) = parse_net(&l.subnet) else {
                 tracing::warn!(subnet = %l.subnet, "a sandbox's subnet is not an IPv4 range; not firewalled");
                 continue;
             };
@@ -700,7 +700,7 @@ impl Firewall {
                 unknown.push(l.clone());
             }
         }
-        let live_nets: BTreeSet<Net4> = live.iter().filter_map(|l| Net4::parse(&l.subnet)).collect();
+        let live_nets: BTreeSet<Ipv4Net> = live.iter().filter_map(|l| parse_net(&l.subnet)).collect();
         let strays = strays(&self.names, &dump, &st.nets, &live_nets);
         let known = st.nets.clone();
         let applied = st.applied.clone();
@@ -722,9 +722,9 @@ impl Firewall {
     /// without their rules (removed behind the daemon's back), whose hooks
     /// would otherwise keep the chains, and fence whatever network takes
     /// the subnet next.
-    pub async fn forget(&self, nets: &[Net4]) -> Result<()> {
+    pub async fn forget(&self, nets: &[Ipv4Net]) -> Result<()> {
         let mut st = self.state.lock().await;
-        let drop: Vec<Net4> = nets.iter().copied().filter(|n| !st.nets.contains_key(n)).collect();
+        let drop: Vec<Ipv4Net> = nets.iter().copied().filter(|n| !st.nets.contains_key(n)).collect();
         if drop.is_empty() {
             return Ok(());
         }

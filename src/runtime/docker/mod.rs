@@ -23,6 +23,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::{StreamExt, TryStreamExt};
+use ipnet::Ipv4Net;
 
 pub mod firewall;
 pub mod labels;
@@ -38,7 +39,7 @@ use self::subnet::{Allocator, Pool, Subnet};
 use super::{
     BoxStream, ContainerStatus, ExecChunk, ExecSession, ExecSpec, NetworkInfo, Provisioned, PullProgress, RuntimeEvent,
 };
-use crate::egress::addr::Net4;
+use crate::egress::addr::parse_net;
 use crate::{Error, Result};
 
 /// Scratch space mount inside every sandbox (the root filesystem is read-only).
@@ -328,7 +329,7 @@ impl DockerRuntime {
     }
 
     /// The subnets of every network on the engine, ours or not.
-    async fn subnets_in_use(&self) -> Result<Vec<Net4>> {
+    async fn subnets_in_use(&self) -> Result<Vec<Ipv4Net>> {
         let d = self.docker().await?;
         let nets = d
             .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
@@ -337,7 +338,7 @@ impl DockerRuntime {
         Ok(nets
             .into_iter()
             .flat_map(|n| n.ipam.and_then(|i| i.config).unwrap_or_default())
-            .filter_map(|c| c.subnet.as_deref().and_then(Net4::parse))
+            .filter_map(|c| c.subnet.as_deref().and_then(parse_net))
             .collect())
     }
 
@@ -863,7 +864,7 @@ impl DockerRuntime {
             // being made now already has its subnet there.
             match self.subnets_in_use().await {
                 Ok(used) => {
-                    let gone: Vec<Net4> = strays.into_iter().filter(|s| !used.contains(s)).collect();
+                    let gone: Vec<Ipv4Net> = strays.into_iter().filter(|s| !used.contains(s)).collect();
                     if let Err(e) = self.inner.firewall.forget(&gone).await {
                         tracing::warn!(error = %e, "removing host rules of vanished networks failed; the next check retries");
                     }
