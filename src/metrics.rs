@@ -1,4 +1,4 @@
-//! Prometheus metrics, kept with `prometheus-client`.
+//! Prometheus metrics, kept with `prometheus-client` and served with axum.
 //!
 //! Counters and histograms are updated where the work happens (provisioning,
 //! expiry, Docker calls, reconcile, refused calls) in one process-wide
@@ -12,9 +12,19 @@
 //! it (`sandpit_calls` is exposed as `sandpit_calls_total`).
 
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::http::header::{CONNECTION, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -23,8 +33,9 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Metric, Registry};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
 
 /// Upper bounds (seconds) of the provisioning latency buckets.
 const PROVISION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -340,72 +351,138 @@ impl Collector for Readings {
 /// Produces the whole exposition on each scrape.
 pub type Render = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
-/// Longest request head read from a scraper.
-const REQUEST_MAX: usize = 8192;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a scraper's connection is kept open: it asks once and is answered.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Serves `GET /metrics` until `shutdown` resolves. One request per
-/// connection; anything else gets 404 or 405.
-pub async fn serve(listener: TcpListener, render: Render, shutdown: impl Future<Output = ()> + Send) {
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let render = Arc::clone(&render);
-        tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, render)).await {
-                tracing::debug!(error = %e, "metrics request timed out");
-            }
-        });
+/// Serves `GET /metrics` (any query string) until `shutdown` resolves, then
+/// stops accepting and lets the connections in hand finish. Other paths get
+/// 404, other methods on `/metrics` 405.
+pub async fn serve(listener: TcpListener, render: Render, shutdown: impl Future<Output = ()> + Send + 'static) {
+    serve_with(listener, render, shutdown, CONNECTION_DEADLINE).await;
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    render: Render,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    deadline: Duration,
+) {
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "metrics are at /metrics\n") })
+        .layer(axum::middleware::map_response(close_after))
+        .with_state(render);
+    if let Err(e) = axum::serve(Deadlined { listener, deadline }, app).with_graceful_shutdown(shutdown).await {
+        tracing::warn!(error = %e, "metrics server stopped");
     }
 }
 
-async fn answer(mut stream: TcpStream, render: Render) {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+async fn scrape(State(render): State<Render>) -> Response {
+    match render() {
+        Ok(body) => ([(CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], body).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics scrape failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
         }
-        if buf.len() > REQUEST_MAX {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "").await;
-        }
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut words = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
-    let path = path.split('?').next().unwrap_or_default();
-    match (method, path) {
-        ("GET", "/metrics") => match render() {
-            Ok(body) => respond(&mut stream, "200 OK", prometheus_text::CONTENT_TYPE, &body).await,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics scrape failed");
-                respond(&mut stream, "500 Internal Server Error", "text/plain", &format!("{e}\n")).await
-            }
-        },
-        ("GET", _) => respond(&mut stream, "404 Not Found", "text/plain", "metrics are at /metrics\n").await,
-        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "").await,
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
-    let _ = stream.shutdown().await;
+/// One request per connection, as before: hyper closes a connection after a
+/// response that says `Connection: close`, and clients that read the answer
+/// to its end (the tests' scraper, `nc`) rely on that. A scraper asks every
+/// few seconds at most, so keep-alive would save little.
+async fn close_after(mut response: Response) -> Response {
+    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// The metrics listener, whose connections fail `deadline`
+/// ([`CONNECTION_DEADLINE`]) after they were accepted. hyper's own header-read timeout needs a timer that
+/// `axum::serve` does not give it: without this a client that sends its
+/// request slowly, or never reads the answer, would hold a connection and its
+/// task (and the graceful stop) for as long as it liked.
+struct Deadlined {
+    listener: TcpListener,
+    deadline: Duration,
+}
+
+impl axum::serve::Listener for Deadlined {
+    type Io = Deadline;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Deadline, SocketAddr) {
+        // axum's own accept, which logs and retries failed accepts.
+        let (io, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+        (Deadline { io, expiry: Box::pin(tokio::time::sleep(self.deadline)) }, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection that reads and writes until its deadline, then fails with `TimedOut`.
+struct Deadline {
+    io: TcpStream,
+    expiry: Pin<Box<Sleep>>,
+}
+
+impl Deadline {
+    /// The error to fail with once the deadline has passed. Polling the timer
+    /// also has it wake the connection's task when it fires, so a connection
+    /// waiting on a silent client ends then.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.expiry.as_mut().poll(cx).is_ready().then(|| io::ErrorKind::TimedOut.into())
+    }
+}
+
+impl AsyncRead for Deadline {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.expired(cx) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => Pin::new(&mut this.io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Deadline {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match this.expired(cx) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => Pin::new(&mut this.io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match this.expired(cx) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.expired(cx) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => Pin::new(&mut this.io).poll_flush(cx),
+        }
+    }
+
+    /// Closing is allowed past the deadline: it is how the connection ends.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
@@ -498,6 +575,51 @@ mod tests {
         );
         m.audit_chain(false);
         assert!(encode(&m).contains("\nsandpit_audit_chain_ok 0\n"));
+    }
+
+    /// Sends `request` on a new connection and reads the answer to its end.
+    async fn ask(addr: SocketAddr, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn the_server_answers_once_per_connection_and_stops_on_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let render: Render = Arc::new(|| Ok("m 1\n".into()));
+        let server = tokio::spawn(serve_with(
+            listener,
+            render,
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_millis(300),
+        ));
+
+        let ok = ask(addr, "GET /metrics?a=b HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("\r\n\r\nm 1\n"), "{ok}");
+        assert!(ok.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"), "{ok}");
+        assert!(ok.contains("connection: close\r\n"), "{ok}");
+        assert!(ask(addr, "GET /x HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 404 "));
+        assert!(ask(addr, "DELETE /metrics HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 405 "));
+
+        // A client that never finishes its request is cut off at the deadline...
+        let started = std::time::Instant::now();
+        let silent = ask(addr, "GET /metrics HTTP/1.1\r\n");
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), silent).await.expect("cut off"), "");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        // ...and cannot hold up the stop for longer than that.
+        let _held = TcpStream::connect(addr).await.unwrap();
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("stopped").unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "no longer listening");
     }
 
     #[test]
