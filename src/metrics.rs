@@ -1,97 +1,46 @@
-//! Prometheus metrics.
+//! Prometheus metrics, kept with `prometheus-client` and served with axum.
 //!
 //! Counters and histograms are updated where the work happens (provisioning,
 //! expiry, Docker calls, reconcile, refused calls) in one process-wide
 //! [`Metrics`]; gauges (sandboxes by state, audit log length, warm pools) are
 //! read from the store and the pools when scraped, so they cannot drift from
-//! the truth. [`serve`] answers `GET /metrics` in the text exposition format
-//! on its own listener (`[metrics] listen`, loopback by default).
+//! the truth: the caller hands them to [`Metrics::encode`] as [`Readings`].
+//! [`serve`] answers `GET /metrics` in the Prometheus text format 0.0.4 on its
+//! own listener (`[metrics] listen`, loopback by default).
+//!
+//! Counters are named here without the `_total` suffix: the encoder appends
+//! it (`sandpit_calls` is exposed as `sandpit_calls_total`).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::extract::State;
+use axum::http::header::{CONNECTION, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Metric, Registry};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
 
 /// Upper bounds (seconds) of the provisioning latency buckets.
 const PROVISION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 /// Upper bounds (seconds) of the expiry lateness buckets.
 const LATENESS_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0];
-
-/// A cumulative histogram with fixed buckets.
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Observations at or below each bound (not yet cumulative), then the overflow.
-    buckets: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = self.bounds.iter().position(|b| secs <= *b).unwrap_or(self.bounds.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(d.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (i, bound) in self.bounds.iter().enumerate() {
-            cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.buckets[self.bounds.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}");
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count());
-    }
-}
-
-/// Counters keyed by `N` label values.
-struct Counters<const N: usize>(Mutex<BTreeMap<[&'static str; N], u64>>);
-
-impl<const N: usize> Counters<N> {
-    fn new() -> Self {
-        Counters(Mutex::new(BTreeMap::new()))
-    }
-
-    fn inc(&self, key: [&'static str; N]) {
-        self.add(key, 1);
-    }
-
-    fn add(&self, key: [&'static str; N], n: u64) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += n;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: [&str; N]) {
-        for (key, n) in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let pairs: Vec<String> = labels.iter().zip(key).map(|(l, v)| format!("{l}=\"{}\"", escape(v))).collect();
-            let _ = writeln!(out, "{name}{{{}}} {n}", pairs.join(","));
-        }
-    }
-}
 
 /// Why a call was refused before it reached its handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,27 +62,6 @@ impl Refusal {
     }
 }
 
-/// What the daemon counts as it works.
-pub struct Metrics {
-    /// Create latency by source: `cold` (a new container) or `warm` (a pool claim).
-    provisioning: [Histogram; 2],
-    expiry_lateness: Histogram,
-    docker_errors: Counters<2>,
-    reconcile_runs: Counters<1>,
-    reconcile_actions: Counters<1>,
-    calls: Counters<1>,
-    refused: Counters<2>,
-    /// Refusals counted into a summary record rather than recorded one by one.
-    refusals_summarised: std::sync::atomic::AtomicU64,
-    /// 1 or 0 once the audit chain has been checked at start; [`UNKNOWN`] before.
-    audit_chain_ok: AtomicU64,
-    checkpoints: AtomicU64,
-    egress_strangers: AtomicU64,
-}
-
-/// `audit_chain_ok` before the first check: no sample is rendered.
-const UNKNOWN: u64 = u64::MAX;
-
 /// How a create was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -141,137 +69,218 @@ pub enum Source {
     Warm,
 }
 
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Cold => "cold",
+            Source::Warm => "warm",
+        }
+    }
+}
+
+// Label sets: each field is a label, named as the field.
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DockerErrorLabels {
+    operation: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    method: &'static str,
+    reason: &'static str,
+}
+
+/// No labels: for a family with at most one, unlabelled, member.
+type Unlabelled = [(&'static str, &'static str); 0];
+
+/// What the daemon counts as it works.
+pub struct Metrics {
+    /// Everything below, in the order it is exposed.
+    registry: Registry,
+    /// Create latency by source: `cold` (a new container) or `warm` (a pool claim).
+    provisioning: Family<SourceLabels, Histogram, fn() -> Histogram>,
+    expiry_lateness: Histogram,
+    docker_errors: Family<DockerErrorLabels, Counter>,
+    reconcile_runs: Family<ResultLabels, Counter>,
+    reconcile_actions: Family<ActionLabels, Counter>,
+    calls: Family<MethodLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
+    /// Refusals counted into a summary record rather than recorded one by one.
+    refusals_summarised: Counter,
+    /// 1 or 0 once the audit chain has been checked at start. Its one member
+    /// is made by the first check: an empty family is not exposed at all, so
+    /// there is no sample (rather than a made-up 0) before then.
+    audit_chain_ok: Family<Unlabelled, Gauge>,
+    checkpoints: Counter,
+    egress_strangers: Counter,
+}
+
+/// Registers `metric` with `help` as written: prometheus-client ends every
+/// registered HELP text with a period of its own, so one already there is
+/// dropped (the exposed text stays exactly as written).
+fn register(registry: &mut Registry, name: &str, help: &str, metric: impl Metric) {
+    registry.register(name, help.strip_suffix('.').unwrap_or(help), metric);
+}
+
 impl Metrics {
     fn new() -> Metrics {
-        Metrics {
-            provisioning: [Histogram::new(PROVISION_BUCKETS), Histogram::new(PROVISION_BUCKETS)],
-            expiry_lateness: Histogram::new(LATENESS_BUCKETS),
-            docker_errors: Counters::new(),
-            reconcile_runs: Counters::new(),
-            reconcile_actions: Counters::new(),
-            calls: Counters::new(),
-            refused: Counters::new(),
-            refusals_summarised: std::sync::atomic::AtomicU64::new(0),
-            audit_chain_ok: AtomicU64::new(UNKNOWN),
-            checkpoints: AtomicU64::new(0),
-            egress_strangers: AtomicU64::new(0),
+        let provisioning: Family<SourceLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(PROVISION_BUCKETS.iter().copied()));
+        // Both sources are exposed from the start, at zero, so a rate over
+        // warm claims reads 0 rather than nothing before the first one.
+        for source in [Source::Cold, Source::Warm] {
+            let _ = provisioning.get_or_create(&SourceLabels { source: source.as_str() });
         }
+        let m = Metrics {
+            registry: Registry::default(),
+            provisioning,
+            expiry_lateness: Histogram::new(LATENESS_BUCKETS.iter().copied()),
+            docker_errors: Family::default(),
+            reconcile_runs: Family::default(),
+            reconcile_actions: Family::default(),
+            calls: Family::default(),
+            refused: Family::default(),
+            refusals_summarised: Counter::default(),
+            audit_chain_ok: Family::default(),
+            checkpoints: Counter::default(),
+            egress_strangers: Counter::default(),
+        };
+        // The metrics share their state with the clones registered here.
+        let mut r = Registry::default();
+        register(&mut r, "sandpit_provisioning_seconds", "Time from an admitted create to a running sandbox; source=cold is a new container, source=warm a pool claim.", m.provisioning.clone());
+        register(
+            &mut r,
+            "sandpit_expiry_lateness_seconds",
+            "Time from a sandbox's expiry deadline to its container being stopped.",
+            m.expiry_lateness.clone(),
+        );
+        register(&mut r, "sandpit_docker_errors", "Failed Docker Engine calls by operation; kind=unavailable means the engine could not be reached or timed out.", m.docker_errors.clone());
+        register(
+            &mut r,
+            "sandpit_reconcile_runs",
+            "Full reconcile passes with Docker by result (ok, unavailable, error).",
+            m.reconcile_runs.clone(),
+        );
+        register(&mut r, "sandpit_reconcile_actions", "What reconcile changed: adopted, lost, exited, orphan_removed, leftover_removed, interrupted_create_failed, firewall_restored, step_failed.", m.reconcile_actions.clone());
+        register(&mut r, "sandpit_calls", "Authorized API calls by method.", m.calls.clone());
+        register(
+            &mut r,
+            "sandpit_calls_refused",
+            "API calls refused before their handler ran, by method and reason.",
+            m.refused.clone(),
+        );
+        register(
+            &mut r,
+            "sandpit_audit_refusals_summarised",
+            "Refusals counted into a summary audit record (repeats, or over a source's share) instead of recorded one by one.",
+            m.refusals_summarised.clone(),
+        );
+        register(&mut r, "sandpit_audit_chain_ok", "1 when the audit chain verified at start (against the newest checkpoint too) and before every checkpoint since; 0 when it did not (the log says why, and no checkpoint is signed). Absent until the check at start ends.", m.audit_chain_ok.clone());
+        register(
+            &mut r,
+            "sandpit_audit_checkpoints",
+            "Signed checkpoints of the audit chain written by this process.",
+            m.checkpoints.clone(),
+        );
+        register(
+            &mut r,
+            "sandpit_egress_refused_strangers",
+            "Connections to the egress proxy from sources that are no allowlist sandbox, closed unread and unaudited.",
+            m.egress_strangers.clone(),
+        );
+        Metrics { registry: r, ..m }
     }
 
     /// Whether the audit chain verified (at start, and before each checkpoint since).
     pub fn audit_chain(&self, ok: bool) {
-        self.audit_chain_ok.store(u64::from(ok), Ordering::Relaxed);
+        self.audit_chain_ok.get_or_create(&[]).set(i64::from(ok));
     }
 
     /// A signed checkpoint of the audit chain was written.
     pub fn checkpoint_signed(&self) {
-        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.checkpoints.inc();
     }
 
     pub fn provisioned(&self, source: Source, took: Duration) {
-        self.provisioning[source as usize].observe(took);
+        self.provisioning.get_or_create(&SourceLabels { source: source.as_str() }).observe(took.as_secs_f64());
     }
 
     /// A sandbox stopped `late` after its deadline.
     pub fn expired(&self, late: Duration) {
-        self.expiry_lateness.observe(late);
+        self.expiry_lateness.observe(late.as_secs_f64());
     }
 
     /// A Docker call failed: `kind` is `unavailable` (the engine could not be
     /// reached or timed out) or `error` (it answered with an error).
     pub fn docker_error(&self, operation: &'static str, kind: &'static str) {
-        self.docker_errors.inc([operation, kind]);
+        self.docker_errors.get_or_create(&DockerErrorLabels { operation, kind }).inc();
     }
 
     /// A reconcile pass ended: `ok`, `unavailable` or `error`.
     pub fn reconciled(&self, result: &'static str) {
-        self.reconcile_runs.inc([result]);
+        self.reconcile_runs.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// Reconcile did `n` of `action` (adopted, lost, exited, ...).
     pub fn reconcile_action(&self, action: &'static str, n: usize) {
+        // No series for an action that never happened, as before.
         if n > 0 {
-            self.reconcile_actions.add([action], n as u64);
+            self.reconcile_actions.get_or_create(&ActionLabels { action }).inc_by(n as u64);
         }
     }
 
     /// An authorized call of `method` began.
     pub fn call(&self, method: &'static str) {
-        self.calls.inc([method]);
+        self.calls.get_or_create(&MethodLabels { method }).inc();
     }
 
     pub fn refused(&self, method: &'static str, why: Refusal) {
-        self.refused.inc([method, why.as_str()]);
+        self.refused.get_or_create(&RefusedLabels { method, reason: why.as_str() }).inc();
     }
 
     /// A refusal was counted into its window's summary record instead of being recorded alone.
     pub fn refusal_summarised(&self) {
-        self.refusals_summarised.fetch_add(1, Ordering::Relaxed);
+        self.refusals_summarised.inc();
     }
 
     /// The egress proxy closed a connection from a source that is no allowlist sandbox.
     pub fn egress_stranger_refused(&self) {
-        self.egress_strangers.fetch_add(1, Ordering::Relaxed);
+        self.egress_strangers.inc();
     }
 
-    /// The counters and histograms in the text exposition format.
-    pub fn render(&self, out: &mut String) {
-        help(out, "sandpit_provisioning_seconds", "histogram", "Time from an admitted create to a running sandbox; source=cold is a new container, source=warm a pool claim.");
-        self.provisioning[Source::Cold as usize].render(out, "sandpit_provisioning_seconds", "source=\"cold\"");
-        self.provisioning[Source::Warm as usize].render(out, "sandpit_provisioning_seconds", "source=\"warm\"");
-        help(
-            out,
-            "sandpit_expiry_lateness_seconds",
-            "histogram",
-            "Time from a sandbox's expiry deadline to its container being stopped.",
-        );
-        self.expiry_lateness.render(out, "sandpit_expiry_lateness_seconds", "");
-        help(out, "sandpit_docker_errors_total", "counter", "Failed Docker Engine calls by operation; kind=unavailable means the engine could not be reached or timed out.");
-        self.docker_errors.render(out, "sandpit_docker_errors_total", ["operation", "kind"]);
-        help(
-            out,
-            "sandpit_reconcile_runs_total",
-            "counter",
-            "Full reconcile passes with Docker by result (ok, unavailable, error).",
-        );
-        self.reconcile_runs.render(out, "sandpit_reconcile_runs_total", ["result"]);
-        help(out, "sandpit_reconcile_actions_total", "counter", "What reconcile changed: adopted, lost, exited, orphan_removed, leftover_removed, interrupted_create_failed, firewall_restored, step_failed.");
-        self.reconcile_actions.render(out, "sandpit_reconcile_actions_total", ["action"]);
-        help(out, "sandpit_calls_total", "counter", "Authorized API calls by method.");
-        self.calls.render(out, "sandpit_calls_total", ["method"]);
-        help(
-            out,
-            "sandpit_calls_refused_total",
-            "counter",
-            "API calls refused before their handler ran, by method and reason.",
-        );
-        self.refused.render(out, "sandpit_calls_refused_total", ["method", "reason"]);
-        help(
-            out,
-            "sandpit_audit_refusals_summarised_total",
-            "counter",
-            "Refusals counted into a summary audit record (repeats, or over a source's share) instead of recorded one by one.",
-        );
-        sample(out, "sandpit_audit_refusals_summarised_total", &[], self.refusals_summarised.load(Ordering::Relaxed));
-        help(out, "sandpit_audit_chain_ok", "gauge", "1 when the audit chain verified at start (against the newest checkpoint too) and before every checkpoint since; 0 when it did not (the log says why, and no checkpoint is signed). Absent until the check at start ends.");
-        let ok = self.audit_chain_ok.load(Ordering::Relaxed);
-        if ok != UNKNOWN {
-            sample(out, "sandpit_audit_chain_ok", &[], ok);
-        }
-        help(
-            out,
-            "sandpit_audit_checkpoints_total",
-            "counter",
-            "Signed checkpoints of the audit chain written by this process.",
-        );
-        sample(out, "sandpit_audit_checkpoints_total", &[], self.checkpoints.load(Ordering::Relaxed));
-        help(
-            out,
-            "sandpit_egress_refused_strangers_total",
-            "counter",
-            "Connections to the egress proxy from sources that are no allowlist sandbox, closed unread and unaudited.",
-        );
-        sample(out, "sandpit_egress_refused_strangers_total", &[], self.egress_strangers.load(Ordering::Relaxed));
+    /// The whole exposition in the Prometheus text format 0.0.4: `readings`
+    /// first, then the process's counters and histograms. A family with no
+    /// sample yet is left out, HELP and TYPE included.
+    pub fn encode(&self, readings: Readings) -> Result<String, std::fmt::Error> {
+        let mut scrape = Registry::default();
+        scrape.register_collector(Box::new(readings));
+        let mut out = String::with_capacity(8192);
+        // The 0.0.4 format has no end marker, so two encodings concatenate.
+        prometheus_text::encode(&mut out, &scrape)?;
+        prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
     }
 }
 
@@ -281,122 +290,256 @@ pub fn global() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
-/// A `# HELP` and `# TYPE` header.
-pub fn help(out: &mut String, name: &str, kind: &str, text: &str) {
-    let _ = writeln!(out, "# HELP {name} {text}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// Values read from elsewhere when scraped (the store, the pools), for
+/// [`Metrics::encode`] to expose through prometheus-client's [`Collector`].
+/// Samples keep the order they were added in (a `Family` would hash them into
+/// any order) and HELP texts are exposed as written.
+#[derive(Debug, Default)]
+pub struct Readings(Vec<Reading>);
+
+/// One family of [`Readings`].
+#[derive(Debug)]
+pub struct Reading {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<(Vec<(&'static str, String)>, u64)>,
 }
 
-/// One sample line.
-pub fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-    if labels.is_empty() {
-        let _ = writeln!(out, "{name} {value}");
-        return;
+impl Readings {
+    /// A gauge family.
+    pub fn gauge(&mut self, name: &'static str, help: &'static str) -> &mut Reading {
+        self.family(name, help, MetricType::Gauge)
     }
-    let pairs: Vec<String> = labels.iter().map(|(l, v)| format!("{l}=\"{}\"", escape(v))).collect();
-    let _ = writeln!(out, "{name}{{{}}} {value}", pairs.join(","));
+
+    /// A counter family, `name` without the `_total` the encoder appends.
+    pub fn counter(&mut self, name: &'static str, help: &'static str) -> &mut Reading {
+        debug_assert!(!name.ends_with("_total"), "{name}: the encoder appends _total");
+        self.family(name, help, MetricType::Counter)
+    }
+
+    fn family(&mut self, name: &'static str, help: &'static str, kind: MetricType) -> &mut Reading {
+        self.0.push(Reading { name, help, kind, samples: Vec::new() });
+        self.0.last_mut().expect("just pushed")
+    }
 }
 
-/// A label value as the text format wants it.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+impl Reading {
+    /// One sample; `labels` in the order they are exposed, values escaped by the encoder.
+    pub fn sample(&mut self, labels: &[(&'static str, &str)], value: u64) {
+        self.samples.push((labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(), value));
+    }
+}
+
+impl Collector for Readings {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Empty families are left out, as the registry leaves out its own.
+        for family in self.0.iter().filter(|f| !f.samples.is_empty()) {
+            let mut metric = encoder.encode_descriptor(family.name, family.help, None, family.kind)?;
+            for (labels, value) in &family.samples {
+                let member = metric.encode_family(labels)?;
+                match family.kind {
+                    MetricType::Counter => ConstCounter::new(*value).encode(member)?,
+                    _ => ConstGauge::new(*value).encode(member)?,
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Produces the whole exposition on each scrape.
 pub type Render = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<String, String>> + Send + Sync>;
 
-/// Longest request head read from a scraper.
-const REQUEST_MAX: usize = 8192;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a scraper's connection is kept open: it asks once and is answered.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Serves `GET /metrics` until `shutdown` resolves. One request per
-/// connection; anything else gets 404 or 405.
-pub async fn serve(listener: TcpListener, render: Render, shutdown: impl Future<Output = ()> + Send) {
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let render = Arc::clone(&render);
-        tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, render)).await {
-                tracing::debug!(error = %e, "metrics request timed out");
-            }
-        });
+/// Serves `GET /metrics` (any query string) until `shutdown` resolves, then
+/// stops accepting and lets the connections in hand finish. Other paths get
+/// 404, other methods on `/metrics` 405.
+pub async fn serve(listener: TcpListener, render: Render, shutdown: impl Future<Output = ()> + Send + 'static) {
+    serve_with(listener, render, shutdown, CONNECTION_DEADLINE).await;
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    render: Render,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    deadline: Duration,
+) {
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "metrics are at /metrics\n") })
+        .layer(axum::middleware::map_response(close_after))
+        .with_state(render);
+    if let Err(e) = axum::serve(Deadlined { listener, deadline }, app).with_graceful_shutdown(shutdown).await {
+        tracing::warn!(error = %e, "metrics server stopped");
     }
 }
 
-async fn answer(mut stream: TcpStream, render: Render) {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+async fn scrape(State(render): State<Render>) -> Response {
+    match render().await {
+        Ok(body) => ([(CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], body).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics scrape failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
         }
-        if buf.len() > REQUEST_MAX {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "").await;
-        }
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut words = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
-    let path = path.split('?').next().unwrap_or_default();
-    match (method, path) {
-        ("GET", "/metrics") => match render().await {
-            Ok(body) => respond(&mut stream, "200 OK", "text/plain; version=0.0.4; charset=utf-8", &body).await,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics scrape failed");
-                respond(&mut stream, "500 Internal Server Error", "text/plain", &format!("{e}\n")).await
-            }
-        },
-        ("GET", _) => respond(&mut stream, "404 Not Found", "text/plain", "metrics are at /metrics\n").await,
-        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "").await,
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
-    let _ = stream.shutdown().await;
+/// One request per connection, as before: hyper closes a connection after a
+/// response that says `Connection: close`, and clients that read the answer
+/// to its end (the tests' scraper, `nc`) rely on that. A scraper asks every
+/// few seconds at most, so keep-alive would save little.
+async fn close_after(mut response: Response) -> Response {
+    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// The metrics listener, whose connections fail `deadline`
+/// ([`CONNECTION_DEADLINE`]) after they were accepted. hyper's own header-read timeout needs a timer that
+/// `axum::serve` does not give it: without this a client that sends its
+/// request slowly, or never reads the answer, would hold a connection and its
+/// task (and the graceful stop) for as long as it liked.
+struct Deadlined {
+    listener: TcpListener,
+    deadline: Duration,
+}
+
+impl axum::serve::Listener for Deadlined {
+    type Io = Deadline;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Deadline, SocketAddr) {
+        // axum's own accept, which logs and retries failed accepts.
+        let (io, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+        (Deadline { io, expiry: Box::pin(tokio::time::sleep(self.deadline)) }, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection that reads and writes until its deadline, then fails with `TimedOut`.
+struct Deadline {
+    io: TcpStream,
+    expiry: Pin<Box<Sleep>>,
+}
+
+impl Deadline {
+    /// The error to fail with once the deadline has passed. Polling the timer
+    /// also has it wake the connection's task when it fires, so a connection
+    /// waiting on a silent client ends then.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.expiry.as_mut().poll(cx).is_ready().then(|| io::ErrorKind::TimedOut.into())
+    }
+}
+
+impl AsyncRead for Deadline {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.expired(cx) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => Pin::new(&mut this.io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Deadline {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match this.expired(cx) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => Pin::new(&mut this.io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match this.expired(cx) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.expired(cx) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => Pin::new(&mut this.io).poll_flush(cx),
+        }
+    }
+
+    /// Closing is allowed past the deadline: it is how the connection ends.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn encode(m: &Metrics) -> String {
+        m.encode(Readings::default()).unwrap()
+    }
+
+    /// The `le` labels of `name`'s buckets, in order.
+    fn bounds(out: &str, name: &str) -> Vec<String> {
+        let prefix = format!("{name}_bucket{{");
+        out.lines()
+            .filter(|l| l.starts_with(&prefix) && l.contains("source=\"cold\"") == name.contains("provisioning"))
+            .map(|l| l.split("le=\"").nth(1).unwrap().split('"').next().unwrap().to_owned())
+            .collect()
+    }
+
     #[test]
     fn histogram_buckets_are_cumulative_and_end_in_inf() {
-        let h = Histogram::new(&[0.1, 1.0]);
-        h.observe(Duration::from_millis(50));
-        h.observe(Duration::from_millis(500));
-        h.observe(Duration::from_secs(5));
-        let mut out = String::new();
-        h.render(&mut out, "x_seconds", "a=\"b\"");
-        assert!(out.contains("x_seconds_bucket{a=\"b\",le=\"0.1\"} 1\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{a=\"b\",le=\"1\"} 2\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("x_seconds_sum{a=\"b\"} 5.55\n"), "{out}");
-        assert!(out.contains("x_seconds_count{a=\"b\"} 3\n"), "{out}");
+        let m = Metrics::new();
+        m.provisioned(Source::Cold, Duration::from_millis(50));
+        m.provisioned(Source::Cold, Duration::from_millis(500));
+        m.provisioned(Source::Cold, Duration::from_secs(5));
+        let out = encode(&m);
+        let name = "sandpit_provisioning_seconds";
+        assert!(out.contains(&format!("{name}_bucket{{source=\"cold\",le=\"0.05\"}} 1\n")), "{out}");
+        assert!(out.contains(&format!("{name}_bucket{{source=\"cold\",le=\"1\"}} 2\n")), "{out}");
+        assert!(out.contains(&format!("{name}_bucket{{source=\"cold\",le=\"5\"}} 3\n")), "{out}");
+        assert!(out.contains(&format!("{name}_bucket{{source=\"cold\",le=\"+Inf\"}} 3\n")), "{out}");
+        assert!(out.contains(&format!("{name}_sum{{source=\"cold\"}} 5.55\n")), "{out}");
+        assert!(out.contains(&format!("{name}_count{{source=\"cold\"}} 3\n")), "{out}");
+        // The warm series is there at zero before any claim.
+        assert!(out.contains(&format!("{name}_count{{source=\"warm\"}} 0\n")), "{out}");
+    }
+
+    #[test]
+    fn bucket_bounds_are_written_as_before() {
+        let out = encode(&Metrics::new());
+        let provisioning = "0.001 0.005 0.01 0.025 0.05 0.1 0.25 0.5 1 2.5 5 10 30 +Inf";
+        assert_eq!(bounds(&out, "sandpit_provisioning_seconds").join(" "), provisioning, "{out}");
+        let lateness = "0.05 0.1 0.25 0.5 1 2 5 10 30 60 300 +Inf";
+        assert_eq!(bounds(&out, "sandpit_expiry_lateness_seconds").join(" "), lateness, "{out}");
+        assert!(out.contains("\nsandpit_expiry_lateness_seconds_count 0\n"), "unlabelled, no braces: {out}");
     }
 
     #[test]
     fn label_values_are_escaped() {
-        let mut out = String::new();
-        sample(&mut out, "g", &[("profile", "a\"b\\c\nd")], 2);
-        assert_eq!(out, "g{profile=\"a\\\"b\\\\c\\nd\"} 2\n");
+        let mut readings = Readings::default();
+        readings.gauge("g", "G.").sample(&[("profile", "a\"b\\c\nd")], 2);
+        let out = Metrics::new().encode(readings).unwrap();
+        assert!(out.starts_with("# HELP g G.\n# TYPE g gauge\ng{profile=\"a\\\"b\\\\c\\nd\"} 2\n"), "{out}");
+
+        let m = Metrics::new();
+        m.call("/x/\"Y\"");
+        assert!(encode(&m).contains("sandpit_calls_total{method=\"/x/\\\"Y\\\"\"} 1\n"));
     }
 
     #[test]
@@ -405,33 +548,123 @@ mod tests {
         m.docker_error("remove container", "unavailable");
         m.docker_error("remove container", "unavailable");
         m.refused("/x/Y", Refusal::RateLimited);
+        m.reconcile_action("adopted", 0);
+        m.reconcile_action("lost", 3);
         m.egress_stranger_refused();
-        let mut out = String::new();
-        m.render(&mut out);
+        let out = encode(&m);
         assert!(out.contains("sandpit_docker_errors_total{operation=\"remove container\",kind=\"unavailable\"} 2\n"));
         assert!(out.contains("sandpit_calls_refused_total{method=\"/x/Y\",reason=\"rate_limited\"} 1\n"));
+        assert!(out.contains("sandpit_reconcile_actions_total{action=\"lost\"} 3\n"), "{out}");
+        assert!(!out.contains("action=\"adopted\""), "no series for nothing done: {out}");
         assert!(out.contains("# TYPE sandpit_expiry_lateness_seconds histogram\n"));
         assert!(out.contains("\nsandpit_egress_refused_strangers_total 1\n"), "{out}");
+        assert!(!out.contains("sandpit_calls_total"), "a family with no sample is left out: {out}");
     }
 
     #[test]
     fn the_audit_chain_gauge_is_absent_until_checked() {
         let m = Metrics::new();
-        let render = |m: &Metrics| {
-            let mut out = String::new();
-            m.render(&mut out);
-            out
-        };
-        assert!(!render(&m).contains("\nsandpit_audit_chain_ok "), "unknown before the check");
+        assert!(!encode(&m).contains("sandpit_audit_chain_ok"), "unknown before the check");
         m.audit_chain(true);
         m.checkpoint_signed();
         m.checkpoint_signed();
-        let out = render(&m);
+        let out = encode(&m);
         assert!(
             out.contains("\nsandpit_audit_chain_ok 1\n") && out.contains("\nsandpit_audit_checkpoints_total 2\n"),
             "{out}"
         );
         m.audit_chain(false);
-        assert!(render(&m).contains("\nsandpit_audit_chain_ok 0\n"));
+        assert!(encode(&m).contains("\nsandpit_audit_chain_ok 0\n"));
+    }
+
+    /// Sends `request` on a new connection and reads the answer to its end.
+    async fn ask(addr: SocketAddr, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn the_server_answers_once_per_connection_and_stops_on_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let render: Render = Arc::new(|| Box::pin(async { Ok("m 1\n".into()) }));
+        let server = tokio::spawn(serve_with(
+            listener,
+            render,
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_millis(300),
+        ));
+
+        let ok = ask(addr, "GET /metrics?a=b HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("\r\n\r\nm 1\n"), "{ok}");
+        assert!(ok.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"), "{ok}");
+        assert!(ok.contains("connection: close\r\n"), "{ok}");
+        assert!(ask(addr, "GET /x HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 404 "));
+        assert!(ask(addr, "DELETE /metrics HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 405 "));
+
+        // A client that never finishes its request is cut off at the deadline...
+        let started = std::time::Instant::now();
+        let silent = ask(addr, "GET /metrics HTTP/1.1\r\n");
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), silent).await.expect("cut off"), "");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        // ...and cannot hold up the stop for longer than that.
+        let _held = TcpStream::connect(addr).await.unwrap();
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("stopped").unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "no longer listening");
+    }
+
+    #[test]
+    fn every_family_keeps_its_name_type_and_help() {
+        let m = Metrics::new();
+        m.provisioned(Source::Warm, Duration::from_millis(1));
+        m.expired(Duration::ZERO);
+        m.docker_error("x", "error");
+        m.reconciled("ok");
+        m.reconcile_action("lost", 1);
+        m.call("x");
+        m.refused("x", Refusal::Unauthenticated);
+        m.refusal_summarised();
+        m.audit_chain(true);
+        m.checkpoint_signed();
+        m.egress_stranger_refused();
+        let mut readings = Readings::default();
+        readings.gauge("sandpit_warm_pool_ready", "Warm sandboxes ready to be claimed.").sample(&[("profile", "p")], 1);
+        readings.counter("sandpit_warm_pool_claims", "Creates served from a warm pool.").sample(&[("profile", "p")], 4);
+        readings.gauge("sandpit_sandboxes_ended", "Ended sandboxes on record, by final state.");
+        let out = m.encode(readings).unwrap();
+        let types: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        assert_eq!(
+            types,
+            [
+                "sandpit_warm_pool_ready gauge",
+                "sandpit_warm_pool_claims_total counter",
+                "sandpit_provisioning_seconds histogram",
+                "sandpit_expiry_lateness_seconds histogram",
+                "sandpit_docker_errors_total counter",
+                "sandpit_reconcile_runs_total counter",
+                "sandpit_reconcile_actions_total counter",
+                "sandpit_calls_total counter",
+                "sandpit_calls_refused_total counter",
+                "sandpit_audit_refusals_summarised_total counter",
+                "sandpit_audit_chain_ok gauge",
+                "sandpit_audit_checkpoints_total counter",
+                "sandpit_egress_refused_strangers_total counter",
+            ]
+        );
+        assert!(out.contains("\nsandpit_warm_pool_claims_total{profile=\"p\"} 4\n"), "{out}");
+        assert!(out.contains("# HELP sandpit_warm_pool_ready Warm sandboxes ready to be claimed.\n"), "{out}");
+        assert!(out.contains("# HELP sandpit_calls_total Authorized API calls by method.\n"), "{out}");
+        let helps = out.lines().filter(|l| l.starts_with("# HELP "));
+        assert!(helps.clone().all(|l| l.ends_with('.') && !l.ends_with("..")), "{out}");
+        assert_eq!(helps.count(), types.len());
     }
 }

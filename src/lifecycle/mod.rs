@@ -987,47 +987,48 @@ impl Manager {
     /// Every metric in the Prometheus text format: the gauges read now from
     /// the store and the pools, then the process's counters and histograms.
     pub async fn render_metrics(&self) -> Result<String> {
-        use crate::metrics::{help, sample};
-        let mut out = String::with_capacity(8192);
+        use crate::metrics::{Reading, Readings};
+        let mut now = Readings::default();
+        // Ended totals before the live list: a sandbox that ends between the
+        // two reads is then briefly in neither, never in both.
+        let stats = self.store.stats().await?;
         let mut live: BTreeMap<(&'static str, String, String), u64> = BTreeMap::new();
         let records = self.live_records().await?;
         for sb in &records {
             *live.entry((sb.state.as_str(), sb.profile.name.clone(), sb.classification.to_string())).or_default() += 1;
         }
-        help(&mut out, "sandpit_sandboxes", "gauge", "Sandboxes not yet ended, by state, profile and classification.");
+        let sandboxes =
+            now.gauge("sandpit_sandboxes", "Sandboxes not yet ended, by state, profile and classification.");
         for ((state, profile, classification), n) in &live {
-            let labels =
-                [("state", *state), ("profile", profile.as_str()), ("classification", classification.as_str())];
-            sample(&mut out, "sandpit_sandboxes", &labels, n);
+            sandboxes.sample(&[("state", state), ("profile", profile), ("classification", classification)], *n);
         }
-        let stats = self.store.stats().await?;
-        help(&mut out, "sandpit_sandboxes_ended", "gauge", "Ended sandboxes on record, by final state.");
+        let ended = now.gauge("sandpit_sandboxes_ended", "Ended sandboxes on record, by final state.");
         for (state, n) in &stats.ended {
-            sample(&mut out, "sandpit_sandboxes_ended", &[("state", state.as_str())], n);
+            ended.sample(&[("state", state)], *n);
         }
-        help(&mut out, "sandpit_audit_records", "gauge", "Records in the hash-chained audit log.");
-        sample(&mut out, "sandpit_audit_records", &[], stats.audit_records);
+        now.gauge("sandpit_audit_records", "Records in the hash-chained audit log.").sample(&[], stats.audit_records);
         let pools = self.pool_status().await;
+        type Kind = for<'a> fn(&'a mut Readings, &'static str, &'static str) -> &'a mut Reading;
         type Read = fn(&PoolStatus) -> u64;
-        let per_pool: [(&str, &str, &str, Read); 4] = [
-            ("sandpit_warm_pool_target", "gauge", "Warm sandboxes each pool is kept at.", |p| p.target.into()),
-            ("sandpit_warm_pool_ready", "gauge", "Warm sandboxes ready to be claimed.", |p| p.warm.into()),
-            ("sandpit_warm_pool_claims_total", "counter", "Creates served from a warm pool.", |p| p.claims),
+        // Counters are named without the `_total` the encoder appends.
+        let per_pool: [(Kind, &str, &str, Read); 4] = [
+            (Readings::gauge, "sandpit_warm_pool_target", "Warm sandboxes each pool is kept at.", |p| p.target.into()),
+            (Readings::gauge, "sandpit_warm_pool_ready", "Warm sandboxes ready to be claimed.", |p| p.warm.into()),
+            (Readings::counter, "sandpit_warm_pool_claims", "Creates served from a warm pool.", |p| p.claims),
             (
-                "sandpit_warm_pool_misses_total",
-                "counter",
+                Readings::counter,
+                "sandpit_warm_pool_misses",
                 "Creates of a pooled profile that found no warm sandbox (or needed another image or datasets) and started cold.",
                 |p| p.misses,
             ),
         ];
-        for (name, kind, text, read) in per_pool {
-            help(&mut out, name, kind, text);
+        for (kind, name, help, read) in per_pool {
+            let family = kind(&mut now, name, help);
             for p in &pools {
-                sample(&mut out, name, &[("profile", p.profile.as_str())], read(p));
+                family.sample(&[("profile", &p.profile)], read(p));
             }
         }
-        crate::metrics::global().render(&mut out);
-        Ok(out)
+        crate::metrics::global().encode(now).map_err(|e| Error::Internal(format!("encoding metrics: {e}")))
     }
 
     /// The sandboxes in the store that own (or may own) Docker objects.

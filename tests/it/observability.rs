@@ -66,7 +66,10 @@ async fn the_metrics_endpoint_serves_only_get_metrics() {
         s.write_all(format!("{request}\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).await.unwrap();
-        assert!(resp.starts_with(&format!("HTTP/1.1 {status}")), "{request}: {resp}");
+        // hyper (under axum) answers an HTTP/1.0 request with an HTTP/1.0 status line, where the
+        // hand-written server said HTTP/1.1: nothing changes for a 1.0 client. The status is the point.
+        let version = if request.ends_with("HTTP/1.0") { "HTTP/1.0" } else { "HTTP/1.1" };
+        assert!(resp.starts_with(&format!("{version} {status} ")), "{request}: {resp}");
     }
 }
 
