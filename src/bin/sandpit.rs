@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
+use comfy_table::{presets, ColumnConstraint, ContentArrangement, Table, Width};
 use futures_util::StreamExt;
 use sandpit::audit::checkpoint::{Checkpoint, VerifierKey};
 use sandpit::config::{default_data_dir, ADDR_FILE, LOCAL_TOKEN_FILE};
@@ -615,7 +616,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                         ]
                     })
                     .collect();
-                table(&["ID", "TITLE", "TEAM", "OWNER", "CLASSIFICATION", "STATUS"], rows);
+                table(&["ID", "TITLE", "TEAM", "OWNER", "CLASSIFICATION", "STATUS"], &["TITLE"], rows);
             }
         }
         Command::Approve { id, conditions } => {
@@ -745,7 +746,11 @@ async fn audit(clients: &Clients, cmd: AuditCommand, as_json: bool) -> Result<Ex
                 json(&list)?;
             } else {
                 let rows = list.experiments.iter().map(active_row).collect();
-                table(&["EXPERIMENT", "TEAM", "OWNER", "CLASSIFICATION", "APPROVAL", "SANDBOXES"], rows);
+                table(
+                    &["EXPERIMENT", "TEAM", "OWNER", "CLASSIFICATION", "APPROVAL", "SANDBOXES"],
+                    &["APPROVAL", "SANDBOXES"],
+                    rows,
+                );
             }
         }
     }
@@ -778,7 +783,7 @@ async fn profile(clients: &Clients, cmd: ProfileCommand, as_json: bool) -> Resul
                         ]
                     })
                     .collect();
-                table(&["PROFILE", "CEILING", "NETWORK", "WARM", "DESCRIPTION"], rows);
+                table(&["PROFILE", "CEILING", "NETWORK", "WARM", "DESCRIPTION"], &["DESCRIPTION"], rows);
             }
         }
         ProfileCommand::Get { name } => {
@@ -828,7 +833,7 @@ async fn profile(clients: &Clients, cmd: ProfileCommand, as_json: bool) -> Resul
                         ]
                     })
                     .collect();
-                table(&["PROFILE", "TARGET", "WARM", "CLAIMS", "MISSES"], rows);
+                table(&["PROFILE", "TARGET", "WARM", "CLAIMS", "MISSES"], &[], rows);
             }
         }
     }
@@ -959,6 +964,9 @@ fn print_verify(
     Ok(code)
 }
 
+/// Audit records, one line each. Fixed widths rather than a [`table`]:
+/// `audit watch` prints each record as it arrives, and its lines line up
+/// with those of `audit log`.
 fn print_events(events: &[proto::AuditEvent]) {
     for e in events {
         say!(
@@ -1039,22 +1047,47 @@ fn show_experiment(e: &proto::Experiment, as_json: bool) -> Result<(), Failure> 
     Ok(())
 }
 
-/// Prints left-aligned columns, each cell shown inert (so widths count what is shown).
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
-    let rows: Vec<Vec<String>> = rows.into_iter().map(|r| r.iter().map(|c| shown(c).into_owned()).collect()).collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
+/// Space between two columns of a [`table`].
+const GAP: u16 = 2;
+
+/// Prints a table for a person: the header row first, then left-aligned
+/// columns [`GAP`] spaces apart, no borders (people pipe it into grep and
+/// awk), each cell shown inert (so widths count what is shown). Piped,
+/// nothing is wrapped: one row, one line. On a terminal narrower than the
+/// table, the free-text columns named in `prose` wrap between words, never
+/// inside one (an id within stays whole); every other column, ids first,
+/// keeps its full width.
+fn table(header: &[&str], prose: &[&str], rows: Vec<Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| shown(c).into_owned()).collect()).collect();
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING).set_header(header.to_vec());
+    let terminal = console::Term::stdout().size_checked().map(|(_rows, columns)| columns);
+    for (i, column) in t.column_iter_mut().enumerate() {
+        // The gap is each column's right padding (trimmed at the end of a line).
+        column.set_padding((0, GAP));
+        if terminal.is_none() {
+            continue;
         }
+        let constraint = if prose.contains(&header[i]) {
+            let widest_word = std::iter::once(header[i])
+                .chain(rows.iter().filter_map(|r| r.get(i)).map(String::as_str))
+                .flat_map(str::split_whitespace)
+                .map(console::measure_text_width)
+                .max()
+                .unwrap_or(0);
+            let widest_word = u16::try_from(widest_word).unwrap_or(u16::MAX);
+            ColumnConstraint::LowerBoundary(Width::Fixed(widest_word.saturating_add(GAP)))
+        } else {
+            ColumnConstraint::ContentWidth
+        };
+        column.set_constraint(constraint);
     }
-    let line = |cells: Vec<&str>| {
-        let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        say!("{}", s.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for r in &rows {
-        line(r.iter().map(String::as_str).collect());
+    if let Some(width) = terminal {
+        t.set_width(width).set_content_arrangement(ContentArrangement::Dynamic);
+    }
+    t.add_rows(rows);
+    for line in t.lines() {
+        say!("{}", line.trim_end());
     }
 }
 
@@ -1155,5 +1188,5 @@ fn print_table(list: &[proto::Sandbox]) {
             ]
         })
         .collect();
-    table(&["ID", "EXPERIMENT", "TEAM", "PROFILE", "CLASSIFICATION", "STATE", "EXPIRES"], rows);
+    table(&["ID", "EXPERIMENT", "TEAM", "PROFILE", "CLASSIFICATION", "STATE", "EXPIRES"], &[], rows);
 }
