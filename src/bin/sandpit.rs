@@ -1,7 +1,8 @@
 //! `sandpit`: the command-line client. Tables for people, `--json` (proto3
 //! JSON mapping) for scripts; errors are one line naming the gRPC status.
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -9,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Parser, Subcommand};
 use comfy_table::{presets, ColumnConstraint, ContentArrangement, Table, Width};
 use futures_util::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sandpit::audit::checkpoint::{Checkpoint, VerifierKey};
 use sandpit::config::{default_data_dir, ADDR_FILE, LOCAL_TOKEN_FILE};
 use sandpit::proto::audit_service_client::AuditServiceClient;
@@ -1091,27 +1093,71 @@ fn table(header: &[&str], prose: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-/// Makes sure the image is on the daemon's engine, showing pull progress.
+/// Makes sure the image is on the daemon's engine, showing the pull on
+/// stderr when it is a terminal (nothing otherwise, nor with `--json`).
 async fn pull(client: &mut Client, profile: &str, image: String, quiet: bool) -> Result<(), Failure> {
     let mut stream =
         client.pull_image(proto::PullImageRequest { profile: profile.to_string(), image }).await?.into_inner();
-    let mut progressed = false;
+    let show = !quiet && std::io::stderr().is_terminal();
+    // Made at the first progress message: an image already there shows nothing.
+    let mut bars: Option<PullBars> = None;
     while let Some(p) = stream.next().await {
         let p = p?;
-        if p.done || quiet {
-            continue;
+        if p.done {
+            if let Some(bars) = bars.take() {
+                bars.finish();
+            }
+        } else if show {
+            bars.get_or_insert_with(PullBars::new).show(&p);
         }
-        progressed = true;
-        if p.total > 0 {
-            eprint!("\r{} {}: {}/{} bytes        ", shown(&p.layer), shown(&p.status), p.current, p.total);
-        } else {
-            eprint!("\r{} {}                        ", shown(&p.layer), shown(&p.status));
-        }
-    }
-    if progressed {
-        eprintln!();
     }
     Ok(())
+}
+
+/// A pull on a terminal: a line for each layer (and one for the image as a
+/// whole, the messages Docker sends without a layer), with its status and,
+/// while Docker counts its bytes, a bar.
+struct PullBars {
+    lines: MultiProgress,
+    layers: HashMap<String, ProgressBar>,
+    counted: ProgressStyle,
+    uncounted: ProgressStyle,
+}
+
+impl PullBars {
+    fn new() -> PullBars {
+        let style = |template| ProgressStyle::with_template(template).expect("the template is valid");
+        PullBars {
+            lines: MultiProgress::new(),
+            layers: HashMap::new(),
+            // ASCII, as the tables.
+            counted: style("{prefix:12} {msg:18} [{bar:30}] {bytes}/{total_bytes}").progress_chars("=> "),
+            uncounted: style("{prefix:12} {msg}"),
+        }
+    }
+
+    fn show(&mut self, p: &proto::PullProgress) {
+        let bar = self
+            .layers
+            .entry(p.layer.clone())
+            .or_insert_with(|| self.lines.add(ProgressBar::no_length().with_prefix(shown(&p.layer).into_owned())));
+        match (u64::try_from(p.current), u64::try_from(p.total)) {
+            (Ok(current), Ok(total)) if total > 0 => {
+                bar.set_style(self.counted.clone());
+                bar.set_length(total);
+                bar.set_position(current);
+            }
+            _ => bar.set_style(self.uncounted.clone()),
+        }
+        bar.set_message(shown(&p.status).into_owned());
+    }
+
+    /// Leaves every line as it last was.
+    fn finish(self) {
+        for bar in self.layers.values() {
+            bar.finish();
+        }
+    }
 }
 
 fn state_name(s: i32) -> String {
