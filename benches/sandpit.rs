@@ -40,6 +40,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::query_parameters::EventsOptionsBuilder;
+use clap::{Parser, ValueEnum};
 use futures_util::{stream, StreamExt};
 use sandpit::proto::{self, ExtendSandboxRequest, ListSandboxesRequest};
 use serde_json::{json, Map, Value};
@@ -50,19 +51,69 @@ use harness::{
 };
 use stats::{header, ms, ratio, ratio_json, ratio_row, round3, row, samples_json, Summary};
 
-const SCENARIOS: [&str; 6] = ["cold", "burst", "warm-pool", "expiry", "scale", "soak"];
-/// Run only when named with `--only` (minutes, and a correctness check rather than a measurement).
-const ON_REQUEST: [&str; 1] = ["soak"];
 /// Concurrency of set-up and tear-down work that is not itself measured, and of the scale creates.
 const CONCURRENCY: usize = 16;
 /// A ttl no sandbox reaches during the run (the profile's max_ttl is 2h).
 const LONG_TTL: Duration = Duration::from_secs(30 * 60);
 
+/// `cargo bench` runs this with `--bench`, then whatever follows `--`.
+#[derive(Parser)]
+#[command(
+    bin_name = "cargo bench --bench sandpit --",
+    about = "Sandpit against the raw Docker engine, in one run on this machine (README \"Benchmarks\")"
+)]
 struct Args {
+    /// Smaller sizes of every scenario.
+    #[arg(long)]
     quick: bool,
+    /// Where the JSON report is written.
+    #[arg(long, value_name = "FILE", default_value_os_t = default_json_out())]
     json_out: PathBuf,
-    only: Option<Vec<String>>,
+    /// Only these scenarios, comma-separated or repeated. Without it, all but
+    /// soak.
+    #[arg(long, value_name = "SCENARIO", value_delimiter = ',')]
+    only: Option<Vec<Scenario>>,
+    /// Passed by `cargo bench` to a bench without the libtest harness.
+    #[arg(long = "bench", hide = true)]
+    _bench: bool,
+    /// The arguments as given, for the report.
+    #[arg(skip = std::env::args().skip(1).collect::<Vec<_>>())]
     argv: Vec<String>,
+}
+
+/// The scenarios, in the order they run.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Cold,
+    Burst,
+    #[value(alias = "warm", alias = "warm-pools")]
+    WarmPool,
+    Expiry,
+    Scale,
+    /// Only when named (minutes, and a correctness check rather than a measurement).
+    Soak,
+}
+
+impl Scenario {
+    /// Its name on the command line and in the report.
+    fn name(self) -> String {
+        self.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+    }
+
+    /// Whether it runs only when named with `--only`.
+    fn on_request(self) -> bool {
+        self == Scenario::Soak
+    }
+}
+
+/// `<target>/bench-results.json`, beside `<target>/release/sandpitd`.
+fn default_json_out() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sandpitd"))
+        .parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"))
+        .join("bench-results.json")
 }
 
 /// Sizes of each scenario, full or `--quick`.
@@ -88,66 +139,8 @@ impl Sizes {
     }
 }
 
-fn usage() -> String {
-    format!(
-        "usage: cargo bench --bench sandpit -- [--quick] [--json-out FILE] [--only SCENARIO[,SCENARIO...]]\n\
-         scenarios: {} (the default run leaves out {})",
-        SCENARIOS.join(", "),
-        ON_REQUEST.join(", ")
-    )
-}
-
-fn parse_args() -> std::result::Result<Args, String> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    // <target>/release/sandpitd -> <target>/bench-results.json
-    let target_dir = PathBuf::from(env!("CARGO_BIN_EXE_sandpitd"))
-        .parent()
-        .and_then(|p| p.parent())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target"));
-    let mut args =
-        Args { quick: false, json_out: target_dir.join("bench-results.json"), only: None, argv: argv.clone() };
-    let mut it = argv.into_iter();
-    while let Some(a) = it.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (a.clone(), None),
-        };
-        let mut value = |name: &str| {
-            inline.clone().or_else(|| it.next()).ok_or_else(|| format!("{name} needs a value\n{}", usage()))
-        };
-        match flag.as_str() {
-            // cargo bench passes --bench to every bench binary.
-            "--bench" => {}
-            "--quick" => args.quick = true,
-            "--json-out" => args.json_out = PathBuf::from(value("--json-out")?),
-            "--only" => {
-                let v = value("--only")?;
-                let mut only = args.only.take().unwrap_or_default();
-                for s in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    let s = if s == "warm" || s == "warm-pools" { "warm-pool" } else { s };
-                    if !SCENARIOS.contains(&s) {
-                        return Err(format!("unknown scenario '{s}'\n{}", usage()));
-                    }
-                    only.push(s.to_string());
-                }
-                args.only = Some(only);
-            }
-            "-h" | "--help" => return Err(usage()),
-            other => return Err(format!("unknown argument '{other}'\n{}", usage())),
-        }
-    }
-    Ok(args)
-}
-
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     let run = unique("bench");
     // Drops last: after the runtime (no task is still creating) and the daemon.
     let _cleanup = Cleanup::new(&run);
@@ -225,20 +218,23 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
 
     let mut scenarios = Map::new();
     let mut failed = Vec::new();
-    for name in SCENARIOS {
-        let named = args.only.as_ref().map(|o| o.iter().any(|s| s == name));
-        if named == Some(false) || (named.is_none() && ON_REQUEST.contains(&name)) {
+    for &scenario in Scenario::value_variants() {
+        let wanted = match &args.only {
+            Some(only) => only.contains(&scenario),
+            None => !scenario.on_request(),
+        };
+        if !wanted {
             continue;
         }
+        let name = scenario.name();
         println!();
-        let result = match name {
-            "cold" => cold(&mut ctx, sizes.cold).await,
-            "burst" => burst(&mut ctx, sizes.burst).await,
-            "warm-pool" => warm_pool(&mut ctx, sizes.warm_seq, sizes.warm_conc).await,
-            "expiry" => expiry(&mut ctx, sizes.expiry).await,
-            "scale" => scale(&mut ctx, sizes.scale, sizes.list_calls).await,
-            "soak" => soak::soak(&mut ctx, soak::SoakSize::new(args.quick)).await,
-            _ => unreachable!(),
+        let result = match scenario {
+            Scenario::Cold => cold(&mut ctx, sizes.cold).await,
+            Scenario::Burst => burst(&mut ctx, sizes.burst).await,
+            Scenario::WarmPool => warm_pool(&mut ctx, sizes.warm_seq, sizes.warm_conc).await,
+            Scenario::Expiry => expiry(&mut ctx, sizes.expiry).await,
+            Scenario::Scale => scale(&mut ctx, sizes.scale, sizes.list_calls).await,
+            Scenario::Soak => soak::soak(&mut ctx, soak::SoakSize::new(args.quick)).await,
         };
         match result {
             Ok(v) => {
@@ -246,13 +242,13 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
                 // sandbox handed out twice) lists it under "problems".
                 if v.get("problems").and_then(Value::as_array).is_some_and(|p| !p.is_empty()) {
                     println!("    FAILED: {}", v["problems"]);
-                    failed.push(name);
+                    failed.push(name.clone());
                 }
-                scenarios.insert(name.to_string(), v);
+                scenarios.insert(name, v);
             }
             Err(e) => {
                 println!("    FAILED: {e}");
-                scenarios.insert(name.to_string(), json!({"error": e.to_string()}));
+                scenarios.insert(name.clone(), json!({"error": e.to_string()}));
                 failed.push(name);
             }
         }

@@ -152,7 +152,7 @@ impl AuditService for AuditApi {
                 let list: Vec<proto::Experiment> =
                     self.manager.all_experiments().await?.into_iter().map(Into::into).collect();
                 if csv {
-                    register_csv(&list)
+                    register_csv(&list)?
                 } else {
                     json(&list)?
                 }
@@ -161,7 +161,7 @@ impl AuditService for AuditApi {
                 let list: Vec<proto::Sandbox> =
                     self.manager.active_sandboxes().await?.into_iter().map(Into::into).collect();
                 if csv {
-                    sandboxes_csv(&list)
+                    sandboxes_csv(&list)?
                 } else {
                     json(&list)?
                 }
@@ -194,30 +194,34 @@ fn json<T: serde::Serialize>(list: &[T]) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// One CSV field, quoted when it must be (RFC 4180). A cell a spreadsheet
-/// would take for a formula (leading `=`, `+`, `-`, `@`, tab or carriage
-/// return: titles and reasons are written by callers) is neutralised as
-/// OWASP recommends: prefixed with `'` and quoted, so it shows as text.
-fn field(s: &str) -> String {
+/// A cell a spreadsheet would take for a formula (leading `=`, `+`, `-`,
+/// `@`, tab or carriage return: titles and reasons are written by callers),
+/// neutralised as OWASP recommends: prefixed with `'`, so it shows as text.
+fn neutralised(s: &str) -> std::borrow::Cow<'_, str> {
     if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        return format!("\"'{}\"", s.replace('"', "\"\""));
-    }
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
+        format!("'{s}").into()
     } else {
-        s.to_string()
+        s.into()
     }
 }
 
-fn csv(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Vec<u8> {
-    let mut out = header.join(",");
-    out.push_str("\r\n");
+/// A CSV document (RFC 4180: CRLF, a field quoted only when it must be),
+/// every cell [`neutralised`].
+fn csv(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result<Vec<u8>, Error> {
+    let mut out = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        // OWASP also has a neutralised cell quoted. Naming `'` as the
+        // comment byte makes the writer quote every field holding one (all
+        // neutralised cells, and any other with an apostrophe: the same
+        // value to any reader); the export has no comments.
+        .comment(Some(b'\''))
+        .from_writer(Vec::new());
+    let failed = |e: csv::Error| Error::Internal(format!("csv export: {e}"));
+    out.write_record(header).map_err(failed)?;
     for row in rows {
-        let cells: Vec<String> = row.iter().map(|c| field(c)).collect();
-        out.push_str(&cells.join(","));
-        out.push_str("\r\n");
+        out.write_record(row.iter().map(|c| neutralised(c).into_owned())).map_err(failed)?;
     }
-    out.into_bytes()
+    out.into_inner().map_err(|e| Error::Internal(format!("csv export: {}", e.error())))
 }
 
 fn time(t: Option<&pbjson_types::Timestamp>) -> String {
@@ -229,7 +233,7 @@ fn enum_name(name: &str, prefix: &str) -> String {
     name.trim_start_matches(prefix).to_ascii_lowercase()
 }
 
-fn register_csv(list: &[proto::Experiment]) -> Vec<u8> {
+fn register_csv(list: &[proto::Experiment]) -> Result<Vec<u8>, Error> {
     let header = [
         "id",
         "title",
@@ -303,7 +307,7 @@ fn register_csv(list: &[proto::Experiment]) -> Vec<u8> {
     csv(&header, rows)
 }
 
-fn sandboxes_csv(list: &[proto::Sandbox]) -> Vec<u8> {
+fn sandboxes_csv(list: &[proto::Sandbox]) -> Result<Vec<u8>, Error> {
     let header = [
         "id",
         "experiment",
@@ -342,23 +346,37 @@ fn sandboxes_csv(list: &[proto::Sandbox]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The export of one row under a two-column header, and that row as a reader parses it.
+    fn one_row(a: &str, b: &str) -> (String, Vec<String>) {
+        let out = csv(&["a", "b"], [vec![a.to_string(), b.to_string()]].into_iter()).unwrap();
+        let mut reader = csv::Reader::from_reader(out.as_slice());
+        let parsed = reader.records().next().unwrap().unwrap().iter().map(String::from).collect();
+        (String::from_utf8(out).unwrap(), parsed)
+    }
+
     #[test]
     fn csv_quotes_what_it_must() {
-        assert_eq!(field("plain"), "plain");
-        assert_eq!(field("a,b"), "\"a,b\"");
-        assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        let out = String::from_utf8(csv(&["a", "b"], [vec!["1".into(), "x\ny".into()]].into_iter())).unwrap();
-        assert_eq!(out, "a,b\r\n1,\"x\ny\"\r\n");
+        assert_eq!(one_row("plain", "").0, "a,b\r\nplain,\r\n");
+        assert_eq!(one_row("a,b", "say \"hi\"").0, "a,b\r\n\"a,b\",\"say \"\"hi\"\"\"\r\n");
+        assert_eq!(one_row("1", "x\ny").0, "a,b\r\n1,\"x\ny\"\r\n");
+        assert_eq!(one_row("a,b", "x\r\ny").1, ["a,b", "x\r\ny"], "a reader gets the values back");
     }
 
     #[test]
     fn csv_cells_a_spreadsheet_would_run_are_neutralised() {
-        assert_eq!(field("=HYPERLINK(\"http://x\",\"y\")"), "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\"");
+        let (out, parsed) = one_row("=HYPERLINK(\"http://x\",\"y\")", "ok");
+        assert_eq!(out, "a,b\r\n\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",ok\r\n");
+        assert_eq!(parsed[0], "'=HYPERLINK(\"http://x\",\"y\")");
         for lead in ["=", "+", "-", "@", "\t", "\r"] {
-            let cell = field(&format!("{lead}cmd|' /C calc'!A0"));
-            assert!(cell.starts_with("\"'"), "{lead:?}: {cell}");
+            let cell = format!("{lead}cmd|' /C calc'!A0");
+            let (out, parsed) = one_row("x", &cell);
+            assert!(out.ends_with(&format!(",\"'{lead}cmd|' /C calc'!A0\"\r\n")), "{lead:?}: {out}");
+            assert_eq!(parsed[1], format!("'{cell}"), "{lead:?}");
+            let (out, _) = one_row("x", &format!("{lead}2"));
+            assert!(out.ends_with(&format!(",\"'{lead}2\"\r\n")), "quoted though nothing else needs it: {out}");
         }
-        assert_eq!(field("a=b"), "a=b", "only a leading character is a formula");
-        assert_eq!(field(""), "");
+        assert_eq!(one_row("Bob's", "x").0, "a,b\r\n\"Bob's\",x\r\n", "an apostrophe is quoted too");
+        assert_eq!(one_row("a=b", "x").0, "a,b\r\na=b,x\r\n", "only a leading character is a formula");
+        assert_eq!(one_row("", "x").0, "a,b\r\n,x\r\n");
     }
 }

@@ -1,13 +1,16 @@
 //! `sandpit`: the command-line client. Tables for people, `--json` (proto3
 //! JSON mapping) for scripts; errors are one line naming the gRPC status.
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
+use comfy_table::{presets, ColumnConstraint, ContentArrangement, Table, Width};
 use futures_util::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sandpit::audit::checkpoint::{Checkpoint, VerifierKey};
 use sandpit::config::{default_data_dir, ADDR_FILE, LOCAL_TOKEN_FILE};
 use sandpit::proto::audit_service_client::AuditServiceClient;
@@ -615,7 +618,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                         ]
                     })
                     .collect();
-                table(&["ID", "TITLE", "TEAM", "OWNER", "CLASSIFICATION", "STATUS"], rows);
+                table(&["ID", "TITLE", "TEAM", "OWNER", "CLASSIFICATION", "STATUS"], &["TITLE"], rows);
             }
         }
         Command::Approve { id, conditions } => {
@@ -745,7 +748,11 @@ async fn audit(clients: &Clients, cmd: AuditCommand, as_json: bool) -> Result<Ex
                 json(&list)?;
             } else {
                 let rows = list.experiments.iter().map(active_row).collect();
-                table(&["EXPERIMENT", "TEAM", "OWNER", "CLASSIFICATION", "APPROVAL", "SANDBOXES"], rows);
+                table(
+                    &["EXPERIMENT", "TEAM", "OWNER", "CLASSIFICATION", "APPROVAL", "SANDBOXES"],
+                    &["APPROVAL", "SANDBOXES"],
+                    rows,
+                );
             }
         }
     }
@@ -778,7 +785,7 @@ async fn profile(clients: &Clients, cmd: ProfileCommand, as_json: bool) -> Resul
                         ]
                     })
                     .collect();
-                table(&["PROFILE", "CEILING", "NETWORK", "WARM", "DESCRIPTION"], rows);
+                table(&["PROFILE", "CEILING", "NETWORK", "WARM", "DESCRIPTION"], &["DESCRIPTION"], rows);
             }
         }
         ProfileCommand::Get { name } => {
@@ -828,7 +835,7 @@ async fn profile(clients: &Clients, cmd: ProfileCommand, as_json: bool) -> Resul
                         ]
                     })
                     .collect();
-                table(&["PROFILE", "TARGET", "WARM", "CLAIMS", "MISSES"], rows);
+                table(&["PROFILE", "TARGET", "WARM", "CLAIMS", "MISSES"], &[], rows);
             }
         }
     }
@@ -959,6 +966,9 @@ fn print_verify(
     Ok(code)
 }
 
+/// Audit records, one line each. Fixed widths rather than a [`table`]:
+/// `audit watch` prints each record as it arrives, and its lines line up
+/// with those of `audit log`.
 fn print_events(events: &[proto::AuditEvent]) {
     for e in events {
         say!(
@@ -1039,46 +1049,115 @@ fn show_experiment(e: &proto::Experiment, as_json: bool) -> Result<(), Failure> 
     Ok(())
 }
 
-/// Prints left-aligned columns, each cell shown inert (so widths count what is shown).
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
-    let rows: Vec<Vec<String>> = rows.into_iter().map(|r| r.iter().map(|c| shown(c).into_owned()).collect()).collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
+/// Space between two columns of a [`table`].
+const GAP: u16 = 2;
+
+/// Prints a table for a person: the header row first, then left-aligned
+/// columns [`GAP`] spaces apart, no borders (people pipe it into grep and
+/// awk), each cell shown inert (so widths count what is shown). Piped,
+/// nothing is wrapped: one row, one line. On a terminal narrower than the
+/// table, the free-text columns named in `prose` wrap between words, never
+/// inside one (an id within stays whole); every other column, ids first,
+/// keeps its full width.
+fn table(header: &[&str], prose: &[&str], rows: Vec<Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| shown(c).into_owned()).collect()).collect();
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING).set_header(header.to_vec());
+    let terminal = console::Term::stdout().size_checked().map(|(_rows, columns)| columns);
+    for (i, column) in t.column_iter_mut().enumerate() {
+        // The gap is each column's right padding (trimmed at the end of a line).
+        column.set_padding((0, GAP));
+        if terminal.is_none() {
+            continue;
         }
+        let constraint = if prose.contains(&header[i]) {
+            let widest_word = std::iter::once(header[i])
+                .chain(rows.iter().filter_map(|r| r.get(i)).map(String::as_str))
+                .flat_map(str::split_whitespace)
+                .map(console::measure_text_width)
+                .max()
+                .unwrap_or(0);
+            let widest_word = u16::try_from(widest_word).unwrap_or(u16::MAX);
+            ColumnConstraint::LowerBoundary(Width::Fixed(widest_word.saturating_add(GAP)))
+        } else {
+            ColumnConstraint::ContentWidth
+        };
+        column.set_constraint(constraint);
     }
-    let line = |cells: Vec<&str>| {
-        let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        say!("{}", s.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for r in &rows {
-        line(r.iter().map(String::as_str).collect());
+    if let Some(width) = terminal {
+        t.set_width(width).set_content_arrangement(ContentArrangement::Dynamic);
+    }
+    t.add_rows(rows);
+    for line in t.lines() {
+        say!("{}", line.trim_end());
     }
 }
 
-/// Makes sure the image is on the daemon's engine, showing pull progress.
+/// Makes sure the image is on the daemon's engine, showing the pull on
+/// stderr when it is a terminal (nothing otherwise, nor with `--json`).
 async fn pull(client: &mut Client, profile: &str, image: String, quiet: bool) -> Result<(), Failure> {
     let mut stream =
         client.pull_image(proto::PullImageRequest { profile: profile.to_string(), image }).await?.into_inner();
-    let mut progressed = false;
+    let show = !quiet && std::io::stderr().is_terminal();
+    // Made at the first progress message: an image already there shows nothing.
+    let mut bars: Option<PullBars> = None;
     while let Some(p) = stream.next().await {
         let p = p?;
-        if p.done || quiet {
-            continue;
+        if p.done {
+            if let Some(bars) = bars.take() {
+                bars.finish();
+            }
+        } else if show {
+            bars.get_or_insert_with(PullBars::new).show(&p);
         }
-        progressed = true;
-        if p.total > 0 {
-            eprint!("\r{} {}: {}/{} bytes        ", shown(&p.layer), shown(&p.status), p.current, p.total);
-        } else {
-            eprint!("\r{} {}                        ", shown(&p.layer), shown(&p.status));
-        }
-    }
-    if progressed {
-        eprintln!();
     }
     Ok(())
+}
+
+/// A pull on a terminal: a line for each layer (and one for the image as a
+/// whole, the messages Docker sends without a layer), with its status and,
+/// while Docker counts its bytes, a bar.
+struct PullBars {
+    lines: MultiProgress,
+    layers: HashMap<String, ProgressBar>,
+    counted: ProgressStyle,
+    uncounted: ProgressStyle,
+}
+
+impl PullBars {
+    fn new() -> PullBars {
+        let style = |template| ProgressStyle::with_template(template).expect("the template is valid");
+        PullBars {
+            lines: MultiProgress::new(),
+            layers: HashMap::new(),
+            // ASCII, as the tables.
+            counted: style("{prefix:12} {msg:18} [{bar:30}] {bytes}/{total_bytes}").progress_chars("=> "),
+            uncounted: style("{prefix:12} {msg}"),
+        }
+    }
+
+    fn show(&mut self, p: &proto::PullProgress) {
+        let bar = self
+            .layers
+            .entry(p.layer.clone())
+            .or_insert_with(|| self.lines.add(ProgressBar::no_length().with_prefix(shown(&p.layer).into_owned())));
+        match (u64::try_from(p.current), u64::try_from(p.total)) {
+            (Ok(current), Ok(total)) if total > 0 => {
+                bar.set_style(self.counted.clone());
+                bar.set_length(total);
+                bar.set_position(current);
+            }
+            _ => bar.set_style(self.uncounted.clone()),
+        }
+        bar.set_message(shown(&p.status).into_owned());
+    }
+
+    /// Leaves every line as it last was.
+    fn finish(self) {
+        for bar in self.layers.values() {
+            bar.finish();
+        }
+    }
 }
 
 fn state_name(s: i32) -> String {
@@ -1155,5 +1234,5 @@ fn print_table(list: &[proto::Sandbox]) {
             ]
         })
         .collect();
-    table(&["ID", "EXPERIMENT", "TEAM", "PROFILE", "CLASSIFICATION", "STATE", "EXPIRES"], rows);
+    table(&["ID", "EXPERIMENT", "TEAM", "PROFILE", "CLASSIFICATION", "STATE", "EXPIRES"], &[], rows);
 }
