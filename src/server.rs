@@ -328,6 +328,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         r = server => r.map_err(|e| StartError::Io(format!("server: {e}")))?,
         () = drained => tracing::warn!(grace = ?grace, "in-flight calls did not finish within the grace period"),
     }
+    // Provisioning, teardowns and streams the manager started get what is
+    // left of the grace period; its loops have already stopped.
+    manager.shutdown(grace).await;
     // Refusals counted since the last summary are not lost with the process.
     manager.flush_refusals().await;
     // The last records of this run, calls drained, are checkpointed before exit.

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::Manager;
+use super::{audit_log, Manager};
 use crate::audit::action;
 use crate::auth::Caller;
 use crate::policy::Rule;
@@ -24,7 +24,7 @@ impl Manager {
     /// Records the outcome of a register request that changed nothing.
     async fn register_result<T>(&self, caller: &Caller, act: &str, id: &str, result: Result<T>) -> Result<T> {
         if let Err(e) = &result {
-            self.record_error(caller, act, id, "", e).await;
+            self.audit.refused(caller, act, id, "", e).await;
         }
         result
     }
@@ -33,9 +33,9 @@ impl Manager {
         let result = async {
             let e = Experiment::new(new_id(), &caller.name, &caller.team, new, SystemTime::now())?;
             let reason = format!("'{}' declared {}", e.title, e.classification);
-            let entry = self.entry(Some(caller), action::REGISTER_EXPERIMENT, &e.id, "", Ok(reason));
+            let entry = audit_log::entry(Some(caller), action::REGISTER_EXPERIMENT, &e.id, "", Ok(reason));
             let rec = self.store.insert_experiment(&e, Some(entry)).await?;
-            self.published(rec);
+            self.audit.published(rec);
             Ok(Experiment { version: 1, ..e })
         }
         .await;
@@ -134,9 +134,9 @@ impl Manager {
         let _team_guard = self.locks.lock(&format!("team:{team}")).await;
         let mut e = self.get_experiment(caller, id).await?;
         let reason = change(&mut e)?;
-        let entry = self.entry(Some(caller), act, id, "", Ok(reason));
+        let entry = audit_log::entry(Some(caller), act, id, "", Ok(reason));
         match self.store.update_experiment(&e, entry).await? {
-            Versioned::Written(rec) => self.published(rec.map(|r| *r)),
+            Versioned::Written(rec) => self.audit.published(rec.map(|r| *r)),
             Versioned::Stale(now) => {
                 let found = now.map_or("gone".to_string(), |n| n.status.as_str().to_string());
                 return Err(Error::FailedPrecondition(format!(

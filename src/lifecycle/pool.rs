@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::Manager;
+use super::{audit_log, Manager};
 use crate::audit::action;
 use crate::auth::Caller;
 use crate::policy::{Plan, Profile};
@@ -154,7 +154,7 @@ impl Manager {
                 crate::time::rfc3339(sb.expires_at)
             );
             self.commit(&mut sb, |sb| {
-                self.entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason))
+                audit_log::entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason))
             })
             .await?;
             self.track(&sb.id);
@@ -289,8 +289,9 @@ impl Manager {
                     sb.network = p.network;
                     sb.state = SandboxState::Warm;
                     let reason = format!("warm sandbox for profile {}", profile.name);
-                    if let Err(e) =
-                        self.commit(&mut sb, |sb| self.entry(None, action::POOL_FILL, "", &sb.id, Ok(reason))).await
+                    if let Err(e) = self
+                        .commit(&mut sb, |sb| audit_log::entry(None, action::POOL_FILL, "", &sb.id, Ok(reason)))
+                        .await
                     {
                         self.undo_create(&sb).await;
                         return Err(e);
@@ -303,7 +304,8 @@ impl Manager {
                 Err(e) => {
                     self.undo_create(&sb).await;
                     sb.end(SandboxState::Failed, e.to_string(), SystemTime::now());
-                    let _ = self.commit(&mut sb, |sb| self.entry(None, action::POOL_FILL, "", &sb.id, Err(&e))).await;
+                    let _ =
+                        self.commit(&mut sb, |sb| audit_log::entry(None, action::POOL_FILL, "", &sb.id, Err(&e))).await;
                     Err(e)
                 }
             }

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::{FutureExt, StreamExt};
 
-use super::Manager;
+use super::{audit_log, Manager};
 use crate::audit::action;
 use crate::runtime::{Owned, OwnedKind, RuntimeEvent};
 use crate::sandbox::{EventKind, Sandbox, SandboxState};
@@ -150,7 +150,7 @@ impl Manager {
                         continue;
                     }
                     let reason = format!("removed {} of an ended sandbox", o.id);
-                    self.record(self.entry(None, action::REMOVE_LEFTOVER, "", &sandbox, Ok(reason))).await;
+                    self.audit.record(audit_log::entry(None, action::REMOVE_LEFTOVER, "", &sandbox, Ok(reason))).await;
                     report.leftovers_removed += 1;
                 }
                 ObjectAction::RemoveOrphan => {
@@ -160,7 +160,7 @@ impl Manager {
                         continue;
                     }
                     let reason = format!("removed labelled {} with no live sandbox", o.id);
-                    self.record(self.entry(None, action::REMOVE_ORPHAN, "", &sandbox, Ok(reason))).await;
+                    self.audit.record(audit_log::entry(None, action::REMOVE_ORPHAN, "", &sandbox, Ok(reason))).await;
                     report.orphans_removed += 1;
                 }
             }
@@ -254,7 +254,7 @@ impl Manager {
                 repair.restored.join(", "),
                 repair.changes.join("; ")
             );
-            self.record(self.entry(None, action::FIREWALL_RESTORED, "", "", Ok(reason))).await;
+            self.audit.record(audit_log::entry(None, action::FIREWALL_RESTORED, "", "", Ok(reason))).await;
             report.firewall_restored += repair.restored.len().max(1);
         }
         Ok(())
@@ -308,8 +308,10 @@ impl Manager {
             return Ok(false);
         }
         sb.end(SandboxState::Lost, "its container vanished from the engine", SystemTime::now());
-        self.commit(&mut sb, |sb| self.entry(None, action::LOST, &sb.experiment, id, Ok(sb.state_reason.clone())))
-            .await?;
+        self.commit(&mut sb, |sb| {
+            audit_log::entry(None, action::LOST, &sb.experiment, id, Ok(sb.state_reason.clone()))
+        })
+        .await?;
         self.scheduler.cancel(id);
         self.untrack(id);
         tracing::warn!(sandbox = %id, "sandbox lost: its container is gone");
@@ -356,8 +358,10 @@ impl Manager {
         } else {
             format!("main process exited with code {}", status.exit_code.unwrap_or(-1))
         };
-        self.commit(&mut sb, |sb| self.entry(None, action::EXIT, &sb.experiment, id, Ok(sb.state_reason.clone())))
-            .await?;
+        self.commit(&mut sb, |sb| {
+            audit_log::entry(None, action::EXIT, &sb.experiment, id, Ok(sb.state_reason.clone()))
+        })
+        .await?;
         tracing::info!(sandbox = %id, exit_code = ?sb.exit_code, oom_killed = sb.oom_killed, "sandbox exited");
         self.emit(EventKind::Exited, &sb, sb.state_reason.clone());
         Ok(true)
@@ -369,7 +373,8 @@ impl Manager {
             if !sb.state.is_ended() && !sb.oom_killed {
                 sb.oom_killed = true;
                 let reason = "the kernel OOM killer struck inside the sandbox".to_string();
-                self.commit(&mut sb, |sb| self.entry(None, action::OOM_KILL, &sb.experiment, id, Ok(reason))).await?;
+                self.commit(&mut sb, |sb| audit_log::entry(None, action::OOM_KILL, &sb.experiment, id, Ok(reason)))
+                    .await?;
                 tracing::warn!(sandbox = %id, "OOM kill inside sandbox");
             }
         }

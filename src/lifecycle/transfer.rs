@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::Manager;
+use super::{audit_log, Manager};
 use crate::audit::action;
 use crate::auth::Caller;
 use crate::policy::Rule;
@@ -99,7 +99,7 @@ impl Manager {
         let entry = match result {
             Ok(t) => {
                 let dir = if act == action::COPY_IN { "into" } else { "from" };
-                self.entry(
+                audit_log::entry(
                     Some(caller),
                     act,
                     &sb.experiment,
@@ -108,14 +108,14 @@ impl Manager {
                 )
             }
             Err(e) => {
-                let mut entry = self.entry(Some(caller), act, &sb.experiment, &sb.id, Err(e));
+                let mut entry = audit_log::entry(Some(caller), act, &sb.experiment, &sb.id, Err(e));
                 // Started and cut short: a failure, never a denial, whatever the code.
                 entry.outcome = crate::audit::Outcome::Failed;
                 entry.reason = format!("ended after {}: {}", moved.describe(), entry.reason);
                 entry
             }
         };
-        self.record(entry).await;
+        self.audit.record(entry).await;
     }
 
     /// Extracts the tar archive `data` into `path` inside the sandbox.
@@ -126,13 +126,8 @@ impl Manager {
         path: &str,
         data: BoxStream<Result<Vec<u8>>>,
     ) -> Result<Transfer> {
-        let sb = match self.transfer_target(caller, id, path, true).await {
-            Ok(sb) => sb,
-            Err(e) => {
-                self.record_error(caller, action::COPY_IN, &self.experiment_of(id).await, id, &e).await;
-                return Err(e);
-            }
-        };
+        let target = self.transfer_target(caller, id, path, true).await;
+        let sb = self.audit.failed(caller, action::COPY_IN, id, target).await?;
         let (this, caller, path) = (Arc::clone(self), caller.clone(), path.to_string());
         let task = async move {
             // Counted as the runtime takes them: what reached the sandbox, or would have.
@@ -175,13 +170,7 @@ impl Manager {
             Ok((sb, archive))
         }
         .await;
-        let (sb, mut archive) = match started {
-            Ok(s) => s,
-            Err(e) => {
-                self.record_error(caller, action::COPY_OUT, &self.experiment_of(id).await, id, &e).await;
-                return Err(e);
-            }
-        };
+        let (sb, mut archive) = self.audit.failed(caller, action::COPY_OUT, id, started).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let (this, caller, path) = (Arc::clone(self), caller.clone(), path.to_string());
         self.tasks.spawn(async move {

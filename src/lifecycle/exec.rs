@@ -1,0 +1,148 @@
+//! Running a command in a sandbox: on record before it runs, its output
+//! streamed within the profile's cap and the deadline, and how it ended on
+//! record with what it sent out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{audit_log, transfer, Manager};
+use crate::audit::action;
+use crate::auth::Caller;
+use crate::runtime::{BoxStream, ExecChunk, ExecSpec, Runtime};
+use crate::sandbox::SandboxState;
+use crate::{Error, Result};
+
+/// Longest command line kept in an exec's audit record.
+const AUDIT_COMMAND_MAX: usize = 512;
+
+/// One item of an exec's output stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecOutput {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(i64),
+}
+
+impl Manager {
+    /// Runs a command in a running sandbox: its output, then its exit code.
+    pub async fn exec(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        spec: ExecSpec,
+        timeout: Option<Duration>,
+    ) -> Result<BoxStream<Result<ExecOutput>>> {
+        let result = self.exec_inner(caller, id, spec, timeout).await;
+        self.audit.failed(caller, action::EXEC, id, result).await
+    }
+
+    pub(super) async fn exec_inner(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        spec: ExecSpec,
+        timeout: Option<Duration>,
+    ) -> Result<BoxStream<Result<ExecOutput>>> {
+        let sb = self.visible(caller, id).await?;
+        if !caller.may_use(&sb.team) {
+            return Err(Error::PermissionDenied("exec needs the requester role in the sandbox's team".into()));
+        }
+        let (Some(_), SandboxState::Running) = (&sb.container_id, sb.state) else {
+            return Err(Error::FailedPrecondition(format!("sandbox '{id}' is {}, not running", sb.state.as_str())));
+        };
+        self.experiment_in_force(&sb).await?;
+        // On record before the command runs: what was run, by whom.
+        let mut command = spec.command.join(" ");
+        if command.len() > AUDIT_COMMAND_MAX {
+            let cut = (0..=AUDIT_COMMAND_MAX).rev().find(|i| command.is_char_boundary(*i)).unwrap_or(0);
+            command.truncate(cut);
+            command.push('…');
+        }
+        let entry = audit_log::entry(Some(caller), action::EXEC, &sb.experiment, id, Ok(format!("command: {command}")));
+        self.audit.published(Some(self.store.append_audit(entry).await?));
+        let session = self.runtime.exec(&sb, spec).await?;
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout.unwrap_or(self.settings.exec_timeout);
+        let cap = sb.profile.file_transfer.max_exec_output;
+        let (tx, rx) = mpsc::channel(16);
+        let this = Arc::clone(self);
+        let (caller, sb) = (caller.clone(), sb.clone());
+        let stop = self.shutdown_signal();
+        let mut output = session.output;
+        // Stream output until it ends, the deadline passes, the output cap is
+        // reached, the daemon stops or the caller leaves; then the exit code.
+        // Whichever it was goes on record with what the command sent out.
+        self.tasks.spawn(async move {
+            tokio::pin!(stop);
+            let (mut stdout, mut stderr) = (transfer::Tally::default(), transfer::Tally::default());
+            let ended: Result<i64> = async {
+                loop {
+                    let item = tokio::select! {
+                        item = output.next() => item,
+                        () = tokio::time::sleep_until(deadline) => {
+                            return Err(Error::DeadlineExceeded("exec ran past its timeout".into()));
+                        }
+                        () = &mut stop => return Err(Error::ShuttingDown),
+                        () = tx.closed() => return Err(Error::Cancelled("the client went away".into())),
+                    };
+                    let (mut bytes, is_stdout) = match item {
+                        None => break,
+                        Some(Ok(ExecChunk::Stdout(b))) => (b, true),
+                        Some(Ok(ExecChunk::Stderr(b))) => (b, false),
+                        Some(Err(e)) => return Err(e),
+                    };
+                    // Exec output leaves the sandbox like a copy-out does: within the profile's cap.
+                    let over = cap.and_then(|cap| {
+                        let left = cap.saturating_sub(stdout.bytes + stderr.bytes);
+                        (bytes.len() as u64 > left).then_some((cap, left))
+                    });
+                    if let Some((_, left)) = over {
+                        bytes.truncate(left as usize);
+                    }
+                    let tally = if is_stdout { &mut stdout } else { &mut stderr };
+                    tally.add(&bytes);
+                    let out = if is_stdout { ExecOutput::Stdout(bytes) } else { ExecOutput::Stderr(bytes) };
+                    if tx.send(Ok(out)).await.is_err() {
+                        return Err(Error::Cancelled("the client went away".into()));
+                    }
+                    if let Some((cap, _)) = over {
+                        return Err(Error::ResourceExhausted(format!(
+                            "exec output reached profile '{}' max_exec_output of {}; the rest was withheld",
+                            sb.profile.name,
+                            crate::policy::size::format_size(cap)
+                        )));
+                    }
+                }
+                exit_code(this.runtime.as_ref(), &session.exec_id).await
+            }
+            .await;
+            let took = crate::time::format_duration_ms(started.elapsed());
+            let sent = format!("stdout {}; stderr {}", stdout.describe(), stderr.describe());
+            let result = match &ended {
+                Ok(code) => Ok(format!("exit {code} after {took}; {sent}")),
+                Err(e) => Err(e),
+            };
+            let mut entry = audit_log::entry(Some(&caller), action::EXEC_END, &sb.experiment, &sb.id, result);
+            if ended.is_err() {
+                entry.reason = format!("ended after {took}, {sent}: {}", entry.reason);
+            }
+            this.record(entry).await;
+            let _ = tx.send(ended.map(ExecOutput::Exit)).await;
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+    }
+}
+
+/// An exec's exit code. Its output can end a moment before Docker marks it finished.
+pub(super) async fn exit_code(runtime: &dyn Runtime, exec_id: &str) -> Result<i64> {
+    for _ in 0..100 {
+        if let Some(code) = runtime.exec_exit_code(exec_id).await? {
+            return Ok(code);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(Error::Internal("exec output ended but the command did not finish".into()))
+}
