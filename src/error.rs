@@ -1,8 +1,6 @@
 //! The crate's one error type. Each variant says what went wrong in terms a
 //! caller can act on; [`crate::api::status`] maps it to a gRPC code in one place.
 
-use std::path::PathBuf;
-
 use crate::policy::Rule;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -21,12 +19,16 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
 
+    /// No such object, or none the caller may see (other teams' sandboxes
+    /// are not acknowledged).
     #[error("{kind} '{id}' not found")]
     NotFound { kind: &'static str, id: String },
 
+    /// The call carried no credentials the daemon knows.
     #[error("missing or unknown credentials")]
     Unauthenticated,
 
+    /// The caller is known but its role or team does not allow the call.
     #[error("{0}")]
     PermissionDenied(String),
 
@@ -46,13 +48,11 @@ pub enum Error {
     #[error("docker {op} failed: {message}")]
     Docker { op: &'static str, message: String },
 
+    /// The store failed to read or write.
     #[error("store: {0}")]
     Store(String),
 
-    /// A configuration or profile file is invalid.
-    #[error("{}: {field}: {reason}", file.display())]
-    Config { file: PathBuf, field: String, reason: String },
-
+    /// An operation ran past its time limit (e.g. an exec's timeout).
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
 
@@ -60,6 +60,7 @@ pub enum Error {
     #[error("{0}")]
     ResourceExhausted(String),
 
+    /// The daemon is stopping and takes no new work.
     #[error("daemon is shutting down")]
     ShuttingDown,
 
@@ -71,6 +72,7 @@ pub enum Error {
     #[error("cancelled: {0}")]
     Cancelled(String),
 
+    /// A bug or an invariant broken; never the caller's fault.
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -86,29 +88,6 @@ impl Error {
 
     pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
         Error::NotFound { kind, id: id.into() }
-    }
-
-    /// A short stable label for logs and metrics.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::InvalidArgument { .. } => "invalid_argument",
-            Error::Denied { .. } => "denied",
-            Error::FailedPrecondition(_) => "failed_precondition",
-            Error::NotFound { .. } => "not_found",
-            Error::Unauthenticated => "unauthenticated",
-            Error::PermissionDenied(_) => "permission_denied",
-            Error::ImageUnavailable { .. } => "image_unavailable",
-            Error::Unavailable(_) => "unavailable",
-            Error::Docker { .. } => "docker",
-            Error::Store(_) => "store",
-            Error::Config { .. } => "config",
-            Error::DeadlineExceeded(_) => "deadline_exceeded",
-            Error::ResourceExhausted(_) => "resource_exhausted",
-            Error::ShuttingDown => "shutting_down",
-            Error::Cancelled(_) => "cancelled",
-            Error::Conflict(_) => "conflict",
-            Error::Internal(_) => "internal",
-        }
     }
 
     /// The gRPC status code this error is answered with: the one table.
@@ -127,7 +106,7 @@ impl Error {
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Cancelled(_) => Code::Cancelled,
             Error::Conflict(_) => Code::Aborted,
-            Error::Docker { .. } | Error::Store(_) | Error::Config { .. } | Error::Internal(_) => Code::Internal,
+            Error::Docker { .. } | Error::Store(_) | Error::Internal(_) => Code::Internal,
         }
     }
 

@@ -44,4 +44,46 @@ pub mod proto {
 
     /// Encoded descriptors of every file, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sandpit_descriptor.bin"));
+
+    /// A proto enum whose values the CLI and the exports show by name.
+    pub trait Named: TryFrom<i32> {
+        /// What every value's proto name starts with.
+        const PREFIX: &'static str;
+        fn proto_name(&self) -> &'static str;
+    }
+
+    macro_rules! named {
+        ($($t:ty => $prefix:literal),* $(,)?) => {$(
+            impl Named for $t {
+                const PREFIX: &'static str = $prefix;
+                fn proto_name(&self) -> &'static str {
+                    self.as_str_name()
+                }
+            }
+        )*};
+    }
+
+    named! {
+        SandboxState => "SANDBOX_STATE_",
+        SandboxEventKind => "SANDBOX_EVENT_KIND_",
+        ExperimentStatus => "EXPERIMENT_STATUS_",
+        ExperimentOutcome => "EXPERIMENT_OUTCOME_",
+    }
+
+    /// How a value of a proto enum is shown: its name without the type's
+    /// prefix, in lowercase (`SANDBOX_STATE_RUNNING` is `running`); empty
+    /// when unspecified, `unknown` when it is no value this build knows.
+    pub fn shown<E: Named>(value: i32) -> String {
+        match E::try_from(value) {
+            Ok(v) => {
+                let name = v.proto_name().strip_prefix(E::PREFIX).unwrap_or(v.proto_name());
+                if name == "UNSPECIFIED" {
+                    String::new()
+                } else {
+                    name.to_ascii_lowercase()
+                }
+            }
+            Err(_) => "unknown".to_string(),
+        }
+    }
 }

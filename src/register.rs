@@ -38,18 +38,18 @@ impl Status {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub enum ExperimentOutcome {
     Succeeded,
     Failed,
     Abandoned,
 }
 
-impl Outcome {
+impl ExperimentOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-            Outcome::Abandoned => "abandoned",
+            ExperimentOutcome::Succeeded => "succeeded",
+            ExperimentOutcome::Failed => "failed",
+            ExperimentOutcome::Abandoned => "abandoned",
         }
     }
 }
@@ -194,7 +194,7 @@ pub struct Experiment {
     pub risks: Vec<Risk>,
     pub status: Status,
     pub approvals: Vec<Approval>,
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<ExperimentOutcome>,
     pub lessons_learnt: String,
     pub created_at: SystemTime,
     pub planned_end: Option<SystemTime>,
@@ -211,14 +211,12 @@ pub struct Experiment {
     pub version: u64,
 }
 
-/// A new experiment id: `exp-` and 10 random hex digits.
-pub fn new_id() -> String {
-    let mut b = [0u8; 5];
-    getrandom::fill(&mut b).expect("the OS random source is available");
-    format!("exp-{}", hex::encode(b))
-}
-
 impl Experiment {
+    /// A new experiment id: `exp-` and 10 random hex digits.
+    pub fn new_id() -> String {
+        crate::sandbox::random_id::<5>("exp")
+    }
+
     pub fn new(id: String, owner: &str, team: &str, n: NewExperiment, now: SystemTime) -> Result<Experiment> {
         n.validate(now)?;
         validate_name("id", &id)?;
@@ -292,7 +290,7 @@ impl Experiment {
         &mut self,
         by: &str,
         by_team: &str,
-        outcome: Outcome,
+        outcome: ExperimentOutcome,
         lessons_learnt: String,
         now: SystemTime,
     ) -> Result<()> {
@@ -354,13 +352,13 @@ mod tests {
             Err(Error::FailedPrecondition(_))
         ));
         assert!(matches!(
-            e.close("zed", "alg", Outcome::Succeeded, "".into(), now),
+            e.close("zed", "alg", ExperimentOutcome::Succeeded, "".into(), now),
             Err(Error::InvalidArgument { field: "lessons_learnt", .. })
         ));
-        e.close("zed", "alg", Outcome::Succeeded, "works".into(), now).unwrap();
-        assert_eq!((e.status, e.outcome), (Status::Closed, Some(Outcome::Succeeded)));
+        e.close("zed", "alg", ExperimentOutcome::Succeeded, "works".into(), now).unwrap();
+        assert_eq!((e.status, e.outcome), (Status::Closed, Some(ExperimentOutcome::Succeeded)));
         assert_eq!((e.closed_by.as_str(), e.closed_by_team.as_str()), ("zed", "alg"));
-        assert!(e.close("zed", "alg", Outcome::Failed, "again".into(), now).is_err());
+        assert!(e.close("zed", "alg", ExperimentOutcome::Failed, "again".into(), now).is_err());
     }
 
     #[test]

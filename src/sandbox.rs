@@ -121,6 +121,11 @@ impl Sandbox {
         self.profile.network.mode.has_network().then(|| format!("sandpit-{}", self.id))
     }
 
+    /// A new sandbox id: `sb-` and 12 random hex digits.
+    pub fn new_id() -> String {
+        random_id::<6>("sb")
+    }
+
     /// Moves to an ended state, once.
     pub fn end(&mut self, state: SandboxState, reason: impl Into<String>, at: SystemTime) {
         debug_assert!(state.is_ended());
@@ -130,11 +135,11 @@ impl Sandbox {
     }
 }
 
-/// A new sandbox id: `sb-` and 12 random hex digits.
-pub fn new_id() -> String {
-    let mut b = [0u8; 6];
+/// A new random id: `prefix`, a dash and `N` random bytes in hex.
+pub(crate) fn random_id<const N: usize>(prefix: &str) -> String {
+    let mut b = [0u8; N];
     getrandom::fill(&mut b).expect("the OS random source is available");
-    format!("sb-{}", hex::encode(b))
+    format!("{prefix}-{}", hex::encode(b))
 }
 
 /// Something that happened to a sandbox, for watchers.

@@ -11,7 +11,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::audit::AuditApi;
 use crate::api::auth::Gate;
-use crate::api::limits::Limits;
+use crate::api::limits::CallLimits;
 use crate::api::profile::ProfileApi;
 use crate::api::register::RegisterApi;
 use crate::api::sandbox::SandboxApi;
@@ -191,7 +191,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         profiles_dir: cfg.profiles_dir.clone(),
         host_rules: cfg.host_rules(),
         quotas: cfg.team_quotas(),
-        refusals: crate::audit::refusals::Limits {
+        refusals: crate::audit::refusals::RefusalLimits {
             window: cfg.limits.refusal_window,
             per_source: cfg.limits.refusals_per_source,
         },
@@ -260,7 +260,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .build_v1alpha()
         .map_err(|e| StartError::Io(e.to_string()))?;
 
-    let limits = Limits {
+    let limits = CallLimits {
         max_concurrent_calls: cfg.limits.max_concurrent_calls,
         calls_per_second: cfg.limits.calls_per_second,
         burst: cfg.limits.burst,

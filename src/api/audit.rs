@@ -229,10 +229,6 @@ fn time(t: Option<&pbjson_types::Timestamp>) -> String {
         .unwrap_or_default()
 }
 
-fn enum_name(name: &str, prefix: &str) -> String {
-    name.trim_start_matches(prefix).to_ascii_lowercase()
-}
-
 fn register_csv(list: &[proto::Experiment]) -> Result<Vec<u8>, Error> {
     let header = [
         "id",
@@ -256,8 +252,8 @@ fn register_csv(list: &[proto::Experiment]) -> Result<Vec<u8>, Error> {
         "closed_by_team",
     ];
     let rows = list.iter().map(|e| {
-        let status = proto::ExperimentStatus::try_from(e.status).map(|s| s.as_str_name()).unwrap_or_default();
-        let outcome = proto::ExperimentOutcome::try_from(e.outcome).map(|s| s.as_str_name()).unwrap_or_default();
+        let status = proto::shown::<proto::ExperimentStatus>(e.status);
+        let outcome = proto::shown::<proto::ExperimentOutcome>(e.outcome);
         let risks: Vec<String> = e
             .risks
             .iter()
@@ -289,13 +285,13 @@ fn register_csv(list: &[proto::Experiment]) -> Result<Vec<u8>, Error> {
             e.owner.clone(),
             e.purpose.clone(),
             e.classification.clone(),
-            enum_name(status, "EXPERIMENT_STATUS_"),
+            status,
             e.ai_tools.join("; "),
             e.models.join("; "),
             e.datasets.join("; "),
             risks.join(" | "),
             approvals.join(" | "),
-            if e.outcome == 0 { String::new() } else { enum_name(outcome, "EXPERIMENT_OUTCOME_") },
+            outcome,
             e.lessons_learnt.clone(),
             time(e.created_at.as_ref()),
             time(e.planned_end.as_ref()),
@@ -323,7 +319,7 @@ fn sandboxes_csv(list: &[proto::Sandbox]) -> Result<Vec<u8>, Error> {
         "node",
     ];
     let rows = list.iter().map(|s| {
-        let state = proto::SandboxState::try_from(s.state).map(|s| s.as_str_name()).unwrap_or_default();
+        let state = proto::shown::<proto::SandboxState>(s.state);
         vec![
             s.id.clone(),
             s.experiment.clone(),
@@ -332,7 +328,7 @@ fn sandboxes_csv(list: &[proto::Sandbox]) -> Result<Vec<u8>, Error> {
             s.profile.clone(),
             s.classification.clone(),
             s.image.clone(),
-            enum_name(state, "SANDBOX_STATE_"),
+            state,
             time(s.created_at.as_ref()),
             time(s.expires_at.as_ref()),
             s.container_id.clone(),

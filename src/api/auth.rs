@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tonic::Request;
 
-use super::limits::{Limiter, Limits, Permit};
+use super::limits::{CallLimits, Limiter, Permit};
 use crate::audit::{action, AuditEntry, Outcome};
 use crate::auth::{Caller, Identities, Role};
 use crate::metrics::Refusal;
@@ -203,7 +203,7 @@ impl Call {
 }
 
 impl Gate {
-    pub fn new(identities: Identities, audit: Arc<dyn AuditSink>, limits: Limits) -> Gate {
+    pub fn new(identities: Identities, audit: Arc<dyn AuditSink>, limits: CallLimits) -> Gate {
         Gate { identities: Arc::new(identities), audit, limiter: Arc::new(Limiter::new(limits)) }
     }
 

@@ -300,11 +300,11 @@ pub fn status_filter(s: i32) -> Result<Option<register::Status>, Error> {
     }
 }
 
-pub fn outcome(o: i32) -> Result<register::Outcome, Error> {
+pub fn outcome(o: i32) -> Result<register::ExperimentOutcome, Error> {
     match proto::ExperimentOutcome::try_from(o) {
-        Ok(proto::ExperimentOutcome::Succeeded) => Ok(register::Outcome::Succeeded),
-        Ok(proto::ExperimentOutcome::Failed) => Ok(register::Outcome::Failed),
-        Ok(proto::ExperimentOutcome::Abandoned) => Ok(register::Outcome::Abandoned),
+        Ok(proto::ExperimentOutcome::Succeeded) => Ok(register::ExperimentOutcome::Succeeded),
+        Ok(proto::ExperimentOutcome::Failed) => Ok(register::ExperimentOutcome::Failed),
+        Ok(proto::ExperimentOutcome::Abandoned) => Ok(register::ExperimentOutcome::Abandoned),
         _ => Err(Error::invalid("outcome", "must be succeeded, failed or abandoned")),
     }
 }
@@ -346,9 +346,9 @@ impl From<Experiment> for proto::Experiment {
                 .collect(),
             outcome: match e.outcome {
                 None => proto::ExperimentOutcome::Unspecified,
-                Some(register::Outcome::Succeeded) => proto::ExperimentOutcome::Succeeded,
-                Some(register::Outcome::Failed) => proto::ExperimentOutcome::Failed,
-                Some(register::Outcome::Abandoned) => proto::ExperimentOutcome::Abandoned,
+                Some(register::ExperimentOutcome::Succeeded) => proto::ExperimentOutcome::Succeeded,
+                Some(register::ExperimentOutcome::Failed) => proto::ExperimentOutcome::Failed,
+                Some(register::ExperimentOutcome::Abandoned) => proto::ExperimentOutcome::Abandoned,
             } as i32,
             lessons_learnt: e.lessons_learnt,
             created_at: Some(timestamp(e.created_at)),

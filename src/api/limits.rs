@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::metrics::Refusal;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
+pub struct CallLimits {
     pub max_concurrent_calls: u32,
     pub calls_per_second: u32,
     pub burst: u32,
@@ -39,28 +39,28 @@ struct Identity<C: Clock> {
 /// authenticated, as a configured identity or the local token, so the map is
 /// bounded by the config.
 pub struct Limiter<C: Clock = MonotonicClock> {
-    limits: Limits,
+    limits: CallLimits,
     quota: Quota,
     clock: C,
     identities: Mutex<HashMap<String, Arc<Identity<C>>>>,
 }
 
 impl Limiter {
-    pub fn new(limits: Limits) -> Limiter {
+    pub fn new(limits: CallLimits) -> Limiter {
         Limiter::with_clock(limits, MonotonicClock)
     }
 }
 
 impl<C: Clock + Clone> Limiter<C> {
     /// A limiter reading `clock`; tests pass governor's `FakeRelativeClock`.
-    pub fn with_clock(limits: Limits, clock: C) -> Limiter<C> {
+    pub fn with_clock(limits: CallLimits, clock: C) -> Limiter<C> {
         // The config refuses 0 for both (`limits.*: must be at least 1`).
         let at_least_one = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_second(at_least_one(limits.calls_per_second)).allow_burst(at_least_one(limits.burst));
         Limiter { limits, quota, clock, identities: Mutex::new(HashMap::new()) }
     }
 
-    pub fn limits(&self) -> Limits {
+    pub fn limits(&self) -> CallLimits {
         self.limits
     }
 
@@ -93,7 +93,7 @@ mod tests {
 
     fn limiter(concurrent: u32, rate: u32, burst: u32) -> (Limiter<FakeRelativeClock>, FakeRelativeClock) {
         let clock = FakeRelativeClock::default();
-        let limits = Limits { max_concurrent_calls: concurrent, calls_per_second: rate, burst };
+        let limits = CallLimits { max_concurrent_calls: concurrent, calls_per_second: rate, burst };
         (Limiter::with_clock(limits, clock.clone()), clock)
     }
 

@@ -27,7 +27,7 @@ pub const MAX_KINDS: usize = 10_000;
 
 /// How refusals are bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct RefusalLimits {
     pub window: Duration,
     /// Records of their own each (source address, actor) gets per window.
     pub per_source: u32,
@@ -53,7 +53,7 @@ struct Source {
 }
 
 pub struct Refusals {
-    limits: Limits,
+    limits: RefusalLimits,
     kinds: HashMap<Kind, Repeats>,
     sources: HashMap<(String, String), Source>,
     /// Refusals beyond [`MAX_KINDS`] this window: count, first and last time.
@@ -66,11 +66,11 @@ fn address(source: &str) -> String {
 }
 
 impl Refusals {
-    pub fn new(limits: Limits) -> Refusals {
+    pub fn new(limits: RefusalLimits) -> Refusals {
         Refusals { limits, kinds: HashMap::new(), sources: HashMap::new(), overflow: None }
     }
 
-    pub fn limits(&self) -> Limits {
+    pub fn limits(&self) -> RefusalLimits {
         self.limits
     }
 
@@ -193,8 +193,8 @@ mod tests {
         }
     }
 
-    fn limits(per_source: u32) -> Limits {
-        Limits { window: Duration::from_secs(10), per_source }
+    fn limits(per_source: u32) -> RefusalLimits {
+        RefusalLimits { window: Duration::from_secs(10), per_source }
     }
 
     #[test]

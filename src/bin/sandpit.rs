@@ -515,7 +515,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             if cli.json {
                 json(&sb)?;
             } else {
-                say!("{} {}", sb.id, state_name(sb.state));
+                say!("{} {}", sb.id, proto::shown::<proto::SandboxState>(sb.state));
             }
         }
         Command::Exec { id, env, workdir, timeout, command } => {
@@ -558,9 +558,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 if cli.json {
                     json_line(&ev)?;
                 } else {
-                    let kind = proto::SandboxEventKind::try_from(ev.kind)
-                        .map(|k| k.as_str_name().trim_start_matches("SANDBOX_EVENT_KIND_").to_lowercase())
-                        .unwrap_or_default();
+                    let kind = proto::shown::<proto::SandboxEventKind>(ev.kind);
                     let sb = ev.sandbox.unwrap_or_default();
                     say!(
                         "{}  {:<14} {:<16} {:<20} {}",
@@ -614,7 +612,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                             e.team.clone(),
                             e.owner.clone(),
                             e.classification.clone(),
-                            status_name(e.status),
+                            proto::shown::<proto::ExperimentStatus>(e.status),
                         ]
                     })
                     .collect();
@@ -859,7 +857,7 @@ fn active_row(a: &proto::ActiveExperiment) -> Vec<String> {
         e.team,
         e.owner,
         e.classification,
-        approval.unwrap_or_else(|| status_name(e.status)),
+        approval.unwrap_or_else(|| proto::shown::<proto::ExperimentStatus>(e.status)),
         if sandboxes.is_empty() { "-".into() } else { sandboxes.join(", ") },
     ]
 }
@@ -986,12 +984,6 @@ fn print_events(events: &[proto::AuditEvent]) {
     }
 }
 
-fn status_name(status: i32) -> String {
-    proto::ExperimentStatus::try_from(status)
-        .map(|s| s.as_str_name().trim_start_matches("EXPERIMENT_STATUS_").to_lowercase())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 fn show_experiment(e: &proto::Experiment, as_json: bool) -> Result<(), Failure> {
     if as_json {
         return json(e);
@@ -999,7 +991,7 @@ fn show_experiment(e: &proto::Experiment, as_json: bool) -> Result<(), Failure> 
     let rows = [
         ("id", e.id.clone()),
         ("title", e.title.clone()),
-        ("status", status_name(e.status)),
+        ("status", proto::shown::<proto::ExperimentStatus>(e.status)),
         ("owner", format!("{} (team {})", e.owner, e.team)),
         ("purpose", e.purpose.clone()),
         ("classification", e.classification.clone()),
@@ -1034,9 +1026,7 @@ fn show_experiment(e: &proto::Experiment, as_json: bool) -> Result<(), Failure> 
         );
     }
     if e.closed_at.is_some() {
-        let outcome = proto::ExperimentOutcome::try_from(e.outcome)
-            .map(|o| o.as_str_name().trim_start_matches("EXPERIMENT_OUTCOME_").to_lowercase())
-            .unwrap_or_default();
+        let outcome = proto::shown::<proto::ExperimentOutcome>(e.outcome);
         say!(
             "{:<15} {outcome} by {} (team {}) at {}: {}",
             "closed",
@@ -1160,12 +1150,6 @@ impl PullBars {
     }
 }
 
-fn state_name(s: i32) -> String {
-    proto::SandboxState::try_from(s)
-        .map(|s| s.as_str_name().trim_start_matches("SANDBOX_STATE_").to_lowercase())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 fn to_system(t: &pbjson_types::Timestamp) -> SystemTime {
     sandpit::time::from_millis(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
 }
@@ -1189,7 +1173,7 @@ fn when(t: Option<&pbjson_types::Timestamp>) -> String {
 fn print_sandbox(sb: &proto::Sandbox) {
     let rows = [
         ("id", sb.id.clone()),
-        ("state", state_name(sb.state)),
+        ("state", proto::shown::<proto::SandboxState>(sb.state)),
         ("experiment", sb.experiment.clone()),
         ("owner", format!("{} (team {})", sb.owner, sb.team)),
         ("profile", sb.profile.clone()),
@@ -1229,7 +1213,7 @@ fn print_table(list: &[proto::Sandbox]) {
                 s.team.clone(),
                 s.profile.clone(),
                 s.classification.clone(),
-                state_name(s.state),
+                proto::shown::<proto::SandboxState>(s.state),
                 expires,
             ]
         })

@@ -18,8 +18,8 @@
 //!    and none can fill the audit log. They are counted instead
 //!    (`sandpit_egress_refused_strangers_total`) and logged at most every
 //!    [`STRANGER_LOG_EVERY`].
-//! 2. The request head must parse ([`http`]), within [`Limits::head_timeout`] and
-//!    [`Limits::max_head`] bytes, else 400.
+//! 2. The request head must parse ([`http`]), within [`ProxyLimits::head_timeout`] and
+//!    [`ProxyLimits::max_head`] bytes, else 400.
 //! 3. `(host, port)` must equal an allowlist entry, host compared in one canonical
 //!    form ([`addr::Host`]: case-insensitive, trailing dot ignored, no wildcards), else 403.
 //! 4. An IP-literal entry is connected to as is: the operator named that very
@@ -28,7 +28,7 @@
 //!    metadata, IPv6 ...); if none pass, 403. The proxy connects to a
 //!    candidate it resolved itself and never resolves again, so there is no
 //!    window for DNS rebinding between check and use.
-//! 5. Resolution or connection failing within [`Limits::connect_timeout`] answers 502.
+//! 5. Resolution or connection failing within [`ProxyLimits::connect_timeout`] answers 502.
 //!
 //! An entry grants a `host:port`, not URLs: once a connection is allowed the
 //! proxy relays bytes without looking at them (a plain-HTTP client could
@@ -120,7 +120,7 @@ pub struct Decision {
 
 /// Bounds on what one client can make the proxy do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub struct ProxyLimits {
     /// Connections served at once; any beyond are closed on accept, unanswered.
     pub max_connections: usize,
     /// Connections served at once from one source address (one sandbox), so
@@ -134,7 +134,7 @@ pub struct Limits {
     pub connect_timeout: Duration,
 }
 
-impl Default for Limits {
+impl Default for ProxyLimits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
@@ -157,7 +157,7 @@ const LINGER_MAX: usize = 64 * 1024;
 
 /// Serves until `shutdown` resolves. Each connection in its own task.
 pub async fn serve(listener: TcpListener, policy: Arc<dyn Policy>, shutdown: impl Future<Output = ()> + Send) {
-    serve_with_limits(listener, policy, Limits::default(), shutdown).await;
+    serve_with_limits(listener, policy, ProxyLimits::default(), shutdown).await;
 }
 
 /// [`serve`] with limits other than the defaults.
@@ -167,7 +167,7 @@ pub async fn serve(listener: TcpListener, policy: Arc<dyn Policy>, shutdown: imp
 pub async fn serve_with_limits(
     listener: TcpListener,
     policy: Arc<dyn Policy>,
-    limits: Limits,
+    limits: ProxyLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     run(listener, Arc::new(Ctx::new(policy, limits)), shutdown).await;
@@ -176,7 +176,7 @@ pub async fn serve_with_limits(
 /// What every connection task shares.
 struct Ctx {
     policy: Arc<dyn Policy>,
-    limits: Limits,
+    limits: ProxyLimits,
     /// Connection attempts to destinations, so that tests can prove a denied
     /// request never reached the network.
     dials: AtomicU64,
@@ -187,7 +187,7 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn new(policy: Arc<dyn Policy>, limits: Limits) -> Ctx {
+    fn new(policy: Arc<dyn Policy>, limits: ProxyLimits) -> Ctx {
         Ctx {
             policy,
             limits,

@@ -52,12 +52,12 @@ struct Proxy {
 
 impl Proxy {
     /// `None` makes 127.0.0.1 an unknown source.
-    async fn start(allowlist: Option<Vec<Destination>>, limits: Limits) -> Proxy {
+    async fn start(allowlist: Option<Vec<Destination>>, limits: ProxyLimits) -> Proxy {
         Proxy::start_for(vec![LOCAL], allowlist, limits).await
     }
 
     /// A proxy whose sandboxes are at `known`.
-    async fn start_for(known: Vec<IpAddr>, allowlist: Option<Vec<Destination>>, limits: Limits) -> Proxy {
+    async fn start_for(known: Vec<IpAddr>, allowlist: Option<Vec<Destination>>, limits: ProxyLimits) -> Proxy {
         let listener = TcpListener::bind((LOCAL, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let policy = Arc::new(Fake { known, allowlist, decisions: Mutex::new(Vec::new()) });
@@ -70,7 +70,7 @@ impl Proxy {
     }
 
     async fn allowing(allowlist: Vec<Destination>) -> Proxy {
-        Proxy::start(Some(allowlist), Limits::default()).await
+        Proxy::start(Some(allowlist), ProxyLimits::default()).await
     }
 
     fn dials(&self) -> u64 {
@@ -382,7 +382,7 @@ async fn plain_http_is_forwarded_in_origin_form() {
 #[tokio::test]
 async fn an_unknown_source_is_closed_unread_unanswered_and_unaudited() {
     let echo = echo_server().await;
-    let proxy = Proxy::start(None, Limits::default()).await;
+    let proxy = Proxy::start(None, ProxyLimits::default()).await;
     for request in [format!("CONNECT 127.0.0.1:{echo} HTTP/1.1\r\n\r\n"), "nonsense\r\n\r\n".to_string()] {
         let mut client = proxy.connect().await;
         // The proxy may have closed before this write: either way nothing comes back.
@@ -399,7 +399,7 @@ async fn an_unknown_source_is_closed_unread_unanswered_and_unaudited() {
 async fn strangers_holding_connections_open_cannot_crowd_out_a_sandbox() {
     // Two slots, one per source: before strangers were refused on accept,
     // two of them holding a head open took both slots.
-    let limits = Limits { max_connections: 2, max_per_source: 1, ..Limits::default() };
+    let limits = ProxyLimits { max_connections: 2, max_per_source: 1, ..ProxyLimits::default() };
     let proxy = Proxy::start_for(vec![LOCAL], Some(vec![]), limits).await;
     let mut strangers = Vec::new();
     for i in 2..=41u8 {
@@ -469,7 +469,7 @@ async fn an_oversize_head_is_a_bad_request() {
 
 #[tokio::test]
 async fn a_slow_head_is_a_bad_request() {
-    let limits = Limits { head_timeout: Duration::from_millis(200), ..Limits::default() };
+    let limits = ProxyLimits { head_timeout: Duration::from_millis(200), ..ProxyLimits::default() };
     let proxy = Proxy::start(Some(vec![]), limits).await;
     let mut client = proxy.connect().await;
     client.write_all(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\n").await.unwrap();
@@ -509,7 +509,7 @@ async fn assert_closed_unanswered(mut client: TcpStream) {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_are_closed_unanswered() {
-    let limits = Limits { max_connections: 1, ..Limits::default() };
+    let limits = ProxyLimits { max_connections: 1, ..ProxyLimits::default() };
     let proxy = Proxy::start(Some(vec![]), limits).await;
     let mut first = proxy.connect().await;
     first.write_all(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\n").await.unwrap();
@@ -543,7 +543,7 @@ async fn connections_beyond_the_limit_are_closed_unanswered() {
 
 #[tokio::test]
 async fn one_source_cannot_take_every_connection() {
-    let limits = Limits { max_connections: 100, max_per_source: 1, ..Limits::default() };
+    let limits = ProxyLimits { max_connections: 100, max_per_source: 1, ..ProxyLimits::default() };
     let other_ip = Ipv4Addr::new(127, 0, 0, 2);
     let proxy = Proxy::start_for(vec![LOCAL, IpAddr::V4(other_ip)], Some(vec![]), limits).await;
     let mut first = proxy.connect().await;

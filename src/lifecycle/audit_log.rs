@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
-use crate::audit::refusals::{Limits, Refusals};
+use crate::audit::refusals::{RefusalLimits, Refusals};
 use crate::audit::{AuditEntry, AuditRecord, Outcome, DAEMON};
 use crate::auth::Caller;
 use crate::runtime::BoxStream;
@@ -58,7 +58,7 @@ pub fn entry(
 }
 
 impl AuditLog {
-    pub fn new(store: Arc<dyn Store>, limits: Limits) -> AuditLog {
+    pub fn new(store: Arc<dyn Store>, limits: RefusalLimits) -> AuditLog {
         AuditLog { store, published: broadcast::channel(BUFFER).0, refusals: Mutex::new(Refusals::new(limits)) }
     }
 

@@ -7,7 +7,7 @@ use super::{audit_log, Manager};
 use crate::audit::action;
 use crate::auth::Caller;
 use crate::policy::Rule;
-use crate::register::{new_id, Decision, Experiment, NewExperiment, Outcome, Status};
+use crate::register::{Decision, Experiment, ExperimentOutcome, NewExperiment, Status};
 use crate::sandbox::{Sandbox, SandboxState};
 use crate::store::{ExperimentFilter, ListFilter, Versioned};
 use crate::{Error, Result};
@@ -31,7 +31,7 @@ impl Manager {
 
     pub async fn register_experiment(&self, caller: &Caller, new: NewExperiment) -> Result<Experiment> {
         let result = async {
-            let e = Experiment::new(new_id(), &caller.name, &caller.team, new, SystemTime::now())?;
+            let e = Experiment::new(Experiment::new_id(), &caller.name, &caller.team, new, SystemTime::now())?;
             let reason = format!("'{}' declared {}", e.title, e.classification);
             let entry = audit_log::entry(Some(caller), action::REGISTER_EXPERIMENT, &e.id, "", Ok(reason));
             let rec = self.store.insert_experiment(&e, Some(entry)).await?;
@@ -99,7 +99,7 @@ impl Manager {
         &self,
         caller: &Caller,
         id: &str,
-        outcome: Outcome,
+        outcome: ExperimentOutcome,
         lessons: String,
     ) -> Result<Experiment> {
         let result = self

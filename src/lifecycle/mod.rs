@@ -65,7 +65,7 @@ pub struct Settings {
     pub host_rules: crate::policy::HostRules,
     pub quotas: crate::policy::admission::TeamQuotas,
     /// How refusals are bounded in the audit log.
-    pub refusals: crate::audit::refusals::Limits,
+    pub refusals: crate::audit::refusals::RefusalLimits,
 }
 
 /// The result of reloading the profiles directory.

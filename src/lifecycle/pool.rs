@@ -28,7 +28,7 @@ use super::{audit_log, Manager};
 use crate::audit::action;
 use crate::auth::Caller;
 use crate::policy::{Plan, Profile};
-use crate::sandbox::{new_id, EventKind, Sandbox, SandboxState};
+use crate::sandbox::{EventKind, Sandbox, SandboxState};
 use crate::store::ListFilter;
 use crate::Result;
 
@@ -276,7 +276,7 @@ impl Manager {
         // Nothing is recorded while the engine is away or the image missing:
         // a pool must not fill the store and the audit log with failures.
         self.runtime.ensure_image(&plan.image).await?;
-        let mut sb = Sandbox::provisioning(new_id(), self.runtime.node().to_string(), plan);
+        let mut sb = Sandbox::provisioning(Sandbox::new_id(), self.runtime.node().to_string(), plan);
         self.creating.lock().unwrap_or_else(|p| p.into_inner()).insert(sb.id.clone());
         let result = async {
             self.store.insert_sandbox(&sb, None).await?;

@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::policy::admission::{check_quota, Plan};
 use crate::policy::{admit, extend_deadline, CreateSandbox};
 use crate::runtime::{BoxStream, PullProgress};
-use crate::sandbox::{new_id, EventKind, Sandbox, SandboxEvent, SandboxState};
+use crate::sandbox::{EventKind, Sandbox, SandboxEvent, SandboxState};
 use crate::store::{AuditQuery, ListFilter};
 use crate::{Error, Result};
 
@@ -86,7 +86,7 @@ impl Manager {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "warm pool claim failed; creating cold"),
         }
-        let mut sb = Sandbox::provisioning(new_id(), self.runtime.node().to_string(), plan);
+        let mut sb = Sandbox::provisioning(Sandbox::new_id(), self.runtime.node().to_string(), plan);
         in_span(&sb.id, &sb.experiment);
         self.creating.lock().unwrap_or_else(|p| p.into_inner()).insert(sb.id.clone());
         if let Err(e) = self.store.insert_sandbox(&sb, None).await.map(|_| sb.version = 1) {
@@ -282,16 +282,7 @@ impl Manager {
         let profiles = self.profiles();
         let p =
             profiles.get(profile).ok_or_else(|| Error::invalid("profile", format!("unknown profile '{profile}'")))?;
-        let image = match image {
-            Some(i) if p.images.iter().any(|a| a == i) => i.to_string(),
-            Some(i) => {
-                return Err(Error::denied(
-                    crate::policy::Rule::ImageAllowlist,
-                    format!("image '{i}' is not allowed by profile '{profile}'"),
-                ))
-            }
-            None => p.default_image().to_string(),
-        };
+        let image = crate::policy::admission::allowed_image(p, image)?;
         let stream = self.runtime.pull_image(&image);
         Ok((image, stream))
     }

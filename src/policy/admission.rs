@@ -200,6 +200,23 @@ pub fn validate_name(field: &'static str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// The image a request for `profile` gets: the one it names if the
+/// profile allows it (rule `image-allowlist`), else the profile's first.
+pub fn allowed_image(profile: &Profile, requested: Option<&str>) -> Result<String> {
+    match requested {
+        Some(i) if profile.images.iter().any(|a| a == i) => Ok(i.to_string()),
+        Some(i) => Err(Error::denied(
+            Rule::ImageAllowlist,
+            format!(
+                "image '{i}' is not allowed by profile '{}' (allowed: {})",
+                profile.name,
+                profile.images.join(", ")
+            ),
+        )),
+        None => Ok(profile.default_image().to_string()),
+    }
+}
+
 /// An image reference: 1-255 bytes, no whitespace or control characters.
 pub fn validate_image(image: &str) -> Result<()> {
     if image.len() > MAX_IMAGE_LEN {
@@ -274,20 +291,7 @@ pub fn admit(
         ));
     }
     experiment_in_force(experiment, req.classification, profile)?;
-    let image = match &req.image {
-        Some(i) if profile.images.iter().any(|a| a == i) => i.clone(),
-        Some(i) => {
-            return Err(Error::denied(
-                Rule::ImageAllowlist,
-                format!(
-                    "image '{i}' is not allowed by profile '{}' (allowed: {})",
-                    profile.name,
-                    profile.images.join(", ")
-                ),
-            ))
-        }
-        None => profile.default_image().to_string(),
-    };
+    let image = allowed_image(profile, req.image.as_deref())?;
     let mut datasets = Vec::new();
     for name in &req.datasets {
         let declared = host.datasets.iter().find(|d| d.name == *name);

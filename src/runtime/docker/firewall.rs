@@ -227,7 +227,7 @@ fn hook_net(rule: &str) -> Option<Ipv4Net> {
 
 /// What one transaction changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct Changes {
     /// The transaction's lines, between `*filter` and `COMMIT`; none when all is in place.
     pub lines: Vec<String>,
     /// Our chains as the plan leaves them (none: removed).
@@ -242,7 +242,7 @@ pub struct Plan {
     pub deleted: Vec<String>,
 }
 
-impl Plan {
+impl Changes {
     /// Input for `iptables-restore --noflush`.
     pub fn restore_input(&self) -> String {
         format!("*filter\n{}\nCOMMIT\n", self.lines.join("\n"))
@@ -253,7 +253,7 @@ impl Plan {
 /// (networks going away) removed. Jumps into our chains from elsewhere that
 /// are neither desired nor hooks of unknown networks are removed; rules of
 /// other chains are never touched.
-pub fn plan(names: &Names, host: &Host, nets: &BTreeMap<Ipv4Net, bool>, dump: &Dump, drop: &[Ipv4Net]) -> Plan {
+pub fn plan(names: &Names, host: &Host, nets: &BTreeMap<Ipv4Net, bool>, dump: &Dump, drop: &[Ipv4Net]) -> Changes {
     let refs: Vec<(&str, &str)> = dump
         .chains
         .iter()
@@ -265,7 +265,7 @@ pub fn plan(names: &Names, host: &Host, nets: &BTreeMap<Ipv4Net, bool>, dump: &D
     let present = !nets.is_empty() || refs.iter().any(|(_, r)| unknown(r));
     let want = desired(names, host, nets, present);
 
-    let mut p = Plan::default();
+    let mut p = Changes::default();
     for (chain, rules) in &want.chains {
         let have = dump.chains.get(chain);
         if have != Some(rules) {
@@ -345,7 +345,7 @@ struct Repairs {
 
 fn repairs(
     names: &Names,
-    plan: &Plan,
+    plan: &Changes,
     known: &BTreeMap<Ipv4Net, bool>,
     applied: Option<&BTreeMap<String, Vec<String>>>,
     drop: &[Ipv4Net],
@@ -586,7 +586,7 @@ impl Firewall {
     /// Makes the host's rules those of `st.nets`, with `drop`'s hooks gone,
     /// in one transaction (retried on a fresh read if someone changed the
     /// rules in between). Returns the plan that was applied.
-    async fn apply(&self, st: &mut State, drop: &[Ipv4Net], mut dump: Option<Dump>) -> Result<Plan> {
+    async fn apply(&self, st: &mut State, drop: &[Ipv4Net], mut dump: Option<Dump>) -> Result<Changes> {
         let mut last = None;
         for _ in 0..RESTORE_TRIES {
             let now = match dump.take() {
@@ -841,9 +841,9 @@ pub fn instances(dump: &Dump) -> BTreeMap<String, Leftover> {
 
 /// The transaction that removes every rule and chain of the instance whose
 /// chains end in `short`, and nothing else.
-pub fn removal(dump: &Dump, short: &str) -> Plan {
+pub fn removal(dump: &Dump, short: &str) -> Changes {
     let names = Names::new(short);
-    let mut p = Plan::default();
+    let mut p = Changes::default();
     for (chain, rules) in dump.chains.iter().filter(|(c, _)| !names.owns(c)) {
         for rule in rules.iter().filter(|r| target(r).is_some_and(|t| names.owns(t))) {
             p.lines.push(format!("-D {chain} {rule}"));

@@ -50,7 +50,7 @@ fn two() -> BTreeMap<Ipv4Net, bool> {
 
 /// `dump` after `plan`'s transaction, as iptables does it: a declared chain
 /// is created or emptied, `-D` removes the first equal rule and must find one.
-fn run(dump: &Dump, plan: &Plan) -> Dump {
+fn run(dump: &Dump, plan: &Changes) -> Dump {
     let mut d = dump.clone();
     for line in &plan.lines {
         if let Some(decl) = line.strip_prefix(':') {
