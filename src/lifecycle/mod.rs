@@ -14,6 +14,8 @@ mod expiry;
 mod locks;
 mod pool;
 mod reconcile;
+#[cfg(test)]
+mod tests;
 mod transfer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
