@@ -20,6 +20,8 @@ mod pool;
 mod reconcile;
 mod requests;
 mod teardown;
+#[cfg(test)]
+mod tests;
 mod transfer;
 
 pub use exec::ExecOutput;

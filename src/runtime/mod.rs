@@ -7,6 +7,7 @@
 //! trait, and says what it can do in [`Capabilities`].
 
 pub mod docker;
+pub mod fake;
 
 use std::net::Ipv4Addr;
 use std::pin::Pin;

@@ -6,6 +6,7 @@
 //! A state change and the audit record that describes it are written in one
 //! transaction: if the audit log cannot be written, the change does not happen.
 
+pub mod memory;
 mod sqlite;
 
 pub use sqlite::SqliteStore;

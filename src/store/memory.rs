@@ -1,0 +1,518 @@
+//! The reference in-memory [`Store`], for tests: everything the SQLite store
+//! promises, kept in a mutex and gone with the process.
+//!
+//! Same semantics as [`super::SqliteStore`]: records are versioned (an insert
+//! stores version 1, an update is a compare-and-set on the version and
+//! answers [`Versioned::Stale`] with the record as it is now), a change and
+//! its audit record land together or not at all, the audit log is one hash
+//! chain ([`crate::audit::seal`] of [`AuditEntry::bounded`] entries) whose
+//! head is tracked beside it, lists are ordered by creation time (to the
+//! millisecond, as stored) then id, and audit queries filter, page and bound
+//! their pages in bytes exactly as the SQL does.
+//!
+//! It never blocks and never sleeps, so tests on a paused tokio clock
+//! (`tokio::time::pause`) stay deterministic, which a store answering from
+//! threads of its own cannot promise.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{AuditPage, AuditQuery, ExperimentFilter, ListFilter, Store, StoreStats, Versioned, QUERY_FIELD_MAX};
+use crate::audit::{self, AuditEntry, AuditRecord, Hash, VerifyReport};
+use crate::register::Experiment;
+use crate::sandbox::Sandbox;
+use crate::time::to_millis;
+use crate::{Error, Result};
+
+#[derive(Default)]
+struct Inner {
+    sandboxes: HashMap<String, Sandbox>,
+    experiments: HashMap<String, Experiment>,
+    /// In storage order (sequence order, unless someone edited it).
+    audit: Vec<AuditRecord>,
+    /// The chain's last `(seq, hash)`, as committed.
+    head: (u64, Hash),
+}
+
+impl Inner {
+    /// Seals `entry` after the head and appends it.
+    fn append(&mut self, entry: AuditEntry) -> AuditRecord {
+        let rec = audit::seal(self.head.0, self.head.1, entry.bounded());
+        self.head = (rec.seq, rec.hash);
+        self.audit.push(rec.clone());
+        rec
+    }
+
+    fn hash_at(&self, seq: u64) -> Option<Hash> {
+        if seq == 0 {
+            return Some([0; 32]);
+        }
+        self.audit.iter().find(|r| r.seq == seq).map(|r| r.hash)
+    }
+}
+
+/// The in-memory store; see the module documentation.
+pub struct MemoryStore {
+    instance: String,
+    inner: Mutex<Inner>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with a random instance id, as a new SQLite file gets.
+    pub fn new() -> MemoryStore {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).expect("the OS random source is available");
+        MemoryStore::with_instance(&hex::encode(b))
+    }
+
+    /// An empty store whose [`Store::instance_id`] is `instance`.
+    pub fn with_instance(instance: &str) -> MemoryStore {
+        MemoryStore { instance: instance.to_string(), inner: Mutex::new(Inner::default()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Edits the stored audit records and head in place, as someone able to
+    /// write the store's file could: for tests of verification. Nothing is
+    /// re-chained.
+    pub fn tamper_audit(&self, edit: impl FnOnce(&mut Vec<AuditRecord>, &mut (u64, Hash))) {
+        let mut inner = self.lock();
+        let Inner { audit, head, .. } = &mut *inner;
+        edit(audit, head);
+    }
+}
+
+/// `s` cut to [`QUERY_FIELD_MAX`] characters, saying how long it was, as the SQL query cuts it.
+fn cut_for_query(s: &mut String) {
+    let chars = s.chars().count();
+    if chars > QUERY_FIELD_MAX {
+        let kept: String = s.chars().take(QUERY_FIELD_MAX).collect();
+        *s = format!("{kept}… [cut: {chars} characters]");
+    }
+}
+
+fn cut_record(mut r: AuditRecord) -> AuditRecord {
+    let e = &mut r.entry;
+    for f in [
+        &mut e.actor,
+        &mut e.role,
+        &mut e.action,
+        &mut e.target,
+        &mut e.experiment,
+        &mut e.sandbox,
+        &mut e.code,
+        &mut e.reason,
+        &mut e.source,
+    ] {
+        cut_for_query(f);
+    }
+    r
+}
+
+fn matches(q: &AuditQuery, r: &AuditRecord) -> bool {
+    let e = &r.entry;
+    let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+    r.seq > q.after_seq
+        && q.since.is_none_or(|t| to_millis(e.time) >= to_millis(t))
+        && q.until.is_none_or(|t| to_millis(e.time) < to_millis(t))
+        && eq(&q.actor, &e.actor)
+        && eq(&q.experiment, &e.experiment)
+        && eq(&q.sandbox, &e.sandbox)
+        && eq(&q.action, &e.action)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn insert_sandbox(&self, sb: &Sandbox, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>> {
+        let mut inner = self.lock();
+        if inner.sandboxes.contains_key(&sb.id) {
+            return Err(Error::Store(format!("sandbox '{}' already exists", sb.id)));
+        }
+        inner.sandboxes.insert(sb.id.clone(), Sandbox { version: 1, ..sb.clone() });
+        Ok(audit.map(|e| inner.append(e)))
+    }
+
+    async fn update_sandbox(&self, sb: &Sandbox, audit: Option<AuditEntry>) -> Result<Versioned<Sandbox>> {
+        let mut inner = self.lock();
+        match inner.sandboxes.get(&sb.id) {
+            Some(now) if now.version == sb.version => {}
+            now => return Ok(Versioned::Stale(now.cloned())),
+        }
+        inner.sandboxes.insert(sb.id.clone(), Sandbox { version: sb.version + 1, ..sb.clone() });
+        Ok(Versioned::Written(audit.map(|e| Box::new(inner.append(e)))))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Sandbox>> {
+        Ok(self.lock().sandboxes.get(id).cloned())
+    }
+
+    async fn list(&self, f: &ListFilter) -> Result<Vec<Sandbox>> {
+        let inner = self.lock();
+        let mut out: Vec<Sandbox> = inner
+            .sandboxes
+            .values()
+            .filter(|s| f.include_ended || !s.state.is_ended())
+            .filter(|s| f.team.as_ref().is_none_or(|t| *t == s.team))
+            .filter(|s| f.experiment.as_ref().is_none_or(|x| *x == s.experiment))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (to_millis(a.created_at), &a.id).cmp(&(to_millis(b.created_at), &b.id)));
+        Ok(out)
+    }
+
+    async fn count_live(&self, team: &str) -> Result<u64> {
+        Ok(self.lock().sandboxes.values().filter(|s| !s.state.is_ended() && s.team == team).count() as u64)
+    }
+
+    async fn instance_id(&self) -> Result<String> {
+        Ok(self.instance.clone())
+    }
+
+    async fn insert_experiment(&self, e: &Experiment, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>> {
+        let mut inner = self.lock();
+        if inner.experiments.contains_key(&e.id) {
+            return Err(Error::Store(format!("experiment '{}' already exists", e.id)));
+        }
+        inner.experiments.insert(e.id.clone(), Experiment { version: 1, ..e.clone() });
+        Ok(audit.map(|a| inner.append(a)))
+    }
+
+    async fn update_experiment(&self, e: &Experiment, audit: AuditEntry) -> Result<Versioned<Experiment>> {
+        let mut inner = self.lock();
+        match inner.experiments.get(&e.id) {
+            Some(now) if now.version == e.version => {}
+            now => return Ok(Versioned::Stale(now.cloned())),
+        }
+        inner.experiments.insert(e.id.clone(), Experiment { version: e.version + 1, ..e.clone() });
+        Ok(Versioned::Written(Some(Box::new(inner.append(audit)))))
+    }
+
+    async fn get_experiment(&self, id: &str) -> Result<Option<Experiment>> {
+        Ok(self.lock().experiments.get(id).cloned())
+    }
+
+    async fn list_experiments(&self, f: &ExperimentFilter) -> Result<Vec<Experiment>> {
+        let inner = self.lock();
+        let mut out: Vec<Experiment> = inner
+            .experiments
+            .values()
+            .filter(|e| f.team.as_ref().is_none_or(|t| *t == e.team))
+            .filter(|e| f.status.is_none_or(|s| s == e.status))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (to_millis(a.created_at), &a.id).cmp(&(to_millis(b.created_at), &b.id)));
+        Ok(out)
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord> {
+        Ok(self.lock().append(entry))
+    }
+
+    async fn query_audit(&self, q: &AuditQuery) -> Result<AuditPage> {
+        let inner = self.lock();
+        let mut by_seq: Vec<&AuditRecord> = inner.audit.iter().filter(|r| matches(q, r)).collect();
+        by_seq.sort_by_key(|r| r.seq);
+        // As the SQL: at most `limit + 1` rows are read, then the page is
+        // filled up to `limit` records or `max_bytes`, at least one record.
+        let mut page = AuditPage::default();
+        let mut bytes = 0usize;
+        for rec in by_seq.into_iter().take(q.limit.saturating_add(1)) {
+            let rec = cut_record(rec.clone());
+            let size = rec.entry.approx_size();
+            let full = page.records.len() >= q.limit || (q.max_bytes > 0 && bytes + size > q.max_bytes);
+            if full && !page.records.is_empty() {
+                page.more = true;
+                break;
+            }
+            bytes += size;
+            page.records.push(rec);
+        }
+        Ok(page)
+    }
+
+    async fn verify_audit(&self) -> Result<VerifyReport> {
+        let inner = self.lock();
+        audit::verify(inner.audit.iter().cloned().map(Ok::<_, Error>), Some(inner.head))
+    }
+
+    async fn verify_audit_against(&self, checkpoint: (u64, Hash)) -> Result<VerifyReport> {
+        let inner = self.lock();
+        audit::verify_against(inner.audit.iter().cloned().map(Ok::<_, Error>), Some(inner.head), checkpoint)
+    }
+
+    async fn verify_audit_from(&self, from: (u64, Hash)) -> Result<VerifyReport> {
+        let inner = self.lock();
+        let head = inner.head;
+        let bad = |reason: String| VerifyReport {
+            ok: false,
+            records: head.0,
+            first_bad_seq: from.0,
+            reason,
+            head_hash: head.1,
+        };
+        match inner.hash_at(from.0) {
+            None => return Ok(bad(format!("record {} is gone (records deleted or the log truncated)", from.0))),
+            Some(h) if h != from.1 => {
+                return Ok(bad(format!(
+                    "record {} no longer has the hash it had when it was verified (rewritten)",
+                    from.0
+                )))
+            }
+            Some(_) => {}
+        }
+        // Storage order after the record `from` names, as SQLite's rowid order.
+        let start = inner.audit.iter().position(|r| r.seq == from.0).map_or(0, |i| i + 1);
+        let rest = inner.audit[start..].iter().cloned().map(Ok::<_, Error>);
+        audit::verify_from(from, rest, Some(head))
+    }
+
+    async fn audit_hash_at(&self, seq: u64) -> Result<Option<Hash>> {
+        Ok(self.lock().hash_at(seq))
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        let inner = self.lock();
+        let mut ended: std::collections::BTreeMap<&'static str, u64> = std::collections::BTreeMap::new();
+        for s in inner.sandboxes.values().filter(|s| s.state.is_ended()) {
+            *ended.entry(s.state.as_str()).or_default() += 1;
+        }
+        Ok(StoreStats {
+            ended: ended.into_iter().map(|(s, n)| (s.to_string(), n)).collect(),
+            audit_records: inner.head.0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::audit::Outcome;
+    use crate::policy::{admit, Classification, CreateSandbox, HostPolicy, Profile, ProfileSet};
+    use crate::register::NewExperiment;
+    use crate::sandbox::SandboxState;
+
+    fn experiment(id: &str, team: &str) -> Experiment {
+        let n = NewExperiment {
+            title: "t".into(),
+            purpose: "p".into(),
+            ai_tools: vec![],
+            models: vec![],
+            classification: Classification::Official,
+            datasets: vec![],
+            risks: vec![],
+            planned_end: None,
+        };
+        Experiment::new(id.into(), "o", team, n, SystemTime::now()).unwrap()
+    }
+
+    fn record(id: &str, team: &str) -> Sandbox {
+        let p = Profile::parse(Path::new("p.toml"), "max_classification = \"OFFICIAL\"\nimages = [\"i\"]\n").unwrap();
+        let req = CreateSandbox {
+            experiment: "exp-1".into(),
+            profile: "p".into(),
+            classification: Classification::Official,
+            ttl: Some(Duration::from_secs(60)),
+            image: None,
+            datasets: vec![],
+        };
+        let plan = admit(
+            &req,
+            "o",
+            team,
+            Some(&experiment("exp-1", team)),
+            &ProfileSet::from_profiles([p]),
+            &HostPolicy { max_classification: Classification::Official, datasets: vec![], min_ttl: Duration::ZERO },
+            SystemTime::now(),
+        )
+        .unwrap();
+        Sandbox::provisioning(id.into(), "local".into(), plan)
+    }
+
+    fn entry(actor: &str) -> AuditEntry {
+        AuditEntry {
+            time: SystemTime::now(),
+            actor: actor.into(),
+            role: "requester".into(),
+            action: "test".into(),
+            target: "sb-1".into(),
+            experiment: "exp-1".into(),
+            sandbox: "sb-1".into(),
+            outcome: Outcome::Succeeded,
+            code: "OK".into(),
+            reason: String::new(),
+            source: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn sandboxes_are_versioned_filtered_and_ordered() {
+        let s = MemoryStore::with_instance("inst");
+        assert_eq!(s.instance_id().await.unwrap(), "inst");
+        let t0 = SystemTime::now();
+        // Created in the same millisecond: ordered by id; later ones after.
+        let mut c = record("sb-c", "a");
+        c.created_at = t0;
+        let mut a = record("sb-a", "a");
+        a.created_at = t0 + Duration::from_micros(10);
+        let mut b = record("sb-b", "b");
+        b.created_at = t0 - Duration::from_secs(1);
+        for r in [&c, &a, &b] {
+            assert!(s.insert_sandbox(r, None).await.unwrap().is_none());
+        }
+        assert!(s.insert_sandbox(&a, None).await.is_err(), "an id is stored once");
+        assert_eq!(s.get("sb-a").await.unwrap().unwrap().version, 1);
+        let ids = |v: Vec<Sandbox>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
+        assert_eq!(ids(s.list(&ListFilter::default()).await.unwrap()), ["sb-b", "sb-a", "sb-c"]);
+
+        let mut ended = s.get("sb-b").await.unwrap().unwrap();
+        ended.end(SandboxState::Deleted, "test", SystemTime::now());
+        match s.update_sandbox(&ended, Some(entry("x"))).await.unwrap() {
+            Versioned::Written(Some(r)) => assert_eq!(r.seq, 1),
+            other => panic!("{other:?}"),
+        }
+        // Written at version 1 once: the same write again is stale, and says what is there.
+        match s.update_sandbox(&ended, Some(entry("late"))).await.unwrap() {
+            Versioned::Stale(Some(now)) => assert_eq!((now.state, now.version), (SandboxState::Deleted, 2)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(s.update_sandbox(&record("sb-none", "a"), None).await.unwrap(), Versioned::Stale(None)));
+
+        assert_eq!(ids(s.list(&ListFilter::default()).await.unwrap()), ["sb-a", "sb-c"]);
+        let all = ListFilter { include_ended: true, ..Default::default() };
+        assert_eq!(s.list(&all).await.unwrap().len(), 3);
+        let team_b = ListFilter { team: Some("b".into()), include_ended: true, ..Default::default() };
+        assert_eq!(ids(s.list(&team_b).await.unwrap()), ["sb-b"]);
+        let other = ListFilter { experiment: Some("exp-2".into()), include_ended: true, ..Default::default() };
+        assert!(s.list(&other).await.unwrap().is_empty());
+        assert_eq!((s.count_live("a").await.unwrap(), s.count_live("b").await.unwrap()), (2, 0));
+        let stats = s.stats().await.unwrap();
+        assert_eq!(stats, StoreStats { ended: vec![("deleted".into(), 1)], audit_records: 1 });
+        // The stale write's audit record was not written either.
+        let page = s.query_audit(&AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
+        assert_eq!(page.records.iter().map(|r| r.entry.actor.as_str()).collect::<Vec<_>>(), ["x"]);
+    }
+
+    #[tokio::test]
+    async fn experiment_updates_are_compare_and_set() {
+        let s = MemoryStore::new();
+        s.insert_experiment(&experiment("exp-1", "a"), None).await.unwrap();
+        assert!(s.insert_experiment(&experiment("exp-1", "a"), None).await.is_err(), "an id is registered once");
+        s.insert_experiment(&experiment("exp-2", "b"), None).await.unwrap();
+        let read = s.get_experiment("exp-1").await.unwrap().unwrap();
+        assert_eq!(read.version, 1);
+        let mut approve = read.clone();
+        approve.status = crate::register::Status::Approved;
+        let mut close = read.clone();
+        close.status = crate::register::Status::Closed;
+        assert!(matches!(s.update_experiment(&close, entry("closer")).await.unwrap(), Versioned::Written(Some(_))));
+        match s.update_experiment(&approve, entry("approver")).await.unwrap() {
+            Versioned::Stale(Some(now)) => assert_eq!((now.status, now.version), (crate::register::Status::Closed, 2)),
+            other => panic!("a stale write must not land: {other:?}"),
+        }
+        let actors: Vec<String> = s
+            .query_audit(&AuditQuery { limit: 10, ..Default::default() })
+            .await
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|r| r.entry.actor)
+            .collect();
+        assert_eq!(actors, ["closer"]);
+        let closed = ExperimentFilter { team: None, status: Some(crate::register::Status::Closed) };
+        assert_eq!(s.list_experiments(&closed).await.unwrap().len(), 1);
+        let b = ExperimentFilter { team: Some("b".into()), status: None };
+        assert_eq!(s.list_experiments(&b).await.unwrap()[0].id, "exp-2");
+    }
+
+    #[tokio::test]
+    async fn audit_query_filters_pages_and_bounds_bytes() {
+        let s = MemoryStore::new();
+        for i in 0..10 {
+            s.append_audit(entry(if i % 2 == 0 { "even" } else { "odd" })).await.unwrap();
+        }
+        let q = AuditQuery { actor: Some("even".into()), limit: 3, ..Default::default() };
+        let page = s.query_audit(&q).await.unwrap();
+        assert_eq!(page.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3, 5]);
+        assert!(page.more);
+        let next = s.query_audit(&AuditQuery { after_seq: 5, ..q }).await.unwrap();
+        assert_eq!(next.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [7, 9]);
+        assert!(!next.more);
+        // Bounded in bytes: pages hold fewer records, paging on reaches them all.
+        let q = AuditQuery { limit: 1000, max_bytes: 700, ..Default::default() };
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = s.query_audit(&AuditQuery { after_seq: after, ..q.clone() }).await.unwrap();
+            assert!(!page.records.is_empty() && page.records.len() < 10);
+            seen.extend(page.records.iter().map(|r| r.seq));
+            after = page.records.last().unwrap().seq;
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+        // A page holds one record even when it alone is over the bound.
+        let tiny = s.query_audit(&AuditQuery { limit: 10, max_bytes: 1, ..Default::default() }).await.unwrap();
+        assert_eq!((tiny.records.len(), tiny.more), (1, true));
+        // Time bounds: `since` inclusive, `until` exclusive.
+        let future = SystemTime::now() + Duration::from_secs(60);
+        let none = AuditQuery { since: Some(future), limit: 10, ..Default::default() };
+        assert!(s.query_audit(&none).await.unwrap().records.is_empty());
+        let all = AuditQuery { until: Some(future), limit: 10, ..Default::default() };
+        assert_eq!(s.query_audit(&all).await.unwrap().records.len(), 10);
+    }
+
+    #[tokio::test]
+    async fn entries_are_bounded_and_oversized_fields_cut_in_queries() {
+        let s = MemoryStore::new();
+        let mut e = entry("a");
+        e.reason = "r".repeat(100_000);
+        let rec = s.append_audit(e).await.unwrap();
+        assert!(rec.entry.reason.len() <= crate::audit::REASON_MAX, "bounded on append");
+        // A legacy record, longer than any query returns.
+        s.tamper_audit(|records, _| records[0].entry.target = "x".repeat(40_000));
+        let page = s.query_audit(&AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
+        assert!(page.records[0].entry.target.ends_with("[cut: 40000 characters]"));
+        assert!(page.records[0].entry.target.len() < QUERY_FIELD_MAX + 64);
+    }
+
+    #[tokio::test]
+    async fn the_chain_verifies_and_edits_are_found() {
+        let s = MemoryStore::new();
+        for i in 0..10 {
+            s.append_audit(entry(&format!("actor-{i}"))).await.unwrap();
+        }
+        let r = s.verify_audit().await.unwrap();
+        assert!(r.ok && r.records == 10, "{r:?}");
+        assert_eq!(s.audit_hash_at(0).await.unwrap(), Some([0; 32]));
+        assert_eq!(s.audit_hash_at(11).await.unwrap(), None);
+        let h8 = s.audit_hash_at(8).await.unwrap().unwrap();
+        assert!(s.verify_audit_against((8, h8)).await.unwrap().ok);
+        assert!(!s.verify_audit_against((8, [7; 32])).await.unwrap().ok, "not the checkpoint's head");
+        assert!(!s.verify_audit_against((11, h8)).await.unwrap().ok, "shorter than the checkpoint");
+        let from = s.verify_audit_from((8, h8)).await.unwrap();
+        assert!(from.ok && from.records == 10, "{from:?}");
+        assert!(!s.verify_audit_from((8, [1; 32])).await.unwrap().ok, "not the hash it had");
+
+        s.tamper_audit(|records, _| records[8].entry.actor = "mallory".into());
+        let r = s.verify_audit_from((8, h8)).await.unwrap();
+        assert_eq!((r.ok, r.first_bad_seq), (false, 9), "{r:?}");
+        assert_eq!(s.verify_audit().await.unwrap().first_bad_seq, 9);
+        s.tamper_audit(|records, _| records.truncate(7));
+        let r = s.verify_audit_from((8, h8)).await.unwrap();
+        assert!(!r.ok && r.reason.contains("record 8 is gone"), "{r:?}");
+    }
+}
