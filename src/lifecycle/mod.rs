@@ -100,7 +100,8 @@ pub struct Manager {
     tracked: Mutex<HashSet<String>>,
     /// Sandboxes whose expiry is being carried out: a deadline that falls due
     /// again meanwhile (reconcile puts deadlines back) starts no second one.
-    expiring: Mutex<HashSet<String>>,
+    /// The flag: its container has been killed, so it is too late to extend.
+    expiring: Mutex<HashMap<String, bool>>,
     /// Every task the manager starts (loops, provisioning, teardowns, exec
     /// and transfer streams), so that shutdown can wait for them.
     tasks: TaskTracker,
@@ -135,7 +136,7 @@ impl Manager {
             pools: pool::Pools::default(),
             creating: Mutex::new(HashSet::new()),
             tracked: Mutex::new(HashSet::new()),
-            expiring: Mutex::new(HashSet::new()),
+            expiring: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
             stopping: std::sync::OnceLock::new(),

@@ -223,6 +223,13 @@ impl Manager {
         if sb.state != SandboxState::Running {
             return Err(Error::FailedPrecondition(format!("sandbox '{id}' is {}, not running", sb.state.as_str())));
         }
+        // Killed at expiry, waiting to be removed: too late to extend.
+        if self.expiring.lock().unwrap_or_else(|p| p.into_inner()).get(id) == Some(&true) {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox '{id}' expired at {} and is being torn down",
+                crate::time::rfc3339(sb.expires_at)
+            )));
+        }
         self.experiment_in_force(&sb).await?;
         crate::policy::admission::check_min_ttl(ttl, self.settings.host.min_ttl)?;
         sb.expires_at = extend_deadline(&sb.profile, sb.max_expires_at, ttl, SystemTime::now())?;

@@ -98,9 +98,13 @@ impl Manager {
                     }
                 }
                 Due::Expire(id) => {
-                    if !self.expiring.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
-                        // Already being expired (reconcile put the deadline back meanwhile).
-                        continue;
+                    {
+                        let mut expiring = self.expiring.lock().unwrap_or_else(|p| p.into_inner());
+                        if expiring.contains_key(&id) {
+                            // Already being expired (reconcile put the deadline back meanwhile).
+                            continue;
+                        }
+                        expiring.insert(id.clone(), false);
                     }
                     let this = Arc::clone(&self);
                     let permits = Arc::clone(&permits);
@@ -128,7 +132,11 @@ impl Manager {
         }
         sb.container_id.as_ref()?;
         match self.runtime.kill(&sb).await {
-            Ok(()) => Some(SystemTime::now()),
+            Ok(()) => {
+                // Its process is gone: an extension waiting on the lock must not revive the record.
+                self.expiring.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), true);
+                Some(SystemTime::now())
+            }
             Err(e) => {
                 tracing::debug!(sandbox = %id, error = %e, "kill at expiry failed; the teardown will retry");
                 None
