@@ -7,8 +7,9 @@
 
 use std::time::{Instant, SystemTime};
 
-use sandpit::audit::{AuditEntry, Outcome};
-use sandpit::store::{SqliteStore, Store};
+use sandpit_core::audit::{AuditEntry, Outcome};
+use sandpit_core::store::Store;
+use sandpit_store_sqlite::SqliteStore;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {

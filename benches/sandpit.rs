@@ -5,7 +5,7 @@
 //! Spawns the real release `sandpitd` on a temporary config and data
 //! directory and drives it over gRPC; the baseline drives the same Docker
 //! engine directly through bollard with the daemon's own hardened container
-//! body (`sandpit::runtime::docker::create_body`). Measures and prints; asserts
+//! body (`sandpit_docker::create_body`). Measures and prints; asserts
 //! no timings. Every container either side makes carries
 //! `sandpit.bench-run=<run id>` and is removed however the run ends.
 //!
@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bollard::query_parameters::EventsOptionsBuilder;
 use clap::{Parser, ValueEnum};
 use futures_util::{stream, StreamExt};
-use sandpit::proto::{self, ExtendSandboxRequest, ListSandboxesRequest};
+use sandpit_proto::{self as proto, ExtendSandboxRequest, ListSandboxesRequest};
 use serde_json::{json, Map, Value};
 
 use harness::{
@@ -212,7 +212,7 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
     let raw = Raw::new(docker.clone(), run, &daemon);
     let mut ctx = Ctx { daemon, client, raw, run: run.to_string(), cold: None };
     println!(
-        "raw baseline: bollard on the same engine with sandpit::runtime::docker::create_body, \
+        "raw baseline: bollard on the same engine with sandpit_docker::create_body, \
          per create inspect_image + create_container + start_container (the daemon's runtime does the same)"
     );
 

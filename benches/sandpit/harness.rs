@@ -12,13 +12,13 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
-use sandpit::config::Config;
-use sandpit::policy::Profile;
-use sandpit::proto::profile_service_client::ProfileServiceClient;
-use sandpit::proto::register_service_client::RegisterServiceClient;
-use sandpit::proto::sandbox_service_client::SandboxServiceClient;
-use sandpit::proto::{self, CreateSandboxRequest, DeleteSandboxRequest, RegisterExperimentRequest};
-use sandpit::runtime::docker::spec::ContainerSpec;
+use sandpit_core::policy::Profile;
+use sandpit_docker::spec::ContainerSpec;
+use sandpit_proto::profile_service_client::ProfileServiceClient;
+use sandpit_proto::register_service_client::RegisterServiceClient;
+use sandpit_proto::sandbox_service_client::SandboxServiceClient;
+use sandpit_proto::{self as proto, CreateSandboxRequest, DeleteSandboxRequest, RegisterExperimentRequest};
+use sandpitd::config::Config;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -255,14 +255,14 @@ token_sha256 = "{op_sha}"
                 data = dir.path().join("data").display(),
                 profiles = profiles.display(),
                 timeout = DOCKER_TIMEOUT.as_secs(),
-                sha = sandpit::auth::sha256_hex(token.as_bytes()),
-                op_sha = sandpit::auth::sha256_hex(operator_token.as_bytes()),
+                sha = sandpitd::identity::sha256_hex(token.as_bytes()),
+                op_sha = sandpitd::identity::sha256_hex(operator_token.as_bytes()),
             ),
         )?;
         // The raw baseline reads the same files the daemon does, so its
         // container spec cannot drift from the daemon's.
         let config = Config::load(Some(&config_path)).map_err(|e| format!("config: {e}"))?;
-        let profile = sandpit::policy::ProfileSet::load_dir(&profiles)
+        let profile = sandpit_core::policy::ProfileSet::load_dir(&profiles)
             .map_err(|e| format!("profiles: {e:?}"))?
             .get(PROFILE)
             .cloned()
@@ -490,7 +490,7 @@ pub async fn sp_delete(client: &mut Client, id: &str) -> Result<Duration, Status
 // ---- the raw Docker baseline ---------------------------------------------
 
 /// bollard against the same engine with the daemon's own hardened container
-/// body ([`sandpit::runtime::docker::create_body`]), per create doing what the
+/// body ([`sandpit_docker::create_body`]), per create doing what the
 /// daemon's runtime does: inspect the image, create, start.
 #[derive(Clone)]
 pub struct Raw {
@@ -556,7 +556,7 @@ impl Raw {
         let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let created = self
             .docker
-            .create_container(Some(opts), sandpit::runtime::docker::create_body(&spec, None, 0, &Default::default()))
+            .create_container(Some(opts), sandpit_docker::create_body(&spec, None, 0, &Default::default()))
             .await?;
         if let Err(e) = self.docker.start_container(&created.id, None).await {
             let _ = self.remove(&created.id).await;

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{stream, StreamExt};
-use sandpit::proto::{self, exec_output::Output, ExecRequest, ExtendSandboxRequest, GetSandboxRequest};
+use sandpit_proto::{self as proto, exec_output::Output, ExecRequest, ExtendSandboxRequest, GetSandboxRequest};
 use serde_json::{json, Value};
 use tonic::Code;
 

@@ -10,9 +10,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use rusqlite::{params, Connection};
-use sandpit::audit::checkpoint::{Checkpoint, SigningKey, VerifierKey};
-use sandpit::audit::{chain_hash, AuditEntry, Outcome};
-use sandpit::proto;
+use sandpit_core::audit::checkpoint::{Checkpoint, SigningKey, VerifierKey};
+use sandpit_core::audit::{chain_hash, AuditEntry, Outcome};
+use sandpit_proto as proto;
 use tonic::Code;
 
 use crate::support::*;
@@ -204,7 +204,7 @@ fn entries(conn: &Connection) -> Vec<(u64, AuditEntry, Vec<u8>)> {
         Ok((
             r.get::<_, i64>(0)? as u64,
             AuditEntry {
-                time: sandpit::time::from_millis(r.get(1)?),
+                time: sandpit_core::time::from_millis(r.get(1)?),
                 actor: r.get(2)?,
                 role: r.get(3)?,
                 action: r.get(4)?,

@@ -39,8 +39,8 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::CreateContainerOptionsBuilder;
-use sandpit::policy::{NetworkMode, ProfileSet};
-use sandpit::proto;
+use sandpit_core::policy::{NetworkMode, ProfileSet};
+use sandpit_proto as proto;
 
 use crate::lifecycle::exec;
 use crate::support::*;

@@ -87,11 +87,11 @@ async fn hostile_text_is_shown_inert_and_exported_as_text() {
         "harmless\n    99  2026-11-29T00:00:00Z  amir       approver  sandpit.v1.RegisterService/ApproveExperiment";
     let purpose = format!("{forged}\x1b[2J\x1b]0;owned\x07\u{9b}31m");
     let owner = "\u{202e}nimda";
-    let req = sandpit::proto::RegisterExperimentRequest {
+    let req = sandpit_proto::RegisterExperimentRequest {
         title: title.into(),
         purpose: purpose.clone(),
         classification: "OFFICIAL".into(),
-        risks: vec![sandpit::proto::Risk {
+        risks: vec![sandpit_proto::Risk {
             description: "-2+3".into(),
             likelihood: "low".into(),
             impact: "low".into(),
@@ -106,7 +106,7 @@ async fn hostile_text_is_shown_inert_and_exported_as_text() {
         let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         let bad: Vec<char> = text
             .chars()
-            .filter(|c| *c != '\n' && (c.is_control() || sandpit::text::is_direction_control(*c)))
+            .filter(|c| *c != '\n' && (c.is_control() || sandpit_core::text::is_direction_control(*c)))
             .collect();
         assert!(bad.is_empty(), "raw control characters reach the terminal: {bad:?} in {text}");
         text

@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use sandpit::proto;
+use sandpit_proto as proto;
 use tonic::Code;
 
 use crate::lifecycle::exec;

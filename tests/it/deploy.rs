@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use sandpit::config::Config;
+use sandpitd::config::Config;
 
 fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -101,7 +101,7 @@ fn init_audit_key_creates_the_key_once_and_prints_the_verifier_key() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("(created)"), "{stdout}");
     let vkey = stdout.lines().last().unwrap().to_string();
-    let parsed = sandpit::audit::checkpoint::VerifierKey::parse(&vkey).unwrap();
+    let parsed = sandpit_core::audit::checkpoint::VerifierKey::parse(&vkey).unwrap();
     assert!(parsed.name().starts_with("sandpit-"), "{vkey}");
     let pub_file = dir.path().join("etc/audit.key.pub");
     assert_eq!(std::fs::read_to_string(&pub_file).unwrap(), format!("{vkey}\n"));

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sandpit::proto::{self, SandboxState};
+use sandpit_proto::{self as proto, SandboxState};
 use tonic::Code;
 
 use crate::support::*;

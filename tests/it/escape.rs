@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sandpit::proto::{self, SandboxState};
+use sandpit_proto::{self as proto, SandboxState};
 use tokio::io::AsyncReadExt;
 
 use crate::lifecycle::exec;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{CreateContainerOptionsBuilder, ListNetworksOptionsBuilder};
 use futures_util::StreamExt;
-use sandpit::proto::{self, SandboxState};
+use sandpit_proto::{self as proto, SandboxState};
 use tokio::task::JoinSet;
 
 use crate::support::*;

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use sandpit::proto::{self, SandboxState};
+use sandpit_proto::{self as proto, SandboxState};
 use tonic::Code;
 
 use crate::support::*;

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use sandpit::proto::{self, exec_output::Output, SandboxEventKind, SandboxState};
+use sandpit_proto::{self as proto, exec_output::Output, SandboxEventKind, SandboxState};
 use tonic::Code;
 
 use crate::support::*;
@@ -57,7 +57,7 @@ async fn create_runs_a_hardened_container() {
     ] {
         assert_eq!(labels.get(k).map(String::as_str), Some(v), "label {k}");
     }
-    let expires = sandpit::time::parse_rfc3339(&labels["sandpit.expires-at"]).unwrap();
+    let expires = sandpit_core::time::parse_rfc3339(&labels["sandpit.expires-at"]).unwrap();
     let want = to_system(sb.expires_at.as_ref().unwrap());
     assert!(want.duration_since(expires).unwrap_or_default() < Duration::from_secs(1));
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sandpit::proto;
+use sandpit_proto as proto;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -121,7 +121,7 @@ async fn a_team_never_exceeds_its_quota_even_with_racing_creates() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oversize_chunk_in_a_copy_in_stream_is_resource_exhausted() {
-    use sandpit::proto::copy_in_request::Part;
+    use sandpit_proto::copy_in_request::Part;
     let d = Daemon::with(Options { limits: "max_message_bytes = 65536\n".into(), ..Default::default() }).await;
     let mut c = d.client(TEAM_A).await;
     let sb = create(&mut c, &d.exp_a, 120).await;
@@ -141,7 +141,7 @@ async fn an_oversize_chunk_in_a_copy_in_stream_is_resource_exhausted() {
     let e = c.copy_in(futures_util::stream::iter([header])).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
     let rec = c.get_sandbox(proto::GetSandboxRequest { id: sb.id }).await.unwrap().into_inner();
-    assert_eq!(state(&rec), sandpit::proto::SandboxState::Running);
+    assert_eq!(state(&rec), sandpit_proto::SandboxState::Running);
 }
 
 /// Sizes of the audit table: (records, bytes of the largest, bytes in all).

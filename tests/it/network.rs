@@ -11,7 +11,7 @@ use std::time::Duration;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptionsBuilder;
 use futures_util::StreamExt;
-use sandpit::proto::{self, SandboxState};
+use sandpit_proto::{self as proto, SandboxState};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
@@ -158,11 +158,11 @@ pub async fn instance_of(container_id: &str) -> String {
 
 /// The part of an instance id its chain names carry.
 pub fn short(instance: &str) -> String {
-    instance[..sandpit::runtime::docker::firewall::SHORT].to_string()
+    instance[..sandpit_docker::firewall::SHORT].to_string()
 }
 
 fn chain_names(short: &str) -> Vec<String> {
-    sandpit::runtime::docker::firewall::PREFIXES.iter().map(|p| format!("{p}{short}")).collect()
+    sandpit_docker::firewall::PREFIXES.iter().map(|p| format!("{p}{short}")).collect()
 }
 
 /// This daemon's chains that still exist.

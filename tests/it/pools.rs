@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sandpit::proto::{self, SandboxState};
+use sandpit_proto::{self as proto, SandboxState};
 
 use crate::support::*;
 

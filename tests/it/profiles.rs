@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sandpit::proto;
+use sandpit_proto as proto;
 use tonic::Code;
 
 use crate::support::*;

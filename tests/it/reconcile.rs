@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptionsBuilder;
-use sandpit::proto::{self, SandboxState};
+use sandpit_proto::{self as proto, SandboxState};
 use tonic::Code;
 
 use crate::support::*;

@@ -2,7 +2,7 @@
 //! sandboxes an experiment already has.
 
 use futures_util::StreamExt;
-use sandpit::proto::{self, ExperimentStatus, SandboxState};
+use sandpit_proto::{self as proto, ExperimentStatus, SandboxState};
 use tonic::Code;
 
 use crate::support::*;

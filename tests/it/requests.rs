@@ -1,7 +1,7 @@
 //! Bad requests get the right status and a message naming the field or rule;
 //! teams cannot see or touch each other's sandboxes.
 
-use sandpit::proto::{self, CreateSandboxRequest};
+use sandpit_proto::{self as proto, CreateSandboxRequest};
 use tonic::Code;
 
 use crate::support::*;

@@ -11,10 +11,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use sandpit::proto::audit_service_client::AuditServiceClient;
-use sandpit::proto::register_service_client::RegisterServiceClient;
-use sandpit::proto::sandbox_service_client::SandboxServiceClient;
-use sandpit::proto::{self, CreateSandboxRequest};
+use sandpit_proto::audit_service_client::AuditServiceClient;
+use sandpit_proto::register_service_client::RegisterServiceClient;
+use sandpit_proto::sandbox_service_client::SandboxServiceClient;
+use sandpit_proto::{self as proto, CreateSandboxRequest};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -58,7 +58,7 @@ pub fn unique(prefix: &str) -> String {
 }
 
 fn sha256(s: &str) -> String {
-    sandpit::auth::sha256_hex(s.as_bytes())
+    sandpitd::identity::sha256_hex(s.as_bytes())
 }
 
 /// Knobs a test may turn; the rest is fixed.
@@ -375,8 +375,8 @@ token_sha256 = "{appr_a}"
     pub async fn profile_client(
         &self,
         token: &str,
-    ) -> sandpit::proto::profile_service_client::ProfileServiceClient<InterceptedService<Channel, Bearer>> {
-        sandpit::proto::profile_service_client::ProfileServiceClient::with_interceptor(
+    ) -> sandpit_proto::profile_service_client::ProfileServiceClient<InterceptedService<Channel, Bearer>> {
+        sandpit_proto::profile_service_client::ProfileServiceClient::with_interceptor(
             self.channel().await,
             bearer(token),
         )
@@ -448,9 +448,8 @@ impl Daemon {
 
 /// Removes every chain of the instance `instance` and every rule jumping to them.
 pub fn remove_firewall_of(instance: &str) {
-    let short = &instance[..sandpit::runtime::docker::firewall::SHORT.min(instance.len())];
-    let chains: Vec<String> =
-        sandpit::runtime::docker::firewall::PREFIXES.iter().map(|p| format!("{p}{short}")).collect();
+    let short = &instance[..sandpit_docker::firewall::SHORT.min(instance.len())];
+    let chains: Vec<String> = sandpit_docker::firewall::PREFIXES.iter().map(|p| format!("{p}{short}")).collect();
     let out = Command::new("iptables").args(["-w", "5", "-S"]).output();
     let rules = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
     for rule in rules.lines().filter(|l| l.starts_with("-A ") && chains.iter().any(|c| l.ends_with(&format!("-j {c}"))))
@@ -553,7 +552,7 @@ pub async fn container_exists(id: &str) -> bool {
 }
 
 pub fn to_system(t: &pbjson_types::Timestamp) -> std::time::SystemTime {
-    sandpit::time::from_millis(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+    sandpit_core::time::from_millis(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
 }
 
 /// A scraped exposition.

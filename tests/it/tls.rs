@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use sandpit::proto;
-use sandpit::proto::sandbox_service_client::SandboxServiceClient;
+use sandpit_proto as proto;
+use sandpit_proto::sandbox_service_client::SandboxServiceClient;
 use tonic::transport::Identity;
 use tonic::Code;
 
@@ -110,7 +110,7 @@ async fn mutual_tls_maps_certificates_to_identities() {
     let (c, k) = leaf(client_ca, &[], "carol", "ONS");
     let mut carol = SandboxServiceClient::new(d.channel_with(Some(Identity::from_pem(c, k))).await.unwrap());
     let (c, k) = leaf(client_ca, &[], "carol", "ONS");
-    let mut register = sandpit::proto::register_service_client::RegisterServiceClient::new(
+    let mut register = sandpit_proto::register_service_client::RegisterServiceClient::new(
         d.channel_with(Some(Identity::from_pem(c, k))).await.unwrap(),
     );
     let req = proto::RegisterExperimentRequest {
@@ -191,7 +191,7 @@ cert_subject = "CN=dave, O=ONS"
         [(DnType::OrganizationName, "ONS"), (DnType::CommonName, "dave")],
     ] {
         let (c, k) = leaf_with(client_ca, &[], &subject);
-        let mut register = sandpit::proto::register_service_client::RegisterServiceClient::new(
+        let mut register = sandpit_proto::register_service_client::RegisterServiceClient::new(
             d.channel_with(Some(Identity::from_pem(c, k))).await.unwrap(),
         );
         let req = proto::RegisterExperimentRequest {

@@ -2,7 +2,7 @@
 //! size and SHA-256.
 
 use futures_util::StreamExt;
-use sandpit::proto::{self, copy_in_request::Part};
+use sandpit_proto::{self as proto, copy_in_request::Part};
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
@@ -243,7 +243,7 @@ async fn records_moving(d: &Daemon, id: &str) {
 /// refuses copy-out, exec output is capped.
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_output_is_on_record_and_capped_where_copy_out_is_refused() {
-    use sandpit::proto::exec_output::Output;
+    use sandpit_proto::exec_output::Output;
     let d = Daemon::start().await;
     let mut c = d.client(TEAM_A).await;
     let sb = create(&mut c, &d.exp_a, 120).await;

@@ -1,0 +1,203 @@
+//! The engine that runs sandboxes, behind one object-safe trait that speaks
+//! sandboxes, not containers: the lifecycle manager holds an
+//! `Arc<dyn Runtime>` and never learns which engine it drives. Object names,
+//! networks, subnets, host firewall rules and how files and commands reach a
+//! sandbox all belong to the driver (`sandpit_docker::DockerRuntime` for a
+//! Docker engine through bollard; [`fake::FakeRuntime`] in memory for tests);
+//! a Swarm or Kubernetes driver implements the same trait in a crate of its
+//! own, and says what it can do in [`Capabilities`].
+
+pub mod fake;
+
+use std::net::Ipv4Addr;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::NetworkMode;
+use crate::sandbox::Sandbox;
+use crate::Result;
+
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
+
+/// The network a sandbox got, kept in its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub name: String,
+    /// CIDR, e.g. `10.213.0.16/28`.
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    /// The sandbox's own address.
+    pub address: Ipv4Addr,
+}
+
+/// What [`Runtime::provision`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioned {
+    pub container_id: String,
+    pub network: Option<NetworkInfo>,
+}
+
+/// The state of a container's main process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerStatus {
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+}
+
+/// Something the engine reports about a managed container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeEvent {
+    /// The main process ended.
+    Died { container_id: String, sandbox_id: String },
+    /// The kernel OOM killer struck inside the container.
+    Oom { container_id: String, sandbox_id: String },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExecSpec {
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecChunk {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
+/// A running exec: its output, then ask [`Runtime::exec_exit_code`].
+pub struct ExecSession {
+    pub exec_id: String,
+    pub output: BoxStream<Result<ExecChunk>>,
+}
+
+/// One progress line of an image pull.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullProgress {
+    pub status: String,
+    pub layer: String,
+    pub current: i64,
+    pub total: i64,
+}
+
+/// What a runtime can do: the manager refuses what it cannot rather than
+/// finding out half-way through a create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Network modes it can give a sandbox.
+    pub network_modes: Vec<NetworkMode>,
+    /// Isolation levels it can run sandboxes at (`container`: runc).
+    pub isolation: Vec<String>,
+    /// Confinement it applies to every sandbox beyond the common hardening
+    /// (e.g. `seccomp`, `apparmor`), as the engine reports it.
+    pub confinement: Vec<String>,
+}
+
+/// An object a runtime made for this daemon instance, found by
+/// [`Runtime::owned`]: reconcile decides whether it is a live sandbox's, a
+/// leftover of an ended one, or an orphan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owned {
+    pub kind: OwnedKind,
+    /// The engine's id or name of the object.
+    pub id: String,
+    /// The sandbox it was made for, when it says.
+    pub sandbox_id: Option<String>,
+    /// For a container: whether its main process runs.
+    pub running: bool,
+    pub created: SystemTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnedKind {
+    /// What runs a sandbox's processes.
+    Sandbox,
+    /// What a sandbox's network consists of.
+    Network,
+}
+
+/// What [`Runtime::repair`] found out of place and put back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Repair {
+    /// Each repair, for the record.
+    pub changes: Vec<String>,
+    /// What was restored (e.g. subnets whose rules were incomplete).
+    pub restored: Vec<String>,
+}
+
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// The engine's name in sandbox records.
+    fn node(&self) -> &str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Makes sure `image` is present, pulling it if missing.
+    async fn ensure_image(&self, image: &str) -> Result<()>;
+
+    /// Pulls `image` if missing, reporting progress; ends once present.
+    fn pull_image(&self, image: &str) -> BoxStream<Result<PullProgress>>;
+
+    /// Makes and starts everything the sandbox needs (network, host rules,
+    /// container) from its record. If any step fails, whatever was made is
+    /// removed before the error is returned.
+    async fn provision(&self, sandbox: &Sandbox) -> Result<Provisioned>;
+
+    /// Kills (no grace) and removes everything the sandbox owns, found by
+    /// its id whether or not its provisioning finished. Removing what is
+    /// already gone succeeds.
+    async fn destroy(&self, sandbox: &Sandbox) -> Result<()>;
+
+    /// Stops the sandbox's processes at once (SIGKILL); its objects stay.
+    /// A sandbox already stopped or gone is fine.
+    async fn kill(&self, sandbox: &Sandbox) -> Result<()>;
+
+    /// The state of the sandbox's main process; `None` if it does not exist.
+    async fn status(&self, sandbox: &Sandbox) -> Result<Option<ContainerStatus>>;
+
+    /// Takes over sandboxes an earlier process provisioned: whatever host
+    /// state the runtime keeps for them (firewall rules) is known from now
+    /// on and put in place, in one change. Idempotent. Called with the
+    /// sandboxes' locks held and each of them live.
+    async fn adopt(&self, sandboxes: &[Sandbox]) -> Result<()>;
+
+    /// Every object this daemon instance owns on the engine.
+    async fn owned(&self) -> Result<Vec<Owned>>;
+
+    /// Removes an object [`Runtime::owned`] found (an orphan, or a leftover
+    /// of an ended sandbox), with whatever goes with it.
+    async fn remove_owned(&self, object: &Owned) -> Result<()>;
+
+    /// Compares the host state of the sandboxes it knows (made or adopted)
+    /// with what it should be, and puts back whatever someone else changed.
+    /// Never undoes a [`Runtime::destroy`].
+    async fn repair(&self) -> Result<Repair>;
+
+    /// Yields soon after someone else changes what [`Runtime::repair`]
+    /// fixes; ends when that cannot be watched (reconcile's interval then
+    /// covers it).
+    fn repair_needed(&self) -> BoxStream<()>;
+
+    /// Starts a command in a running sandbox.
+    async fn exec(&self, sandbox: &Sandbox, spec: ExecSpec) -> Result<ExecSession>;
+
+    /// The exit code of a finished exec (`None` while it runs).
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>>;
+
+    /// Extracts the tar archive `archive` into directory `dir` of the
+    /// sandbox, all of it or nothing (a failure leaves no partial file).
+    async fn copy_in(&self, sandbox: &Sandbox, dir: &str, archive: BoxStream<Result<Vec<u8>>>) -> Result<()>;
+
+    /// `path` in the sandbox as a tar archive; the stream ends with an error
+    /// if archiving fails part-way.
+    async fn copy_out(&self, sandbox: &Sandbox, path: &str) -> Result<BoxStream<Result<Vec<u8>>>>;
+
+    /// Lifecycle events of this instance's sandboxes. The stream ends or
+    /// errors when the engine goes away; callers reconnect.
+    fn events(&self) -> BoxStream<Result<RuntimeEvent>>;
+}

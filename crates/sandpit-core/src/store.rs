@@ -1,0 +1,138 @@
+//! Durable state behind a small trait, so the lifecycle manager does not care
+//! whether it lives in a local SQLite file (today) or a shared database (a
+//! fleet of daemons, later): sandbox records, the AI register, and the
+//! hash-chained audit log.
+//!
+//! A state change and the audit record that describes it are written in one
+//! transaction: if the audit log cannot be written, the change does not happen.
+//!
+//! `sandpit_store_sqlite::SqliteStore` keeps it in a SQLite file;
+//! [`memory::MemoryStore`] in memory, for tests.
+
+pub mod memory;
+
+use std::time::SystemTime;
+
+use crate::audit::{AuditEntry, AuditRecord, Hash, VerifyReport};
+use crate::register::{Experiment, Status};
+use crate::sandbox::Sandbox;
+use crate::Result;
+
+/// Which records [`Store::list`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this team's.
+    pub team: Option<String>,
+    pub experiment: Option<String>,
+    /// Also ended sandboxes (expired, deleted, failed, lost).
+    pub include_ended: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExperimentFilter {
+    pub team: Option<String>,
+    pub status: Option<Status>,
+}
+
+/// Which audit records [`Store::query_audit`] returns, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    pub actor: Option<String>,
+    pub experiment: Option<String>,
+    pub sandbox: Option<String>,
+    pub action: Option<String>,
+    /// Only records after this sequence number (pagination).
+    pub after_seq: u64,
+    pub limit: usize,
+    /// Stop once the page holds about this many bytes (0: no bound); a page
+    /// always holds at least one record when any match.
+    pub max_bytes: usize,
+}
+
+/// One page of [`Store::query_audit`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    /// Whether more records match after the last one.
+    pub more: bool,
+}
+
+/// The longest any text field of a record is returned by a query (legacy
+/// records written before caller input was bounded can hold megabytes);
+/// longer ones are cut, saying how long they were. Verification always reads
+/// them whole.
+pub const QUERY_FIELD_MAX: usize = 16 * 1024;
+
+/// Durable state, async so that a networked database can stand behind it.
+/// Records are versioned: an update is written only if the record is still
+/// at the version it was read at (compare-and-set), so racing writers (in
+/// one daemon, or several on one database) cannot overwrite each other.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Adds a new sandbox record (its version becomes 1), with the audit
+    /// record of the change if any. Fails if the id exists.
+    async fn insert_sandbox(&self, sandbox: &Sandbox, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>>;
+    /// Writes `sandbox` only if the stored record is still at
+    /// `sandbox.version`, with the audit record of the change in the same
+    /// transaction. The stored version is then one higher.
+    async fn update_sandbox(&self, sandbox: &Sandbox, audit: Option<AuditEntry>) -> Result<Versioned<Sandbox>>;
+    async fn get(&self, id: &str) -> Result<Option<Sandbox>>;
+    /// Records matching `filter`, oldest first.
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<Sandbox>>;
+    /// How many of `team`'s sandboxes have not ended.
+    async fn count_live(&self, team: &str) -> Result<u64>;
+    /// A stable id for this daemon's data, put in the labels of everything it
+    /// creates so that two daemons on one engine never touch each other's objects.
+    async fn instance_id(&self) -> Result<String>;
+
+    /// Adds a new experiment (its version becomes 1), with the audit record of its registration.
+    async fn insert_experiment(
+        &self,
+        experiment: &Experiment,
+        audit: Option<AuditEntry>,
+    ) -> Result<Option<AuditRecord>>;
+    /// Writes `experiment` only if the stored record is still at
+    /// `experiment.version` (compare-and-set), with the audit record of the
+    /// change in the same transaction. The stored version is then one higher.
+    async fn update_experiment(&self, experiment: &Experiment, audit: AuditEntry) -> Result<Versioned<Experiment>>;
+    async fn get_experiment(&self, id: &str) -> Result<Option<Experiment>>;
+    async fn list_experiments(&self, filter: &ExperimentFilter) -> Result<Vec<Experiment>>;
+
+    /// Appends an audit record that goes with no other change (e.g. a denial).
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord>;
+    async fn query_audit(&self, query: &AuditQuery) -> Result<AuditPage>;
+    /// Recomputes the whole chain.
+    async fn verify_audit(&self) -> Result<VerifyReport>;
+    /// Recomputes the whole chain, which must also hold a checkpoint's
+    /// `(size, head)`: record `size` exists and hashes to `head`.
+    async fn verify_audit_against(&self, checkpoint: (u64, Hash)) -> Result<VerifyReport>;
+    /// Verifies only what follows `from`, the `(seq, hash)` of a record
+    /// verified before: that record still has that hash, and every later
+    /// one follows on from it up to the head.
+    async fn verify_audit_from(&self, from: (u64, Hash)) -> Result<VerifyReport>;
+    /// The hash stored for record `seq` (32 zero bytes for 0), if there is one.
+    async fn audit_hash_at(&self, seq: u64) -> Result<Option<Hash>>;
+
+    /// Totals for metrics: ended sandboxes by final state, and the audit log's length.
+    async fn stats(&self) -> Result<StoreStats>;
+}
+
+/// The outcome of a compare-and-set write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Versioned<T> {
+    /// Written; the audit record that went with it, if any.
+    Written(Option<Box<AuditRecord>>),
+    /// Someone else wrote the record since it was read: nothing was written.
+    /// The record as it is now (`None` if it is gone).
+    Stale(Option<T>),
+}
+
+/// See [`Store::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// `(state, count)` of ended sandboxes.
+    pub ended: Vec<(String, u64)>,
+    pub audit_records: u64,
+}

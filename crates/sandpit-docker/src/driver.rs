@@ -1,0 +1,198 @@
+//! The Docker engine as a sandbox runtime: what a sandbox is on Docker (a
+//! hardened container, a bridge network of its own and its host rules, all
+//! labelled with the sandbox), built from the sandbox's record.
+
+use async_trait::async_trait;
+
+use crate::labels;
+use crate::spec::{ContainerSpec, Isolation, Mount, NetworkRequest};
+use crate::DockerRuntime;
+use sandpit_core::policy::NetworkMode;
+use sandpit_core::runtime::{
+    BoxStream, Capabilities, ContainerStatus, ExecSession, ExecSpec, Owned, OwnedKind, Provisioned, PullProgress,
+    Repair, Runtime, RuntimeEvent,
+};
+use sandpit_core::sandbox::{Sandbox, DATASETS_DIR};
+use sandpit_core::{Error, Result};
+
+/// The Docker name of a sandbox's container.
+pub fn container_name(id: &str) -> String {
+    format!("sandpit-{id}")
+}
+
+/// The Docker name of a sandbox's network, when its profile gives it one.
+pub fn network_name(sb: &Sandbox) -> Option<String> {
+    sb.profile.network.mode.has_network().then(|| format!("sandpit-{}", sb.id))
+}
+
+/// The container of a sandbox: by id once provisioned, else by name.
+fn container(sb: &Sandbox) -> String {
+    sb.container_id.clone().unwrap_or_else(|| container_name(&sb.id))
+}
+
+impl DockerRuntime {
+    /// The container (and network) a sandbox is on this engine.
+    pub fn spec(&self, sb: &Sandbox) -> ContainerSpec {
+        let defaults = &self.inner.sandboxes;
+        let mut env = vec![format!("SANDPIT_SANDBOX_ID={}", sb.id)];
+        // Warm sandboxes are nobody's until claimed (and env cannot change later).
+        if !sb.experiment.is_empty() {
+            env.push(format!("SANDPIT_EXPERIMENT={}", sb.experiment));
+        }
+        ContainerSpec {
+            name: container_name(&sb.id),
+            hostname: sb.id.clone(),
+            image: sb.image.clone(),
+            command: sb.profile.command.clone(),
+            user: defaults.user.clone(),
+            env,
+            labels: labels::for_sandbox(sb, &self.inner.instance, &defaults.labels),
+            resources: sb.profile.resources.clone(),
+            network: network_name(sb).map(|name| NetworkRequest {
+                name,
+                internal: sb.profile.network.mode != NetworkMode::Open,
+                egress: sb.profile.network.mode == NetworkMode::Allowlist,
+            }),
+            mounts: sb
+                .datasets
+                .iter()
+                .map(|d| Mount { source: d.source.clone(), target: format!("{DATASETS_DIR}/{}", d.name) })
+                .collect(),
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut confinement = vec!["seccomp".to_string()];
+        if self.inner.apparmor.get().copied().unwrap_or(false) {
+            confinement.push("apparmor".to_string());
+        }
+        Capabilities {
+            network_modes: vec![NetworkMode::None, NetworkMode::Isolated, NetworkMode::Allowlist, NetworkMode::Open],
+            isolation: vec!["container".to_string()],
+            confinement,
+        }
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<()> {
+        self.image_present(image).await
+    }
+
+    fn pull_image(&self, image: &str) -> BoxStream<Result<PullProgress>> {
+        self.pull(image)
+    }
+
+    async fn provision(&self, sb: &Sandbox) -> Result<Provisioned> {
+        self.create(&self.spec(sb)).await
+    }
+
+    async fn destroy(&self, sb: &Sandbox) -> Result<()> {
+        self.remove(&container(sb), network_name(sb).as_deref()).await
+    }
+
+    async fn kill(&self, sb: &Sandbox) -> Result<()> {
+        self.kill_container(&container(sb)).await
+    }
+
+    async fn status(&self, sb: &Sandbox) -> Result<Option<ContainerStatus>> {
+        self.container_status(&container(sb)).await
+    }
+
+    async fn adopt(&self, sandboxes: &[Sandbox]) -> Result<()> {
+        let nets: Vec<Isolation> = sandboxes
+            .iter()
+            .filter_map(|sb| {
+                let egress = sb.profile.network.mode == NetworkMode::Allowlist;
+                sb.network.as_ref().map(|n| Isolation { subnet: n.subnet.clone(), egress })
+            })
+            .collect();
+        if nets.is_empty() {
+            return Ok(());
+        }
+        self.isolate(&nets).await
+    }
+
+    async fn owned(&self) -> Result<Vec<Owned>> {
+        let selector = labels::selector(&self.inner.instance);
+        let mut out: Vec<Owned> = self
+            .list_containers(&selector)
+            .await?
+            .into_iter()
+            .map(|c| Owned {
+                kind: OwnedKind::Sandbox,
+                id: c.id,
+                sandbox_id: c.sandbox_id,
+                running: c.running,
+                created: c.created,
+            })
+            .collect();
+        out.extend(self.list_networks(&selector).await?.into_iter().map(|n| Owned {
+            kind: OwnedKind::Network,
+            id: n.name,
+            sandbox_id: n.sandbox_id,
+            running: false,
+            created: n.created,
+        }));
+        Ok(out)
+    }
+
+    async fn remove_owned(&self, o: &Owned) -> Result<()> {
+        match o.kind {
+            // A sandbox's container, with the network named after the sandbox if there is one.
+            OwnedKind::Sandbox => {
+                let network = o.sandbox_id.as_deref().map(|id| format!("sandpit-{id}"));
+                self.remove(&o.id, network.as_deref()).await
+            }
+            OwnedKind::Network => {
+                let container = o.sandbox_id.as_deref().map(container_name);
+                match container {
+                    Some(c) => self.remove(&c, Some(&o.id)).await,
+                    None => self.remove_network_only(&o.id).await,
+                }
+            }
+        }
+    }
+
+    async fn repair(&self) -> Result<Repair> {
+        // Sandboxes are known once provisioned or adopted: only their rules are repaired.
+        let r = self.repair_isolation(&[]).await?;
+        Ok(Repair { changes: r.changes, restored: r.restored })
+    }
+
+    fn repair_needed(&self) -> BoxStream<()> {
+        self.isolation_changes()
+    }
+
+    async fn exec(&self, sb: &Sandbox, spec: ExecSpec) -> Result<ExecSession> {
+        self.exec_in(&running(sb)?, spec).await
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
+        self.exec_code(exec_id).await
+    }
+
+    async fn copy_in(&self, sb: &Sandbox, dir: &str, archive: BoxStream<Result<Vec<u8>>>) -> Result<()> {
+        super::transfer::copy_in(self, &running(sb)?, dir, archive, sb.profile.resources.tmpfs).await
+    }
+
+    async fn copy_out(&self, sb: &Sandbox, path: &str) -> Result<BoxStream<Result<Vec<u8>>>> {
+        super::transfer::copy_out(self, &running(sb)?, path).await
+    }
+
+    fn events(&self) -> BoxStream<Result<RuntimeEvent>> {
+        self.container_events(&labels::selector(&self.inner.instance))
+    }
+}
+
+/// The container of a provisioned sandbox.
+fn running(sb: &Sandbox) -> Result<String> {
+    sb.container_id
+        .clone()
+        .ok_or_else(|| Error::FailedPrecondition(format!("sandbox '{}' has no container yet", sb.id)))
+}
