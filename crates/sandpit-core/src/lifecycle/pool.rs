@@ -4,8 +4,9 @@
 //!
 //! - A warm sandbox is a record in state `warm`, owned by no one; its
 //!   container and network exist and run the profile's command.
-//! - A claim hands one to exactly one create (ids are popped under a lock and
-//!   the record re-checked under the sandbox's lock), sets its experiment,
+//! - A claim hands one to exactly one create (records are popped under a
+//!   lock and claimed by compare-and-set under the sandbox's lock, one store
+//!   write when nothing changed them since they were pooled), sets its experiment,
 //!   owner, classification and expiry, and audits it like any create. A
 //!   claimed sandbox never returns to the pool: nothing of one experiment
 //!   reaches another.
@@ -30,7 +31,7 @@ use crate::auth::Caller;
 use crate::policy::{Plan, Profile};
 use crate::sandbox::{EventKind, Sandbox, SandboxState};
 use crate::store::ListFilter;
-use crate::Result;
+use crate::{Error, Result};
 
 /// How often pools are checked even when nothing wakes the refiller.
 const REFILL_EVERY: Duration = Duration::from_secs(5);
@@ -49,8 +50,10 @@ pub struct PoolStatus {
 
 #[derive(Default)]
 pub(super) struct Pools {
-    /// Warm sandbox ids by profile, oldest first.
-    ready: std::sync::Mutex<HashMap<String, VecDeque<String>>>,
+    /// Warm sandboxes by profile, oldest first: each record as last written
+    /// by this daemon, so a claim can compare-and-set it without reading it
+    /// first (a record changed meanwhile fails the compare and is re-read).
+    ready: std::sync::Mutex<HashMap<String, VecDeque<Sandbox>>>,
     claims: std::sync::Mutex<HashMap<String, Arc<(AtomicU64, AtomicU64)>>>,
     pub(super) wake: tokio::sync::Notify,
 }
@@ -61,21 +64,26 @@ impl Pools {
         Arc::clone(m.entry(profile.to_string()).or_default())
     }
 
-    fn push(&self, profile: &str, id: String) {
-        self.ready.lock().unwrap_or_else(|p| p.into_inner()).entry(profile.to_string()).or_default().push_back(id);
+    fn push(&self, sb: Sandbox) {
+        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        ready.entry(sb.profile.name.clone()).or_default().push_back(sb);
     }
 
-    fn pop(&self, profile: &str) -> Option<String> {
+    fn pop(&self, profile: &str) -> Option<Sandbox> {
         self.ready.lock().unwrap_or_else(|p| p.into_inner()).get_mut(profile)?.pop_front()
     }
 
     fn remove(&self, profile: &str, id: &str) {
         if let Some(q) = self.ready.lock().unwrap_or_else(|p| p.into_inner()).get_mut(profile) {
-            q.retain(|x| x != id);
+            q.retain(|x| x.id != id);
         }
     }
 
-    fn ids(&self, profile: &str) -> Vec<String> {
+    fn len(&self, profile: &str) -> usize {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner()).get(profile).map_or(0, VecDeque::len)
+    }
+
+    fn records(&self, profile: &str) -> Vec<Sandbox> {
         let ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
         ready.get(profile).map(|q| q.iter().cloned().collect()).unwrap_or_default()
     }
@@ -89,7 +97,7 @@ impl Manager {
     /// Puts the warm sandboxes on record back in their pools (at start).
     pub(super) fn load_pools(&self, records: &[Sandbox]) {
         for sb in records.iter().filter(|s| s.state == SandboxState::Warm) {
-            self.pools.push(&sb.profile.name, sb.id.clone());
+            self.pools.push(sb.clone());
         }
     }
 
@@ -109,66 +117,81 @@ impl Manager {
         // Warm sandboxes of an older version of the profile: left in the
         // pool for the refiller to drain.
         let mut stale = Vec::new();
-        let mut failed = None;
         let claimed = loop {
-            let Some(id) = self.pools.pop(&profile.name) else { break None };
-            let guard = self.locks.lock(&id).await;
-            let sb = match self.store.get(&id).await {
-                Ok(Some(sb)) => sb,
+            let Some(pooled) = self.pools.pop(&profile.name) else { break Ok(None) };
+            if pooled.profile != *profile {
+                stale.push(pooled);
+                continue;
+            }
+            let _guard = self.locks.lock(&pooled.id).await;
+            match self.claim_one(caller, plan, pooled).await {
+                Ok(Some(sb)) => break Ok(Some(sb)),
+                // No longer warm: dropped from the pool; try the next.
                 Ok(None) => continue,
-                Err(e) => {
-                    stale.push(id);
-                    failed = Some(e);
-                    break None;
+                Err((e, pooled)) => {
+                    stale.push(pooled);
+                    break Err(e);
                 }
-            };
-            if sb.state != SandboxState::Warm {
-                continue;
             }
-            if sb.profile != *profile {
-                stale.push(id);
-                continue;
-            }
-            break Some((sb, guard));
         };
-        for id in stale {
-            self.pools.push(&profile.name, id);
+        for sb in stale {
+            self.pools.push(sb);
         }
-        if let Some(e) = failed {
-            return Err(e);
+        self.pools.wake.notify_one();
+        match claimed? {
+            Some(sb) => {
+                self.track(&sb.id);
+                self.schedule(&sb);
+                self.egress_learn(&sb);
+                counters.0.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::global().provisioned(crate::metrics::Source::Warm, started.elapsed());
+                self.emit(EventKind::Created, &sb, "running (warm pool)");
+                Ok(Some(sb))
+            }
+            None => {
+                counters.1.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
         }
-        if let Some((mut sb, _guard)) = claimed {
-            sb.experiment = plan.experiment.clone();
-            sb.owner = plan.owner.clone();
-            sb.team = plan.team.clone();
-            sb.classification = plan.classification;
-            sb.created_at = plan.created_at;
-            sb.expires_at = plan.expires_at;
-            sb.max_expires_at = plan.max_expires_at;
-            sb.state = SandboxState::Running;
+    }
+
+    /// Hands `pooled` to the plan, under its lock: one compare-and-set of the
+    /// record as the pool holds it, with the create's audit record. A record
+    /// changed since it was pooled (it exited, was adopted or drained) is read
+    /// again and claimed only if it is still warm; `None` if it is not.
+    async fn claim_one(
+        &self,
+        caller: &Caller,
+        plan: &Plan,
+        pooled: Sandbox,
+    ) -> std::result::Result<Option<Sandbox>, (Error, Sandbox)> {
+        let audit = |sb: &Sandbox| {
             let reason = format!(
                 "{} {} {} until {} (claimed from the warm pool)",
-                profile.name,
+                sb.profile.name,
                 sb.classification,
                 sb.image,
                 crate::time::rfc3339(sb.expires_at)
             );
-            self.commit(&mut sb, |sb| {
-                audit_log::entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason))
-            })
-            .await?;
-            self.track(&sb.id);
-            self.schedule(&sb);
-            self.egress_learn(&sb);
-            counters.0.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::global().provisioned(crate::metrics::Source::Warm, started.elapsed());
-            self.pools.wake.notify_one();
-            self.emit(EventKind::Created, &sb, "running (warm pool)");
-            return Ok(Some(sb));
+            audit_log::entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason))
+        };
+        let mut sb = claimed(pooled.clone(), plan);
+        match self.commit(&mut sb, audit).await {
+            Ok(()) => return Ok(Some(sb)),
+            Err(Error::Conflict(_)) => {}
+            Err(e) => return Err((e, pooled)),
         }
-        counters.1.fetch_add(1, Ordering::Relaxed);
-        self.pools.wake.notify_one();
-        Ok(None)
+        match self.store.get(&pooled.id).await {
+            Ok(Some(fresh)) if fresh.state == SandboxState::Warm && fresh.profile == plan.profile => {
+                let mut sb = claimed(fresh, plan);
+                match self.commit(&mut sb, audit).await {
+                    Ok(()) => Ok(Some(sb)),
+                    Err(e) => Err((e, pooled)),
+                }
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err((e, pooled)),
+        }
     }
 
     /// Every pool: its target, how many are ready, claims and misses.
@@ -177,8 +200,8 @@ impl Manager {
         for p in self.profiles().iter().filter(|p| p.warm_pool > 0) {
             let c = self.pools.counters(&p.name);
             let mut warm = 0u32;
-            for id in self.pools.ids(&p.name) {
-                if self.store.get(&id).await.ok().flatten().is_some_and(|s| s.state == SandboxState::Warm) {
+            for pooled in self.pools.records(&p.name) {
+                if self.store.get(&pooled.id).await.ok().flatten().is_some_and(|s| s.state == SandboxState::Warm) {
                     warm += 1;
                 }
             }
@@ -194,12 +217,17 @@ impl Manager {
     }
 
     pub(super) async fn pool_loop(self: Arc<Self>) {
+        // Passes woken by a claim or a reload trust the pool's copies of the
+        // records; the first and the timed ones read each from the store, to
+        // let go of warm sandboxes that exited or vanished meanwhile.
+        let mut verify = true;
         loop {
-            let refilled = self.refill_once().await;
+            let refilled = self.refill_once(verify).await;
+            verify = false;
             if !refilled {
                 tokio::select! {
                     () = self.pools.wake.notified() => {}
-                    () = tokio::time::sleep(REFILL_EVERY) => {}
+                    () = tokio::time::sleep(REFILL_EVERY) => verify = true,
                 }
             }
         }
@@ -207,7 +235,7 @@ impl Manager {
 
     /// Drains what no longer fits and adds at most one warm sandbox.
     /// Returns whether it added one (then it is called again at once).
-    async fn refill_once(&self) -> bool {
+    async fn refill_once(&self, verify: bool) -> bool {
         if self.cancel.is_cancelled() {
             return false;
         }
@@ -216,35 +244,38 @@ impl Manager {
         for name in self.pools.profiles() {
             let current = profiles.get(&name);
             let mut keep = 0u32;
-            for id in self.pools.ids(&name) {
-                let Ok(Some(sb)) = self.store.get(&id).await else {
-                    self.pools.remove(&name, &id);
-                    continue;
+            for pooled in self.pools.records(&name) {
+                let sb = if verify {
+                    match self.store.get(&pooled.id).await {
+                        Ok(Some(sb)) if sb.state == SandboxState::Warm => sb,
+                        _ => {
+                            self.pools.remove(&name, &pooled.id);
+                            continue;
+                        }
+                    }
+                } else {
+                    pooled
                 };
-                if sb.state != SandboxState::Warm {
-                    self.pools.remove(&name, &id);
-                    continue;
-                }
                 let fits = current.is_some_and(|p| sb.profile == *p && keep < p.warm_pool);
                 if fits {
                     keep += 1;
                     continue;
                 }
-                self.pools.remove(&name, &id);
+                self.pools.remove(&name, &sb.id);
                 let reason = "drained from the warm pool (profile changed, removed or shrunk)";
-                let drained = self.teardown(&id, SandboxState::Deleted, reason, None, action::POOL_DRAIN, |s| {
+                let drained = self.teardown(&sb.id, SandboxState::Deleted, reason, None, action::POOL_DRAIN, |s| {
                     s.state == SandboxState::Warm
                 });
                 if let Err(e) = drained.await {
                     // Back in the list, so the next pass tries again.
-                    tracing::warn!(sandbox = %id, error = %e, "could not drain a warm sandbox; will retry");
-                    self.pools.push(&name, id);
+                    tracing::warn!(sandbox = %sb.id, error = %e, "could not drain a warm sandbox; will retry");
+                    self.pools.push(sb);
                 }
             }
         }
         // Fill: the first pool below its size gets one more.
         for p in profiles.iter().filter(|p| p.warm_pool > 0) {
-            if (self.pools.ids(&p.name).len() as u32) < p.warm_pool {
+            if (self.pools.len(&p.name) as u32) < p.warm_pool {
                 match self.provision_warm(p).await {
                     Ok(()) => return true,
                     Err(e) => {
@@ -298,7 +329,7 @@ impl Manager {
                     }
                     self.track(&sb.id);
                     self.schedule(&sb);
-                    self.pools.push(&profile.name, sb.id.clone());
+                    self.pools.push(sb.clone());
                     Ok(())
                 }
                 Err(e) => {
@@ -325,4 +356,17 @@ impl Manager {
             .filter(|s| s.state == SandboxState::Warm)
             .collect())
     }
+}
+
+/// A warm sandbox as the plan's create takes it over.
+fn claimed(mut sb: Sandbox, plan: &Plan) -> Sandbox {
+    sb.experiment = plan.experiment.clone();
+    sb.owner = plan.owner.clone();
+    sb.team = plan.team.clone();
+    sb.classification = plan.classification;
+    sb.created_at = plan.created_at;
+    sb.expires_at = plan.expires_at;
+    sb.max_expires_at = plan.max_expires_at;
+    sb.state = SandboxState::Running;
+    sb
 }

@@ -30,7 +30,7 @@ use crate::runtime::fake::{ExecScript, FakeRuntime, Fault, Op};
 use crate::runtime::{ExecChunk, ExecSpec, Owned, OwnedKind};
 use crate::sandbox::{EventKind, Sandbox, SandboxState};
 use crate::store::memory::MemoryStore;
-use crate::store::{AuditQuery, ListFilter, Store};
+use crate::store::{AuditQuery, ListFilter, Store, Versioned};
 use crate::Error;
 
 const GRACE: Duration = Duration::from_secs(60);
@@ -328,6 +328,34 @@ async fn a_warm_pool_fills_and_a_create_claims_without_provisioning() {
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(!warm_ids().await.contains(&sb.id) && !warm_ids().await.contains(&second.id));
     assert_eq!(rig.record(&sb.id).await.state, SandboxState::Deleted);
+    rig.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_rereads_a_warm_record_changed_since_it_was_pooled_and_skips_one_that_ended() {
+    let rig = Rig::new([profile("pooled", 1, ["10m", "1h", "1h"])]).await;
+    rig.manager.start().await.unwrap();
+    let warm = || async { rig.manager.warm_sandboxes().await.unwrap() };
+    eventually("the pool holds 1", || async { warm().await.len() == 1 }).await;
+
+    // Written again behind the pool (as adoption would): still warm, a newer version.
+    let first = warm().await.remove(0);
+    assert!(matches!(rig.store.update_sandbox(&first, None).await.unwrap(), Versioned::Written(_)));
+    let sb = rig.manager.create(&rig.caller, rig.request("pooled")).await.unwrap();
+    assert_eq!(sb.id, first.id, "claimed after reading it again");
+    assert_eq!(rig.record(&sb.id).await.state, SandboxState::Running);
+    assert_eq!(rig.runtime.calls(Op::Provision), 1);
+
+    // Ended behind the pool: no claim, a cold create instead.
+    eventually("the pool is refilled", || async { warm().await.len() == 1 }).await;
+    let mut second = warm().await.remove(0);
+    second.state = SandboxState::Exited;
+    assert!(matches!(rig.store.update_sandbox(&second, None).await.unwrap(), Versioned::Written(_)));
+    let cold = rig.manager.create(&rig.caller, rig.request("pooled")).await.unwrap();
+    assert_ne!(cold.id, second.id);
+    assert_eq!(rig.record(&second.id).await.state, SandboxState::Exited, "never claimed");
+    let status = rig.manager.pool_status().await;
+    assert_eq!((status[0].claims, status[0].misses), (1, 1));
     rig.shutdown().await;
 }
 
