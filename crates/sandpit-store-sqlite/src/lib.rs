@@ -58,7 +58,8 @@ type CoreResult<T> = sandpit_core::Result<T>;
 /// Schema steps, in order; `PRAGMA user_version` counts those applied. Each
 /// step is idempotent, because stores written before the schema was versioned
 /// (user_version 0) may already have some of it.
-const MIGRATIONS: &[fn(&Transaction<'_>) -> Result<()>] = &[base_schema, experiment_versions, sandbox_versions];
+const MIGRATIONS: &[fn(&Transaction<'_>) -> Result<()>] =
+    &[base_schema, experiment_versions, sandbox_versions, sandbox_columns_from_bodies];
 
 fn base_schema(tx: &Transaction<'_>) -> Result<()> {
     tx.execute_batch(
@@ -120,6 +121,22 @@ fn experiment_versions(tx: &Transaction<'_>) -> Result<()> {
 
 fn sandbox_versions(tx: &Transaction<'_>) -> Result<()> {
     add_version_column(tx, "sandboxes")
+}
+
+/// Daemons before this step updated a sandbox's state and body but not its
+/// team, experiment and creation columns, so a claimed warm sandbox stayed
+/// nobody's to the queries (quota counts, a team's list, an experiment's
+/// teardown). Its body always had them: copy them back.
+fn sandbox_columns_from_bodies(tx: &Transaction<'_>) -> Result<()> {
+    let mut read = tx.prepare("SELECT id, body FROM sandboxes WHERE ended = 0")?;
+    let rows = read.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut write = tx.prepare("UPDATE sandboxes SET team = ?2, experiment = ?3, created_ms = ?4 WHERE id = ?1")?;
+    for row in rows {
+        let (id, body) = row?;
+        let sb: Sandbox = decode(body)?;
+        write.execute(params![id, sb.team, sb.experiment, to_millis(sb.created_at)])?;
+    }
+    Ok(())
 }
 
 /// Applies the schema steps a store lacks; refuses a store newer than this daemon.
@@ -559,15 +576,19 @@ impl Store for SqliteStore {
         let next = Sandbox { version: sb.version + 1, ..sb.clone() };
         let body = encode(&next)?;
         let (id, state, ended, version) = (sb.id.clone(), sb.state.as_str(), sb.state.is_ended(), sb.version as i64);
+        // Every column the queries filter on: a claim gives a warm sandbox
+        // its team, experiment and creation time.
+        let (team, experiment, created_ms) = (sb.team.clone(), sb.experiment.clone(), to_millis(sb.created_at));
         let read_id = id.clone();
         self.update_versioned(
             move |tx| {
                 Ok(tx
                     .prepare_cached(
-                        "UPDATE sandboxes SET state = ?2, ended = ?3, body = ?5, version = version + 1
+                        "UPDATE sandboxes SET state = ?2, ended = ?3, body = ?5, version = version + 1,
+                         team = ?6, experiment = ?7, created_ms = ?8
                          WHERE id = ?1 AND version = ?4",
                     )?
-                    .execute(params![id, state, ended, version, body])?)
+                    .execute(params![id, state, ended, version, body, team, experiment, created_ms])?)
             },
             move |tx| {
                 tx.query_row("SELECT body, version FROM sandboxes WHERE id = ?1", [&read_id], versioned_row)
@@ -833,6 +854,42 @@ mod tests {
         s.append_audit(entry("y")).await.unwrap();
         let report = s.verify_audit().await.unwrap();
         assert!(report.ok && report.records == 2, "{report:?}");
+    }
+
+    /// Sandbox sb-1 is team a's and experiment exp-a's to every query.
+    async fn claimed_by_a(s: &SqliteStore) {
+        assert_eq!((s.count_live("a").await.unwrap(), s.count_live("").await.unwrap()), (1, 0));
+        let by_team = s.list(&ListFilter { team: Some("a".into()), ..Default::default() }).await.unwrap();
+        let by_experiment =
+            s.list(&ListFilter { experiment: Some("exp-a".into()), ..Default::default() }).await.unwrap();
+        assert_eq!((by_team.len(), by_experiment.len()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_claimed_warm_sandbox_counts_and_lists_as_its_teams() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let s = SqliteStore::open(&path).unwrap();
+        // Warm: nobody's. The claim gives it a team, an experiment and a creation time.
+        let mut warm = record("sb-1", "");
+        warm.experiment = String::new();
+        s.insert_sandbox(&warm, None).await.unwrap();
+        let claimed = Sandbox {
+            version: 1,
+            team: "a".into(),
+            experiment: "exp-a".into(),
+            created_at: warm.created_at + Duration::from_secs(60),
+            ..warm.clone()
+        };
+        assert!(matches!(s.update_sandbox(&claimed, None).await.unwrap(), Versioned::Written(_)));
+        claimed_by_a(&s).await;
+        // A store an older daemon wrote (the columns left as the warm record
+        // had them) is repaired at open.
+        drop(s);
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch("UPDATE sandboxes SET team = '', experiment = ''; PRAGMA user_version = 3;").unwrap();
+        drop(raw);
+        claimed_by_a(&SqliteStore::open(&path).unwrap()).await;
     }
 
     #[tokio::test]
