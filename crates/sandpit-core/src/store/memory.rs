@@ -361,7 +361,9 @@ mod tests {
     async fn sandboxes_are_versioned_filtered_and_ordered() {
         let s = MemoryStore::with_instance("inst");
         assert_eq!(s.instance_id().await.unwrap(), "inst");
-        let t0 = SystemTime::now();
+        // On a whole millisecond, so that t0 + 10 µs falls in the same one.
+        let t0 = std::time::UNIX_EPOCH
+            + Duration::from_millis(SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64);
         // Created in the same millisecond: ordered by id; later ones after.
         let mut c = record("sb-c", "a");
         c.created_at = t0;
