@@ -51,6 +51,11 @@ impl Manager {
         if self.cancel.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
+        // One create of a team at a time, from reading its experiment until
+        // its record is stored: the quota cannot be overrun, and a decision
+        // on the experiment (which takes the same lock) either comes first,
+        // and this create sees it, or lists this sandbox to tear down.
+        let team_guard = self.locks.lock(&format!("team:{}", caller.team)).await;
         let admitted = async {
             let experiment = self.store.get_experiment(&req.experiment).await?;
             let profiles = self.profiles();
@@ -64,24 +69,17 @@ impl Manager {
                 SystemTime::now(),
             )?;
             self.runtime_can(&plan)?;
+            check_quota(&caller.team, self.store.count_live(&caller.team).await?, &self.settings.quotas)?;
             Ok(plan)
         }
         .await;
-        let refused = |e: Error| async move {
-            self.audit.refused(caller, action::CREATE_SANDBOX, &req.experiment, "", &e).await;
-            e
-        };
         let plan = match admitted {
             Ok(plan) => plan,
-            Err(e) => return Err(refused(e).await),
+            Err(e) => {
+                self.audit.refused(caller, action::CREATE_SANDBOX, &req.experiment, "", &e).await;
+                return Err(e);
+            }
         };
-        // The quota: one create of a team at a time from its count until its
-        // record is in the store, so concurrent creates cannot overrun it.
-        let team_guard = self.locks.lock(&format!("team:{}", caller.team)).await;
-        let quota = self.store.count_live(&caller.team).await;
-        if let Err(e) = quota.and_then(|live| check_quota(&caller.team, live, &self.settings.quotas)) {
-            return Err(refused(e).await);
-        }
         match self.claim(caller, &plan).await {
             Ok(Some(sb)) => {
                 in_span(&sb.id, &sb.experiment);
