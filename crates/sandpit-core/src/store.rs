@@ -78,6 +78,19 @@ pub trait Store: Send + Sync + 'static {
     /// `sandbox.version`, with the audit record of the change in the same
     /// transaction. The stored version is then one higher.
     async fn update_sandbox(&self, sandbox: &Sandbox, audit: Option<AuditEntry>) -> Result<Versioned<Sandbox>>;
+    /// As [`Store::insert_sandbox`] (when `sandbox.version` is 0) or
+    /// [`Store::update_sandbox`], for a create: only if what admitted it
+    /// still holds when the write lands (see [`Admission`]), checked in the
+    /// write's own transaction. Racing creates cannot overrun a team's
+    /// quota, and a create cannot slip past a decision on its experiment
+    /// (which bumps the experiment's version), in one daemon or in several
+    /// on one database.
+    async fn write_admitted(
+        &self,
+        sandbox: &Sandbox,
+        audit: Option<AuditEntry>,
+        admission: Admission,
+    ) -> Result<Admitted<Versioned<Sandbox>>>;
     async fn get(&self, id: &str) -> Result<Option<Sandbox>>;
     /// Records matching `filter`, oldest first.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<Sandbox>>;
@@ -127,6 +140,27 @@ pub enum Versioned<T> {
     /// Someone else wrote the record since it was read: nothing was written.
     /// The record as it is now (`None` if it is gone).
     Stale(Option<T>),
+}
+
+/// What must still be true when a create's record is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// The team may have fewer than this many other live sandboxes.
+    pub max_live: u64,
+    /// The sandbox's experiment is still at the version admission read.
+    pub experiment_version: u64,
+}
+
+/// What [`Store::write_admitted`] did.
+#[derive(Debug)]
+pub enum Admitted<T> {
+    /// Admission still held: the write's outcome.
+    Written(T),
+    /// The team already had this many other live sandboxes: nothing was written.
+    OverQuota(u64),
+    /// The experiment changed (or went) since admission read it: nothing was
+    /// written; admit again.
+    ExperimentChanged,
 }
 
 /// See [`Store::stats`].

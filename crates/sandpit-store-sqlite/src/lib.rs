@@ -24,7 +24,8 @@ use sandpit_core::audit::{self, AuditEntry, AuditRecord, Hash, Outcome, VerifyRe
 use sandpit_core::register::Experiment;
 use sandpit_core::sandbox::Sandbox;
 use sandpit_core::store::{
-    AuditPage, AuditQuery, ExperimentFilter, ListFilter, Store, StoreStats, Versioned, QUERY_FIELD_MAX,
+    Admission, Admitted, AuditPage, AuditQuery, ExperimentFilter, ListFilter, Store, StoreStats, Versioned,
+    QUERY_FIELD_MAX,
 };
 use sandpit_core::time::{from_millis, to_millis};
 use sandpit_core::Error;
@@ -295,6 +296,83 @@ fn open_read_only(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// A sandbox as its row: the columns the queries filter on, the body, and
+/// the version it was read at.
+struct SandboxRow {
+    id: String,
+    team: String,
+    experiment: String,
+    state: &'static str,
+    ended: bool,
+    created_ms: i64,
+    version: i64,
+    /// The record as it will be stored: at `version + 1`.
+    body: String,
+}
+
+impl SandboxRow {
+    fn new(sb: &Sandbox) -> Result<SandboxRow> {
+        let body = encode(&Sandbox { version: sb.version + 1, ..sb.clone() })?;
+        Ok(SandboxRow {
+            id: sb.id.clone(),
+            team: sb.team.clone(),
+            experiment: sb.experiment.clone(),
+            state: sb.state.as_str(),
+            ended: sb.state.is_ended(),
+            created_ms: to_millis(sb.created_at),
+            version: sb.version as i64,
+            body,
+        })
+    }
+
+    /// A new row at version 1. Fails if the id exists.
+    fn insert(&self, tx: &Transaction<'_>) -> Result<()> {
+        tx.prepare_cached(
+            "INSERT INTO sandboxes (id, team, experiment, state, ended, created_ms, body, version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1)",
+        )?
+        .execute(params![
+            self.id,
+            self.team,
+            self.experiment,
+            self.state,
+            self.ended,
+            self.created_ms,
+            self.body
+        ])?;
+        Ok(())
+    }
+
+    /// Compare-and-set: rows changed (0 when the stored version is not
+    /// `version`). Every filtered column too: a claim gives a warm sandbox
+    /// its team, experiment and creation time.
+    fn update(&self, tx: &Transaction<'_>) -> Result<usize> {
+        Ok(tx
+            .prepare_cached(
+                "UPDATE sandboxes SET state = ?2, ended = ?3, body = ?5, version = version + 1,
+                 team = ?6, experiment = ?7, created_ms = ?8
+                 WHERE id = ?1 AND version = ?4",
+            )?
+            .execute(params![
+                self.id,
+                self.state,
+                self.ended,
+                self.version,
+                self.body,
+                self.team,
+                self.experiment,
+                self.created_ms
+            ])?)
+    }
+}
+
+fn read_sandbox(tx: &Transaction<'_>, id: &str) -> Result<Option<Sandbox>> {
+    tx.query_row("SELECT body, version FROM sandboxes WHERE id = ?1", [id], versioned_row)
+        .optional()?
+        .map(decode_sandbox)
+        .transpose()
+}
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore> {
         let mut conn = Connection::open(path)?;
@@ -551,54 +629,54 @@ fn query_audit(conn: &Connection, q: &AuditQuery) -> Result<AuditPage> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_sandbox(&self, sb: &Sandbox, audit: Option<AuditEntry>) -> CoreResult<Option<AuditRecord>> {
-        let sb = Sandbox { version: 1, ..sb.clone() };
-        let body = encode(&sb)?;
-        self.write(audit, move |tx| {
-            tx.prepare_cached(
-                "INSERT INTO sandboxes (id, team, experiment, state, ended, created_ms, body, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1)",
-            )?
-            .execute(params![
-                sb.id,
-                sb.team,
-                sb.experiment,
-                sb.state.as_str(),
-                sb.state.is_ended(),
-                to_millis(sb.created_at),
-                body
-            ])?;
-            Ok(())
-        })
-        .await
+        let row = SandboxRow::new(sb)?;
+        self.write(audit, move |tx| row.insert(tx)).await
     }
 
     async fn update_sandbox(&self, sb: &Sandbox, audit: Option<AuditEntry>) -> CoreResult<Versioned<Sandbox>> {
-        let next = Sandbox { version: sb.version + 1, ..sb.clone() };
-        let body = encode(&next)?;
-        let (id, state, ended, version) = (sb.id.clone(), sb.state.as_str(), sb.state.is_ended(), sb.version as i64);
-        // Every column the queries filter on: a claim gives a warm sandbox
-        // its team, experiment and creation time.
-        let (team, experiment, created_ms) = (sb.team.clone(), sb.experiment.clone(), to_millis(sb.created_at));
-        let read_id = id.clone();
-        self.update_versioned(
-            move |tx| {
-                Ok(tx
-                    .prepare_cached(
-                        "UPDATE sandboxes SET state = ?2, ended = ?3, body = ?5, version = version + 1,
-                         team = ?6, experiment = ?7, created_ms = ?8
-                         WHERE id = ?1 AND version = ?4",
-                    )?
-                    .execute(params![id, state, ended, version, body, team, experiment, created_ms])?)
-            },
-            move |tx| {
-                tx.query_row("SELECT body, version FROM sandboxes WHERE id = ?1", [&read_id], versioned_row)
-                    .optional()?
-                    .map(decode_sandbox)
-                    .transpose()
-            },
-            audit,
-        )
-        .await
+        let row = SandboxRow::new(sb)?;
+        let read_id = sb.id.clone();
+        self.update_versioned(move |tx| row.update(tx), move |tx| read_sandbox(tx, &read_id), audit).await
+    }
+
+    async fn write_admitted(
+        &self,
+        sb: &Sandbox,
+        audit: Option<AuditEntry>,
+        admission: Admission,
+    ) -> CoreResult<Admitted<Versioned<Sandbox>>> {
+        let row = SandboxRow::new(sb)?;
+        self.writer
+            .call(move |w| {
+                let head = w.head;
+                let tx = w.conn.transaction()?;
+                let experiment: Option<i64> = tx
+                    .prepare_cached("SELECT version FROM experiments WHERE id = ?1")?
+                    .query_row([&row.experiment], |r| r.get(0))
+                    .optional()?;
+                if experiment != Some(admission.experiment_version as i64) {
+                    return Ok(Admitted::ExperimentChanged);
+                }
+                let live: i64 = tx
+                    .prepare_cached("SELECT COUNT(*) FROM sandboxes WHERE ended = 0 AND team = ?1 AND id != ?2")?
+                    .query_row(params![row.team, row.id], |r| r.get(0))?;
+                if live as u64 >= admission.max_live {
+                    return Ok(Admitted::OverQuota(live as u64));
+                }
+                if row.version == 0 {
+                    row.insert(&tx)?;
+                } else if row.update(&tx)? == 0 {
+                    let now = read_sandbox(&tx, &row.id)?;
+                    return Ok(Admitted::Written(Versioned::Stale(now)));
+                }
+                let rec = audit.map(|e| append_in(&tx, head, e)).transpose()?;
+                tx.commit()?;
+                if let Some(r) = &rec {
+                    w.head = (r.seq, r.hash);
+                }
+                Ok(Admitted::Written(Versioned::Written(rec.map(Box::new))))
+            })
+            .await
     }
 
     async fn count_live(&self, team: &str) -> CoreResult<u64> {
@@ -890,6 +968,61 @@ mod tests {
         raw.execute_batch("UPDATE sandboxes SET team = '', experiment = ''; PRAGMA user_version = 3;").unwrap();
         drop(raw);
         claimed_by_a(&SqliteStore::open(&path).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn racing_admitted_writes_never_overrun_a_quota_or_pass_a_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        s.insert_experiment(&experiment("a"), None).await.unwrap();
+        let admission = Admission { max_live: 3, experiment_version: 1 };
+        let mut racing = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let s = std::sync::Arc::clone(&s);
+            racing.spawn(
+                async move { s.write_admitted(&record(&format!("sb-{i}"), "a"), None, admission).await.unwrap() },
+            );
+        }
+        let (mut written, mut over) = (0, 0);
+        while let Some(done) = racing.join_next().await {
+            match done.unwrap() {
+                Admitted::Written(Versioned::Written(_)) => written += 1,
+                Admitted::OverQuota(live) => {
+                    assert_eq!(live, 3);
+                    over += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((written, over, s.count_live("a").await.unwrap()), (3, 5, 3));
+        // A claim into the full team is refused and changes nothing; into another it is written.
+        let mut warm = record("sb-warm", "");
+        s.insert_sandbox(&warm, None).await.unwrap();
+        warm.version = 1;
+        let into = |team: &str| Sandbox { team: team.into(), ..warm.clone() };
+        assert!(matches!(s.write_admitted(&into("a"), None, admission).await.unwrap(), Admitted::OverQuota(3)));
+        assert_eq!(s.get("sb-warm").await.unwrap().unwrap().team, "");
+        let roomy = Admission { max_live: 1, ..admission };
+        assert!(matches!(
+            s.write_admitted(&into("b"), None, roomy).await.unwrap(),
+            Admitted::Written(Versioned::Written(_))
+        ));
+        // A record's own row does not count against it.
+        let mut own = s.get("sb-warm").await.unwrap().unwrap();
+        own.state = SandboxState::Running;
+        assert!(matches!(s.write_admitted(&own, None, roomy).await.unwrap(), Admitted::Written(Versioned::Written(_))));
+        // A decision on the experiment since admission: nothing is written.
+        let mut decided = s.get_experiment("exp-1").await.unwrap().unwrap();
+        decided.status = sandpit_core::register::Status::Rejected;
+        assert!(matches!(s.update_experiment(&decided, entry("rejecter")).await.unwrap(), Versioned::Written(_)));
+        let late = Admission { max_live: 100, experiment_version: 1 };
+        assert!(matches!(
+            s.write_admitted(&record("sb-late", "a"), None, late).await.unwrap(),
+            Admitted::ExperimentChanged
+        ));
+        assert!(s.get("sb-late").await.unwrap().is_none());
+        let unknown = Sandbox { experiment: "exp-none".into(), ..record("sb-x", "a") };
+        assert!(matches!(s.write_admitted(&unknown, None, late).await.unwrap(), Admitted::ExperimentChanged));
     }
 
     #[tokio::test]

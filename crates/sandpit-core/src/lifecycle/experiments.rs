@@ -119,10 +119,12 @@ impl Manager {
     /// version), with its audit record in the same transaction. Returns the
     /// experiment as written and the sandboxes it had then.
     ///
-    /// Holds the experiment's team lock from reading it until its live
-    /// sandboxes are listed: creates for that team hold the same lock from
-    /// admission until their record is stored, so a create either sees the
-    /// new status or is in the list this returns; none slips between.
+    /// Changes the experiment (compare-and-set, which bumps its version),
+    /// then lists its live sandboxes. A create writes its record only while
+    /// the experiment is at the version it was admitted against, in the same
+    /// store transaction ([`crate::store::Store::write_admitted`]): so it
+    /// either landed before this change and is in the list, or is sent back
+    /// to admission and sees the new status. None slips between.
     async fn transition(
         &self,
         caller: &Caller,
@@ -130,8 +132,6 @@ impl Manager {
         act: &str,
         change: impl FnOnce(&mut Experiment) -> Result<String>,
     ) -> Result<(Experiment, Vec<Sandbox>)> {
-        let team = self.get_experiment(caller, id).await?.team;
-        let _team_guard = self.locks.lock(&format!("team:{team}")).await;
         let mut e = self.get_experiment(caller, id).await?;
         let reason = change(&mut e)?;
         let entry = audit_log::entry(Some(caller), act, id, "", Ok(reason));

@@ -48,7 +48,7 @@ use crate::egress;
 use crate::policy::{HostPolicy, ProfileSet};
 use crate::runtime::Runtime;
 use crate::sandbox::{EventKind, Sandbox, SandboxEvent, SandboxState};
-use crate::store::{ListFilter, Store, Versioned};
+use crate::store::{Admission, Admitted, ListFilter, Store, Versioned};
 use crate::{Error, Result};
 
 /// Events kept for slow watchers before they miss some.
@@ -266,7 +266,24 @@ impl Manager {
 
     /// Compare-and-set of a sandbox record, with the audit record of the change if any.
     async fn update(&self, sb: &mut Sandbox, entry: Option<AuditEntry>) -> Result<()> {
-        match self.store.update_sandbox(sb, entry).await? {
+        let written = self.store.update_sandbox(sb, entry).await?;
+        self.committed(sb, written)
+    }
+
+    /// As [`Manager::commit`] for a create, while `admission` holds; when
+    /// it no longer does, nothing is written.
+    async fn commit_admitted(&self, sb: &mut Sandbox, entry: AuditEntry, admission: Admission) -> Result<Admitted<()>> {
+        Ok(match self.store.write_admitted(sb, Some(entry), admission).await? {
+            Admitted::Written(written) => Admitted::Written(self.committed(sb, written)?),
+            Admitted::OverQuota(live) => Admitted::OverQuota(live),
+            Admitted::ExperimentChanged => Admitted::ExperimentChanged,
+        })
+    }
+
+    /// Takes a compare-and-set's outcome: the new version and the published
+    /// audit record, or the conflict.
+    fn committed(&self, sb: &mut Sandbox, written: Versioned<Sandbox>) -> Result<()> {
+        match written {
             Versioned::Written(rec) => {
                 sb.version += 1;
                 self.audit.published(rec.map(|r| *r));

@@ -28,9 +28,10 @@ use std::time::{Duration, SystemTime};
 use super::{audit_log, Manager};
 use crate::audit::action;
 use crate::auth::Caller;
+use crate::policy::admission::over_quota;
 use crate::policy::{Plan, Profile};
 use crate::sandbox::{EventKind, Sandbox, SandboxState};
-use crate::store::ListFilter;
+use crate::store::{Admission, Admitted, ListFilter};
 use crate::{Error, Result};
 
 /// How often pools are checked even when nothing wakes the refiller.
@@ -46,6 +47,15 @@ pub struct PoolStatus {
     pub warm: u32,
     pub claims: u64,
     pub misses: u64,
+}
+
+/// What a create's claim on a warm pool came to.
+pub(super) enum Claim {
+    Claimed(Box<Sandbox>),
+    /// No warm sandbox for it: create one cold.
+    Missed,
+    /// Its experiment changed since admission: admit again.
+    Readmit,
 }
 
 #[derive(Default)]
@@ -102,36 +112,32 @@ impl Manager {
     }
 
     /// Hands a warm sandbox of the plan's profile to the caller, if one is
-    /// ready and the plan can use it.
-    pub(super) async fn claim(&self, caller: &Caller, plan: &Plan) -> Result<Option<Sandbox>> {
+    /// ready and the plan can use it, while `admission` still holds.
+    pub(super) async fn claim(&self, caller: &Caller, plan: &Plan, admission: Admission) -> Result<Claim> {
         let profile = &plan.profile;
         if profile.warm_pool == 0 {
-            return Ok(None);
+            return Ok(Claim::Missed);
         }
         let counters = self.pools.counters(&profile.name);
         if plan.image != profile.default_image() || !plan.datasets.is_empty() {
             counters.1.fetch_add(1, Ordering::Relaxed);
-            return Ok(None);
+            return Ok(Claim::Missed);
         }
         let started = std::time::Instant::now();
         // Warm sandboxes of an older version of the profile: left in the
         // pool for the refiller to drain.
         let mut stale = Vec::new();
         let claimed = loop {
-            let Some(pooled) = self.pools.pop(&profile.name) else { break Ok(None) };
+            let Some(pooled) = self.pools.pop(&profile.name) else { break Ok(Claim::Missed) };
             if pooled.profile != *profile {
                 stale.push(pooled);
                 continue;
             }
             let _guard = self.locks.lock(&pooled.id).await;
-            match self.claim_one(caller, plan, pooled).await {
-                Ok(Some(sb)) => break Ok(Some(sb)),
+            match self.claim_one(caller, plan, pooled, admission).await {
                 // No longer warm: dropped from the pool; try the next.
-                Ok(None) => continue,
-                Err((e, pooled)) => {
-                    stale.push(pooled);
-                    break Err(e);
-                }
+                Ok(Claim::Missed) => continue,
+                other => break other,
             }
         };
         for sb in stale {
@@ -139,32 +145,30 @@ impl Manager {
         }
         self.pools.wake.notify_one();
         match claimed? {
-            Some(sb) => {
+            Claim::Claimed(sb) => {
                 self.track(&sb.id);
                 self.schedule(&sb);
                 self.egress_learn(&sb);
                 counters.0.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::global().provisioned(crate::metrics::Source::Warm, started.elapsed());
                 self.emit(EventKind::Created, &sb, "running (warm pool)");
-                Ok(Some(sb))
+                Ok(Claim::Claimed(sb))
             }
-            None => {
+            Claim::Missed => {
                 counters.1.fetch_add(1, Ordering::Relaxed);
-                Ok(None)
+                Ok(Claim::Missed)
             }
+            Claim::Readmit => Ok(Claim::Readmit),
         }
     }
 
-    /// Hands `pooled` to the plan, under its lock: one compare-and-set of the
-    /// record as the pool holds it, with the create's audit record. A record
-    /// changed since it was pooled (it exited, was adopted or drained) is read
-    /// again and claimed only if it is still warm; `None` if it is not.
-    async fn claim_one(
-        &self,
-        caller: &Caller,
-        plan: &Plan,
-        pooled: Sandbox,
-    ) -> std::result::Result<Option<Sandbox>, (Error, Sandbox)> {
+    /// Hands `pooled` to the plan, under its lock: one write of the record
+    /// as the pool holds it (compare-and-set, while `admission` holds), with
+    /// the create's audit record. A record changed since it was pooled (it
+    /// exited, was adopted or drained) is read again and claimed only if it
+    /// is still warm ([`Claim::Missed`] if not). Unless claimed, `pooled`
+    /// goes back to the pool.
+    async fn claim_one(&self, caller: &Caller, plan: &Plan, pooled: Sandbox, admission: Admission) -> Result<Claim> {
         let audit = |sb: &Sandbox| {
             let reason = format!(
                 "{} {} {} until {} (claimed from the warm pool)",
@@ -176,22 +180,27 @@ impl Manager {
             audit_log::entry(Some(caller), action::CREATE_SANDBOX, &sb.experiment, &sb.id, Ok(reason))
         };
         let mut sb = claimed(pooled.clone(), plan);
-        match self.commit(&mut sb, audit).await {
-            Ok(()) => return Ok(Some(sb)),
-            Err(Error::Conflict(_)) => {}
-            Err(e) => return Err((e, pooled)),
-        }
-        match self.store.get(&pooled.id).await {
-            Ok(Some(fresh)) if fresh.state == SandboxState::Warm && fresh.profile == plan.profile => {
-                let mut sb = claimed(fresh, plan);
-                match self.commit(&mut sb, audit).await {
-                    Ok(()) => Ok(Some(sb)),
-                    Err(e) => Err((e, pooled)),
+        let entry = audit(&sb);
+        let mut outcome = self.commit_admitted(&mut sb, entry, admission).await;
+        if matches!(outcome, Err(Error::Conflict(_))) {
+            match self.store.get(&pooled.id).await {
+                Ok(Some(fresh)) if fresh.state == SandboxState::Warm && fresh.profile == plan.profile => {
+                    sb = claimed(fresh, plan);
+                    let entry = audit(&sb);
+                    outcome = self.commit_admitted(&mut sb, entry, admission).await;
                 }
+                Ok(_) => return Ok(Claim::Missed),
+                Err(e) => outcome = Err(e),
             }
-            Ok(_) => Ok(None),
-            Err(e) => Err((e, pooled)),
         }
+        let claim = match outcome {
+            Ok(Admitted::Written(())) => return Ok(Claim::Claimed(Box::new(sb))),
+            Ok(Admitted::ExperimentChanged) => Ok(Claim::Readmit),
+            Ok(Admitted::OverQuota(live)) => Err(over_quota(&plan.team, live, &self.settings.quotas)),
+            Err(e) => Err(e),
+        };
+        self.pools.push(pooled);
+        claim
     }
 
     /// Every pool: its target, how many are ready, claims and misses.

@@ -8,16 +8,21 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
+use super::pool::Claim;
 use super::teardown::{with_backoff, RETRY_MIN};
 use super::{audit_log, in_span, Manager};
 use crate::audit::{action, AuditRecord, VerifyReport};
 use crate::auth::Caller;
-use crate::policy::admission::{check_quota, Plan};
-use crate::policy::{admit, extend_deadline, CreateSandbox};
+use crate::policy::admission::{over_quota, Plan};
+use crate::policy::{admit, extend_deadline, CreateSandbox, Rule};
 use crate::runtime::{BoxStream, PullProgress};
 use crate::sandbox::{EventKind, Sandbox, SandboxEvent, SandboxState};
-use crate::store::{AuditQuery, ListFilter};
+use crate::store::{Admission, Admitted, AuditQuery, ListFilter};
 use crate::{Error, Result};
+
+/// How often a create is admitted again when its experiment changes
+/// meanwhile, before it gives up.
+const ADMISSION_ATTEMPTS: u32 = 5;
 
 impl Manager {
     /// A visible record, or not-found (other teams' sandboxes are not acknowledged).
@@ -46,57 +51,84 @@ impl Manager {
         )))
     }
 
+    /// Admission of a create: its plan, and the version of the experiment
+    /// it was admitted against.
+    async fn admit_create(&self, caller: &Caller, req: &CreateSandbox) -> Result<(Plan, u64)> {
+        let experiment = self.store.get_experiment(&req.experiment).await?;
+        let plan = admit(
+            req,
+            &caller.name,
+            &caller.team,
+            experiment.as_ref(),
+            &self.profiles(),
+            &self.settings.host,
+            SystemTime::now(),
+        )?;
+        self.runtime_can(&plan)?;
+        Ok((plan, experiment.map_or(0, |e| e.version)))
+    }
+
     /// Admits and provisions a sandbox; returns it running.
     pub async fn create(self: &Arc<Self>, caller: &Caller, req: CreateSandbox) -> Result<Sandbox> {
         if self.cancel.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        // One create of a team at a time, from reading its experiment until
-        // its record is stored: the quota cannot be overrun, and a decision
-        // on the experiment (which takes the same lock) either comes first,
-        // and this create sees it, or lists this sandbox to tear down.
-        let team_guard = self.locks.lock(&format!("team:{}", caller.team)).await;
-        let admitted = async {
-            let experiment = self.store.get_experiment(&req.experiment).await?;
-            let profiles = self.profiles();
-            let plan = admit(
-                &req,
-                &caller.name,
-                &caller.team,
-                experiment.as_ref(),
-                &profiles,
-                &self.settings.host,
-                SystemTime::now(),
-            )?;
-            self.runtime_can(&plan)?;
-            check_quota(&caller.team, self.store.count_live(&caller.team).await?, &self.settings.quotas)?;
-            Ok(plan)
-        }
-        .await;
-        let plan = match admitted {
-            Ok(plan) => plan,
-            Err(e) => {
-                self.audit.refused(caller, action::CREATE_SANDBOX, &req.experiment, "", &e).await;
-                return Err(e);
+        let experiment = &req.experiment;
+        let refused = |e: Error, target: String| async move {
+            self.audit.refused(caller, action::CREATE_SANDBOX, experiment, &target, &e).await;
+            e
+        };
+        // What admitted the create (the team's quota, its experiment's
+        // status) is checked again in the store transaction that writes its
+        // record, so neither racing creates nor a decision on the experiment
+        // can slip between: a decision that lands first sends the create
+        // back to admission.
+        let max_live = u64::from(self.settings.quotas.of(&caller.team));
+        let mut attempts = 0;
+        let sb = loop {
+            attempts += 1;
+            if attempts > ADMISSION_ATTEMPTS {
+                let e = Error::Conflict(format!(
+                    "experiment '{}' kept changing while this create was admitted; nothing was created, try again",
+                    req.experiment
+                ));
+                return Err(refused(e, String::new()).await);
+            }
+            let (plan, experiment_version) = match self.admit_create(caller, &req).await {
+                Ok(admitted) => admitted,
+                Err(e) => return Err(refused(e, String::new()).await),
+            };
+            let admission = Admission { max_live, experiment_version };
+            match self.claim(caller, &plan, admission).await {
+                Ok(Claim::Claimed(sb)) => {
+                    in_span(&sb.id, &sb.experiment);
+                    return Ok(*sb);
+                }
+                Ok(Claim::Readmit) => continue,
+                Ok(Claim::Missed) => {}
+                Err(e @ Error::Denied { rule: Rule::TeamQuota, .. }) => return Err(refused(e, String::new()).await),
+                Err(e) => tracing::warn!(error = %e, "warm pool claim failed; creating cold"),
+            }
+            let mut sb = Sandbox::provisioning(Sandbox::new_id(), self.runtime.node().to_string(), plan);
+            in_span(&sb.id, &sb.experiment);
+            self.creating.lock().unwrap_or_else(|p| p.into_inner()).insert(sb.id.clone());
+            let written = self.store.write_admitted(&sb, None, admission).await;
+            if !matches!(written, Ok(Admitted::Written(_))) {
+                self.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&sb.id);
+            }
+            match written {
+                Ok(Admitted::Written(_)) => {
+                    sb.version = 1;
+                    break sb;
+                }
+                Ok(Admitted::ExperimentChanged) => continue,
+                Ok(Admitted::OverQuota(live)) => {
+                    let e = over_quota(&caller.team, live, &self.settings.quotas);
+                    return Err(refused(e, String::new()).await);
+                }
+                Err(e) => return Err(refused(e, sb.id.clone()).await),
             }
         };
-        match self.claim(caller, &plan).await {
-            Ok(Some(sb)) => {
-                in_span(&sb.id, &sb.experiment);
-                return Ok(sb);
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "warm pool claim failed; creating cold"),
-        }
-        let mut sb = Sandbox::provisioning(Sandbox::new_id(), self.runtime.node().to_string(), plan);
-        in_span(&sb.id, &sb.experiment);
-        self.creating.lock().unwrap_or_else(|p| p.into_inner()).insert(sb.id.clone());
-        if let Err(e) = self.store.insert_sandbox(&sb, None).await.map(|_| sb.version = 1) {
-            self.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&sb.id);
-            self.audit.refused(caller, action::CREATE_SANDBOX, &sb.experiment, &sb.id, &e).await;
-            return Err(e);
-        }
-        drop(team_guard);
 
         // Provision in a task of its own. The caller acknowledges receipt; if
         // it hung up first, the task tears the new sandbox down again.

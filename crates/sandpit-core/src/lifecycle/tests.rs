@@ -25,7 +25,7 @@ use crate::auth::{Caller, Role};
 use crate::lifecycle::{CopyOut, ExecOutput, Manager, ReconcileReport, Settings};
 use crate::policy::admission::TeamQuotas;
 use crate::policy::{Classification, CreateSandbox, HostPolicy, HostRules, Profile, ProfileSet, Rule};
-use crate::register::NewExperiment;
+use crate::register::{Decision, NewExperiment};
 use crate::runtime::fake::{ExecScript, FakeRuntime, Fault, Op};
 use crate::runtime::{ExecChunk, ExecSpec, Owned, OwnedKind};
 use crate::sandbox::{EventKind, Sandbox, SandboxState};
@@ -356,6 +356,43 @@ async fn a_claim_rereads_a_warm_record_changed_since_it_was_pooled_and_skips_one
     assert_eq!(rig.record(&second.id).await.state, SandboxState::Exited, "never claimed");
     let status = rig.manager.pool_status().await;
     assert_eq!((status[0].claims, status[0].misses), (1, 1));
+    rig.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_create_that_loses_a_race_with_a_rejection_is_admitted_again_and_refused() {
+    let rig = Rig::new([profile("pooled", 1, ["10m", "1h", "1h"])]).await;
+    rig.manager.start().await.unwrap();
+    let warm = || async { rig.manager.warm_sandboxes().await.unwrap() };
+    eventually("the pool holds 1", || async { warm().await.len() == 1 }).await;
+    let pooled = warm().await.remove(0);
+
+    // The create is admitted, then waits for the warm sandbox...
+    let held = rig.manager.locks.lock(&pooled.id).await;
+    let create = {
+        let (manager, caller, request) = (Arc::clone(&rig.manager), rig.caller.clone(), rig.request("pooled"));
+        tokio::spawn(async move { manager.create(&caller, request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!create.is_finished());
+    // ...while an approver rejects its experiment, which waits for no create.
+    let approver = Caller {
+        name: "bob".into(),
+        team: "gov".into(),
+        roles: vec![Role::Approver],
+        role: Some(Role::Approver),
+        source: "127.0.0.1:4001".into(),
+    };
+    rig.manager.decide_experiment(&approver, &rig.experiment, Decision::Rejected, String::new()).await.unwrap();
+    drop(held);
+
+    // The claim finds the experiment changed, admission runs again and refuses.
+    let refused = create.await.unwrap().unwrap_err();
+    assert!(refused.to_string().contains("rejected"), "{refused}");
+    let live = ListFilter { experiment: Some(rig.experiment.clone()), ..Default::default() };
+    assert!(rig.store.list(&live).await.unwrap().is_empty(), "nothing lives for a rejected experiment");
+    assert_eq!(rig.record(&pooled.id).await.state, SandboxState::Warm, "back in the pool, unclaimed");
+    assert_eq!(rig.runtime.calls(Op::Provision), 1);
     rig.shutdown().await;
 }
 

@@ -73,14 +73,19 @@ impl TeamQuotas {
 
 /// Whether `team`, which has `live` sandboxes, may have one more.
 pub fn check_quota(team: &str, live: u64, quotas: &TeamQuotas) -> Result<()> {
-    let quota = quotas.of(team);
-    if live >= u64::from(quota) {
-        return Err(Error::denied(
-            Rule::TeamQuota,
-            format!("team '{team}' has {live} live sandboxes, its quota is {quota}; delete one or ask an operator"),
-        ));
+    if live >= u64::from(quotas.of(team)) {
+        return Err(over_quota(team, live, quotas));
     }
     Ok(())
+}
+
+/// The refusal of a create by a team that has `live` sandboxes, at or over its quota.
+pub fn over_quota(team: &str, live: u64, quotas: &TeamQuotas) -> Error {
+    let quota = quotas.of(team);
+    Error::denied(
+        Rule::TeamQuota,
+        format!("team '{team}' has {live} live sandboxes, its quota is {quota}; delete one or ask an operator"),
+    )
 }
 
 /// A host directory an operator declared, with its classification.

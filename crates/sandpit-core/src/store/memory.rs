@@ -19,7 +19,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{AuditPage, AuditQuery, ExperimentFilter, ListFilter, Store, StoreStats, Versioned, QUERY_FIELD_MAX};
+use super::{
+    Admission, Admitted, AuditPage, AuditQuery, ExperimentFilter, ListFilter, Store, StoreStats, Versioned,
+    QUERY_FIELD_MAX,
+};
 use crate::audit::{self, AuditEntry, AuditRecord, Hash, VerifyReport};
 use crate::register::Experiment;
 use crate::sandbox::Sandbox;
@@ -62,6 +65,25 @@ pub struct MemoryStore {
 impl Default for MemoryStore {
     fn default() -> Self {
         MemoryStore::new()
+    }
+}
+
+impl Inner {
+    fn insert_sandbox(&mut self, sb: &Sandbox, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>> {
+        if self.sandboxes.contains_key(&sb.id) {
+            return Err(Error::Store(format!("sandbox '{}' already exists", sb.id)));
+        }
+        self.sandboxes.insert(sb.id.clone(), Sandbox { version: 1, ..sb.clone() });
+        Ok(audit.map(|e| self.append(e)))
+    }
+
+    fn update_sandbox(&mut self, sb: &Sandbox, audit: Option<AuditEntry>) -> Versioned<Sandbox> {
+        match self.sandboxes.get(&sb.id) {
+            Some(now) if now.version == sb.version => {}
+            now => return Versioned::Stale(now.cloned()),
+        }
+        self.sandboxes.insert(sb.id.clone(), Sandbox { version: sb.version + 1, ..sb.clone() });
+        Versioned::Written(audit.map(|e| Box::new(self.append(e))))
     }
 }
 
@@ -134,22 +156,35 @@ fn matches(q: &AuditQuery, r: &AuditRecord) -> bool {
 #[async_trait]
 impl Store for MemoryStore {
     async fn insert_sandbox(&self, sb: &Sandbox, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>> {
-        let mut inner = self.lock();
-        if inner.sandboxes.contains_key(&sb.id) {
-            return Err(Error::Store(format!("sandbox '{}' already exists", sb.id)));
-        }
-        inner.sandboxes.insert(sb.id.clone(), Sandbox { version: 1, ..sb.clone() });
-        Ok(audit.map(|e| inner.append(e)))
+        self.lock().insert_sandbox(sb, audit)
     }
 
     async fn update_sandbox(&self, sb: &Sandbox, audit: Option<AuditEntry>) -> Result<Versioned<Sandbox>> {
+        Ok(self.lock().update_sandbox(sb, audit))
+    }
+
+    async fn write_admitted(
+        &self,
+        sb: &Sandbox,
+        audit: Option<AuditEntry>,
+        admission: Admission,
+    ) -> Result<Admitted<Versioned<Sandbox>>> {
+        // One lock across the checks and the write, as SQLite's one transaction.
         let mut inner = self.lock();
-        match inner.sandboxes.get(&sb.id) {
-            Some(now) if now.version == sb.version => {}
-            now => return Ok(Versioned::Stale(now.cloned())),
+        if inner.experiments.get(&sb.experiment).map(|e| e.version) != Some(admission.experiment_version) {
+            return Ok(Admitted::ExperimentChanged);
         }
-        inner.sandboxes.insert(sb.id.clone(), Sandbox { version: sb.version + 1, ..sb.clone() });
-        Ok(Versioned::Written(audit.map(|e| Box::new(inner.append(e)))))
+        let live =
+            inner.sandboxes.values().filter(|s| s.id != sb.id && s.team == sb.team && !s.state.is_ended()).count()
+                as u64;
+        if live >= admission.max_live {
+            return Ok(Admitted::OverQuota(live));
+        }
+        Ok(Admitted::Written(if sb.version == 0 {
+            Versioned::Written(inner.insert_sandbox(sb, audit)?.map(Box::new))
+        } else {
+            inner.update_sandbox(sb, audit)
+        }))
     }
 
     async fn get(&self, id: &str) -> Result<Option<Sandbox>> {
