@@ -94,8 +94,6 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, id: &str) -> Result<Option<Sandbox>>;
     /// Records matching `filter`, oldest first.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<Sandbox>>;
-    /// How many of `team`'s sandboxes have not ended.
-    async fn count_live(&self, team: &str) -> Result<u64>;
     /// A stable id for this daemon's data, put in the labels of everything it
     /// creates so that two daemons on one engine never touch each other's objects.
     async fn instance_id(&self) -> Result<String>;

@@ -679,16 +679,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn count_live(&self, team: &str) -> CoreResult<u64> {
-        let team = team.to_string();
-        self.read(move |c| {
-            let n: i64 =
-                c.query_row("SELECT COUNT(*) FROM sandboxes WHERE ended = 0 AND team = ?1", [team], |r| r.get(0))?;
-            Ok(n as u64)
-        })
-        .await
-    }
-
     async fn stats(&self) -> CoreResult<StoreStats> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
@@ -934,9 +924,14 @@ mod tests {
         assert!(report.ok && report.records == 2, "{report:?}");
     }
 
+    /// How many of `team`'s sandboxes have not ended.
+    async fn live(s: &SqliteStore, team: &str) -> usize {
+        s.list(&ListFilter { team: Some(team.into()), ..Default::default() }).await.unwrap().len()
+    }
+
     /// Sandbox sb-1 is team a's and experiment exp-a's to every query.
     async fn claimed_by_a(s: &SqliteStore) {
-        assert_eq!((s.count_live("a").await.unwrap(), s.count_live("").await.unwrap()), (1, 0));
+        assert_eq!((live(s, "a").await, live(s, "").await), (1, 0));
         let by_team = s.list(&ListFilter { team: Some("a".into()), ..Default::default() }).await.unwrap();
         let by_experiment =
             s.list(&ListFilter { experiment: Some("exp-a".into()), ..Default::default() }).await.unwrap();
@@ -994,7 +989,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!((written, over, s.count_live("a").await.unwrap()), (3, 5, 3));
+        assert_eq!((written, over, live(&s, "a").await), (3, 5, 3));
         // A claim into the full team is refused and changes nothing; into another it is written.
         let mut warm = record("sb-warm", "");
         s.insert_sandbox(&warm, None).await.unwrap();

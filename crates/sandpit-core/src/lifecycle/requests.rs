@@ -17,7 +17,7 @@ use crate::policy::admission::{over_quota, Plan};
 use crate::policy::{admit, extend_deadline, CreateSandbox, Rule};
 use crate::runtime::{BoxStream, PullProgress};
 use crate::sandbox::{EventKind, Sandbox, SandboxEvent, SandboxState};
-use crate::store::{Admission, Admitted, AuditQuery, ListFilter};
+use crate::store::{Admission, Admitted, AuditQuery, ListFilter, Versioned};
 use crate::{Error, Result};
 
 /// How often a create is admitted again when its experiment changes
@@ -113,13 +113,18 @@ impl Manager {
             in_span(&sb.id, &sb.experiment);
             self.creating.lock().unwrap_or_else(|p| p.into_inner()).insert(sb.id.clone());
             let written = self.store.write_admitted(&sb, None, admission).await;
-            if !matches!(written, Ok(Admitted::Written(_))) {
+            if !matches!(written, Ok(Admitted::Written(Versioned::Written(_)))) {
                 self.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&sb.id);
             }
             match written {
-                Ok(Admitted::Written(_)) => {
+                Ok(Admitted::Written(Versioned::Written(_))) => {
                     sb.version = 1;
                     break sb;
+                }
+                // A new record has no version to be stale against.
+                Ok(Admitted::Written(Versioned::Stale(_))) => {
+                    let e = Error::Internal(format!("sandbox '{}' existed before its create", sb.id));
+                    return Err(refused(e, sb.id.clone()).await);
                 }
                 Ok(Admitted::ExperimentChanged) => continue,
                 Ok(Admitted::OverQuota(live)) => {

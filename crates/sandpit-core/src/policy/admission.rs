@@ -12,7 +12,8 @@
 //! 4. `image-allowlist`: the image is one the profile allows;
 //! 5. `ttl` and `max-lifetime`: within the profile's lifetime limits;
 //!    `team-quota`: the team's live sandboxes stay within its quota
-//!    ([`check_quota`], given the count the store holds).
+//!    (counted by the store in the transaction that writes the record,
+//!    [`crate::store::Store::write_admitted`]; [`over_quota`] is the refusal).
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -69,14 +70,6 @@ impl TeamQuotas {
     pub fn of(&self, team: &str) -> u32 {
         self.teams.get(team).copied().unwrap_or(self.default)
     }
-}
-
-/// Whether `team`, which has `live` sandboxes, may have one more.
-pub fn check_quota(team: &str, live: u64, quotas: &TeamQuotas) -> Result<()> {
-    if live >= u64::from(quotas.of(team)) {
-        return Err(over_quota(team, live, quotas));
-    }
-    Ok(())
 }
 
 /// The refusal of a create by a team that has `live` sandboxes, at or over its quota.
@@ -477,12 +470,11 @@ mod tests {
     #[test]
     fn team_quota_counts_live_sandboxes_with_per_team_overrides() {
         let q = TeamQuotas { default: 2, teams: [("big".to_string(), 5)].into() };
-        assert!(check_quota("t", 1, &q).is_ok());
-        let e = check_quota("t", 2, &q).unwrap_err();
+        assert_eq!((q.of("t"), q.of("big")), (2, 5));
+        let e = over_quota("t", 2, &q);
         assert!(matches!(e, Error::Denied { rule: Rule::TeamQuota, .. }), "{e}");
+        assert!(e.to_string().contains("has 2 live sandboxes, its quota is 2"), "{e}");
         assert_eq!(e.code(), crate::error::Code::ResourceExhausted);
-        assert!(check_quota("big", 4, &q).is_ok());
-        assert!(check_quota("big", 5, &q).is_err());
     }
 
     #[test]

@@ -205,10 +205,6 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
-    async fn count_live(&self, team: &str) -> Result<u64> {
-        Ok(self.lock().sandboxes.values().filter(|s| !s.state.is_ended() && s.team == team).count() as u64)
-    }
-
     async fn instance_id(&self) -> Result<String> {
         Ok(self.instance.clone())
     }
@@ -434,7 +430,8 @@ mod tests {
         assert_eq!(ids(s.list(&team_b).await.unwrap()), ["sb-b"]);
         let other = ListFilter { experiment: Some("exp-2".into()), include_ended: true, ..Default::default() };
         assert!(s.list(&other).await.unwrap().is_empty());
-        assert_eq!((s.count_live("a").await.unwrap(), s.count_live("b").await.unwrap()), (2, 0));
+        let live = |team: &str| ListFilter { team: Some(team.into()), ..Default::default() };
+        assert_eq!((s.list(&live("a")).await.unwrap().len(), s.list(&live("b")).await.unwrap().len()), (2, 0));
         let stats = s.stats().await.unwrap();
         assert_eq!(stats, StoreStats { ended: vec![("deleted".into(), 1)], audit_records: 1 });
         // The stale write's audit record was not written either.
