@@ -208,6 +208,13 @@ struct Writer {
 /// Read connections: enough that a slow query does not hold up the rest.
 const READERS: usize = 2;
 
+/// Memory all of the process's SQLite connections may hold together (page
+/// caches, schemas, statements) before SQLite recycles cached pages: what
+/// one connection's cache held when the store had one. Each connection's own
+/// cache may otherwise grow to 2 MiB, and with a writer and two readers that
+/// was up to 4 MiB more resident memory, for pages the kernel caches anyway.
+const SQLITE_SOFT_HEAP_LIMIT: i64 = 2 << 20;
+
 pub struct SqliteStore {
     path: PathBuf,
     writer: Worker<Writer>,
@@ -381,6 +388,8 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Process-wide (SQLite's sqlite3_soft_heap_limit64), set before the readers open.
+        conn.pragma_update(None, "soft_heap_limit", SQLITE_SOFT_HEAP_LIMIT)?;
         migrate(&mut conn)?;
         let head = read_head(&conn)?.unwrap_or((0, [0; 32]));
         let writer = Worker::spawn("sqlite-writer", Writer { conn, head })?;
