@@ -16,6 +16,9 @@ bins=(sh dash bash sleep cat echo id ls env head tail true false printf mkdir rm
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 
+# mktemp makes it 0700: the image's / must be 0755, or a file server that
+# drops root's privileges (gVisor's gofer) cannot look into it.
+chmod 755 "$root"
 mkdir -p "$root"/{bin,tmp,etc,proc,sys,dev}
 chmod 1777 "$root/tmp"
 for b in "${bins[@]}"; do
