@@ -156,6 +156,16 @@ pub enum EventKind {
     Adopted,
 }
 
+impl EventKind {
+    /// Whether the sandbox stopped running with it.
+    pub fn is_end(self) -> bool {
+        matches!(
+            self,
+            EventKind::Expired | EventKind::Deleted | EventKind::Exited | EventKind::Failed | EventKind::Lost
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SandboxEvent {
     pub kind: EventKind,

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use super::{audit_log, transfer, Manager};
 use crate::audit::action;
 use crate::auth::Caller;
 use crate::runtime::{BoxStream, ExecChunk, ExecSpec, Runtime};
-use crate::sandbox::SandboxState;
+use crate::sandbox::{EventKind, SandboxEvent, SandboxState};
 use crate::{Error, Result};
 
 /// Longest command line kept in an exec's audit record.
@@ -63,6 +63,10 @@ impl Manager {
         }
         let entry = audit_log::entry(Some(caller), action::EXEC, &sb.experiment, id, Ok(format!("command: {command}")));
         self.audit.published(Some(self.store.append_audit(entry).await?));
+        // The sandbox stopping ends the command too. Docker ends an exec's
+        // stream when runc's container dies, but not when a gVisor sandbox
+        // does (its exec would wait for ever).
+        let ended_sandbox = sandbox_ended(self.events.subscribe(), sb.id.clone());
         let session = self.runtime.exec(&sb, spec).await?;
         let started = tokio::time::Instant::now();
         let deadline = started + timeout.unwrap_or(self.settings.exec_timeout);
@@ -77,6 +81,7 @@ impl Manager {
         // Whichever it was goes on record with what the command sent out.
         self.tasks.spawn(async move {
             tokio::pin!(stop);
+            tokio::pin!(ended_sandbox);
             let (mut stdout, mut stderr) = (transfer::Tally::default(), transfer::Tally::default());
             let ended: Result<i64> = async {
                 loop {
@@ -86,6 +91,11 @@ impl Manager {
                             return Err(Error::DeadlineExceeded("exec ran past its timeout".into()));
                         }
                         () = &mut stop => return Err(Error::ShuttingDown),
+                        kind = &mut ended_sandbox => {
+                            return Err(Error::FailedPrecondition(format!(
+                                "the sandbox stopped ({kind:?}) while the command ran"
+                            )));
+                        }
                         () = tx.closed() => return Err(Error::Cancelled("the client went away".into())),
                     };
                     let (mut bytes, is_stdout) = match item {
@@ -133,6 +143,18 @@ impl Manager {
             let _ = tx.send(ended.map(ExecOutput::Exit)).await;
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+    }
+}
+
+/// Resolves when sandbox `id` stops running (exits, expires, is deleted,
+/// fails or is lost), with how; pending for ever otherwise.
+async fn sandbox_ended(mut events: broadcast::Receiver<SandboxEvent>, id: String) -> EventKind {
+    loop {
+        match events.recv().await {
+            Ok(e) if e.sandbox.id == id && e.kind.is_end() => return e.kind,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
     }
 }
 
