@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 
 use crate::support::*;
 
-fn sandpit(d: &Daemon, token: &str, args: &[&str]) -> Output {
+pub fn sandpit(d: &Daemon, token: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sandpit"))
         .args(args)
         .env("SANDPIT_ADDR", &d.addr)

@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use sandpit_proto::{self as proto, SandboxState};
 use tokio::io::AsyncReadExt;
 
@@ -17,9 +18,50 @@ use crate::lifecycle::exec;
 use crate::network::{greeter, host_addresses, profile, reaches};
 use crate::support::*;
 
+/// Runs an escape test against runc sandboxes and against gVisor ones, as
+/// `<test>::runc` and `<test>::gvisor`.
+macro_rules! on_runc_and_gvisor {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn runc() {
+                super::$test(Isolation::Container).await
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn gvisor() {
+                super::$test(Isolation::Gvisor).await
+            }
+        }
+    )*};
+}
+
+on_runc_and_gvisor!(
+    no_capabilities_and_no_way_to_root,
+    root_filesystem_is_read_only_and_scratch_space_is_bounded,
+    image_volumes_never_become_writable_host_disk,
+    scratch_is_writable_whatever_the_image_tmp_mode,
+    no_docker_socket_and_no_host_filesystem,
+    no_route_to_the_daemon_api_or_host_ports,
+    a_fork_bomb_is_held_at_the_pids_limit,
+    an_exec_exhausting_memory_is_oom_killed,
+    a_main_process_killed_by_the_oom_killer_is_recorded,
+);
+
 /// Runs a shell script in the sandbox: stdout, stderr, exit code.
 async fn sh(c: &mut Client, id: &str, script: &str) -> (String, String, i64) {
     exec(c, id, &["sh", "-c", script]).await
+}
+
+/// The host's /proc status of a gVisor sandbox's container process: gVisor's
+/// Sentry, the one process of the sandbox the host's kernel serves.
+async fn sentry_status(container_id: &str) -> HashMap<String, String> {
+    let i = docker().await.inspect_container(container_id, None).await.unwrap();
+    assert_eq!(i.host_config.unwrap().runtime.map(|r| r.starts_with("runsc")), Some(true), "a gVisor sandbox");
+    let pid = i.state.unwrap().pid.unwrap();
+    fields(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap())
 }
 
 /// `Key:\tvalue` lines of a /proc status file.
@@ -85,17 +127,21 @@ impl Drop for DerivedImage {
     }
 }
 
-/// 1. No capabilities, not root, and no way to become root: no setuid
+/// Check 1: No capabilities, not root, and no way to become root: no setuid
 /// binary in the image, su refused, user namespaces, chroot, mount and
 /// setns refused; and a setuid-root binary planted in the image is inert.
-#[tokio::test(flavor = "multi_thread")]
-async fn no_capabilities_and_no_way_to_root() {
+async fn no_capabilities_and_no_way_to_root(iso: Isolation) {
     let suid = DerivedImage::suid();
     let suid_profile = format!(
         "max_classification = \"OFFICIAL\"\nimages = [\"{}\"]\ncommand = [\"sleep\", \"infinity\"]\n[network]\nmode = \"none\"\n",
         suid.tag
     );
-    let d = Daemon::with(Options { profiles: vec![("test-suid".into(), suid_profile)], ..Default::default() }).await;
+    let d = Daemon::with(Options {
+        isolation: iso,
+        profiles: vec![("test-suid".into(), suid_profile)],
+        ..Default::default()
+    })
+    .await;
     let mut c = d.client(TEAM_A).await;
     let sb = create(&mut c, &d.exp_a, 300).await;
 
@@ -104,11 +150,29 @@ async fn no_capabilities_and_no_way_to_root() {
         let (out, err, code) = exec(&mut c, &sb.id, &["cat", &format!("/proc/{who}/status")]).await;
         assert_eq!(code, 0, "{err}");
         let f = fields(&out);
-        for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-            assert_eq!(f.get(cap).map(String::as_str), Some("0000000000000000"), "{cap} of /proc/{who}: {out}");
+        // gVisor's /proc has no CapAmb line (nor NoNewPrivs: see below).
+        let caps: &[&str] = match iso {
+            Isolation::Container => &["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"],
+            Isolation::Gvisor => &["CapInh", "CapPrm", "CapEff", "CapBnd"],
+        };
+        for cap in caps {
+            assert_eq!(f.get(*cap).map(String::as_str), Some("0000000000000000"), "{cap} of /proc/{who}: {out}");
         }
-        assert_eq!(f.get("NoNewPrivs").map(String::as_str), Some("1"), "NoNewPrivs of /proc/{who}: {out}");
-        assert_eq!(f.get("Seccomp").map(String::as_str), Some("2"), "seccomp filter of /proc/{who}: {out}");
+        match iso {
+            Isolation::Container => {
+                assert_eq!(f.get("NoNewPrivs").map(String::as_str), Some("1"), "NoNewPrivs of /proc/{who}: {out}");
+                assert_eq!(f.get("Seccomp").map(String::as_str), Some("2"), "seccomp filter of /proc/{who}: {out}");
+            }
+            Isolation::Gvisor => {
+                // The processes inside make their system calls to gVisor's
+                // kernel, which shows no filter; what reaches the host's
+                // kernel is gVisor's Sentry, under a filter of its own.
+                assert_eq!(f.get("Seccomp").map(String::as_str), Some("0"), "gVisor's view of /proc/{who}: {out}");
+                let host = sentry_status(&sb.container_id).await;
+                assert_eq!(host.get("Seccomp").map(String::as_str), Some("2"), "the Sentry's seccomp filter");
+                assert_eq!(host.get("NoNewPrivs").map(String::as_str), Some("1"), "the Sentry's no_new_privs");
+            }
+        }
         let uids: Vec<&str> = f["Uid"].split_whitespace().collect();
         assert_eq!(uids, ["65534"; 4], "real, effective, saved and fs uid of /proc/{who}");
         let gids: Vec<&str> = f["Gid"].split_whitespace().collect();
@@ -129,19 +193,36 @@ async fn no_capabilities_and_no_way_to_root() {
         assert_eq!(out, "/bin/busybox\n", "files with mode {perm}");
     }
 
-    // Becoming root: each attempt refused by the kernel, with its own message.
-    let attempts: [(&[&str], &str); 6] = [
-        (&["busybox", "su", "-c", "id -u", "root"], "must be suid"),
-        (&["busybox", "unshare", "-r", "id", "-u"], "Operation not permitted"),
-        (&["busybox", "unshare", "-U", "id", "-u"], "Operation not permitted"),
-        (&["busybox", "chroot", "/", "id", "-u"], "Operation not permitted"),
-        (&["busybox", "nsenter", "-t", "1", "-m", "-u", "-n", "id", "-u"], "Operation not permitted"),
-        (&["busybox", "mount", "-t", "tmpfs", "none", "/tmp"], "permission denied"),
+    // Becoming root: each attempt refused by the kernel, with its own
+    // message. gVisor's kernel answers some differently: it has no
+    // /proc/self/setgroups or /proc/1/ns files, and it lets an unprivileged
+    // process make a user namespace of its own (a namespace of gVisor's
+    // kernel, not the host's), where it is still nobody, not root.
+    let attempts: [(&[&str], &str, Option<&str>); 6] = [
+        (&["busybox", "su", "-c", "id -u", "root"], "must be suid", Some("must be suid")),
+        (&["busybox", "unshare", "-r", "id", "-u"], "Operation not permitted", Some("/proc/self/setgroups")),
+        (&["busybox", "unshare", "-U", "id", "-u"], "Operation not permitted", None),
+        (&["busybox", "chroot", "/", "id", "-u"], "Operation not permitted", Some("Operation not permitted")),
+        (
+            &["busybox", "nsenter", "-t", "1", "-m", "-u", "-n", "id", "-u"],
+            "Operation not permitted",
+            Some("/proc/1/ns/"),
+        ),
+        (&["busybox", "mount", "-t", "tmpfs", "none", "/tmp"], "permission denied", Some("permission denied")),
     ];
-    for (cmd, why) in attempts {
+    for (cmd, runc_why, gvisor_why) in attempts {
         let (out, err, code) = exec(&mut c, &sb.id, cmd).await;
-        assert_ne!(code, 0, "{cmd:?} succeeded: {out}");
-        assert!(err.contains(why), "{cmd:?}: expected '{why}', got {err:?}");
+        let why = match iso {
+            Isolation::Container => Some(runc_why),
+            Isolation::Gvisor => gvisor_why,
+        };
+        match why {
+            Some(why) => {
+                assert_ne!(code, 0, "{cmd:?} succeeded: {out}");
+                assert!(err.contains(why), "{cmd:?}: expected '{why}', got {err:?}");
+            }
+            None => assert_eq!((out.as_str(), code), ("65534\n", 0), "{cmd:?} under gVisor: {err}"),
+        }
         assert_ne!(out.trim(), "0", "{cmd:?} ran as root");
     }
 
@@ -150,8 +231,8 @@ async fn no_capabilities_and_no_way_to_root() {
     let mut req = create_req(&d.exp_a, 300);
     req.profile = "test-suid".into();
     let planted = c.create_sandbox(req).await.expect("create from the setuid image").into_inner();
-    let (out, _, code) = exec(&mut c, &planted.id, &["ls", "-ln", "/suid/busybox"]).await;
-    assert_eq!(code, 0);
+    let (out, err, code) = exec(&mut c, &planted.id, &["busybox", "ls", "-ln", "/suid/busybox"]).await;
+    assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("-rwsr-xr-x") && out.split_whitespace().nth(2) == Some("0"), "setuid root: {out}");
     let (out, err, code) = exec(&mut c, &planted.id, &["/suid/busybox", "su", "-c", "id -u", "root"]).await;
     assert_ne!(code, 0, "su through a setuid binary succeeded: {out}");
@@ -170,19 +251,31 @@ async fn no_capabilities_and_no_way_to_root() {
     // `d` drops before `suid`: the sandboxes go first, then their image.
 }
 
-/// 2. The root filesystem is read-only everywhere the sandbox might write,
+/// Check 2: The root filesystem is read-only everywhere the sandbox might write,
 /// its own limits are read-only too, and /tmp works but stops at the
 /// profile's tmpfs size (16 MiB in the test profile).
-#[tokio::test(flavor = "multi_thread")]
-async fn root_filesystem_is_read_only_and_scratch_space_is_bounded() {
-    let d = Daemon::start().await;
+async fn root_filesystem_is_read_only_and_scratch_space_is_bounded(iso: Isolation) {
+    let d = Daemon::with(Options { isolation: iso, ..Default::default() }).await;
     let mut c = d.client(TEAM_A).await;
     let sb = create(&mut c, &d.exp_a, 300).await;
 
+    // gVisor's kernel checks the sandbox user's permission on a root-owned
+    // directory or file before the mount's read-only flag, so it answers
+    // "Permission denied" where the host's answers "Read-only file system";
+    // its mount table shows the root read-only all the same.
+    let read_only = |err: &str| match iso {
+        Isolation::Container => err.contains("Read-only file system"),
+        Isolation::Gvisor => err.contains("Permission denied") || err.contains("Read-only file system"),
+    };
+    if iso == Isolation::Gvisor {
+        let (mounts, _, _) = exec(&mut c, &sb.id, &["cat", "/proc/self/mountinfo"]).await;
+        let root = mountinfo(&mounts).into_iter().find(|m| m.point == "/").expect("a root mount");
+        assert!(root.options.split(',').any(|o| o == "ro"), "the root is read-only: {}", root.raw);
+    }
     for path in ["/sandpit-escape", "/bin/sandpit-escape", "/etc/sandpit-escape"] {
         let (_, err, code) = exec(&mut c, &sb.id, &["touch", path]).await;
         assert_ne!(code, 0, "created {path}");
-        assert!(err.contains("Read-only file system"), "{path}: {err}");
+        assert!(read_only(&err), "{path}: {err}");
     }
     for (script, what) in [
         // `>` truncates: the mount is checked before the file's owner (with
@@ -195,9 +288,10 @@ async fn root_filesystem_is_read_only_and_scratch_space_is_bounded() {
     ] {
         let (_, err, code) = sh(&mut c, &sb.id, script).await;
         assert_ne!(code, 0, "wrote {what}");
-        assert!(err.contains("Read-only file system"), "{what}: {err}");
+        assert!(read_only(&err), "{what}: {err}");
     }
     // Its own limits cannot be raised from inside (cgroup v1 or v2 layout).
+    // Under gVisor the host's cgroups are not there to see at all.
     let (out, err, code) = sh(
         &mut c,
         &sb.id,
@@ -205,8 +299,17 @@ async fn root_filesystem_is_read_only_and_scratch_space_is_bounded() {
     )
     .await;
     assert_ne!(code, 0);
-    assert_eq!(out, "64\n", "the pids limit as the sandbox sees it");
-    assert!(err.contains("Read-only file system"), "{err}");
+    match iso {
+        Isolation::Container => {
+            assert_eq!(out, "64\n", "the pids limit as the sandbox sees it");
+            assert!(err.contains("Read-only file system"), "{err}");
+        }
+        Isolation::Gvisor => {
+            assert_eq!(out, "", "{err}");
+            let (out, _, _) = exec(&mut c, &sb.id, &["busybox", "ls", "-A", "/sys/fs/cgroup"]).await;
+            assert_eq!(out, "", "no cgroup files under gVisor");
+        }
+    }
     let (out, _, _) = sh(&mut c, &sb.id, "cat /etc/passwd").await;
     assert!(!out.contains("evil"), "{out}");
 
@@ -225,7 +328,13 @@ async fn root_filesystem_is_read_only_and_scratch_space_is_bounded() {
     assert_eq!((out.as_str(), code), ("again\n", 0), "space comes back after a delete");
     let (mounts, _, _) = exec(&mut c, &sb.id, &["cat", "/proc/self/mountinfo"]).await;
     let tmp = mounts.lines().find(|l| l.split_whitespace().nth(4) == Some("/tmp")).expect("a /tmp mount");
-    assert!(tmp.contains(" - tmpfs ") && tmp.contains("size=16384k") && tmp.contains("nosuid"), "{tmp:?}");
+    match iso {
+        Isolation::Container => {
+            assert!(tmp.contains(" - tmpfs ") && tmp.contains("size=16384k") && tmp.contains("nosuid"), "{tmp:?}")
+        }
+        // gVisor's own tmpfs, sized as asked (it shows neither nosuid nor nodev).
+        Isolation::Gvisor => assert!(tmp.contains(" - tmpfs ") && tmp.contains("size=16777216"), "{tmp:?}"),
+    }
 }
 
 /// Every Docker volume's name that carries no label: anonymous volumes (the
@@ -244,14 +353,13 @@ fn unlabelled_volumes() -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-/// 2b. An image's declared VOLUMEs never become writable host disk: each is
+/// Check 2b: An image's declared VOLUMEs never become writable host disk: each is
 /// masked by an empty read-only tmpfs, so Docker makes no anonymous volume
 /// (which would be a directory under /var/lib/docker, writable, outside the
 /// size-limited scratch space). A VOLUME at /tmp stays the scratch tmpfs,
 /// and one at a dataset's mount point stays the dataset; the datasets'
 /// directory /data, declared a VOLUME too, still shows the datasets.
-#[tokio::test(flavor = "multi_thread")]
-async fn image_volumes_never_become_writable_host_disk() {
+async fn image_volumes_never_become_writable_host_disk(iso: Isolation) {
     // World-writable directories, so that an anonymous volume (which takes
     // the image directory's mode) would take the sandbox's writes.
     let img = DerivedImage::build(
@@ -276,6 +384,7 @@ async fn image_volumes_never_become_writable_host_disk() {
         img.tag
     );
     let d = Daemon::with(Options {
+        isolation: iso,
         extra_config: extra,
         profiles: vec![("test-volumes".into(), profile)],
         ..Default::default()
@@ -308,15 +417,19 @@ async fn image_volumes_never_become_writable_host_disk() {
         for path in ["/data/x", "/var/lib/app/x", "/data/ref/x"] {
             let (_, err, code) = exec(&mut c, &sb.id, &["touch", path]).await;
             assert_ne!(code, 0, "{what}: wrote {path}");
-            assert!(err.contains("Read-only file system"), "{what}: {path}: {err}");
+            // (gVisor: the permission is checked first, as for the root.)
+            let refused = err.contains("Read-only file system")
+                || (iso == Isolation::Gvisor && err.contains("Permission denied"));
+            assert!(refused, "{what}: {path}: {err}");
         }
-        let (out, _, _) = exec(&mut c, &sb.id, &["ls", "-a", "/var/lib/app"]).await;
+        let (out, _, _) = exec(&mut c, &sb.id, &["busybox", "ls", "-a", "/var/lib/app"]).await;
         assert_eq!(out, ".\n..\n", "{what}: the mask is empty");
         let (out, err, code) = sh(&mut c, &sb.id, "echo scratch > /tmp/ok && cat /tmp/ok").await;
         assert_eq!((out.as_str(), code), ("scratch\n", 0), "{what}: the VOLUME at /tmp is still scratch: {err}");
         let (mounts, _, _) = exec(&mut c, &sb.id, &["cat", "/proc/self/mountinfo"]).await;
         let tmp = mountinfo(&mounts).into_iter().find(|m| m.point == "/tmp").expect("a /tmp mount");
-        assert!(tmp.fstype == "tmpfs" && tmp.raw.contains("size=16384k"), "{what}: {}", tmp.raw);
+        let size = if iso == Isolation::Gvisor { "size=16777216" } else { "size=16384k" };
+        assert!(tmp.fstype == "tmpfs" && tmp.raw.contains(size), "{what}: {}", tmp.raw);
     }
     let (out, err, code) = exec(&mut c, &with_dataset.id, &["cat", "/data/ref/readme.csv"]).await;
     assert_eq!((out.as_str(), code), ("a,b\n", 0), "the dataset under the masked /data: {err}");
@@ -331,11 +444,10 @@ async fn image_volumes_never_become_writable_host_disk() {
     // `d` drops before `img`: the sandboxes go first, then their image.
 }
 
-/// 2c. The scratch tmpfs is the sandbox user's to write whatever the mode of
+/// Check 2c: The scratch tmpfs is the sandbox user's to write whatever the mode of
 /// the image's own /tmp (here root's 0755, which the tmpfs would otherwise
 /// take over), and still stops at the profile's size.
-#[tokio::test(flavor = "multi_thread")]
-async fn scratch_is_writable_whatever_the_image_tmp_mode() {
+async fn scratch_is_writable_whatever_the_image_tmp_mode(iso: Isolation) {
     let img = DerivedImage::build("tmp0755", "busybox chown 0:0 /tmp && busybox chmod 0755 /tmp", &[]);
     // Control: the image's /tmp is root's and closed to others.
     let out = Command::new("docker")
@@ -349,7 +461,12 @@ async fn scratch_is_writable_whatever_the_image_tmp_mode() {
          [resources]\ncpus = 0.5\nmemory = \"64MiB\"\npids = 64\ntmpfs = \"16MiB\"\n[network]\nmode = \"none\"\n",
         img.tag
     );
-    let d = Daemon::with(Options { profiles: vec![("test-tmp0755".into(), profile)], ..Default::default() }).await;
+    let d = Daemon::with(Options {
+        isolation: iso,
+        profiles: vec![("test-tmp0755".into(), profile)],
+        ..Default::default()
+    })
+    .await;
     let mut c = d.client(TEAM_A).await;
     let mut req = create_req(&d.exp_a, 300);
     req.profile = "test-tmp0755".into();
@@ -395,12 +512,11 @@ fn mountinfo(text: &str) -> Vec<MountLine<'_>> {
         .collect()
 }
 
-/// 3. No Docker socket, no host filesystem: PID 1's root is the sandbox's
+/// Check 3: No Docker socket, no host filesystem: PID 1's root is the sandbox's
 /// own, and nothing from the host disk is mounted but the few files Docker
 /// itself provides (resolv.conf, hostname, hosts and the init binary).
-#[tokio::test(flavor = "multi_thread")]
-async fn no_docker_socket_and_no_host_filesystem() {
-    let d = Daemon::start().await;
+async fn no_docker_socket_and_no_host_filesystem(iso: Isolation) {
+    let d = Daemon::with(Options { isolation: iso, ..Default::default() }).await;
     let mut c = d.client(TEAM_A).await;
     let sb = create(&mut c, &d.exp_a, 300).await;
 
@@ -410,7 +526,10 @@ async fn no_docker_socket_and_no_host_filesystem() {
     }
     assert!(std::path::Path::new("/usr").is_dir(), "control: the host has /usr");
 
-    let (out, err, code) = exec(&mut c, &sb.id, &["ls", "-d", "/var/run/docker.sock", "/run/docker.sock"]).await;
+    // busybox's ls: the host's GNU ls asks statx for fields Debian 12's
+    // runsc does not know and gets EINVAL under gVisor.
+    let (out, err, code) =
+        exec(&mut c, &sb.id, &["busybox", "ls", "-d", "/var/run/docker.sock", "/run/docker.sock"]).await;
     assert_ne!(code, 0, "{out}");
     assert_eq!(err.matches("No such file or directory").count(), 2, "{err}");
     // No socket of any name anywhere outside /proc and /sys, mounts included.
@@ -428,14 +547,25 @@ async fn no_docker_socket_and_no_host_filesystem() {
     // PID 1 is the sandbox's init and its root is the sandbox's root.
     let (out, _, _) = exec(&mut c, &sb.id, &["cat", "/proc/1/comm"]).await;
     assert_eq!(out, "docker-init\n");
+    // (gVisor's kernel does not even let the sandbox user look through
+    // PID 1's root: "Permission denied".)
     let (out, err, code) = exec(&mut c, &sb.id, &["busybox", "stat", "-L", "-c", "%d:%i", "/", "/proc/1/root"]).await;
-    assert_eq!(code, 0, "{err}");
-    let ids: Vec<&str> = out.lines().collect();
-    assert!(ids.len() == 2 && ids[0] == ids[1], "/ and /proc/1/root differ: {out}");
+    let absent = match iso {
+        Isolation::Container => {
+            assert_eq!(code, 0, "{err}");
+            let ids: Vec<&str> = out.lines().collect();
+            assert!(ids.len() == 2 && ids[0] == ids[1], "/ and /proc/1/root differ: {out}");
+            "No such file or directory"
+        }
+        Isolation::Gvisor => {
+            assert!(code != 0 && err.contains("/proc/1/root") && err.contains("Permission denied"), "{err}");
+            "Permission denied"
+        }
+    };
     for host_only in ["/proc/1/root/usr", "/proc/1/root/var/lib/docker", "/proc/1/root/home"] {
-        let (_, err, code) = exec(&mut c, &sb.id, &["ls", "-d", host_only]).await;
+        let (_, err, code) = exec(&mut c, &sb.id, &["busybox", "ls", "-d", host_only]).await;
         assert_ne!(code, 0);
-        assert!(err.contains("No such file or directory"), "{host_only}: {err}");
+        assert!(err.contains(absent), "{host_only}: {err}");
     }
 
     let (text, _, code) = exec(&mut c, &sb.id, &["cat", "/proc/self/mountinfo"]).await;
@@ -443,7 +573,10 @@ async fn no_docker_socket_and_no_host_filesystem() {
     assert!(!text.contains("docker.sock"), "{text}");
     let mounts = mountinfo(&text);
     let root = mounts.iter().find(|m| m.point == "/").expect("a root mount");
-    assert!(root.fstype.contains("overlay"), "the root is the image's overlay: {}", root.raw);
+    // Under gVisor the image reaches the sandbox through gVisor's file
+    // server (9p), as do the few files Docker gives every container.
+    let image_fs = if iso == Isolation::Gvisor { "9p" } else { "overlay" };
+    assert!(root.fstype.contains(image_fs), "the root is the image's {image_fs}: {}", root.raw);
     assert!(root.options.split(',').any(|o| o == "ro"), "the root is read-only: {}", root.raw);
     // Kernel file systems and the image are fine; anything else comes from
     // the host's disks and must be one of Docker's own per-container files.
@@ -452,6 +585,12 @@ async fn no_docker_socket_and_no_host_filesystem() {
     for m in &mounts {
         assert!(!m.optional.iter().any(|o| o.starts_with("shared:")), "shared mount propagation: {}", m.raw);
         if virtual_fs.contains(&m.fstype) {
+            continue;
+        }
+        if iso == Isolation::Gvisor && m.fstype == "9p" {
+            let allowed = ["/", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts", "/sbin/docker-init"];
+            assert!(allowed.contains(&m.point), "host path served by gVisor's file server: {}", m.raw);
+            assert!(m.options.split(',').any(|o| o == "ro"), "writable: {}", m.raw);
             continue;
         }
         assert_ne!(m.root, "/", "a host file system's root is mounted: {}", m.raw);
@@ -463,11 +602,11 @@ async fn no_docker_socket_and_no_host_filesystem() {
     }
 }
 
-/// 4. No route to the daemon's API or any host port: a `none` sandbox has
+/// Check 4: No route to the daemon's API or any host port: a `none` sandbox has
 /// no interface but loopback, and an isolated one is stopped at its gateway.
-#[tokio::test(flavor = "multi_thread")]
-async fn no_route_to_the_daemon_api_or_host_ports() {
+async fn no_route_to_the_daemon_api_or_host_ports(iso: Isolation) {
     let d = Daemon::with(Options {
+        isolation: iso,
         profiles: vec![("test-isolated".into(), profile("isolated", "OFFICIAL", ""))],
         ..Default::default()
     })
@@ -478,8 +617,8 @@ async fn no_route_to_the_daemon_api_or_host_ports() {
     let none = create(&mut c, &d.exp_a, 300).await;
     let mut req = create_req(&d.exp_a, 300);
     req.profile = "test-isolated".into();
-    let iso = c.create_sandbox(req).await.unwrap().into_inner();
-    let gateway = Ipv4Addr::from(u32::from(iso.address.parse::<Ipv4Addr>().unwrap()) - 1).to_string();
+    let isolated = c.create_sandbox(req).await.unwrap().into_inner();
+    let gateway = Ipv4Addr::from(u32::from(isolated.address.parse::<Ipv4Addr>().unwrap()) - 1).to_string();
 
     // Controls: from the host the targets answer (on the first host address;
     // other tests' bridges come and go), and from inside the probe does
@@ -494,23 +633,26 @@ async fn no_route_to_the_daemon_api_or_host_ports() {
     s.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"hello\n");
     tokio::net::TcpStream::connect(("127.0.0.1", api_port)).await.expect("the API from the host");
-    for sb in [&none, &iso] {
+    for sb in [&none, &isolated] {
         let (out, _, _) =
             sh(&mut c, &sb.id, "(while true; do echo hello | busybox nc -l -p 9000; done) >/dev/null 2>&1 &").await;
         assert!(out.is_empty());
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for sb in [&none, &iso] {
+    for sb in [&none, &isolated] {
         assert!(reaches(&mut c, &sb.id, "127.0.0.1", 9000).await, "control: nc works in {}", sb.network_mode);
     }
 
     // A `none` sandbox has loopback and nothing else.
-    let (out, _, code) = exec(&mut c, &none.id, &["ls", "/sys/class/net"]).await;
-    assert_eq!((out.as_str(), code), ("lo\n", 0), "interfaces of a none sandbox");
+    // (gVisor's kernel lists interfaces in /proc/net/dev only.)
+    let (out, _, code) = exec(&mut c, &none.id, &["cat", "/proc/net/dev"]).await;
+    assert_eq!(code, 0);
+    let interfaces: Vec<&str> = out.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
+    assert_eq!(interfaces, ["lo"], "interfaces of a none sandbox: {out}");
     let (out, _, _) = exec(&mut c, &none.id, &["cat", "/proc/net/route"]).await;
     assert_eq!(out.lines().count(), 1, "no routes, only the header: {out}");
 
-    for sb in [&none, &iso] {
+    for sb in [&none, &isolated] {
         let mut targets: Vec<(String, u16)> =
             hosts.iter().flat_map(|h| [(h.clone(), port), (h.clone(), api_port)]).collect();
         targets.push((gateway.clone(), port));
@@ -555,13 +697,15 @@ async fn cgroup_counter(c: &mut Client, id: &str, v1: &str, v2: &str, key: &str)
         .unwrap_or_else(|| panic!("no '{key}' in {out}"))
 }
 
-/// 5. A fork bomb is held at the profile's pids limit (64): it hits the
+/// Check 5: A fork bomb is held at the profile's pids limit (64): it hits the
 /// limit, the exec returns, the host and the daemon keep answering, the
 /// bomb leaves nothing behind and the sandbox is still usable and deletable.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_fork_bomb_is_held_at_the_pids_limit() {
+async fn a_fork_bomb_is_held_at_the_pids_limit(iso: Isolation) {
+    if iso == Isolation::Gvisor {
+        return a_fork_bomb_stops_a_gvisor_sandbox_and_nothing_else().await;
+    }
     const LIMIT: Duration = Duration::from_secs(3);
-    let d = Daemon::start().await;
+    let d = Daemon::with(Options { isolation: iso, ..Default::default() }).await;
     let mut c = d.client(TEAM_A).await;
     let mut op = d.client(OPERATOR).await;
     let sb = create(&mut c, &d.exp_a, 300).await;
@@ -626,17 +770,110 @@ async fn a_fork_bomb_is_held_at_the_pids_limit() {
     assert!(!container_exists(&sb.container_id).await);
 }
 
+/// Runs a command to its end, whichever way it ends: its exit code, or the
+/// status the daemon ended the call with.
+async fn exec_to_end(c: &mut Client, id: &str, cmd: &[&str]) -> Result<i64, tonic::Status> {
+    let req = proto::ExecRequest {
+        id: id.into(),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut stream = c.exec(req).await?.into_inner();
+    while let Some(m) = stream.next().await {
+        if let Some(proto::exec_output::Output::ExitCode(code)) = m?.output {
+            return Ok(code);
+        }
+    }
+    Err(tonic::Status::unknown("the exec stream ended without an exit code"))
+}
+
+/// Waits until the daemon records the sandbox exited; returns the record.
+async fn recorded_exited(c: &Client, id: &str) -> proto::Sandbox {
+    eventually(Duration::from_secs(30), "the sandbox recorded exited", || {
+        let mut c = c.clone();
+        let id = id.to_string();
+        async move {
+            let r = c.get_sandbox(proto::GetSandboxRequest { id }).await.unwrap().into_inner();
+            (state(&r) == SandboxState::Exited).then_some(r)
+        }
+    })
+    .await
+}
+
+/// Check 5 (gVisor): Under gVisor the host's pids limit counts gVisor's own
+/// threads (see `sandpit_docker::host_pids_limit`): a fork bomb inside
+/// makes gVisor's Sentry run out of threads, and gVisor stops the whole
+/// sandbox rather than refusing one fork. The host and the daemon keep
+/// answering, the exec returns (it does not wait for ever on a sandbox that
+/// is gone), the daemon records the sandbox exited, and nothing is left.
+async fn a_fork_bomb_stops_a_gvisor_sandbox_and_nothing_else() {
+    const LIMIT: Duration = Duration::from_secs(3);
+    let d = Daemon::with(Options { isolation: Isolation::Gvisor, ..Default::default() }).await;
+    let mut c = d.client(TEAM_A).await;
+    let mut op = d.client(OPERATOR).await;
+    let sb = create(&mut c, &d.exp_a, 300).await;
+    let i = docker().await.inspect_container(&sb.container_id, None).await.unwrap();
+    assert_eq!(i.host_config.unwrap().pids_limit, Some(sandpit_docker::host_pids_limit(Isolation::Gvisor, 64)));
+    host_answers(&mut op, LIMIT).await;
+    // Control: the profile's 64 processes fit.
+    let (out, err, code) =
+        sh(&mut c, &sb.id, "for i in $(seq 1 40 2>/dev/null || busybox seq 1 40); do sleep 3 & done; wait; echo done")
+            .await;
+    assert_eq!((out.as_str(), code), ("done\n", 0), "40 processes at once: {err}");
+
+    let started = Instant::now();
+    let bomb = tokio::spawn({
+        let mut c = c.clone();
+        let id = sb.id.clone();
+        async move {
+            exec_to_end(&mut c, &id, &["timeout", "-s", "KILL", "10", "bash", "-c", ":(){ :|:& };:; sleep 20"]).await
+        }
+    });
+    let mut during = Vec::new();
+    while !bomb.is_finished() && started.elapsed() < Duration::from_secs(9) {
+        during.push(host_answers(&mut op, LIMIT).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(60), bomb).await.expect("the exec returns").unwrap();
+    assert!(!during.is_empty(), "the host was sampled while the bomb ran");
+    let rec = recorded_exited(&c, &sb.id).await;
+    assert!(ended.as_ref().map_or(true, |code| *code != 0), "the bomb's exec: {ended:?}");
+    assert!(!rec.state_reason.is_empty(), "{rec:?}");
+    let s = docker().await.inspect_container(&sb.container_id, None).await.unwrap().state.unwrap();
+    assert_eq!(s.running, Some(false), "the sandbox's processes are gone");
+    host_answers(&mut op, LIMIT).await;
+    let del = c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(state(&del), SandboxState::Deleted);
+    assert!(!container_exists(&sb.container_id).await);
+}
+
 /// Allocates and holds memory until the OOM killer stops it: bash doubling a string.
 const HOG: &str = "s=xxxxxxxxxxxxxxxx; while :; do s=$s$s; done";
 
-/// 6a. A command that holds more memory than the profile's 64 MiB is
+/// Check 6a: A command that holds more memory than the profile's 64 MiB is
 /// OOM-killed inside the sandbox's cgroup; the sandbox lives on, and the
 /// daemon notes the OOM kill on the record and in the audit log.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_exec_exhausting_memory_is_oom_killed() {
-    let d = Daemon::start().await;
+async fn an_exec_exhausting_memory_is_oom_killed(iso: Isolation) {
+    let d = Daemon::with(Options { isolation: iso, ..Default::default() }).await;
     let mut c = d.client(TEAM_A).await;
     let sb = create(&mut c, &d.exp_a, 300).await;
+    if iso == Isolation::Gvisor {
+        // Under gVisor the memory limit is the whole sandbox's (gVisor's
+        // kernel and everything in it): the host's OOM killer, reaching it,
+        // stops the sandbox, not just the command. The exec returns, and the
+        // daemon records the sandbox exited by the OOM killer.
+        let started = Instant::now();
+        let ended = exec_to_end(&mut c, &sb.id, &["bash", "-c", HOG]).await;
+        assert!(started.elapsed() < Duration::from_secs(60));
+        assert!(ended.as_ref().map_or(true, |code| *code != 0), "{ended:?}");
+        let rec = recorded_exited(&c, &sb.id).await;
+        assert!(rec.oom_killed, "oom_killed on the record: {rec:?}");
+        assert_eq!(rec.exit_code, Some(137));
+        let q = proto::QueryAuditLogRequest { sandbox: sb.id.clone(), action: "oom-kill".into(), ..Default::default() };
+        let events = d.audit(AUDITOR).await.query_audit_log(q).await.unwrap().into_inner().events;
+        assert_eq!(events.len(), 1, "{events:#?}");
+        return;
+    }
     let (out, _, _) = sh(
         &mut c,
         &sb.id,
@@ -682,13 +919,12 @@ async fn an_exec_exhausting_memory_is_oom_killed() {
     assert_eq!((events[0].actor.as_str(), events[0].experiment.as_str()), ("sandpitd", d.exp_a.as_str()));
 }
 
-/// 6b. When the sandbox's main process is the one OOM-killed, whether at
+/// Check 6b: When the sandbox's main process is the one OOM-killed, whether at
 /// once or after running a while, the container exits 137 with Docker's
 /// OOMKilled set (tini, PID 1, passes on its child's SIGKILL as 128 + 9),
 /// and the daemon records the sandbox EXITED, oom_killed, exit code 137,
 /// with `oom-kill` and `exit` events in the audit log.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_main_process_killed_by_the_oom_killer_is_recorded() {
+async fn a_main_process_killed_by_the_oom_killer_is_recorded(iso: Isolation) {
     let body = |script: &str| {
         format!(
             "max_classification = \"OFFICIAL\"\nimages = [\"{{image}}\"]\ncommand = [\"bash\", \"-c\", \"{script}\"]\n\
@@ -696,6 +932,7 @@ async fn a_main_process_killed_by_the_oom_killer_is_recorded() {
         )
     };
     let d = Daemon::with(Options {
+        isolation: iso,
         profiles: vec![("test-oom-later".into(), body(&format!("sleep 2; {HOG}"))), ("test-oom-now".into(), body(HOG))],
         ..Default::default()
     })

@@ -379,6 +379,40 @@ async fn a_failed_create_is_cleaned_up_even_if_docker_refuses_at_first() {
     assert_eq!(r.proxy.hits(refusals), 4);
 }
 
+/// A container runtime that hangs (gVisor on a platform the host cannot run
+/// hung at start and held the engine's locks) does not wedge the daemon: the
+/// start times out, the create fails naming the runtime, the sandbox is
+/// recorded failed with nothing left, the log says which runtime hung, and
+/// the daemon goes on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_runtime_fails_the_create_naming_it_and_leaves_nothing() {
+    let gvisor = "isolation = \"gvisor\"\nmax_classification = \"OFFICIAL\"\nimages = [\"{image}\"]\n\
+                  command = [\"sleep\", \"infinity\"]\n[network]\nmode = \"none\"\n";
+    let r = rig(Options {
+        docker_timeout: "3s",
+        reconcile_interval: "1h",
+        profiles: vec![("test-gvisor".into(), gvisor.into())],
+        ..Default::default()
+    })
+    .await;
+    let mut c = r.d.client(TEAM_A).await;
+    // The start is held past the daemon's Docker timeout, as a hung runtime would.
+    let hung = r.proxy.inject(Fault::delay("POST", "/start", Duration::from_secs(6)).times(1));
+    let req = proto::CreateSandboxRequest { profile: "test-gvisor".into(), ..create_req(&r.d.exp_a, 300) };
+    let started = Instant::now();
+    let e = c.create_sandbox(req).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(30), "the create waited {:?}", started.elapsed());
+    assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+    assert!(e.message().contains("runtime 'runsc-none' did not start the sandbox within 3s"), "{}", e.message());
+    assert_eq!(r.proxy.hits(hung), 1);
+    let failed = ends_as(&r.d, SandboxState::Failed, Duration::from_secs(60)).await;
+    assert!(failed.state_reason.contains("runsc-none"), "{failed:?}");
+    assert!(r.d.log().lines().any(|l| l.contains("ERROR") && l.contains("runtime=runsc-none") && l.contains("hung")));
+    // The daemon still serves, and a runc create goes through.
+    let ok = c.create_sandbox(create_req(&r.d.exp_a, 300)).await.expect("a runc create after the hang").into_inner();
+    assert_eq!(state(&ok), SandboxState::Running);
+}
+
 /// Docker goes away for longer than a sandbox's ttl: nothing can remove it
 /// meanwhile, reads still work, and once Docker is back the sandbox is
 /// removed and recorded as expired.

@@ -15,6 +15,7 @@ mod docker_outage;
 mod escape;
 mod faults;
 mod governance;
+mod gvisor;
 mod lifecycle;
 mod limits;
 mod network;

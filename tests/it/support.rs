@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
+pub use sandpit_core::policy::Isolation;
 use sandpit_proto::audit_service_client::AuditServiceClient;
 use sandpit_proto::register_service_client::RegisterServiceClient;
 use sandpit_proto::sandbox_service_client::SandboxServiceClient;
@@ -68,6 +69,8 @@ pub struct Options {
     pub reconcile_interval: &'static str,
     pub expiry_warning: &'static str,
     pub docker_host: Option<String>,
+    /// `docker.timeout`: how long any one Docker call may take.
+    pub docker_timeout: &'static str,
     /// Extra TOML appended to the config (e.g. `[tls]`, more identities).
     pub extra_config: String,
     /// PEM CA that signed the daemon's TLS certificate (for https daemons).
@@ -80,6 +83,13 @@ pub struct Options {
     pub quotas: String,
     /// `lifecycle.min_ttl`: short by default, so expiry tests are quick.
     pub min_ttl: &'static str,
+    /// Body of the `[isolation.minimum]` table. By default OFFICIAL-SENSITIVE
+    /// may run as a container, so that the suites not about isolation run on
+    /// runc (the embedded default requires gVisor).
+    pub minimum_isolation: &'static str,
+    /// The isolation of every test profile (the harness's own and
+    /// `profiles`) that does not name one.
+    pub isolation: Isolation,
 }
 
 impl Default for Options {
@@ -89,12 +99,15 @@ impl Default for Options {
             reconcile_interval: "2s",
             expiry_warning: "1s",
             docker_host: None,
+            docker_timeout: "30s",
             extra_config: String::new(),
             server_ca: None,
             profiles: Vec::new(),
             limits: String::new(),
             quotas: String::new(),
             min_ttl: "1s",
+            minimum_isolation: "\"OFFICIAL-SENSITIVE\" = \"container\"",
+            isolation: Isolation::Container,
         }
     }
 }
@@ -123,9 +136,18 @@ impl Daemon {
         let run = unique("run");
         let profiles = dir.path().join("profiles");
         std::fs::create_dir(&profiles).unwrap();
-        std::fs::write(
-            profiles.join(format!("{PROFILE}.toml")),
-            format!(
+        // Top-level keys come first in every body, so a line in front stays top-level.
+        let write_profile = |name: &str, body: &str| {
+            let isolation = if body.contains("isolation =") {
+                String::new()
+            } else {
+                format!("isolation = \"{}\"\n", opts.isolation)
+            };
+            std::fs::write(profiles.join(format!("{name}.toml")), format!("{isolation}{body}")).unwrap();
+        };
+        write_profile(
+            PROFILE,
+            &format!(
                 r#"
 description = "test profile"
 max_classification = "OFFICIAL"
@@ -144,18 +166,16 @@ max_lifetime = "15m"
 mode = "none"
 "#
             ),
-        )
-        .unwrap();
-        std::fs::write(
-            profiles.join("test-sensitive.toml"),
-            format!(
+        );
+        write_profile(
+            "test-sensitive",
+            &format!(
                 "max_classification = \"OFFICIAL-SENSITIVE\"\nimages = [\"{image}\"]\ncommand = [\"sleep\", \"infinity\"]\n\
                  [lifetime]\ndefault_ttl = \"1m\"\nmax_ttl = \"10m\"\nmax_lifetime = \"10m\"\n"
             ),
-        )
-        .unwrap();
+        );
         for (name, body) in &opts.profiles {
-            std::fs::write(profiles.join(format!("{name}.toml")), body.replace("{image}", image)).unwrap();
+            write_profile(name, &body.replace("{image}", image));
         }
         let host = opts.docker_host.map(|h| format!("host = \"{h}\"\n")).unwrap_or_default();
         // Each daemon its own address range and proxy port, so parallel tests never collide.
@@ -180,7 +200,7 @@ subnet_prefix = 28
 egress_port = 0
 
 [docker]
-{host}timeout = "30s"
+{host}timeout = "{docker_timeout}"
 
 [metrics]
 listen = "127.0.0.1:0"
@@ -190,6 +210,9 @@ listen = "127.0.0.1:0"
 
 [quotas]
 {quotas}
+
+[isolation.minimum]
+{minimum_isolation}
 
 [lifecycle]
 orphan_grace = "{grace}"
@@ -251,6 +274,8 @@ token_sha256 = "{appr_a}"
                 limits = opts.limits,
                 quotas = opts.quotas,
                 min_ttl = opts.min_ttl,
+                docker_timeout = opts.docker_timeout,
+                minimum_isolation = opts.minimum_isolation,
             ),
         )
         .unwrap();

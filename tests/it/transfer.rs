@@ -17,7 +17,7 @@ fn archive() -> Vec<u8> {
     out.stdout
 }
 
-fn copy_in_stream(id: &str, path: &str, data: Vec<u8>) -> impl futures_util::Stream<Item = proto::CopyInRequest> {
+pub fn copy_in_stream(id: &str, path: &str, data: Vec<u8>) -> impl futures_util::Stream<Item = proto::CopyInRequest> {
     let header =
         proto::CopyInRequest { part: Some(Part::Header(proto::CopyInHeader { id: id.into(), path: path.into() })) };
     let chunks: Vec<proto::CopyInRequest> =

@@ -780,12 +780,22 @@ async fn profile(clients: &Clients, cmd: ProfileCommand, as_json: bool) -> Resul
                             p.name.clone(),
                             p.max_classification.clone(),
                             p.network.as_ref().map(|n| n.mode.clone()).unwrap_or_default(),
+                            // A level the engine cannot give now is marked, with why in the last column.
+                            if p.unavailable.is_empty() {
+                                p.isolation.clone()
+                            } else {
+                                format!("{} (unavailable)", p.isolation)
+                            },
                             p.warm_pool_size.to_string(),
-                            p.description.clone(),
+                            if p.unavailable.is_empty() {
+                                p.description.clone()
+                            } else {
+                                format!("unavailable: {}", p.unavailable)
+                            },
                         ]
                     })
                     .collect();
-                table(&["PROFILE", "CEILING", "NETWORK", "WARM", "DESCRIPTION"], &["DESCRIPTION"], rows);
+                table(&["PROFILE", "CEILING", "NETWORK", "ISOLATION", "WARM", "DESCRIPTION"], &["DESCRIPTION"], rows);
             }
         }
         ProfileCommand::Get { name } => {

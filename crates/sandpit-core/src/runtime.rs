@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::NetworkMode;
+use crate::policy::{Isolation, NetworkMode};
 use crate::sandbox::Sandbox;
 use crate::Result;
 
@@ -91,11 +91,26 @@ pub struct PullProgress {
 pub struct Capabilities {
     /// Network modes it can give a sandbox.
     pub network_modes: Vec<NetworkMode>,
-    /// Isolation levels it can run sandboxes at (`container`: runc).
-    pub isolation: Vec<String>,
+    /// Isolation levels it can run sandboxes at now (an engine may gain or
+    /// lose a runtime while the daemon runs).
+    pub isolation: Vec<Isolation>,
+    /// Levels it knows but cannot give now, and why (e.g. the engine has no
+    /// runtime named `runsc`).
+    pub unavailable: Vec<(Isolation, String)>,
     /// Confinement it applies to every sandbox beyond the common hardening
     /// (e.g. `seccomp`, `apparmor`), as the engine reports it.
     pub confinement: Vec<String>,
+}
+
+impl Capabilities {
+    /// Why `isolation` cannot be had now; `None` when it can.
+    pub fn why_not(&self, isolation: Isolation) -> Option<String> {
+        if self.isolation.contains(&isolation) {
+            return None;
+        }
+        let known = self.unavailable.iter().find(|(i, _)| *i == isolation).map(|(_, why)| why.clone());
+        Some(known.unwrap_or_else(|| format!("this runtime has no '{isolation}' isolation")))
+    }
 }
 
 /// An object a runtime made for this daemon instance, found by
@@ -136,6 +151,12 @@ pub trait Runtime: Send + Sync + 'static {
     fn node(&self) -> &str;
 
     fn capabilities(&self) -> Capabilities;
+
+    /// Reads again what the engine can do (e.g. a runtime registered since);
+    /// reconcile calls it every pass.
+    async fn refresh(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Makes sure `image` is present, pulling it if missing.
     async fn ensure_image(&self, image: &str) -> Result<()>;

@@ -58,6 +58,23 @@ impl DockerRuntime {
                 .iter()
                 .map(|d| Mount { source: d.source.clone(), target: format!("{DATASETS_DIR}/{}", d.name) })
                 .collect(),
+            isolation: sb.profile.isolation,
+            runtime: self.runtime_of(sb).ok().flatten(),
+        }
+    }
+
+    /// The engine runtime a sandbox runs on: `None` for the engine's
+    /// default; an error when its isolation level has none configured (it
+    /// must never fall back to the default).
+    fn runtime_of(&self, sb: &Sandbox) -> Result<Option<String>> {
+        let (isolation, mode) = (sb.profile.isolation, sb.profile.network.mode);
+        match self.inner.sandboxes.runtimes.get(isolation, mode) {
+            Some("") => Ok(None),
+            Some(name) => Ok(Some(name.to_string())),
+            None => Err(Error::FailedPrecondition(format!(
+                "no runtime is configured for isolation '{isolation}' in network mode '{}' (isolation.runtimes)",
+                mode.as_str()
+            ))),
         }
     }
 }
@@ -73,9 +90,11 @@ impl Runtime for DockerRuntime {
         if self.inner.apparmor.get().copied().unwrap_or(false) {
             confinement.push("apparmor".to_string());
         }
+        let (isolation, unavailable) = self.isolation_levels();
         Capabilities {
             network_modes: vec![NetworkMode::None, NetworkMode::Isolated, NetworkMode::Allowlist, NetworkMode::Open],
-            isolation: vec!["container".to_string()],
+            isolation,
+            unavailable,
             confinement,
         }
     }
@@ -89,7 +108,12 @@ impl Runtime for DockerRuntime {
     }
 
     async fn provision(&self, sb: &Sandbox) -> Result<Provisioned> {
+        self.runtime_of(sb)?;
         self.create(&self.spec(sb)).await
+    }
+
+    async fn refresh(&self) -> Result<()> {
+        self.refresh_runtimes().await
     }
 
     async fn destroy(&self, sb: &Sandbox) -> Result<()> {

@@ -28,6 +28,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 
 pub mod firewall;
+pub mod isolation;
 pub mod labels;
 pub mod spec;
 pub mod subnet;
@@ -37,9 +38,11 @@ mod driver;
 mod transfer;
 
 use self::firewall::Firewall;
+pub use self::isolation::RuntimeNames;
 use self::spec::{ContainerSpec, Isolation, IsolationRepair, ManagedContainer, ManagedNetwork, NetworkRequest};
 use self::subnet::{Allocator, Pool, Subnet};
 use sandpit_core::egress::addr::parse_net;
+use sandpit_core::policy::Isolation as Level;
 use sandpit_core::runtime::{
     BoxStream, ContainerStatus, ExecChunk, ExecSession, ExecSpec, NetworkInfo, Provisioned, PullProgress, RuntimeEvent,
 };
@@ -78,7 +81,12 @@ struct Inner {
     /// Whether sandboxes are put under AppArmor: learnt once, at the first
     /// connection to the engine (which is when it is said in the log).
     apparmor: OnceLock<bool>,
+    /// Isolation levels the engine can give (and why not the others), as of
+    /// the last connection or refresh.
+    isolation: RwLock<IsolationState>,
 }
+
+type IsolationState = (Vec<Level>, Vec<(Level, String)>);
 
 /// What every sandbox container gets from the daemon's config.
 #[derive(Debug, Clone, Default)]
@@ -87,6 +95,8 @@ pub struct SandboxDefaults {
     pub user: String,
     /// Extra labels on every object.
     pub labels: BTreeMap<String, String>,
+    /// The engine runtime of each isolation level.
+    pub runtimes: RuntimeNames,
 }
 
 /// How sandbox networks are laid out on this engine.
@@ -122,6 +132,7 @@ impl DockerRuntime {
         net: NetworkSettings,
         sandboxes: SandboxDefaults,
     ) -> DockerRuntime {
+        let isolation = RwLock::new(not_connected(&sandboxes.runtimes));
         DockerRuntime {
             inner: Arc::new(Inner {
                 host,
@@ -135,6 +146,7 @@ impl DockerRuntime {
                 firewall: Firewall::new(&net.instance, net.egress_port, net.pool.range()),
                 egress_port: net.egress_port,
                 apparmor: OnceLock::new(),
+                isolation,
             }),
         }
     }
@@ -280,8 +292,45 @@ impl DockerRuntime {
                 false
             }
         });
+        self.learn_runtimes(info.runtimes.map(|r| r.into_keys().collect()).unwrap_or_default());
         *inner.client.write().unwrap_or_else(|p| p.into_inner()) = Some(d.clone());
         Ok(d)
+    }
+
+    /// Takes in the engine's runtimes: which isolation levels it can give
+    /// from now on. Says so in the log when that changes.
+    fn learn_runtimes(&self, engine: Vec<String>) {
+        let inner = &self.inner;
+        let now = inner.sandboxes.runtimes.availability(&engine);
+        let mut known = inner.isolation.write().unwrap_or_else(|p| p.into_inner());
+        if *known == now {
+            return;
+        }
+        for level in &now.0 {
+            if !known.0.contains(level) {
+                let runtimes = inner.sandboxes.runtimes.names(*level).join(", ");
+                tracing::info!(isolation = %level, %runtimes, "isolation level available");
+            }
+        }
+        for (level, why) in &now.1 {
+            if !known.1.iter().any(|(l, w)| l == level && w == why) {
+                tracing::warn!(isolation = %level, %why, "isolation level unavailable: profiles that need it are refused");
+            }
+        }
+        *known = now;
+    }
+
+    /// Reads the engine's runtimes again (an operator may register one, e.g.
+    /// runsc, and SIGHUP the engine while the daemon runs).
+    pub async fn refresh_runtimes(&self) -> Result<()> {
+        let info = self.docker().await?.info().await.map_err(|e| map_err("info", e))?;
+        self.learn_runtimes(info.runtimes.map(|r| r.into_keys().collect()).unwrap_or_default());
+        Ok(())
+    }
+
+    /// Isolation levels the engine can give now, and why not the others.
+    pub fn isolation_levels(&self) -> IsolationState {
+        self.inner.isolation.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Creates and starts an exec, attached to its output (and stdin if asked).
@@ -477,6 +526,16 @@ fn is_not_found(e: &BollardError) -> bool {
     matches!(e, BollardError::DockerResponseServerError { status_code: 404, .. })
 }
 
+/// What the engine can give before it has been reached: only levels that
+/// need no runtime of their own (the engine's default).
+fn not_connected(names: &RuntimeNames) -> IsolationState {
+    let (available, mut unavailable) = names.availability(&[]);
+    for (_, why) in &mut unavailable {
+        *why = format!("the Docker engine has not been reached yet to check its runtimes ({why})");
+    }
+    (available, unavailable)
+}
+
 /// Connection-level failures mean the engine is unavailable; answers are Docker errors.
 /// An exec refused because the container is stopping, being removed or gone
 /// (an exec racing a delete or expiry) is the sandbox's state, not a fault.
@@ -613,6 +672,26 @@ fn scratch_options(spec: &ContainerSpec) -> String {
     o
 }
 
+/// Host threads gVisor's Sentry and Gofer use with nothing running inside,
+/// and per process inside (measured with runsc 20221219: about 54 idle and
+/// 7.5 per process).
+const GVISOR_BASE_THREADS: i64 = 64;
+const GVISOR_THREADS_PER_PROCESS: i64 = 8;
+
+/// The pids limit the engine is given for a profile's `pids`. Under runc it
+/// counts the sandbox's own processes. Under gVisor the host's pids cgroup
+/// counts the Sentry's threads, not the processes inside (which live in
+/// gVisor's kernel), so the limit is scaled to hold about `pids` processes
+/// inside; at the limit the sandbox is stopped rather than refused a fork
+/// (gVisor's Sentry cannot make a thread and exits), which still keeps the
+/// host safe.
+pub fn host_pids_limit(isolation: Level, pids: i64) -> i64 {
+    match isolation {
+        Level::Container => pids,
+        Level::Gvisor => GVISOR_BASE_THREADS.saturating_add(pids.saturating_mul(GVISOR_THREADS_PER_PROCESS)),
+    }
+}
+
 /// The container Docker is asked for: the spec plus every hardening setting.
 /// `network` is the sandbox's own network, if it has one; `egress_port` the
 /// proxy's port on its gateway; `confinement` what the engine and the image
@@ -641,7 +720,7 @@ pub fn create_body(
         memory: Some(memory),
         memory_swap: Some(memory),
         nano_cpus: Some((r.cpus * 1e9) as i64),
-        pids_limit: Some(r.pids),
+        pids_limit: Some(host_pids_limit(spec.isolation, r.pids)),
         // No capabilities, no privilege escalation; Docker's default seccomp
         // profile stays in force because nothing overrides it.
         cap_drop: Some(vec!["ALL".into()]),
@@ -658,6 +737,7 @@ pub fn create_body(
         ipc_mode: Some("private".into()),
         publish_all_ports: Some(false),
         init: Some(true),
+        runtime: spec.runtime.clone(),
         restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
         auto_remove: Some(false),
         log_config: Some(HostConfigLogConfig {
@@ -832,9 +912,28 @@ impl DockerRuntime {
             )));
         }
         if let Err(e) = d.start_container(&created.id, None).await {
+            let hung = matches!(e, BollardError::RequestTimeoutError);
+            let error = map_err("start container", e);
             // Never leave a created-but-not-started container behind.
             let _ = self.remove(&created.id, network.as_ref().map(|n| n.name.as_str())).await;
-            return Err(map_err("start container", e));
+            if !hung {
+                return Err(error);
+            }
+            // A runtime that never answers (gVisor on a platform the host
+            // cannot run, say) must not pass for an engine that went away:
+            // the create fails, and the log says which runtime it was.
+            let runtime = spec.runtime.as_deref().unwrap_or("the engine's default (runc)");
+            let within = sandpit_core::time::format_duration_ms(self.inner.timeout);
+            tracing::error!(
+                %runtime,
+                container = %created.id,
+                timeout = %within,
+                "the container runtime did not start a sandbox in time: it may be hung, and holding the engine's locks"
+            );
+            return Err(Error::Docker {
+                op: "start container",
+                message: format!("runtime '{runtime}' did not start the sandbox within {within}: it may be hung"),
+            });
         }
         Ok(Provisioned { container_id: created.id, network })
     }
@@ -1025,6 +1124,8 @@ mod tests {
             resources: Resources { cpus: 0.5, memory: 64 << 20, pids: 32, tmpfs: 8 << 20 },
             network: None,
             mounts: vec![],
+            isolation: Level::Container,
+            runtime: None,
         }
     }
 

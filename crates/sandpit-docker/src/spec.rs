@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use sandpit_core::policy::Resources;
+use sandpit_core::policy::{Isolation as Level, Resources};
 
 /// Everything needed to create one hardened sandbox container. The hardening
 /// itself (non-root, no capabilities, read-only root, ...) is not optional and
@@ -26,6 +26,10 @@ pub struct ContainerSpec {
     pub network: Option<NetworkRequest>,
     /// Read-only bind mounts (datasets).
     pub mounts: Vec<Mount>,
+    /// How strongly it is kept from the host's kernel.
+    pub isolation: Level,
+    /// The engine's runtime (e.g. `runsc-none` for gVisor); `None`: its default (runc).
+    pub runtime: Option<String>,
 }
 
 /// A network of the sandbox's own.

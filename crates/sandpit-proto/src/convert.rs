@@ -495,6 +495,8 @@ impl From<&Profile> for proto::Profile {
             }),
             warm_pool_size: p.warm_pool,
             source: p.source.display().to_string(),
+            isolation: p.isolation.to_string(),
+            unavailable: String::new(),
         }
     }
 }

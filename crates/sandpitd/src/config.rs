@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use sandpit_core::policy::Classification;
+use sandpit_core::policy::{Classification, Isolation, NetworkMode};
 use sandpit_core::time::de_duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -55,6 +55,30 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub quotas: QuotasConfig,
     pub audit: AuditConfig,
+    pub isolation: IsolationConfig,
+}
+
+/// Isolation levels: which the host requires per classification, and which
+/// of the engine's runtimes gives each.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IsolationConfig {
+    /// The weakest isolation each classification may run at; an entry holds
+    /// for its classification and every one above it.
+    pub minimum: BTreeMap<Classification, Isolation>,
+    /// The engine's runtime (`docker info` lists them) for each level; an
+    /// empty name is the engine's default runtime (runc).
+    pub runtimes: BTreeMap<Isolation, RuntimeName>,
+}
+
+/// One runtime for every network mode, or one per mode (for hosts where a
+/// runtime needs a variant per mode: gVisor's `--network=none` and
+/// `--network=host`, see scripts/register-runsc.sh).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RuntimeName {
+    One(String),
+    ByNetwork(BTreeMap<NetworkMode, String>),
 }
 
 /// Signed checkpoints of the audit chain.
@@ -274,6 +298,13 @@ teams = {{}}
 [audit]
 checkpoint_every = 1000
 checkpoint_interval = "5m"
+
+[isolation]
+minimum = {{ "OFFICIAL" = "container", "OFFICIAL-SENSITIVE" = "gvisor" }}
+
+[isolation.runtimes]
+container = ""
+gvisor = {{ none = "runsc-none", isolated = "runsc-host", allowlist = "runsc-host", open = "runsc-host" }}
 "#,
         data_dir = default_data_dir().display().to_string().replace('\\', "/"),
     )
@@ -346,7 +377,28 @@ impl Config {
         sandpit_core::policy::HostRules {
             permitted_residency: self.permitted_residency.clone(),
             datasets: self.datasets.iter().map(|d| (d.name.clone(), d.classification)).collect(),
+            minimum_isolation: self.minimum_isolation(),
         }
+    }
+
+    /// The engine runtime of each isolation level, per network mode.
+    pub fn runtime_names(&self) -> sandpit_docker::RuntimeNames {
+        let mut names = sandpit_docker::RuntimeNames::empty();
+        for (level, name) in &self.isolation.runtimes {
+            match name {
+                RuntimeName::One(n) => names.set_all(*level, n),
+                RuntimeName::ByNetwork(by) => {
+                    for (mode, n) in by {
+                        names.set(*level, *mode, n);
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    pub fn minimum_isolation(&self) -> sandpit_core::policy::MinimumIsolation {
+        sandpit_core::policy::MinimumIsolation(self.isolation.minimum.clone())
     }
 
     /// Defaults, then `file`, then the process environment.
@@ -415,7 +467,41 @@ impl Config {
         Ok(())
     }
 
+    fn validate_isolation(&self) -> Result<(), String> {
+        let valid = |n: &str| n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        for (level, name) in &self.isolation.runtimes {
+            let key = format!("isolation.runtimes.{level}");
+            match name {
+                RuntimeName::One(n) if !valid(n) => return Err(format!("{key}: '{n}' is not a runtime name")),
+                RuntimeName::One(_) => {}
+                RuntimeName::ByNetwork(by) => {
+                    for mode in [NetworkMode::None, NetworkMode::Isolated, NetworkMode::Allowlist, NetworkMode::Open] {
+                        match by.get(&mode) {
+                            None => {
+                                return Err(format!(
+                                    "{key}: names no runtime for network mode '{}' (give all four, or one name)",
+                                    mode.as_str()
+                                ))
+                            }
+                            Some(n) if !valid(n) || (n.is_empty() && *level != Isolation::Container) => {
+                                return Err(format!("{key}.{}: '{n}' is not a runtime name", mode.as_str()))
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+            if *level != Isolation::Container && matches!(name, RuntimeName::One(n) if n.is_empty()) {
+                // The engine's default is runc: naming it for gVisor would
+                // run sensitive work with less isolation than it claims.
+                return Err(format!("{key}: must name the engine's runtime for '{level}', not its default"));
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), String> {
+        self.validate_isolation()?;
         for (i, id) in self.identities.iter().enumerate() {
             let field = |f: &str| format!("identities[{i}].{f}");
             if id.name.trim().is_empty() {
@@ -562,6 +648,55 @@ mod tests {
         assert!(c.metrics.enabled && c.metrics.listen.ip().is_loopback());
         assert!(c.limits.max_concurrent_calls > 0 && c.limits.calls_per_second > 0);
         assert_eq!(c.team_quotas().of("anyone"), 50);
+    }
+
+    #[test]
+    fn isolation_defaults_require_gvisor_for_sensitive_work_on_its_runtime_variants() {
+        use sandpit_core::policy::Isolation;
+        let c = Config::load_from(None, env(&[])).unwrap();
+        let m = c.minimum_isolation();
+        assert_eq!(m.at(Classification::Official), Isolation::Container);
+        assert_eq!(m.at(Classification::OfficialSensitive), Isolation::Gvisor);
+        assert_eq!(m.at(Classification::TopSecret), Isolation::Gvisor);
+        let names = c.runtime_names();
+        assert_eq!(names.get(Isolation::Container, NetworkMode::Isolated), Some(""));
+        assert_eq!(names.get(Isolation::Gvisor, NetworkMode::None), Some("runsc-none"));
+        assert_eq!(names.get(Isolation::Gvisor, NetworkMode::Allowlist), Some("runsc-host"));
+        // One name for every mode (a host whose runsc has a working netstack).
+        let f = file("[isolation.runtimes]\ngvisor = \"runsc\"\n");
+        let c = Config::load_from(Some(f.path()), env(&[])).unwrap();
+        assert_eq!(c.runtime_names().get(Isolation::Gvisor, NetworkMode::Open), Some("runsc"));
+        // A table names the modes it changes; the others keep their default.
+        let f = file("[isolation.runtimes.gvisor]\nnone = \"gvisor-none\"\n");
+        let names = Config::load_from(Some(f.path()), env(&[])).unwrap().runtime_names();
+        assert_eq!(names.get(Isolation::Gvisor, NetworkMode::None), Some("gvisor-none"));
+        assert_eq!(names.get(Isolation::Gvisor, NetworkMode::Open), Some("runsc-host"));
+        // An operator may lower the minimum, explicitly.
+        let f = file("[isolation.minimum]\n\"OFFICIAL-SENSITIVE\" = \"container\"\n");
+        let c = Config::load_from(Some(f.path()), env(&[])).unwrap();
+        assert_eq!(c.minimum_isolation().at(Classification::Secret), Isolation::Container);
+    }
+
+    #[test]
+    fn isolation_settings_that_would_mislead_are_refused_by_key() {
+        for (body, key) in [
+            ("[isolation.runtimes]\ngvisor = \"\"\n", "isolation.runtimes.gvisor: must name the engine's runtime"),
+            (
+                "[isolation.runtimes]\ngvisor = { none = \"\" }\n",
+                "isolation.runtimes.gvisor.none: '' is not a runtime name",
+            ),
+            (
+                "[isolation.runtimes]\ngvisor = \"run sc\"\n",
+                "isolation.runtimes.gvisor: 'run sc' is not a runtime name",
+            ),
+            ("[isolation.runtimes]\nkata = \"kata\"\n", "kata"),
+            ("[isolation.minimum]\n\"OFFICIAL-SENSITIVE\" = \"vm\"\n", "vm"),
+            ("[isolation.minimum]\nRESTRICTED = \"gvisor\"\n", "RESTRICTED"),
+        ] {
+            let f = file(body);
+            let e = Config::load_from(Some(f.path()), env(&[])).unwrap_err().to_string();
+            assert!(e.contains(key), "{body}: {e}");
+        }
     }
 
     #[test]

@@ -167,7 +167,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         egress_port,
         instance,
     };
-    let sandboxes = SandboxDefaults { user: cfg.sandbox.user.clone(), labels: cfg.labels.clone() };
+    let sandboxes =
+        SandboxDefaults { user: cfg.sandbox.user.clone(), labels: cfg.labels.clone(), runtimes: cfg.runtime_names() };
     let runtime =
         DockerRuntime::new(cfg.docker.host.clone(), cfg.docker.timeout, cfg.docker.node.clone(), net, sandboxes);
     if let Err(e) = runtime.ping().await {
@@ -187,6 +188,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 })
                 .collect(),
             min_ttl: cfg.lifecycle.min_ttl,
+            minimum_isolation: cfg.minimum_isolation(),
         },
         expiry_warning: cfg.lifecycle.expiry_warning,
         reconcile_interval: cfg.lifecycle.reconcile_interval,

@@ -26,7 +26,7 @@ mod transfer;
 
 pub use exec::ExecOutput;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -110,6 +110,8 @@ pub struct Manager {
     /// When shutdown began.
     stopping: std::sync::OnceLock<tokio::time::Instant>,
     due_rx: Mutex<Option<mpsc::UnboundedReceiver<Due>>>,
+    /// Profiles the runtime cannot run now, and why, as last said in the log.
+    unrunnable: Mutex<BTreeMap<String, String>>,
 }
 
 impl Manager {
@@ -141,6 +143,7 @@ impl Manager {
             cancel: CancellationToken::new(),
             stopping: std::sync::OnceLock::new(),
             due_rx: Mutex::new(Some(due_rx)),
+            unrunnable: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -175,6 +178,38 @@ impl Manager {
         self.profiles.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// What the runtime can give now (isolation levels come and go with
+    /// the engine's runtimes).
+    pub fn capabilities(&self) -> crate::runtime::Capabilities {
+        self.runtime.capabilities()
+    }
+
+    /// Says in the log which profiles the runtime cannot run now (their
+    /// isolation level is unavailable) and which it can again, when that
+    /// changes. ListProfiles says it to callers.
+    pub fn report_unrunnable(&self) {
+        let caps = self.runtime.capabilities();
+        let now: BTreeMap<String, String> = self
+            .profiles()
+            .iter()
+            .filter_map(|p| {
+                caps.why_not(p.isolation).map(|why| (p.name.clone(), format!("isolation '{}': {why}", p.isolation)))
+            })
+            .collect();
+        let mut said = self.unrunnable.lock().unwrap_or_else(|p| p.into_inner());
+        for (profile, why) in &now {
+            if said.get(profile) != Some(why) {
+                tracing::warn!(%profile, %why, "profile unavailable on this host: its creates are refused (rule isolation-available)");
+            }
+        }
+        for profile in said.keys().filter(|p| !now.contains_key(*p)) {
+            if self.profiles().get(profile).is_some() {
+                tracing::info!(%profile, "profile available again");
+            }
+        }
+        *said = now;
+    }
+
     pub fn host_rules(&self) -> crate::policy::HostRules {
         self.settings.host_rules.clone()
     }
@@ -192,6 +227,7 @@ impl Manager {
             Err(errors) => (false, errors),
         };
         self.pools.wake.notify_one();
+        self.report_unrunnable();
         let loaded: Vec<String> = self.profiles().names().map(String::from).collect();
         let reason = if applied {
             format!("loaded {}", loaded.join(", "))

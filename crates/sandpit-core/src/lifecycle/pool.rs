@@ -282,8 +282,11 @@ impl Manager {
                 }
             }
         }
-        // Fill: the first pool below its size gets one more.
-        for p in profiles.iter().filter(|p| p.warm_pool > 0) {
+        // Fill: the first pool below its size gets one more. A profile whose
+        // isolation the runtime cannot give now waits (ListProfiles and the
+        // log say so) without holding up the others.
+        let caps = self.runtime.capabilities();
+        for p in profiles.iter().filter(|p| p.warm_pool > 0 && caps.isolation.contains(&p.isolation)) {
             if (self.pools.len(&p.name) as u32) < p.warm_pool {
                 match self.provision_warm(p).await {
                     Ok(()) => return true,

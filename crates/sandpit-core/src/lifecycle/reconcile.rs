@@ -123,6 +123,8 @@ fn step<T>(report: &mut ReconcileReport, what: &str, object: &str, result: Resul
 impl Manager {
     /// One full pass over the runtime's and the store's view.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        self.runtime.refresh().await?;
+        self.report_unrunnable();
         let owned = self.runtime.owned().await?;
         let records = self.live_records().await?;
         let now = SystemTime::now();

@@ -39,13 +39,26 @@ impl Manager {
     /// Whether the runtime can give a sandbox what its profile asks: a
     /// profile it cannot honour is refused, never run with less.
     pub(super) fn runtime_can(&self, plan: &Plan) -> Result<()> {
-        let mode = plan.profile.network.mode;
-        if self.runtime.capabilities().network_modes.contains(&mode) {
+        let caps = self.runtime.capabilities();
+        let profile = &plan.profile;
+        if let Some(why) = caps.why_not(profile.isolation) {
+            return Err(Error::denied(
+                Rule::IsolationAvailable,
+                format!(
+                    "profile '{}' needs isolation '{}', which node '{}' cannot give now: {why}",
+                    profile.name,
+                    profile.isolation,
+                    self.runtime.node(),
+                ),
+            ));
+        }
+        let mode = profile.network.mode;
+        if caps.network_modes.contains(&mode) {
             return Ok(());
         }
         Err(Error::FailedPrecondition(format!(
             "profile '{}' needs network mode '{}', which the runtime on node '{}' cannot give",
-            plan.profile.name,
+            profile.name,
             mode.as_str(),
             self.runtime.node()
         )))

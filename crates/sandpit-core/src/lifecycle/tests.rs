@@ -61,7 +61,12 @@ const PAST_SHORT: Duration = Duration::from_millis(40);
 
 fn settings() -> Settings {
     Settings {
-        host: HostPolicy { max_classification: Classification::Official, datasets: vec![], min_ttl: Duration::ZERO },
+        host: HostPolicy {
+            max_classification: Classification::Official,
+            datasets: vec![],
+            min_ttl: Duration::ZERO,
+            minimum_isolation: Default::default(),
+        },
         expiry_warning: Duration::ZERO,
         reconcile_interval: Duration::from_secs(3600),
         orphan_grace: GRACE,
@@ -230,6 +235,35 @@ async fn create_runs_the_sandbox_audits_it_once_and_record_and_runtime_agree() {
 /// The client hangs up while its sandbox is being provisioned: the
 /// provisioning task finishes, finds nobody to hand the sandbox to, and tears
 /// it down: `failed`, "abandoned", an `abandon` record, nothing left running.
+/// A profile whose isolation level the runtime cannot give is refused by
+/// rule before anything is recorded or provisioned (never run at a weaker
+/// level), its warm pool waits without holding up others, and ListProfiles'
+/// source (the capabilities) says why; it runs again once the level is back.
+#[tokio::test(start_paused = true)]
+async fn a_profile_whose_isolation_is_unavailable_is_refused_by_rule_never_downgraded() {
+    let mut gvisor = profile("gv", 2, ["10m", "1h", "1h"]);
+    gvisor.isolation = crate::policy::Isolation::Gvisor;
+    let pooled = profile("pooled", 1, ["10m", "1h", "1h"]);
+    let rig = Rig::new([gvisor, pooled]).await;
+    rig.runtime.lose_isolation(crate::policy::Isolation::Gvisor, "the Docker engine has no runtime 'runsc-none'");
+    rig.manager.start().await.unwrap();
+    let e = rig.create("gv").await.unwrap_err();
+    assert!(matches!(e, Error::Denied { rule: Rule::IsolationAvailable, .. }), "{e}");
+    assert_eq!(e.code(), crate::error::Code::FailedPrecondition);
+    assert!(e.to_string().contains("needs isolation 'gvisor'") && e.to_string().contains("runsc-none"), "{e}");
+    assert!(rig.records().await.iter().all(|sb| sb.profile.name == "pooled"), "nothing of gv was recorded");
+    let refusals = rig.audit(action::CREATE_SANDBOX).await;
+    assert!(refusals.iter().any(|r| r.entry.reason.contains("isolation-available")), "the refusal is audited");
+    // The other profile's pool fills although gv's cannot.
+    eventually("the pooled profile's warm pool filled", || async {
+        rig.records().await.iter().any(|sb| sb.profile.name == "pooled" && sb.state == SandboxState::Warm)
+    })
+    .await;
+    let why = rig.manager.capabilities().why_not(crate::policy::Isolation::Gvisor).unwrap();
+    assert!(why.contains("runsc-none"), "{why}");
+    rig.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_abandoned_create_is_torn_down_failed_and_audited() {
     let rig = Rig::new([standard()]).await;

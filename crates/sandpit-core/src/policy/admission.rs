@@ -4,6 +4,8 @@
 //! Rules, in the order they are checked (DESIGN.md "Classification"):
 //! 1. `host-ceiling`: nothing above the host's accreditation ceiling;
 //! 2. `profile-classification`: within the profile's ceiling;
+//!    `isolation-classification`: the profile's isolation is at least what
+//!    the host requires for the classification (`[isolation.minimum]`);
 //!    `experiment-classification`: within the experiment's declared classification;
 //! 3. `experiment-registered`: the experiment exists and belongs to the caller's team;
 //!    `experiment-status`: it is neither rejected nor closed;
@@ -11,6 +13,8 @@
 //!    OFFICIAL-SENSITIVE or above, or the profile requires approval;
 //! 4. `image-allowlist`: the image is one the profile allows;
 //! 5. `ttl` and `max-lifetime`: within the profile's lifetime limits;
+//!    `isolation-available`: the runtime can give the profile's isolation
+//!    now (checked by the manager, which knows the runtime);
 //!    `team-quota`: the team's live sandboxes stay within its quota
 //!    (counted by the store in the transaction that writes the record,
 //!    [`crate::store::Store::write_admitted`]; [`over_quota`] is the refusal).
@@ -19,7 +23,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use super::classification::Classification;
-use super::profile::{Profile, ProfileSet};
+use super::profile::{MinimumIsolation, Profile, ProfileSet};
 use crate::error::{quoted, Error, Result};
 use crate::register::{Experiment, Status};
 
@@ -36,6 +40,8 @@ pub struct HostPolicy {
     pub datasets: Vec<Dataset>,
     /// The shortest ttl a create or an extension may ask for.
     pub min_ttl: Duration,
+    /// The weakest isolation allowed per classification.
+    pub minimum_isolation: MinimumIsolation,
 }
 
 /// The shortest ttl accepted unless the host's config says otherwise: a
@@ -95,6 +101,8 @@ pub struct Dataset {
 pub enum Rule {
     HostCeiling,
     ProfileClassification,
+    IsolationClassification,
+    IsolationAvailable,
     ExperimentClassification,
     ExperimentRegistered,
     ExperimentStatus,
@@ -114,6 +122,8 @@ impl Rule {
         match self {
             Rule::HostCeiling => "host-ceiling",
             Rule::ProfileClassification => "profile-classification",
+            Rule::IsolationClassification => "isolation-classification",
+            Rule::IsolationAvailable => "isolation-available",
             Rule::ExperimentClassification => "experiment-classification",
             Rule::ExperimentRegistered => "experiment-registered",
             Rule::ExperimentStatus => "experiment-status",
@@ -135,6 +145,7 @@ impl Rule {
         matches!(
             self,
             Rule::MaxLifetime
+                | Rule::IsolationAvailable
                 | Rule::ExperimentRegistered
                 | Rule::ExperimentStatus
                 | Rule::ExperimentApproval
@@ -273,6 +284,16 @@ pub fn admit(
             ),
         ));
     }
+    let required = host.minimum_isolation.at(req.classification);
+    if profile.isolation < required {
+        return Err(Error::denied(
+            Rule::IsolationClassification,
+            format!(
+                "{} requires isolation '{required}' on this host; profile '{}' gives '{}'",
+                req.classification, profile.name, profile.isolation
+            ),
+        ));
+    }
     let experiment = experiment.filter(|e| e.team == team).ok_or_else(|| {
         Error::denied(
             Rule::ExperimentRegistered,
@@ -406,7 +427,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::policy::profile::Lifetime;
+    use crate::policy::profile::{Isolation, Lifetime};
 
     fn profile(max: Classification) -> Profile {
         let mut p =
@@ -453,7 +474,12 @@ mod tests {
     }
 
     fn host() -> HostPolicy {
-        HostPolicy { max_classification: Classification::OfficialSensitive, datasets: vec![], min_ttl: Duration::ZERO }
+        HostPolicy {
+            max_classification: Classification::OfficialSensitive,
+            datasets: vec![],
+            min_ttl: Duration::ZERO,
+            minimum_isolation: Default::default(),
+        }
     }
 
     fn set(max: Classification) -> ProfileSet {
@@ -494,6 +520,25 @@ mod tests {
         assert_eq!(plan.expires_at, now + Duration::from_secs(600));
         assert_eq!(plan.max_expires_at, now + Duration::from_secs(4 * 3600));
         assert_eq!((plan.owner.as_str(), plan.team.as_str()), ("alice", "t"));
+    }
+
+    #[test]
+    fn isolation_below_the_hosts_minimum_for_the_classification_is_refused() {
+        let now = SystemTime::now();
+        let minimum = MinimumIsolation([(Classification::OfficialSensitive, Isolation::Gvisor)].into());
+        let h = HostPolicy { minimum_isolation: minimum, ..host() };
+        let runc = set(Classification::OfficialSensitive);
+        // OFFICIAL on a runc profile: the minimum does not reach it.
+        assert!(admit(&req(Classification::Official), "u", "t", Some(&top()), &runc, &h, now).is_ok());
+        let e = admit(&req(Classification::OfficialSensitive), "u", "t", Some(&top()), &runc, &h, now).unwrap_err();
+        assert_eq!(e.code(), crate::error::Code::PermissionDenied);
+        assert!(e.to_string().contains("OFFICIAL-SENSITIVE requires isolation 'gvisor'"), "{e}");
+        assert_eq!(rule_of(e), Rule::IsolationClassification);
+        let mut p = profile(Classification::OfficialSensitive);
+        p.isolation = Isolation::Gvisor;
+        let gvisor = ProfileSet::from_profiles([p]);
+        let plan = admit(&req(Classification::OfficialSensitive), "u", "t", Some(&top()), &gvisor, &h, now).unwrap();
+        assert_eq!(plan.profile.isolation, Isolation::Gvisor);
     }
 
     #[test]
@@ -603,7 +648,7 @@ mod tests {
             let now = SystemTime::now();
             let s = set(prof);
             let e = exp(declared, status);
-            if let Ok(plan) = admit(&r, "u", "t", Some(&e), &s, &HostPolicy { max_classification: host, datasets: vec![], min_ttl: Duration::ZERO }, now) {
+            if let Ok(plan) = admit(&r, "u", "t", Some(&e), &s, &HostPolicy { max_classification: host, datasets: vec![], min_ttl: Duration::ZERO, minimum_isolation: Default::default() }, now) {
                 let p = s.get("p").unwrap();
                 prop_assert!(plan.classification <= host && plan.classification <= prof && plan.classification <= declared);
                 prop_assert!(matches!(status, Status::Proposed | Status::Approved));
@@ -666,6 +711,7 @@ mod tests {
         let host = crate::policy::HostRules {
             permitted_residency: vec!["UK".into()],
             datasets: host_datasets(d2).into_iter().map(|d| (d.name, d.classification)).collect(),
+            ..Default::default()
         };
         Profile::parse_with(Path::new("p.toml"), &toml, &host).ok()
     }
@@ -745,7 +791,7 @@ mod tests {
                 return Ok(());
             };
             let profiles = ProfileSet::from_profiles([profile.clone()]);
-            let host = HostPolicy { max_classification: ceiling, datasets: host_datasets(d2), min_ttl: Duration::ZERO };
+            let host = HostPolicy { max_classification: ceiling, datasets: host_datasets(d2), min_ttl: Duration::ZERO, minimum_isolation: Default::default() };
             let experiment = experiment.map(|(declared, status, team)| {
                 let mut e = exp(declared, status);
                 e.team = team.into();

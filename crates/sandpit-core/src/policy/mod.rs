@@ -13,5 +13,6 @@ pub use admission::Dataset;
 pub use admission::{admit, extend_deadline, CreateSandbox, HostPolicy, Plan, Rule};
 pub use classification::Classification;
 pub use profile::{
-    Destination, FileTransfer, HostRules, Lifetime, Network, NetworkMode, Profile, ProfileError, ProfileSet, Resources,
+    Destination, FileTransfer, HostRules, Isolation, Lifetime, MinimumIsolation, Network, NetworkMode, Profile,
+    ProfileError, ProfileSet, Resources,
 };

@@ -41,7 +41,57 @@ pub struct Profile {
     pub file_transfer: FileTransfer,
     /// Pre-provisioned sandboxes to keep ready for claims.
     pub warm_pool: u32,
+    /// How strongly its sandboxes are kept from the host's kernel. Records
+    /// written before isolation levels existed ran as containers.
+    #[serde(default)]
+    pub isolation: Isolation,
     pub source: PathBuf,
+}
+
+/// How strongly a sandbox is kept from the host's kernel, weakest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A hardened container on the host's kernel (runc): one kernel bug is one escape.
+    #[default]
+    Container,
+    /// gVisor: the sandbox's system calls go to a kernel in user space
+    /// (runsc), not to the host's.
+    Gvisor,
+}
+
+impl Isolation {
+    pub const ALL: [Isolation; 2] = [Isolation::Container, Isolation::Gvisor];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Container => "container",
+            Isolation::Gvisor => "gvisor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Isolation> {
+        Isolation::ALL.into_iter().find(|i| i.as_str() == s)
+    }
+}
+
+impl fmt::Display for Isolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The weakest isolation the host allows for each classification
+/// (`[isolation.minimum]`): an entry holds for its classification and every
+/// one above it, up to the next entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MinimumIsolation(pub BTreeMap<Classification, Isolation>);
+
+impl MinimumIsolation {
+    /// The weakest isolation a sandbox at `c` may have.
+    pub fn at(&self, c: Classification) -> Isolation {
+        self.0.range(..=c).map(|(_, i)| *i).max().unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +138,7 @@ impl Default for Lifetime {
 }
 
 /// How a sandbox reaches the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// Loopback only.
@@ -164,11 +214,17 @@ pub struct HostRules {
     pub permitted_residency: Vec<String>,
     /// Declared datasets: name and classification.
     pub datasets: Vec<(String, Classification)>,
+    /// The weakest isolation allowed per classification.
+    pub minimum_isolation: MinimumIsolation,
 }
 
 impl Default for HostRules {
     fn default() -> Self {
-        HostRules { permitted_residency: vec!["UK".into()], datasets: Vec::new() }
+        HostRules {
+            permitted_residency: vec!["UK".into()],
+            datasets: Vec::new(),
+            minimum_isolation: MinimumIsolation::default(),
+        }
     }
 }
 
@@ -195,6 +251,8 @@ struct ProfileFile {
     file_transfer: Option<FileTransferFile>,
     #[serde(default)]
     warm_pool: u32,
+    #[serde(default)]
+    isolation: Isolation,
 }
 
 #[derive(Debug, Deserialize)]
@@ -359,6 +417,17 @@ impl Profile {
                 "must be above 0 (a command's exit code comes with its output)".into(),
             ));
         }
+        let required = host.minimum_isolation.at(raw.max_classification);
+        if raw.isolation < required {
+            errors.push(err(
+                "isolation",
+                format!(
+                    "'{}' is below the isolation this host requires for {} ('{required}', isolation.minimum; \
+                     rule isolation-classification): set isolation = \"{required}\" or lower max_classification",
+                    raw.isolation, raw.max_classification
+                ),
+            ));
+        }
         let file_transfer =
             FileTransfer { copy_in: ft.and_then(|f| f.copy_in).unwrap_or(true), copy_out, max_exec_output };
         if !errors.is_empty() {
@@ -377,6 +446,7 @@ impl Profile {
             datasets: raw.datasets,
             file_transfer,
             warm_pool: raw.warm_pool,
+            isolation: raw.isolation,
             source: file.to_path_buf(),
         })
     }
@@ -576,10 +646,62 @@ mod tests {
     }
 
     #[test]
+    fn minimum_isolation_holds_from_its_classification_up() {
+        let m = MinimumIsolation(
+            [(Classification::Official, Isolation::Container), (Classification::OfficialSensitive, Isolation::Gvisor)]
+                .into(),
+        );
+        assert_eq!(m.at(Classification::Official), Isolation::Container);
+        assert_eq!(m.at(Classification::OfficialSensitive), Isolation::Gvisor);
+        assert_eq!(m.at(Classification::TopSecret), Isolation::Gvisor);
+        // A weaker entry above a stronger one does not lower it.
+        let m = MinimumIsolation(
+            [(Classification::Official, Isolation::Gvisor), (Classification::Secret, Isolation::Container)].into(),
+        );
+        assert_eq!(m.at(Classification::Secret), Isolation::Gvisor);
+        assert_eq!(MinimumIsolation::default().at(Classification::TopSecret), Isolation::Container);
+    }
+
+    #[test]
+    fn isolation_is_parsed_and_checked_against_the_hosts_minimum() {
+        let p = Profile::parse(Path::new("p.toml"), GOOD).unwrap();
+        assert_eq!(p.isolation, Isolation::Container);
+        let p = Profile::parse(Path::new("p.toml"), &format!("isolation = \"gvisor\"\n{GOOD}")).unwrap();
+        assert_eq!(p.isolation, Isolation::Gvisor);
+        let e = Profile::parse(Path::new("p.toml"), &format!("isolation = \"kata\"\n{GOOD}")).unwrap_err();
+        assert!(e[0].to_string().contains("unknown variant `kata`"), "{}", e[0]);
+        let host = HostRules {
+            minimum_isolation: MinimumIsolation([(Classification::OfficialSensitive, Isolation::Gvisor)].into()),
+            ..Default::default()
+        };
+        let sensitive =
+            GOOD.replace("max_classification = \"OFFICIAL\"", "max_classification = \"OFFICIAL-SENSITIVE\"");
+        assert_ne!(sensitive, GOOD);
+        let e = Profile::parse_with(Path::new("p.toml"), &sensitive, &host).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].field, "isolation");
+        assert!(e[0].reason.contains("isolation-classification") && e[0].reason.contains("'gvisor'"), "{}", e[0]);
+        assert!(
+            Profile::parse_with(Path::new("p.toml"), &format!("isolation = \"gvisor\"\n{sensitive}"), &host).is_ok()
+        );
+        assert!(Profile::parse_with(Path::new("p.toml"), GOOD, &host).is_ok());
+    }
+
+    #[test]
+    fn a_record_written_before_isolation_levels_ran_as_a_container() {
+        let p = Profile::parse(Path::new("p.toml"), GOOD).unwrap();
+        let mut json: serde_json::Value = serde_json::to_value(&p).unwrap();
+        json.as_object_mut().unwrap().remove("isolation");
+        let old: Profile = serde_json::from_value(json).unwrap();
+        assert_eq!(old.isolation, Isolation::Container);
+    }
+
+    #[test]
     fn datasets_transfers_and_pools() {
         let host = HostRules {
             permitted_residency: vec!["UK".into()],
             datasets: vec![("census-sample".into(), Classification::Official)],
+            ..Default::default()
         };
         let with = |extra: &str| Profile::parse_with(Path::new("p.toml"), &format!("{GOOD}\n{extra}"), &host);
         let top = |extra: &str| {
@@ -672,10 +794,11 @@ mod tests {
         HostRules {
             permitted_residency: vec!["UK".into()],
             datasets: vec![("census-sample".into(), Classification::Official)],
+            ..Default::default()
         }
     }
 
-    const KEYS: [&str; 29] = [
+    const KEYS: [&str; 30] = [
         "description",
         "max_classification",
         "requires_approval",
@@ -705,6 +828,7 @@ mod tests {
         "lifetime",
         "network",
         "file_transfer",
+        "isolation",
     ];
 
     const TABLES: [&str; 8] = [

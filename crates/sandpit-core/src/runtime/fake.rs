@@ -37,7 +37,7 @@ use super::{
     BoxStream, Capabilities, ContainerStatus, ExecChunk, ExecSession, ExecSpec, NetworkInfo, Owned, OwnedKind,
     Provisioned, PullProgress, Repair, Runtime, RuntimeEvent,
 };
-use crate::policy::NetworkMode;
+use crate::policy::{Isolation, NetworkMode};
 use crate::sandbox::Sandbox;
 use crate::{Error, Result};
 
@@ -147,6 +147,8 @@ struct State {
     /// By name.
     networks: BTreeMap<String, Network>,
     missing_images: BTreeSet<String>,
+    /// Isolation levels it cannot give, and why.
+    lost_isolation: Vec<(Isolation, String)>,
     next_faults: HashMap<Op, VecDeque<Fault>>,
     target_faults: HashMap<(Op, String), Fault>,
     delays: HashMap<Op, Duration>,
@@ -250,6 +252,11 @@ impl FakeRuntime {
     /// [`Runtime::ensure_image`] of `image` fails as a pull would.
     pub fn missing_image(&self, image: &str) {
         self.lock().missing_images.insert(image.to_string());
+    }
+
+    /// From now on it cannot give `isolation` (as an engine without the runtime).
+    pub fn lose_isolation(&self, isolation: Isolation, why: &str) {
+        self.lock().lost_isolation.push((isolation, why.to_string()));
     }
 
     /// Whether a failed provision leaves what it made behind (a stopped
@@ -486,9 +493,11 @@ impl Runtime for FakeRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
+        let unavailable = self.lock().lost_isolation.clone();
         Capabilities {
             network_modes: vec![NetworkMode::None, NetworkMode::Isolated, NetworkMode::Allowlist, NetworkMode::Open],
-            isolation: vec!["container".to_string()],
+            isolation: Isolation::ALL.into_iter().filter(|i| !unavailable.iter().any(|(u, _)| u == i)).collect(),
+            unavailable,
             confinement: vec!["seccomp".to_string()],
         }
     }
@@ -725,8 +734,12 @@ mod tests {
             image: None,
             datasets: vec![],
         };
-        let host =
-            HostPolicy { max_classification: Classification::Official, datasets: vec![], min_ttl: Duration::ZERO };
+        let host = HostPolicy {
+            max_classification: Classification::Official,
+            datasets: vec![],
+            min_ttl: Duration::ZERO,
+            minimum_isolation: Default::default(),
+        };
         let plan = admit(&req, "o", "t", Some(&e), &ProfileSet::from_profiles([p]), &host, SystemTime::now()).unwrap();
         Sandbox::provisioning(id.into(), "fake".into(), plan)
     }

@@ -365,7 +365,12 @@ mod tests {
             team,
             Some(&experiment("exp-1", team)),
             &ProfileSet::from_profiles([p]),
-            &HostPolicy { max_classification: Classification::Official, datasets: vec![], min_ttl: Duration::ZERO },
+            &HostPolicy {
+                max_classification: Classification::Official,
+                datasets: vec![],
+                min_ttl: Duration::ZERO,
+                minimum_isolation: Default::default(),
+            },
             SystemTime::now(),
         )
         .unwrap();

@@ -11,6 +11,7 @@ use crate::proto;
 use crate::proto::profile_service_server::ProfileService;
 use sandpit_core::lifecycle::Manager;
 use sandpit_core::policy::{Profile, ProfileError};
+use sandpit_core::runtime::Capabilities;
 use sandpit_core::Error;
 
 /// Largest profile a caller may ask to validate.
@@ -25,6 +26,11 @@ impl ProfileApi {
     pub fn new(manager: Arc<Manager>, gate: Gate) -> Self {
         ProfileApi { manager, gate }
     }
+}
+
+/// A profile as the API shows it, with whether this daemon can run it now.
+fn described(p: &Profile, caps: &Capabilities) -> proto::Profile {
+    proto::Profile { unavailable: caps.why_not(p.isolation).unwrap_or_default(), ..p.into() }
 }
 
 fn errors(list: &[ProfileError]) -> Vec<proto::ProfileError> {
@@ -45,7 +51,8 @@ impl ProfileService for ProfileApi {
     ) -> Result<Response<proto::ListProfilesResponse>, Status> {
         let _call = self.gate.authorize(&req, Method::ListProfiles).await.map_err(to_status)?;
         let set = self.manager.profiles();
-        Ok(Response::new(proto::ListProfilesResponse { profiles: set.iter().map(Into::into).collect() }))
+        let caps = self.manager.capabilities();
+        Ok(Response::new(proto::ListProfilesResponse { profiles: set.iter().map(|p| described(p, &caps)).collect() }))
     }
 
     async fn get_profile(&self, req: Request<proto::GetProfileRequest>) -> Result<Response<proto::Profile>, Status> {
@@ -53,7 +60,7 @@ impl ProfileService for ProfileApi {
         let name = req.into_inner().name;
         let set = self.manager.profiles();
         let p = set.get(&name).ok_or_else(|| Error::not_found("profile", &name)).map_err(to_status)?;
-        Ok(Response::new(p.into()))
+        Ok(Response::new(described(p, &self.manager.capabilities())))
     }
 
     async fn validate_profile(
