@@ -9,7 +9,9 @@
 //! no timings. Every container either side makes carries
 //! `sandpit.bench-run=<run id>` and is removed however the run ends.
 //!
-//! Scenarios: `cold`, `burst`, `warm-pool`, `expiry`, `scale`, and `soak`
+//! Scenarios: `cold`, `burst`, `warm-pool`, `expiry`, `scale`, `isolation`
+//! (runc against gVisor; needs runsc registered as `runsc-none`, see
+//! scripts/register-runsc.sh; benches/sandpit/isolation.rs), and `soak`
 //! (only with `--only soak`; see benches/sandpit/soak.rs). See README
 //! "Benchmarks".
 //!
@@ -29,6 +31,8 @@
 
 #[path = "sandpit/harness.rs"]
 mod harness;
+#[path = "sandpit/isolation.rs"]
+mod isolation;
 #[path = "sandpit/soak.rs"]
 mod soak;
 #[path = "sandpit/stats.rs"]
@@ -90,6 +94,8 @@ enum Scenario {
     WarmPool,
     Expiry,
     Scale,
+    /// runc against gVisor: cold creates, warm claims, exec.
+    Isolation,
     /// Only when named (minutes, and a correctness check rather than a measurement).
     Soak,
 }
@@ -127,14 +133,38 @@ struct Sizes {
     warm_seq: usize,
     /// Warm claims released together, and the pool size.
     warm_conc: usize,
+    /// Cold creates and execs per way in the isolation scenario.
+    isolation: usize,
+    /// Warm claims from the gVisor pool.
+    isolation_warm: usize,
 }
 
 impl Sizes {
     fn new(quick: bool) -> Sizes {
         if quick {
-            Sizes { cold: 10, burst: 20, expiry: 20, scale: 100, list_calls: 200, warm_seq: 10, warm_conc: 5 }
+            Sizes {
+                cold: 10,
+                burst: 20,
+                expiry: 20,
+                scale: 100,
+                list_calls: 200,
+                warm_seq: 10,
+                warm_conc: 5,
+                isolation: 8,
+                isolation_warm: 5,
+            }
         } else {
-            Sizes { cold: 30, burst: 100, expiry: 100, scale: 500, list_calls: 200, warm_seq: 30, warm_conc: 20 }
+            Sizes {
+                cold: 30,
+                burst: 100,
+                expiry: 100,
+                scale: 500,
+                list_calls: 200,
+                warm_seq: 30,
+                warm_conc: 20,
+                isolation: 20,
+                isolation_warm: 10,
+            }
         }
     }
 }
@@ -234,6 +264,7 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
             Scenario::WarmPool => warm_pool(&mut ctx, sizes.warm_seq, sizes.warm_conc).await,
             Scenario::Expiry => expiry(&mut ctx, sizes.expiry).await,
             Scenario::Scale => scale(&mut ctx, sizes.scale, sizes.list_calls).await,
+            Scenario::Isolation => isolation::isolation(&mut ctx, sizes.isolation, sizes.isolation_warm).await,
             Scenario::Soak => soak::soak(&mut ctx, soak::SoakSize::new(args.quick)).await,
         };
         match result {

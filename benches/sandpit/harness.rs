@@ -12,7 +12,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
-use sandpit_core::policy::Profile;
+use sandpit_core::policy::{Isolation, Profile};
 use sandpit_docker::spec::ContainerSpec;
 use sandpit_proto::profile_service_client::ProfileServiceClient;
 use sandpit_proto::register_service_client::RegisterServiceClient;
@@ -37,6 +37,10 @@ pub const PROFILE: &str = "bench-none";
 pub const WARM_PROFILE: &str = "bench-warm";
 /// `PROFILE` with network `isolated`: a Docker network per sandbox (soak).
 pub const ISOLATED_PROFILE: &str = "bench-isolated";
+/// `bench-none` under gVisor (its pool off until the isolation scenario turns it on).
+pub const GVISOR_PROFILE: &str = "bench-gvisor";
+/// The engine runtime the daemon runs `bench-gvisor` on (network none), for the raw baseline.
+pub const GVISOR_RUNTIME: &str = "runsc-none";
 /// The daemon's range for sandbox networks: outside the integration tests'
 /// (10.20-219.0.0/16) and the default (10.213.0.0/16).
 const SUBNET_POOL: &str = "10.250.0.0/16";
@@ -147,6 +151,12 @@ fn profile_toml(warm_pool: Option<u32>) -> String {
     profile_with(description, &pool, "none")
 }
 
+/// The benchmark profile under gVisor, with a pool of `warm_pool`.
+fn gvisor_profile_toml(warm_pool: u32) -> String {
+    let pool = format!("warm_pool = {warm_pool}\n");
+    format!("isolation = \"gvisor\"\n{}", profile_with("benchmark: gVisor, no network, small resources", &pool, "none"))
+}
+
 fn profile_with(description: &str, pool: &str, network: &str) -> String {
     format!(
         r#"description = "{description}"
@@ -195,6 +205,7 @@ impl Daemon {
         // The warm-pool profile, its pool off until scenario 3 turns it on
         // (a pool filling in the background would disturb the other scenarios).
         std::fs::write(profiles.join(format!("{WARM_PROFILE}.toml")), profile_toml(Some(0)))?;
+        std::fs::write(profiles.join(format!("{GVISOR_PROFILE}.toml")), gvisor_profile_toml(0))?;
         std::fs::write(
             profiles.join(format!("{ISOLATED_PROFILE}.toml")),
             profile_with("benchmark: isolated network, small resources", "", "isolated"),
@@ -278,6 +289,12 @@ token_sha256 = "{op_sha}"
     /// ReloadProfiles).
     pub fn write_warm_profile(&self, size: u32) -> Result<()> {
         std::fs::write(self.profiles_dir().join(format!("{WARM_PROFILE}.toml")), profile_toml(Some(size)))?;
+        Ok(())
+    }
+
+    /// Rewrites `bench-gvisor` with a pool of `size`.
+    pub fn write_gvisor_profile(&self, size: u32) -> Result<()> {
+        std::fs::write(self.profiles_dir().join(format!("{GVISOR_PROFILE}.toml")), gvisor_profile_toml(size))?;
         Ok(())
     }
 
@@ -543,16 +560,24 @@ impl Raw {
             resources: self.profile.resources.clone(),
             network: None,
             mounts: vec![],
+            isolation: Default::default(),
+            runtime: None,
         }
     }
 
     /// inspect image + create + start; returns the container id and the time
     /// the three calls took. A failed start removes the container, as the daemon does.
     pub async fn create(&self) -> Result<(String, Duration)> {
+        self.create_on(Isolation::Container, None).await
+    }
+
+    /// [`Raw::create`] on engine runtime `runtime` (`None`: the engine's
+    /// default), with the limits the daemon gives `isolation`.
+    pub async fn create_on(&self, isolation: Isolation, runtime: Option<&str>) -> Result<(String, Duration)> {
         let id = unique("rb");
         let t = Instant::now();
         self.docker.inspect_image(&self.image).await?;
-        let spec = self.spec(&id);
+        let spec = ContainerSpec { isolation, runtime: runtime.map(String::from), ..self.spec(&id) };
         let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let created = self
             .docker
