@@ -13,7 +13,7 @@ use std::time::Duration;
 use sandpit_proto::{self as proto, SandboxState};
 
 use crate::lifecycle::exec;
-use crate::network::{greeter, host_addresses, profile, reaches};
+use crate::network::{greeter, host_addresses, profile, reaches, via_proxy};
 use crate::support::*;
 use crate::transfer::copy_in_stream;
 
@@ -26,8 +26,11 @@ async fn runtime_of(container_id: &str) -> String {
     i.host_config.unwrap().runtime.unwrap_or_default()
 }
 
-fn gvisor_profiles() -> Vec<(String, String)> {
+fn gvisor_profiles(allowed: u16) -> Vec<(String, String)> {
+    let allow = format!("[[network.allow]]\nhost = \"127.0.0.1\"\nport = {allowed}\nresidency = \"UK\"\n");
     vec![
+        ("test-gvisor-allow".into(), profile("allowlist", "OFFICIAL-SENSITIVE", "isolation = \"gvisor\"") + &allow),
+        ("test-gvisor-warm".into(), profile("none", "OFFICIAL", "isolation = \"gvisor\"\nwarm_pool = 1")),
         // Replaces the harness's runc OFFICIAL-SENSITIVE profile, which this host policy refuses.
         ("test-sensitive".into(), profile("none", "OFFICIAL-SENSITIVE", "isolation = \"gvisor\"")),
         ("test-gvisor-isolated".into(), profile("isolated", "OFFICIAL-SENSITIVE", "isolation = \"gvisor\"")),
@@ -44,9 +47,10 @@ fn request(d: &Daemon, profile: &str, classification: &str) -> proto::CreateSand
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gvisor_sandbox_runs_under_gvisor_and_works_as_a_runc_one_does() {
+    let allowed = greeter().await;
     let mut d = Daemon::with(Options {
         minimum_isolation: GVISOR_FROM_SENSITIVE,
-        profiles: gvisor_profiles(),
+        profiles: gvisor_profiles(allowed),
         ..Default::default()
     })
     .await;
@@ -124,6 +128,39 @@ async fn a_gvisor_sandbox_runs_under_gvisor_and_works_as_a_runc_one_does() {
         async move { reaches(&mut c, &id, &own, 9000).await.then_some(()) }
     })
     .await;
+
+    // The egress proxy serves an allowlist sandbox under gVisor as under
+    // runc: the listed destination through it, nothing else, nothing direct.
+    let allow = c.create_sandbox(request(&d, "test-gvisor-allow", "OFFICIAL-SENSITIVE")).await.unwrap().into_inner();
+    assert_eq!(runtime_of(&allow.container_id).await, "runsc-host");
+    let connect = |port: u16| format!("CONNECT 127.0.0.1:{port} HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\n\\r\\n");
+    let out = via_proxy(&mut c, &allow.id, &connect(allowed)).await;
+    assert!(out.starts_with("HTTP/1.1 200") && out.contains("hello"), "through the proxy: {out:?}");
+    let out = via_proxy(&mut c, &allow.id, &connect(port)).await;
+    assert!(out.starts_with("HTTP/1.1 403"), "an unlisted destination: {out:?}");
+    for host in host_addresses() {
+        assert!(!reaches(&mut c, &allow.id, &host, allowed).await, "reached {host}:{allowed} around the proxy");
+    }
+
+    // A warm pool of gVisor sandboxes fills, and a create claims one.
+    let mut ops = d.profile_client(OPERATOR).await;
+    let pool = |ops: &mut proto::profile_service_client::ProfileServiceClient<_>| {
+        let mut ops = ops.clone();
+        async move {
+            let pools = ops.list_pools(proto::ListPoolsRequest {}).await.unwrap().into_inner().pools;
+            pools.into_iter().find(|p| p.profile == "test-gvisor-warm")
+        }
+    };
+    eventually(Duration::from_secs(30), "the gVisor pool filled", || {
+        let f = pool(&mut ops);
+        async move { f.await.filter(|p| p.warm >= 1).map(|_| ()) }
+    })
+    .await;
+    let claimed = c.create_sandbox(request(&d, "test-gvisor-warm", "OFFICIAL")).await.unwrap().into_inner();
+    assert_eq!(pool(&mut ops).await.unwrap().claims, 1, "the create was a claim");
+    assert_eq!(runtime_of(&claimed.container_id).await, "runsc-none");
+    let (out, _, code) = exec(&mut c, &claimed.id, &["busybox", "dmesg"]).await;
+    assert!(code == 0 && out.contains("gVisor"), "{out}");
 
     // A restart adopts them with their runtime kept (the containers are not remade).
     d.kill9();
