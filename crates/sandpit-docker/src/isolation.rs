@@ -13,26 +13,12 @@ use sandpit_core::policy::{Isolation, NetworkMode};
 const MODES: [NetworkMode; 4] = [NetworkMode::None, NetworkMode::Isolated, NetworkMode::Allowlist, NetworkMode::Open];
 
 /// The engine runtime that gives each isolation level, per network mode. An
-/// empty name is the engine's default runtime.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// empty name is the engine's default runtime. Empty by default: the
+/// daemon's config (`[isolation.runtimes]`) says which runtime gives what.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuntimeNames(BTreeMap<Isolation, BTreeMap<NetworkMode, String>>);
 
-impl Default for RuntimeNames {
-    /// `container` on the engine's default runtime, `gvisor` on `runsc`.
-    fn default() -> Self {
-        let mut names = RuntimeNames(BTreeMap::new());
-        names.set_all(Isolation::Container, "");
-        names.set_all(Isolation::Gvisor, "runsc");
-        names
-    }
-}
-
 impl RuntimeNames {
-    /// No level has a runtime yet.
-    pub fn empty() -> Self {
-        RuntimeNames(BTreeMap::new())
-    }
-
     /// `isolation` runs on `runtime` whatever the network mode.
     pub fn set_all(&mut self, isolation: Isolation, runtime: &str) {
         self.0.insert(isolation, MODES.iter().map(|m| (*m, runtime.to_string())).collect());
@@ -109,9 +95,17 @@ mod tests {
         names.iter().map(|s| s.to_string()).collect()
     }
 
+    /// `container` on the engine's default runtime, `gvisor` on `runsc`.
+    fn runc_and_runsc() -> RuntimeNames {
+        let mut names = RuntimeNames::default();
+        names.set_all(Isolation::Container, "");
+        names.set_all(Isolation::Gvisor, "runsc");
+        names
+    }
+
     #[test]
     fn container_needs_nothing_registered_and_gvisor_needs_runsc() {
-        let names = RuntimeNames::default();
+        let names = runc_and_runsc();
         let (ok, not) = names.availability(&engine(&["runc", "io.containerd.runc.v2"]));
         assert_eq!(ok, [Isolation::Container]);
         assert_eq!(not.len(), 1);
@@ -125,7 +119,7 @@ mod tests {
 
     #[test]
     fn a_level_with_variants_needs_every_variant() {
-        let mut names = RuntimeNames::default();
+        let mut names = runc_and_runsc();
         names.set(Isolation::Gvisor, NetworkMode::None, "runsc-none");
         for m in [NetworkMode::Isolated, NetworkMode::Allowlist, NetworkMode::Open] {
             names.set(Isolation::Gvisor, m, "runsc-host");
@@ -144,7 +138,7 @@ mod tests {
 
     #[test]
     fn a_level_not_configured_is_unavailable_and_has_no_runtime() {
-        let mut names = RuntimeNames::empty();
+        let mut names = RuntimeNames::default();
         names.set_all(Isolation::Container, "");
         let (ok, not) = names.availability(&engine(&["runsc"]));
         assert_eq!(ok, [Isolation::Container]);

@@ -277,7 +277,7 @@ impl DockerRuntime {
         // What the engine can enforce, before any sandbox is made with this client.
         let info = d.info().await.map_err(|e| map_err("info", e))?;
         let host_flag = std::fs::read_to_string(APPARMOR_ENABLED).ok();
-        let support = apparmor_support(host_flag.as_deref(), &info.security_options.unwrap_or_default());
+        let support = apparmor_support(host_flag.as_deref(), info.security_options.as_deref().unwrap_or(&[]));
         inner.apparmor.get_or_init(|| match support {
             Ok(()) => {
                 tracing::info!(profile = APPARMOR_PROFILE, "AppArmor available: every sandbox runs under its profile");
@@ -292,15 +292,16 @@ impl DockerRuntime {
                 false
             }
         });
-        self.learn_runtimes(info.runtimes.map(|r| r.into_keys().collect()).unwrap_or_default());
+        self.learn_runtimes(&info);
         *inner.client.write().unwrap_or_else(|p| p.into_inner()) = Some(d.clone());
         Ok(d)
     }
 
-    /// Takes in the engine's runtimes: which isolation levels it can give
-    /// from now on. Says so in the log when that changes.
-    fn learn_runtimes(&self, engine: Vec<String>) {
+    /// Takes in the engine's runtimes (from `docker info`): which isolation
+    /// levels it can give from now on. Says so in the log when that changes.
+    fn learn_runtimes(&self, info: &bollard::models::SystemInfo) {
         let inner = &self.inner;
+        let engine: Vec<String> = info.runtimes.iter().flat_map(|r| r.keys().cloned()).collect();
         let now = inner.sandboxes.runtimes.availability(&engine);
         let mut known = inner.isolation.write().unwrap_or_else(|p| p.into_inner());
         if *known == now {
@@ -324,7 +325,7 @@ impl DockerRuntime {
     /// runsc, and SIGHUP the engine while the daemon runs).
     pub async fn refresh_runtimes(&self) -> Result<()> {
         let info = self.docker().await?.info().await.map_err(|e| map_err("info", e))?;
-        self.learn_runtimes(info.runtimes.map(|r| r.into_keys().collect()).unwrap_or_default());
+        self.learn_runtimes(&info);
         Ok(())
     }
 

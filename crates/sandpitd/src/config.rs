@@ -383,7 +383,7 @@ impl Config {
 
     /// The engine runtime of each isolation level, per network mode.
     pub fn runtime_names(&self) -> sandpit_docker::RuntimeNames {
-        let mut names = sandpit_docker::RuntimeNames::empty();
+        let mut names = sandpit_docker::RuntimeNames::default();
         for (level, name) in &self.isolation.runtimes {
             match name {
                 RuntimeName::One(n) => names.set_all(*level, n),
