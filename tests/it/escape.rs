@@ -588,7 +588,7 @@ async fn no_docker_socket_and_no_host_filesystem(iso: Isolation) {
             continue;
         }
         if iso == Isolation::Gvisor && m.fstype == "9p" {
-            let allowed = ["/", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts", "/sbin/docker-init"];
+            let allowed = ["/", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts", "/sbin/docker-init", HELPER];
             assert!(allowed.contains(&m.point), "host path served by gVisor's file server: {}", m.raw);
             assert!(m.options.split(',').any(|o| o == "ro"), "writable: {}", m.raw);
             continue;
@@ -596,11 +596,15 @@ async fn no_docker_socket_and_no_host_filesystem(iso: Isolation) {
         assert_ne!(m.root, "/", "a host file system's root is mounted: {}", m.raw);
         let docker_file = ["/etc/resolv.conf", "/etc/hostname", "/etc/hosts"].contains(&m.point)
             && m.root.contains(&format!("/containers/{}/", sb.container_id));
+        // Docker's init, and the daemon's helper (one read-only file of its data directory).
         let init = m.point == "/sbin/docker-init";
-        assert!(docker_file || init, "host path mounted: {}", m.raw);
+        let helper = m.point == HELPER && m.root.contains("/helper/sandpit-helper-");
+        assert!(docker_file || init || helper, "host path mounted: {}", m.raw);
         assert!(m.options.split(',').any(|o| o == "ro"), "writable host mount: {}", m.raw);
     }
 }
+
+const HELPER: &str = sandpit_docker::helper::PATH_IN_SANDBOX;
 
 /// Check 4: No route to the daemon's API or any host port: a `none` sandbox has
 /// no interface but loopback, and an isolated one is stopped at its gateway.

@@ -27,3 +27,4 @@ mod register;
 mod requests;
 mod tls;
 mod transfer;
+mod work;

@@ -52,6 +52,36 @@ pub fn image() -> &'static str {
     })
 }
 
+/// An image holding nothing but one static program that sleeps: no shell,
+/// no libc, no `tar`, as a team's own static binary would be. Built once
+/// per test process with rustc (`-C target-feature=+crt-static`).
+pub fn static_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let tag = "sandpit-test/static:latest".to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("app.rs");
+        std::fs::write(&src, "fn main() { loop { std::thread::sleep(std::time::Duration::from_secs(3600)); } }\n")
+            .unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        let out = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+            .args(["-O", "-C", "target-feature=+crt-static", "-o"])
+            .arg(root.join("app"))
+            .arg(&src)
+            .output()
+            .expect("run rustc");
+        assert!(out.status.success(), "building the static test program failed: {}", String::from_utf8_lossy(&out.stderr));
+        let import = format!(
+            "chmod 755 {root} && tar -C {root} -c . | docker import --change 'CMD [\"/app\"]' --change 'LABEL sandpit.test-image=true' - {tag} >/dev/null",
+            root = root.display()
+        );
+        let out = Command::new("sh").arg("-c").arg(&import).output().expect("docker import");
+        assert!(out.status.success(), "importing the static image failed: {}", String::from_utf8_lossy(&out.stderr));
+        tag
+    })
+}
+
 pub fn unique(prefix: &str) -> String {
     let mut b = [0u8; 5];
     getrandom::fill(&mut b).unwrap();

@@ -106,7 +106,7 @@ async fn files_copy_in_and_out_where_the_profile_allows() {
 }
 
 /// Audit records of `sandbox` with `action`, polled until `n` exist.
-async fn records(d: &Daemon, sandbox: &str, action: &str, n: usize) -> Vec<proto::AuditEvent> {
+pub async fn records(d: &Daemon, sandbox: &str, action: &str, n: usize) -> Vec<proto::AuditEvent> {
     eventually(std::time::Duration::from_secs(20), &format!("{n} {action} records"), || {
         let (sandbox, action) = (sandbox.to_string(), action.to_string());
         async move {

@@ -27,13 +27,15 @@ use tonic::{Code, Request, Status};
 /// One line for a person, each field in it shown inert: a title or reason
 /// cannot print a second line, move the cursor or clear the screen.
 macro_rules! say {
-    ($($t:tt)*) => { println!("{}", shown(&format!($($t)*))) };
+    ($($t:tt)*) => { println!("{}", $crate::shown(&format!($($t)*))) };
 }
 
 /// [`say!`] on stderr.
 macro_rules! complain {
-    ($($t:tt)*) => { eprintln!("{}", shown(&format!($($t)*))) };
+    ($($t:tt)*) => { eprintln!("{}", $crate::shown(&format!($($t)*))) };
 }
+
+mod cp;
 
 const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
 
@@ -116,6 +118,17 @@ enum Command {
         timeout: Option<Duration>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Copy a file or directory into or out of a sandbox, as `docker cp`
+    /// does: `sandpit cp ./data.csv ID:/tmp/work/`, `sandpit cp
+    /// ID:/tmp/work/out ./out`. Prints each single file's SHA-256 and the
+    /// archive's, as the audit log records it.
+    Cp {
+        /// A local path, or ID:PATH in a sandbox.
+        src: String,
+        /// A local path, or ID:PATH in a sandbox: a directory receives the
+        /// copy; a path that does not exist is the copy's new name.
+        dest: String,
     },
     /// Follow sandbox lifecycle events.
     Watch {
@@ -531,7 +544,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let mut stream = client.exec(req).await?.into_inner();
             let mut code = None;
             while let Some(msg) = stream.next().await {
-                let msg = msg?;
+                let msg = match msg {
+                    Ok(msg) => msg,
+                    // As timeout(1) says it: 124.
+                    Err(s) if s.code() == Code::DeadlineExceeded => {
+                        complain!("sandpit: {}: {}", code_name(s.code()), s.message());
+                        return Ok(ExitCode::from(124));
+                    }
+                    Err(s) => return Err(s.into()),
+                };
                 if cli.json {
                     json_line(&msg)?;
                 }
@@ -551,6 +572,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let code = code.ok_or_else(|| Failure::Local("the exec stream ended without an exit code".into()))?;
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
+        Command::Cp { src, dest } => cp::cp(&mut client, &src, &dest, cli.json).await?,
         Command::Watch { id, experiment } => {
             let req =
                 proto::WatchSandboxesRequest { id: id.unwrap_or_default(), experiment: experiment.unwrap_or_default() };

@@ -62,6 +62,10 @@ pub struct ExecSpec {
     pub command: Vec<String>,
     pub env: Vec<String>,
     pub workdir: Option<String>,
+    /// The daemon's name for this exec, unique: the runtime marks the
+    /// command's processes with it, so that [`Runtime::exec_kill`] finds
+    /// every one it started. `None`: not to be killed apart from its sandbox.
+    pub tag: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +213,10 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// The exit code of a finished exec (`None` while it runs).
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>>;
+    /// Kills, at once, the command of the exec tagged `tag`
+    /// ([`ExecSpec::tag`]) and every process it started, double forks
+    /// included; how many there were (0 once it has ended).
+    async fn exec_kill(&self, sandbox: &Sandbox, tag: &str) -> Result<u64>;
 
     /// Extracts the tar archive `archive` into directory `dir` of the
     /// sandbox, all of it or nothing (a failure leaves no partial file).

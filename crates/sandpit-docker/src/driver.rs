@@ -57,6 +57,12 @@ impl DockerRuntime {
                 .datasets
                 .iter()
                 .map(|d| Mount { source: d.source.clone(), target: format!("{DATASETS_DIR}/{}", d.name) })
+                .chain(
+                    defaults
+                        .helper
+                        .as_ref()
+                        .map(|h| Mount { source: h.clone(), target: crate::helper::PATH_IN_SANDBOX.to_string() }),
+                )
                 .collect(),
             isolation: sb.profile.isolation,
             runtime: self.runtime_of(sb).ok().flatten(),
@@ -117,7 +123,9 @@ impl Runtime for DockerRuntime {
     }
 
     async fn destroy(&self, sb: &Sandbox) -> Result<()> {
-        self.remove(&container(sb), network_name(sb).as_deref()).await
+        self.remove(&container(sb), network_name(sb).as_deref()).await?;
+        self.forget_helper(&container(sb));
+        Ok(())
     }
 
     async fn kill(&self, sb: &Sandbox) -> Result<()> {
@@ -193,20 +201,46 @@ impl Runtime for DockerRuntime {
         self.isolation_changes()
     }
 
-    async fn exec(&self, sb: &Sandbox, spec: ExecSpec) -> Result<ExecSession> {
-        self.exec_in(&running(sb)?, spec).await
+    async fn exec(&self, sb: &Sandbox, mut spec: ExecSpec) -> Result<ExecSession> {
+        let container = running(sb)?;
+        // Through the helper, which marks the command's processes with the
+        // tag and makes it lead a session of its own, then becomes the command.
+        if let Some(tag) = spec.tag.clone() {
+            if self.has_helper(&container).await? {
+                spec.command = crate::helper::command(["run".to_string(), tag, "--".to_string()])
+                    .into_iter()
+                    .chain(spec.command)
+                    .collect();
+            }
+        }
+        self.exec_in(&container, spec).await
     }
 
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
         self.exec_code(exec_id).await
     }
 
+    async fn exec_kill(&self, sb: &Sandbox, tag: &str) -> Result<u64> {
+        let container = running(sb)?;
+        if !self.has_helper(&container).await? {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox '{}' was made without the helper, so only its command's own process ends with the exec",
+                sb.id
+            )));
+        }
+        super::transfer::kill_tagged(self, &container, tag).await
+    }
+
     async fn copy_in(&self, sb: &Sandbox, dir: &str, archive: BoxStream<Result<Vec<u8>>>) -> Result<()> {
-        super::transfer::copy_in(self, &running(sb)?, dir, archive, sb.profile.resources.tmpfs).await
+        let container = running(sb)?;
+        let helper = self.has_helper(&container).await?;
+        super::transfer::copy_in(self, &container, helper, dir, archive, sb.profile.resources.tmpfs).await
     }
 
     async fn copy_out(&self, sb: &Sandbox, path: &str) -> Result<BoxStream<Result<Vec<u8>>>> {
-        super::transfer::copy_out(self, &running(sb)?, path).await
+        let container = running(sb)?;
+        let helper = self.has_helper(&container).await?;
+        super::transfer::copy_out(self, &container, helper, path).await
     }
 
     fn events(&self) -> BoxStream<Result<RuntimeEvent>> {

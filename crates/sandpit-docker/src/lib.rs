@@ -28,6 +28,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 
 pub mod firewall;
+pub mod helper;
 pub mod isolation;
 pub mod labels;
 pub mod spec;
@@ -84,6 +85,9 @@ struct Inner {
     /// Isolation levels the engine can give (and why not the others), as of
     /// the last connection or refresh.
     isolation: RwLock<IsolationState>,
+    /// Whether each container (by id) has the helper mounted: only those
+    /// made before it existed lack it. Forgotten when the sandbox is destroyed.
+    helpers: std::sync::Mutex<HashMap<String, bool>>,
 }
 
 type IsolationState = (Vec<Level>, Vec<(Level, String)>);
@@ -97,6 +101,11 @@ pub struct SandboxDefaults {
     pub labels: BTreeMap<String, String>,
     /// The engine runtime of each isolation level.
     pub runtimes: RuntimeNames,
+    /// The helper on the engine's host ([`helper::install`]), mounted
+    /// read-only into every sandbox; `None`: none (transfers then use the
+    /// image's own `tar` or busybox, and a timed-out command's children are
+    /// not found).
+    pub helper: Option<std::path::PathBuf>,
 }
 
 /// How sandbox networks are laid out on this engine.
@@ -147,6 +156,7 @@ impl DockerRuntime {
                 egress_port: net.egress_port,
                 apparmor: OnceLock::new(),
                 isolation,
+                helpers: std::sync::Mutex::default(),
             }),
         }
     }
@@ -353,6 +363,33 @@ impl DockerRuntime {
             ..Default::default()
         };
         let exec = d.create_exec(container, opts).await.map_err(|e| exec_err("create exec", e))?;
+        // When the container stops between the create and the start, runc's
+        // complaint comes back as the command's output, with exit code 126:
+        // that is the sandbox stopping, not the command's doing.
+        let (rt, container, mut first) = (self.clone(), container.to_string(), true);
+        let not_started = move |item: Result<ExecChunk>| {
+            let first = std::mem::replace(&mut first, false);
+            let (rt, container) = (rt.clone(), container.clone());
+            async move {
+                match &item {
+                    Ok(ExecChunk::Stdout(b)) if first && b.starts_with(b"OCI runtime exec failed") => {
+                        // The engine may still call a dying container
+                        // running for a moment: look again before passing
+                        // the complaint on as the command's.
+                        for _ in 0..5 {
+                            if !matches!(rt.container_status(&container).await, Ok(Some(s)) if s.running) {
+                                return Err(Error::FailedPrecondition(
+                                    "the sandbox stopped before the command could start".into(),
+                                ));
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        item
+                    }
+                    _ => item,
+                }
+            }
+        };
         match d.start_exec(&exec.id, None).await.map_err(|e| exec_err("start exec", e))? {
             StartExecResults::Attached { output, input } => Ok((
                 ExecSession {
@@ -373,6 +410,7 @@ impl DockerRuntime {
                                 Err(e) => Some(Err(map_err("exec output", e))),
                             }
                         })
+                        .then(not_started)
                         .boxed(),
                 },
                 input,
@@ -540,9 +578,16 @@ fn not_connected(names: &RuntimeNames) -> IsolationState {
 /// Connection-level failures mean the engine is unavailable; answers are Docker errors.
 /// An exec refused because the container is stopping, being removed or gone
 /// (an exec racing a delete or expiry) is the sandbox's state, not a fault.
+/// A failed exec call: a container that is gone, stopped or on its way out
+/// (the engine says 404, 409, or 500 with "Removal In Progress") is the
+/// sandbox not running, which the caller can act on; anything else is the
+/// engine's failure.
 fn exec_err(op: &'static str, e: BollardError) -> Error {
+    const STOPPING: [&str; 4] = ["is not running", "Removal In Progress", "is restarting", "is paused"];
     match e {
-        BollardError::DockerResponseServerError { status_code: 404 | 409, message } => {
+        BollardError::DockerResponseServerError { status_code, message }
+            if matches!(status_code, 404 | 409) || STOPPING.iter().any(|m| message.contains(m)) =>
+        {
             Error::FailedPrecondition(format!("the sandbox's container is not running ({message})"))
         }
         other => map_err(op, other),
@@ -1054,6 +1099,29 @@ impl DockerRuntime {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(map_err("inspect container", e)),
         }
+    }
+
+    /// Whether `container` has the helper at [`helper::PATH_IN_SANDBOX`].
+    pub(crate) async fn has_helper(&self, container: &str) -> Result<bool> {
+        if let Some(known) = self.inner.helpers.lock().unwrap_or_else(|p| p.into_inner()).get(container) {
+            return Ok(*known);
+        }
+        let d = self.docker().await?;
+        let info = d.inspect_container(container, None).await.map_err(|e| exec_err("inspect container", e))?;
+        let has =
+            info.mounts.unwrap_or_default().iter().any(|m| m.destination.as_deref() == Some(helper::PATH_IN_SANDBOX));
+        let mut known = self.inner.helpers.lock().unwrap_or_else(|p| p.into_inner());
+        // Containers that vanished without a destroy (lost) would pile up.
+        if known.len() > 100_000 {
+            known.clear();
+        }
+        known.insert(container.to_string(), has);
+        Ok(has)
+    }
+
+    /// Forgets what [`Self::has_helper`] learnt of a container that is gone.
+    pub(crate) fn forget_helper(&self, container: &str) {
+        self.inner.helpers.lock().unwrap_or_else(|p| p.into_inner()).remove(container);
     }
 
     /// Starts a command in a running container.

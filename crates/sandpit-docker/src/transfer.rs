@@ -1,19 +1,21 @@
-//! Files in and out of a sandbox's container as tar archives, through `tar`
-//! run inside it (the archive API of older engines cannot reach the tmpfs
-//! scratch space): the image's own `tar`, `mkdir`, `mv` and `rm`, or
-//! busybox's where the image lacks them.
+//! Files in and out of a sandbox's container as tar archives, through a
+//! program run inside it (the archive API of older engines cannot reach the
+//! tmpfs scratch space): the helper every sandbox gets ([`crate::helper`]),
+//! or, in a container made before the helper existed, the image's own
+//! `tar`, `mkdir`, `mv` and `rm` (busybox's where the image lacks them).
 //!
-//! A copy-in extracts into a staging directory inside its target, and a
-//! second exec moves the result into place only once the upload ended whole
-//! and tar accepted all of it: one that fails half-way (a full scratch space,
-//! a broken upload) leaves nothing behind.
+//! A copy-in extracts into a staging directory inside its target and moves
+//! the result into place only once the upload ended whole and all of it was
+//! written: one that fails half-way (a full scratch space, a broken upload)
+//! leaves nothing behind. The helper does both in one exec; the shell
+//! fallback takes a second.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::DockerRuntime;
+use crate::{helper, DockerRuntime};
 use sandpit_core::runtime::{BoxStream, ExecChunk, ExecSpec};
 use sandpit_core::{Error, Result};
 
@@ -61,7 +63,8 @@ const DISCARD: &str = r#"run rm -rf "$1/$2""#;
 /// Archives `$2` (relative to `$1`) to stdout.
 const ARCHIVE: &str = r#"run tar -c -f - -C "$1" "$2""#;
 
-/// What tar's complaint says went wrong. `scratch`: the size of the scratch space.
+/// What the extracting or archiving program's complaint says went wrong.
+/// `scratch`: the size of the scratch space.
 fn tar_failed(what: &str, path: &str, code: i64, stderr: &[u8], scratch: u64) -> Error {
     let err = String::from_utf8_lossy(stderr);
     if err.contains("No space left on device") || err.contains("Disk quota exceeded") {
@@ -70,7 +73,7 @@ fn tar_failed(what: &str, path: &str, code: i64, stderr: &[u8], scratch: u64) ->
             sandpit_core::policy::size::format_size(scratch)
         ));
     }
-    Error::FailedPrecondition(format!("{what} {path} failed (tar exit {code}): {}", err.trim()))
+    Error::FailedPrecondition(format!("{what} {path} failed (exit {code}): {}", err.trim()))
 }
 
 /// A name for a copy-in's staging directory, unique per transfer.
@@ -105,16 +108,20 @@ async fn run(rt: &DockerRuntime, container: &str, body: &str, args: [String; 2])
 }
 
 /// Extracts the tar archive `data` into directory `dir` of `container`, all or nothing.
+/// With the helper, a `dir` that is not a directory is the name the
+/// archive's one top entry is given (`docker cp` does the same).
 pub(super) async fn copy_in(
     rt: &DockerRuntime,
     container: &str,
+    helper: bool,
     dir: &str,
     mut data: BoxStream<Result<Vec<u8>>>,
     scratch: u64,
 ) -> Result<()> {
     let stage = staging_name();
     let args = || [dir.to_string(), stage.clone()];
-    let spec = ExecSpec { command: script(EXTRACT, args()), ..Default::default() };
+    let command = if helper { helper::command(["unpack", dir]) } else { script(EXTRACT, args()) };
+    let spec = ExecSpec { command, ..Default::default() };
     let (session, mut stdin) = rt.exec_in_with_stdin(container, spec).await?;
     // Feed the archive while collecting tar's complaints.
     let mut output = session.output;
@@ -159,6 +166,10 @@ pub(super) async fn copy_in(
         ))),
         (Ok(()), Ok(code)) => Err(tar_failed("extracting into", dir, code, &err, scratch)),
     };
+    if helper {
+        // It moved a whole extraction into place, or removed it.
+        return extracted;
+    }
     // Only a whole upload that tar accepted is moved into place; anything else is removed.
     let finish = if extracted.is_ok() { MERGE } else { DISCARD };
     let finished = match run(rt, container, finish, args()).await {
@@ -174,14 +185,19 @@ pub(super) async fn copy_in(
 }
 
 /// `path` of `container` as a tar archive; ends with an error if tar fails part-way.
-pub(super) async fn copy_out(rt: &DockerRuntime, container: &str, path: &str) -> Result<BoxStream<Result<Vec<u8>>>> {
+pub(super) async fn copy_out(
+    rt: &DockerRuntime,
+    container: &str,
+    helper: bool,
+    path: &str,
+) -> Result<BoxStream<Result<Vec<u8>>>> {
     let (dir, name) = match path.trim_end_matches('/').rsplit_once('/') {
         Some(("", name)) => ("/".to_string(), name.to_string()),
         Some((dir, name)) => (dir.to_string(), name.to_string()),
         None => ("/".to_string(), ".".to_string()),
     };
-    let session =
-        rt.exec_in(container, ExecSpec { command: script(ARCHIVE, [dir, name]), ..Default::default() }).await?;
+    let command = if helper { helper::command(["pack", path]) } else { script(ARCHIVE, [dir, name]) };
+    let session = rt.exec_in(container, ExecSpec { command, ..Default::default() }).await?;
     struct State {
         output: BoxStream<Result<ExecChunk>>,
         exec_id: String,
@@ -224,6 +240,30 @@ pub(super) async fn copy_out(rt: &DockerRuntime, container: &str, path: &str) ->
         }
     })
     .boxed())
+}
+
+/// Kills the processes of the exec tagged `tag` with the helper; how many.
+pub(super) async fn kill_tagged(rt: &DockerRuntime, container: &str, tag: &str) -> Result<u64> {
+    let session =
+        rt.exec_in(container, ExecSpec { command: helper::command(["kill", tag]), ..Default::default() }).await?;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut output = session.output;
+    while let Some(c) = output.next().await {
+        match c? {
+            ExecChunk::Stdout(b) => out.extend(b.into_iter().take(64usize.saturating_sub(out.len()))),
+            ExecChunk::Stderr(b) => err.extend(b.into_iter().take(STDERR_MAX.saturating_sub(err.len()))),
+        }
+    }
+    match exit_code(rt, &session.exec_id).await? {
+        0 => String::from_utf8_lossy(&out)
+            .trim()
+            .parse()
+            .map_err(|_| Error::Internal(format!("the helper's kill said {:?}", String::from_utf8_lossy(&out)))),
+        code => Err(Error::Internal(format!(
+            "the helper's kill failed (exit {code}): {}",
+            String::from_utf8_lossy(&err).trim()
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -236,7 +236,7 @@ pub fn exec_spec(
             format!("{} must be an absolute path of at most {PATH_MAX} bytes", sandpit_core::error::quoted(&workdir)),
         ));
     }
-    Ok(sandpit_core::runtime::ExecSpec { command, env, workdir: non_empty(workdir) })
+    Ok(sandpit_core::runtime::ExecSpec { command, env, workdir: non_empty(workdir), tag: None })
 }
 
 /// A field that must hold something besides whitespace.

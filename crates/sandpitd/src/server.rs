@@ -50,6 +50,9 @@ impl Drop for AbortOnDrop {
 }
 
 /// Prepares the data directory: created if missing, private to the daemon's user.
+/// Where in the data directory the sandbox helper is kept.
+const HELPER_DIR: &str = "helper";
+
 fn data_dir(path: &Path) -> Result<(), StartError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(path).map_err(|e| StartError::Io(format!("data_dir {}: {e}", path.display())))?;
@@ -167,8 +170,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         egress_port,
         instance,
     };
-    let sandboxes =
-        SandboxDefaults { user: cfg.sandbox.user.clone(), labels: cfg.labels.clone(), runtimes: cfg.runtime_names() };
+    // The helper every sandbox gets, on this host's disk for the engine to mount.
+    let helper_dir = cfg.data_dir.join(HELPER_DIR);
+    let helper = sandpit_docker::helper::install(&helper_dir)
+        .map_err(|e| StartError::Io(format!("installing the sandbox helper in {}: {e}", helper_dir.display())))?;
+    let sandboxes = SandboxDefaults {
+        user: cfg.sandbox.user.clone(),
+        labels: cfg.labels.clone(),
+        runtimes: cfg.runtime_names(),
+        helper: Some(helper),
+    };
     let runtime =
         DockerRuntime::new(cfg.docker.host.clone(), cfg.docker.timeout, cfg.docker.node.clone(), net, sandboxes);
     if let Err(e) = runtime.ping().await {

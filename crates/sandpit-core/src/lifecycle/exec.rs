@@ -43,7 +43,7 @@ impl Manager {
         self: &Arc<Self>,
         caller: &Caller,
         id: &str,
-        spec: ExecSpec,
+        mut spec: ExecSpec,
         timeout: Option<Duration>,
     ) -> Result<BoxStream<Result<ExecOutput>>> {
         let sb = self.visible(caller, id).await?;
@@ -61,7 +61,12 @@ impl Manager {
             command.truncate(cut);
             command.push('…');
         }
-        let entry = audit_log::entry(Some(caller), action::EXEC, &sb.experiment, id, Ok(format!("command: {command}")));
+        // Names the command's processes, so that all it started can be
+        // found and killed if it must be stopped; in its records.
+        let tag = crate::sandbox::random_id::<8>("exec");
+        spec.tag = Some(tag.clone());
+        let entry =
+            audit_log::entry(Some(caller), action::EXEC, &sb.experiment, id, Ok(format!("{tag} command: {command}")));
         self.audit.published(Some(self.store.append_audit(entry).await?));
         // The sandbox stopping ends the command too. Docker ends an exec's
         // stream when runc's container dies, but not when a gVisor sandbox
@@ -126,11 +131,39 @@ impl Manager {
                         )));
                     }
                 }
-                exit_code(this.runtime.as_ref(), &session.exec_id).await
+                let code = exit_code(this.runtime.as_ref(), &session.exec_id).await?;
+                // Killed (137), or not started (126): by the command's own
+                // doing, or because the whole sandbox stopped (expiry, a
+                // delete, its memory limit), which is said as such.
+                if code == 128 + 9 || code == 126 {
+                    if let Some(why) = this.stopped_under(&sb).await {
+                        return Err(Error::FailedPrecondition(format!(
+                            "the sandbox {why} while the command ran, and the command ended with it (exit {code})"
+                        )));
+                    }
+                }
+                Ok(code)
             }
             .await;
+            // A command stopped before its end (timeout, output cap, the
+            // client gone, the daemon stopping) is killed with everything it
+            // started; one whose sandbox stopped has nothing left to kill.
+            let killed = match &ended {
+                Err(e) if !matches!(e, Error::FailedPrecondition(_)) => {
+                    Some(this.runtime.exec_kill(&sb, &tag).await.map_err(|e| e.to_string()))
+                }
+                _ => None,
+            };
             let took = crate::time::format_duration_ms(started.elapsed());
-            let sent = format!("stdout {}; stderr {}", stdout.describe(), stderr.describe());
+            let mut sent = format!("{tag} stdout {}; stderr {}", stdout.describe(), stderr.describe());
+            match killed {
+                Some(Ok(n)) => sent.push_str(&format!("; killed {n} processes")),
+                Some(Err(e)) => {
+                    tracing::warn!(sandbox = %sb.id, exec = %tag, error = %e, "could not kill a stopped exec's processes");
+                    sent.push_str(&format!("; its processes could not be killed: {e}"));
+                }
+                None => {}
+            }
             let result = match &ended {
                 Ok(code) => Ok(format!("exit {code} after {took}; {sent}")),
                 Err(e) => Err(e),
@@ -143,6 +176,31 @@ impl Manager {
             let _ = tx.send(ended.map(ExecOutput::Exit)).await;
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+    }
+}
+
+impl Manager {
+    /// Whether a running sandbox has stopped or is being stopped, and how;
+    /// `None` while it runs on.
+    async fn stopped_under(&self, sb: &crate::sandbox::Sandbox) -> Option<String> {
+        // Expiry kills first and tears down after.
+        if sb.expires_at <= std::time::SystemTime::now() {
+            return Some("expired".into());
+        }
+        // A teardown holds the lock from its kill to its record: wait it out
+        // (bounded: a teardown waiting on an unreachable engine can be long).
+        let guard = tokio::time::timeout(Duration::from_secs(5), self.locks.lock(&sb.id)).await;
+        if let Ok(Some(now)) = self.store.get(&sb.id).await {
+            if now.state.is_ended() {
+                return Some(format!("ended ({})", now.state.as_str()));
+            }
+        }
+        drop(guard);
+        match self.runtime.status(sb).await {
+            Ok(Some(s)) if s.running => None,
+            Ok(_) => Some("stopped".into()),
+            Err(_) => None,
+        }
     }
 }
 

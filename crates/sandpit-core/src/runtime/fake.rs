@@ -56,6 +56,7 @@ pub enum Op {
     Repair,
     Exec,
     ExecExitCode,
+    ExecKill,
     CopyIn,
     CopyOut,
     Events,
@@ -77,6 +78,7 @@ impl Op {
             Op::Repair => "repair",
             Op::Exec => "exec",
             Op::ExecExitCode => "inspect exec",
+            Op::ExecKill => "kill exec",
             Op::CopyIn => "copy in",
             Op::CopyOut => "copy out",
             Op::Events => "events",
@@ -158,6 +160,10 @@ struct State {
     repairs: VecDeque<Repair>,
     /// Exit codes of execs by id, `None` while their output is being read.
     execs: HashMap<String, Option<i64>>,
+    /// Exec ids by their tag.
+    exec_tags: HashMap<String, String>,
+    /// Tags of the execs killed, in order.
+    exec_kills: Vec<String>,
     /// Bytes by (sandbox id, path).
     files: BTreeMap<(String, String), Vec<u8>>,
     handler: Option<ExecHandler>,
@@ -390,6 +396,11 @@ impl FakeRuntime {
     /// Puts `bytes` at `path` in the sandbox, for copy-out.
     pub fn put_file(&self, sandbox_id: &str, path: &str, bytes: &[u8]) {
         self.lock().files.insert((sandbox_id.to_string(), path.to_string()), bytes.to_vec());
+    }
+
+    /// Tags of the execs [`Runtime::exec_kill`] was asked to kill, in order.
+    pub fn exec_kills(&self) -> Vec<String> {
+        self.lock().exec_kills.clone()
     }
 
     /// What copy-in put at `dir` in the sandbox (the archive's bytes).
@@ -636,6 +647,9 @@ impl Runtime for FakeRuntime {
             s.seq += 1;
             let exec_id = format!("exec-{:06}", s.seq);
             s.execs.insert(exec_id.clone(), None);
+            if let Some(tag) = &spec.tag {
+                s.exec_tags.insert(tag.clone(), exec_id.clone());
+            }
             let handler = s.handler.clone();
             drop(s);
             let script = match handler {
@@ -657,6 +671,22 @@ impl Runtime for FakeRuntime {
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
         self.enter(Op::ExecExitCode, exec_id).await?;
         self.lock().execs.get(exec_id).copied().ok_or_else(|| Error::not_found("exec", exec_id))
+    }
+
+    async fn exec_kill(&self, sb: &Sandbox, tag: &str) -> Result<u64> {
+        self.enter(Op::ExecKill, &sb.id).await?;
+        let mut s = self.lock();
+        s.exec_kills.push(tag.to_string());
+        let Some(exec_id) = s.exec_tags.get(tag).cloned() else {
+            return Ok(0);
+        };
+        match s.execs.get_mut(&exec_id) {
+            Some(code @ None) => {
+                *code = Some(137);
+                Ok(1)
+            }
+            _ => Ok(0),
+        }
     }
 
     async fn copy_in(&self, sb: &Sandbox, dir: &str, mut archive: BoxStream<Result<Vec<u8>>>) -> Result<()> {

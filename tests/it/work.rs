@@ -1,0 +1,273 @@
+//! Doing a proof of concept inside a sandbox: files in and out with
+//! `sandpit cp` whatever the image holds (the helper every sandbox gets),
+//! and commands that are stopped early killed with everything they started.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sandpit_proto::{self as proto, exec_output::Output};
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+use crate::cli::sandpit;
+use crate::lifecycle::exec;
+use crate::support::*;
+use crate::transfer::records;
+
+/// A profile with room for a 50 MB file in its scratch space (tmpfs pages
+/// count against the memory limit, so memory is above it).
+fn roomy(image: &str, command: &str) -> String {
+    format!(
+        "max_classification = \"OFFICIAL\"\nimages = [\"{image}\"]\ncommand = {command}\n\
+         [resources]\ncpus = 1.0\nmemory = \"384MiB\"\ntmpfs = \"200MiB\"\npids = 64\n[network]\nmode = \"none\"\n"
+    )
+}
+
+/// Pseudo-random bytes (xorshift): nothing compresses or repeats.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// A directory tree's files (path -> SHA-256) and links (path -> target).
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+            let ft = e.file_type().unwrap();
+            if ft.is_symlink() {
+                out.insert(rel, format!("-> {}", std::fs::read_link(e.path()).unwrap().display()));
+            } else if ft.is_dir() {
+                out.insert(format!("{rel}/"), String::new());
+                walk(root, &e.path(), out);
+            } else {
+                out.insert(rel, sha256_hex(&std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn run_cli(d: &Daemon, args: &[&str]) -> std::process::Output {
+    let out = sandpit(d, TEAM_A, args);
+    assert!(
+        out.status.success(),
+        "sandpit {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `sandpit cp` both ways, a 50 MB file and a directory tree, on the base
+/// image and on one with no shell, libc or tar at all; checksums equal and
+/// each transfer on record with the SHA-256 the CLI printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn cp_moves_a_large_file_and_a_tree_both_ways_in_any_image() {
+    let static_image = static_image().to_string();
+    let d = Daemon::with(Options {
+        profiles: vec![
+            ("test-roomy".into(), roomy("{image}", r#"["sleep", "infinity"]"#)),
+            ("test-static".into(), roomy(&static_image, "[]")),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let local = tempfile::tempdir().unwrap();
+    let big = noise(50 * 1000 * 1000, 7);
+    std::fs::write(local.path().join("data.bin"), &big).unwrap();
+    let work = local.path().join("work");
+    std::fs::create_dir_all(work.join("inputs/raw")).unwrap();
+    std::fs::write(work.join("inputs/raw/survey.csv"), b"area,population\nE06000001,93000\n").unwrap();
+    std::fs::write(work.join("inputs/empty"), b"").unwrap();
+    std::fs::write(work.join(format!("notes-{}.md", "n".repeat(120))), noise(70_000, 3)).unwrap();
+    std::os::unix::fs::symlink("inputs/raw/survey.csv", work.join("latest.csv")).unwrap();
+    let want_tree = tree(&work);
+
+    let mut c = d.client(TEAM_A).await;
+    for profile in ["test-roomy", "test-static"] {
+        let mut req = create_req(&d.exp_a, 300);
+        req.profile = profile.into();
+        let sb = c.create_sandbox(req).await.unwrap().into_inner();
+        let out_dir = local.path().join(format!("out-{profile}"));
+        std::fs::create_dir(&out_dir).unwrap();
+
+        // A file into a directory, and back out under a new name.
+        let into = format!("{}:/tmp/", sb.id);
+        let out = run_cli(&d, &["cp", local.path().join("data.bin").to_str().unwrap(), &into]);
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(said.contains(&format!("{}  data.bin", sha256_hex(&big))), "{profile}: the file's SHA-256: {said}");
+        let back = out_dir.join("data-back.bin");
+        run_cli(&d, &["cp", &format!("{}:/tmp/data.bin", sb.id), back.to_str().unwrap()]);
+        assert_eq!(sha256_hex(&std::fs::read(&back).unwrap()), sha256_hex(&big), "{profile}: the file came back whole");
+
+        // A tree to a new name, and back out into a directory.
+        let out = run_cli(&d, &["--json", "cp", work.to_str().unwrap(), &format!("{}:/tmp/work", sb.id)]);
+        let sent: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let out = run_cli(&d, &["--json", "cp", &format!("{}:/tmp/work", sb.id), out_dir.to_str().unwrap()]);
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(tree(&out_dir.join("work")), want_tree, "{profile}: the tree came back the same");
+
+        // Each transfer on record with the archive's size and SHA-256.
+        let ins = records(&d, &sb.id, proto_action("CopyIn"), 2).await;
+        let outs = records(&d, &sb.id, proto_action("CopyOut"), 2).await;
+        for (events, t) in [(&ins, &sent), (&outs, &got)] {
+            let sha = t["sha256"].as_str().unwrap();
+            let size = t["sizeBytes"].as_str().map(str::to_string).unwrap_or_else(|| t["sizeBytes"].to_string());
+            assert!(
+                events.iter().any(|e| e.outcome == "succeeded" && e.reason.contains(sha) && e.reason.contains(&size)),
+                "{profile}: no record of {t}: {events:?}"
+            );
+        }
+    }
+
+    // A path that is neither a sandbox's nor there: a clear error.
+    let out = sandpit(&d, TEAM_A, &["cp", "/nonexistent/file", "/tmp/x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ID:PATH"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn proto_action(rpc: &str) -> &'static str {
+    match rpc {
+        "CopyIn" => "sandpit.v1.SandboxService/CopyIn",
+        "CopyOut" => "sandpit.v1.SandboxService/CopyOut",
+        _ => unreachable!(),
+    }
+}
+
+/// The `sleep 60x` processes in the sandbox, as its process list shows them.
+async fn sleepers(c: &mut Client, id: &str) -> Vec<String> {
+    let (out, _, code) = exec(c, id, &["ps", "-eo", "args"]).await;
+    assert_eq!(code, 0);
+    out.lines().filter(|l| l.starts_with("sleep 60")).map(str::to_string).collect()
+}
+
+/// How many processes the exec-end records say were killed.
+fn killed(events: &[proto::AuditEvent]) -> Vec<u64> {
+    events.iter().filter_map(|e| e.reason.split("killed ").nth(1)?.split(' ').next()?.parse().ok()).collect()
+}
+
+/// A command that times out, or whose client goes away, is killed with
+/// everything it started (children, and a double fork that left the
+/// session's process group), on record; the CLI exits 124 on timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_stopped_early_is_killed_with_all_it_started() {
+    let d = Daemon::start().await;
+    let mut c = d.client(TEAM_A).await;
+    let sb = create(&mut c, &d.exp_a, 300).await;
+
+    // A timeout, through the CLI: 124, as timeout(1).
+    let script = "sleep 600 & sleep 601 & (sleep 602 &) ; wait";
+    let out = sandpit(&d, TEAM_A, &["exec", &sb.id, "--timeout", "2s", "--", "sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(124), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DEADLINE_EXCEEDED"));
+    let left = sleepers(&mut c, &sb.id).await;
+    assert!(left.is_empty(), "a timed-out command's processes are gone: {left:?}");
+    let ended = records(&d, &sb.id, "exec-end", 2).await;
+    let counts = killed(&ended);
+    assert!(counts.iter().any(|n| *n >= 4), "the shell and its three sleeps killed, on record: {ended:?}");
+
+    // The client goes away once the command has started.
+    let req = proto::ExecRequest {
+        id: sb.id.clone(),
+        command: vec!["sh".into(), "-c".into(), format!("echo started; {script}")],
+        ..Default::default()
+    };
+    let mut stream = c.exec(req).await.unwrap().into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.output, Some(Output::Stdout(b"started\n".to_vec())));
+    drop(stream);
+    let mut probe = c.clone();
+    let id = sb.id.clone();
+    eventually(Duration::from_secs(20), "the abandoned command's processes gone", || {
+        let (mut probe, id) = (probe.clone(), id.clone());
+        async move { sleepers(&mut probe, &id).await.is_empty().then_some(()) }
+    })
+    .await;
+    let ended = records(&d, &sb.id, "exec-end", 4).await;
+    assert!(
+        ended
+            .iter()
+            .any(|e| e.outcome != "succeeded" && e.reason.contains("went away") && e.reason.contains("killed ")),
+        "{ended:?}"
+    );
+    let _ = &mut probe;
+
+    // A command that ends by itself kills nothing.
+    let (out, _, code) = exec(&mut c, &sb.id, &["echo", "done"]).await;
+    assert_eq!((out.as_str(), code), ("done\n", 0));
+}
+
+/// An exec racing its sandbox's removal gets FAILED_PRECONDITION, never
+/// INTERNAL or the engine's complaint as the command's output.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exec_on_a_sandbox_being_removed_is_failed_precondition() {
+    let d = Daemon::start().await;
+    let mut c = d.client(TEAM_A).await;
+    let sb = create(&mut c, &d.exp_a, 300).await;
+    let mut runner = c.clone();
+    let id = sb.id.clone();
+    let execs = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            let req = proto::ExecRequest { id: id.clone(), command: vec!["true".into()], ..Default::default() };
+            let result = match runner.exec(req).await {
+                Err(e) => Err(e),
+                Ok(s) => {
+                    let mut s = s.into_inner();
+                    let mut end = Ok(None);
+                    while let Some(m) = s.next().await {
+                        match m {
+                            Ok(m) => {
+                                if let Some(Output::ExitCode(code)) = m.output {
+                                    end = Ok(Some(code));
+                                } else if let Some(Output::Stdout(b) | Output::Stderr(b)) = m.output {
+                                    end = Err(tonic::Status::internal(String::from_utf8_lossy(&b).to_string()));
+                                }
+                            }
+                            Err(e) => end = Err(e),
+                        }
+                    }
+                    end
+                }
+            };
+            let stop = matches!(&result, Err(e) if e.message().contains("not running"));
+            seen.push(result);
+            if stop && seen.len() > 5 {
+                break;
+            }
+        }
+        seen
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap();
+    let seen = execs.await.unwrap();
+    assert!(seen.iter().any(|r| matches!(r, Ok(Some(0)))), "some execs ran before the delete");
+    for r in &seen {
+        match r {
+            Ok(Some(0)) => {}
+            Err(e) if e.code() == Code::FailedPrecondition => {}
+            other => panic!("an exec racing removal answered {other:?}"),
+        }
+    }
+    assert!(seen.iter().any(|r| r.is_err()), "the loop reached the removal");
+    let log = d.log();
+    assert!(!log.lines().any(|l| l.contains("ERROR") && l.contains("exec")), "no exec logged as an error: {log}");
+}
