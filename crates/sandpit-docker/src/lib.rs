@@ -1179,6 +1179,23 @@ impl DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exec_on_a_container_on_its_way_out_is_a_failed_precondition() {
+        let server = |status_code: u16, message: &str| BollardError::DockerResponseServerError {
+            status_code,
+            message: message.to_string(),
+        };
+        for (code, msg) in [
+            (409, "Container abc is not running"),
+            (404, "No such container: abc"),
+            (500, "removal of container abc is already in progress: Removal In Progress"),
+            (500, "Container abc is restarting, wait until the container is running"),
+        ] {
+            assert!(matches!(exec_err("create exec", server(code, msg)), Error::FailedPrecondition(_)), "{msg}");
+        }
+        assert!(matches!(exec_err("create exec", server(500, "disk on fire")), Error::Docker { .. }));
+    }
     use sandpit_core::policy::Resources;
 
     fn spec() -> ContainerSpec {

@@ -65,8 +65,13 @@ impl Manager {
         // found and killed if it must be stopped; in its records.
         let tag = crate::sandbox::random_id::<8>("exec");
         spec.tag = Some(tag.clone());
-        let entry =
-            audit_log::entry(Some(caller), action::EXEC, &sb.experiment, id, Ok(format!("{tag} command: {command}")));
+        let entry = audit_log::entry(
+            Some(caller),
+            action::EXEC,
+            &sb.experiment,
+            id,
+            Ok(format!("command: {command}; tag {tag}")),
+        );
         self.audit.published(Some(self.store.append_audit(entry).await?));
         // The sandbox stopping ends the command too. Docker ends an exec's
         // stream when runc's container dies, but not when a gVisor sandbox
@@ -155,7 +160,7 @@ impl Manager {
                 _ => None,
             };
             let took = crate::time::format_duration_ms(started.elapsed());
-            let mut sent = format!("{tag} stdout {}; stderr {}", stdout.describe(), stderr.describe());
+            let mut sent = format!("stdout {}; stderr {}; tag {tag}", stdout.describe(), stderr.describe());
             match killed {
                 Some(Ok(n)) => sent.push_str(&format!("; killed {n} processes")),
                 Some(Err(e)) => {

@@ -821,7 +821,7 @@ async fn exec_streams_output_and_its_end_record_counts_bytes() {
     let out = run(&["echo", "hello", "world"]).await;
     assert_eq!(out, [ExecOutput::Stdout(b"hello world\n".to_vec()), ExecOutput::Exit(0)]);
     let exec = rig.audit(action::EXEC).await;
-    assert_eq!(exec[0].entry.reason, "command: echo hello world");
+    assert!(exec[0].entry.reason.starts_with("command: echo hello world; tag exec-"), "{}", exec[0].entry.reason);
     eventually("the exec is on record as ended", || async { rig.audit(action::EXEC_END).await.len() == 1 }).await;
     let end = &rig.audit(action::EXEC_END).await[0].entry;
     assert!(end.reason.starts_with("exit 0 after "), "{}", end.reason);
@@ -838,6 +838,34 @@ async fn exec_streams_output_and_its_end_record_counts_bytes() {
     let end = &rig.audit(action::EXEC_END).await[1].entry;
     assert!(end.reason.starts_with("exit 2 after "), "{}", end.reason);
     assert!(end.reason.contains("stdout 3 bytes") && end.reason.contains("stderr 2 bytes"), "{}", end.reason);
+    rig.shutdown().await;
+}
+
+/// An exec stopped before its end (here: at the profile's output cap) is
+/// killed through the runtime with all it started, by the tag it was
+/// given; the record says how many processes went.
+#[tokio::test(start_paused = true)]
+async fn an_exec_stopped_early_is_killed_by_its_tag_and_the_record_says_so() {
+    let toml = "max_classification = \"OFFICIAL\"\nimages = [\"img:1\"]\ncommand = [\"sleep\", \"infinity\"]\n\
+                [file_transfer]\nmax_exec_output = \"4B\"\n";
+    let capped = Profile::parse(Path::new("capped.toml"), toml).unwrap();
+    let rig = Rig::new([capped]).await;
+    let sb = rig.create("capped").await.unwrap();
+    rig.runtime.set_exec_output(ExecScript { output: vec![ExecChunk::Stdout(b"0123456789".to_vec())], exit_code: 0 });
+    let spec = ExecSpec { command: vec!["yes".into()], ..Default::default() };
+    let out: Vec<_> = rig.manager.exec(&rig.caller, &sb.id, spec, None).await.unwrap().collect().await;
+    assert_eq!(out[0].as_ref().unwrap(), &ExecOutput::Stdout(b"0123".to_vec()));
+    assert!(matches!(out.last(), Some(Err(Error::ResourceExhausted(_)))), "{out:?}");
+    let tag = rig.audit(action::EXEC).await[0].entry.reason.rsplit("tag ").next().unwrap().to_string();
+    assert_eq!(rig.runtime.exec_kills(), [tag.clone()]);
+    let end = &rig.audit(action::EXEC_END).await[0].entry;
+    assert!(end.reason.contains(&format!("tag {tag}; killed 1 processes")), "{}", end.reason);
+
+    // One that ends by itself is left alone.
+    rig.runtime.set_exec_output(ExecScript { output: vec![ExecChunk::Stdout(b"ok".to_vec())], exit_code: 0 });
+    let spec = ExecSpec { command: vec!["true".into()], ..Default::default() };
+    let _: Vec<_> = rig.manager.exec(&rig.caller, &sb.id, spec, None).await.unwrap().collect().await;
+    assert_eq!(rig.runtime.exec_kills().len(), 1);
     rig.shutdown().await;
 }
 
