@@ -271,3 +271,86 @@ async fn an_exec_on_a_sandbox_being_removed_is_failed_precondition() {
     let log = d.log();
     assert!(!log.lines().any(|l| l.contains("ERROR") && l.contains("exec")), "no exec logged as an error: {log}");
 }
+
+/// `sandpit port-forward` carries a browser's connection to a web server
+/// on the loopback of a sandbox with no network at all; the profile must
+/// list the port, and each connection is on record with its bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn port_forward_reaches_a_server_in_a_sandbox_with_no_network() {
+    let web = "max_classification = \"OFFICIAL\"\nimages = [\"{image}\"]\n\
+               command = [\"busybox\", \"httpd\", \"-f\", \"-p\", \"127.0.0.1:8080\", \"-h\", \"/tmp\"]\n\
+               [port_forward]\nports = [8080, 8081]\n[network]\nmode = \"none\"\n";
+    let d = Daemon::with(Options { profiles: vec![("test-web".into(), web.into())], ..Default::default() }).await;
+    let mut c = d.client(TEAM_A).await;
+    let mut req = create_req(&d.exp_a, 300);
+    req.profile = "test-web".into();
+    let sb = c.create_sandbox(req).await.unwrap().into_inner();
+    let (_, _, code) = exec(&mut c, &sb.id, &["sh", "-c", "echo hello from the sandbox > /tmp/index.html"]).await;
+    assert_eq!(code, 0);
+
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_sandpit"))
+        .args(["port-forward", &sb.id, "0:8080"])
+        .env("SANDPIT_ADDR", &d.addr)
+        .env("SANDPIT_TOKEN", TEAM_A)
+        .env_remove("SANDPIT_DATA_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stdout = std::io::BufReader::new(cli.stdout.take().unwrap());
+    let cli = Kill(cli);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let local = line.split_whitespace().nth(2).unwrap_or_else(|| panic!("the CLI said {line:?}")).to_string();
+    assert!(line.starts_with("Forwarding from 127.0.0.1:") && line.contains(&format!("-> {}:8080", sb.id)), "{line}");
+
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(&local).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /index.html HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(20), tokio::io::AsyncReadExt::read_to_string(&mut s, &mut answer))
+            .await
+            .expect("the answer in time")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("hello from the sandbox"), "{answer}");
+    }
+    let ends = records(&d, &sb.id, "port-forward-end", 2).await;
+    for e in &ends {
+        assert_eq!(e.outcome, "succeeded", "{e:?}");
+        assert!(e.reason.starts_with("port 8080: in 28 bytes sha256 "), "{}", e.reason);
+    }
+    drop(cli);
+
+    // Refused by rule where the profile does not list the port, or allows none.
+    let forward = |port: u32, id: String| {
+        let header = proto::PortForwardHeader { id, port };
+        let first = proto::PortForwardRequest { part: Some(proto::port_forward_request::Part::Header(header)) };
+        futures_util::stream::iter([first])
+    };
+    let e = c.port_forward(forward(9090, sb.id.clone())).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("port-forward") && e.message().contains("8080, 8081"), "{}", e.message());
+    let plain = create(&mut c, &d.exp_a, 300).await;
+    let e = c.port_forward(forward(8080, plain.id.clone())).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("no port"), "{}", e.message());
+
+    // A listed port nothing listens on: the stream says so.
+    let mut answers = c.port_forward(forward(8081, sb.id.clone())).await.unwrap().into_inner();
+    let end = loop {
+        match answers.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended without saying nothing listens"),
+        }
+    };
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert!(end.message().contains("port 8081"), "{}", end.message());
+}

@@ -36,6 +36,7 @@ macro_rules! complain {
 }
 
 mod cp;
+mod forward;
 
 const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
 
@@ -129,6 +130,18 @@ enum Command {
         /// A local path, or ID:PATH in a sandbox: a directory receives the
         /// copy; a path that does not exist is the copy's new name.
         dest: String,
+    },
+    /// Forward a local port to a port on the sandbox's own loopback, as
+    /// `kubectl port-forward` does: `sandpit port-forward ID 8888` or
+    /// `ID 9000:8888` (LOCAL 0: any free port). The profile must list the
+    /// port; every connection is audited. Runs until interrupted.
+    PortForward {
+        id: String,
+        /// [LOCAL:]REMOTE
+        ports: String,
+        /// Local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: String,
     },
     /// Follow sandbox lifecycle events.
     Watch {
@@ -573,6 +586,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Command::Cp { src, dest } => cp::cp(&mut client, &src, &dest, cli.json).await?,
+        Command::PortForward { id, ports, address } => forward::port_forward(client, id, &ports, &address).await?,
         Command::Watch { id, experiment } => {
             let req =
                 proto::WatchSandboxesRequest { id: id.unwrap_or_default(), experiment: experiment.unwrap_or_default() };

@@ -80,6 +80,14 @@ pub struct ExecSession {
     pub output: BoxStream<Result<ExecChunk>>,
 }
 
+/// A TCP connection to a port on a sandbox's loopback, as a byte stream
+/// each way: write to `input`, read `output`. Shutting `input` down sends
+/// the end of the stream; `output` ends when the other side closes.
+pub struct Connection {
+    pub input: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    pub output: BoxStream<Result<Vec<u8>>>,
+}
+
 /// One progress line of an image pull.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PullProgress {
@@ -218,6 +226,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// included; how many there were (0 once it has ended).
     async fn exec_kill(&self, sandbox: &Sandbox, tag: &str) -> Result<u64>;
 
+    /// Opens a TCP connection to `port` on the sandbox's own loopback,
+    /// whatever its network mode, without publishing anything on the host.
+    async fn port_connect(&self, sandbox: &Sandbox, port: u16) -> Result<Connection>;
     /// Extracts the tar archive `archive` into directory `dir` of the
     /// sandbox, all of it or nothing (a failure leaves no partial file).
     async fn copy_in(&self, sandbox: &Sandbox, dir: &str, archive: BoxStream<Result<Vec<u8>>>) -> Result<()>;

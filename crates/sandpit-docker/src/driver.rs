@@ -9,8 +9,8 @@ use crate::spec::{ContainerSpec, Isolation, Mount, NetworkRequest};
 use crate::DockerRuntime;
 use sandpit_core::policy::NetworkMode;
 use sandpit_core::runtime::{
-    BoxStream, Capabilities, ContainerStatus, ExecSession, ExecSpec, Owned, OwnedKind, Provisioned, PullProgress,
-    Repair, Runtime, RuntimeEvent,
+    BoxStream, Capabilities, Connection, ContainerStatus, ExecSession, ExecSpec, Owned, OwnedKind, Provisioned,
+    PullProgress, Repair, Runtime, RuntimeEvent,
 };
 use sandpit_core::sandbox::{Sandbox, DATASETS_DIR};
 use sandpit_core::{Error, Result};
@@ -229,6 +229,17 @@ impl Runtime for DockerRuntime {
             )));
         }
         super::transfer::kill_tagged(self, &container, tag).await
+    }
+
+    async fn port_connect(&self, sb: &Sandbox, port: u16) -> Result<Connection> {
+        let container = running(sb)?;
+        if !self.has_helper(&container).await? {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox '{}' was made without the helper, which port forwarding needs: create a new one",
+                sb.id
+            )));
+        }
+        super::transfer::connect(self, &container, port).await
     }
 
     async fn copy_in(&self, sb: &Sandbox, dir: &str, archive: BoxStream<Result<Vec<u8>>>) -> Result<()> {

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::{helper, DockerRuntime};
-use sandpit_core::runtime::{BoxStream, ExecChunk, ExecSpec};
+use sandpit_core::runtime::{BoxStream, Connection, ExecChunk, ExecSpec};
 use sandpit_core::{Error, Result};
 
 /// Longest stderr kept from a failed `tar`.
@@ -240,6 +240,58 @@ pub(super) async fn copy_out(
         }
     })
     .boxed())
+}
+
+/// A TCP connection to `port` on the container's loopback: the helper's
+/// `connect` over exec, its stdin and stdout the two directions. The
+/// stream ends with an error if the helper could not connect or broke off.
+pub(super) async fn connect(rt: &DockerRuntime, container: &str, port: u16) -> Result<Connection> {
+    let spec = ExecSpec { command: helper::command(["connect".to_string(), port.to_string()]), ..Default::default() };
+    let (session, input) = rt.exec_in_with_stdin(container, spec).await?;
+    struct State {
+        output: BoxStream<Result<ExecChunk>>,
+        exec_id: String,
+        rt: DockerRuntime,
+        port: u16,
+        err: Vec<u8>,
+        done: bool,
+    }
+    let state =
+        State { output: session.output, exec_id: session.exec_id, rt: rt.clone(), port, err: Vec::new(), done: false };
+    let output = futures_util::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            match st.output.next().await {
+                Some(Ok(ExecChunk::Stdout(b))) => return Some((Ok(b), st)),
+                Some(Ok(ExecChunk::Stderr(b))) => {
+                    st.err.extend(b.into_iter().take(STDERR_MAX.saturating_sub(st.err.len())))
+                }
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                None => {
+                    st.done = true;
+                    return match exit_code(&st.rt, &st.exec_id).await {
+                        Ok(0) => None,
+                        Ok(code) => Some((
+                            Err(Error::Unavailable(format!(
+                                "port {} in the sandbox (exit {code}): {}",
+                                st.port,
+                                String::from_utf8_lossy(&st.err).trim()
+                            ))),
+                            st,
+                        )),
+                        Err(e) => Some((Err(e), st)),
+                    };
+                }
+            }
+        }
+    })
+    .boxed();
+    Ok(Connection { input, output })
 }
 
 /// Kills the processes of the exec tagged `tag` with the helper; how many.

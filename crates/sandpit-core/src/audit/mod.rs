@@ -37,6 +37,7 @@ pub mod action {
     pub const PULL_IMAGE: &str = "sandpit.v1.SandboxService/PullImage";
     pub const COPY_IN: &str = "sandpit.v1.SandboxService/CopyIn";
     pub const COPY_OUT: &str = "sandpit.v1.SandboxService/CopyOut";
+    pub const PORT_FORWARD: &str = "sandpit.v1.SandboxService/PortForward";
     pub const REGISTER_EXPERIMENT: &str = "sandpit.v1.RegisterService/RegisterExperiment";
     pub const GET_EXPERIMENT: &str = "sandpit.v1.RegisterService/GetExperiment";
     pub const LIST_EXPERIMENTS: &str = "sandpit.v1.RegisterService/ListExperiments";
@@ -61,6 +62,8 @@ pub mod action {
     pub const POOL_DRAIN: &str = "pool-drain";
     /// An exec ended (however it ended): its output's size and SHA-256.
     pub const EXEC_END: &str = "exec-end";
+    /// A forwarded connection ended: its bytes each way.
+    pub const PORT_FORWARD_END: &str = "port-forward-end";
     /// The egress proxy let a sandbox's request through, or refused it.
     pub const EGRESS: &str = "egress";
     /// The daemon tore a sandbox down at its expiry.

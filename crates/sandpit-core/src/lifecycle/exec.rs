@@ -211,7 +211,7 @@ impl Manager {
 
 /// Resolves when sandbox `id` stops running (exits, expires, is deleted,
 /// fails or is lost), with how; pending for ever otherwise.
-async fn sandbox_ended(mut events: broadcast::Receiver<SandboxEvent>, id: String) -> EventKind {
+pub(super) async fn sandbox_ended(mut events: broadcast::Receiver<SandboxEvent>, id: String) -> EventKind {
     loop {
         match events.recv().await {
             Ok(e) if e.sandbox.id == id && e.kind.is_end() => return e.kind,

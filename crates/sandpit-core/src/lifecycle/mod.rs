@@ -14,6 +14,7 @@ mod audit_log;
 mod exec;
 mod experiments;
 mod expiry;
+mod forward;
 mod gauges;
 mod locks;
 mod pool;

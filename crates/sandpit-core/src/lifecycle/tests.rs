@@ -869,6 +869,44 @@ async fn an_exec_stopped_early_is_killed_by_its_tag_and_the_record_says_so() {
     rig.shutdown().await;
 }
 
+/// A forwarded connection carries bytes both ways to a listed port only,
+/// and is on record when it opens and, with its bytes, when it ends.
+#[tokio::test(start_paused = true)]
+async fn port_forward_reaches_a_listed_port_only_and_is_on_record() {
+    let toml = "max_classification = \"OFFICIAL\"\nimages = [\"img:1\"]\ncommand = [\"sleep\", \"infinity\"]\n\
+                [port_forward]\nports = [8888]\n";
+    let notebook = Profile::parse(Path::new("notebook.toml"), toml).unwrap();
+    let rig = Rig::new([notebook, standard()]).await;
+    let sb = rig.create("notebook").await.unwrap();
+    let input = futures_util::stream::iter([Ok(b"GET / ".to_vec()), Ok(b"HTTP/1.0\r\n\r\n".to_vec())]).boxed();
+    let out = rig.manager.port_forward(&rig.caller, &sb.id, 8888, input).await.unwrap();
+    let echoed: Vec<u8> = out.map(|c| c.unwrap()).collect::<Vec<_>>().await.concat();
+    assert_eq!(echoed, b"GET / HTTP/1.0\r\n\r\n", "the fake runtime echoes");
+    let opened = rig.audit(action::PORT_FORWARD).await;
+    assert_eq!(opened[0].entry.reason, "port 8888 opened");
+    eventually("the connection's end is on record", || async { !rig.audit(action::PORT_FORWARD_END).await.is_empty() })
+        .await;
+    let end = &rig.audit(action::PORT_FORWARD_END).await[0].entry;
+    assert_eq!(end.outcome, Outcome::Succeeded);
+    assert!(
+        end.reason.starts_with("port 8888: in 18 bytes sha256 ") && end.reason.contains("; out 18 bytes"),
+        "{}",
+        end.reason
+    );
+
+    let none = futures_util::stream::empty().boxed();
+    let e = rig.manager.port_forward(&rig.caller, &sb.id, 9999, none).await.err().unwrap();
+    assert!(matches!(e, Error::Denied { rule: Rule::PortForward, .. }), "{e:?}");
+    assert!(e.to_string().contains("only 8888"), "{e}");
+    let other = rig.create("std").await.unwrap();
+    let none = futures_util::stream::empty().boxed();
+    let e = rig.manager.port_forward(&rig.caller, &other.id, 8888, none).await.err().unwrap();
+    assert!(matches!(e, Error::Denied { rule: Rule::PortForward, .. }), "{e:?}");
+    let refused = rig.audit(action::PORT_FORWARD).await;
+    assert_eq!(refused.iter().filter(|r| r.entry.outcome == Outcome::Denied).count(), 2);
+    rig.shutdown().await;
+}
+
 /// Copy-in hands the archive to the runtime and copy-out streams it back;
 /// each ends with a record of what moved, in bytes and by hash.
 #[tokio::test(start_paused = true)]

@@ -39,6 +39,10 @@ pub struct Profile {
     /// Datasets (by name, as declared in the daemon's config) it may mount.
     pub datasets: Vec<String>,
     pub file_transfer: FileTransfer,
+    /// Ports on the sandbox's loopback a team may forward a connection to.
+    /// Records written before port forwarding existed allow none.
+    #[serde(default)]
+    pub port_forward: PortForward,
     /// Pre-provisioned sandboxes to keep ready for claims.
     pub warm_pool: u32,
     /// How strongly its sandboxes are kept from the host's kernel. Records
@@ -203,6 +207,15 @@ pub struct FileTransfer {
     pub max_exec_output: Option<u64>,
 }
 
+/// Ports a team may reach, through the daemon, on a sandbox's own loopback
+/// (a notebook, a small web app). Empty: none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortForward {
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
 /// The exec output cap of a profile that refuses copy-out and names no cap
 /// of its own: enough for any command's report, too little to carry data out.
 pub const DEFAULT_EXEC_OUTPUT_WITHOUT_COPY_OUT: u64 = 1 << 20;
@@ -249,6 +262,8 @@ struct ProfileFile {
     #[serde(default)]
     datasets: Vec<String>,
     file_transfer: Option<FileTransferFile>,
+    #[serde(default)]
+    port_forward: PortForward,
     #[serde(default)]
     warm_pool: u32,
     #[serde(default)]
@@ -430,6 +445,21 @@ impl Profile {
         }
         let file_transfer =
             FileTransfer { copy_in: ft.and_then(|f| f.copy_in).unwrap_or(true), copy_out, max_exec_output };
+        // A forwarded connection carries data out as a copy-out does.
+        if !raw.port_forward.ports.is_empty() && !copy_out {
+            errors.push(err(
+                "port_forward.ports",
+                "a forwarded connection carries data out of the sandbox: it needs file_transfer.copy_out".into(),
+            ));
+        }
+        for (i, port) in raw.port_forward.ports.iter().enumerate() {
+            if *port == 0 || raw.port_forward.ports[..i].contains(port) {
+                errors.push(err(
+                    &format!("port_forward.ports[{i}]"),
+                    format!("{port} must be a port from 1 to 65535, once"),
+                ));
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -445,6 +475,7 @@ impl Profile {
             network: raw.network,
             datasets: raw.datasets,
             file_transfer,
+            port_forward: raw.port_forward,
             warm_pool: raw.warm_pool,
             isolation: raw.isolation,
             source: file.to_path_buf(),
@@ -1021,5 +1052,19 @@ mod tests {
                 check_refused(file, &content, &errors)?;
             }
         }
+    }
+
+    #[test]
+    fn port_forward_needs_copy_out_and_real_ports() {
+        let base = "max_classification = \"OFFICIAL-SENSITIVE\"\nimages = [\"img:1\"]\n";
+        let errs = Profile::parse(Path::new("p.toml"), &format!("{base}[port_forward]\nports = [8888, 0, 8888]\n"))
+            .unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["port_forward.ports", "port_forward.ports[1]", "port_forward.ports[2]"], "{errs:?}");
+        assert!(errs[0].reason.contains("copy_out"), "{errs:?}");
+        let ok = format!("{base}[file_transfer]\ncopy_out = true\n[port_forward]\nports = [8888, 8501]\n");
+        assert_eq!(Profile::parse(Path::new("p.toml"), &ok).unwrap().port_forward.ports, [8888, 8501]);
+        let none = Profile::parse(Path::new("p.toml"), base).unwrap();
+        assert!(none.port_forward.ports.is_empty(), "none unless listed");
     }
 }

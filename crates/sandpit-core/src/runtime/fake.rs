@@ -34,8 +34,8 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
 use super::{
-    BoxStream, Capabilities, ContainerStatus, ExecChunk, ExecSession, ExecSpec, NetworkInfo, Owned, OwnedKind,
-    Provisioned, PullProgress, Repair, Runtime, RuntimeEvent,
+    BoxStream, Capabilities, Connection, ContainerStatus, ExecChunk, ExecSession, ExecSpec, NetworkInfo, Owned,
+    OwnedKind, Provisioned, PullProgress, Repair, Runtime, RuntimeEvent,
 };
 use crate::policy::{Isolation, NetworkMode};
 use crate::sandbox::Sandbox;
@@ -57,6 +57,7 @@ pub enum Op {
     Exec,
     ExecExitCode,
     ExecKill,
+    PortConnect,
     CopyIn,
     CopyOut,
     Events,
@@ -79,6 +80,7 @@ impl Op {
             Op::Exec => "exec",
             Op::ExecExitCode => "inspect exec",
             Op::ExecKill => "kill exec",
+            Op::PortConnect => "port connect",
             Op::CopyIn => "copy in",
             Op::CopyOut => "copy out",
             Op::Events => "events",
@@ -687,6 +689,31 @@ impl Runtime for FakeRuntime {
             }
             _ => Ok(0),
         }
+    }
+
+    /// An echo server on every port: what is written comes back.
+    async fn port_connect(&self, sb: &Sandbox, _port: u16) -> Result<Connection> {
+        self.enter(Op::PortConnect, &sb.id).await?;
+        self.running_container(sb)?;
+        let (ours, theirs) = tokio::io::duplex(64 << 10);
+        let (mut their_read, mut their_write) = tokio::io::split(theirs);
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut their_read, &mut their_write).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut their_write).await;
+        });
+        let (read, write) = tokio::io::split(ours);
+        let output = futures_util::stream::unfold(read, |mut r| async move {
+            let mut buf = vec![0u8; 16 << 10];
+            match tokio::io::AsyncReadExt::read(&mut r, &mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(buf), r))
+                }
+            }
+        })
+        .boxed();
+        Ok(Connection { input: Box::pin(write), output })
     }
 
     async fn copy_in(&self, sb: &Sandbox, dir: &str, mut archive: BoxStream<Result<Vec<u8>>>) -> Result<()> {

@@ -29,6 +29,7 @@ pub enum Method {
     PullImage,
     CopyIn,
     CopyOut,
+    PortForward,
     RegisterExperiment,
     GetExperiment,
     ListExperiments,
@@ -51,7 +52,7 @@ pub enum Method {
 use Role::{Approver, Auditor, Operator, Requester};
 
 impl Method {
-    pub const ALL: [Method; 27] = [
+    pub const ALL: [Method; 28] = [
         Method::CreateSandbox,
         Method::GetSandbox,
         Method::ListSandboxes,
@@ -62,6 +63,7 @@ impl Method {
         Method::PullImage,
         Method::CopyIn,
         Method::CopyOut,
+        Method::PortForward,
         Method::RegisterExperiment,
         Method::GetExperiment,
         Method::ListExperiments,
@@ -89,7 +91,8 @@ impl Method {
             | Method::Exec
             | Method::PullImage
             | Method::CopyIn
-            | Method::CopyOut => &[Requester],
+            | Method::CopyOut
+            | Method::PortForward => &[Requester],
             Method::GetSandbox | Method::ListSandboxes | Method::WatchSandboxes => {
                 &[Requester, Operator, Auditor, Approver]
             }
@@ -120,6 +123,7 @@ impl Method {
             Method::PullImage => action::PULL_IMAGE,
             Method::CopyIn => action::COPY_IN,
             Method::CopyOut => action::COPY_OUT,
+            Method::PortForward => action::PORT_FORWARD,
             Method::RegisterExperiment => action::REGISTER_EXPERIMENT,
             Method::GetExperiment => action::GET_EXPERIMENT,
             Method::ListExperiments => action::LIST_EXPERIMENTS,

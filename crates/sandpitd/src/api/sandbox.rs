@@ -161,6 +161,36 @@ impl SandboxService for SandboxApi {
         Ok(Response::new(t.into()))
     }
 
+    type PortForwardStream = StatusStream<proto::PortForwardResponse>;
+
+    async fn port_forward(
+        &self,
+        req: Request<tonic::Streaming<proto::PortForwardRequest>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        use proto::port_forward_request::Part;
+        let caller = self.gate.authorize(&req, Method::PortForward).await.map_err(to_status)?;
+        let mut stream = req.into_inner();
+        let header = match stream.message().await? {
+            Some(proto::PortForwardRequest { part: Some(Part::Header(h)) }) => h,
+            _ => return Err(to_status(Error::invalid("header", "the first message must be the header"))),
+        };
+        id("id", &header.id).map_err(to_status)?;
+        let port = u16::try_from(header.port).ok().filter(|p| *p > 0).ok_or_else(|| {
+            to_status(Error::invalid("port", format!("{} is not a port from 1 to 65535", header.port)))
+        })?;
+        let input = stream
+            .map(|m| match m {
+                Ok(proto::PortForwardRequest { part: Some(Part::Data(b)) }) => Ok(b),
+                Ok(_) => Err(Error::invalid("data", "only the first message may be a header")),
+                Err(s) => Err(Error::Cancelled(format!("the client's side broke off: {}", s.message()))),
+            })
+            .boxed();
+        let out = self.manager.port_forward(&caller, &header.id, port, input).await.map_err(to_status)?;
+        Ok(Response::new(
+            caller.hold(out.map(|d| d.map(|data| proto::PortForwardResponse { data }).map_err(to_status))).boxed(),
+        ))
+    }
+
     type CopyOutStream = StatusStream<proto::CopyOutChunk>;
 
     async fn copy_out(&self, req: Request<proto::CopyOutRequest>) -> Result<Response<Self::CopyOutStream>, Status> {
