@@ -185,6 +185,7 @@ async fn no_audit_record_holds_unbounded_caller_input() {
         env,
         workdir,
         timeout: None,
+        tty: None,
     };
     let r = a.exec(exec(vec!["echo".into(), big.clone()], vec![], String::new())).await;
     invalid(r.map(|_| ()), "command", "exec with a huge command");

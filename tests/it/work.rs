@@ -354,3 +354,94 @@ async fn port_forward_reaches_a_server_in_a_sandbox_with_no_network() {
     assert_eq!(end.code(), Code::Unavailable, "{end:?}");
     assert!(end.message().contains("port 8081"), "{}", end.message());
 }
+
+/// `sandpit exec -i` forwards standard input (1 MB of it, whole) and the
+/// record says how much went in.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_i_forwards_standard_input() {
+    let d = Daemon::start().await;
+    let mut c = d.client(TEAM_A).await;
+    let sb = create(&mut c, &d.exp_a, 300).await;
+    let data = noise(1 << 20, 11);
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_sandpit"))
+        .args(["exec", "-i", &sb.id, "--", "sha256sum"])
+        .env("SANDPIT_ADDR", &d.addr)
+        .env("SANDPIT_TOKEN", TEAM_A)
+        .env_remove("SANDPIT_DATA_DIR")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = cli.stdin.take().unwrap();
+    let feed = {
+        let data = data.clone();
+        std::thread::spawn(move || std::io::Write::write_all(&mut input, &data))
+    };
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output()).await.unwrap().unwrap();
+    feed.join().unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&sha256_hex(&data)), "{:?}", out);
+    let ended = records(&d, &sb.id, "exec-end", 1).await;
+    assert!(ended[0].reason.contains(&format!("stdin 1048576 bytes sha256 {}", sha256_hex(&data))), "{ended:?}");
+}
+
+/// A terminal session driven as a person would: a shell with a TTY of the
+/// asked size, resized while it runs, ending with the shell's exit code.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tty_session_is_a_terminal_that_follows_resizes() {
+    use proto::exec_interactive_request::Input;
+    let d = Daemon::start().await;
+    let mut c = d.client(TEAM_A).await;
+    let sb = create(&mut c, &d.exp_a, 300).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let send = |input| proto::ExecInteractiveRequest { input: Some(input) };
+    let start = proto::ExecRequest {
+        id: sb.id.clone(),
+        command: vec!["sh".into()],
+        tty: Some(proto::TerminalSize { rows: 24, cols: 80 }),
+        ..Default::default()
+    };
+    tx.send(send(Input::Start(start))).await.unwrap();
+    let mut out = c.exec_interactive(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut seen = String::new();
+    tx.send(send(Input::Stdin(b"busybox tty; busybox stty size\n".to_vec()))).await.unwrap();
+    read_until(&mut out, &mut seen, "24 80").await;
+    tx.send(send(Input::Resize(proto::TerminalSize { rows: 40, cols: 100 }))).await.unwrap();
+    tx.send(send(Input::Stdin(b"busybox stty size\n".to_vec()))).await.unwrap();
+    read_until(&mut out, &mut seen, "40 100").await;
+    tx.send(send(Input::Stdin(b"exit 3\n".to_vec()))).await.unwrap();
+    read_until(&mut out, &mut seen, "[exit 3]").await;
+    assert!(seen.contains("/dev/pts/"), "a terminal: {seen}");
+
+    // A terminal is ExecInteractive's alone.
+    let req = proto::ExecRequest {
+        id: sb.id.clone(),
+        command: vec!["sh".into()],
+        tty: Some(proto::TerminalSize { rows: 24, cols: 80 }),
+        ..Default::default()
+    };
+    let e = c.exec(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("tty"), "{}", e.message());
+}
+
+/// Reads a terminal session's output into `seen` until it holds `want`.
+async fn read_until(out: &mut tonic::Streaming<proto::ExecOutput>, seen: &mut String, want: &str) {
+    let read = async {
+        while !seen.contains(want) {
+            match out.next().await {
+                Some(Ok(proto::ExecOutput { output: Some(Output::Stdout(b)) })) => {
+                    seen.push_str(&String::from_utf8_lossy(&b))
+                }
+                Some(Ok(proto::ExecOutput { output: Some(Output::ExitCode(code)) })) => {
+                    seen.push_str(&format!("[exit {code}]"))
+                }
+                other => panic!("{other:?} before {want:?} in {seen:?}"),
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(20), read).await.is_err() {
+        panic!("no {want:?} in {seen:?}");
+    }
+}

@@ -37,6 +37,7 @@ macro_rules! complain {
 
 mod cp;
 mod forward;
+mod interactive;
 
 const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
 
@@ -107,9 +108,16 @@ enum Command {
     },
     /// Delete a sandbox.
     Rm { id: String },
-    /// Run a command in a sandbox; exits with the command's exit code.
+    /// Run a command in a sandbox; exits with the command's exit code (124
+    /// if it ran past its timeout, as timeout(1) does).
     Exec {
         id: String,
+        /// Forward standard input to the command.
+        #[arg(long, short)]
+        interactive: bool,
+        /// Give the command a terminal (this one's size, in raw mode with -i).
+        #[arg(long, short)]
+        tty: bool,
         /// KEY=VALUE, repeatable.
         #[arg(long, short)]
         env: Vec<String>,
@@ -130,6 +138,13 @@ enum Command {
         /// A local path, or ID:PATH in a sandbox: a directory receives the
         /// copy; a path that does not exist is the copy's new name.
         dest: String,
+    },
+    /// An interactive shell in a sandbox (exec -i -t of the shell).
+    Shell {
+        id: String,
+        /// The shell to run.
+        #[arg(long, default_value = "sh")]
+        shell: String,
     },
     /// Forward a local port to a port on the sandbox's own loopback, as
     /// `kubectl port-forward` does: `sandpit port-forward ID 8888` or
@@ -546,14 +561,22 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 say!("{} {}", sb.id, proto::shown::<proto::SandboxState>(sb.state));
             }
         }
-        Command::Exec { id, env, workdir, timeout, command } => {
+        Command::Shell { id, shell } => {
+            let req = proto::ExecRequest { id, command: vec![shell], ..Default::default() };
+            return interactive::exec(&mut client, req, true, true).await;
+        }
+        Command::Exec { id, interactive, tty, env, workdir, timeout, command } => {
             let req = proto::ExecRequest {
                 id,
                 command,
                 env,
                 workdir: workdir.unwrap_or_default(),
                 timeout: timeout.map(|d| pbjson_types::Duration { seconds: d.as_secs() as i64, nanos: 0 }),
+                tty: None,
             };
+            if interactive || tty {
+                return interactive::exec(&mut client, req, interactive, tty).await;
+            }
             let mut stream = client.exec(req).await?.into_inner();
             let mut code = None;
             while let Some(msg) = stream.next().await {

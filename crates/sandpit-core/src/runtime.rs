@@ -66,6 +66,17 @@ pub struct ExecSpec {
     /// command's processes with it, so that [`Runtime::exec_kill`] finds
     /// every one it started. `None`: not to be killed apart from its sandbox.
     pub tag: Option<String>,
+    /// Attach standard input ([`ExecSession::input`]).
+    pub stdin: bool,
+    /// Run with a terminal of this size (output then comes as stdout only).
+    pub tty: Option<TerminalSize>,
+}
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalSize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +89,9 @@ pub enum ExecChunk {
 pub struct ExecSession {
     pub exec_id: String,
     pub output: BoxStream<Result<ExecChunk>>,
+    /// The command's standard input, when [`ExecSpec::stdin`] asked for it;
+    /// shut it down to send the end of input.
+    pub input: Option<Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
 }
 
 /// A TCP connection to a port on a sandbox's loopback, as a byte stream
@@ -221,6 +235,8 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// The exit code of a finished exec (`None` while it runs).
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>>;
+    /// Resizes the terminal of an exec started with [`ExecSpec::tty`].
+    async fn exec_resize(&self, exec_id: &str, size: TerminalSize) -> Result<()>;
     /// Kills, at once, the command of the exec tagged `tag`
     /// ([`ExecSpec::tag`]) and every process it started, double forks
     /// included; how many there were (0 once it has ended).

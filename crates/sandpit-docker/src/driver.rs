@@ -10,7 +10,7 @@ use crate::DockerRuntime;
 use sandpit_core::policy::NetworkMode;
 use sandpit_core::runtime::{
     BoxStream, Capabilities, Connection, ContainerStatus, ExecSession, ExecSpec, Owned, OwnedKind, Provisioned,
-    PullProgress, Repair, Runtime, RuntimeEvent,
+    PullProgress, Repair, Runtime, RuntimeEvent, TerminalSize,
 };
 use sandpit_core::sandbox::{Sandbox, DATASETS_DIR};
 use sandpit_core::{Error, Result};
@@ -207,13 +207,24 @@ impl Runtime for DockerRuntime {
         // tag and makes it lead a session of its own, then becomes the command.
         if let Some(tag) = spec.tag.clone() {
             if self.has_helper(&container).await? {
-                spec.command = crate::helper::command(["run".to_string(), tag, "--".to_string()])
-                    .into_iter()
-                    .chain(spec.command)
-                    .collect();
+                let mut run = vec!["run".to_string(), tag];
+                if spec.tty.is_some() {
+                    run.push("--tty".into());
+                }
+                run.push("--".into());
+                spec.command = crate::helper::command(run).into_iter().chain(spec.command).collect();
             }
         }
+        if spec.stdin {
+            let (mut session, input) = self.exec_in_with_stdin(&container, spec).await?;
+            session.input = Some(input);
+            return Ok(session);
+        }
         self.exec_in(&container, spec).await
+    }
+
+    async fn exec_resize(&self, exec_id: &str, size: TerminalSize) -> Result<()> {
+        self.resize_exec(exec_id, size).await
     }
 
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {

@@ -359,9 +359,11 @@ impl DockerRuntime {
             attach_stdin: Some(stdin),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
+            tty: Some(spec.tty.is_some()),
             privileged: Some(false),
             ..Default::default()
         };
+        let size = spec.tty;
         let exec = d.create_exec(container, opts).await.map_err(|e| exec_err("create exec", e))?;
         // When the container stops between the create and the start, runc's
         // complaint comes back as the command's output, with exit code 126:
@@ -390,9 +392,14 @@ impl DockerRuntime {
                 }
             }
         };
-        match d.start_exec(&exec.id, None).await.map_err(|e| exec_err("start exec", e))? {
+        let started = d.start_exec(&exec.id, None).await.map_err(|e| exec_err("start exec", e))?;
+        if let Some(size) = size {
+            self.resize_exec(&exec.id, size).await?;
+        }
+        match started {
             StartExecResults::Attached { output, input } => Ok((
                 ExecSession {
+                    input: None,
                     exec_id: exec.id,
                     output: output
                         .filter_map(|r| async move {
@@ -1137,6 +1144,13 @@ impl DockerRuntime {
         spec: ExecSpec,
     ) -> Result<(ExecSession, Pin<Box<dyn tokio::io::AsyncWrite + Send>>)> {
         self.start_exec(container, spec, true).await
+    }
+
+    /// Resizes an exec's terminal.
+    pub(crate) async fn resize_exec(&self, exec_id: &str, size: sandpit_core::runtime::TerminalSize) -> Result<()> {
+        let d = self.docker().await?;
+        let opts = bollard::query_parameters::ResizeExecOptions { h: i32::from(size.rows), w: i32::from(size.cols) };
+        d.resize_exec(exec_id, opts).await.map_err(|e| exec_err("resize exec", e))
     }
 
     /// The exit code of a finished exec (`None` while it runs).

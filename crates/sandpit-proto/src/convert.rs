@@ -26,6 +26,18 @@ pub fn duration(field: &'static str, d: &pbjson_types::Duration) -> Result<Durat
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
+/// A terminal's size: rows and columns from 1 to 1000.
+pub fn terminal_size(
+    field: &'static str,
+    t: &proto::TerminalSize,
+) -> Result<sandpit_core::runtime::TerminalSize, Error> {
+    let dim = |n: u32| u16::try_from(n).ok().filter(|n| (1..=1000).contains(n));
+    match (dim(t.rows), dim(t.cols)) {
+        (Some(rows), Some(cols)) => Ok(sandpit_core::runtime::TerminalSize { rows, cols }),
+        _ => Err(Error::invalid(field, format!("{}x{} is not a terminal size (1 to 1000 each)", t.rows, t.cols))),
+    }
+}
+
 pub fn proto_duration(d: Duration) -> pbjson_types::Duration {
     pbjson_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
@@ -236,7 +248,7 @@ pub fn exec_spec(
             format!("{} must be an absolute path of at most {PATH_MAX} bytes", sandpit_core::error::quoted(&workdir)),
         ));
     }
-    Ok(sandpit_core::runtime::ExecSpec { command, env, workdir: non_empty(workdir), tag: None })
+    Ok(sandpit_core::runtime::ExecSpec { command, env, workdir: non_empty(workdir), ..Default::default() })
 }
 
 /// A field that must hold something besides whitespace.
@@ -497,6 +509,7 @@ impl From<&Profile> for proto::Profile {
             source: p.source.display().to_string(),
             isolation: p.isolation.to_string(),
             unavailable: String::new(),
+            port_forward_ports: p.port_forward.ports.iter().map(|p| u32::from(*p)).collect(),
         }
     }
 }

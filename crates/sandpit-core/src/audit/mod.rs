@@ -34,6 +34,7 @@ pub mod action {
     pub const DELETE_SANDBOX: &str = "sandpit.v1.SandboxService/DeleteSandbox";
     pub const WATCH_SANDBOXES: &str = "sandpit.v1.SandboxService/WatchSandboxes";
     pub const EXEC: &str = "sandpit.v1.SandboxService/Exec";
+    pub const EXEC_INTERACTIVE: &str = "sandpit.v1.SandboxService/ExecInteractive";
     pub const PULL_IMAGE: &str = "sandpit.v1.SandboxService/PullImage";
     pub const COPY_IN: &str = "sandpit.v1.SandboxService/CopyIn";
     pub const COPY_OUT: &str = "sandpit.v1.SandboxService/CopyOut";

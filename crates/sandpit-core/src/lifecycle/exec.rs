@@ -6,17 +6,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{audit_log, transfer, Manager};
 use crate::audit::action;
 use crate::auth::Caller;
-use crate::runtime::{BoxStream, ExecChunk, ExecSpec, Runtime};
+use crate::runtime::{BoxStream, ExecChunk, ExecSpec, Runtime, TerminalSize};
 use crate::sandbox::{EventKind, SandboxEvent, SandboxState};
 use crate::{Error, Result};
 
 /// Longest command line kept in an exec's audit record.
 const AUDIT_COMMAND_MAX: usize = 512;
+
+/// One item of an interactive exec's input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecInput {
+    Stdin(Vec<u8>),
+    /// The end of standard input.
+    CloseStdin,
+    Resize(TerminalSize),
+}
 
 /// One item of an exec's output stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +45,21 @@ impl Manager {
         spec: ExecSpec,
         timeout: Option<Duration>,
     ) -> Result<BoxStream<Result<ExecOutput>>> {
-        let result = self.exec_inner(caller, id, spec, timeout).await;
+        self.exec_interactive(caller, id, spec, timeout, None).await
+    }
+
+    /// [`Manager::exec`] with standard input (and, where `spec.tty` asks,
+    /// a terminal) fed from `input`.
+    pub async fn exec_interactive(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        mut spec: ExecSpec,
+        timeout: Option<Duration>,
+        input: Option<BoxStream<Result<ExecInput>>>,
+    ) -> Result<BoxStream<Result<ExecOutput>>> {
+        spec.stdin = input.is_some();
+        let result = self.exec_inner(caller, id, spec, timeout, input).await;
         self.audit.failed(caller, action::EXEC, id, result).await
     }
 
@@ -45,6 +69,7 @@ impl Manager {
         id: &str,
         mut spec: ExecSpec,
         timeout: Option<Duration>,
+        input: Option<BoxStream<Result<ExecInput>>>,
     ) -> Result<BoxStream<Result<ExecOutput>>> {
         let sb = self.visible(caller, id).await?;
         if !caller.may_use(&sb.team) {
@@ -86,6 +111,8 @@ impl Manager {
         let (caller, sb) = (caller.clone(), sb.clone());
         let stop = self.shutdown_signal();
         let mut output = session.output;
+        let (mut stdin, exec_id) = (session.input, session.exec_id.clone());
+        let mut input = input;
         // Stream output until it ends, the deadline passes, the output cap is
         // reached, the daemon stops or the caller leaves; then the exit code.
         // Whichever it was goes on record with what the command sent out.
@@ -93,10 +120,37 @@ impl Manager {
             tokio::pin!(stop);
             tokio::pin!(ended_sandbox);
             let (mut stdout, mut stderr) = (transfer::Tally::default(), transfer::Tally::default());
+            let mut fed = transfer::Tally::default();
             let ended: Result<i64> = async {
                 loop {
                     let item = tokio::select! {
                         item = output.next() => item,
+                        fed_in = next_input(&mut input) => {
+                            match fed_in {
+                                Some(Ok(ExecInput::Stdin(data))) => {
+                                    fed.add(&data);
+                                    if let Some(w) = stdin.as_mut() {
+                                        // A command that stopped reading is not an error of the exec.
+                                        if w.write_all(&data).await.is_err() {
+                                            stdin = None;
+                                        }
+                                    }
+                                }
+                                Some(Ok(ExecInput::Resize(size))) => {
+                                    if let Err(e) = this.runtime.exec_resize(&exec_id, size).await {
+                                        tracing::debug!(error = %e, "resizing an exec's terminal failed");
+                                    }
+                                }
+                                Some(Ok(ExecInput::CloseStdin)) | None => {
+                                    if let Some(mut w) = stdin.take() {
+                                        let _ = w.shutdown().await;
+                                    }
+                                    input = None;
+                                }
+                                Some(Err(e)) => return Err(e),
+                            }
+                            continue;
+                        }
                         () = tokio::time::sleep_until(deadline) => {
                             return Err(Error::DeadlineExceeded("exec ran past its timeout".into()));
                         }
@@ -161,6 +215,9 @@ impl Manager {
             };
             let took = crate::time::format_duration_ms(started.elapsed());
             let mut sent = format!("stdout {}; stderr {}; tag {tag}", stdout.describe(), stderr.describe());
+            if fed.bytes > 0 {
+                sent = format!("stdin {}; {sent}", fed.describe());
+            }
             match killed {
                 Some(Ok(n)) => sent.push_str(&format!("; killed {n} processes")),
                 Some(Err(e)) => {
@@ -218,6 +275,15 @@ pub(super) async fn sandbox_ended(mut events: broadcast::Receiver<SandboxEvent>,
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
+    }
+}
+
+/// The next item of an interactive exec's input; pending for ever once
+/// there is none (or never was).
+async fn next_input(input: &mut Option<BoxStream<Result<ExecInput>>>) -> Option<Result<ExecInput>> {
+    match input {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
     }
 }
 

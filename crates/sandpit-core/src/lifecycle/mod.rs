@@ -25,7 +25,7 @@ mod teardown;
 mod tests;
 mod transfer;
 
-pub use exec::ExecOutput;
+pub use exec::{ExecInput, ExecOutput};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;

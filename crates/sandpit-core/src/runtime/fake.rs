@@ -35,7 +35,7 @@ use tokio::sync::broadcast;
 
 use super::{
     BoxStream, Capabilities, Connection, ContainerStatus, ExecChunk, ExecSession, ExecSpec, NetworkInfo, Owned,
-    OwnedKind, Provisioned, PullProgress, Repair, Runtime, RuntimeEvent,
+    OwnedKind, Provisioned, PullProgress, Repair, Runtime, RuntimeEvent, TerminalSize,
 };
 use crate::policy::{Isolation, NetworkMode};
 use crate::sandbox::Sandbox;
@@ -667,12 +667,16 @@ impl Runtime for FakeRuntime {
         })
         .filter_map(|()| std::future::ready(None));
         let output = futures_util::stream::iter(script.output.into_iter().map(Ok)).chain(finished).boxed();
-        Ok(ExecSession { exec_id, output })
+        Ok(ExecSession { exec_id, output, input: None })
     }
 
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
         self.enter(Op::ExecExitCode, exec_id).await?;
         self.lock().execs.get(exec_id).copied().ok_or_else(|| Error::not_found("exec", exec_id))
+    }
+
+    async fn exec_resize(&self, exec_id: &str, _size: TerminalSize) -> Result<()> {
+        self.enter(Op::ExecExitCode, exec_id).await
     }
 
     async fn exec_kill(&self, sb: &Sandbox, tag: &str) -> Result<u64> {

@@ -26,6 +26,7 @@ pub enum Method {
     DeleteSandbox,
     WatchSandboxes,
     Exec,
+    ExecInteractive,
     PullImage,
     CopyIn,
     CopyOut,
@@ -52,7 +53,7 @@ pub enum Method {
 use Role::{Approver, Auditor, Operator, Requester};
 
 impl Method {
-    pub const ALL: [Method; 28] = [
+    pub const ALL: [Method; 29] = [
         Method::CreateSandbox,
         Method::GetSandbox,
         Method::ListSandboxes,
@@ -60,6 +61,7 @@ impl Method {
         Method::DeleteSandbox,
         Method::WatchSandboxes,
         Method::Exec,
+        Method::ExecInteractive,
         Method::PullImage,
         Method::CopyIn,
         Method::CopyOut,
@@ -89,6 +91,7 @@ impl Method {
             Method::CreateSandbox
             | Method::ExtendSandbox
             | Method::Exec
+            | Method::ExecInteractive
             | Method::PullImage
             | Method::CopyIn
             | Method::CopyOut
@@ -120,6 +123,7 @@ impl Method {
             Method::DeleteSandbox => action::DELETE_SANDBOX,
             Method::WatchSandboxes => action::WATCH_SANDBOXES,
             Method::Exec => action::EXEC,
+            Method::ExecInteractive => action::EXEC_INTERACTIVE,
             Method::PullImage => action::PULL_IMAGE,
             Method::CopyIn => action::COPY_IN,
             Method::CopyOut => action::COPY_OUT,

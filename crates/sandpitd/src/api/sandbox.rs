@@ -10,10 +10,10 @@ use tonic::{Request, Response, Status};
 use super::auth::{Gate, Method};
 use crate::proto;
 use crate::proto::sandbox_service_server::SandboxService;
-use sandpit_core::lifecycle::{CopyOut, Manager};
+use sandpit_core::lifecycle::{CopyOut, ExecInput, Manager};
 use sandpit_core::policy::CreateSandbox;
 use sandpit_core::Error;
-use sandpit_proto::convert::{duration, exec_spec, extend_request, filter, id};
+use sandpit_proto::convert::{duration, exec_spec, extend_request, filter, id, terminal_size};
 
 type StatusStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -109,8 +109,44 @@ impl SandboxService for SandboxApi {
         let r = req.into_inner();
         id("id", &r.id).map_err(to_status)?;
         let timeout = r.timeout.as_ref().map(|d| duration("timeout", d)).transpose().map_err(to_status)?;
+        if r.tty.is_some() {
+            return Err(to_status(Error::invalid("tty", "a terminal needs ExecInteractive")));
+        }
         let spec = exec_spec(r.command, r.env, r.workdir).map_err(to_status)?;
         let out = self.manager.exec(&caller, &r.id, spec, timeout).await.map_err(to_status)?;
+        Ok(Response::new(caller.hold(out.map(|o| o.map(Into::into).map_err(to_status))).boxed()))
+    }
+
+    type ExecInteractiveStream = StatusStream<proto::ExecOutput>;
+
+    async fn exec_interactive(
+        &self,
+        req: Request<tonic::Streaming<proto::ExecInteractiveRequest>>,
+    ) -> Result<Response<Self::ExecInteractiveStream>, Status> {
+        use proto::exec_interactive_request::Input;
+        let caller = self.gate.authorize(&req, Method::ExecInteractive).await.map_err(to_status)?;
+        let mut stream = req.into_inner();
+        let r = match stream.message().await? {
+            Some(proto::ExecInteractiveRequest { input: Some(Input::Start(r)) }) => r,
+            _ => return Err(to_status(Error::invalid("start", "the first message must be the exec request"))),
+        };
+        id("id", &r.id).map_err(to_status)?;
+        let timeout = r.timeout.as_ref().map(|d| duration("timeout", d)).transpose().map_err(to_status)?;
+        let tty = r.tty.as_ref().map(|t| terminal_size("tty", t)).transpose().map_err(to_status)?;
+        let mut spec = exec_spec(r.command, r.env, r.workdir).map_err(to_status)?;
+        spec.tty = tty;
+        let input = stream
+            .map(|m| match m {
+                Ok(proto::ExecInteractiveRequest { input: Some(Input::Stdin(b)) }) => Ok(ExecInput::Stdin(b)),
+                Ok(proto::ExecInteractiveRequest { input: Some(Input::CloseStdin(_)) }) => Ok(ExecInput::CloseStdin),
+                Ok(proto::ExecInteractiveRequest { input: Some(Input::Resize(t)) }) => {
+                    terminal_size("resize", &t).map(ExecInput::Resize)
+                }
+                Ok(_) => Err(Error::invalid("start", "only the first message may be the exec request")),
+                Err(s) => Err(Error::Cancelled(format!("the client's input broke off: {}", s.message()))),
+            })
+            .boxed();
+        let out = self.manager.exec_interactive(&caller, &r.id, spec, timeout, Some(input)).await.map_err(to_status)?;
         Ok(Response::new(caller.hold(out.map(|o| o.map(Into::into).map_err(to_status))).boxed()))
     }
 
