@@ -89,6 +89,7 @@ pub async fn exec(c: &mut Client, id: &str, cmd: &[&str]) -> (String, String, i6
             Output::Stdout(b) => out.extend(b),
             Output::Stderr(b) => err.extend(b),
             Output::ExitCode(c) => code = Some(c),
+            Output::Notice(_) => {}
         }
     }
     (String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap(), code.expect("exit code"))

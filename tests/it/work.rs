@@ -445,3 +445,43 @@ async fn read_until(out: &mut tonic::Streaming<proto::ExecOutput>, seen: &mut St
         panic!("no {want:?} in {seen:?}");
     }
 }
+
+/// Expiry never surprises: an open exec hears the expiring-soon warning
+/// (one line on stderr with the time and the extend command), and a
+/// command ended by expiry says so rather than exiting 137.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_exec_hears_the_expiry_warning_and_why_it_ended() {
+    let d = Daemon::with(Options { expiry_warning: "2s", ..Default::default() }).await;
+    let mut c = d.client(TEAM_A).await;
+    let sb = create(&mut c, &d.exp_a, 4).await;
+    let out = tokio::task::spawn_blocking({
+        let (addr, id) = (d.addr.clone(), sb.id.clone());
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_sandpit"))
+                .args(["exec", &id, "--", "sleep", "60"])
+                .env("SANDPIT_ADDR", addr)
+                .env("SANDPIT_TOKEN", TEAM_A)
+                .env_remove("SANDPIT_DATA_DIR")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warning = format!("sandpit: sandbox {} expires in", sb.id);
+    assert!(err.contains(&warning), "the warning line: {err}");
+    assert!(err.contains(&format!("keep it with: sandpit extend {} --ttl 5m", sb.id)), "{err}");
+    assert!(err.contains("FAILED_PRECONDITION") && err.contains("expired"), "why it ended: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let got = eventually(Duration::from_secs(20), "the sandbox recorded expired", || {
+        let mut c = c.clone();
+        let id = sb.id.clone();
+        async move {
+            let got = c.get_sandbox(proto::GetSandboxRequest { id }).await.ok()?.into_inner();
+            (state(&got) == proto::SandboxState::Expired).then_some(got)
+        }
+    })
+    .await;
+    assert!(!got.state_reason.is_empty(), "get says why it ended");
+}

@@ -54,6 +54,16 @@ pub(crate) async fn port_forward(client: Client, id: String, ports: &str, addres
     }
 }
 
+/// A daemon's notice, on stderr, once however many connections carry it.
+fn notice(text: &str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if !seen.iter().any(|s| s == text) {
+        complain!("sandpit: {text}");
+        seen.push(text.to_string());
+    }
+}
+
 /// One connection, both ways, until the sandbox's side closes.
 async fn carry(mut client: Client, id: &str, port: u16, sock: TcpStream) -> Result<(), String> {
     let _ = sock.set_nodelay(true);
@@ -84,6 +94,9 @@ async fn carry(mut client: Client, id: &str, port: u16, sock: TcpStream) -> Resu
             .into_inner();
         while let Some(msg) = answers.next().await {
             let msg = msg.map_err(|s| format!("{}: {}", code_name(s.code()), s.message()))?;
+            if !msg.notice.is_empty() {
+                notice(&msg.notice);
+            }
             to_local.write_all(&msg.data).await.map_err(|e| e.to_string())?;
         }
         let _ = to_local.shutdown().await;

@@ -133,6 +133,10 @@ pub(crate) async fn exec(
                     let _ = std::io::stderr().write_all(&b);
                 }
                 Some(Output::ExitCode(c)) => code = Some(c),
+                // On its own line, even in a terminal in raw mode.
+                Some(Output::Notice(n)) => {
+                    let _ = write!(std::io::stderr(), "\r\n{}\r\n", crate::shown(&format!("sandpit: {n}")));
+                }
                 None => {}
             }
         }

@@ -602,6 +602,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                         let _ = std::io::stderr().write_all(&b);
                     }
                     Some(Output::ExitCode(c)) => code = Some(c),
+                    Some(Output::Notice(n)) if !cli.json => complain!("sandpit: {n}"),
                     _ => {}
                 }
             }

@@ -143,6 +143,7 @@ impl From<ExecOutput> for proto::ExecOutput {
                 ExecOutput::Stdout(b) => Output::Stdout(b),
                 ExecOutput::Stderr(b) => Output::Stderr(b),
                 ExecOutput::Exit(c) => Output::ExitCode(c),
+                ExecOutput::Notice(n) => Output::Notice(n),
             }),
         }
     }

@@ -34,6 +34,8 @@ pub enum ExecOutput {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     Exit(i64),
+    /// From the daemon, not the command (the sandbox expires soon).
+    Notice(String),
 }
 
 impl Manager {
@@ -102,6 +104,7 @@ impl Manager {
         // stream when runc's container dies, but not when a gVisor sandbox
         // does (its exec would wait for ever).
         let ended_sandbox = sandbox_ended(self.events.subscribe(), sb.id.clone());
+        let mut warnings = self.events.subscribe();
         let session = self.runtime.exec(&sb, spec).await?;
         let started = tokio::time::Instant::now();
         let deadline = started + timeout.unwrap_or(self.settings.exec_timeout);
@@ -125,6 +128,12 @@ impl Manager {
                 loop {
                     let item = tokio::select! {
                         item = output.next() => item,
+                        warning = expiring_soon(&mut warnings, &sb.id) => {
+                            if tx.send(Ok(ExecOutput::Notice(warning))).await.is_err() {
+                                return Err(Error::Cancelled("the client went away".into()));
+                            }
+                            continue;
+                        }
                         fed_in = next_input(&mut input) => {
                             match fed_in {
                                 Some(Ok(ExecInput::Stdin(data))) => {
@@ -272,6 +281,23 @@ pub(super) async fn sandbox_ended(mut events: broadcast::Receiver<SandboxEvent>,
     loop {
         match events.recv().await {
             Ok(e) if e.sandbox.id == id && e.kind.is_end() => return e.kind,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
+/// The next expiring-soon warning for sandbox `id`, as one line a person
+/// can act on: when, and the command that extends it. Pending for ever
+/// once the daemon's events end.
+pub(super) async fn expiring_soon(events: &mut broadcast::Receiver<SandboxEvent>, id: &str) -> String {
+    loop {
+        match events.recv().await {
+            Ok(e) if e.sandbox.id == id && e.kind == EventKind::ExpiringSoon => {
+                let at = crate::time::rfc3339(e.sandbox.expires_at);
+                let ttl = crate::time::format_duration(e.sandbox.profile.lifetime.default_ttl);
+                return format!("sandbox {id} {} (at {at}); keep it with: sandpit extend {id} --ttl {ttl}", e.message);
+            }
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }

@@ -22,6 +22,14 @@ use crate::runtime::BoxStream;
 use crate::sandbox::SandboxState;
 use crate::{Error, Result};
 
+/// One item of a forwarded connection's way back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forwarded {
+    Data(Vec<u8>),
+    /// From the daemon, not the connection (the sandbox expires soon).
+    Notice(String),
+}
+
 impl Manager {
     /// Connects `input` to `port` on sandbox `id`'s loopback; what the
     /// sandbox sends back.
@@ -31,13 +39,14 @@ impl Manager {
         id: &str,
         port: u16,
         input: BoxStream<Result<Vec<u8>>>,
-    ) -> Result<BoxStream<Result<Vec<u8>>>> {
+    ) -> Result<BoxStream<Result<Forwarded>>> {
         let opened = self.port_forward_inner(caller, id, port).await;
         let (sb, conn) = self.audit.failed(caller, action::PORT_FORWARD, id, opened).await?;
         let entry =
             audit_log::entry(Some(caller), action::PORT_FORWARD, &sb.experiment, id, Ok(format!("port {port} opened")));
         self.audit.published(Some(self.store.append_audit(entry).await?));
-        let (tx, rx) = mpsc::channel::<Result<Vec<u8>>>(16);
+        let (tx, rx) = mpsc::channel::<Result<Forwarded>>(16);
+        let mut warnings = self.events.subscribe();
         let (this, caller) = (Arc::clone(self), caller.clone());
         let stop = self.shutdown_signal();
         let ended_sandbox = exec::sandbox_ended(self.events.subscribe(), sb.id.clone());
@@ -67,13 +76,18 @@ impl Manager {
                     chunk = output.next() => match chunk {
                         Some(Ok(data)) => {
                             received.add(&data);
-                            if tx.send(Ok(data)).await.is_err() {
+                            if tx.send(Ok(Forwarded::Data(data))).await.is_err() {
                                 break Err(Error::Cancelled("the client went away".into()));
                             }
                         }
                         Some(Err(e)) => break Err(e),
                         None => break Ok(()),
                     },
+                    warning = exec::expiring_soon(&mut warnings, &sb.id) => {
+                        if tx.send(Ok(Forwarded::Notice(warning))).await.is_err() {
+                            break Err(Error::Cancelled("the client went away".into()));
+                        }
+                    }
                     () = tx.closed() => break Err(Error::Cancelled("the client went away".into())),
                     kind = &mut ended_sandbox => {
                         break Err(Error::FailedPrecondition(format!("the sandbox stopped ({kind:?})")));

@@ -26,6 +26,7 @@ mod tests;
 mod transfer;
 
 pub use exec::{ExecInput, ExecOutput};
+pub use forward::Forwarded;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;

@@ -880,7 +880,14 @@ async fn port_forward_reaches_a_listed_port_only_and_is_on_record() {
     let sb = rig.create("notebook").await.unwrap();
     let input = futures_util::stream::iter([Ok(b"GET / ".to_vec()), Ok(b"HTTP/1.0\r\n\r\n".to_vec())]).boxed();
     let out = rig.manager.port_forward(&rig.caller, &sb.id, 8888, input).await.unwrap();
-    let echoed: Vec<u8> = out.map(|c| c.unwrap()).collect::<Vec<_>>().await.concat();
+    let echoed: Vec<u8> = out
+        .map(|c| match c.unwrap() {
+            crate::lifecycle::Forwarded::Data(d) => d,
+            other => panic!("{other:?}"),
+        })
+        .collect::<Vec<_>>()
+        .await
+        .concat();
     assert_eq!(echoed, b"GET / HTTP/1.0\r\n\r\n", "the fake runtime echoes");
     let opened = rig.audit(action::PORT_FORWARD).await;
     assert_eq!(opened[0].entry.reason, "port 8888 opened");

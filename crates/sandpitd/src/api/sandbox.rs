@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{Gate, Method};
 use crate::proto;
 use crate::proto::sandbox_service_server::SandboxService;
-use sandpit_core::lifecycle::{CopyOut, ExecInput, Manager};
+use sandpit_core::lifecycle::{CopyOut, ExecInput, Forwarded, Manager};
 use sandpit_core::policy::CreateSandbox;
 use sandpit_core::Error;
 use sandpit_proto::convert::{duration, exec_spec, extend_request, filter, id, terminal_size};
@@ -223,7 +223,15 @@ impl SandboxService for SandboxApi {
             .boxed();
         let out = self.manager.port_forward(&caller, &header.id, port, input).await.map_err(to_status)?;
         Ok(Response::new(
-            caller.hold(out.map(|d| d.map(|data| proto::PortForwardResponse { data }).map_err(to_status))).boxed(),
+            caller
+                .hold(out.map(|d| {
+                    d.map(|f| match f {
+                        Forwarded::Data(data) => proto::PortForwardResponse { data, notice: String::new() },
+                        Forwarded::Notice(notice) => proto::PortForwardResponse { data: vec![], notice },
+                    })
+                    .map_err(to_status)
+                }))
+                .boxed(),
         ))
     }
 
