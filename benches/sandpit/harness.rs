@@ -492,6 +492,7 @@ pub async fn sp_create_in(
         ttl: ttl(ttl_),
         image: String::new(),
         datasets: vec![],
+        ..Default::default()
     };
     let t = Instant::now();
     let sb = client.create_sandbox(req).await?.into_inner();

@@ -300,6 +300,7 @@ async fn every_example_profile_passes_cis_docker_benchmark_section_5() {
             ttl: ttl(300),
             image: String::new(),
             datasets: vec![],
+            ..Default::default()
         };
         let sb = c.create_sandbox(req).await.unwrap_or_else(|e| panic!("{name}: create: {e}")).into_inner();
         let i = docker.inspect_container(&sb.container_id, None).await.unwrap();

@@ -197,7 +197,7 @@ async fn no_audit_record_holds_unbounded_caller_input() {
     invalid(r.map(|_| ()), "workdir", "exec with a huge workdir");
     let r = a.copy_out(proto::CopyOutRequest { id: sb.id.clone(), path: format!("/{big}") }).await;
     invalid(r.map(|_| ()), "path", "copy-out of a huge path");
-    let r = a.pull_image(proto::PullImageRequest { profile: PROFILE.into(), image: big.clone() }).await;
+    let r = a.pull_image(proto::PullImageRequest { profile: PROFILE.into(), image: big.clone(), create: None }).await;
     invalid(r.map(|_| ()), "image", "pull of a huge image name");
 
     let mut reg = d.register(TEAM_A).await;

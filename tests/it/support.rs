@@ -574,6 +574,7 @@ pub fn create_req(experiment: &str, ttl_secs: i64) -> CreateSandboxRequest {
         ttl: ttl(ttl_secs),
         image: String::new(),
         datasets: vec![],
+        ..Default::default()
     }
 }
 

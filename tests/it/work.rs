@@ -485,3 +485,43 @@ async fn an_open_exec_hears_the_expiry_warning_and_why_it_ended() {
     .await;
     assert!(!got.state_reason.is_empty(), "get says why it ended");
 }
+
+/// `sandpit create --cpus --memory` asks for less than the profile gives
+/// (its values are the defaults and the ceilings), refused by rule above
+/// them; and a create is admitted before anything is pulled, the pull on
+/// record with its experiment.
+#[tokio::test(flavor = "multi_thread")]
+async fn create_asks_for_resources_within_the_profile_and_is_admitted_before_any_pull() {
+    let d = Daemon::start().await;
+    let base = ["create", "--experiment", &d.exp_a, "--profile", PROFILE, "--classification", "OFFICIAL"];
+    let out = run_cli(&d, &[&base[..], &["--cpus", "0.25", "--memory", "32MiB", "--json"]].concat());
+    let sb: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let container = sb["containerId"].as_str().unwrap();
+    let hc = docker().await.inspect_container(container, None).await.unwrap().host_config.unwrap();
+    assert_eq!((hc.memory, hc.nano_cpus), (Some(32 << 20), Some(250_000_000)));
+    assert_eq!(sb["resources"]["memoryBytes"], serde_json::json!((32i64 << 20).to_string()));
+
+    let out = sandpit(&d, TEAM_A, &[&base[..], &["--memory", "1GiB"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("PERMISSION_DENIED") && err.contains("resources"), "{err}");
+    assert!(err.contains("memory 1GiB is above profile 'test-none' ceiling of 64MiB"), "{err}");
+
+    // Refused for its classification: nothing pulled, the refusal on record
+    // under the pull with the create's experiment and rule.
+    let secret = ["create", "--experiment", &d.exp_a, "--profile", PROFILE, "--classification", "SECRET"];
+    let out = sandpit(&d, TEAM_A, &secret);
+    assert!(!out.status.success());
+    let q = proto::QueryAuditLogRequest {
+        experiment: d.exp_a.clone(),
+        action: "sandpit.v1.SandboxService/PullImage".into(),
+        page_size: 100,
+        ..Default::default()
+    };
+    let pulls = d.audit(AUDITOR).await.query_audit_log(q).await.unwrap().into_inner().events;
+    assert!(pulls.iter().any(|e| e.outcome == "denied" && e.reason.contains("host-ceiling")), "{pulls:?}");
+    assert_eq!(
+        pulls.iter().filter(|e| e.outcome == "succeeded").count(),
+        1,
+        "a pull for the admitted create only: {pulls:?}"
+    );
+}

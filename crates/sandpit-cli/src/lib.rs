@@ -89,6 +89,12 @@ enum Command {
         /// Dataset to mount read-only at /data/NAME, repeatable.
         #[arg(long = "dataset")]
         datasets: Vec<String>,
+        /// CPUs, at most the profile's (its value is the default).
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Memory, e.g. 2GiB, at most the profile's (its value is the default).
+        #[arg(long, value_parser = parse_size)]
+        memory: Option<u64>,
     },
     /// Show one sandbox.
     Get { id: String },
@@ -327,6 +333,10 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
     sandpit_core::time::parse_duration(s)
 }
 
+fn parse_size(s: &str) -> Result<u64, String> {
+    sandpit_core::policy::size::parse_size(s)
+}
+
 type Client = SandboxServiceClient<InterceptedService<Channel, Auth>>;
 type Register = RegisterServiceClient<InterceptedService<Channel, Auth>>;
 type Audit = AuditServiceClient<InterceptedService<Channel, Auth>>;
@@ -506,8 +516,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let clients = connect(&cli).await?;
     let mut client = clients.sandboxes();
     match cli.command {
-        Command::Create { experiment, profile, classification, ttl, image, datasets } => {
-            pull(&mut client, &profile, image.clone().unwrap_or_default(), cli.json).await?;
+        Command::Create { experiment, profile, classification, ttl, image, datasets, cpus, memory } => {
             let req = proto::CreateSandboxRequest {
                 experiment,
                 profile,
@@ -516,7 +525,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     .map(|d| pbjson_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }),
                 image: image.unwrap_or_default(),
                 datasets,
+                cpus: cpus.unwrap_or(0.0),
+                memory_bytes: memory.map_or(0, |m| i64::try_from(m).unwrap_or(i64::MAX)),
             };
+            // Admitted first: nothing is pulled for a create that would be refused.
+            pull(&mut client, &req, cli.json).await?;
             let sb = client.create_sandbox(req).await?.into_inner();
             if cli.json {
                 json(&sb)?;
@@ -1157,9 +1170,13 @@ fn table(header: &[&str], prose: &[&str], rows: Vec<Vec<String>>) {
 
 /// Makes sure the image is on the daemon's engine, showing the pull on
 /// stderr when it is a terminal (nothing otherwise, nor with `--json`).
-async fn pull(client: &mut Client, profile: &str, image: String, quiet: bool) -> Result<(), Failure> {
-    let mut stream =
-        client.pull_image(proto::PullImageRequest { profile: profile.to_string(), image }).await?.into_inner();
+async fn pull(client: &mut Client, create: &proto::CreateSandboxRequest, quiet: bool) -> Result<(), Failure> {
+    let req = proto::PullImageRequest {
+        profile: create.profile.clone(),
+        image: create.image.clone(),
+        create: Some(create.clone()),
+    };
+    let mut stream = client.pull_image(req).await?.into_inner();
     let show = !quiet && std::io::stderr().is_terminal();
     // Made at the first progress message: an image already there shows nothing.
     let mut bars: Option<PullBars> = None;

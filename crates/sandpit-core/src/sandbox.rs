@@ -97,7 +97,8 @@ impl Sandbox {
             experiment: plan.experiment,
             owner: plan.owner,
             team: plan.team,
-            profile: plan.profile,
+            // The sandbox's own copy of its profile, with the resources it got.
+            profile: crate::policy::Profile { resources: plan.resources, ..plan.profile },
             classification: plan.classification,
             image: plan.image,
             state: SandboxState::Provisioning,

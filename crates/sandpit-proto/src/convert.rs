@@ -58,6 +58,13 @@ impl TryFrom<proto::CreateSandboxRequest> for CreateSandbox {
             ttl: r.ttl.as_ref().map(|d| duration("ttl", d)).transpose()?,
             image: non_empty(r.image),
             datasets: r.datasets,
+            resources: sandpit_core::policy::ResourceRequest {
+                cpus: (r.cpus != 0.0).then_some(r.cpus),
+                memory: (r.memory_bytes != 0)
+                    .then(|| u64::try_from(r.memory_bytes))
+                    .transpose()
+                    .map_err(|_| Error::invalid("memory_bytes", "must not be negative"))?,
+            },
         };
         req.validate()?;
         Ok(req)
@@ -530,6 +537,8 @@ mod tests {
             ttl: Some(proto_duration(Duration::from_secs(60))),
             image: String::new(),
             datasets: vec![],
+            cpus: 0.0,
+            memory_bytes: 0,
         }
     }
 
@@ -593,7 +602,8 @@ mod tests {
         }
     }
 
-    const CREATE_FIELDS: [&str; 6] = ["classification", "ttl", "experiment", "profile", "image", "datasets"];
+    const CREATE_FIELDS: [&str; 9] =
+        ["classification", "ttl", "experiment", "profile", "image", "datasets", "cpus", "memory", "memory_bytes"];
 
     /// `r` with `field` set to a valid value.
     fn fix_create(mut r: proto::CreateSandboxRequest, field: &str) -> proto::CreateSandboxRequest {
@@ -604,6 +614,8 @@ mod tests {
             "profile" => r.profile = "p".into(),
             "image" => r.image = String::new(),
             "datasets" => r.datasets.clear(),
+            "cpus" => r.cpus = 0.0,
+            "memory" | "memory_bytes" => r.memory_bytes = 0,
             _ => unreachable!("{field}"),
         }
         r
@@ -657,8 +669,10 @@ mod tests {
             ttl in prop::option::of(any_proto_duration()),
             image in prop_oneof![Just(String::new()), mostly("[a-z]{1,8}:[0-9]".prop_map(String::from))],
             datasets in prop_oneof![Just(vec![]), nasty_list()],
+            cpus in prop_oneof![Just(0.0), 0.01f64..64.0, any::<f64>()],
+            memory_bytes in prop_oneof![Just(0i64), (6i64 << 20)..(64i64 << 30), any::<i64>()],
         ) {
-            let r = proto::CreateSandboxRequest { experiment, profile, classification, ttl, image, datasets };
+            let r = proto::CreateSandboxRequest { experiment, profile, classification, ttl, image, datasets, cpus, memory_bytes };
             match CreateSandbox::try_from(r.clone()) {
                 Ok(c) => {
                     prop_assert!(c.validate().is_ok());
@@ -669,6 +683,8 @@ mod tests {
                     prop_assert!(c.ttl.is_none_or(|t| !t.is_zero() && t.as_secs() <= HUNDRED_YEARS));
                     prop_assert_eq!(c.image.as_deref(), Some(r.image.as_str()).filter(|i| !i.trim().is_empty()));
                     prop_assert_eq!(&c.datasets, &r.datasets);
+                    prop_assert_eq!(c.resources.cpus, (r.cpus != 0.0).then_some(r.cpus));
+                    prop_assert_eq!(c.resources.memory, (r.memory_bytes != 0).then_some(r.memory_bytes as u64));
                 }
                 Err(e) => {
                     let field = names_a_field(&e, &CREATE_FIELDS)?;

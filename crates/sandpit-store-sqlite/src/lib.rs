@@ -867,6 +867,7 @@ mod tests {
             ttl: Some(Duration::from_secs(60)),
             image: None,
             datasets: vec![],
+            resources: Default::default(),
         };
         let plan = admit(
             &req,

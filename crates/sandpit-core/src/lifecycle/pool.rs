@@ -119,7 +119,7 @@ impl Manager {
             return Ok(Claim::Missed);
         }
         let counters = self.pools.counters(&profile.name);
-        if plan.image != profile.default_image() || !plan.datasets.is_empty() {
+        if plan.image != profile.default_image() || !plan.datasets.is_empty() || plan.resources != profile.resources {
             counters.1.fetch_add(1, Ordering::Relaxed);
             return Ok(Claim::Missed);
         }
@@ -315,6 +315,7 @@ impl Manager {
             // Unclaimed for a whole lifetime: recycle it.
             expires_at: now + profile.lifetime.max_lifetime,
             max_expires_at: now + profile.lifetime.max_lifetime,
+            resources: profile.resources.clone(),
         };
         // Nothing is recorded while the engine is away or the image missing:
         // a pool must not fill the store and the audit log with failures.

@@ -312,19 +312,32 @@ impl Manager {
     }
 
     /// Makes an image a profile allows present, pulling it with progress.
+    /// Pulls an image `profile` allows if it is missing. With `create`, the
+    /// create it is for is admitted first (as [`Manager::create`] would)
+    /// and the pull is on record with its experiment: nothing is pulled
+    /// for a create that would be refused.
     pub async fn pull_image(
         &self,
         caller: &Caller,
         profile: &str,
         image: Option<&str>,
+        create: Option<CreateSandbox>,
     ) -> Result<BoxStream<Result<PullProgress>>> {
-        let result = self.pull_image_inner(profile, image);
+        let experiment = create.as_ref().map(|c| c.experiment.clone()).unwrap_or_default();
+        let result = match &create {
+            Some(req) => match self.admit_create(caller, req).await {
+                Ok((plan, _)) => self.pull_image_inner(&plan.profile.name, Some(&plan.image)),
+                Err(e) => Err(e),
+            },
+            None => self.pull_image_inner(profile, image),
+        };
         match &result {
             Ok((image, _)) => {
-                self.record(audit_log::entry(Some(caller), action::PULL_IMAGE, "", "", Ok(format!("image {image}"))))
-                    .await
+                let entry =
+                    audit_log::entry(Some(caller), action::PULL_IMAGE, &experiment, "", Ok(format!("image {image}")));
+                self.record(entry).await
             }
-            Err(e) => self.audit.refused(caller, action::PULL_IMAGE, "", "", e).await,
+            Err(e) => self.audit.refused(caller, action::PULL_IMAGE, &experiment, "", e).await,
         }
         result.map(|(_, stream)| stream)
     }

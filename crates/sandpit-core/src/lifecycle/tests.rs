@@ -141,6 +141,7 @@ impl Rig {
             ttl: None,
             image: None,
             datasets: vec![],
+            resources: Default::default(),
         }
     }
 
@@ -452,6 +453,7 @@ fn plan_for(p: &Profile) -> crate::policy::Plan {
         created_at: now,
         expires_at: now + p.lifetime.default_ttl,
         max_expires_at: now + p.lifetime.max_lifetime,
+        resources: p.resources.clone(),
     }
 }
 

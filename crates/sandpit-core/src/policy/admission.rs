@@ -23,7 +23,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use super::classification::Classification;
-use super::profile::{MinimumIsolation, Profile, ProfileSet};
+use super::profile::{MinimumIsolation, Profile, ProfileSet, Resources};
 use crate::error::{quoted, Error, Result};
 use crate::register::{Experiment, Status};
 
@@ -113,6 +113,7 @@ pub enum Rule {
     DatasetClassification,
     FileTransfer,
     PortForward,
+    Resources,
     Ttl,
     MaxLifetime,
     TeamQuota,
@@ -135,6 +136,7 @@ impl Rule {
             Rule::DatasetClassification => "dataset-classification",
             Rule::FileTransfer => "file-transfer",
             Rule::PortForward => "port-forward",
+            Rule::Resources => "resources",
             Rule::Ttl => "ttl",
             Rule::MaxLifetime => "max-lifetime",
             Rule::TeamQuota => "team-quota",
@@ -174,6 +176,17 @@ pub struct CreateSandbox {
     pub image: Option<String>,
     /// Datasets to mount read-only.
     pub datasets: Vec<String>,
+    /// Less or more than the profile gives, within its ceilings.
+    pub resources: ResourceRequest,
+}
+
+/// The resources a create asks for, each within the profile's value, which
+/// is both the default and the ceiling. `None`: the profile's.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ResourceRequest {
+    pub cpus: Option<f64>,
+    /// Bytes.
+    pub memory: Option<u64>,
 }
 
 impl CreateSandbox {
@@ -183,6 +196,19 @@ impl CreateSandbox {
         validate_name("profile", &self.profile)?;
         if self.ttl.is_some_and(|t| t.is_zero()) {
             return Err(Error::invalid("ttl", "must be above zero"));
+        }
+        if let Some(cpus) = self.resources.cpus {
+            if !cpus.is_finite() || cpus < 0.01 {
+                return Err(Error::invalid("cpus", format!("{cpus} is not a cpu count of at least 0.01")));
+            }
+        }
+        if let Some(memory) = self.resources.memory {
+            if memory < super::profile::MIN_MEMORY {
+                return Err(Error::invalid(
+                    "memory",
+                    format!("{} is below the least a sandbox may have, 6MiB", super::size::format_size(memory)),
+                ));
+            }
         }
         if let Some(image) = &self.image {
             validate_image(image)?;
@@ -253,6 +279,9 @@ pub struct Plan {
     pub expires_at: SystemTime,
     /// The latest any extension may reach.
     pub max_expires_at: SystemTime,
+    /// What the sandbox gets: the profile's resources with the request's
+    /// cpus and memory where it asked for less (or no more).
+    pub resources: Resources,
 }
 
 /// Decides a create request. Validates the request's shape first.
@@ -332,6 +361,7 @@ pub fn admit(
             datasets.push(crate::sandbox::DatasetMount { name: name.clone(), source: d.path.clone() });
         }
     }
+    let resources = within_ceilings(profile, req.resources)?;
     let ttl = req.ttl.unwrap_or(profile.lifetime.default_ttl);
     check_min_ttl(ttl, host.min_ttl)?;
     check_ttl(profile, ttl)?;
@@ -347,7 +377,38 @@ pub fn admit(
         created_at: now,
         expires_at: now + ttl,
         max_expires_at,
+        resources,
     })
+}
+
+/// The profile's resources with what the request asks for, refused by name
+/// (rule `resources`) above the profile's: its values are the ceilings.
+fn within_ceilings(profile: &Profile, asked: ResourceRequest) -> Result<Resources> {
+    let mut r = profile.resources.clone();
+    if let Some(cpus) = asked.cpus {
+        if cpus > r.cpus {
+            return Err(Error::denied(
+                Rule::Resources,
+                format!("cpus {cpus} is above profile '{}' ceiling of {}", profile.name, r.cpus),
+            ));
+        }
+        r.cpus = cpus;
+    }
+    if let Some(memory) = asked.memory {
+        if memory > r.memory {
+            return Err(Error::denied(
+                Rule::Resources,
+                format!(
+                    "memory {} is above profile '{}' ceiling of {}",
+                    super::size::format_size(memory),
+                    profile.name,
+                    super::size::format_size(r.memory)
+                ),
+            ));
+        }
+        r.memory = memory;
+    }
+    Ok(r)
 }
 
 /// Whether `experiment` lets a sandbox at `classification` from `profile`
@@ -452,6 +513,7 @@ mod tests {
             ttl: None,
             image: None,
             datasets: vec![],
+            resources: Default::default(),
         }
     }
 
@@ -522,6 +584,32 @@ mod tests {
         assert_eq!(plan.expires_at, now + Duration::from_secs(600));
         assert_eq!(plan.max_expires_at, now + Duration::from_secs(4 * 3600));
         assert_eq!((plan.owner.as_str(), plan.team.as_str()), ("alice", "t"));
+    }
+
+    #[test]
+    fn a_create_may_ask_for_less_than_the_profile_and_never_more() {
+        let now = SystemTime::now();
+        let profiles = set(Classification::Official);
+        let p = profiles.get("p").unwrap().resources.clone();
+        let ask = |cpus: Option<f64>, memory: Option<u64>| CreateSandbox {
+            resources: ResourceRequest { cpus, memory },
+            ..req(Classification::Official)
+        };
+        let plan = admit(&ask(None, None), "u", "t", Some(&top()), &profiles, &host(), now).unwrap();
+        assert_eq!(plan.resources, p, "the profile's values are the defaults");
+        let plan = admit(&ask(Some(0.25), Some(64 << 20)), "u", "t", Some(&top()), &profiles, &host(), now).unwrap();
+        assert_eq!((plan.resources.cpus, plan.resources.memory, plan.resources.pids), (0.25, 64 << 20, p.pids));
+        let e = admit(&ask(Some(p.cpus * 2.0), None), "u", "t", Some(&top()), &profiles, &host(), now).unwrap_err();
+        assert!(e.to_string().contains("cpus") && e.to_string().contains("ceiling"), "{e}");
+        assert_eq!(rule_of(e), Rule::Resources);
+        let e = admit(&ask(None, Some(p.memory + 1)), "u", "t", Some(&top()), &profiles, &host(), now).unwrap_err();
+        assert!(e.to_string().contains("memory"), "{e}");
+        assert_eq!(rule_of(e), Rule::Resources);
+        for (bad, field) in
+            [(ask(Some(0.0), None), "cpus"), (ask(Some(f64::NAN), None), "cpus"), (ask(None, Some(1)), "memory")]
+        {
+            assert!(matches!(bad.validate(), Err(Error::InvalidArgument { field: f, .. }) if f == field), "{bad:?}");
+        }
     }
 
     #[test]
@@ -646,6 +734,7 @@ mod tests {
                 ttl: ttl.map(Duration::from_secs),
                 image: image.map(String::from),
                 datasets: vec![],
+                resources: Default::default(),
             };
             let now = SystemTime::now();
             let s = set(prof);
@@ -806,6 +895,7 @@ mod tests {
                 ttl: ttl.map(Duration::from_secs),
                 image,
                 datasets,
+                resources: Default::default(),
             };
             let now = SystemTime::now();
             match admit(&r, "alice", "t", experiment.as_ref(), &profiles, &host, now) {

@@ -10,7 +10,7 @@ pub mod profile;
 pub mod size;
 
 pub use admission::Dataset;
-pub use admission::{admit, extend_deadline, CreateSandbox, HostPolicy, Plan, Rule};
+pub use admission::{admit, extend_deadline, CreateSandbox, HostPolicy, Plan, ResourceRequest, Rule};
 pub use classification::Classification;
 pub use profile::{
     Destination, FileTransfer, HostRules, Isolation, Lifetime, MinimumIsolation, Network, NetworkMode, Profile,

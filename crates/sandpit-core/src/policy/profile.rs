@@ -16,7 +16,7 @@ use super::size::de_size;
 use crate::time::de_duration;
 
 /// Docker refuses memory limits below 6 MiB.
-const MIN_MEMORY: u64 = 6 << 20;
+pub(crate) const MIN_MEMORY: u64 = 6 << 20;
 /// The init process and a shell need a few pids.
 const MIN_PIDS: i64 = 8;
 const MAX_CPUS: f64 = 1024.0;

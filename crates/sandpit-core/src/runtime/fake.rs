@@ -794,6 +794,7 @@ mod tests {
             ttl: None,
             image: None,
             datasets: vec![],
+            resources: Default::default(),
         };
         let host = HostPolicy {
             max_classification: Classification::Official,

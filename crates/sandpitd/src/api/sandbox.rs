@@ -158,8 +158,9 @@ impl SandboxService for SandboxApi {
     ) -> Result<Response<Self::PullImageStream>, Status> {
         let caller = self.gate.authorize(&req, Method::PullImage).await.map_err(to_status)?;
         let r = req.into_inner();
+        let create = r.create.map(CreateSandbox::try_from).transpose().map_err(to_status)?;
         let progress =
-            self.manager.pull_image(&caller, &r.profile, opt(r.image).as_deref()).await.map_err(to_status)?;
+            self.manager.pull_image(&caller, &r.profile, opt(r.image).as_deref(), create).await.map_err(to_status)?;
         let done = futures_util::stream::once(async { Ok(proto::PullProgress { done: true, ..Default::default() }) });
         // Progress, then a final `done` message unless the pull failed.
         let stream = progress.map(|p| p.map(Into::into).map_err(to_status)).chain(done);
