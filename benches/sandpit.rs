@@ -11,7 +11,9 @@
 //!
 //! Scenarios: `cold`, `burst`, `warm-pool`, `expiry`, `scale`, `isolation`
 //! (runc against gVisor; needs runsc registered as `runsc-none`, see
-//! scripts/register-runsc.sh; benches/sandpit/isolation.rs), and `soak`
+//! scripts/register-runsc.sh; benches/sandpit/isolation.rs), `work` (cp
+//! throughput and port-forward round trips against `docker cp`, exec+cat
+//! and a published port; benches/sandpit/work.rs), and `soak`
 //! (only with `--only soak`; see benches/sandpit/soak.rs). See README
 //! "Benchmarks".
 //!
@@ -37,6 +39,8 @@ mod isolation;
 mod soak;
 #[path = "sandpit/stats.rs"]
 mod stats;
+#[path = "sandpit/work.rs"]
+mod work;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -96,6 +100,8 @@ enum Scenario {
     Scale,
     /// runc against gVisor: cold creates, warm claims, exec.
     Isolation,
+    /// Working inside a sandbox: cp throughput, port-forward round trips.
+    Work,
     /// Only when named (minutes, and a correctness check rather than a measurement).
     Soak,
 }
@@ -137,6 +143,12 @@ struct Sizes {
     isolation: usize,
     /// Warm claims from the gVisor pool.
     isolation_warm: usize,
+    /// Bytes of the file copied in the work scenario.
+    work_file: usize,
+    /// Copies per way, and connection openings.
+    work: usize,
+    /// Round trips over one forwarded connection.
+    work_rtt: usize,
 }
 
 impl Sizes {
@@ -152,6 +164,9 @@ impl Sizes {
                 warm_conc: 5,
                 isolation: 8,
                 isolation_warm: 5,
+                work_file: 10_000_000,
+                work: 5,
+                work_rtt: 100,
             }
         } else {
             Sizes {
@@ -164,6 +179,9 @@ impl Sizes {
                 warm_conc: 20,
                 isolation: 20,
                 isolation_warm: 10,
+                work_file: 50_000_000,
+                work: 10,
+                work_rtt: 500,
             }
         }
     }
@@ -265,6 +283,7 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
             Scenario::Expiry => expiry(&mut ctx, sizes.expiry).await,
             Scenario::Scale => scale(&mut ctx, sizes.scale, sizes.list_calls).await,
             Scenario::Isolation => isolation::isolation(&mut ctx, sizes.isolation, sizes.isolation_warm).await,
+            Scenario::Work => work::work(&mut ctx, sizes.work_file, sizes.work, sizes.work_rtt).await,
             Scenario::Soak => soak::soak(&mut ctx, soak::SoakSize::new(args.quick)).await,
         };
         match result {

@@ -39,6 +39,8 @@ pub const WARM_PROFILE: &str = "bench-warm";
 pub const ISOLATED_PROFILE: &str = "bench-isolated";
 /// `bench-none` under gVisor (its pool off until the isolation scenario turns it on).
 pub const GVISOR_PROFILE: &str = "bench-gvisor";
+/// An echo server on a forwardable port, and room for a file (scenario `work`).
+pub const WORK_PROFILE: &str = "bench-work";
 /// The engine runtime the daemon runs `bench-gvisor` on (network none), for the raw baseline.
 pub const GVISOR_RUNTIME: &str = "runsc-none";
 /// The daemon's range for sandbox networks: outside the integration tests'
@@ -206,6 +208,7 @@ impl Daemon {
         // (a pool filling in the background would disturb the other scenarios).
         std::fs::write(profiles.join(format!("{WARM_PROFILE}.toml")), profile_toml(Some(0)))?;
         std::fs::write(profiles.join(format!("{GVISOR_PROFILE}.toml")), gvisor_profile_toml(0))?;
+        std::fs::write(profiles.join(format!("{WORK_PROFILE}.toml")), super::work::profile_toml())?;
         std::fs::write(
             profiles.join(format!("{ISOLATED_PROFILE}.toml")),
             profile_with("benchmark: isolated network, small resources", "", "isolated"),

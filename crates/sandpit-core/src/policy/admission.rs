@@ -241,7 +241,7 @@ pub fn validate_name(field: &'static str, value: &str) -> Result<()> {
 /// profile allows it (rule `image-allowlist`), else the profile's first.
 pub fn allowed_image(profile: &Profile, requested: Option<&str>) -> Result<String> {
     match requested {
-        Some(i) if profile.images.iter().any(|a| a == i) => Ok(i.to_string()),
+        Some(i) if profile.allows_image(i) => Ok(i.to_string()),
         Some(i) => Err(Error::denied(
             Rule::ImageAllowlist,
             format!(

@@ -329,8 +329,8 @@ impl Profile {
             errors.push(err("images", "at least one image must be allowed".into()));
         }
         for (i, image) in raw.images.iter().enumerate() {
-            if image.trim().is_empty() || image.chars().any(char::is_whitespace) {
-                errors.push(err(&format!("images[{i}]"), format!("'{image}' is not an image reference")));
+            if let Err(why) = image_entry(image, i == 0) {
+                errors.push(err(&format!("images[{i}]"), why));
             }
         }
         if raw.command.iter().any(|a| a.contains('\0')) {
@@ -486,6 +486,43 @@ impl Profile {
     pub fn default_image(&self) -> &str {
         &self.images[0]
     }
+
+    /// Whether `image` is one this profile allows: an entry exactly, or an
+    /// image in a repository an entry names as `REPOSITORY/*`.
+    pub fn allows_image(&self, image: &str) -> bool {
+        self.images.iter().any(|entry| match entry.strip_suffix("/*") {
+            Some(repo) => image.strip_prefix(repo).is_some_and(|rest| rest.len() > 1 && rest.starts_with('/')),
+            None => entry == image,
+        })
+    }
+}
+
+/// Checks one `images` entry: an image reference (`name[:tag]`, or
+/// `name@sha256:DIGEST` pinned to one build), or `REPOSITORY/*` for any image
+/// under a repository (a registry's path the operator trusts). The first
+/// entry is the default image, so it cannot be a pattern.
+fn image_entry(image: &str, first: bool) -> std::result::Result<(), String> {
+    if image.trim().is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("'{image}' is not an image reference"));
+    }
+    let pattern = image.strip_suffix("/*");
+    if let Some(repo) = pattern {
+        if first {
+            return Err(format!("'{image}' is a pattern; the first image is the default and must name one image"));
+        }
+        if repo.is_empty() || repo.contains('*') || repo.contains('@') || repo.contains(':') && !repo.contains('/') {
+            return Err(format!("'{image}' is not a repository pattern (REPOSITORY/*)"));
+        }
+    } else if image.contains('*') {
+        return Err(format!("'{image}': '*' is only allowed as a whole last path element (REPOSITORY/*)"));
+    }
+    if let Some((_, digest)) = image.split_once('@') {
+        let hex = digest.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(format!("'{image}': a digest is sha256: and 64 lowercase hex digits"));
+        }
+    }
+    Ok(())
 }
 
 fn valid_name(name: &str) -> bool {
@@ -1066,5 +1103,42 @@ mod tests {
         assert_eq!(Profile::parse(Path::new("p.toml"), &ok).unwrap().port_forward.ports, [8888, 8501]);
         let none = Profile::parse(Path::new("p.toml"), base).unwrap();
         assert!(none.port_forward.ports.is_empty(), "none unless listed");
+    }
+
+    #[test]
+    fn images_are_pinned_by_digest_or_allowed_by_repository() {
+        let digest = "a".repeat(64);
+        let toml = format!(
+            "max_classification = \"OFFICIAL\"\nimages = [\"sandpit/base:local\", \"reg.example.org/stats/py@sha256:{digest}\", \"reg.example.org/stats/*\"]\n"
+        );
+        let p = Profile::parse(Path::new("p.toml"), &toml).unwrap();
+        for ok in [
+            "sandpit/base:local",
+            "reg.example.org/stats/py:3.11",
+            "reg.example.org/stats/py@sha256:0011",
+            "reg.example.org/stats/team/tool:1",
+        ] {
+            assert!(p.allows_image(ok), "{ok}");
+        }
+        for refused in [
+            "sandpit/base:latest",
+            "reg.example.org/stats",
+            "reg.example.org/stats/",
+            "reg.example.org/statsx/py:1",
+            "evil.org/reg.example.org/stats/py",
+        ] {
+            assert!(!p.allows_image(refused), "{refused}");
+        }
+        for (bad, why) in [
+            ("[\"reg.example.org/stats/*\"]", "the first image"),
+            ("[\"a:1\", \"reg/*/x\"]", "whole last path element"),
+            ("[\"a:1\", \"b@sha256:abc\"]", "64 lowercase hex"),
+            ("[\"a:1\", \"*\"]", "whole last path element"),
+        ] {
+            let e =
+                Profile::parse(Path::new("p.toml"), &format!("max_classification = \"OFFICIAL\"\nimages = {bad}\n"))
+                    .unwrap_err();
+            assert!(e.iter().any(|e| e.field.starts_with("images[") && e.reason.contains(why)), "{bad}: {e:?}");
+        }
     }
 }
