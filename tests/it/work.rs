@@ -525,3 +525,54 @@ async fn create_asks_for_resources_within_the_profile_and_is_admitted_before_any
         "a pull for the admitted create only: {pulls:?}"
     );
 }
+
+/// The first create needs no preparation: a missing image the daemon knows
+/// how to build is built by the daemon itself (progress in its log), once;
+/// a build that fails refuses the create naming the command, leaving nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_image_the_daemon_knows_how_to_build_is_built_at_the_first_create() {
+    let tag = format!("sandpit-test/built-{}:latest", unique("img"));
+    let extra = format!(
+        "[[images.build]]\nimage = \"{tag}\"\ncommand = [\"scripts/build-image.sh\", \"{tag}\", \"sandpit.test-image=true\"]\n\
+         [[images.build]]\nimage = \"sandpit-test/unbuildable:latest\"\ncommand = [\"sh\", \"-c\", \"echo no compiler here >&2; exit 3\"]\n"
+    );
+    let built = format!(
+        "max_classification = \"OFFICIAL\"\nimages = [\"{tag}\"]\ncommand = [\"sleep\", \"infinity\"]\n[network]\nmode = \"none\"\n"
+    );
+    let broken = "max_classification = \"OFFICIAL\"\nimages = [\"sandpit-test/unbuildable:latest\"]\n\
+                  command = [\"sleep\", \"infinity\"]\n[network]\nmode = \"none\"\n";
+    let d = Daemon::with(Options {
+        extra_config: extra,
+        profiles: vec![("test-built".into(), built), ("test-broken".into(), broken.into())],
+        ..Default::default()
+    })
+    .await;
+    struct RemoveImage(String);
+    impl Drop for RemoveImage {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("docker").args(["rmi", "-f", &self.0]).output();
+        }
+    }
+    let _image = RemoveImage(tag.clone());
+    let mut c = d.client(TEAM_A).await;
+    let mut req = create_req(&d.exp_a, 300);
+    req.profile = "test-built".into();
+    let sb = c.create_sandbox(req.clone()).await.unwrap().into_inner();
+    assert_eq!(state(&sb), proto::SandboxState::Running);
+    let log = d.log();
+    assert!(log.contains("image missing locally; building it") && log.contains("image built"), "{log}");
+    c.create_sandbox(req).await.unwrap();
+    assert_eq!(d.log().matches("image built").count(), 1, "built once");
+
+    let mut req = create_req(&d.exp_a, 300);
+    req.profile = "test-broken".into();
+    let e = c.create_sandbox(req).await.unwrap_err();
+    assert!(e.message().contains("exit status: 3") && e.message().contains("no compiler here"), "{}", e.message());
+    let live: Vec<_> = d
+        .containers()
+        .await
+        .into_iter()
+        .filter(|c| c.image.as_deref() == Some("sandpit-test/unbuildable:latest"))
+        .collect();
+    assert!(live.is_empty(), "nothing made: {live:?}");
+}

@@ -88,6 +88,8 @@ struct Inner {
     /// Whether each container (by id) has the helper mounted: only those
     /// made before it existed lack it. Forgotten when the sandbox is destroyed.
     helpers: std::sync::Mutex<HashMap<String, bool>>,
+    /// One image build at a time.
+    building: tokio::sync::Mutex<()>,
 }
 
 type IsolationState = (Vec<Level>, Vec<(Level, String)>);
@@ -106,6 +108,9 @@ pub struct SandboxDefaults {
     /// image's own `tar` or busybox, and a timed-out command's children are
     /// not found).
     pub helper: Option<std::path::PathBuf>,
+    /// Images the daemon builds itself when missing, with the command that
+    /// builds each (tried before a pull: such an image is not in a registry).
+    pub builders: BTreeMap<String, Vec<String>>,
 }
 
 /// How sandbox networks are laid out on this engine.
@@ -157,6 +162,7 @@ impl DockerRuntime {
                 apparmor: OnceLock::new(),
                 isolation,
                 helpers: std::sync::Mutex::default(),
+                building: tokio::sync::Mutex::default(),
             }),
         }
     }
@@ -883,6 +889,9 @@ impl DockerRuntime {
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(map_err("inspect image", e)),
             }
+            if let Some(command) = rt.inner.sandboxes.builders.get(&image) {
+                return rt.build_image(&image, command).await.map(|p| futures_util::stream::iter([Ok(p)]).boxed());
+            }
             let (repo, tag) = split_image(&image);
             let mut opts = CreateImageOptionsBuilder::default().from_image(repo);
             if let Some(t) = tag {
@@ -1106,6 +1115,48 @@ impl DockerRuntime {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(map_err("inspect container", e)),
         }
+    }
+
+    /// Builds `image` with `command` (one build at a time; a build another
+    /// call finished meanwhile is not repeated), its output in the log.
+    async fn build_image(&self, image: &str, command: &[String]) -> Result<PullProgress> {
+        let _one = self.inner.building.lock().await;
+        let d = self.docker().await?;
+        if d.inspect_image(image).await.is_ok() {
+            return Ok(PullProgress { status: format!("{image} was built meanwhile"), ..Default::default() });
+        }
+        let shown = command.join(" ");
+        tracing::info!(%image, command = %shown, "image missing locally; building it");
+        let started = std::time::Instant::now();
+        let out = tokio::process::Command::new(&command[0])
+            .args(&command[1..])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| Error::ImageUnavailable { image: image.into(), reason: format!("running {shown}: {e}") })?;
+        for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
+            tracing::info!(%image, "build: {line}");
+        }
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(3).collect();
+            return Err(Error::ImageUnavailable {
+                image: image.into(),
+                reason: format!(
+                    "building it with {shown} failed ({}): {}",
+                    out.status,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("; ")
+                ),
+            });
+        }
+        d.inspect_image(image).await.map_err(|_| Error::ImageUnavailable {
+            image: image.into(),
+            reason: format!("{shown} succeeded but the engine has no image named {image}"),
+        })?;
+        let took = sandpit_core::time::format_duration_ms(started.elapsed());
+        tracing::info!(%image, took = %took, "image built");
+        Ok(PullProgress { status: format!("built {image} with {shown} in {took}"), ..Default::default() })
     }
 
     /// Whether `container` has the helper at [`helper::PATH_IN_SANDBOX`].

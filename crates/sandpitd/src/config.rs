@@ -56,6 +56,24 @@ pub struct Config {
     pub quotas: QuotasConfig,
     pub audit: AuditConfig,
     pub isolation: IsolationConfig,
+    pub images: ImagesConfig,
+}
+
+/// Images the daemon builds itself when one a sandbox needs is missing (no
+/// registry is needed for the README's first create).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    pub build: Vec<ImageBuild>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageBuild {
+    /// The image, exactly as profiles name it.
+    pub image: String,
+    /// The command that builds it (run in the directory sandpitd was started in).
+    pub command: Vec<String>,
 }
 
 /// Isolation levels: which the host requires per classification, and which
@@ -305,6 +323,12 @@ minimum = {{ "OFFICIAL" = "container", "OFFICIAL-SENSITIVE" = "gvisor" }}
 [isolation.runtimes]
 container = ""
 gvisor = {{ none = "runsc-none", isolated = "runsc-host", allowlist = "runsc-host", open = "runsc-host" }}
+
+# The example profiles' image, built from this machine's own binaries the
+# first time a sandbox needs it (run from the repository's root).
+[[images.build]]
+image = "sandpit/base:local"
+command = ["scripts/build-image.sh", "sandpit/base:local"]
 "#,
         data_dir = default_data_dir().display().to_string().replace('\\', "/"),
     )
@@ -502,6 +526,14 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.validate_isolation()?;
+        for (i, b) in self.images.build.iter().enumerate() {
+            if b.image.trim().is_empty() || b.image.chars().any(char::is_whitespace) {
+                return Err(format!("images.build[{i}].image: '{}' is not an image reference", b.image));
+            }
+            if b.command.first().is_none_or(|c| c.is_empty()) {
+                return Err(format!("images.build[{i}].command: must name the program that builds '{}'", b.image));
+            }
+        }
         for (i, id) in self.identities.iter().enumerate() {
             let field = |f: &str| format!("identities[{i}].{f}");
             if id.name.trim().is_empty() {

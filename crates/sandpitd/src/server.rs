@@ -179,6 +179,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         labels: cfg.labels.clone(),
         runtimes: cfg.runtime_names(),
         helper: Some(helper),
+        builders: cfg.images.build.iter().map(|b| (b.image.clone(), b.command.clone())).collect(),
     };
     let runtime =
         DockerRuntime::new(cfg.docker.host.clone(), cfg.docker.timeout, cfg.docker.node.clone(), net, sandboxes);
