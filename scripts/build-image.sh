@@ -104,18 +104,43 @@ build_python_data() {
     done
   fi
 
-  local pkgs=python3,python3-pandas,python3-sklearn,python3-notebook,jupyter-notebook
+  # OpenBLAS (not the reference BLAS) for numpy, scipy and sklearn.
+  local pkgs=python3,python3-pandas,python3-sklearn,python3-notebook,jupyter-notebook,libopenblas0-pthread
   local extra=${SANDPIT_EXTRA_PACKAGES:-}
   extra=$(echo "$extra" | tr ' ,' '\n\n' | grep -v '^$' | paste -sd, -) || true
   [ -z "$extra" ] || pkgs+=",$extra"
 
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
+  case "$work" in *[[:space:]]*) die "TMPDIR may not contain whitespace";; esac
+
+  # python3-scipy (needed by sklearn) depends on python3-pythran, a compiler
+  # that scipy only uses when it is built; pythran brings g++, boost and the
+  # Python headers, over half a gigabyte. An empty package of that name
+  # stands in for it.
+  mkdir -p "$work/pythran/DEBIAN"
+  cat > "$work/pythran/DEBIAN/control" <<'CONTROL'
+Package: python3-pythran
+Version: 0~sandpit1
+Architecture: all
+Maintainer: Sandpit <sandpit@localhost>
+Section: oldlibs
+Priority: optional
+Description: empty stand-in for pythran (scipy needs it only to be built)
+ Installed by sandpit's scripts/build-image.sh so that python3-scipy does
+ not pull a C++ toolchain into a runtime image.
+CONTROL
+  dpkg-deb --root-owner-group -Zgzip --build "$work/pythran" "$work/python3-pythran_0~sandpit1_all.deb" >/dev/null
+  pkgs+=",$work/python3-pythran_0~sandpit1_all.deb"
 
   # The essential set (coreutils, dash, bash, ...) plus the packages and their
   # dependencies, without recommends (mmdebstrap's default) and without apt.
+  # Merged /usr is set up directly (usr-is-merged), not by usrmerge and perl.
   local opts=(
     --variant=essential --include="$pkgs" --format=tar
+    --hook-dir=/usr/share/mmdebstrap/hooks/maybe-merged-usr
+    # apt reads the stand-in .deb here, dpkg in the chroot at the same path.
+    --setup-hook="mkdir -p \"\$1$work\" && cp $work/python3-pythran_0~sandpit1_all.deb \"\$1$work/\""
     --aptopt='Acquire::Languages "none"'
     --dpkgopt='path-exclude=/usr/share/man/*'
     --dpkgopt='path-exclude=/usr/share/info/*'
@@ -137,7 +162,7 @@ build_python_data() {
   if [ -n "$cache" ]; then
     mkdir -p "$cache"
     cache=$(cd "$cache" && pwd)
-    case "$cache$work" in *[[:space:]]*) die "SANDPIT_APT_CACHE and TMPDIR may not contain whitespace";; esac
+    case "$cache" in *[[:space:]]*) die "SANDPIT_APT_CACHE may not contain whitespace";; esac
     # Seed the chroot's package cache from ours (apt reuses a .deb whose hash
     # matches the index), keep what the essential step installed, and before
     # mmdebstrap's cleanup empties it, drop the .debs no longer installed and
@@ -153,6 +178,7 @@ build_python_data() {
     )
   fi
   opts+=(
+    --customize-hook="rm -rf \"\$1$work\""
     --customize-hook='rm -f "$1/etc/apt/apt.conf.d/99mmdebstrap"'
     --customize-hook='rm -rf "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old "$1"/root/.cache'
     # / must be 0755, or a file server that drops root's privileges (gVisor's

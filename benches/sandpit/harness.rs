@@ -566,6 +566,7 @@ impl Raw {
             mounts: vec![],
             isolation: Default::default(),
             runtime: None,
+            workspace: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! `sandpit cp` whatever the image holds (the helper every sandbox gets),
 //! and commands that are stopped early killed with everything they started.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -575,4 +575,63 @@ async fn a_missing_image_the_daemon_knows_how_to_build_is_built_at_the_first_cre
         .filter(|c| c.image.as_deref() == Some("sandpit-test/unbuildable:latest"))
         .collect();
     assert!(live.is_empty(), "nothing made: {live:?}");
+}
+
+/// Work survives the sandbox: a profile with a workspace mounts the
+/// experiment's volume (labelled with it) at /workspace in each of its
+/// sandboxes; what one wrote the next reads; closing the experiment removes
+/// the volume, on record.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workspace_outlives_its_sandboxes_and_goes_with_its_experiment() {
+    let ws = "max_classification = \"OFFICIAL\"\nimages = [\"{image}\"]\ncommand = [\"sleep\", \"infinity\"]\n\
+              workspace = true\n[network]\nmode = \"none\"\n";
+    let d = Daemon::with(Options { profiles: vec![("test-ws".into(), ws.into())], ..Default::default() }).await;
+    let mut c = d.client(TEAM_A).await;
+    let mut req = create_req(&d.exp_a, 300);
+    req.profile = "test-ws".into();
+    let first = c.create_sandbox(req.clone()).await.unwrap().into_inner();
+    let (out, err, code) =
+        exec(&mut c, &first.id, &["sh", "-c", "echo kept > /workspace/notes.txt && cat /workspace/notes.txt"]).await;
+    assert_eq!((out.as_str(), code), ("kept\n", 0), "{err}");
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("data.csv"), "a,b\n1,2\n").unwrap();
+    run_cli(&d, &["cp", local.path().join("data.csv").to_str().unwrap(), &format!("{}:/workspace/", first.id)]);
+    c.delete_sandbox(proto::DeleteSandboxRequest { id: first.id.clone() }).await.unwrap();
+
+    let second = c.create_sandbox(req).await.unwrap().into_inner();
+    let (out, _, code) = exec(&mut c, &second.id, &["cat", "/workspace/notes.txt", "/workspace/data.csv"]).await;
+    assert_eq!((out.as_str(), code), ("kept\na,b\n1,2\n", 0));
+    let (out, _, _) = exec(&mut c, &second.id, &["sh", "-c", "touch /etc/x 2>&1; echo $?"]).await;
+    assert!(out.trim().ends_with('1'), "the root stays read-only: {out}");
+
+    let docker = docker().await;
+    let volumes = docker
+        .list_volumes(Some(
+            bollard::query_parameters::ListVolumesOptionsBuilder::default()
+                .filters(&HashMap::from([("label", vec![format!("sandpit.experiment={}", d.exp_a)])]))
+                .build(),
+        ))
+        .await
+        .unwrap()
+        .volumes
+        .unwrap_or_default();
+    assert_eq!(volumes.len(), 1, "one workspace for the experiment: {volumes:?}");
+    assert_eq!(volumes[0].labels.get("sandpit.classification").map(String::as_str), Some("OFFICIAL"));
+    let name = volumes[0].name.clone();
+
+    let close = proto::CloseExperimentRequest {
+        id: d.exp_a.clone(),
+        outcome: proto::ExperimentOutcome::Succeeded as i32,
+        lessons_learnt: "kept in the workspace".into(),
+    };
+    d.register(APPROVER).await.close_experiment(close).await.unwrap();
+    assert!(docker.inspect_volume(&name).await.is_err(), "the workspace went with its experiment");
+    let q = proto::QueryAuditLogRequest {
+        experiment: d.exp_a.clone(),
+        action: "workspace-remove".into(),
+        page_size: 10,
+        ..Default::default()
+    };
+    let removed = d.audit(AUDITOR).await.query_audit_log(q).await.unwrap().into_inner().events;
+    assert!(removed.iter().any(|e| e.outcome == "succeeded" && e.role == "approver"), "{removed:?}");
 }

@@ -242,6 +242,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// included; how many there were (0 once it has ended).
     async fn exec_kill(&self, sandbox: &Sandbox, tag: &str) -> Result<u64>;
 
+    /// Removes experiment `experiment`'s workspace, if it has one (no
+    /// sandbox may be using it); whether there was one.
+    async fn remove_workspace(&self, experiment: &str) -> Result<bool>;
     /// Opens a TCP connection to `port` on the sandbox's own loopback,
     /// whatever its network mode, without publishing anything on the host.
     async fn port_connect(&self, sandbox: &Sandbox, port: u16) -> Result<Connection>;

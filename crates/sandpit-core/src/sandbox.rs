@@ -86,6 +86,9 @@ pub struct DatasetMount {
     pub source: std::path::PathBuf,
 }
 
+/// Where an experiment's workspace appears inside its sandboxes.
+pub const WORKSPACE_DIR: &str = "/workspace";
+
 /// Where datasets appear inside a sandbox.
 pub const DATASETS_DIR: &str = "/data";
 

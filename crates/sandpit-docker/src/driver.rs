@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 
 use crate::labels;
-use crate::spec::{ContainerSpec, Isolation, Mount, NetworkRequest};
+use crate::spec::{ContainerSpec, Isolation, Mount, NetworkRequest, Workspace};
 use crate::DockerRuntime;
 use sandpit_core::policy::NetworkMode;
 use sandpit_core::runtime::{
@@ -23,6 +23,11 @@ pub fn container_name(id: &str) -> String {
 /// The Docker name of a sandbox's network, when its profile gives it one.
 pub fn network_name(sb: &Sandbox) -> Option<String> {
     sb.profile.network.mode.has_network().then(|| format!("sandpit-{}", sb.id))
+}
+
+/// The Docker volume of an experiment's workspace.
+pub fn workspace_name(instance: &str, experiment: &str) -> String {
+    format!("sandpit-{instance}-ws-{experiment}")
 }
 
 /// The container of a sandbox: by id once provisioned, else by name.
@@ -66,6 +71,10 @@ impl DockerRuntime {
                 .collect(),
             isolation: sb.profile.isolation,
             runtime: self.runtime_of(sb).ok().flatten(),
+            workspace: (sb.profile.workspace && !sb.experiment.is_empty()).then(|| Workspace {
+                name: workspace_name(&self.inner.instance, &sb.experiment),
+                labels: labels::for_workspace(sb, &self.inner.instance, &defaults.labels),
+            }),
         }
     }
 
@@ -240,6 +249,10 @@ impl Runtime for DockerRuntime {
             )));
         }
         super::transfer::kill_tagged(self, &container, tag).await
+    }
+
+    async fn remove_workspace(&self, experiment: &str) -> Result<bool> {
+        self.remove_volume(&workspace_name(&self.inner.instance, experiment)).await
     }
 
     async fn port_connect(&self, sb: &Sandbox, port: u16) -> Result<Connection> {

@@ -26,6 +26,20 @@ pub fn selector(instance: &str) -> HashMap<String, String> {
 
 /// Every label of a sandbox's objects: the operator's extra labels first, so
 /// that the daemon's own always win.
+/// Labels of an experiment's workspace volume: the daemon's, the
+/// experiment's, its team and the classification of the sandbox that made it.
+pub fn for_workspace(sb: &Sandbox, instance: &str, extra: &BTreeMap<String, String>) -> HashMap<String, String> {
+    let mut l: HashMap<String, String> = extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    l.extend(selector(instance));
+    l.extend([
+        (EXPERIMENT.to_string(), sb.experiment.clone()),
+        (TEAM.to_string(), sb.team.clone()),
+        (CLASSIFICATION.to_string(), sb.classification.to_string()),
+        (NODE.to_string(), sb.node.clone()),
+    ]);
+    l
+}
+
 pub fn for_sandbox(sb: &Sandbox, instance: &str, extra: &BTreeMap<String, String>) -> HashMap<String, String> {
     let mut l: HashMap<String, String> = extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     l.extend(selector(instance));

@@ -47,6 +47,7 @@ use sandpit_core::policy::Isolation as Level;
 use sandpit_core::runtime::{
     BoxStream, ContainerStatus, ExecChunk, ExecSession, ExecSpec, NetworkInfo, Provisioned, PullProgress, RuntimeEvent,
 };
+use sandpit_core::sandbox::WORKSPACE_DIR;
 use sandpit_core::{Error, Result};
 
 /// Scratch space mount inside every sandbox (the root filesystem is read-only).
@@ -793,6 +794,16 @@ pub fn create_body(
         dns: network.filter(|_| spec.network.as_ref().is_some_and(|r| r.internal)).map(|_| vec![BLACKHOLE_DNS.into()]),
         binds: (!spec.mounts.is_empty())
             .then(|| spec.mounts.iter().map(|m| format!("{}:{}:ro", m.source.display(), m.target)).collect()),
+        // The experiment's workspace: the one writable mount that outlives the sandbox.
+        mounts: spec.workspace.as_ref().map(|ws| {
+            vec![bollard::models::Mount {
+                target: Some(WORKSPACE_DIR.into()),
+                source: Some(ws.name.clone()),
+                typ: Some(bollard::models::MountType::VOLUME),
+                read_only: Some(false),
+                ..Default::default()
+            }]
+        }),
         ipc_mode: Some("private".into()),
         publish_all_ports: Some(false),
         init: Some(true),
@@ -937,6 +948,12 @@ impl DockerRuntime {
                 let _ = self.remove_network(&d, &n).await;
             }
         };
+        if let Some(ws) = &spec.workspace {
+            if let Err(e) = self.ensure_workspace(&d, ws, &spec.user).await {
+                undo_network(d, network.map(|n| n.name)).await;
+                return Err(e);
+            }
+        }
         let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let body = create_body(spec, network.as_ref(), self.inner.egress_port, &confinement);
         let created = match d.create_container(Some(opts), body).await {
@@ -958,6 +975,7 @@ impl DockerRuntime {
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|m| m.typ.as_deref() == Some("volume"))
+                .filter(|m| spec.workspace.is_none() || m.destination.as_deref() != Some(WORKSPACE_DIR))
                 .map(|m| m.destination.unwrap_or_default())
                 .collect::<Vec<_>>(),
             Err(e) => {
@@ -1114,6 +1132,45 @@ impl DockerRuntime {
             }
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(map_err("inspect container", e)),
+        }
+    }
+
+    /// Makes the workspace volume if it is missing, owned by the sandbox
+    /// user (a new volume's root is root's 0755), from this host: the
+    /// engine runs here, as it must for datasets and the helper.
+    async fn ensure_workspace(&self, d: &Docker, ws: &spec::Workspace, user: &str) -> Result<()> {
+        let opts = bollard::models::VolumeCreateRequest {
+            name: Some(ws.name.clone()),
+            labels: Some(ws.labels.clone()),
+            ..Default::default()
+        };
+        let v = d.create_volume(opts).await.map_err(|e| map_err("create volume", e))?;
+        let ids = user.split_once(':').and_then(|(u, g)| Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?)));
+        let Some((uid, gid)) = ids else {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox user '{user}' is not uid:gid; a workspace needs numbers"
+            )));
+        };
+        let root = std::path::Path::new(&v.mountpoint);
+        let owned = std::fs::metadata(root).map(|m| std::os::unix::fs::MetadataExt::uid(&m) == uid);
+        if !matches!(owned, Ok(true)) {
+            std::os::unix::fs::chown(root, Some(uid), Some(gid)).map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "workspace {} at {}: cannot give it to the sandbox user ({e}); the daemon must run as root on the engine's host",
+                    ws.name, v.mountpoint
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes a volume; whether it existed.
+    pub(crate) async fn remove_volume(&self, name: &str) -> Result<bool> {
+        let d = self.docker().await?;
+        match d.remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_err("remove volume", e)),
         }
     }
 
@@ -1277,7 +1334,22 @@ mod tests {
             mounts: vec![],
             isolation: Level::Container,
             runtime: None,
+            workspace: None,
         }
+    }
+
+    #[test]
+    fn a_workspace_is_the_one_writable_volume() {
+        let mut s = spec();
+        s.workspace = Some(spec::Workspace { name: "sandpit-i-ws-exp-1".into(), labels: HashMap::new() });
+        let h = create_body(&s, None, 3128, &Confinement::default()).host_config.unwrap();
+        let m = h.mounts.unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            (m[0].target.as_deref(), m[0].source.as_deref(), m[0].read_only),
+            (Some("/workspace"), Some("sandpit-i-ws-exp-1"), Some(false))
+        );
+        assert_eq!(h.readonly_rootfs, Some(true), "the root stays read-only");
     }
 
     #[test]

@@ -30,6 +30,16 @@ pub struct ContainerSpec {
     pub isolation: Level,
     /// The engine's runtime (e.g. `runsc-none` for gVisor); `None`: its default (runc).
     pub runtime: Option<String>,
+    /// The experiment's workspace volume, mounted read-write at
+    /// [`sandpit_core::sandbox::WORKSPACE_DIR`].
+    pub workspace: Option<Workspace>,
+}
+
+/// A named volume that outlives the sandboxes of one experiment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    pub name: String,
+    pub labels: HashMap<String, String>,
 }
 
 /// A network of the sandbox's own.

@@ -65,6 +65,8 @@ pub mod action {
     pub const EXEC_END: &str = "exec-end";
     /// A forwarded connection ended: its bytes each way.
     pub const PORT_FORWARD_END: &str = "port-forward-end";
+    /// A closed experiment's workspace removed.
+    pub const WORKSPACE_REMOVE: &str = "workspace-remove";
     /// The egress proxy let a sandbox's request through, or refused it.
     pub const EGRESS: &str = "egress";
     /// The daemon tore a sandbox down at its expiry.

@@ -111,6 +111,19 @@ impl Manager {
         let (e, live) = self.register_result(caller, action::CLOSE_EXPERIMENT, id, result).await?;
         let reason = format!("experiment closed by {}", caller.name);
         self.teardown_all(caller, live, &reason, action::CLOSE_TEARDOWN).await?;
+        // Its work goes with it, on record.
+        match self.runtime.remove_workspace(id).await {
+            Ok(false) => {}
+            Ok(true) => {
+                let entry =
+                    audit_log::entry(Some(caller), action::WORKSPACE_REMOVE, id, "", Ok("workspace removed".into()));
+                self.record(entry).await;
+            }
+            Err(err) => {
+                tracing::warn!(experiment = %id, error = %err, "could not remove a closed experiment's workspace");
+                self.record(audit_log::entry(Some(caller), action::WORKSPACE_REMOVE, id, "", Err(&err))).await;
+            }
+        }
         Ok(e)
     }
 

@@ -43,6 +43,11 @@ pub struct Profile {
     /// Records written before port forwarding existed allow none.
     #[serde(default)]
     pub port_forward: PortForward,
+    /// Each sandbox mounts its experiment's workspace (a volume kept across
+    /// sandboxes and restarts, removed when the experiment is closed) at
+    /// `/workspace`. Records written before workspaces existed have none.
+    #[serde(default)]
+    pub workspace: bool,
     /// Pre-provisioned sandboxes to keep ready for claims.
     pub warm_pool: u32,
     /// How strongly its sandboxes are kept from the host's kernel. Records
@@ -265,6 +270,8 @@ struct ProfileFile {
     #[serde(default)]
     port_forward: PortForward,
     #[serde(default)]
+    workspace: bool,
+    #[serde(default)]
     warm_pool: u32,
     #[serde(default)]
     isolation: Isolation,
@@ -413,6 +420,13 @@ impl Profile {
                 ));
             }
         }
+        if raw.workspace && raw.warm_pool > 0 {
+            errors.push(err(
+                "workspace",
+                "a workspace belongs to an experiment, and warm sandboxes have none until claimed: set warm_pool = 0"
+                    .into(),
+            ));
+        }
         if raw.warm_pool > MAX_WARM_POOL {
             errors.push(err(
                 "warm_pool",
@@ -476,6 +490,7 @@ impl Profile {
             datasets: raw.datasets,
             file_transfer,
             port_forward: raw.port_forward,
+            workspace: raw.workspace,
             warm_pool: raw.warm_pool,
             isolation: raw.isolation,
             source: file.to_path_buf(),

@@ -166,6 +166,9 @@ struct State {
     exec_tags: HashMap<String, String>,
     /// Tags of the execs killed, in order.
     exec_kills: Vec<String>,
+    /// Experiments with a workspace (made by the first sandbox of a
+    /// profile with `workspace`).
+    workspaces: Vec<String>,
     /// Bytes by (sandbox id, path).
     files: BTreeMap<(String, String), Vec<u8>>,
     handler: Option<ExecHandler>,
@@ -549,6 +552,12 @@ impl Runtime for FakeRuntime {
                 message: format!("Conflict. The container name \"/sandpit-{}\" is already in use (HTTP 409)", sb.id),
             });
         }
+        if sb.profile.workspace && !sb.experiment.is_empty() {
+            let mut s = self.lock();
+            if !s.workspaces.contains(&sb.experiment) {
+                s.workspaces.push(sb.experiment.clone());
+            }
+        }
         Ok(self.make(sb, true))
     }
 
@@ -693,6 +702,14 @@ impl Runtime for FakeRuntime {
             }
             _ => Ok(0),
         }
+    }
+
+    async fn remove_workspace(&self, experiment: &str) -> Result<bool> {
+        self.enter(Op::PortConnect, experiment).await?;
+        let mut s = self.lock();
+        let before = s.workspaces.len();
+        s.workspaces.retain(|w| w != experiment);
+        Ok(s.workspaces.len() != before)
     }
 
     /// An echo server on every port: what is written comes back.
