@@ -135,6 +135,7 @@ CONTROL
 
   # The essential set (coreutils, dash, bash, ...) plus the packages and their
   # dependencies, without recommends (mmdebstrap's default) and without apt.
+  # dpkg need not fsync a root filesystem that is thrown away if this fails.
   # Merged /usr is set up directly (usr-is-merged), not by usrmerge and perl.
   local opts=(
     --variant=essential --include="$pkgs" --format=tar
@@ -142,6 +143,7 @@ CONTROL
     # apt reads the stand-in .deb here, dpkg in the chroot at the same path.
     --setup-hook="mkdir -p \"\$1$work\" && cp $work/python3-pythran_0~sandpit1_all.deb \"\$1$work/\""
     --aptopt='Acquire::Languages "none"'
+    --dpkgopt=force-unsafe-io
     --dpkgopt='path-exclude=/usr/share/man/*'
     --dpkgopt='path-exclude=/usr/share/info/*'
     --dpkgopt='path-exclude=/usr/share/locale/*'
@@ -214,6 +216,7 @@ CONTROL
     --change 'ENV IPYTHONDIR=/tmp/.ipython'
     --change 'ENV MPLCONFIGDIR=/tmp/.config/matplotlib'
     --change 'ENV PYTHONDONTWRITEBYTECODE=1'
+    --change 'ENV PYDEVD_DISABLE_FILE_VALIDATION=1'
     --change 'WORKDIR /tmp'
   )
   for l in "$@"; do changes+=(--change "LABEL $l"); done

@@ -859,7 +859,7 @@ async fn an_exec_stopped_early_is_killed_by_its_tag_and_the_record_says_so() {
     assert_eq!(out[0].as_ref().unwrap(), &ExecOutput::Stdout(b"0123".to_vec()));
     assert!(matches!(out.last(), Some(Err(Error::ResourceExhausted(_)))), "{out:?}");
     let tag = rig.audit(action::EXEC).await[0].entry.reason.rsplit("tag ").next().unwrap().to_string();
-    assert_eq!(rig.runtime.exec_kills(), [tag.clone()]);
+    assert_eq!(rig.runtime.exec_kills(), std::slice::from_ref(&tag));
     let end = &rig.audit(action::EXEC_END).await[0].entry;
     assert!(end.reason.contains(&format!("tag {tag}; killed 1 processes")), "{}", end.reason);
 
