@@ -635,3 +635,71 @@ async fn a_workspace_outlives_its_sandboxes_and_goes_with_its_experiment() {
     let removed = d.audit(AUDITOR).await.query_audit_log(q).await.unwrap().into_inner().events;
     assert!(removed.iter().any(|e| e.outcome == "succeeded" && e.role == "approver"), "{removed:?}");
 }
+
+/// The README's walk-through, for real: a notebook sandbox on the
+/// python-data image (built by the daemon if missing: a few minutes), a CSV
+/// copied in, a pandas script run on it, the notebook reached through a
+/// forwarded port, and the result copied out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pandas_proof_of_concept_in_the_python_data_image() {
+    let notebook = "max_classification = \"OFFICIAL\"\nimages = [\"sandpit/python-data:local\"]\n\
+                    command = [\"jupyter-notebook\", \"--ip=127.0.0.1\", \"--port=8888\", \"--port-retries=0\", \
+                    \"--no-browser\", \"--notebook-dir=/workspace\", \"--NotebookApp.token=\", \"--NotebookApp.password=\"]\n\
+                    workspace = true\n[resources]\ncpus = 1.0\nmemory = \"1GiB\"\npids = 128\ntmpfs = \"256MiB\"\n\
+                    [port_forward]\nports = [8888]\n[network]\nmode = \"none\"\n";
+    let d =
+        Daemon::with(Options { profiles: vec![("test-notebook".into(), notebook.into())], ..Default::default() }).await;
+    let mut c = d.client(TEAM_A).await;
+    let mut req = create_req(&d.exp_a, 600);
+    req.profile = "test-notebook".into();
+    let sb = c.create_sandbox(req).await.unwrap().into_inner();
+
+    let local = tempfile::tempdir().unwrap();
+    let csv = local.path().join("population.csv");
+    std::fs::write(&csv, "area,population\nE06000001,93000\nE06000002,143000\nE06000003,136000\n").unwrap();
+    run_cli(&d, &["cp", csv.to_str().unwrap(), &format!("{}:/workspace/", sb.id)]);
+    let script = "import pandas as pd\n\
+                  df = pd.read_csv('/workspace/population.csv')\n\
+                  print(int(df.population.sum()))\n\
+                  df.assign(share=df.population / df.population.sum()).to_csv('/workspace/shares.csv', index=False)\n";
+    let (out, err, code) = exec(&mut c, &sb.id, &["python3", "-c", script]).await;
+    assert_eq!((out.trim(), code), ("372000", 0), "{err}");
+
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_sandpit"))
+        .args(["port-forward", &sb.id, "0:8888"])
+        .env("SANDPIT_ADDR", &d.addr)
+        .env("SANDPIT_TOKEN", TEAM_A)
+        .env_remove("SANDPIT_DATA_DIR")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(cli.stdout.take().unwrap());
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _cli = Kill(cli);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let local_addr = line.split_whitespace().nth(2).unwrap().to_string();
+    let api = eventually(Duration::from_secs(90), "the notebook answering through the forwarded port", || {
+        let addr = local_addr.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+            tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /api HTTP/1.0\r\nHost: localhost\r\n\r\n").await.ok()?;
+            let mut answer = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut s, &mut answer).await.ok()?;
+            answer.contains("200 OK").then_some(answer)
+        }
+    })
+    .await;
+    assert!(api.contains("\"version\""), "{api}");
+
+    let out_dir = local.path().join("results");
+    run_cli(&d, &["cp", &format!("{}:/workspace/shares.csv", sb.id), out_dir.to_str().unwrap()]);
+    let shares = std::fs::read_to_string(&out_dir).unwrap();
+    assert!(shares.starts_with("area,population,share\nE06000001,93000,0.25"), "{shares}");
+}

@@ -329,6 +329,10 @@ gvisor = {{ none = "runsc-none", isolated = "runsc-host", allowlist = "runsc-hos
 [[images.build]]
 image = "sandpit/base:local"
 command = ["scripts/build-image.sh", "sandpit/base:local"]
+
+[[images.build]]
+image = "sandpit/python-data:local"
+command = ["scripts/build-image.sh", "--recipe", "python-data", "sandpit/python-data:local"]
 "#,
         data_dir = default_data_dir().display().to_string().replace('\\', "/"),
     )
