@@ -38,7 +38,11 @@ async fn create_runs_a_hardened_container() {
     assert_eq!(h.ipc_mode.as_deref(), Some("private"));
     assert!(h.pid_mode.unwrap_or_default().is_empty() && h.uts_mode.unwrap_or_default().is_empty());
     assert!(h.port_bindings.unwrap_or_default().is_empty() && h.publish_all_ports != Some(true));
-    assert!(h.binds.unwrap_or_default().is_empty() && h.mounts.unwrap_or_default().is_empty());
+    // One bind only: the sandbox helper, a single file of the daemon's, read-only.
+    let binds = h.binds.unwrap_or_default();
+    assert_eq!(binds.len(), 1, "{binds:?}");
+    assert!(binds[0].ends_with(":/.sandpit/helper:ro") && binds[0].contains("/helper/sandpit-helper-"), "{binds:?}");
+    assert!(h.mounts.unwrap_or_default().is_empty());
     assert!(h.devices.unwrap_or_default().is_empty());
     assert_eq!(h.restart_policy.unwrap().name, Some(bollard::models::RestartPolicyNameEnum::NO));
     assert_eq!(h.init, Some(true));

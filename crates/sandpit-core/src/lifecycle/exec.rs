@@ -105,6 +105,7 @@ impl Manager {
         // does (its exec would wait for ever).
         let ended_sandbox = sandbox_ended(self.events.subscribe(), sb.id.clone());
         let mut warnings = self.events.subscribe();
+        let late = late_notice(&sb, self.settings.expiry_warning);
         let session = self.runtime.exec(&sb, spec).await?;
         let started = tokio::time::Instant::now();
         let deadline = started + timeout.unwrap_or(self.settings.exec_timeout);
@@ -124,6 +125,9 @@ impl Manager {
             tokio::pin!(ended_sandbox);
             let (mut stdout, mut stderr) = (transfer::Tally::default(), transfer::Tally::default());
             let mut fed = transfer::Tally::default();
+            if let Some(n) = late {
+                let _ = tx.send(Ok(ExecOutput::Notice(n))).await;
+            }
             let ended: Result<i64> = async {
                 loop {
                     let item = tokio::select! {
@@ -293,15 +297,30 @@ pub(super) async fn sandbox_ended(mut events: broadcast::Receiver<SandboxEvent>,
 pub(super) async fn expiring_soon(events: &mut broadcast::Receiver<SandboxEvent>, id: &str) -> String {
     loop {
         match events.recv().await {
-            Ok(e) if e.sandbox.id == id && e.kind == EventKind::ExpiringSoon => {
-                let at = crate::time::rfc3339(e.sandbox.expires_at);
-                let ttl = crate::time::format_duration(e.sandbox.profile.lifetime.default_ttl);
-                return format!("sandbox {id} {} (at {at}); keep it with: sandpit extend {id} --ttl {ttl}", e.message);
-            }
+            Ok(e) if e.sandbox.id == id && e.kind == EventKind::ExpiringSoon => return expiry_notice(&e.sandbox),
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
     }
+}
+
+/// When sandbox `sb` expires and how to keep it, as one line a person can act on.
+pub(super) fn expiry_notice(sb: &crate::sandbox::Sandbox) -> String {
+    let left = sb.expires_at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    let at = crate::time::rfc3339(sb.expires_at);
+    let ttl = crate::time::format_duration(sb.profile.lifetime.default_ttl);
+    let id = &sb.id;
+    format!(
+        "sandbox {id} expires in {} (at {at}); keep it with: sandpit extend {id} --ttl {ttl}",
+        crate::time::format_duration(left)
+    )
+}
+
+/// The notice for a stream that opens when its sandbox's expiry warning
+/// has already been given: it would otherwise never hear it.
+pub(super) fn late_notice(sb: &crate::sandbox::Sandbox, warning: Duration) -> Option<String> {
+    let left = sb.expires_at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    (left <= warning).then(|| expiry_notice(sb))
 }
 
 /// The next item of an interactive exec's input; pending for ever once

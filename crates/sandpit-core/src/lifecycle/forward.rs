@@ -47,12 +47,16 @@ impl Manager {
         self.audit.published(Some(self.store.append_audit(entry).await?));
         let (tx, rx) = mpsc::channel::<Result<Forwarded>>(16);
         let mut warnings = self.events.subscribe();
+        let late = exec::late_notice(&sb, self.settings.expiry_warning);
         let (this, caller) = (Arc::clone(self), caller.clone());
         let stop = self.shutdown_signal();
         let ended_sandbox = exec::sandbox_ended(self.events.subscribe(), sb.id.clone());
         let started = tokio::time::Instant::now();
         self.tasks.spawn(async move {
             let (mut sent, mut received) = (Tally::default(), Tally::default());
+            if let Some(n) = late {
+                let _ = tx.send(Ok(Forwarded::Notice(n))).await;
+            }
             let (mut upstream, mut output, mut input) = (conn.input, conn.output, input);
             tokio::pin!(stop, ended_sandbox);
             // Both directions until the sandbox's side closes; the client's
