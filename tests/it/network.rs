@@ -239,7 +239,7 @@ async fn firewall_rules_removed_behind_the_daemons_back_are_restored() {
 /// Sends `request` to the proxy on the sandbox's gateway, returns what comes back.
 pub async fn via_proxy(c: &mut Client, id: &str, request: &str) -> String {
     let script = format!(
-        r#"p=${{HTTP_PROXY#http://}}; exec 3<>/dev/tcp/${{p%:*}}/${{p#*:}} || exit 9; printf '{request}' >&3; timeout 3 cat <&3"#
+        r#"p=${{HTTP_PROXY#http://}}; exec 3<>/dev/tcp/${{p%:*}}/${{p#*:}} || exit 9; printf '{request}' >&3; timeout 10 cat <&3"#
     );
     let (out, _, _) = exec(c, id, &["bash", "-c", &script]).await;
     out
