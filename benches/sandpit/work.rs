@@ -286,12 +286,19 @@ async fn tcp_round_trip(s: &mut tokio::net::TcpStream, msg: &[u8]) -> Result<()>
 
 /// The published host port of the raw echo container.
 async fn published_port(ctx: &Ctx, container: &str) -> Result<u16> {
-    let i = ctx.raw.docker.inspect_container(container, None).await?;
-    let ports = i.network_settings.and_then(|n| n.ports).unwrap_or_default();
-    ports
-        .get(&format!("{ECHO_PORT}/tcp"))
-        .and_then(|b| b.as_ref()?.first()?.host_port.as_ref()?.parse().ok())
-        .ok_or_else(|| "the raw echo container has no published port".into())
+    let mut seen = None;
+    for _ in 0..50 {
+        let i = ctx.raw.docker.inspect_container(container, None).await?;
+        let ports = i.network_settings.and_then(|n| n.ports).unwrap_or_default();
+        let port =
+            ports.get(&format!("{ECHO_PORT}/tcp")).and_then(|b| b.as_ref()?.first()?.host_port.as_ref()?.parse().ok());
+        if let Some(p) = port {
+            return Ok(p);
+        }
+        seen = Some((i.state.and_then(|s| s.status), ports));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("the raw echo container has no published port: {seen:?}").into())
 }
 
 /// Retries `f` until the echo server inside answers (it starts with the container).

@@ -889,8 +889,25 @@ async fn an_exec_exhausting_memory_is_oom_killed(iso: Isolation) {
     let kills_before = cgroup_counter(&mut c, &sb.id, oom.0, oom.1, "oom_kill").await;
 
     let started = Instant::now();
-    let (_, _, code) = exec(&mut c, &sb.id, &["bash", "-c", HOG]).await;
-    assert_eq!(code, 137, "SIGKILLed");
+    let req = proto::ExecRequest {
+        id: sb.id.clone(),
+        command: vec!["bash".into(), "-c".into(), HOG.into()],
+        ..Default::default()
+    };
+    let mut stream = c.exec(req).await.unwrap().into_inner();
+    let (mut code, mut notices) = (None, Vec::new());
+    while let Some(m) = stream.next().await {
+        match m.unwrap().output {
+            Some(proto::exec_output::Output::ExitCode(x)) => code = Some(x),
+            Some(proto::exec_output::Output::Notice(n)) => notices.push(n),
+            _ => {}
+        }
+    }
+    assert_eq!(code, Some(137), "SIGKILLed");
+    assert!(
+        notices.iter().any(|n| n.contains("killed by the kernel's OOM killer") && n.contains("memory limit of 64MiB")),
+        "the CLI is told why, not just 137: {notices:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(60));
     let kills = cgroup_counter(&mut c, &sb.id, oom.0, oom.1, "oom_kill").await;
     assert_eq!(kills, kills_before + 1, "one OOM kill in the sandbox's cgroup");

@@ -108,6 +108,7 @@ impl Manager {
         let late = late_notice(&sb, self.settings.expiry_warning);
         let session = self.runtime.exec(&sb, spec).await?;
         let started = tokio::time::Instant::now();
+        let started_at = std::time::Instant::now();
         let deadline = started + timeout.unwrap_or(self.settings.exec_timeout);
         let cap = sb.profile.file_transfer.max_exec_output;
         let (tx, rx) = mpsc::channel(16);
@@ -214,6 +215,16 @@ impl Manager {
                         )));
                     }
                 }
+                // SIGKILLed while the sandbox runs on: the OOM killer's
+                // doing is said as such (its event can trail the exit).
+                if code == 128 + 9 && this.oom_since(&sb.id, started_at).await {
+                    let limit = crate::policy::size::format_size(sb.profile.resources.memory);
+                    let notice = format!(
+                        "the command was killed by the kernel's OOM killer: sandbox {} reached its memory limit of {limit}",
+                        sb.id
+                    );
+                    let _ = tx.send(Ok(ExecOutput::Notice(notice))).await;
+                }
                 Ok(code)
             }
             .await;
@@ -255,6 +266,19 @@ impl Manager {
 }
 
 impl Manager {
+    /// Whether the OOM killer struck in sandbox `id` since `since`, waiting
+    /// a moment for an event that trails the killed command's exit.
+    async fn oom_since(&self, id: &str, since: std::time::Instant) -> bool {
+        for _ in 0..10 {
+            let seen = self.oom_seen.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied();
+            if seen.is_some_and(|t| t >= since) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     /// Whether a running sandbox has stopped or is being stopped, and how;
     /// `None` while it runs on.
     async fn stopped_under(&self, sb: &crate::sandbox::Sandbox) -> Option<String> {

@@ -100,6 +100,9 @@ pub struct Manager {
     /// Live sandboxes this process has made or taken over: reconcile adopts
     /// only those it finds that are not in here yet.
     tracked: Mutex<HashSet<String>>,
+    /// When the OOM killer last struck in each sandbox, so that a command
+    /// it killed can be told why (its own exit code says only 137).
+    oom_seen: Mutex<HashMap<String, std::time::Instant>>,
     /// Sandboxes whose expiry is being carried out: a deadline that falls due
     /// again meanwhile (reconcile puts deadlines back) starts no second one.
     /// The flag: its container has been killed, so it is too late to extend.
@@ -140,6 +143,7 @@ impl Manager {
             pools: pool::Pools::default(),
             creating: Mutex::new(HashSet::new()),
             tracked: Mutex::new(HashSet::new()),
+            oom_seen: Mutex::new(HashMap::new()),
             expiring: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),

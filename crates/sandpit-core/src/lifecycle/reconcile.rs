@@ -370,6 +370,7 @@ impl Manager {
     }
 
     async fn record_oom(&self, id: &str) -> Result<()> {
+        self.oom_seen.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), std::time::Instant::now());
         let _guard = self.locks.lock(id).await;
         if let Some(mut sb) = self.store.get(id).await? {
             if !sb.state.is_ended() && !sb.oom_killed {

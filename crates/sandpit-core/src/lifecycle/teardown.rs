@@ -77,6 +77,7 @@ impl Manager {
 
     pub(super) fn untrack(&self, id: &str) {
         self.tracked.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.oom_seen.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     /// Handles due deadlines: warnings at once, expiries in bounded parallel,
