@@ -9,14 +9,14 @@
 //!   container. Order rotated each round.
 //! - The round trip of 64 bytes over a forwarded port to an echo server
 //!   inside a sandbox (Sandpit's PortForward, one connection), against the
-//!   same echo server on a port Docker publishes on 127.0.0.1; and the time
-//!   to open a connection and get its first echo, both ways.
+//!   same echo server in a raw container reached directly over Docker's
+//!   bridge (nothing in between: the floor); and the time to open a
+//!   connection and get its first echo, both ways.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{PortBinding, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, RemoveContainerOptionsBuilder,
     UploadToContainerOptionsBuilder,
@@ -78,8 +78,8 @@ fn mb_per_s(bytes: usize, s: Option<Summary>) -> f64 {
 
 /// A raw container for the baselines: the daemon's container body (with
 /// the work profile's resources), `writable` root for the archive API, and
-/// the echo server published on 127.0.0.1 when `publish`.
-async fn raw_container(ctx: &Ctx, writable: bool, publish: bool) -> Result<String> {
+/// on Docker's default bridge when `bridged` (the host reaches its echo server there).
+async fn raw_container(ctx: &Ctx, writable: bool, bridged: bool) -> Result<String> {
     let id = unique("rw");
     let mut spec = ctx.raw.spec(&id);
     spec.resources = resources();
@@ -88,14 +88,8 @@ async fn raw_container(ctx: &Ctx, writable: bool, publish: bool) -> Result<Strin
     let hc = body.host_config.get_or_insert_with(Default::default);
     hc.readonly_rootfs = Some(!writable);
     hc.restart_policy = Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None });
-    if publish {
-        let port = format!("{ECHO_PORT}/tcp");
+    if bridged {
         hc.network_mode = Some("bridge".into());
-        hc.port_bindings = Some(HashMap::from([(
-            port.clone(),
-            Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
-        )]));
-        body.exposed_ports = Some(vec![port]);
     }
     let labels = body.labels.get_or_insert_with(Default::default);
     labels.insert(RUN_LABEL.into(), ctx.run.clone());
@@ -284,21 +278,17 @@ async fn tcp_round_trip(s: &mut tokio::net::TcpStream, msg: &[u8]) -> Result<()>
     Ok(())
 }
 
-/// The published host port of the raw echo container.
-async fn published_port(ctx: &Ctx, container: &str) -> Result<u16> {
-    let mut seen = None;
-    for _ in 0..50 {
-        let i = ctx.raw.docker.inspect_container(container, None).await?;
-        let ports = i.network_settings.and_then(|n| n.ports).unwrap_or_default();
-        let port =
-            ports.get(&format!("{ECHO_PORT}/tcp")).and_then(|b| b.as_ref()?.first()?.host_port.as_ref()?.parse().ok());
-        if let Some(p) = port {
-            return Ok(p);
-        }
-        seen = Some((i.state.and_then(|s| s.status), ports));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!("the raw echo container has no published port: {seen:?}").into())
+/// The raw echo container's address on Docker's default bridge, where the
+/// host reaches it directly: the network path with nothing in between.
+async fn bridge_addr(ctx: &Ctx, container: &str) -> Result<std::net::SocketAddr> {
+    let i = ctx.raw.docker.inspect_container(container, None).await?;
+    let ip = i
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.get("bridge").and_then(|b| b.ip_address.clone()))
+        .filter(|ip| !ip.is_empty())
+        .ok_or("the raw echo container has no address on the bridge")?;
+    Ok(std::net::SocketAddr::new(ip.parse()?, ECHO_PORT))
 }
 
 /// Retries `f` until the echo server inside answers (it starts with the container).
@@ -321,7 +311,7 @@ pub async fn work(ctx: &mut Ctx, size: usize, n: usize, rtt_n: usize) -> Result<
     println!(
         "[7] work: copies of a {} MB file into and out of /tmp, n={n} per way (order rotated, {WARMUP} warm-up \
          round discarded); {rtt_n} round trips of {MESSAGE} bytes over one forwarded connection and over a \
-         published port, and {n} connection openings each",
+         direct TCP connection to a raw container on the bridge, and {n} connection openings each",
         size / 1_000_000
     );
     let data = noise(size);
@@ -387,7 +377,7 @@ async fn measure(
     );
 
     // Port forwarding: round trips on one connection, then openings.
-    let port = published_port(ctx, echo).await?;
+    let addr = bridge_addr(ctx, echo).await?;
     let msg = vec![b'x'; MESSAGE];
     let mut fwd = until_ready(|| {
         let mut c = ctx.client.clone();
@@ -402,7 +392,7 @@ async fn measure(
     let mut direct = until_ready(|| {
         let msg = msg.clone();
         async move {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
             s.set_nodelay(true)?;
             tcp_round_trip(&mut s, &msg).await?;
             Ok(s)
@@ -428,7 +418,7 @@ async fn measure(
         open_sp.push(t.elapsed());
         drop(f);
         let t = Instant::now();
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         tcp_round_trip(&mut s, &msg).await?;
         open_raw.push(t.elapsed());
@@ -437,10 +427,10 @@ async fn measure(
     println!();
     header();
     row("sandpit PortForward round trip", rt_sp);
-    row("published port round trip (raw)", rt_raw);
+    row("direct TCP to a raw container, round trip", rt_raw);
     ratio_row("ratio sandpit/raw", ratio(rt_sp, rt_raw));
     row("sandpit PortForward open + first echo", open_sp);
-    row("published port connect + first echo", open_raw);
+    row("direct TCP connect + first echo", open_raw);
     Ok(json!({
         "file_bytes": size,
         "copy_in": {"sandpit": stats::json_opt(sp_in), "docker_cp": stats::json_opt(cp_in), "exec_cat": stats::json_opt(ex_in)},
@@ -451,8 +441,8 @@ async fn measure(
         },
         "port_forward": {
             "message_bytes": MESSAGE,
-            "round_trip": {"sandpit": stats::json_opt(rt_sp), "published_port": stats::json_opt(rt_raw)},
-            "open_and_first_echo": {"sandpit": stats::json_opt(open_sp), "published_port": stats::json_opt(open_raw)},
+            "round_trip": {"sandpit": stats::json_opt(rt_sp), "direct_tcp": stats::json_opt(rt_raw)},
+            "open_and_first_echo": {"sandpit": stats::json_opt(open_sp), "direct_tcp": stats::json_opt(open_raw)},
         },
     }))
 }
