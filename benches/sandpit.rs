@@ -13,7 +13,7 @@
 //! (runc against gVisor; needs runsc registered as `runsc-none`, see
 //! scripts/register-runsc.sh; benches/sandpit/isolation.rs), `work` (cp
 //! throughput and port-forward round trips against `docker cp`, exec+cat
-//! and direct TCP to a raw container; benches/sandpit/work.rs), and `soak`
+//! and `docker exec -i nc`; benches/sandpit/work.rs), and `soak`
 //! (only with `--only soak`; see benches/sandpit/soak.rs). See README
 //! "Benchmarks".
 //!

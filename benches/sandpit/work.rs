@@ -9,9 +9,9 @@
 //!   container. Order rotated each round.
 //! - The round trip of 64 bytes over a forwarded port to an echo server
 //!   inside a sandbox (Sandpit's PortForward, one connection), against the
-//!   same echo server in a raw container reached directly over Docker's
-//!   bridge (nothing in between: the floor); and the time to open a
-//!   connection and get its first echo, both ways.
+//!   same echo server in a raw container reached as plain Docker reaches a
+//!   port it does not publish, `docker exec -i C busybox nc 127.0.0.1 PORT`;
+//!   and the time to open a connection and get its first echo, both ways.
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use sandpit_proto::{self as proto, copy_in_request::Part, port_forward_request};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::harness::{sp_create_in, sp_delete, unique, Client, Result, IMAGE, RAW_LABEL, RUN_LABEL, WORK_PROFILE};
@@ -77,9 +77,9 @@ fn mb_per_s(bytes: usize, s: Option<Summary>) -> f64 {
 }
 
 /// A raw container for the baselines: the daemon's container body (with
-/// the work profile's resources), `writable` root for the archive API, and
-/// on Docker's default bridge when `bridged` (the host reaches its echo server there).
-async fn raw_container(ctx: &Ctx, writable: bool, bridged: bool) -> Result<String> {
+/// the work profile's resources, its echo server as the command), with a
+/// `writable` root for the archive API.
+async fn raw_container(ctx: &Ctx, writable: bool) -> Result<String> {
     let id = unique("rw");
     let mut spec = ctx.raw.spec(&id);
     spec.resources = resources();
@@ -88,9 +88,6 @@ async fn raw_container(ctx: &Ctx, writable: bool, bridged: bool) -> Result<Strin
     let hc = body.host_config.get_or_insert_with(Default::default);
     hc.readonly_rootfs = Some(!writable);
     hc.restart_policy = Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None });
-    if bridged {
-        hc.network_mode = Some("bridge".into());
-    }
     let labels = body.labels.get_or_insert_with(Default::default);
     labels.insert(RUN_LABEL.into(), ctx.run.clone());
     labels.insert(RAW_LABEL.into(), "true".into());
@@ -271,24 +268,44 @@ impl Forwarded {
     }
 }
 
-async fn tcp_round_trip(s: &mut tokio::net::TcpStream, msg: &[u8]) -> Result<()> {
-    s.write_all(msg).await?;
-    let mut buf = vec![0u8; msg.len()];
-    s.read_exact(&mut buf).await?;
-    Ok(())
+/// A connection to the raw echo container's port as plain Docker gives one
+/// without publishing anything: `docker exec -i C busybox nc 127.0.0.1 PORT`.
+struct ExecConn {
+    input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    output: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send>,
+    >,
+    pending: usize,
 }
 
-/// The raw echo container's address on Docker's default bridge, where the
-/// host reaches it directly: the network path with nothing in between.
-async fn bridge_addr(ctx: &Ctx, container: &str) -> Result<std::net::SocketAddr> {
-    let i = ctx.raw.docker.inspect_container(container, None).await?;
-    let ip = i
-        .network_settings
-        .and_then(|n| n.networks)
-        .and_then(|n| n.get("bridge").and_then(|b| b.ip_address.clone()))
-        .filter(|ip| !ip.is_empty())
-        .ok_or("the raw echo container has no address on the bridge")?;
-    Ok(std::net::SocketAddr::new(ip.parse()?, ECHO_PORT))
+impl ExecConn {
+    async fn open(ctx: &Ctx, container: &str) -> Result<ExecConn> {
+        let opts = CreateExecOptions::<String> {
+            cmd: Some(vec!["busybox".into(), "nc".into(), "127.0.0.1".into(), ECHO_PORT.to_string()]),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let exec = ctx.raw.docker.create_exec(container, opts).await?;
+        match ctx.raw.docker.start_exec(&exec.id, None).await? {
+            StartExecResults::Attached { output, input } => Ok(ExecConn { input, output, pending: 0 }),
+            StartExecResults::Detached => Err("the exec started detached".into()),
+        }
+    }
+
+    async fn round_trip(&mut self, msg: &[u8]) -> Result<()> {
+        self.input.write_all(msg).await?;
+        self.input.flush().await?;
+        while self.pending < msg.len() {
+            match self.output.next().await {
+                Some(out) => self.pending += out?.into_bytes().len(),
+                None => return Err("docker exec nc ended".into()),
+            }
+        }
+        self.pending -= msg.len();
+        Ok(())
+    }
 }
 
 /// Retries `f` until the echo server inside answers (it starts with the container).
@@ -311,15 +328,15 @@ pub async fn work(ctx: &mut Ctx, size: usize, n: usize, rtt_n: usize) -> Result<
     println!(
         "[7] work: copies of a {} MB file into and out of /tmp, n={n} per way (order rotated, {WARMUP} warm-up \
          round discarded); {rtt_n} round trips of {MESSAGE} bytes over one forwarded connection and over a \
-         direct TCP connection to a raw container on the bridge, and {n} connection openings each",
+         `docker exec -i nc` into a raw container (how plain Docker reaches a port it does not publish), and {n} openings each",
         size / 1_000_000
     );
     let data = noise(size);
     let tar = archive(&data)?;
     let (sb, _) = sp_create_in(&mut ctx.client, WORK_PROFILE, LONG_TTL).await?;
-    let hardened = raw_container(ctx, false, false).await?;
-    let writable = raw_container(ctx, true, false).await?;
-    let echo = raw_container(ctx, false, true).await?;
+    let hardened = raw_container(ctx, false).await?;
+    let writable = raw_container(ctx, true).await?;
+    let echo = raw_container(ctx, false).await?;
     let measured = measure(ctx, &sb.id, &hardened, &writable, &echo, &data, &tar, n, rtt_n).await;
     sp_delete(&mut ctx.client, &sb.id).await?;
     for c in [&hardened, &writable, &echo] {
@@ -377,7 +394,6 @@ async fn measure(
     );
 
     // Port forwarding: round trips on one connection, then openings.
-    let addr = bridge_addr(ctx, echo).await?;
     let msg = vec![b'x'; MESSAGE];
     let mut fwd = until_ready(|| {
         let mut c = ctx.client.clone();
@@ -389,13 +405,13 @@ async fn measure(
         }
     })
     .await?;
+    let shared: &Ctx = ctx;
     let mut direct = until_ready(|| {
         let msg = msg.clone();
         async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await?;
-            s.set_nodelay(true)?;
-            tcp_round_trip(&mut s, &msg).await?;
-            Ok(s)
+            let mut e = ExecConn::open(shared, echo).await?;
+            e.round_trip(&msg).await?;
+            Ok(e)
         }
     })
     .await?;
@@ -405,7 +421,7 @@ async fn measure(
         fwd.round_trip(&msg).await?;
         rt_sp.push(t.elapsed());
         let t = Instant::now();
-        tcp_round_trip(&mut direct, &msg).await?;
+        direct.round_trip(&msg).await?;
         rt_raw.push(t.elapsed());
     }
     drop(fwd);
@@ -418,19 +434,19 @@ async fn measure(
         open_sp.push(t.elapsed());
         drop(f);
         let t = Instant::now();
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        tcp_round_trip(&mut s, &msg).await?;
+        let mut e = ExecConn::open(ctx, echo).await?;
+        e.round_trip(&msg).await?;
         open_raw.push(t.elapsed());
+        drop(e);
     }
     let [rt_sp, rt_raw, open_sp, open_raw] = [rt_sp, rt_raw, open_sp, open_raw].map(|v| Summary::of(&v));
     println!();
     header();
     row("sandpit PortForward round trip", rt_sp);
-    row("direct TCP to a raw container, round trip", rt_raw);
+    row("docker exec -i nc (raw), round trip", rt_raw);
     ratio_row("ratio sandpit/raw", ratio(rt_sp, rt_raw));
     row("sandpit PortForward open + first echo", open_sp);
-    row("direct TCP connect + first echo", open_raw);
+    row("docker exec -i nc open + first echo", open_raw);
     Ok(json!({
         "file_bytes": size,
         "copy_in": {"sandpit": stats::json_opt(sp_in), "docker_cp": stats::json_opt(cp_in), "exec_cat": stats::json_opt(ex_in)},
@@ -441,8 +457,8 @@ async fn measure(
         },
         "port_forward": {
             "message_bytes": MESSAGE,
-            "round_trip": {"sandpit": stats::json_opt(rt_sp), "direct_tcp": stats::json_opt(rt_raw)},
-            "open_and_first_echo": {"sandpit": stats::json_opt(open_sp), "direct_tcp": stats::json_opt(open_raw)},
+            "round_trip": {"sandpit": stats::json_opt(rt_sp), "docker_exec_nc": stats::json_opt(rt_raw)},
+            "open_and_first_echo": {"sandpit": stats::json_opt(open_sp), "docker_exec_nc": stats::json_opt(open_raw)},
         },
     }))
 }

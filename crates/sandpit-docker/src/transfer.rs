@@ -198,11 +198,23 @@ pub(super) async fn copy_out(
     };
     let command = if helper { helper::command(["pack", path]) } else { script(ARCHIVE, [dir, name]) };
     let session = rt.exec_in(container, ExecSpec { command, ..Default::default() }).await?;
-    struct State {
+    let path = path.to_string();
+    Ok(stdout_then_exit(rt, session, move |code, err| tar_failed("archiving", &path, code, err, 0)))
+}
+
+/// An exec's stdout as a stream that ends when the command does: with an
+/// error made by `failed` from its exit code and (the start of) its stderr
+/// when that is not 0.
+fn stdout_then_exit(
+    rt: &DockerRuntime,
+    session: sandpit_core::runtime::ExecSession,
+    failed: impl Fn(i64, &[u8]) -> Error + Send + Sync + 'static,
+) -> BoxStream<Result<Vec<u8>>> {
+    struct State<F> {
         output: BoxStream<Result<ExecChunk>>,
         exec_id: String,
         rt: DockerRuntime,
-        path: String,
+        failed: F,
         err: Vec<u8>,
         done: bool,
     }
@@ -210,11 +222,11 @@ pub(super) async fn copy_out(
         output: session.output,
         exec_id: session.exec_id,
         rt: rt.clone(),
-        path: path.to_string(),
+        failed,
         err: Vec::new(),
         done: false,
     };
-    Ok(futures_util::stream::unfold(state, |mut st| async move {
+    futures_util::stream::unfold(state, |mut st| async move {
         if st.done {
             return None;
         }
@@ -232,14 +244,17 @@ pub(super) async fn copy_out(
                     st.done = true;
                     return match exit_code(&st.rt, &st.exec_id).await {
                         Ok(0) => None,
-                        Ok(code) => Some((Err(tar_failed("archiving", &st.path, code, &st.err, 0)), st)),
+                        Ok(code) => {
+                            let e = (st.failed)(code, &st.err);
+                            Some((Err(e), st))
+                        }
                         Err(e) => Some((Err(e), st)),
                     };
                 }
             }
         }
     })
-    .boxed())
+    .boxed()
 }
 
 /// A TCP connection to `port` on the container's loopback: the helper's
@@ -248,49 +263,9 @@ pub(super) async fn copy_out(
 pub(super) async fn connect(rt: &DockerRuntime, container: &str, port: u16) -> Result<Connection> {
     let spec = ExecSpec { command: helper::command(["connect".to_string(), port.to_string()]), ..Default::default() };
     let (session, input) = rt.exec_in_with_stdin(container, spec).await?;
-    struct State {
-        output: BoxStream<Result<ExecChunk>>,
-        exec_id: String,
-        rt: DockerRuntime,
-        port: u16,
-        err: Vec<u8>,
-        done: bool,
-    }
-    let state =
-        State { output: session.output, exec_id: session.exec_id, rt: rt.clone(), port, err: Vec::new(), done: false };
-    let output = futures_util::stream::unfold(state, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        loop {
-            match st.output.next().await {
-                Some(Ok(ExecChunk::Stdout(b))) => return Some((Ok(b), st)),
-                Some(Ok(ExecChunk::Stderr(b))) => {
-                    st.err.extend(b.into_iter().take(STDERR_MAX.saturating_sub(st.err.len())))
-                }
-                Some(Err(e)) => {
-                    st.done = true;
-                    return Some((Err(e), st));
-                }
-                None => {
-                    st.done = true;
-                    return match exit_code(&st.rt, &st.exec_id).await {
-                        Ok(0) => None,
-                        Ok(code) => Some((
-                            Err(Error::Unavailable(format!(
-                                "port {} in the sandbox (exit {code}): {}",
-                                st.port,
-                                String::from_utf8_lossy(&st.err).trim()
-                            ))),
-                            st,
-                        )),
-                        Err(e) => Some((Err(e), st)),
-                    };
-                }
-            }
-        }
-    })
-    .boxed();
+    let output = stdout_then_exit(rt, session, move |code, err| {
+        Error::Unavailable(format!("port {port} in the sandbox (exit {code}): {}", String::from_utf8_lossy(err).trim()))
+    });
     Ok(Connection { input, output })
 }
 
