@@ -12,9 +12,10 @@
 //! - `run TAG [--tty] -- COMMAND...`: runs `COMMAND` (it replaces the helper)
 //!   marked with `TAG` in its environment, as the leader of a new session
 //!   unless it has a terminal, so that `kill TAG` finds all it started.
-//! - `kill TAG`: stops, then kills, every process marked with `TAG` and every
-//!   process of a session such a process leads: the whole tree of a command
-//!   that timed out or whose client went away, double forks included.
+//! - `kill TAG`: kills every process marked with `TAG` and every process of
+//!   a session such a process leads, looking again until none is left: the
+//!   whole tree of a command that timed out or whose client went away,
+//!   double forks included.
 //! - `connect PORT`: joins stdin and stdout to a TCP connection to
 //!   `127.0.0.1:PORT` (port forwarding, in every network mode).
 //!

@@ -286,7 +286,6 @@ mod sys {
 }
 
 const SIGKILL: i32 = 9;
-const SIGSTOP: i32 = 19;
 
 /// Replaces the helper with `command`, marked with `tag` in its
 /// environment and, without a terminal, leading a new session.
@@ -333,34 +332,31 @@ fn scan(tag: &[u8]) -> Vec<(i32, bool, i32)> {
     out
 }
 
-/// Stops, then kills, every process marked with `tag` and every process in a
-/// session one of them leads; returns how many. Stopped first, scanning until
-/// nothing new appears, so that nothing can fork its way out between looks.
+/// Kills every process marked with `tag` and every process in a session
+/// one of them leads; returns how many. Scans again until none is left, so
+/// that what forked between two looks goes too (the sessions of leaders
+/// already killed are remembered: their members keep the leader's id).
+/// SIGKILL only: a process never stays stopped if this is cut short.
 pub fn kill(tag: &str) -> io::Result<usize> {
     let tag = format!("{}={tag}", crate::TAG_VAR).into_bytes();
-    let mut found = std::collections::BTreeSet::new();
-    for _ in 0..50 {
+    let mut killed = std::collections::BTreeSet::new();
+    let mut sessions = std::collections::BTreeSet::new();
+    for _ in 0..100 {
         let procs = scan(&tag);
-        let leaders: Vec<i32> = procs.iter().filter(|(pid, tagged, sid)| *tagged && pid == sid).map(|p| p.0).collect();
-        let new: Vec<i32> = procs
-            .iter()
-            .filter(|(pid, tagged, sid)| (*tagged || leaders.contains(sid)) && !found.contains(pid))
-            .map(|p| p.0)
-            .collect();
-        if new.is_empty() {
+        sessions.extend(procs.iter().filter(|(pid, tagged, sid)| *tagged && pid == sid).map(|p| p.0));
+        let targets: Vec<i32> =
+            procs.iter().filter(|(_, tagged, sid)| *tagged || sessions.contains(sid)).map(|p| p.0).collect();
+        if targets.is_empty() {
             break;
         }
-        for pid in new {
+        for pid in targets {
             // SAFETY: kill(2) on a pid; no memory is touched.
-            unsafe { sys::kill(pid, SIGSTOP) };
-            found.insert(pid);
+            unsafe { sys::kill(pid, SIGKILL) };
+            killed.insert(pid);
         }
+        std::thread::sleep(Duration::from_millis(5));
     }
-    for pid in &found {
-        // SAFETY: as above.
-        unsafe { sys::kill(*pid, SIGKILL) };
-    }
-    Ok(found.len())
+    Ok(killed.len())
 }
 
 // ---------------------------------------------------------------- connect

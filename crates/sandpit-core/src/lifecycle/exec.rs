@@ -233,7 +233,12 @@ impl Manager {
             // started; one whose sandbox stopped has nothing left to kill.
             let killed = match &ended {
                 Err(e) if !matches!(e, Error::FailedPrecondition(_)) => {
-                    Some(this.runtime.exec_kill(&sb, &tag).await.map_err(|e| e.to_string()))
+                    // Bounded: the stream must end even if the engine does not answer.
+                    let kill = tokio::time::timeout(Duration::from_secs(15), this.runtime.exec_kill(&sb, &tag)).await;
+                    Some(match kill {
+                        Ok(done) => done.map_err(|e| e.to_string()),
+                        Err(_) => Err("the kill did not finish within 15s".to_string()),
+                    })
                 }
                 _ => None,
             };
