@@ -288,26 +288,7 @@ async fn port_forward_reaches_a_server_in_a_sandbox_with_no_network() {
     let (_, _, code) = exec(&mut c, &sb.id, &["sh", "-c", "echo hello from the sandbox > /tmp/index.html"]).await;
     assert_eq!(code, 0);
 
-    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_sandpit"))
-        .args(["port-forward", &sb.id, "0:8080"])
-        .env("SANDPIT_ADDR", &d.addr)
-        .env("SANDPIT_TOKEN", TEAM_A)
-        .env_remove("SANDPIT_DATA_DIR")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut stdout = std::io::BufReader::new(cli.stdout.take().unwrap());
-    let cli = Kill(cli);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let (cli, line) = port_forward_cli(&d, &sb.id, 8080);
     let local = line.split_whitespace().nth(2).unwrap_or_else(|| panic!("the CLI said {line:?}")).to_string();
     assert!(line.starts_with("Forwarding from 127.0.0.1:") && line.contains(&format!("-> {}:8080", sb.id)), "{line}");
 
@@ -353,6 +334,35 @@ async fn port_forward_reaches_a_server_in_a_sandbox_with_no_network() {
     };
     assert_eq!(end.code(), Code::Unavailable, "{end:?}");
     assert!(end.message().contains("port 8081"), "{}", end.message());
+}
+
+/// A `sandpit port-forward ID 0:PORT` running until dropped, and the line
+/// it printed first (`Forwarding from 127.0.0.1:N -> ID:PORT`).
+fn port_forward_cli(d: &Daemon, id: &str, port: u16) -> (KillOnDrop, String) {
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_sandpit"))
+        .args(["port-forward", id, &format!("0:{port}")])
+        .env("SANDPIT_ADDR", &d.addr)
+        .env("SANDPIT_TOKEN", TEAM_A)
+        .env_remove("SANDPIT_DATA_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(cli.stdout.take().unwrap());
+    let cli = KillOnDrop(cli);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    (cli, line)
+}
+
+/// A child process killed (and reaped) when the test ends, pass or fail.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `sandpit exec -i` forwards standard input (1 MB of it, whole) and the
@@ -665,26 +675,8 @@ async fn a_pandas_proof_of_concept_in_the_python_data_image() {
     let (out, err, code) = exec(&mut c, &sb.id, &["python3", "-c", script]).await;
     assert_eq!((out.trim(), code), ("372000", 0), "{err}");
 
-    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_sandpit"))
-        .args(["port-forward", &sb.id, "0:8888"])
-        .env("SANDPIT_ADDR", &d.addr)
-        .env("SANDPIT_TOKEN", TEAM_A)
-        .env_remove("SANDPIT_DATA_DIR")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(cli.stdout.take().unwrap());
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _cli = Kill(cli);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-    let local_addr = line.split_whitespace().nth(2).unwrap().to_string();
+    let (_cli, line) = port_forward_cli(&d, &sb.id, 8888);
+    let local_addr = line.split_whitespace().nth(2).unwrap_or_else(|| panic!("the CLI said {line:?}")).to_string();
     let api = eventually(Duration::from_secs(90), "the notebook answering through the forwarded port", || {
         let addr = local_addr.clone();
         async move {

@@ -377,11 +377,11 @@ impl DockerRuntime {
         // that is the sandbox stopping, not the command's doing.
         let (rt, container, mut first) = (self.clone(), container.to_string(), true);
         let not_started = move |item: Result<ExecChunk>| {
-            let first = std::mem::replace(&mut first, false);
-            let (rt, container) = (rt.clone(), container.clone());
+            // Only the first chunk is looked at: nothing is cloned for the rest.
+            let check = std::mem::replace(&mut first, false).then(|| (rt.clone(), container.clone()));
             async move {
-                match &item {
-                    Ok(ExecChunk::Stdout(b)) if first && b.starts_with(b"OCI runtime exec failed") => {
+                match (&item, check) {
+                    (Ok(ExecChunk::Stdout(b)), Some((rt, container))) if b.starts_with(b"OCI runtime exec failed") => {
                         // The engine may still call a dying container
                         // running for a moment: look again before passing
                         // the complaint on as the command's.

@@ -57,7 +57,9 @@ pub enum Op {
     Exec,
     ExecExitCode,
     ExecKill,
+    ExecResize,
     PortConnect,
+    RemoveWorkspace,
     CopyIn,
     CopyOut,
     Events,
@@ -81,6 +83,8 @@ impl Op {
             Op::ExecExitCode => "inspect exec",
             Op::ExecKill => "kill exec",
             Op::PortConnect => "port connect",
+            Op::ExecResize => "resize exec",
+            Op::RemoveWorkspace => "remove volume",
             Op::CopyIn => "copy in",
             Op::CopyOut => "copy out",
             Op::Events => "events",
@@ -685,7 +689,7 @@ impl Runtime for FakeRuntime {
     }
 
     async fn exec_resize(&self, exec_id: &str, _size: TerminalSize) -> Result<()> {
-        self.enter(Op::ExecExitCode, exec_id).await
+        self.enter(Op::ExecResize, exec_id).await
     }
 
     async fn exec_kill(&self, sb: &Sandbox, tag: &str) -> Result<u64> {
@@ -705,7 +709,7 @@ impl Runtime for FakeRuntime {
     }
 
     async fn remove_workspace(&self, experiment: &str) -> Result<bool> {
-        self.enter(Op::PortConnect, experiment).await?;
+        self.enter(Op::RemoveWorkspace, experiment).await?;
         let mut s = self.lock();
         let before = s.workspaces.len();
         s.workspaces.retain(|w| w != experiment);
