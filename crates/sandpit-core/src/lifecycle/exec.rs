@@ -126,6 +126,7 @@ impl Manager {
             tokio::pin!(ended_sandbox);
             let (mut stdout, mut stderr) = (transfer::Tally::default(), transfer::Tally::default());
             let mut fed = transfer::Tally::default();
+            let mut warned = late.is_some();
             if let Some(n) = late {
                 let _ = tx.send(Ok(ExecOutput::Notice(n))).await;
             }
@@ -134,6 +135,9 @@ impl Manager {
                     let item = tokio::select! {
                         item = output.next() => item,
                         warning = expiring_soon(&mut warnings, &sb.id) => {
+                            if std::mem::replace(&mut warned, true) {
+                                continue;
+                            }
                             if tx.send(Ok(ExecOutput::Notice(warning))).await.is_err() {
                                 return Err(Error::Cancelled("the client went away".into()));
                             }
@@ -349,7 +353,10 @@ pub(super) fn expiry_notice(sb: &crate::sandbox::Sandbox) -> String {
 /// has already been given: it would otherwise never hear it.
 pub(super) fn late_notice(sb: &crate::sandbox::Sandbox, warning: Duration) -> Option<String> {
     let left = sb.expires_at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
-    (left <= warning).then(|| expiry_notice(sb))
+    // A second of slack: the warning's timer can fire a moment before the
+    // window opens by the wall clock, and a stream opened just then would
+    // hear neither (the caller skips the event after a late notice).
+    (left <= warning + Duration::from_secs(1)).then(|| expiry_notice(sb))
 }
 
 /// The next item of an interactive exec's input; pending for ever once
