@@ -941,8 +941,9 @@ async fn an_exec_exhausting_memory_is_oom_killed(iso: Isolation) {
 }
 
 /// Check 6b: When the sandbox's main process is the one OOM-killed, whether at
-/// once or after running a while, the container exits 137 with Docker's
-/// OOMKilled set (tini, PID 1, passes on its child's SIGKILL as 128 + 9),
+/// once or after running a while, the container exits 137 (tini, PID 1,
+/// passes on its child's SIGKILL as 128 + 9), with Docker's OOMKilled set
+/// under runc (not always under gVisor, whose `oom` event can trail `die`),
 /// and the daemon records the sandbox EXITED, oom_killed, exit code 137,
 /// with `oom-kill` and `exit` events in the audit log.
 async fn a_main_process_killed_by_the_oom_killer_is_recorded(iso: Isolation) {
@@ -974,7 +975,12 @@ async fn a_main_process_killed_by_the_oom_killer_is_recorded(iso: Isolation) {
         })
         .await;
         let s = docker().await.inspect_container(&sb.container_id, None).await.unwrap().state.unwrap();
-        assert_eq!((s.oom_killed, s.exit_code), (Some(true), Some(137)), "{profile}: Docker's view");
+        assert_eq!(s.exit_code, Some(137), "{profile}: Docker's view");
+        // Under gVisor the engine's `oom` event can trail `die`, and Docker
+        // then leaves OOMKilled unset: the daemon's record must not depend on it.
+        if iso == Isolation::Container {
+            assert_eq!(s.oom_killed, Some(true), "{profile}: Docker's view");
+        }
         assert!(rec.oom_killed, "{profile}: oom_killed on the record: {rec:?}");
         assert_eq!(rec.exit_code, Some(137), "{profile}");
         assert!(rec.state_reason.contains("OOM killer"), "{profile}: {}", rec.state_reason);

@@ -51,8 +51,8 @@ pub struct ContainerStatus {
 /// Something the engine reports about a managed container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuntimeEvent {
-    /// The main process ended.
-    Died { container_id: String, sandbox_id: String },
+    /// The main process ended (with `exit_code` when the engine says).
+    Died { container_id: String, sandbox_id: String, exit_code: Option<i64> },
     /// The kernel OOM killer struck inside the container.
     Oom { container_id: String, sandbox_id: String },
 }

@@ -1282,9 +1282,13 @@ impl DockerRuntime {
                     Ok(ev) => {
                         let actor = ev.actor.unwrap_or_default();
                         let container_id = actor.id?;
-                        let sandbox_id = actor.attributes.unwrap_or_default().remove(labels::SANDBOX)?;
+                        let mut attributes = actor.attributes.unwrap_or_default();
+                        let sandbox_id = attributes.remove(labels::SANDBOX)?;
                         match ev.action.as_deref() {
-                            Some("die") => Some(Ok(RuntimeEvent::Died { container_id, sandbox_id })),
+                            Some("die") => {
+                                let exit_code = attributes.get("exitCode").and_then(|c| c.parse().ok());
+                                Some(Ok(RuntimeEvent::Died { container_id, sandbox_id, exit_code }))
+                            }
                             Some("oom") => Some(Ok(RuntimeEvent::Oom { container_id, sandbox_id })),
                             _ => None,
                         }

@@ -26,6 +26,8 @@ use crate::{Error, Result};
 /// Backoff bounds for reconnecting to the runtime's event stream.
 const EVENTS_RETRY_MIN: Duration = Duration::from_millis(500);
 const EVENTS_RETRY_MAX: Duration = Duration::from_secs(10);
+/// How long an exit by SIGKILL waits for an `oom` event that trails its `die`.
+const OOM_TRAIL: Duration = Duration::from_millis(200);
 /// Backoff bounds for watching host changes again after the watch ended.
 const WATCH_RETRY_MIN: Duration = Duration::from_secs(1);
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(300);
@@ -423,6 +425,40 @@ impl Manager {
         }
     }
 
+    fn oom_seen_lately(&self, id: &str) -> bool {
+        let seen = self.oom_seen.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied();
+        seen.is_some_and(|t| t.elapsed() < OOM_TRAIL * 10)
+    }
+
+    /// A main process SIGKILLed may be the OOM killer's work, and the
+    /// engine's `oom` event can trail its `die` (seen under gVisor, where
+    /// Docker then does not set OOMKilled either): read ahead for a moment,
+    /// recording an OOM kill of `id` before its exit, and keep whatever else
+    /// arrives for after.
+    async fn await_trailing_oom(
+        &self,
+        id: &str,
+        events: &mut futures_util::stream::BoxStream<'static, Result<RuntimeEvent>>,
+        ahead: &mut std::collections::VecDeque<Result<RuntimeEvent>>,
+    ) {
+        let deadline = tokio::time::Instant::now() + OOM_TRAIL;
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.next()).await {
+            match ev {
+                Ok(RuntimeEvent::Oom { sandbox_id, .. }) if sandbox_id == id => {
+                    if let Err(e) = self.record_oom(id).await {
+                        tracing::warn!(error = %e, "handling a Docker event failed");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    ahead.push_back(Err(e));
+                    return;
+                }
+                other => ahead.push_back(other),
+            }
+        }
+    }
+
     /// Follows Docker's event stream for this instance's containers,
     /// reconnecting with backoff and reconciling after each reconnect to
     /// catch whatever happened while it was away.
@@ -435,10 +471,24 @@ impl Manager {
                 self.reconcile_logged("event stream reconnected").await;
             }
             first = false;
-            while let Some(ev) = events.next().await {
+            // Events read ahead while waiting for a trailing OOM event.
+            let mut ahead = std::collections::VecDeque::new();
+            loop {
+                let ev = match ahead.pop_front() {
+                    Some(ev) => ev,
+                    None => match events.next().await {
+                        Some(ev) => ev,
+                        None => break,
+                    },
+                };
                 delay = EVENTS_RETRY_MIN;
                 let result = match ev {
-                    Ok(RuntimeEvent::Died { sandbox_id, .. }) => self.record_exit(&sandbox_id).await.map(|_| ()),
+                    Ok(RuntimeEvent::Died { sandbox_id, exit_code, .. }) => {
+                        if exit_code == Some(137) && !self.oom_seen_lately(&sandbox_id) {
+                            self.await_trailing_oom(&sandbox_id, &mut events, &mut ahead).await;
+                        }
+                        self.record_exit(&sandbox_id).await.map(|_| ())
+                    }
                     Ok(RuntimeEvent::Oom { sandbox_id, .. }) => self.record_oom(&sandbox_id).await,
                     Err(e) => {
                         tracing::warn!(error = %e, "Docker event stream failed");

@@ -960,3 +960,32 @@ async fn a_died_event_records_the_exit_at_once() {
     assert!(rig.runtime.is_running(&claimed.id));
     rig.shutdown().await;
 }
+
+/// An OOM kill of the main process is recorded as one whichever of the
+/// engine's `oom` and `die` events comes first; a SIGKILL with no OOM event
+/// is a plain exit 137.
+#[tokio::test(start_paused = true)]
+async fn an_oom_event_trailing_the_exit_is_still_the_cause_on_record() {
+    let rig = Rig::new([standard()]).await;
+    rig.manager.start().await.unwrap();
+    for (late, oom) in [(false, true), (true, true), (false, false)] {
+        let sb = rig.create("std").await.unwrap();
+        match (late, oom) {
+            (false, true) => rig.runtime.oom_kill(&sb.id),
+            (true, _) => rig.runtime.oom_kill_reported_late(&sb.id),
+            (false, false) => rig.runtime.exit_main(&sb.id, 137),
+        }
+        eventually("the exit is on record", || async { rig.record(&sb.id).await.state == SandboxState::Exited }).await;
+        let rec = rig.record(&sb.id).await;
+        assert_eq!((rec.exit_code, rec.oom_killed), (Some(137), oom), "late {late}");
+        assert_eq!(rec.state_reason.contains("OOM killer"), oom, "late {late}: {}", rec.state_reason);
+        let exits: Vec<_> = rig.audit(action::EXIT).await.into_iter().filter(|e| e.entry.sandbox == sb.id).collect();
+        let ooms: Vec<_> = rig.audit(action::OOM_KILL).await.into_iter().filter(|e| e.entry.sandbox == sb.id).collect();
+        assert_eq!((exits.len(), ooms.len()), (1, oom as usize), "late {late}");
+        if oom {
+            assert!(ooms[0].seq < exits[0].seq, "late {late}: the OOM kill is on record before the exit");
+            assert!(exits[0].entry.reason.contains("OOM killer"), "late {late}");
+        }
+    }
+    rig.shutdown().await;
+}

@@ -326,7 +326,7 @@ impl FakeRuntime {
     /// The sandbox's main process ends with `code`; [`RuntimeEvent::Died`] is reported.
     pub fn exit_main(&self, sandbox_id: &str, code: i64) {
         if let Some(container_id) = self.stop(sandbox_id, code, false) {
-            self.emit(RuntimeEvent::Died { container_id, sandbox_id: sandbox_id.to_string() });
+            self.emit(RuntimeEvent::Died { container_id, sandbox_id: sandbox_id.to_string(), exit_code: Some(code) });
         }
     }
 
@@ -340,7 +340,21 @@ impl FakeRuntime {
         if let Some(container_id) = self.stop(sandbox_id, 137, true) {
             let sandbox_id = sandbox_id.to_string();
             self.emit(RuntimeEvent::Oom { container_id: container_id.clone(), sandbox_id: sandbox_id.clone() });
-            self.emit(RuntimeEvent::Died { container_id, sandbox_id });
+            self.emit(RuntimeEvent::Died { container_id, sandbox_id, exit_code: Some(137) });
+        }
+    }
+
+    /// As [`FakeRuntime::oom_kill`] as gVisor sometimes reports it: `die`
+    /// first, `oom` a moment after, and the container not marked OOM-killed.
+    pub fn oom_kill_reported_late(&self, sandbox_id: &str) {
+        if let Some(container_id) = self.stop(sandbox_id, 137, false) {
+            let sandbox_id = sandbox_id.to_string();
+            self.emit(RuntimeEvent::Died {
+                container_id: container_id.clone(),
+                sandbox_id: sandbox_id.clone(),
+                exit_code: Some(137),
+            });
+            self.emit(RuntimeEvent::Oom { container_id, sandbox_id });
         }
     }
 
@@ -586,7 +600,7 @@ impl Runtime for FakeRuntime {
             }
         };
         if let Some(container_id) = died {
-            self.emit(RuntimeEvent::Died { container_id, sandbox_id: sb.id.clone() });
+            self.emit(RuntimeEvent::Died { container_id, sandbox_id: sb.id.clone(), exit_code: Some(137) });
         }
         Ok(())
     }
@@ -840,7 +854,7 @@ mod tests {
         assert_eq!(kinds, [OwnedKind::Sandbox, OwnedKind::Network]);
         assert!(rt.status(&sb).await.unwrap().unwrap().running);
         rt.kill(&sb).await.unwrap();
-        let died = RuntimeEvent::Died { container_id: p.container_id, sandbox_id: "sb-1".into() };
+        let died = RuntimeEvent::Died { container_id: p.container_id, sandbox_id: "sb-1".into(), exit_code: Some(137) };
         assert_eq!(events.next().await.unwrap().unwrap(), died);
         assert_eq!(rt.status(&sb).await.unwrap().unwrap().exit_code, Some(137));
         rt.destroy(&sb).await.unwrap();
