@@ -9,6 +9,7 @@ mod support;
 mod audit;
 mod cis;
 mod cli;
+mod dashboard;
 mod datasets;
 mod deploy;
 mod docker_outage;

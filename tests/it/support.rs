@@ -235,6 +235,9 @@ egress_port = 0
 [metrics]
 listen = "127.0.0.1:0"
 
+[dashboard]
+listen = "127.0.0.1:0"
+
 [limits]
 {limits}
 

@@ -312,3 +312,63 @@ fn cli_client_certificate_flags_are_checked_locally() {
     let out = sandpit_cli(dir.path(), &[], &["--addr", "http://127.0.0.1:1", "--cert", pem, "--key", pem, "ls"]);
     local_error(out, &["--cert", "https://"]);
 }
+
+const DORA: &str = r#"
+[[identities]]
+name = "dora"
+team = "alg"
+roles = ["auditor"]
+cert_subject = "CN=dora, O=ONS"
+"#;
+
+/// curl against the dashboard, verifying it with `server_ca`, presenting
+/// `cert` if given: the response head and body.
+fn curl(server_ca: &Path, cert: Option<(&Path, &Path)>, args: &[&str]) -> (String, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-i", "--max-time", "20", "--cacert"]).arg(server_ca);
+    if let Some((c, k)) = cert {
+        cmd.arg("--cert").arg(c).arg("--key").arg(k);
+    }
+    let out = cmd.args(args).output().expect("curl (apt-get install curl)");
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap().replace("\r\n", "\n");
+    let (head, body) = text.split_once("\n\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+/// Over TLS the dashboard uses the daemon's certificate, and a client
+/// certificate that maps to an auditor signs in with one click; the cookie
+/// is then Secure and `__Host-` named. A requester's certificate is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_serves_tls_and_signs_in_by_client_certificate() {
+    let m = mtls_daemon(&format!("{DORA}{CAROL}")).await;
+    let url = std::fs::read_to_string(m.d.data_dir().join("dashboard.addr")).unwrap().trim().to_string();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let dir = m.dir.path();
+    let (c, k) = leaf(&m.client_ca, &[], "dora", "ONS");
+    let dora = (write(dir, "dora.crt", &c), write(dir, "dora.key", &k));
+    let (c, k) = leaf(&m.client_ca, &[], "carol", "ONS");
+    let carol = (write(dir, "carol.crt", &c), write(dir, "carol.key", &k));
+
+    let (_, body) = curl(&m.server_ca, None, &[&format!("{url}sign-in")]);
+    assert!(body.contains("name=\"token\"") && !body.contains("client certificate)"), "{body}");
+    let dora = Some((dora.0.as_path(), dora.1.as_path()));
+    let (_, body) = curl(&m.server_ca, dora, &[&format!("{url}sign-in")]);
+    assert!(body.contains("Continue as dora (client certificate)"), "{body}");
+
+    let (head, _) =
+        curl(&m.server_ca, dora, &["-d", "method=certificate&next=/verification", &format!("{url}sign-in")]);
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    let set = head.lines().find_map(|l| l.strip_prefix("set-cookie: ")).expect("a cookie").to_string();
+    assert!(set.starts_with("__Host-sandpit-session=") && set.ends_with("; Secure"), "{set}");
+    let cookie = set.split(';').next().unwrap();
+    let (head, body) = curl(&m.server_ca, None, &["-H", &format!("Cookie: {cookie}"), &format!("{url}verification")]);
+    assert!(head.starts_with("HTTP/1.1 200") && body.contains("dora (alg, auditor)"), "{head}\n{body}");
+
+    let carol = Some((carol.0.as_path(), carol.1.as_path()));
+    let (head, body) = curl(&m.server_ca, carol, &["-d", "method=certificate", &format!("{url}sign-in")]);
+    assert!(head.starts_with("HTTP/1.1 403") && body.contains("carol has [requester]"), "{head}\n{body}");
+    // Claiming a certificate without presenting one gets nowhere.
+    let (head, _) = curl(&m.server_ca, None, &["-d", "method=certificate", &format!("{url}sign-in")]);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+}

@@ -8,6 +8,8 @@ pub const LOCAL_TOKEN_FILE: &str = "local-token";
 pub const ADDR_FILE: &str = "sandpitd.addr";
 /// File in the data directory holding the address metrics are served on.
 pub const METRICS_ADDR_FILE: &str = "metrics.addr";
+/// File in the data directory holding the dashboard's URL.
+pub const DASHBOARD_ADDR_FILE: &str = "dashboard.addr";
 /// The store's file in the data directory.
 pub const DATABASE_FILE: &str = "sandpit.db";
 

@@ -184,6 +184,17 @@ pub struct Signed {
     pub note: String,
 }
 
+/// The chain as the checkpointer last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainStatus {
+    /// The check at start has not finished.
+    Starting,
+    /// Verified through record `verified`; `latest` is the newest signed checkpoint.
+    Healthy { verified: u64, latest: Option<Signed> },
+    /// Verification failed: nothing more is signed.
+    Broken(String),
+}
+
 #[derive(Debug)]
 enum State {
     /// The start check has not finished.
@@ -249,6 +260,18 @@ impl Checkpointer {
 
     pub fn origin(&self) -> &str {
         &self.settings.origin
+    }
+
+    /// Where the chain stands, as this process last checked it: for the
+    /// dashboard. Waits for a signing in progress.
+    pub async fn status(&self) -> ChainStatus {
+        match &*self.state().await {
+            State::Starting => ChainStatus::Starting,
+            State::Healthy { verified, latest } => {
+                ChainStatus::Healthy { verified: verified.0, latest: latest.clone() }
+            }
+            State::Broken(reason) => ChainStatus::Broken(reason.clone()),
+        }
     }
 
     async fn state(&self) -> tokio::sync::MutexGuard<'_, State> {

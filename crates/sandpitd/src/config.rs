@@ -14,11 +14,14 @@ use sandpit_core::time::de_duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+pub const DEFAULT_DASHBOARD_LISTEN: &str = "127.0.0.1:9465";
 pub const DEFAULT_PROFILES_DIR: &str = "./sandbox-profiles";
 pub const DEFAULT_NODE: &str = "local";
 /// The non-root user every sandbox runs as (nobody:nogroup).
 pub const DEFAULT_SANDBOX_USER: &str = "65534:65534";
-pub use sandpit_core::data_dir::{default_data_dir, ADDR_FILE, DATABASE_FILE, LOCAL_TOKEN_FILE, METRICS_ADDR_FILE};
+pub use sandpit_core::data_dir::{
+    default_data_dir, ADDR_FILE, DASHBOARD_ADDR_FILE, DATABASE_FILE, LOCAL_TOKEN_FILE, METRICS_ADDR_FILE,
+};
 
 pub const ENV_PREFIX: &str = "SANDPIT";
 /// The audit signing key in the data directory, when `audit.signing_key` is unset.
@@ -52,6 +55,7 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub dashboard: DashboardConfig,
     pub limits: LimitsConfig,
     pub quotas: QuotasConfig,
     pub audit: AuditConfig,
@@ -135,6 +139,21 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Its own plaintext listener; loopback unless you mean otherwise (logged).
     pub listen: SocketAddr,
+}
+
+/// The read-only web dashboard for approvers, auditors and operators.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    pub enabled: bool,
+    /// Its own listener: HTTPS with the daemon's `[tls]` certificate when
+    /// that is set (client certificates too, with `tls.client_ca`), else
+    /// plaintext, which only a loopback address gets unless
+    /// `allow_insecure_listen` says otherwise.
+    pub listen: SocketAddr,
+    /// How long a sign-in lasts.
+    #[serde(deserialize_with = "de_duration")]
+    pub session_ttl: Duration,
 }
 
 /// What one identity (one token or certificate) may ask of the daemon.
@@ -300,6 +319,11 @@ filter = "info"
 [metrics]
 enabled = true
 listen = "{DEFAULT_METRICS_LISTEN}"
+
+[dashboard]
+enabled = true
+listen = "{DEFAULT_DASHBOARD_LISTEN}"
+session_ttl = "8h"
 
 [limits]
 max_message_bytes = 4194304
@@ -612,6 +636,17 @@ impl Config {
                 self.listen
             ));
         }
+        let d = &self.dashboard;
+        if d.enabled && !d.listen.ip().is_loopback() && self.tls.is_none() && !self.allow_insecure_listen {
+            return Err(format!(
+                "dashboard.listen: {} is not a loopback address and no [tls] is configured (tokens would cross \
+                 the network in plaintext); set tls.cert and tls.key, or allow_insecure_listen = true",
+                d.listen
+            ));
+        }
+        if d.session_ttl < Duration::from_secs(60) || d.session_ttl > Duration::from_secs(7 * 24 * 3600) {
+            return Err("dashboard.session_ttl: must be between 1m and 7d".into());
+        }
         let limits = &self.limits;
         if limits.max_message_bytes < 64 * 1024 {
             return Err("limits.max_message_bytes: must be at least 65536".into());
@@ -908,7 +943,7 @@ mod tests {
     }
 
     /// Every scalar key: its table (`""` at the top), name and kind.
-    const KEYS: [(&str, &str, Kind); 21] = [
+    const KEYS: [(&str, &str, Kind); 23] = [
         ("", "listen", Kind::Addr),
         ("", "data_dir", Kind::Str),
         ("", "profiles_dir", Kind::Str),
@@ -930,6 +965,8 @@ mod tests {
         ("audit", "checkpoint_interval", Kind::Duration),
         ("audit", "key_name", Kind::Str),
         ("audit", "origin", Kind::Str),
+        ("dashboard", "listen", Kind::Addr),
+        ("dashboard", "session_ttl", Kind::Duration),
     ];
 
     /// A value `kind` cannot hold.

@@ -8,6 +8,7 @@
 //! - [`identity`]: tokens and certificate subjects to callers.
 //! - [`egress`]: the allowlist egress proxy for sandboxes in `allowlist` network mode.
 //! - [`metrics`]: `GET /metrics`.
+//! - [`dashboard`]: the read-only web dashboard for approvers, auditors and operators.
 //! - [`checkpoints`]: signed checkpoints of the audit chain (key file, directory, schedule).
 //! - [`config`], [`server`], [`cli`]: configuration, wiring, and the `sandpitd` command line.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod api;
 pub mod checkpoints;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod egress;
 pub mod identity;
 pub mod metrics;

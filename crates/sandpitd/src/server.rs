@@ -16,7 +16,7 @@ use crate::api::profile::ProfileApi;
 use crate::api::register::RegisterApi;
 use crate::api::sandbox::SandboxApi;
 use crate::checkpoints::{Checkpointer, KeyError};
-use crate::config::{Config, ADDR_FILE, METRICS_ADDR_FILE};
+use crate::config::{Config, ADDR_FILE, DASHBOARD_ADDR_FILE, METRICS_ADDR_FILE};
 use crate::identity::{local_caller, local_token, Identities};
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::profile_service_server::ProfileServiceServer;
@@ -241,6 +241,49 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         _ => None,
     };
 
+    let identities = Arc::new(identities);
+    let _dashboard = match &cfg.dashboard {
+        d if d.enabled => {
+            let tls = match &cfg.tls {
+                Some(t) => {
+                    let read = |p: &Path| {
+                        std::fs::read(p).map_err(|e| StartError::Config(format!("tls: {}: {e}", p.display())))
+                    };
+                    let ca = t.client_ca.as_deref().map(read).transpose()?;
+                    let config = crate::dashboard::tls_config(&read(&t.cert)?, &read(&t.key)?, ca.as_deref())
+                        .map_err(|e| StartError::Config(format!("dashboard: {e}")))?;
+                    Some(config)
+                }
+                None => None,
+            };
+            let listener = TcpListener::bind(d.listen)
+                .await
+                .map_err(|e| StartError::Io(format!("dashboard listen {}: {e}", d.listen)))?;
+            let daddr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            if tls.is_none() && !daddr.ip().is_loopback() {
+                tracing::warn!(%daddr, "serving the dashboard in plaintext on a non-loopback address (allow_insecure_listen = true): tokens and session cookies cross the network readable");
+            }
+            write_atomically(&cfg.data_dir.join(DASHBOARD_ADDR_FILE), &format!("{scheme}://{daddr}/\n"))?;
+            tracing::info!(url = %format!("{scheme}://{daddr}/"), "dashboard for approvers, auditors and operators");
+            let dashboard = crate::dashboard::Dashboard::new(
+                Arc::clone(&manager),
+                Arc::clone(&checkpoints),
+                Arc::clone(&identities),
+                Arc::clone(&manager) as Arc<dyn crate::api::auth::AuditSink>,
+                d.session_ttl,
+                tls.is_some(),
+            );
+            Some(AbortOnDrop(tokio::spawn(crate::dashboard::serve(
+                listener,
+                tls,
+                dashboard,
+                manager.shutdown_signal(),
+            ))))
+        }
+        _ => None,
+    };
+
     let listener =
         TcpListener::bind(cfg.listen).await.map_err(|e| StartError::Io(format!("listen {}: {e}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
@@ -355,6 +398,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     checkpoints.finish().await;
     let _ = std::fs::remove_file(cfg.data_dir.join(ADDR_FILE));
     let _ = std::fs::remove_file(cfg.data_dir.join(METRICS_ADDR_FILE));
+    let _ = std::fs::remove_file(cfg.data_dir.join(DASHBOARD_ADDR_FILE));
     tracing::info!("stopped");
     Ok(())
 }

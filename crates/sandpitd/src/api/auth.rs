@@ -211,8 +211,8 @@ impl Call {
 }
 
 impl Gate {
-    pub fn new(identities: Identities, audit: Arc<dyn AuditSink>, limits: CallLimits) -> Gate {
-        Gate { identities: Arc::new(identities), audit, limiter: Arc::new(Limiter::new(limits)) }
+    pub fn new(identities: Arc<Identities>, audit: Arc<dyn AuditSink>, limits: CallLimits) -> Gate {
+        Gate { identities, audit, limiter: Arc::new(Limiter::new(limits)) }
     }
 
     /// The caller of `req`, allowed to call `method` in the returned role and
