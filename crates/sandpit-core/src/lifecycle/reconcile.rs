@@ -283,9 +283,14 @@ impl Manager {
     /// (reconcile's interval still covers the time between).
     pub(super) async fn watch_runtime(self: Arc<Self>) {
         let mut delay = WATCH_RETRY_MIN;
+        let mut first = true;
         loop {
             let started = std::time::Instant::now();
             let mut changes = self.runtime.repair_needed();
+            // Changes made while no watch ran were never reported: check once.
+            if !std::mem::take(&mut first) {
+                self.repair_logged("host rules watch restarted").await;
+            }
             while changes.next().await.is_some() {
                 tokio::time::sleep(REPAIR_SETTLE).await;
                 while let Some(Some(())) = changes.next().now_or_never() {}
