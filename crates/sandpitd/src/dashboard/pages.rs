@@ -143,9 +143,11 @@ pub async fn active(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Resp
             ]
         })
         .collect();
+    let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let body = format!(
-        "<p>{} experiments may have sandboxes; {live} sandboxes are live.</p>{}",
-        list.len(),
+        "<p>{} have sandboxes or may have them; {} live.</p>{}",
+        plural(list.len(), "experiment", "experiments"),
+        plural(live, "sandbox is", "sandboxes are"),
         table(
             "Experiments that may have sandboxes now",
             &["Experiment", "Team", "Classification", "Approval", "Risks", "Live sandboxes (time left)"],
@@ -376,7 +378,7 @@ pub async fn experiment(
             ]
         })
         .collect();
-    body.push_str("<h2>Sandboxes</h2>");
+    body.push_str("<h2 id=\"sandboxes\">Sandboxes</h2>");
     body.push_str(&table(
         "Every sandbox of the experiment, live and ended",
         &["Sandbox", "Profile", "Classification", "State", "Created", "Until", "Why"],
@@ -551,10 +553,17 @@ pub async fn verification(State(d): State<Arc<Dashboard>>, headers: HeaderMap, Q
             );
         }
         ChainStatus::Healthy { verified, latest } => {
-            let _ = write!(body, "<p><span class=\"badge ok\">verified</span> through record {verified}.</p>");
+            let _ = write!(
+                body,
+                "<p><span class=\"badge ok\">verified</span> through record {verified}: the daemon checks the chain \
+                 at start and again before each checkpoint it signs (a full recomputation is below).</p>"
+            );
             body.push_str("<h2>Latest signed checkpoint</h2>");
             match latest {
-                None => body.push_str("<p class=\"empty\">None signed yet.</p>"),
+                None => body.push_str(
+                    "<p class=\"empty\">None signed yet: the first is signed once records have been added for \
+                     <code>audit.checkpoint_interval</code>, or after <code>audit.checkpoint_every</code> records.</p>",
+                ),
                 Some(s) => {
                     let _ = write!(
                         body,
