@@ -435,32 +435,16 @@ impl Manager {
         seen.is_some_and(|t| t.elapsed() < OOM_TRAIL * 10)
     }
 
-    /// A main process SIGKILLed may be the OOM killer's work, and the
-    /// engine's `oom` event can trail its `die` (seen under gVisor, where
-    /// Docker then does not set OOMKilled either): read ahead for a moment,
-    /// recording an OOM kill of `id` before its exit, and keep whatever else
-    /// arrives for after.
-    async fn await_trailing_oom(
-        &self,
-        id: &str,
-        events: &mut futures_util::stream::BoxStream<'static, Result<RuntimeEvent>>,
-        ahead: &mut std::collections::VecDeque<Result<RuntimeEvent>>,
-    ) {
-        let deadline = tokio::time::Instant::now() + OOM_TRAIL;
-        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.next()).await {
-            match ev {
-                Ok(RuntimeEvent::Oom { sandbox_id, .. }) if sandbox_id == id => {
-                    if let Err(e) = self.record_oom(id).await {
-                        tracing::warn!(error = %e, "handling a Docker event failed");
-                    }
-                    return;
-                }
-                Err(e) => {
-                    ahead.push_back(Err(e));
-                    return;
-                }
-                other => ahead.push_back(other),
-            }
+    /// Whether an exit of `id` by SIGKILL should wait for a trailing `oom`
+    /// event: not when the OOM kill is already known, nor when expiry is
+    /// what killed it.
+    fn may_be_oom(&self, id: &str) -> bool {
+        !self.oom_seen_lately(id) && !self.expiring.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
+    }
+
+    fn handled(&self, result: Result<()>) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "handling a Docker event failed");
         }
     }
 
@@ -476,33 +460,55 @@ impl Manager {
                 self.reconcile_logged("event stream reconnected").await;
             }
             first = false;
-            // Events read ahead while waiting for a trailing OOM event.
-            let mut ahead = std::collections::VecDeque::new();
+            // Exits by SIGKILL waiting (until the instant given) for an
+            // `oom` event that may trail their `die`: a SIGKILLed main
+            // process may be the OOM killer's work, and the engine can report
+            // the OOM a moment after the exit (seen under gVisor, where
+            // Docker then leaves OOMKilled unset too). Other events go on
+            // meanwhile.
+            let mut held: Vec<(tokio::time::Instant, String)> = Vec::new();
             loop {
-                let ev = match ahead.pop_front() {
-                    Some(ev) => ev,
-                    None => match events.next().await {
+                let next_due = held.iter().map(|(t, _)| *t).min();
+                let ev = tokio::select! {
+                    ev = events.next() => match ev {
                         Some(ev) => ev,
                         None => break,
                     },
+                    () = async { tokio::time::sleep_until(next_due.expect("guarded")).await }, if next_due.is_some() => {
+                        let now = tokio::time::Instant::now();
+                        let (due, rest): (Vec<_>, Vec<_>) = held.drain(..).partition(|(t, _)| *t <= now);
+                        held = rest;
+                        for (_, id) in due {
+                            self.handled(self.record_exit(&id).await.map(|_| ()));
+                        }
+                        continue;
+                    }
                 };
                 delay = EVENTS_RETRY_MIN;
-                let result = match ev {
+                match ev {
                     Ok(RuntimeEvent::Died { sandbox_id, exit_code, .. }) => {
-                        if exit_code == Some(137) && !self.oom_seen_lately(&sandbox_id) {
-                            self.await_trailing_oom(&sandbox_id, &mut events, &mut ahead).await;
+                        if exit_code == Some(137) && self.may_be_oom(&sandbox_id) {
+                            held.push((tokio::time::Instant::now() + OOM_TRAIL, sandbox_id));
+                        } else {
+                            self.handled(self.record_exit(&sandbox_id).await.map(|_| ()));
                         }
-                        self.record_exit(&sandbox_id).await.map(|_| ())
                     }
-                    Ok(RuntimeEvent::Oom { sandbox_id, .. }) => self.record_oom(&sandbox_id).await,
+                    Ok(RuntimeEvent::Oom { sandbox_id, .. }) => {
+                        self.handled(self.record_oom(&sandbox_id).await);
+                        if let Some(i) = held.iter().position(|(_, id)| *id == sandbox_id) {
+                            let (_, id) = held.remove(i);
+                            self.handled(self.record_exit(&id).await.map(|_| ()));
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "Docker event stream failed");
                         break;
                     }
-                };
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "handling a Docker event failed");
                 }
+            }
+            // Exits held back are recorded before the stream is followed again.
+            for (_, id) in held {
+                self.handled(self.record_exit(&id).await.map(|_| ()));
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(EVENTS_RETRY_MAX);

@@ -987,5 +987,18 @@ async fn an_oom_event_trailing_the_exit_is_still_the_cause_on_record() {
             assert!(exits[0].entry.reason.contains("OOM killer"), "late {late}");
         }
     }
+    // Exits held for a trailing OOM event are held together, not one after another.
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(rig.create("std").await.unwrap().id);
+    }
+    let started = tokio::time::Instant::now();
+    for id in &ids {
+        rig.runtime.exit_main(id, 137);
+    }
+    for id in &ids {
+        eventually("the exit is on record", || async { rig.record(id).await.state == SandboxState::Exited }).await;
+    }
+    assert!(started.elapsed() < Duration::from_millis(400), "{:?}", started.elapsed());
     rig.shutdown().await;
 }
