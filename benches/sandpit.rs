@@ -9,7 +9,7 @@
 //! no timings. Every container either side makes carries
 //! `sandpit.bench-run=<run id>` and is removed however the run ends.
 //!
-//! Scenarios: `cold`, `burst`, `warm-pool`, `expiry`, `scale`, `isolation`
+//! Scenarios: `cold`, `burst`, `warm-pool`, `expiry`, `exit` (benches/sandpit/exit.rs), `scale`, `isolation`
 //! (runc against gVisor; needs runsc registered as `runsc-none`, see
 //! scripts/register-runsc.sh; benches/sandpit/isolation.rs), `work` (cp
 //! throughput and port-forward round trips against `docker cp`, exec+cat
@@ -31,6 +31,8 @@
 //! sandbox was handed out once and prints the issue's floors beside the
 //! figures without asserting them.
 
+#[path = "sandpit/exit.rs"]
+mod exit;
 #[path = "sandpit/harness.rs"]
 mod harness;
 #[path = "sandpit/isolation.rs"]
@@ -97,6 +99,8 @@ enum Scenario {
     #[value(alias = "warm", alias = "warm-pools")]
     WarmPool,
     Expiry,
+    /// A main process's death to its `exited` record.
+    Exit,
     Scale,
     /// runc against gVisor: cold creates, warm claims, exec.
     Isolation,
@@ -281,6 +285,7 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
             Scenario::Burst => burst(&mut ctx, sizes.burst).await,
             Scenario::WarmPool => warm_pool(&mut ctx, sizes.warm_seq, sizes.warm_conc).await,
             Scenario::Expiry => expiry(&mut ctx, sizes.expiry).await,
+            Scenario::Exit => exit::exit(&mut ctx, sizes.expiry).await,
             Scenario::Scale => scale(&mut ctx, sizes.scale, sizes.list_calls).await,
             Scenario::Isolation => isolation::isolation(&mut ctx, sizes.isolation, sizes.isolation_warm).await,
             Scenario::Work => work::work(&mut ctx, sizes.work_file, sizes.work, sizes.work_rtt).await,
@@ -1083,6 +1088,56 @@ const DAEMON_EXPIRY_PARALLELISM: usize = 64;
 /// `(container id, action, time_nano)` of Docker's kill, die and destroy events.
 type Seen = Vec<(String, String, i64)>;
 
+/// A container's `cgroup.procs`, where the engine's cgroupfs or systemd
+/// driver puts it under cgroup v2 or v1 (the freezer hierarchy).
+fn cgroup_procs(cid: &str) -> Option<PathBuf> {
+    let scope = format!("docker-{cid}.scope");
+    [
+        format!("/sys/fs/cgroup/docker/{cid}"),
+        format!("/sys/fs/cgroup/system.slice/{scope}"),
+        format!("/sys/fs/cgroup/freezer/docker/{cid}"),
+        format!("/sys/fs/cgroup/freezer/system.slice/{scope}"),
+    ]
+    .into_iter()
+    .map(|d| PathBuf::from(d).join("cgroup.procs"))
+    .find(|p| p.exists())
+}
+
+/// The kernel's view of when each container's processes stopped: from
+/// shortly before `from` until `limit` has passed, polls every container's
+/// cgroup every 5 ms (a pass over 100 takes well under 1 ms; polling
+/// faster would take a core from the engine being measured) and notes when
+/// it first holds no process (or is gone). Containers whose cgroup cannot
+/// be found are left out.
+fn watch_cgroups(
+    cids: Vec<String>,
+    from: SystemTime,
+    limit: Duration,
+) -> tokio::task::JoinHandle<HashMap<String, SystemTime>> {
+    const POLL: Duration = Duration::from_millis(5);
+    tokio::task::spawn_blocking(move || {
+        let mut left: Vec<(String, PathBuf)> =
+            cids.into_iter().filter_map(|c| cgroup_procs(&c).map(|p| (c, p))).collect();
+        let mut stopped = HashMap::new();
+        if let Ok(wait) = from.duration_since(SystemTime::now()) {
+            std::thread::sleep(wait.saturating_sub(Duration::from_millis(50)));
+        }
+        let until = Instant::now() + limit;
+        while !left.is_empty() && Instant::now() < until {
+            let now = SystemTime::now();
+            left.retain(|(cid, procs)| match std::fs::read_to_string(procs) {
+                Ok(s) if !s.trim().is_empty() => true,
+                _ => {
+                    stopped.insert(cid.clone(), now);
+                    false
+                }
+            });
+            std::thread::sleep(POLL);
+        }
+        stopped
+    })
+}
+
 /// Follows Docker's events for `want` (containers of this run) from one
 /// second ago until every one is destroyed or `limit` passes.
 fn follow_events(
@@ -1139,15 +1194,19 @@ fn nanos(t: SystemTime) -> i64 {
 
 /// Lateness of each container's teardown against its deadline, from the events.
 struct Lateness {
-    /// kill (or destroy when Docker sent no kill) minus the deadline, ms.
-    start: Vec<f64>,
+    /// When the container's cgroup held no process any more (polled every
+    /// 5 ms from this process), minus the deadline, ms: the kernel's
+    /// view of the processes stopping. Empty where cgroups cannot be read.
+    emptied: Vec<f64>,
+    /// die minus the deadline, ms: when Docker saw the processes end.
+    stopped: Vec<f64>,
     /// destroy minus the deadline, ms.
     gone: Vec<f64>,
     kills: usize,
+    dies: usize,
     destroys: usize,
-    destroy_fallback: usize,
-    /// Earliest kill after the earliest deadline, ms.
-    first_kill: Option<f64>,
+    /// Earliest die after the earliest deadline, ms.
+    first_stop: Option<f64>,
     /// Last destroy after the latest deadline, when every container was destroyed, ms.
     all_gone: Option<f64>,
     /// Containers with no destroy event.
@@ -1155,37 +1214,37 @@ struct Lateness {
 }
 
 impl Lateness {
-    fn of(seen: &Seen, deadlines: &HashMap<String, SystemTime>) -> Lateness {
+    fn of(seen: &Seen, deadlines: &HashMap<String, SystemTime>, emptied: &HashMap<String, SystemTime>) -> Lateness {
         let mut kill: HashMap<&str, i64> = HashMap::new();
+        let mut die: HashMap<&str, i64> = HashMap::new();
         let mut destroy: HashMap<&str, i64> = HashMap::new();
         for (id, action, t) in seen {
             let slot = match action.as_str() {
                 "kill" => &mut kill,
+                "die" => &mut die,
                 "destroy" => &mut destroy,
                 _ => continue,
             };
             slot.entry(id.as_str()).and_modify(|v| *v = (*v).min(*t)).or_insert(*t);
         }
         let mut l = Lateness {
-            start: Vec::new(),
+            emptied: deadlines
+                .iter()
+                .filter_map(|(cid, at)| emptied.get(cid).map(|t| (nanos(*t) - nanos(*at)) as f64 / 1e6))
+                .collect(),
+            stopped: Vec::new(),
             gone: Vec::new(),
             kills: kill.len(),
+            dies: die.len(),
             destroys: destroy.len(),
-            destroy_fallback: 0,
-            first_kill: None,
+            first_stop: None,
             all_gone: None,
             not_gone: Vec::new(),
         };
         for (cid, at) in deadlines {
             let at = nanos(*at);
-            match kill.get(cid.as_str()) {
-                Some(t) => l.start.push((t - at) as f64 / 1e6),
-                None => {
-                    if let Some(t) = destroy.get(cid.as_str()) {
-                        l.destroy_fallback += 1;
-                        l.start.push((t - at) as f64 / 1e6);
-                    }
-                }
+            if let Some(t) = die.get(cid.as_str()) {
+                l.stopped.push((t - at) as f64 / 1e6);
             }
             match destroy.get(cid.as_str()) {
                 Some(t) => l.gone.push((t - at) as f64 / 1e6),
@@ -1194,7 +1253,7 @@ impl Lateness {
         }
         let earliest = deadlines.values().min().copied().map(nanos);
         let latest = deadlines.values().max().copied().map(nanos);
-        l.first_kill = kill.values().min().zip(earliest).map(|(k, e)| (k - e) as f64 / 1e6);
+        l.first_stop = die.values().min().zip(earliest).map(|(k, e)| (k - e) as f64 / 1e6);
         if l.not_gone.is_empty() {
             l.all_gone = destroy.values().max().zip(latest).map(|(d, e)| (d - e) as f64 / 1e6);
         }
@@ -1203,24 +1262,27 @@ impl Lateness {
 
     fn json(&self) -> Value {
         json!({
-            "teardown_start_lateness": stats::json_opt(Summary::of_ms(&self.start)),
-            "teardown_start_source": {"kill": self.kills, "destroy_fallback": self.destroy_fallback},
+            "processes_stopped_lateness": stats::json_opt(Summary::of_ms(&self.emptied)),
+            "stopped_lateness": stats::json_opt(Summary::of_ms(&self.stopped)),
             "container_gone_lateness": stats::json_opt(Summary::of_ms(&self.gone)),
-            "first_kill_after_earliest_deadline_ms": self.first_kill.map(round3),
+            "first_stop_after_earliest_deadline_ms": self.first_stop.map(round3),
             "all_gone_after_latest_deadline_ms": self.all_gone.map(round3),
-            "destroy_events": self.destroys,
-            "samples_ms": {"start_lateness": samples_json(&self.start)},
+            "events": {"kill": self.kills, "die": self.dies, "destroy": self.destroys},
+            "samples_ms": {
+                "processes_stopped_lateness": samples_json(&self.emptied),
+                "stopped_lateness": samples_json(&self.stopped),
+            },
         })
     }
 
     fn describe(&self, n: usize, deadline: &str) {
         println!(
-            "    first kill {} ms after the earliest {deadline}; all gone {} ms after the latest {deadline}; \
-             kill events {}/{n} (destroy instead: {}), destroy events {}/{n}",
-            self.first_kill.map_or("-".into(), |x| format!("{x:.1}")),
+            "    first stop {} ms after the earliest {deadline}; all gone {} ms after the latest {deadline}; \
+             events: die {}/{n}, kill {}/{n} (none when the cgroup stopped it), destroy {}/{n}",
+            self.first_stop.map_or("-".into(), |x| format!("{x:.1}")),
             self.all_gone.map_or("(not all)".into(), |x| format!("{x:.1}")),
+            self.dies,
             self.kills,
-            self.destroy_fallback,
             self.destroys
         );
     }
@@ -1275,6 +1337,7 @@ async fn expiry(ctx: &mut Ctx, n: usize) -> Result<Value> {
     let earliest = *deadlines.values().min().ok_or("no sandboxes")?;
     let latest = *deadlines.values().max().ok_or("no sandboxes")?;
     let spread = latest.duration_since(earliest)?;
+    let cgroups = watch_cgroups(containers.keys().cloned().collect(), earliest, lead + Duration::from_secs(60));
     println!(
         "    expiresAt set by {n} sequential ExtendSandbox calls in {:.0} ms (ttl = target - now per call; \
          target {:.0} ms ahead); expiresAt spread {:.1} ms (expiresAt has ms precision)",
@@ -1283,8 +1346,9 @@ async fn expiry(ctx: &mut Ctx, n: usize) -> Result<Value> {
         ms(spread)
     );
 
+    let emptied = cgroups.await?;
     let (seen, stream_error) = collector.await?;
-    let sp = Lateness::of(&seen, &deadlines);
+    let sp = Lateness::of(&seen, &deadlines, &emptied);
 
     // What the daemon recorded, and anything that did not go. A record says
     // `expired` once its container is removed, a moment after Docker's
@@ -1312,19 +1376,25 @@ async fn expiry(ctx: &mut Ctx, n: usize) -> Result<Value> {
         sp_delete_many(&ctx.client, &not_gone).await;
     }
 
-    // Baseline: the same number of raw containers, removed by this process at
-    // one instant, DAEMON_EXPIRY_PARALLELISM at a time, as the daemon's expiry does.
-    let raw = raw_expiry(ctx, n).await?;
+    // Baselines: the same number of raw containers stopped by this process
+    // at one instant: killed all at once through the engine (what the
+    // daemon did before it stopped them through their cgroups), and
+    // removed DAEMON_EXPIRY_PARALLELISM at a time.
+    let raw_kill = raw_expiry(ctx, n, RawStop::Kill).await?;
+    let raw_remove = raw_expiry(ctx, n, RawStop::Remove).await?;
 
-    let (s_sp, s_sp_gone) = (Summary::of_ms(&sp.start), Summary::of_ms(&sp.gone));
-    let (s_raw, s_raw_gone) = (Summary::of_ms(&raw.start), Summary::of_ms(&raw.gone));
     header();
-    row("sandpit start lateness (kill - expiresAt)", s_sp);
-    row("raw start lateness (kill - deadline)", s_raw);
-    row("sandpit gone (destroy - expiresAt)", s_sp_gone);
-    row("raw gone (destroy - deadline)", s_raw_gone);
+    row("sandpit processes stopped (cgroup empty)", Summary::of_ms(&sp.emptied));
+    row("raw kill at once: processes stopped", Summary::of_ms(&raw_kill.emptied));
+    row("raw remove: processes stopped", Summary::of_ms(&raw_remove.emptied));
+    row("sandpit stopped (die - expiresAt)", Summary::of_ms(&sp.stopped));
+    row("raw kill at once (die - deadline)", Summary::of_ms(&raw_kill.stopped));
+    row("raw remove 64 at a time (die - deadline)", Summary::of_ms(&raw_remove.stopped));
+    row("sandpit gone (destroy - expiresAt)", Summary::of_ms(&sp.gone));
+    row("raw remove gone (destroy - deadline)", Summary::of_ms(&raw_remove.gone));
     sp.describe(n, "expiresAt");
-    raw.describe(n, "raw deadline");
+    raw_kill.describe(n, "raw deadline (kill)");
+    raw_remove.describe(n, "raw deadline (remove)");
     println!(
         "    records in state expired: {expired_state}/{n}{}",
         stream_error.as_ref().map(|e| format!("; event stream error: {e}")).unwrap_or_default()
@@ -1344,14 +1414,29 @@ async fn expiry(ctx: &mut Ctx, n: usize) -> Result<Value> {
         "not_torn_down": not_gone,
         "event_stream_error": stream_error,
         "raw_baseline": {
-            "method": format!("bench removes (force) each raw container at one deadline, {DAEMON_EXPIRY_PARALLELISM} at a time"),
-            "lateness": raw.json(),
+            "kill_at_once": {
+                "method": "bench kills (SIGKILL, Docker API) every raw container at one deadline, all at once, then removes them",
+                "lateness": raw_kill.json(),
+            },
+            "remove_parallel": {
+                "method": format!("bench removes (force) each raw container at one deadline, {DAEMON_EXPIRY_PARALLELISM} at a time"),
+                "lateness": raw_remove.json(),
+            },
         },
     }))
 }
 
-/// `n` raw containers removed at one deadline, as the daemon's expiry would.
-async fn raw_expiry(ctx: &mut Ctx, n: usize) -> Result<Lateness> {
+/// How the raw baseline stops its containers at the deadline.
+#[derive(Clone, Copy)]
+enum RawStop {
+    /// `docker kill` of every container at once, then removal.
+    Kill,
+    /// `docker rm -f`, [`DAEMON_EXPIRY_PARALLELISM`] at a time.
+    Remove,
+}
+
+/// `n` raw containers stopped at one deadline.
+async fn raw_expiry(ctx: &mut Ctx, n: usize, how: RawStop) -> Result<Lateness> {
     let results: Vec<_> = stream::iter(0..n)
         .map(|_| {
             let r = ctx.raw.clone();
@@ -1378,22 +1463,31 @@ async fn raw_expiry(ctx: &mut Ctx, n: usize) -> Result<Lateness> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let deadline = SystemTime::now() + lead;
     let at = tokio::time::Instant::now() + deadline.duration_since(SystemTime::now())?;
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(DAEMON_EXPIRY_PARALLELISM));
+    let cgroups = watch_cgroups(cids.clone(), deadline, lead + Duration::from_secs(60));
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(match how {
+        RawStop::Kill => n.max(1),
+        RawStop::Remove => DAEMON_EXPIRY_PARALLELISM,
+    }));
     let mut tasks = Vec::new();
     for cid in &cids {
         let (r, cid, permits) = (ctx.raw.clone(), cid.clone(), permits.clone());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
             let _permit = permits.acquire_owned().await;
+            if let RawStop::Kill = how {
+                let opts = bollard::query_parameters::KillContainerOptionsBuilder::default().signal("SIGKILL").build();
+                r.docker.kill_container(&cid, Some(opts)).await?;
+            }
             r.remove(&cid).await.map(|_| ())
         }));
     }
     for t in tasks {
         t.await??;
     }
+    let emptied = cgroups.await?;
     let (seen, _) = collector.await?;
     let deadlines = cids.iter().map(|c| (c.clone(), deadline)).collect();
-    let l = Lateness::of(&seen, &deadlines);
+    let l = Lateness::of(&seen, &deadlines, &emptied);
     if !l.not_gone.is_empty() {
         raw_remove_many(&ctx.raw, &l.not_gone).await;
     }

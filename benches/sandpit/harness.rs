@@ -237,6 +237,9 @@ timeout = "{timeout}s"
 [metrics]
 listen = "127.0.0.1:0"
 
+[dashboard]
+listen = "127.0.0.1:0"
+
 # The benchmark is one identity driving the daemon as hard as it can: the
 # per-identity limits (there to stop a runaway client) would measure themselves.
 [limits]

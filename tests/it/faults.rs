@@ -325,17 +325,18 @@ async fn an_expiry_docker_refuses_is_retried_until_it_succeeds() {
 }
 
 /// A deadline that falls due again while its expiry is under way (reconcile
-/// puts the deadlines of running sandboxes back, and the kill is slow) starts
-/// no second expiry: one kill's lateness in the metrics, one `expire` record.
+/// puts the deadlines of running sandboxes back, and the removal is slow)
+/// starts no second expiry: one lateness in the metrics, one `expire` record.
 #[tokio::test(flavor = "multi_thread")]
 async fn expiry_happens_once_and_is_recorded_once_while_reconcile_runs() {
     let r = rig(Options { reconcile_interval: "200ms", ..Default::default() }).await;
     let mut c = r.d.client(TEAM_A).await;
     let exp = r.d.experiment(TEAM_A, "OFFICIAL").await;
     let sb = create(&mut c, &exp, 2).await;
-    // While the kill is slow, the container still runs: each reconcile pass
-    // finds a live sandbox past its deadline and schedules it again.
-    let slow = r.proxy.inject(Fault::delay("POST", "/kill", Duration::from_millis(1500)));
+    // While the removal is slow, the record is still live: each reconcile
+    // pass finds a sandbox past its deadline and schedules it again. (The
+    // kill goes through the container's cgroup, not the engine.)
+    let slow = r.proxy.inject(Fault::delay("DELETE", "/containers/", Duration::from_millis(1500)));
     ends_as(&r.d, SandboxState::Expired, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(r.proxy.hits(slow) >= 1);
@@ -346,6 +347,34 @@ async fn expiry_happens_once_and_is_recorded_once_while_reconcile_runs() {
     let expiries = events.iter().filter(|e| e.action == "expire").count();
     assert_eq!(expiries, 1, "{events:#?}");
     assert!(!container_exists(&sb.container_id).await);
+}
+
+/// Expiry stops a sandbox's processes through its cgroup, not in the
+/// engine's queue: with every kill through the engine held up for 10 s,
+/// Docker still sees the container die within a second of its deadline,
+/// and it is never killed early.
+#[tokio::test(flavor = "multi_thread")]
+async fn expiry_stops_a_sandbox_at_its_deadline_without_the_engines_kill() {
+    let r = rig(Options { reconcile_interval: "1h", ..Default::default() }).await;
+    let mut c = r.d.client(TEAM_A).await;
+    let slow = r.proxy.inject(Fault::delay("POST", "/kill", Duration::from_secs(10)));
+    let sb = create(&mut c, &r.d.exp_a, 3).await;
+    let expires = to_system(sb.expires_at.as_ref().unwrap());
+    // Docker's own account (not through the proxy) of when the container died.
+    let filters = HashMap::from([
+        ("container".to_string(), vec![sb.container_id.clone()]),
+        ("event".to_string(), vec!["die".to_string()]),
+    ]);
+    let opts = bollard::query_parameters::EventsOptionsBuilder::default().filters(&filters).build();
+    let docker = docker().await;
+    let mut events = docker.events(Some(opts));
+    let die =
+        tokio::time::timeout(Duration::from_secs(20), events.next()).await.expect("a die event").unwrap().unwrap();
+    let died = SystemTime::UNIX_EPOCH + Duration::from_nanos(die.time_nano.unwrap() as u64);
+    let late = died.duration_since(expires).expect("never before its deadline");
+    assert!(late < Duration::from_secs(1), "died {late:?} after its deadline");
+    ends_as(&r.d, SandboxState::Expired, Duration::from_secs(30)).await;
+    assert_eq!(r.proxy.hits(slow), 0, "no kill went through the engine");
 }
 
 /// A create whose caller gave up is torn down even when Docker refuses the

@@ -34,6 +34,7 @@ pub mod labels;
 pub mod spec;
 pub mod subnet;
 
+mod cgroup;
 pub mod cleanup;
 mod driver;
 mod transfer;
