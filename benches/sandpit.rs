@@ -1103,12 +1103,22 @@ fn cgroup_procs(cid: &str) -> Option<PathBuf> {
     .find(|p| p.exists())
 }
 
+/// Whether the process `pid` (a line of `cgroup.procs`) still runs: it
+/// exists and is not a zombie (dead, waiting for its parent, here the
+/// container's shim, to reap it).
+fn runs(pid: &str) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    // `pid (comm) S ...`: the state follows the last ')'.
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X")
+}
+
 /// The kernel's view of when each container's processes stopped: from
 /// shortly before `from` until `limit` has passed, polls every container's
 /// cgroup every 5 ms (a pass over 100 takes well under 1 ms; polling
 /// faster would take a core from the engine being measured) and notes when
-/// it first holds no process (or is gone). Containers whose cgroup cannot
-/// be found are left out.
+/// none of its processes runs any more (each gone or a zombie; the shim
+/// reaps them a moment later). Containers whose cgroup cannot be found are
+/// left out.
 fn watch_cgroups(
     cids: Vec<String>,
     from: SystemTime,
@@ -1125,12 +1135,12 @@ fn watch_cgroups(
         let until = Instant::now() + limit;
         while !left.is_empty() && Instant::now() < until {
             let now = SystemTime::now();
-            left.retain(|(cid, procs)| match std::fs::read_to_string(procs) {
-                Ok(s) if !s.trim().is_empty() => true,
-                _ => {
+            left.retain(|(cid, procs)| {
+                let running = std::fs::read_to_string(procs).is_ok_and(|s| s.lines().any(runs));
+                if !running {
                     stopped.insert(cid.clone(), now);
-                    false
                 }
+                running
             });
             std::thread::sleep(POLL);
         }
@@ -1384,7 +1394,7 @@ async fn expiry(ctx: &mut Ctx, n: usize) -> Result<Value> {
     let raw_remove = raw_expiry(ctx, n, RawStop::Remove).await?;
 
     header();
-    row("sandpit processes stopped (cgroup empty)", Summary::of_ms(&sp.emptied));
+    row("sandpit processes stopped (none running)", Summary::of_ms(&sp.emptied));
     row("raw kill at once: processes stopped", Summary::of_ms(&raw_kill.emptied));
     row("raw remove: processes stopped", Summary::of_ms(&raw_remove.emptied));
     row("sandpit stopped (die - expiresAt)", Summary::of_ms(&sp.stopped));

@@ -338,7 +338,7 @@ token_sha256 = "{op_sha}"
         let child = Command::new(env!("CARGO_BIN_EXE_sandpitd"))
             .arg("--config")
             .arg(&self.config_path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("SANDPIT_BENCH_LOG").unwrap_or_else(|_| "info".into()))
             .env_remove("SANDPIT__LISTEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

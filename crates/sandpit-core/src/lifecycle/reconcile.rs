@@ -196,7 +196,7 @@ impl Manager {
                     }
                 }
                 SandboxAction::RecordExit => {
-                    let exited = self.record_exit(&sb.id).await;
+                    let exited = self.record_exit(&sb.id, None).await;
                     if step(&mut report, "recording an exit", &sb.id, exited)? == Some(true) {
                         report.exited += 1;
                     }
@@ -331,7 +331,10 @@ impl Manager {
     /// Records that a running sandbox's main process ended, with its exit
     /// code and whether the OOM killer did it. The stopped container stays
     /// until expiry or delete.
-    async fn record_exit(&self, id: &str) -> Result<bool> {
+    /// `exit_code`: as the engine's event gave it. Any but 137 is taken as
+    /// is; 137 (SIGKILL, perhaps the OOM killer) and none are asked of the
+    /// runtime, which knows whether it was an OOM kill.
+    async fn record_exit(&self, id: &str, exit_code: Option<i64>) -> Result<bool> {
         let guard = self.locks.lock(id).await;
         let Some(mut sb) = self.store.get(id).await? else {
             return Ok(false);
@@ -351,12 +354,15 @@ impl Manager {
         if sb.state != SandboxState::Running || sb.expires_at <= SystemTime::now() {
             return Ok(false);
         }
-        let Some(status) = self.runtime.status(&sb).await? else {
-            return Ok(false);
+        let status = match exit_code {
+            Some(code) if code != 137 => {
+                crate::runtime::ContainerStatus { running: false, exit_code, oom_killed: false }
+            }
+            _ => match self.runtime.status(&sb).await? {
+                Some(status) if !status.running => status,
+                _ => return Ok(false),
+            },
         };
-        if status.running {
-            return Ok(false);
-        }
         sb.state = SandboxState::Exited;
         sb.exit_code = status.exit_code;
         sb.oom_killed |= status.oom_killed;
@@ -479,7 +485,7 @@ impl Manager {
                         let (due, rest): (Vec<_>, Vec<_>) = held.drain(..).partition(|(t, _)| *t <= now);
                         held = rest;
                         for (_, id) in due {
-                            self.handled(self.record_exit(&id).await.map(|_| ()));
+                            self.handled(self.record_exit(&id, Some(137)).await.map(|_| ()));
                         }
                         continue;
                     }
@@ -490,14 +496,19 @@ impl Manager {
                         if exit_code == Some(137) && self.may_be_oom(&sandbox_id) {
                             held.push((tokio::time::Instant::now() + OOM_TRAIL, sandbox_id));
                         } else {
-                            self.handled(self.record_exit(&sandbox_id).await.map(|_| ()));
+                            // Recorded beside the stream, not in turn: many
+                            // sandboxes ending together are recorded together.
+                            let this = Arc::clone(&self);
+                            self.tasks.spawn(async move {
+                                this.handled(this.record_exit(&sandbox_id, exit_code).await.map(|_| ()));
+                            });
                         }
                     }
                     Ok(RuntimeEvent::Oom { sandbox_id, .. }) => {
                         self.handled(self.record_oom(&sandbox_id).await);
                         if let Some(i) = held.iter().position(|(_, id)| *id == sandbox_id) {
                             let (_, id) = held.remove(i);
-                            self.handled(self.record_exit(&id).await.map(|_| ()));
+                            self.handled(self.record_exit(&id, Some(137)).await.map(|_| ()));
                         }
                     }
                     Err(e) => {
@@ -508,7 +519,7 @@ impl Manager {
             }
             // Exits held back are recorded before the stream is followed again.
             for (_, id) in held {
-                self.handled(self.record_exit(&id).await.map(|_| ()));
+                self.handled(self.record_exit(&id, Some(137)).await.map(|_| ()));
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(EVENTS_RETRY_MAX);

@@ -132,8 +132,11 @@ impl Manager {
             return None;
         }
         sb.container_id.as_ref()?;
+        let late = |t: SystemTime| t.duration_since(sb.expires_at).unwrap_or_default().as_secs_f64() * 1e3;
+        let asked = SystemTime::now();
         match self.runtime.kill(&sb).await {
             Ok(()) => {
+                tracing::debug!(sandbox = %id, asked_ms = late(asked), killed_ms = late(SystemTime::now()), "killed at expiry");
                 // Its process is gone: an extension waiting on the lock must not revive the record.
                 self.expiring.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), true);
                 Some(SystemTime::now())
