@@ -66,6 +66,15 @@ impl Queue {
     }
 
     fn schedule(&mut self, id: String, expires_at: SystemTime, warn_at: Option<SystemTime>, now: SystemTime) {
+        // The same deadlines again (reconcile puts back those of every
+        // running sandbox) change nothing: in particular a warning that fell
+        // due but has not been handed out yet is not dropped as past.
+        if let Some(old) = self.by_id.get(&id) {
+            let same_warning = warn_at.is_none_or(|w| old.contains(&(w, WARN)) || w <= now);
+            if old.contains(&(expires_at, EXPIRE)) && same_warning {
+                return;
+            }
+        }
         self.cancel(&id);
         let mut entries = vec![(expires_at, EXPIRE)];
         if let Some(w) = warn_at.filter(|w| *w > now && *w < expires_at) {
@@ -148,6 +157,23 @@ mod tests {
         assert!(q.pop_due(t0 + s(19)).is_empty());
         assert_eq!(q.pop_due(t0 + s(20)), [Due::Expire("a".into())]);
         assert!(q.next().is_none() && q.by_id.is_empty());
+    }
+
+    /// Reconcile putting a sandbox's deadlines back just after its warning
+    /// fell due, before the warning was handed out, does not lose it (seen
+    /// under load: an open exec never heard the warning).
+    #[test]
+    fn the_same_deadlines_again_keep_a_due_warning() {
+        let t0 = SystemTime::now();
+        let s = Duration::from_secs;
+        let mut q = Queue::default();
+        q.schedule("a".into(), t0 + s(10), Some(t0 + s(5)), t0);
+        q.schedule("a".into(), t0 + s(10), Some(t0 + s(5)), t0 + s(6));
+        assert_eq!(q.pop_due(t0 + s(6)), [Due::Warn("a".into())]);
+        // Again after it was handed out: nothing more, the expiry stays.
+        q.schedule("a".into(), t0 + s(10), Some(t0 + s(5)), t0 + s(7));
+        assert!(q.pop_due(t0 + s(9)).is_empty());
+        assert_eq!(q.pop_due(t0 + s(10)), [Due::Expire("a".into())]);
     }
 
     #[tokio::test]
