@@ -126,18 +126,29 @@ impl Dashboard {
         Ok((caller, csrf))
     }
 
-    async fn record(&self, actor: &str, role: &str, outcome: Outcome, code: &str, reason: String, peer: &Peer) {
+    /// Puts a sign-in, refused sign-in or sign-out on record.
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        action: &str,
+        actor: &str,
+        role: &str,
+        outcome: Outcome,
+        code: &str,
+        reason: String,
+        peer: &Peer,
+    ) {
         self.audit
             .record(AuditEntry {
                 time: std::time::SystemTime::now(),
                 actor: actor.to_string(),
                 role: role.to_string(),
-                action: if code.is_empty() { SIGN_OUT } else { SIGN_IN }.to_string(),
+                action: action.to_string(),
                 target: String::new(),
                 experiment: String::new(),
                 sandbox: String::new(),
                 outcome,
-                code: if code.is_empty() { "OK" } else { code }.to_string(),
+                code: code.to_string(),
                 reason,
                 source: peer.addr.to_string(),
             })
@@ -208,7 +219,7 @@ struct SignInQuery {
     next: Option<String>,
 }
 
-fn sign_in_page(d: &Dashboard, peer: &Peer, next: &str, error: Option<&str>) -> String {
+fn sign_in_page(peer: &Peer, next: &str, error: Option<&str>) -> String {
     let mut body = String::new();
     if let Some(e) = error {
         body.push_str(&format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)));
@@ -232,16 +243,14 @@ fn sign_in_page(d: &Dashboard, peer: &Peer, next: &str, error: Option<&str>) -> 
          <input type=\"hidden\" name=\"next\" value=\"{}\"><button type=\"submit\">Sign in</button></form>",
         esc(next)
     ));
-    let _ = d;
     html::page("Sign in", None, Nav::None, "", &body)
 }
 
 async fn sign_in_form(
-    State(d): State<Arc<Dashboard>>,
     Extension(peer): Extension<Peer>,
     axum::extract::Query(q): axum::extract::Query<SignInQuery>,
 ) -> Response {
-    html_response(sign_in_page(&d, &peer, local_path(q.next.as_deref()), None))
+    html_response(sign_in_page(&peer, local_path(q.next.as_deref()), None))
 }
 
 #[derive(serde::Deserialize)]
@@ -274,14 +283,10 @@ async fn sign_in(
         Ok(c) => c,
         Err(why) => {
             sandpit_core::metrics::global().refused(SIGN_IN, sandpit_core::metrics::Refusal::Unauthenticated);
-            d.record("anonymous", "", Outcome::Denied, "UNAUTHENTICATED", format!("dashboard sign-in: {why}"), &peer)
-                .await;
-            let page = sign_in_page(
-                &d,
-                &peer,
-                &next,
-                Some("That did not sign you in: the token or certificate is not known."),
-            );
+            let why = format!("dashboard sign-in: {why}");
+            d.record(SIGN_IN, "anonymous", "", Outcome::Denied, "UNAUTHENTICATED", why, &peer).await;
+            let page =
+                sign_in_page(&peer, &next, Some("That did not sign you in: the token or certificate is not known."));
             return (StatusCode::UNAUTHORIZED, html_response(page)).into_response();
         }
     };
@@ -290,7 +295,7 @@ async fn sign_in(
         let has: Vec<&str> = caller.roles.iter().map(|r| r.as_str()).collect();
         let why =
             format!("the dashboard is for approvers, auditors and operators; {} has [{}]", caller.name, has.join(", "));
-        d.record(&caller.name, "", Outcome::Denied, "PERMISSION_DENIED", why.clone(), &peer).await;
+        d.record(SIGN_IN, &caller.name, "", Outcome::Denied, "PERMISSION_DENIED", why.clone(), &peer).await;
         let body = format!(
             "<p class=\"error\" role=\"alert\">Signing in was refused: {}. Use the <code>sandpit</code> CLI or the SDK.</p>",
             esc(&why)
@@ -304,7 +309,8 @@ async fn sign_in(
             .into_response();
     };
     let how = if form.method == "certificate" { "client certificate" } else { "token" };
-    d.record(&caller.name, role.as_str(), Outcome::Succeeded, "OK", format!("dashboard sign-in by {how}"), &peer).await;
+    let why = format!("dashboard sign-in by {how}");
+    d.record(SIGN_IN, &caller.name, role.as_str(), Outcome::Succeeded, "OK", why, &peer).await;
     tracing::info!(caller = %caller.name, source = %peer.addr, how, "dashboard sign-in");
     let mut response = redirect(&next);
     let secure = if d.secure { "; Secure" } else { "" };
@@ -334,7 +340,7 @@ async fn sign_out(
             return (StatusCode::FORBIDDEN, "the sign-out form is stale; reload the page\n").into_response();
         }
         d.sessions.close(&cookie);
-        d.record(&caller.name, "", Outcome::Succeeded, "", "dashboard sign-out".into(), &peer).await;
+        d.record(SIGN_OUT, &caller.name, "", Outcome::Succeeded, "OK", "dashboard sign-out".into(), &peer).await;
     }
     let mut response = redirect("/sign-in");
     let secure = if d.secure { "; Secure" } else { "" };
