@@ -117,3 +117,42 @@ async fn creates_claim_warm_sandboxes_and_pools_refill_and_drain() {
     }
     assert!(container_exists(&one.container_id).await && container_exists(&two.container_id).await);
 }
+
+/// A pool of an `isolated` profile holds sandboxes whose network and host
+/// rules were made with them: a claim hands one over as it is (same
+/// container, address and network, made before the claim), and it is as
+/// cut off as a cold one: it reaches neither the host nor anything else.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_of_isolated_sandboxes_has_their_networks_made_ahead() {
+    use crate::network::{greeter, host_addresses, profile, reaches};
+    let body = profile("isolated", "OFFICIAL", "warm_pool = 1");
+    let d = Daemon::with(Options { profiles: vec![("test-warm".into(), body)], ..Default::default() }).await;
+    wait_warm(&d, 1).await;
+    let mut op = d.client(OPERATOR).await;
+    let list = op.list_sandboxes(proto::ListSandboxesRequest::default()).await.unwrap().into_inner().sandboxes;
+    let warm = list.into_iter().find(|s| state(s) == SandboxState::Warm).expect("a warm sandbox");
+    assert!(!warm.address.is_empty(), "its network is made with it: {warm:?}");
+    let docker = docker().await;
+    let inspect = docker.inspect_container(&warm.container_id, None).await.unwrap();
+    let networks: Vec<String> =
+        inspect.network_settings.and_then(|n| n.networks).map(|n| n.into_keys().collect()).unwrap_or_default();
+    assert_eq!(networks.len(), 1, "{networks:?}");
+
+    let mut a = d.client(TEAM_A).await;
+    let req = proto::CreateSandboxRequest { profile: "test-warm".into(), ..create_req(&d.exp_a, 120) };
+    let sb = a.create_sandbox(req).await.unwrap().into_inner();
+    assert_eq!(
+        (sb.id.as_str(), sb.container_id.as_str(), sb.address.as_str()),
+        (warm.id.as_str(), warm.container_id.as_str(), warm.address.as_str())
+    );
+    assert_eq!(pool(&d).await.claims, 1);
+    let inspect = docker.inspect_container(&sb.container_id, None).await.unwrap();
+    let now: Vec<String> =
+        inspect.network_settings.and_then(|n| n.networks).map(|n| n.into_keys().collect()).unwrap_or_default();
+    assert_eq!(now, networks, "the same network, made before the claim");
+
+    let port = greeter().await;
+    for host in host_addresses() {
+        assert!(!reaches(&mut a, &sb.id, &host, port).await, "a claimed isolated sandbox reaches the host at {host}");
+    }
+}
