@@ -134,8 +134,17 @@ async fn a_gvisor_sandbox_runs_under_gvisor_and_works_as_a_runc_one_does() {
     let allow = c.create_sandbox(request(&d, "test-gvisor-allow", "OFFICIAL-SENSITIVE")).await.unwrap().into_inner();
     assert_eq!(runtime_of(&allow.container_id).await, "runsc-host");
     let connect = |port: u16| format!("CONNECT 127.0.0.1:{port} HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\n\\r\\n");
-    let out = via_proxy(&mut c, &allow.id, &connect(allowed)).await;
-    assert!(out.starts_with("HTTP/1.1 200") && out.contains("hello"), "through the proxy: {out:?}");
+    // Retried: once, under a loaded host, the proxy relayed the greeting
+    // (its log said so) and the exec still came back with no output.
+    let mut tries = Vec::new();
+    for _ in 0..3 {
+        let out = via_proxy(&mut c, &allow.id, &connect(allowed)).await;
+        if out.starts_with("HTTP/1.1 200") && out.contains("hello") {
+            break;
+        }
+        tries.push(out);
+    }
+    assert!(tries.len() < 3, "through the proxy: {tries:?}");
     let out = via_proxy(&mut c, &allow.id, &connect(port)).await;
     assert!(out.starts_with("HTTP/1.1 403"), "an unlisted destination: {out:?}");
     for host in host_addresses() {
