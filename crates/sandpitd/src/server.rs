@@ -270,7 +270,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 Arc::clone(&manager),
                 Arc::clone(&checkpoints),
                 Arc::clone(&identities),
-                Arc::clone(&manager) as Arc<dyn crate::api::auth::AuditSink>,
                 d.session_ttl,
                 tls.is_some(),
             );

@@ -29,7 +29,6 @@ use axum::{Extension, Router};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
-use crate::api::auth::AuditSink;
 use crate::checkpoints::Checkpointer;
 use crate::identity::Identities;
 use html::Nav;
@@ -57,7 +56,6 @@ pub struct Dashboard {
     manager: Arc<Manager>,
     checkpoints: Arc<Checkpointer>,
     identities: Arc<Identities>,
-    audit: Arc<dyn AuditSink>,
     sessions: Sessions,
     /// Served over TLS: the cookie is Secure (and `__Host-` named).
     secure: bool,
@@ -76,11 +74,10 @@ impl Dashboard {
         manager: Arc<Manager>,
         checkpoints: Arc<Checkpointer>,
         identities: Arc<Identities>,
-        audit: Arc<dyn AuditSink>,
         session_ttl: Duration,
         secure: bool,
     ) -> Arc<Dashboard> {
-        Arc::new(Dashboard { manager, checkpoints, identities, audit, sessions: Sessions::new(session_ttl), secure })
+        Arc::new(Dashboard { manager, checkpoints, identities, sessions: Sessions::new(session_ttl), secure })
     }
 
     fn cookie_name(&self) -> &'static str {
@@ -126,7 +123,9 @@ impl Dashboard {
         Ok((caller, csrf))
     }
 
-    /// Puts a sign-in, refused sign-in or sign-out on record.
+    /// Puts a sign-in, refused sign-in or sign-out on record: refusals
+    /// through the same bounds as the API's (a source repeating them cannot
+    /// flood the log), the rest as they are.
     #[allow(clippy::too_many_arguments)]
     async fn record(
         &self,
@@ -138,21 +137,24 @@ impl Dashboard {
         reason: String,
         peer: &Peer,
     ) {
-        self.audit
-            .record(AuditEntry {
-                time: std::time::SystemTime::now(),
-                actor: actor.to_string(),
-                role: role.to_string(),
-                action: action.to_string(),
-                target: String::new(),
-                experiment: String::new(),
-                sandbox: String::new(),
-                outcome,
-                code: code.to_string(),
-                reason,
-                source: peer.addr.to_string(),
-            })
-            .await;
+        let entry = AuditEntry {
+            time: std::time::SystemTime::now(),
+            actor: actor.to_string(),
+            role: role.to_string(),
+            action: action.to_string(),
+            target: String::new(),
+            experiment: String::new(),
+            sandbox: String::new(),
+            outcome,
+            code: code.to_string(),
+            reason,
+            source: peer.addr.to_string(),
+        };
+        if outcome == Outcome::Succeeded {
+            self.manager.record(entry).await
+        } else {
+            self.manager.record_refusal(entry).await
+        }
     }
 }
 
