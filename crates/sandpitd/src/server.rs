@@ -241,19 +241,23 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         _ => None,
     };
 
+    // The [tls] files, read once for both listeners: certificate, key, client CA.
+    let tls_pem = match &cfg.tls {
+        Some(t) => {
+            let read =
+                |p: &Path| std::fs::read(p).map_err(|e| StartError::Config(format!("tls: {}: {e}", p.display())));
+            Some((read(&t.cert)?, read(&t.key)?, t.client_ca.as_deref().map(read).transpose()?))
+        }
+        None => None,
+    };
     let identities = Arc::new(identities);
     let _dashboard = match &cfg.dashboard {
         d if d.enabled => {
-            let tls = match &cfg.tls {
-                Some(t) => {
-                    let read = |p: &Path| {
-                        std::fs::read(p).map_err(|e| StartError::Config(format!("tls: {}: {e}", p.display())))
-                    };
-                    let ca = t.client_ca.as_deref().map(read).transpose()?;
-                    let config = crate::dashboard::tls_config(&read(&t.cert)?, &read(&t.key)?, ca.as_deref())
-                        .map_err(|e| StartError::Config(format!("dashboard: {e}")))?;
-                    Some(config)
-                }
+            let tls = match &tls_pem {
+                Some((cert, key, ca)) => Some(
+                    crate::dashboard::tls_config(cert, key, ca.as_deref())
+                        .map_err(|e| StartError::Config(format!("dashboard: {e}")))?,
+                ),
                 None => None,
             };
             let listener = TcpListener::bind(d.listen)
@@ -290,14 +294,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     write_atomically(&cfg.data_dir.join(ADDR_FILE), &format!("{scheme}://{addr}\n"))?;
 
     let mut builder = Server::builder();
-    if let Some(tls) = &cfg.tls {
-        let read = |p: &Path| std::fs::read(p).map_err(|e| StartError::Config(format!("tls: {}: {e}", p.display())));
-        let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
-        let mut server_tls = ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &tls.client_ca {
+    if let Some((cert, key, ca)) = tls_pem {
+        let mut server_tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = ca {
             // Client certificates are verified against this CA; callers
             // without one may still present a bearer token.
-            server_tls = server_tls.client_ca_root(Certificate::from_pem(read(ca)?)).client_auth_optional(true);
+            server_tls = server_tls.client_ca_root(Certificate::from_pem(ca)).client_auth_optional(true);
         }
         builder = builder.tls_config(server_tls).map_err(|e| StartError::Config(format!("tls: {e}")))?;
     } else if !addr.ip().is_loopback() {

@@ -13,6 +13,7 @@ use super::html::{self, esc, table, time_el, Nav};
 use super::{html_response, Dashboard};
 use crate::checkpoints::ChainStatus;
 use sandpit_core::auth::{Caller, Role};
+use sandpit_core::error::Code;
 use sandpit_core::lifecycle::ActiveExperiment;
 use sandpit_core::register::{Decision, Experiment, Risk, Status};
 use sandpit_core::sandbox::Sandbox;
@@ -23,12 +24,15 @@ use sandpit_core::Error;
 const AUDIT_PAGE: usize = 100;
 
 fn failed(e: Error, caller: &Caller, csrf: &str) -> Response {
-    let status = match e {
-        Error::NotFound { .. } => StatusCode::NOT_FOUND,
-        Error::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
-        Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
-        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    // From the error's one status table, as the gRPC answer would say it.
+    let status = match e.code() {
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::PermissionDenied | Code::Unauthenticated => StatusCode::FORBIDDEN,
+        Code::FailedPrecondition | Code::Aborted => StatusCode::CONFLICT,
+        Code::Unavailable | Code::ResourceExhausted => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Ok | Code::Cancelled | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         tracing::warn!(error = %e, "dashboard page failed");
