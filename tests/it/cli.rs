@@ -97,6 +97,7 @@ async fn hostile_text_is_shown_inert_and_exported_as_text() {
             impact: "low".into(),
             mitigation: "@SUM(A1:A9)".into(),
             owner: owner.into(),
+            ..Default::default()
         }],
         ..Default::default()
     };

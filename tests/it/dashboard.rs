@@ -143,6 +143,7 @@ async fn the_pages_show_the_register_the_trail_and_the_chain() {
             impact: "high".into(),
             mitigation: "Aggregates only".into(),
             owner: "alice".into(),
+            ..Default::default()
         }],
         ..Default::default()
     };
@@ -152,7 +153,11 @@ async fn the_pages_show_the_register_the_trail_and_the_chain() {
     assert!(body.contains(&format!("href=\"/experiments/{}\"", exp.id)), "pending: {body}");
     assert!(body.contains("Census &lt;script&gt;alert(1)&lt;/script&gt; linkage") && !body.contains("<script>"));
 
-    let decide = proto::DecideExperimentRequest { id: exp.id.clone(), conditions: "Aggregates only; no export".into() };
+    let decide = proto::DecideExperimentRequest {
+        id: exp.id.clone(),
+        conditions: "Aggregates only; no export".into(),
+        ..Default::default()
+    };
     d.register(APPROVER).await.approve_experiment(decide).await.unwrap();
     let mut c = d.client(TEAM_A).await;
     let sb = c.create_sandbox(create_req(&exp.id, 120)).await.unwrap().into_inner();
@@ -194,6 +199,7 @@ async fn the_pages_show_the_register_the_trail_and_the_chain() {
         id: exp.id.clone(),
         outcome: proto::ExperimentOutcome::Succeeded as i32,
         lessons_learnt: "Blocking on postcode halves the comparisons".into(),
+        ..Default::default()
     };
     d.register(APPROVER).await.close_experiment(close).await.unwrap();
     let (_, _, body) = http(&base, "GET", "/register?q=POSTCODE+halves&status=closed", Some(&auditor), None).await;

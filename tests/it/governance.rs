@@ -11,7 +11,7 @@ use tonic::Code;
 use crate::support::*;
 
 fn decide(id: &str) -> proto::DecideExperimentRequest {
-    proto::DecideExperimentRequest { id: id.into(), conditions: "review in a month".into() }
+    proto::DecideExperimentRequest { id: id.into(), conditions: "review in a month".into(), ..Default::default() }
 }
 
 /// One call per service per caller: who is allowed, who is refused with which code.
@@ -199,6 +199,7 @@ async fn closing_an_experiment_tears_down_its_sandboxes() {
         id: exp.clone(),
         outcome: proto::ExperimentOutcome::Succeeded as i32,
         lessons_learnt: "Rules beat the model on short answers".into(),
+        ..Default::default()
     };
     assert_eq!(
         d.register(TEAM_A).await.close_experiment(close.clone()).await.unwrap_err().code(),
@@ -377,6 +378,7 @@ async fn exports_of_the_register_and_active_sandboxes() {
     let export = |kind: proto::ExportKind, format: proto::ExportFormat| proto::ExportRequest {
         kind: kind as i32,
         format: format as i32,
+        ..Default::default()
     };
     let collect = |req: proto::ExportRequest| {
         let mut audit = audit.clone();
@@ -403,6 +405,6 @@ async fn exports_of_the_register_and_active_sandboxes() {
         serde_json::from_str(&collect(export(proto::ExportKind::ActiveSandboxes, proto::ExportFormat::Json)).await)
             .unwrap();
     assert_eq!(json[0]["containerId"], sb.container_id.as_str());
-    let e = audit.export(proto::ExportRequest { kind: 0, format: 1 }).await.unwrap_err();
+    let e = audit.export(proto::ExportRequest { kind: 0, format: 1, ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 }

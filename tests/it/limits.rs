@@ -226,8 +226,11 @@ async fn no_audit_record_holds_unbounded_caller_input() {
         invalid(reg.register_experiment(req).await.map(|_| ()), field, field);
     }
     let mut approver = d.register(APPROVER).await;
-    let decide =
-        |id: &str, conditions: &str| proto::DecideExperimentRequest { id: id.into(), conditions: conditions.into() };
+    let decide = |id: &str, conditions: &str| proto::DecideExperimentRequest {
+        id: id.into(),
+        conditions: conditions.into(),
+        ..Default::default()
+    };
     invalid(approver.approve_experiment(decide(&big, "")).await.map(|_| ()), "id", "approve a huge id");
     let proposed = d.experiment(TEAM_A, "OFFICIAL").await;
     let r = approver.approve_experiment(decide(&proposed, &big)).await;
@@ -236,6 +239,7 @@ async fn no_audit_record_holds_unbounded_caller_input() {
         id: proposed.clone(),
         outcome: proto::ExperimentOutcome::Failed as i32,
         lessons_learnt: big.clone(),
+        ..Default::default()
     };
     invalid(approver.close_experiment(close).await.map(|_| ()), "lessons_learnt", "close with huge lessons");
     let q = proto::QueryAuditLogRequest { actor: big.clone(), ..Default::default() };

@@ -8,7 +8,7 @@ use tonic::Code;
 use crate::support::*;
 
 fn decide(id: &str, conditions: &str) -> proto::DecideExperimentRequest {
-    proto::DecideExperimentRequest { id: id.into(), conditions: conditions.into() }
+    proto::DecideExperimentRequest { id: id.into(), conditions: conditions.into(), ..Default::default() }
 }
 
 fn close(id: &str, lessons: &str) -> proto::CloseExperimentRequest {
@@ -16,6 +16,7 @@ fn close(id: &str, lessons: &str) -> proto::CloseExperimentRequest {
         id: id.into(),
         outcome: proto::ExperimentOutcome::Abandoned as i32,
         lessons_learnt: lessons.into(),
+        ..Default::default()
     }
 }
 
@@ -149,7 +150,11 @@ async fn rejecting_tears_down_and_the_register_keeps_who_decided_and_closed() {
     let export = |format: proto::ExportFormat| {
         let mut audit = audit.clone();
         async move {
-            let req = proto::ExportRequest { kind: proto::ExportKind::Register as i32, format: format as i32 };
+            let req = proto::ExportRequest {
+                kind: proto::ExportKind::Register as i32,
+                format: format as i32,
+                ..Default::default()
+            };
             let mut s = audit.export(req).await.unwrap().into_inner();
             let mut out = Vec::new();
             while let Some(c) = s.next().await {

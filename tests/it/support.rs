@@ -318,7 +318,11 @@ token_sha256 = "{appr_a}"
         d.exp_a = d.experiment(TEAM_A, "OFFICIAL-SENSITIVE").await;
         d.register(APPROVER)
             .await
-            .approve_experiment(proto::DecideExperimentRequest { id: d.exp_a.clone(), conditions: String::new() })
+            .approve_experiment(proto::DecideExperimentRequest {
+                id: d.exp_a.clone(),
+                conditions: String::new(),
+                ..Default::default()
+            })
             .await
             .expect("approve");
         d

@@ -633,6 +633,7 @@ async fn a_workspace_outlives_its_sandboxes_and_goes_with_its_experiment() {
         id: d.exp_a.clone(),
         outcome: proto::ExperimentOutcome::Succeeded as i32,
         lessons_learnt: "kept in the workspace".into(),
+        ..Default::default()
     };
     d.register(APPROVER).await.close_experiment(close).await.unwrap();
     assert!(docker.inspect_volume(&name).await.is_err(), "the workspace went with its experiment");

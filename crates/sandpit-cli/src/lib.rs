@@ -195,6 +195,8 @@ enum Command {
         /// Planned end date, YYYY-MM-DD or RFC 3339.
         #[arg(long, value_parser = parse_time)]
         planned_end: Option<SystemTime>,
+        #[command(flatten)]
+        transparency: TransparencyArgs,
     },
     /// Show one experiment.
     Experiment { id: String },
@@ -206,26 +208,69 @@ enum Command {
         #[arg(long)]
         status: Option<String>,
     },
-    /// Approve a proposed experiment (approvers; not your own team's).
+    /// Sign off a proposed experiment for your function (approvers; not
+    /// your own team's). It is approved once every function its
+    /// classification needs has signed off.
     Approve {
         id: String,
+        /// The function you sign for (e.g. data-protection); needed only
+        /// when you sign for more than one of those still to sign.
+        #[arg(long, default_value = "")]
+        function: String,
         #[arg(long, default_value = "")]
         conditions: String,
     },
-    /// Reject a proposed experiment.
+    /// Reject a proposed experiment (any required function's rejection wins).
     Reject {
         id: String,
         #[arg(long, default_value = "")]
+        function: String,
+        #[arg(long, default_value = "")]
         conditions: String,
     },
-    /// Close an experiment with its outcome; tears down its sandboxes.
+    /// Close an experiment with its outcome and lessons learnt; tears down its sandboxes.
     Close {
         id: String,
         /// succeeded, failed or abandoned.
         #[arg(long)]
         outcome: String,
+        /// The summary of what was learnt.
         #[arg(long)]
         lessons: String,
+        #[arg(long, default_value = "")]
+        what_worked: String,
+        #[arg(long, default_value = "")]
+        what_did_not: String,
+        /// A reusable artefact (repository, notebook, document), repeatable.
+        #[arg(long = "artefact")]
+        artefacts: Vec<String>,
+    },
+    /// An experiment's risks: add, update or review one.
+    #[command(subcommand)]
+    Risk(RiskCommand),
+    /// Record an impact assessment: `sandpit assess EXP dpia completed
+    /// --reference DPIA-2026-041` (kinds: dpia, equality-impact,
+    /// security-risk; statuses: not-started, in-progress, completed,
+    /// not-required).
+    Assess {
+        experiment: String,
+        kind: String,
+        status: String,
+        #[arg(long, default_value = "")]
+        reference: String,
+        /// When it was completed, YYYY-MM-DD or RFC 3339 (default: now).
+        #[arg(long, value_parser = parse_time)]
+        date: Option<SystemTime>,
+    },
+    /// Set an experiment's transparency (ATRS) fields.
+    Transparency {
+        experiment: String,
+        #[command(flatten)]
+        fields: TransparencyArgs,
+        /// Any other ATRS field by the standard's name: NAME=VALUE
+        /// (NAME= removes it), repeatable. See docs/atrs/atrs-v3-fields.json.
+        #[arg(long = "set")]
+        set: Vec<String>,
     },
     /// The audit log and oversight views.
     #[command(subcommand)]
@@ -233,6 +278,72 @@ enum Command {
     /// Profiles: list, show, validate a file, reload, warm pools.
     #[command(subcommand)]
     Profile(ProfileCommand),
+}
+
+/// The register's own transparency (ATRS) fields.
+#[derive(clap::Args, Default)]
+struct TransparencyArgs {
+    /// Senior responsible owner: a role title.
+    #[arg(long = "sro", default_value = "")]
+    senior_responsible_owner: String,
+    /// ATRS phase (e.g. Pre-deployment, Beta/pilot, Production, Retired).
+    #[arg(long, default_value = "")]
+    phase: String,
+    /// The public-sector function it serves (ATRS "function", e.g. Economic affairs).
+    #[arg(long = "public-function", default_value = "")]
+    public_function: String,
+    /// ATRS region (e.g. UK, England).
+    #[arg(long, default_value = "")]
+    region: String,
+}
+
+#[derive(Subcommand)]
+enum RiskCommand {
+    /// Record a new risk (open; its first review falls due by its impact).
+    Add {
+        experiment: String,
+        #[arg(long)]
+        description: String,
+        /// low, medium or high.
+        #[arg(long)]
+        likelihood: String,
+        /// low, medium or high.
+        #[arg(long)]
+        impact: String,
+        #[arg(long, default_value = "")]
+        mitigation: String,
+        #[arg(long, default_value = "")]
+        owner: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Change a risk; also counts as its review.
+    Update {
+        experiment: String,
+        /// The risk's id (r1, r2, ...).
+        risk: String,
+        /// Why: the finding of this review.
+        #[arg(long)]
+        reason: String,
+        /// open, mitigated, accepted or closed.
+        #[arg(long, default_value = "")]
+        status: String,
+        #[arg(long, default_value = "")]
+        likelihood: String,
+        #[arg(long, default_value = "")]
+        impact: String,
+        #[arg(long, default_value = "")]
+        mitigation: String,
+        #[arg(long, default_value = "")]
+        owner: String,
+    },
+    /// Review a risk, changing nothing: its next review falls due again.
+    Review {
+        experiment: String,
+        risk: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,14 +404,29 @@ enum AuditCommand {
     /// were appended since the newest): the note as is; --json adds its
     /// size, head and verifier key.
     Checkpoint,
-    /// Export the register or the active sandboxes.
+    /// Export the register, the active sandboxes, ATRS records (json or
+    /// csv; the required fields still empty are named on stderr) or lessons
+    /// learnt (markdown or html; nothing above OFFICIAL unless
+    /// --include-above-official).
     Export {
-        /// register or sandboxes.
+        /// register, sandboxes, atrs or lessons.
         #[arg(long)]
         kind: String,
-        /// json or csv.
-        #[arg(long, default_value = "json")]
-        format: String,
+        /// json or csv; markdown or html for lessons (default: json, markdown).
+        #[arg(long)]
+        format: Option<String>,
+        /// Only this experiment (atrs, lessons).
+        #[arg(long)]
+        experiment: Option<String>,
+        /// Lessons of experiments closed from this date (YYYY-MM-DD or RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<SystemTime>,
+        /// ...until this one.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<SystemTime>,
+        /// Include lessons of experiments above OFFICIAL (audited).
+        #[arg(long)]
+        include_above_official: bool,
     },
     /// Active experiments with their live sandboxes and time left.
     Active,
@@ -317,6 +443,7 @@ fn parse_risk(s: &str) -> Result<proto::Risk, String> {
         impact: impact.into(),
         mitigation: mitigation.into(),
         owner: owner.into(),
+        ..Default::default()
     })
 }
 
@@ -646,7 +773,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 }
             }
         }
-        Command::Register { title, purpose, classification, ai_tools, models, datasets, risks, planned_end } => {
+        Command::Register {
+            title,
+            purpose,
+            classification,
+            ai_tools,
+            models,
+            datasets,
+            risks,
+            planned_end,
+            transparency: t,
+        } => {
             let req = proto::RegisterExperimentRequest {
                 title,
                 purpose,
@@ -656,6 +793,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 datasets,
                 risks,
                 planned_end: planned_end.map(ts),
+                senior_responsible_owner: t.senior_responsible_owner,
+                phase: t.phase,
+                function: t.public_function,
+                region: t.region,
             };
             let e = clients.register().register_experiment(req).await?.into_inner();
             show_experiment(&e, cli.json)?;
@@ -694,22 +835,82 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 table(&["ID", "TITLE", "TEAM", "OWNER", "CLASSIFICATION", "STATUS"], &["TITLE"], rows);
             }
         }
-        Command::Approve { id, conditions } => {
-            let e = clients.register().approve_experiment(proto::DecideExperimentRequest { id, conditions }).await?;
+        Command::Approve { id, function, conditions } => {
+            let req = proto::DecideExperimentRequest { id, conditions, function };
+            let e = clients.register().approve_experiment(req).await?;
             show_experiment(&e.into_inner(), cli.json)?;
         }
-        Command::Reject { id, conditions } => {
-            let e = clients.register().reject_experiment(proto::DecideExperimentRequest { id, conditions }).await?;
+        Command::Reject { id, function, conditions } => {
+            let req = proto::DecideExperimentRequest { id, conditions, function };
+            let e = clients.register().reject_experiment(req).await?;
             show_experiment(&e.into_inner(), cli.json)?;
         }
-        Command::Close { id, outcome, lessons } => {
+        Command::Risk(cmd) => {
+            let mut register = clients.register();
+            let e = match cmd {
+                RiskCommand::Add { experiment, description, likelihood, impact, mitigation, owner, reason } => {
+                    let risk = proto::Risk { description, likelihood, impact, mitigation, owner, ..Default::default() };
+                    register.add_risk(proto::AddRiskRequest { experiment, risk: Some(risk), reason }).await?
+                }
+                RiskCommand::Update { experiment, risk, reason, status, likelihood, impact, mitigation, owner } => {
+                    let req = proto::UpdateRiskRequest {
+                        experiment,
+                        risk_id: risk,
+                        reason,
+                        status,
+                        likelihood,
+                        impact,
+                        mitigation,
+                        owner,
+                    };
+                    register.update_risk(req).await?
+                }
+                RiskCommand::Review { experiment, risk, reason } => {
+                    let req = proto::UpdateRiskRequest { experiment, risk_id: risk, reason, ..Default::default() };
+                    register.update_risk(req).await?
+                }
+            };
+            show_experiment(&e.into_inner(), cli.json)?;
+        }
+        Command::Assess { experiment, kind, status, reference, date } => {
+            let req = proto::RecordAssessmentRequest { experiment, kind, status, reference, date: date.map(ts) };
+            let e = clients.register().record_assessment(req).await?;
+            show_experiment(&e.into_inner(), cli.json)?;
+        }
+        Command::Transparency { experiment, fields: t, set } => {
+            let mut transparency = std::collections::HashMap::new();
+            for kv in set {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| Failure::Local(format!("--set {kv}: use NAME=VALUE (NAME= removes it)")))?;
+                transparency.insert(k.trim().to_string(), v.to_string());
+            }
+            let req = proto::UpdateTransparencyRequest {
+                experiment,
+                senior_responsible_owner: t.senior_responsible_owner,
+                phase: t.phase,
+                function: t.public_function,
+                region: t.region,
+                transparency,
+            };
+            let e = clients.register().update_transparency(req).await?;
+            show_experiment(&e.into_inner(), cli.json)?;
+        }
+        Command::Close { id, outcome, lessons, what_worked, what_did_not, artefacts } => {
             let outcome =
                 proto::ExperimentOutcome::from_str_name(&format!("EXPERIMENT_OUTCOME_{}", outcome.to_uppercase()))
                     .filter(|o| *o != proto::ExperimentOutcome::Unspecified)
                     .ok_or_else(|| {
                         Failure::Local(format!("--outcome {outcome}: use succeeded, failed or abandoned"))
                     })?;
-            let req = proto::CloseExperimentRequest { id, outcome: outcome as i32, lessons_learnt: lessons };
+            let req = proto::CloseExperimentRequest {
+                id,
+                outcome: outcome as i32,
+                lessons_learnt: lessons,
+                what_worked,
+                what_did_not,
+                artefacts,
+            };
             let e = clients.register().close_experiment(req).await?.into_inner();
             show_experiment(&e, cli.json)?;
         }
@@ -797,22 +998,56 @@ async fn audit(clients: &Clients, cmd: AuditCommand, as_json: bool) -> Result<Ex
                 }
             }
         }
-        AuditCommand::Export { kind, format } => {
+        AuditCommand::Export { kind, format, experiment, since, until, include_above_official } => {
             let kind = match kind.as_str() {
                 "register" => proto::ExportKind::Register,
                 "sandboxes" | "active-sandboxes" => proto::ExportKind::ActiveSandboxes,
-                other => return Err(Failure::Local(format!("--kind {other}: use register or sandboxes"))),
+                "atrs" => proto::ExportKind::Atrs,
+                "lessons" => proto::ExportKind::Lessons,
+                other => {
+                    return Err(Failure::Local(format!("--kind {other}: use register, sandboxes, atrs or lessons")))
+                }
             };
+            let lessons = kind == proto::ExportKind::Lessons;
+            let format = format.unwrap_or_else(|| if lessons { "markdown" } else { "json" }.into());
             let format = match format.as_str() {
                 "json" => proto::ExportFormat::Json,
                 "csv" => proto::ExportFormat::Csv,
-                other => return Err(Failure::Local(format!("--format {other}: use json or csv"))),
+                "markdown" | "md" => proto::ExportFormat::Markdown,
+                "html" => proto::ExportFormat::Html,
+                other => return Err(Failure::Local(format!("--format {other}: use json, csv, markdown or html"))),
             };
-            let req = proto::ExportRequest { kind: kind as i32, format: format as i32 };
+            let req = proto::ExportRequest {
+                kind: kind as i32,
+                format: format as i32,
+                experiment: experiment.unwrap_or_default(),
+                since: since.map(ts),
+                until: until.map(ts),
+                include_above_official,
+            };
             let mut stream = audit.export(req).await?.into_inner();
-            let mut out = std::io::stdout().lock();
+            let mut data = Vec::new();
             while let Some(chunk) = stream.next().await {
-                let _ = out.write_all(&chunk?.data);
+                data.extend_from_slice(&chunk?.data);
+            }
+            let _ = std::io::stdout().lock().write_all(&data);
+            if kind == proto::ExportKind::Atrs && format == proto::ExportFormat::Json {
+                // Say what each record still lacks, beside the records.
+                let records: Vec<serde_json::Value> = serde_json::from_slice(&data).unwrap_or_default();
+                for r in records {
+                    let missing: Vec<&str> = r["missing_required"]
+                        .as_array()
+                        .map(|m| m.iter().filter_map(|v| v.as_str()).collect())
+                        .unwrap_or_default();
+                    if !missing.is_empty() {
+                        complain!(
+                            "{}: {} required ATRS field(s) empty: {}",
+                            r["sandpit_experiment"].as_str().unwrap_or("?"),
+                            missing.len(),
+                            missing.join(", ")
+                        );
+                    }
+                }
             }
         }
         AuditCommand::Active => {
@@ -822,8 +1057,8 @@ async fn audit(clients: &Clients, cmd: AuditCommand, as_json: bool) -> Result<Ex
             } else {
                 let rows = list.experiments.iter().map(active_row).collect();
                 table(
-                    &["EXPERIMENT", "TEAM", "OWNER", "CLASSIFICATION", "APPROVAL", "SANDBOXES"],
-                    &["APPROVAL", "SANDBOXES"],
+                    &["EXPERIMENT", "TEAM", "OWNER", "CLASSIFICATION", "APPROVAL", "OVERDUE REVIEWS", "SANDBOXES"],
+                    &["APPROVAL", "OVERDUE REVIEWS", "SANDBOXES"],
                     rows,
                 );
             }
@@ -927,7 +1162,20 @@ async fn profile(clients: &Clients, cmd: ProfileCommand, as_json: bool) -> Resul
 
 fn active_row(a: &proto::ActiveExperiment) -> Vec<String> {
     let e = a.experiment.clone().unwrap_or_default();
-    let approval = e.approvals.last().map(|a| format!("{} by {} ({})", a.decision, a.approver, a.approver_team));
+    let approval = if e.pending_functions.is_empty() {
+        e.approvals.last().map(|a| {
+            let function = if a.function.is_empty() { String::new() } else { format!(" for {}", a.function) };
+            format!("{}{function} by {} ({})", a.decision, a.approver, a.approver_team)
+        })
+    } else {
+        Some(format!("awaiting {}", e.pending_functions.join(", ")))
+    };
+    let overdue: Vec<String> = e
+        .risks
+        .iter()
+        .filter(|r| r.overdue)
+        .map(|r| format!("{} ({}, due {})", r.id, r.impact, when_abs(r.review_by.as_ref())))
+        .collect();
     let sandboxes: Vec<String> = a
         .sandboxes
         .iter()
@@ -943,6 +1191,7 @@ fn active_row(a: &proto::ActiveExperiment) -> Vec<String> {
         e.owner,
         e.classification,
         approval.unwrap_or_else(|| proto::shown::<proto::ExperimentStatus>(e.status)),
+        if overdue.is_empty() { "-".into() } else { overdue.join(", ") },
         if sandboxes.is_empty() { "-".into() } else { sandboxes.join(", ") },
     ]
 }
@@ -1088,20 +1337,58 @@ fn show_experiment(e: &proto::Experiment, as_json: bool) -> Result<(), Failure> 
     for (k, v) in rows {
         say!("{k:<15} {v}");
     }
+    for (k, v) in
+        [("sro", &e.senior_responsible_owner), ("phase", &e.phase), ("function", &e.function), ("region", &e.region)]
+    {
+        if !v.is_empty() {
+            say!("{k:<15} {v}");
+        }
+    }
+    let mut atrs: Vec<_> = e.transparency.iter().collect();
+    atrs.sort();
+    for (k, v) in atrs {
+        say!("{:<15} {k}: {v}", "atrs");
+    }
+    if !e.required_functions.is_empty() {
+        let pending = if e.pending_functions.is_empty() { "none".into() } else { e.pending_functions.join(", ") };
+        say!("{:<15} {} (still to sign: {pending})", "sign-offs", e.required_functions.join(", "));
+    }
     for r in &e.risks {
+        let review = match (&r.review_by, r.overdue) {
+            (None, _) => String::new(),
+            (Some(t), false) => format!("; review by {}", when_abs(Some(t))),
+            (Some(t), true) => format!("; review OVERDUE since {}", when_abs(Some(t))),
+        };
         say!(
-            "{:<15} {} (likelihood {}, impact {}; mitigation: {}; owner: {})",
+            "{:<15} {} {} (likelihood {}, impact {}; {}; mitigation: {}; owner: {}{review})",
             "risk",
+            r.id,
             r.description,
             r.likelihood,
             r.impact,
+            r.status,
             r.mitigation,
             r.owner
         );
+        if let Some(u) = r.history.last().filter(|_| r.history.len() > 1) {
+            say!("{:<15}   last: {} by {} at {}: {}", "", u.changes, u.by, when_abs(u.time.as_ref()), u.reason);
+        }
+    }
+    for a in &e.assessments {
+        say!(
+            "{:<15} {} {} {} ({}, recorded by {})",
+            "assessment",
+            a.kind,
+            a.status,
+            a.reference,
+            when_abs(a.date.as_ref()),
+            a.recorded_by
+        );
     }
     for a in &e.approvals {
+        let function = if a.function.is_empty() { String::new() } else { format!(" for {}", a.function) };
         say!(
-            "{:<15} {} by {} (team {}) at {} {}",
+            "{:<15} {}{function} by {} (team {}) at {} {}",
             "decision",
             a.decision,
             a.approver,
@@ -1120,6 +1407,14 @@ fn show_experiment(e: &proto::Experiment, as_json: bool) -> Result<(), Failure> 
             when_abs(e.closed_at.as_ref()),
             e.lessons_learnt
         );
+        for (k, v) in [("what worked", &e.what_worked), ("what did not", &e.what_did_not)] {
+            if !v.is_empty() {
+                say!("{k:<15} {v}");
+            }
+        }
+        for a in &e.artefacts {
+            say!("{:<15} {a}", "artefact");
+        }
     }
     Ok(())
 }

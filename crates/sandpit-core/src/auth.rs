@@ -30,6 +30,8 @@ pub struct Caller {
     pub name: String,
     pub team: String,
     pub roles: Vec<Role>,
+    /// The governance functions an approver signs for (e.g. data-protection).
+    pub functions: Vec<String>,
     /// The role that allowed this call (set by authorization).
     pub role: Option<Role>,
     /// The caller's network address.
@@ -56,6 +58,13 @@ impl Caller {
         self.has(Role::Requester) && self.team == team
     }
 
+    /// Whether this caller may keep an experiment of `team`'s governance
+    /// record (risks, assessments, transparency fields): its own team's
+    /// requesters, and approvers.
+    pub fn may_govern(&self, team: &str) -> bool {
+        self.may_use(team) || self.has(Role::Approver)
+    }
+
     /// Whether this caller may tear down a sandbox of `team`.
     pub fn may_delete(&self, team: &str) -> bool {
         self.has(Role::Operator) || self.may_use(team)
@@ -72,7 +81,14 @@ mod tests {
     use super::*;
 
     fn caller(team: &str, roles: &[Role]) -> Caller {
-        Caller { name: "x".into(), team: team.into(), roles: roles.to_vec(), role: None, source: String::new() }
+        Caller {
+            name: "x".into(),
+            team: team.into(),
+            roles: roles.to_vec(),
+            functions: Vec::new(),
+            role: None,
+            source: String::new(),
+        }
     }
 
     #[test]

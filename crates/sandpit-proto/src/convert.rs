@@ -276,19 +276,7 @@ impl TryFrom<proto::RegisterExperimentRequest> for NewExperiment {
     type Error = Error;
 
     fn try_from(r: proto::RegisterExperimentRequest) -> Result<Self, Error> {
-        let risks = r
-            .risks
-            .into_iter()
-            .map(|k| {
-                Ok(register::Risk {
-                    likelihood: k.likelihood.parse().map_err(|e: String| Error::invalid("risks.likelihood", e))?,
-                    impact: k.impact.parse().map_err(|e: String| Error::invalid("risks.impact", e))?,
-                    description: k.description,
-                    mitigation: k.mitigation,
-                    owner: k.owner,
-                })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+        let risks = r.risks.into_iter().map(|k| new_risk(k, "risks")).collect::<Result<Vec<_>, Error>>()?;
         Ok(NewExperiment {
             title: r.title,
             purpose: r.purpose,
@@ -298,8 +286,86 @@ impl TryFrom<proto::RegisterExperimentRequest> for NewExperiment {
             datasets: r.datasets,
             risks,
             planned_end: r.planned_end.as_ref().map(|t| system_time("planned_end", t)).transpose()?,
+            senior_responsible_owner: r.senior_responsible_owner,
+            phase: r.phase,
+            function: r.function,
+            region: r.region,
         })
     }
+}
+
+/// A risk as a caller describes it: the rest (id, status, reviews,
+/// history) is the register's. `field` names it in errors (`risks`, `risk`).
+pub fn new_risk(k: proto::Risk, field: &'static str) -> Result<register::Risk, Error> {
+    let (likelihood, impact) = match field {
+        "risks" => ("risks.likelihood", "risks.impact"),
+        _ => ("risk.likelihood", "risk.impact"),
+    };
+    Ok(register::Risk::new(
+        k.description,
+        k.likelihood.parse().map_err(|e: String| Error::invalid(likelihood, e))?,
+        k.impact.parse().map_err(|e: String| Error::invalid(impact, e))?,
+        k.mitigation,
+        k.owner,
+    ))
+}
+
+/// A field that may be left empty (unchanged), parsed when given.
+pub fn optional<T: std::str::FromStr<Err = String>>(field: &'static str, s: &str) -> Result<Option<T>, Error> {
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|e: String| Error::invalid(field, e))
+}
+
+impl TryFrom<proto::UpdateRiskRequest> for register::RiskChange {
+    type Error = Error;
+
+    fn try_from(r: proto::UpdateRiskRequest) -> Result<Self, Error> {
+        let text = |s: String| (!s.is_empty()).then_some(s);
+        Ok(register::RiskChange {
+            status: optional("status", &r.status)?,
+            likelihood: optional("likelihood", &r.likelihood)?,
+            impact: optional("impact", &r.impact)?,
+            mitigation: text(r.mitigation),
+            owner: text(r.owner),
+            reason: r.reason,
+        })
+    }
+}
+
+impl TryFrom<proto::UpdateTransparencyRequest> for register::Transparency {
+    type Error = Error;
+
+    fn try_from(r: proto::UpdateTransparencyRequest) -> Result<Self, Error> {
+        // Empty: unchanged; "-": cleared.
+        let field = |s: String| match s.as_str() {
+            "" => None,
+            "-" => Some(String::new()),
+            _ => Some(s),
+        };
+        Ok(register::Transparency {
+            senior_responsible_owner: field(r.senior_responsible_owner),
+            phase: field(r.phase),
+            function: field(r.function),
+            region: field(r.region),
+            fields: r.transparency.into_iter().collect(),
+        })
+    }
+}
+
+/// An assessment as recorded by `by`, now (its date defaults to now).
+pub fn assessment(r: proto::RecordAssessmentRequest, by: &str, now: SystemTime) -> Result<register::Assessment, Error> {
+    required("kind", &r.kind)?;
+    required("status", &r.status)?;
+    Ok(register::Assessment {
+        kind: r.kind.parse().map_err(|e: String| Error::invalid("kind", e))?,
+        status: r.status.parse().map_err(|e: String| Error::invalid("status", e))?,
+        reference: r.reference,
+        date: r.date.as_ref().map(|t| system_time("date", t)).transpose()?.unwrap_or(now),
+        recorded_by: by.to_string(),
+        recorded_at: now,
+    })
 }
 
 pub fn experiment_status(s: register::Status) -> proto::ExperimentStatus {
@@ -333,6 +399,8 @@ pub fn outcome(o: i32) -> Result<register::ExperimentOutcome, Error> {
 
 impl From<Experiment> for proto::Experiment {
     fn from(e: Experiment) -> Self {
+        let now = SystemTime::now();
+        let pending_functions = e.pending_functions().into_iter().map(String::from).collect();
         proto::Experiment {
             id: e.id,
             title: e.title,
@@ -347,11 +415,26 @@ impl From<Experiment> for proto::Experiment {
                 .risks
                 .into_iter()
                 .map(|r| proto::Risk {
+                    overdue: r.overdue(now),
                     description: r.description,
                     likelihood: r.likelihood.to_string(),
                     impact: r.impact.to_string(),
                     mitigation: r.mitigation,
                     owner: r.owner,
+                    id: r.id,
+                    status: r.status.to_string(),
+                    review_by: r.review_by.map(timestamp),
+                    history: r
+                        .history
+                        .into_iter()
+                        .map(|u| proto::RiskUpdate {
+                            by: u.by,
+                            team: u.team,
+                            time: Some(timestamp(u.time)),
+                            changes: u.changes,
+                            reason: u.reason,
+                        })
+                        .collect(),
                 })
                 .collect(),
             status: experiment_status(e.status) as i32,
@@ -364,6 +447,7 @@ impl From<Experiment> for proto::Experiment {
                     decision: a.decision.as_str().to_string(),
                     conditions: a.conditions,
                     approver_team: a.approver_team,
+                    function: a.function,
                 })
                 .collect(),
             outcome: match e.outcome {
@@ -378,6 +462,28 @@ impl From<Experiment> for proto::Experiment {
             closed_at: e.closed_at.map(timestamp),
             closed_by: e.closed_by,
             closed_by_team: e.closed_by_team,
+            required_functions: e.required_functions,
+            pending_functions,
+            assessments: e
+                .assessments
+                .into_iter()
+                .map(|a| proto::Assessment {
+                    kind: a.kind.as_str().into(),
+                    status: a.status.as_str().into(),
+                    reference: a.reference,
+                    date: Some(timestamp(a.date)),
+                    recorded_by: a.recorded_by,
+                    recorded_at: Some(timestamp(a.recorded_at)),
+                })
+                .collect(),
+            senior_responsible_owner: e.senior_responsible_owner,
+            phase: e.phase,
+            function: e.function,
+            region: e.region,
+            transparency: e.transparency.into_iter().collect(),
+            what_worked: e.what_worked,
+            what_did_not: e.what_did_not,
+            artefacts: e.artefacts,
         }
     }
 }
@@ -646,6 +752,7 @@ mod tests {
                 impact,
                 mitigation,
                 owner,
+                ..Default::default()
             },
         )
     }
@@ -766,6 +873,7 @@ mod tests {
         ) {
             let r = proto::RegisterExperimentRequest {
                 title, purpose, ai_tools, models, classification, datasets, risks, planned_end,
+                ..Default::default()
             };
             let now = SystemTime::now();
             // As the manager does: convert, then validate when creating the entry.

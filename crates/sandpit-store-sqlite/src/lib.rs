@@ -854,6 +854,10 @@ mod tests {
             datasets: vec![],
             risks: vec![],
             planned_end: None,
+            senior_responsible_owner: String::new(),
+            phase: String::new(),
+            function: String::new(),
+            region: String::new(),
         };
         Experiment::new("exp-1".into(), "o", team, n, SystemTime::now()).unwrap()
     }
@@ -880,6 +884,8 @@ mod tests {
                 datasets: vec![],
                 min_ttl: Duration::ZERO,
                 minimum_isolation: Default::default(),
+                refuse_overdue_risk: None,
+                dpia_required: None,
             },
             SystemTime::now(),
         )

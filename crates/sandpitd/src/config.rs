@@ -61,6 +61,44 @@ pub struct Config {
     pub audit: AuditConfig,
     pub isolation: IsolationConfig,
     pub images: ImagesConfig,
+    pub governance: GovernanceConfig,
+}
+
+/// How the AI Leadership Group's process runs in the register: who must
+/// sign off what, how often risks are reviewed, what refuses new sandboxes,
+/// and the host's defaults for transparency (ATRS) records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceConfig {
+    /// The functions approvers sign for (identities' `functions`).
+    pub functions: Vec<String>,
+    /// Functions that must sign off, per classification; an entry holds for
+    /// its classification and every one above it. None: one approver of
+    /// another team decides.
+    pub sign_offs: BTreeMap<Classification, Vec<String>>,
+    /// How often a risk's review falls due, by its impact.
+    pub review: ReviewConfig,
+    /// Refuse new sandboxes for an experiment with a risk of at least this
+    /// impact overdue for review (rule risk-review-overdue): low, medium,
+    /// high, or "never".
+    pub refuse_overdue_risk: String,
+    /// Sandboxes at or above this classification need a completed DPIA on
+    /// the experiment's record (rule dpia-required), or "never".
+    pub dpia_required: String,
+    /// ATRS fields every record carries unless an experiment sets its own
+    /// (e.g. organisation_name, contact_email), by the standard's names.
+    pub transparency: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewConfig {
+    #[serde(deserialize_with = "de_duration")]
+    pub low: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub medium: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub high: Duration,
 }
 
 /// Images the daemon builds itself when one a sandbox needs is missing (no
@@ -196,6 +234,9 @@ pub struct IdentityConfig {
     pub token_sha256: Option<String>,
     /// Subject of the client certificate (mutual TLS), e.g. `CN=alice, O=ONS`.
     pub cert_subject: Option<String>,
+    /// The governance functions an approver signs for (from `governance.functions`).
+    #[serde(default)]
+    pub functions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -344,6 +385,18 @@ checkpoint_interval = "5m"
 [isolation]
 minimum = {{ "OFFICIAL" = "container", "OFFICIAL-SENSITIVE" = "gvisor" }}
 
+[governance]
+functions = []
+sign_offs = {{}}
+refuse_overdue_risk = "high"
+dpia_required = "never"
+transparency = {{}}
+
+[governance.review]
+low = "180d"
+medium = "90d"
+high = "30d"
+
 [isolation.runtimes]
 container = ""
 gvisor = {{ none = "runsc-none", isolated = "runsc-host", allowlist = "runsc-host", open = "runsc-host" }}
@@ -376,6 +429,14 @@ pub fn sandbox_user(user: &str) -> Result<(u32, u32), String> {
         return Err(format!("'{user}' would run sandboxes as root or in root's group"));
     }
     Ok((uid, gid))
+}
+
+/// `"never"` as `None`, anything else parsed.
+fn never_or<T: std::str::FromStr>(s: &str) -> Result<Option<T>, T::Err> {
+    if s.trim().eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    s.parse().map(Some)
 }
 
 /// Why the configuration could not be loaded.
@@ -447,6 +508,89 @@ impl Config {
             }
         }
         names
+    }
+
+    /// The governance policy the register applies.
+    pub fn governance(&self) -> sandpit_core::register::Governance {
+        let g = &self.governance;
+        sandpit_core::register::Governance {
+            functions: g.functions.clone(),
+            sign_offs: g.sign_offs.clone(),
+            review: sandpit_core::register::ReviewCadence {
+                low: g.review.low,
+                medium: g.review.medium,
+                high: g.review.high,
+            },
+        }
+    }
+
+    /// `governance.refuse_overdue_risk` (validated at load).
+    pub fn refuse_overdue_risk(&self) -> Option<sandpit_core::register::Level> {
+        never_or(&self.governance.refuse_overdue_risk).ok().flatten()
+    }
+
+    /// `governance.dpia_required` (validated at load).
+    pub fn dpia_required(&self) -> Option<Classification> {
+        never_or(&self.governance.dpia_required).ok().flatten()
+    }
+
+    fn validate_governance(&self) -> Result<(), String> {
+        let g = &self.governance;
+        for (i, f) in g.functions.iter().enumerate() {
+            let ok = !f.is_empty()
+                && f.len() <= 64
+                && f.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok {
+                return Err(format!("governance.functions[{i}]: '{f}' must be 1-64 of a-z, 0-9 and '-'"));
+            }
+            if g.functions[..i].contains(f) {
+                return Err(format!("governance.functions[{i}]: '{f}' is listed twice"));
+            }
+        }
+        for (c, list) in &g.sign_offs {
+            for f in list {
+                if !g.functions.contains(f) {
+                    return Err(format!(
+                        "governance.sign_offs.\"{c}\": '{f}' is not one of governance.functions ({})",
+                        g.functions.join(", ")
+                    ));
+                }
+            }
+        }
+        for (key, d) in [("low", g.review.low), ("medium", g.review.medium), ("high", g.review.high)] {
+            if d < Duration::from_secs(1) || d > sandpit_core::time::LONGEST {
+                return Err(format!("governance.review.{key}: must be between 1s and 100 years"));
+            }
+        }
+        never_or::<sandpit_core::register::Level>(&g.refuse_overdue_risk)
+            .map_err(|e| format!("governance.refuse_overdue_risk: {e} (or \"never\")"))?;
+        never_or::<Classification>(&g.dpia_required)
+            .map_err(|e| format!("governance.dpia_required: {e} (or \"never\")"))?;
+        for (name, value) in &g.transparency {
+            if !crate::export::atrs::settable(name) {
+                return Err(format!(
+                    "governance.transparency.{name}: not an ATRS field the register leaves to the host \
+                     (see docs/atrs/atrs-v3-fields.json)"
+                ));
+            }
+            if value.len() > 4000 {
+                return Err(format!("governance.transparency.{name}: longer than 4000 characters"));
+            }
+        }
+        for (i, id) in self.identities.iter().enumerate() {
+            for f in &id.functions {
+                if !g.functions.contains(f) {
+                    return Err(format!(
+                        "identities[{i}].functions: '{f}' is not one of governance.functions ({})",
+                        g.functions.join(", ")
+                    ));
+                }
+            }
+            if !id.functions.is_empty() && !id.roles.contains(&crate::identity::Role::Approver) {
+                return Err(format!("identities[{i}].functions: only approvers sign off; give it the approver role"));
+            }
+        }
+        Ok(())
     }
 
     pub fn minimum_isolation(&self) -> sandpit_core::policy::MinimumIsolation {
@@ -554,6 +698,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.validate_isolation()?;
+        self.validate_governance()?;
         for (i, b) in self.images.build.iter().enumerate() {
             if b.image.trim().is_empty() || b.image.chars().any(char::is_whitespace) {
                 return Err(format!("images.build[{i}].image: '{}' is not an image reference", b.image));

@@ -77,6 +77,7 @@ impl Identities {
                 name: id.name.clone(),
                 team: id.team.clone(),
                 roles: id.roles.clone(),
+                functions: id.functions.clone(),
                 role: None,
                 source: String::new(),
             };
@@ -542,12 +543,14 @@ pub fn local_token(data_dir: &Path) -> std::io::Result<String> {
     Ok(token)
 }
 
-/// The identity the local token grants: every role, in team `local`.
+/// The identity the local token grants: every role, in team `local`, signing
+/// for no particular function (its own team's experiments it cannot sign off).
 pub fn local_caller() -> Caller {
     Caller {
         name: "local".into(),
         team: "local".into(),
         roles: vec![Role::Requester, Role::Operator, Role::Approver, Role::Auditor],
+        functions: Vec::new(),
         role: None,
         source: String::new(),
     }
@@ -565,6 +568,7 @@ mod tests {
             roles: vec![Role::Requester],
             token_sha256: Some(sha256_hex(b"secret")),
             cert_subject: Some("CN=alice, O=ONS".into()),
+            functions: vec![],
         };
         let ids = Identities::from_config(&[cfg]);
         assert_eq!(ids.by_token("secret").unwrap().name, "alice");
@@ -645,6 +649,7 @@ mod tests {
                 roles: vec![Role::Requester],
                 token_sha256: None,
                 cert_subject: Some(subject.to_string()),
+                functions: vec![],
             })
             .collect();
         Identities::from_config(&ids)

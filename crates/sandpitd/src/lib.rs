@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod dashboard;
 pub mod egress;
+pub mod export;
 pub mod identity;
 pub mod metrics;
 pub mod server;

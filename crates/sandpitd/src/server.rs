@@ -201,7 +201,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 .collect(),
             min_ttl: cfg.lifecycle.min_ttl,
             minimum_isolation: cfg.minimum_isolation(),
+            refuse_overdue_risk: cfg.refuse_overdue_risk(),
+            dpia_required: cfg.dpia_required(),
         },
+        governance: cfg.governance(),
         expiry_warning: cfg.lifecycle.expiry_warning,
         reconcile_interval: cfg.lifecycle.reconcile_interval,
         orphan_grace: cfg.lifecycle.orphan_grace,
@@ -333,8 +336,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         SandboxServiceServer::new(SandboxApi::new(Arc::clone(&manager), gate.clone())).max_decoding_message_size(max);
     let register =
         RegisterServiceServer::new(RegisterApi::new(Arc::clone(&manager), gate.clone())).max_decoding_message_size(max);
-    let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(&manager), gate.clone(), Arc::clone(&checkpoints)))
-        .max_decoding_message_size(max);
+    let audit = AuditServiceServer::new(AuditApi::new(
+        Arc::clone(&manager),
+        gate.clone(),
+        Arc::clone(&checkpoints),
+        cfg.governance.transparency.clone(),
+    ))
+    .max_decoding_message_size(max);
     let profile = ProfileServiceServer::new(ProfileApi::new(Arc::clone(&manager), gate)).max_decoding_message_size(max);
 
     let _egress = {

@@ -45,6 +45,10 @@ pub mod action {
     pub const APPROVE_EXPERIMENT: &str = "sandpit.v1.RegisterService/ApproveExperiment";
     pub const REJECT_EXPERIMENT: &str = "sandpit.v1.RegisterService/RejectExperiment";
     pub const CLOSE_EXPERIMENT: &str = "sandpit.v1.RegisterService/CloseExperiment";
+    pub const ADD_RISK: &str = "sandpit.v1.RegisterService/AddRisk";
+    pub const UPDATE_RISK: &str = "sandpit.v1.RegisterService/UpdateRisk";
+    pub const RECORD_ASSESSMENT: &str = "sandpit.v1.RegisterService/RecordAssessment";
+    pub const UPDATE_TRANSPARENCY: &str = "sandpit.v1.RegisterService/UpdateTransparency";
     pub const QUERY_AUDIT_LOG: &str = "sandpit.v1.AuditService/QueryAuditLog";
     pub const WATCH_AUDIT_LOG: &str = "sandpit.v1.AuditService/WatchAuditLog";
     pub const VERIFY_AUDIT_LOG: &str = "sandpit.v1.AuditService/VerifyAuditLog";

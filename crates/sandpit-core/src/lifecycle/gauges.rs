@@ -30,6 +30,32 @@ impl Manager {
             ended.sample(&[("state", state)], *n);
         }
         now.gauge("sandpit_audit_records", "Records in the hash-chained audit log.").sample(&[], stats.audit_records);
+        // Governance: overdue risk reviews of experiments not closed, by impact
+        // (every impact sampled, so an alert on a series never sees it vanish).
+        let at = std::time::SystemTime::now();
+        let mut overdue: BTreeMap<&'static str, u64> = [("low", 0), ("medium", 0), ("high", 0)].into_iter().collect();
+        let experiments = self.all_experiments().await?;
+        for e in experiments.iter().filter(|e| e.status != crate::register::Status::Closed) {
+            for r in e.overdue_risks(at) {
+                *overdue.entry(r.impact.as_str()).or_default() += 1;
+            }
+        }
+        let family = now.gauge(
+            "sandpit_risk_reviews_overdue",
+            "Risks of experiments not closed whose review date has passed, by impact.",
+        );
+        for (impact, n) in &overdue {
+            family.sample(&[("impact", impact)], *n);
+        }
+        let mut awaiting = 0;
+        for e in &experiments {
+            awaiting += u64::from(e.status == crate::register::Status::Proposed && !e.pending_functions().is_empty());
+        }
+        now.gauge(
+            "sandpit_experiments_awaiting_sign_off",
+            "Proposed experiments still awaiting a required function's sign-off.",
+        )
+        .sample(&[], awaiting);
         let pools = self.pool_status().await;
         type Kind = for<'a> fn(&'a mut Readings, &'static str, &'static str) -> &'a mut Reading;
         type Read = fn(&PoolStatus) -> u64;

@@ -11,6 +11,8 @@
 
 mod allowlist;
 mod audit_log;
+/// An audit entry for an action by a caller (or the daemon), as the manager writes them.
+pub use audit_log::entry as audit_entry;
 mod exec;
 mod experiments;
 mod expiry;
@@ -60,6 +62,8 @@ const EVENT_BUFFER: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub host: HostPolicy,
+    /// Sign-offs by function and risk review cadence (config `[governance]`).
+    pub governance: crate::register::Governance,
     pub expiry_warning: Duration,
     pub reconcile_interval: Duration,
     pub orphan_grace: Duration,

@@ -66,7 +66,10 @@ fn settings() -> Settings {
             datasets: vec![],
             min_ttl: Duration::ZERO,
             minimum_isolation: Default::default(),
+            refuse_overdue_risk: None,
+            dpia_required: None,
         },
+        governance: Default::default(),
         expiry_warning: Duration::ZERO,
         reconcile_interval: Duration::from_secs(3600),
         orphan_grace: GRACE,
@@ -105,6 +108,7 @@ impl Rig {
             roles: vec![Role::Requester],
             role: Some(Role::Requester),
             source: "127.0.0.1:4000".into(),
+            functions: Vec::new(),
         };
         let new = NewExperiment {
             title: "unit".into(),
@@ -115,6 +119,10 @@ impl Rig {
             datasets: vec![],
             risks: vec![],
             planned_end: None,
+            senior_responsible_owner: String::new(),
+            phase: String::new(),
+            function: String::new(),
+            region: String::new(),
         };
         // Registered through the manager, as a requester does: OFFICIAL needs no approval.
         let experiment = manager.register_experiment(&caller, new).await.unwrap().id;
@@ -417,8 +425,9 @@ async fn a_create_that_loses_a_race_with_a_rejection_is_admitted_again_and_refus
         roles: vec![Role::Approver],
         role: Some(Role::Approver),
         source: "127.0.0.1:4001".into(),
+        functions: Vec::new(),
     };
-    rig.manager.decide_experiment(&approver, &rig.experiment, Decision::Rejected, String::new()).await.unwrap();
+    rig.manager.decide_experiment(&approver, &rig.experiment, Decision::Rejected, "", String::new()).await.unwrap();
     drop(held);
 
     // The claim finds the experiment changed, admission runs again and refuses.

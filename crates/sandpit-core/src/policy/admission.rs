@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use super::classification::Classification;
 use super::profile::{MinimumIsolation, Profile, ProfileSet, Resources};
 use crate::error::{quoted, Error, Result};
-use crate::register::{Experiment, Status};
+use crate::register::{AssessmentKind, Experiment, Level, Status};
 
 /// Longest accepted experiment id or image reference.
 const MAX_ID_LEN: usize = 128;
@@ -42,6 +42,12 @@ pub struct HostPolicy {
     pub min_ttl: Duration,
     /// The weakest isolation allowed per classification.
     pub minimum_isolation: MinimumIsolation,
+    /// New sandboxes are refused for an experiment with a risk of at least
+    /// this impact whose review is overdue (a profile may ask for a lower one).
+    pub refuse_overdue_risk: Option<Level>,
+    /// Sandboxes at or above this classification need a completed DPIA on
+    /// the experiment's record.
+    pub dpia_required: Option<Classification>,
 }
 
 /// The shortest ttl accepted unless the host's config says otherwise: a
@@ -108,6 +114,9 @@ pub enum Rule {
     ExperimentStatus,
     ExperimentApproval,
     SelfApproval,
+    SignOffFunction,
+    RiskReviewOverdue,
+    DpiaRequired,
     ImageAllowlist,
     DatasetAllowlist,
     DatasetClassification,
@@ -131,6 +140,9 @@ impl Rule {
             Rule::ExperimentStatus => "experiment-status",
             Rule::ExperimentApproval => "experiment-approval",
             Rule::SelfApproval => "self-approval",
+            Rule::SignOffFunction => "sign-off-function",
+            Rule::RiskReviewOverdue => "risk-review-overdue",
+            Rule::DpiaRequired => "dpia-required",
             Rule::ImageAllowlist => "image-allowlist",
             Rule::DatasetAllowlist => "dataset-allowlist",
             Rule::DatasetClassification => "dataset-classification",
@@ -153,6 +165,8 @@ impl Rule {
                 | Rule::ExperimentRegistered
                 | Rule::ExperimentStatus
                 | Rule::ExperimentApproval
+                | Rule::RiskReviewOverdue
+                | Rule::DpiaRequired
                 | Rule::TeamQuota
         )
     }
@@ -341,6 +355,7 @@ pub fn admit(
         ));
     }
     experiment_in_force(experiment, req.classification, profile)?;
+    governance_in_force(experiment, req.classification, profile, host, now)?;
     let image = allowed_image(profile, req.image.as_deref())?;
     let mut datasets = Vec::new();
     for name in &req.datasets {
@@ -440,6 +455,57 @@ pub fn experiment_in_force(experiment: &Experiment, classification: Classificati
     Ok(())
 }
 
+/// What governance asks before a new sandbox: no risk at or above the
+/// refusal impact (the host's, or the profile's if lower) overdue for review
+/// (`risk-review-overdue`), and a completed DPIA at or above the host's
+/// `dpia_required` classification (`dpia-required`).
+fn governance_in_force(
+    experiment: &Experiment,
+    classification: Classification,
+    profile: &Profile,
+    host: &HostPolicy,
+    now: SystemTime,
+) -> Result<()> {
+    let threshold = match (host.refuse_overdue_risk, profile.refuse_overdue_risk) {
+        (Some(h), Some(p)) => Some(h.min(p)),
+        (h, p) => h.or(p),
+    };
+    if let Some(threshold) = threshold {
+        let overdue: Vec<String> = experiment
+            .overdue_risks(now)
+            .filter(|r| r.impact >= threshold)
+            .map(|r| {
+                format!(
+                    "{} ({} impact, due {})",
+                    r.id,
+                    r.impact,
+                    r.review_by.map(crate::time::rfc3339).unwrap_or_default()
+                )
+            })
+            .collect();
+        if !overdue.is_empty() {
+            return Err(Error::denied(
+                Rule::RiskReviewOverdue,
+                format!(
+                    "experiment '{}' has risk reviews overdue: {}; review them first (sandpit risk review EXPERIMENT RISK --reason ...)",
+                    experiment.id,
+                    overdue.join(", ")
+                ),
+            ));
+        }
+    }
+    if host.dpia_required.is_some_and(|c| classification >= c) && !experiment.completed(AssessmentKind::Dpia) {
+        return Err(Error::denied(
+            Rule::DpiaRequired,
+            format!(
+                "{classification} sandboxes need a completed DPIA on experiment '{}'s record; record it (sandpit assess {} dpia completed --reference REF)",
+                experiment.id, experiment.id
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_ttl(profile: &Profile, ttl: Duration) -> Result<()> {
     if ttl.is_zero() {
         return Err(Error::invalid("ttl", "must be above zero"));
@@ -527,6 +593,10 @@ mod tests {
             datasets: vec![],
             risks: vec![],
             planned_end: None,
+            senior_responsible_owner: String::new(),
+            phase: String::new(),
+            function: String::new(),
+            region: String::new(),
         };
         let mut e = Experiment::new("exp-1".into(), "u", "t", n, SystemTime::now()).unwrap();
         e.status = status;
@@ -543,6 +613,8 @@ mod tests {
             datasets: vec![],
             min_ttl: Duration::ZERO,
             minimum_isolation: Default::default(),
+            refuse_overdue_risk: None,
+            dpia_required: None,
         }
     }
 
@@ -739,7 +811,7 @@ mod tests {
             let now = SystemTime::now();
             let s = set(prof);
             let e = exp(declared, status);
-            if let Ok(plan) = admit(&r, "u", "t", Some(&e), &s, &HostPolicy { max_classification: host, datasets: vec![], min_ttl: Duration::ZERO, minimum_isolation: Default::default() }, now) {
+            if let Ok(plan) = admit(&r, "u", "t", Some(&e), &s, &HostPolicy { max_classification: host, datasets: vec![], min_ttl: Duration::ZERO, minimum_isolation: Default::default(), refuse_overdue_risk: None, dpia_required: None }, now) {
                 let p = s.get("p").unwrap();
                 prop_assert!(plan.classification <= host && plan.classification <= prof && plan.classification <= declared);
                 prop_assert!(matches!(status, Status::Proposed | Status::Approved));
@@ -882,7 +954,7 @@ mod tests {
                 return Ok(());
             };
             let profiles = ProfileSet::from_profiles([profile.clone()]);
-            let host = HostPolicy { max_classification: ceiling, datasets: host_datasets(d2), min_ttl: Duration::ZERO, minimum_isolation: Default::default() };
+            let host = HostPolicy { max_classification: ceiling, datasets: host_datasets(d2), min_ttl: Duration::ZERO, minimum_isolation: Default::default(), refuse_overdue_risk: None, dpia_required: None };
             let experiment = experiment.map(|(declared, status, team)| {
                 let mut e = exp(declared, status);
                 e.team = team.into();

@@ -31,6 +31,11 @@ pub struct Profile {
     pub description: String,
     pub max_classification: Classification,
     pub requires_approval: bool,
+    /// Refuse new sandboxes for an experiment with a risk of at least this
+    /// impact overdue for review (rule risk-review-overdue); the host's own
+    /// threshold applies too, the lower of the two winning.
+    #[serde(default)]
+    pub refuse_overdue_risk: Option<crate::register::Level>,
     pub images: Vec<String>,
     pub command: Vec<String>,
     pub resources: Resources,
@@ -255,6 +260,8 @@ struct ProfileFile {
     max_classification: Classification,
     #[serde(default)]
     requires_approval: bool,
+    #[serde(default)]
+    refuse_overdue_risk: Option<crate::register::Level>,
     images: Vec<String>,
     #[serde(default)]
     command: Vec<String>,
@@ -482,6 +489,7 @@ impl Profile {
             description: raw.description,
             max_classification: raw.max_classification,
             requires_approval: raw.requires_approval,
+            refuse_overdue_risk: raw.refuse_overdue_risk,
             images: raw.images,
             command: raw.command,
             resources: raw.resources,
@@ -881,10 +889,11 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 30] = [
+    const KEYS: [&str; 31] = [
         "description",
         "max_classification",
         "requires_approval",
+        "refuse_overdue_risk",
         "images",
         "command",
         "datasets",

@@ -820,6 +820,10 @@ mod tests {
             datasets: vec![],
             risks: vec![],
             planned_end: None,
+            senior_responsible_owner: String::new(),
+            phase: String::new(),
+            function: String::new(),
+            region: String::new(),
         };
         let e = Experiment::new("exp-1".into(), "o", "t", n, SystemTime::now()).unwrap();
         let req = CreateSandbox {
@@ -836,6 +840,8 @@ mod tests {
             datasets: vec![],
             min_ttl: Duration::ZERO,
             minimum_isolation: Default::default(),
+            refuse_overdue_risk: None,
+            dpia_required: None,
         };
         let plan = admit(&req, "o", "t", Some(&e), &ProfileSet::from_profiles([p]), &host, SystemTime::now()).unwrap();
         Sandbox::provisioning(id.into(), "fake".into(), plan)

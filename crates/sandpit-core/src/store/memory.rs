@@ -345,6 +345,10 @@ mod tests {
             datasets: vec![],
             risks: vec![],
             planned_end: None,
+            senior_responsible_owner: String::new(),
+            phase: String::new(),
+            function: String::new(),
+            region: String::new(),
         };
         Experiment::new(id.into(), "o", team, n, SystemTime::now()).unwrap()
     }
@@ -371,6 +375,8 @@ mod tests {
                 datasets: vec![],
                 min_ttl: Duration::ZERO,
                 minimum_isolation: Default::default(),
+                refuse_overdue_risk: None,
+                dpia_required: None,
             },
             SystemTime::now(),
         )

@@ -37,6 +37,10 @@ pub enum Method {
     ApproveExperiment,
     RejectExperiment,
     CloseExperiment,
+    AddRisk,
+    UpdateRisk,
+    RecordAssessment,
+    UpdateTransparency,
     QueryAuditLog,
     WatchAuditLog,
     VerifyAuditLog,
@@ -53,7 +57,7 @@ pub enum Method {
 use Role::{Approver, Auditor, Operator, Requester};
 
 impl Method {
-    pub const ALL: [Method; 29] = [
+    pub const ALL: [Method; 33] = [
         Method::CreateSandbox,
         Method::GetSandbox,
         Method::ListSandboxes,
@@ -72,6 +76,10 @@ impl Method {
         Method::ApproveExperiment,
         Method::RejectExperiment,
         Method::CloseExperiment,
+        Method::AddRisk,
+        Method::UpdateRisk,
+        Method::RecordAssessment,
+        Method::UpdateTransparency,
         Method::QueryAuditLog,
         Method::WatchAuditLog,
         Method::VerifyAuditLog,
@@ -103,6 +111,10 @@ impl Method {
             Method::RegisterExperiment => &[Requester],
             Method::GetExperiment | Method::ListExperiments => &[Requester, Approver, Auditor, Operator],
             Method::ApproveExperiment | Method::RejectExperiment | Method::CloseExperiment => &[Approver],
+            // The experiment's own team's requesters (checked by the manager) and approvers.
+            Method::AddRisk | Method::UpdateRisk | Method::RecordAssessment | Method::UpdateTransparency => {
+                &[Requester, Approver]
+            }
             Method::QueryAuditLog
             | Method::WatchAuditLog
             | Method::VerifyAuditLog
@@ -134,6 +146,10 @@ impl Method {
             Method::ApproveExperiment => action::APPROVE_EXPERIMENT,
             Method::RejectExperiment => action::REJECT_EXPERIMENT,
             Method::CloseExperiment => action::CLOSE_EXPERIMENT,
+            Method::AddRisk => action::ADD_RISK,
+            Method::UpdateRisk => action::UPDATE_RISK,
+            Method::RecordAssessment => action::RECORD_ASSESSMENT,
+            Method::UpdateTransparency => action::UPDATE_TRANSPARENCY,
             Method::QueryAuditLog => action::QUERY_AUDIT_LOG,
             Method::WatchAuditLog => action::WATCH_AUDIT_LOG,
             Method::VerifyAuditLog => action::VERIFY_AUDIT_LOG,

@@ -11,7 +11,7 @@
 //! the dashboard shows no one more than the API would. Requesters cannot
 //! sign in. Sign-ins, refusals and sign-outs are in the audit log.
 
-mod html;
+pub(crate) mod html;
 mod pages;
 mod sessions;
 

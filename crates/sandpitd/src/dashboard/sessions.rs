@@ -83,7 +83,14 @@ mod tests {
     use super::*;
 
     fn caller() -> Caller {
-        Caller { name: "ada".into(), team: "alg".into(), roles: vec![], role: None, source: String::new() }
+        Caller {
+            name: "ada".into(),
+            team: "alg".into(),
+            roles: vec![],
+            functions: vec![],
+            role: None,
+            source: String::new(),
+        }
     }
 
     #[test]

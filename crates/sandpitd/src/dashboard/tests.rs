@@ -25,6 +25,10 @@ fn the_register_search_matches_every_word_anywhere() {
         datasets: vec![],
         risks: vec![],
         planned_end: None,
+        senior_responsible_owner: String::new(),
+        phase: String::new(),
+        function: String::new(),
+        region: String::new(),
     };
     let mut e = Experiment::new("exp-0123456789".into(), "alice", "team-a", new, std::time::SystemTime::now()).unwrap();
     e.lessons_learnt = "Blocking on postcode halves the comparisons".into();

@@ -1,7 +1,12 @@
 //! The AI register: one entry per proof-of-concept, fields aligned with the UK
 //! Algorithmic Transparency Recording Standard where they overlap (owner,
 //! purpose, tools and models, data, risks). Pure: the rules of status changes
-//! live here; storage and audit are the lifecycle manager's.
+//! live here; storage and audit are the lifecycle manager's. Sign-offs by
+//! function, risks that live and impact assessments are in [`governance`].
+
+pub mod governance;
+
+use std::collections::BTreeMap;
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,12 +14,18 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+pub use governance::{
+    Assessment, AssessmentKind, AssessmentStatus, Governance, ReviewCadence, RiskChange, RiskStatus, RiskUpdate,
+    SignOff,
+};
+
+use crate::error::quoted;
 use crate::policy::admission::validate_name;
-use crate::policy::{Classification, Rule};
+use crate::policy::Classification;
 use crate::{Error, Result};
 
 const MAX_TEXT: usize = 4000;
-const MAX_LIST: usize = 64;
+pub(crate) const MAX_LIST: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,8 +65,8 @@ impl ExperimentOutcome {
     }
 }
 
-/// Likelihood and impact of a risk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Likelihood and impact of a risk, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Low,
@@ -75,23 +86,40 @@ impl FromStr for Level {
     }
 }
 
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Level::Low => "low",
             Level::Medium => "medium",
             Level::High => "high",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Risk {
+    /// `r1`, `r2`, ... in the order recorded (set by the register).
+    #[serde(default)]
+    pub id: String,
     pub description: String,
     pub likelihood: Level,
     pub impact: Level,
     pub mitigation: String,
     pub owner: String,
+    #[serde(default)]
+    pub status: RiskStatus,
+    /// When its next review falls due; none once closed.
+    #[serde(default)]
+    pub review_by: Option<SystemTime>,
+    /// Every change and review, oldest first.
+    #[serde(default)]
+    pub history: Vec<RiskUpdate>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +145,38 @@ pub struct Approval {
     pub time: SystemTime,
     pub decision: Decision,
     pub conditions: String,
+    /// The function signed for; empty where none was required.
+    #[serde(default)]
+    pub function: String,
+}
+
+/// What an experiment's team learnt, recorded when it closes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lessons {
+    /// The summary (required).
+    pub summary: String,
+    pub what_worked: String,
+    pub what_did_not: String,
+    /// Reusable artefacts: repositories, notebooks, documents.
+    pub artefacts: Vec<String>,
+}
+
+impl Lessons {
+    pub fn summary(s: &str) -> Lessons {
+        Lessons { summary: s.to_string(), ..Default::default() }
+    }
+}
+
+/// The transparency fields the register keeps for the ATRS record, beyond
+/// what registration asks for. Each `None` stays as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transparency {
+    pub senior_responsible_owner: Option<String>,
+    pub phase: Option<String>,
+    pub function: Option<String>,
+    pub region: Option<String>,
+    /// Other ATRS fields by the standard's name; an empty value removes one.
+    pub fields: BTreeMap<String, String>,
 }
 
 /// What a requester registers.
@@ -130,9 +190,14 @@ pub struct NewExperiment {
     pub datasets: Vec<String>,
     pub risks: Vec<Risk>,
     pub planned_end: Option<SystemTime>,
+    /// Transparency fields (ATRS) known at registration.
+    pub senior_responsible_owner: String,
+    pub phase: String,
+    pub function: String,
+    pub region: String,
 }
 
-fn text(field: &'static str, value: &str, required: bool) -> Result<()> {
+pub(crate) fn text(field: &'static str, value: &str, required: bool) -> Result<()> {
     if required && value.trim().is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
@@ -154,6 +219,14 @@ fn list(field: &'static str, values: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A one-line transparency field: at most 256 characters.
+fn short(field: &'static str, value: &str) -> Result<()> {
+    if value.len() > 256 || value.contains(['\n', '\r']) {
+        return Err(Error::invalid(field, "must be one line of at most 256 characters"));
+    }
+    Ok(())
+}
+
 impl NewExperiment {
     pub fn validate(&self, now: SystemTime) -> Result<()> {
         text("title", &self.title, true)?;
@@ -168,10 +241,12 @@ impl NewExperiment {
             return Err(Error::invalid("risks", format!("more than {MAX_LIST} entries")));
         }
         for r in &self.risks {
-            text("risks.description", &r.description, true)?;
-            text("risks.mitigation", &r.mitigation, false)?;
-            text("risks.owner", &r.owner, false)?;
+            r.validate()?;
         }
+        short("senior_responsible_owner", &self.senior_responsible_owner)?;
+        short("phase", &self.phase)?;
+        short("function", &self.function)?;
+        short("region", &self.region)?;
         if self.planned_end.is_some_and(|t| t <= now) {
             return Err(Error::invalid("planned_end", "must be in the future"));
         }
@@ -204,6 +279,31 @@ pub struct Experiment {
     pub closed_by: String,
     #[serde(default)]
     pub closed_by_team: String,
+    /// Functions that must sign off (the host policy for its classification
+    /// when it was registered or last signed).
+    #[serde(default)]
+    pub required_functions: Vec<String>,
+    #[serde(default)]
+    pub assessments: Vec<governance::Assessment>,
+    /// Transparency fields (ATRS): the senior responsible owner (a role
+    /// title), phase, the public-sector function served, region.
+    #[serde(default)]
+    pub senior_responsible_owner: String,
+    #[serde(default)]
+    pub phase: String,
+    #[serde(default)]
+    pub function: String,
+    #[serde(default)]
+    pub region: String,
+    /// Other ATRS fields, by the standard's name.
+    #[serde(default)]
+    pub transparency: BTreeMap<String, String>,
+    #[serde(default)]
+    pub what_worked: String,
+    #[serde(default)]
+    pub what_did_not: String,
+    #[serde(default)]
+    pub artefacts: Vec<String>,
     /// Bumped by the store on every write: a decision or close is written
     /// only if nothing else wrote the record since it was read, so racing
     /// decisions cannot both succeed.
@@ -220,6 +320,19 @@ impl Experiment {
     pub fn new(id: String, owner: &str, team: &str, n: NewExperiment, now: SystemTime) -> Result<Experiment> {
         n.validate(now)?;
         validate_name("id", &id)?;
+        let mut risks = n.risks;
+        for (i, r) in risks.iter_mut().enumerate() {
+            r.id = format!("r{}", i + 1);
+            r.status = RiskStatus::Open;
+            r.review_by = None;
+            r.history = vec![RiskUpdate {
+                by: owner.to_string(),
+                team: team.to_string(),
+                time: now,
+                changes: "recorded".into(),
+                reason: "registered".into(),
+            }];
+        }
         Ok(Experiment {
             id,
             title: n.title,
@@ -230,7 +343,7 @@ impl Experiment {
             models: n.models,
             classification: n.classification,
             datasets: n.datasets,
-            risks: n.risks,
+            risks,
             status: Status::Proposed,
             approvals: Vec::new(),
             outcome: None,
@@ -240,48 +353,79 @@ impl Experiment {
             closed_at: None,
             closed_by: String::new(),
             closed_by_team: String::new(),
+            required_functions: Vec::new(),
+            assessments: Vec::new(),
+            senior_responsible_owner: n.senior_responsible_owner,
+            phase: n.phase,
+            function: n.function,
+            region: n.region,
+            transparency: BTreeMap::new(),
+            what_worked: String::new(),
+            what_did_not: String::new(),
+            artefacts: Vec::new(),
             version: 0,
         })
     }
 
-    /// An approver's decision. Only proposed experiments are decided, and
-    /// never by an approver of the experiment's own team.
-    pub fn decide(
-        &mut self,
-        approver: &str,
-        approver_team: &str,
-        decision: Decision,
-        conditions: String,
-        now: SystemTime,
-    ) -> Result<()> {
-        text("conditions", &conditions, false)?;
-        if approver_team == self.team {
-            return Err(Error::denied(
-                Rule::SelfApproval,
-                format!(
-                    "{approver} is in team '{}', whose experiment this is; another team's approver must decide",
-                    self.team
-                ),
-            ));
+    /// Sets the first review date of risks that have none (at registration).
+    pub fn schedule_reviews(&mut self, cadence: &ReviewCadence, now: SystemTime) {
+        for r in self.risks.iter_mut().filter(|r| r.review_by.is_none() && r.status != RiskStatus::Closed) {
+            r.review_by = Some(now + cadence.of(r.impact));
         }
-        if self.status != Status::Proposed {
+    }
+
+    /// Changes the transparency fields; `known` says whether a name is an
+    /// ATRS field the register keeps in `transparency`. Returns the names changed.
+    pub fn update_transparency(&mut self, t: Transparency, known: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+        self.changeable_fields()?;
+        let mut changed = Vec::new();
+        for (name, field, value) in [
+            ("senior_responsible_owner", &mut self.senior_responsible_owner, t.senior_responsible_owner),
+            ("phase", &mut self.phase, t.phase),
+            ("function", &mut self.function, t.function),
+            ("region", &mut self.region, t.region),
+        ] {
+            if let Some(v) = value {
+                short(name, &v)?;
+                if *field != v {
+                    *field = v;
+                    changed.push(name.to_string());
+                }
+            }
+        }
+        for (name, value) in t.fields {
+            if !known(&name) {
+                return Err(Error::invalid(
+                    "transparency",
+                    format!(
+                        "{} is not an ATRS field the register keeps (see docs/atrs/atrs-v3-fields.json)",
+                        quoted(&name)
+                    ),
+                ));
+            }
+            text("transparency", &value, false)?;
+            let old = if value.is_empty() {
+                self.transparency.remove(&name)
+            } else {
+                self.transparency.insert(name.clone(), value.clone())
+            };
+            if old.as_deref() != Some(value.as_str()).filter(|v| !v.is_empty()) {
+                changed.push(name);
+            }
+        }
+        if self.transparency.len() > 128 {
+            return Err(Error::invalid("transparency", "more than 128 fields"));
+        }
+        Ok(changed)
+    }
+
+    fn changeable_fields(&self) -> Result<()> {
+        if self.status == Status::Closed {
             return Err(Error::FailedPrecondition(format!(
-                "experiment '{}' is {}; only proposed experiments can be approved or rejected",
-                self.id,
-                self.status.as_str()
+                "experiment '{}' is closed; its record can no longer change",
+                self.id
             )));
         }
-        self.status = match decision {
-            Decision::Approved => Status::Approved,
-            Decision::Rejected => Status::Rejected,
-        };
-        self.approvals.push(Approval {
-            approver: approver.to_string(),
-            approver_team: approver_team.to_string(),
-            time: now,
-            decision,
-            conditions,
-        });
         Ok(())
     }
 
@@ -291,16 +435,22 @@ impl Experiment {
         by: &str,
         by_team: &str,
         outcome: ExperimentOutcome,
-        lessons_learnt: String,
+        lessons: Lessons,
         now: SystemTime,
     ) -> Result<()> {
-        text("lessons_learnt", &lessons_learnt, true)?;
+        text("lessons_learnt", &lessons.summary, true)?;
+        text("what_worked", &lessons.what_worked, false)?;
+        text("what_did_not", &lessons.what_did_not, false)?;
+        list("artefacts", &lessons.artefacts)?;
         if self.status == Status::Closed {
             return Err(Error::FailedPrecondition(format!("experiment '{}' is already closed", self.id)));
         }
         self.status = Status::Closed;
         self.outcome = Some(outcome);
-        self.lessons_learnt = lessons_learnt;
+        self.lessons_learnt = lessons.summary;
+        self.what_worked = lessons.what_worked;
+        self.what_did_not = lessons.what_did_not;
+        self.artefacts = lessons.artefacts;
         self.closed_at = Some(now);
         self.closed_by = by.to_string();
         self.closed_by_team = by_team.to_string();
@@ -315,10 +465,11 @@ impl Experiment {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::policy::Rule;
 
-    fn new(c: Classification) -> NewExperiment {
+    pub(crate) fn new(c: Classification) -> NewExperiment {
         NewExperiment {
             title: "Census text classification".into(),
             purpose: "Classify free-text occupation answers".into(),
@@ -326,14 +477,18 @@ mod tests {
             models: vec![],
             classification: c,
             datasets: vec![],
-            risks: vec![Risk {
-                description: "misclassification".into(),
-                likelihood: Level::Medium,
-                impact: Level::Low,
-                mitigation: "human review".into(),
-                owner: "alice".into(),
-            }],
+            risks: vec![Risk::new(
+                "misclassification".into(),
+                Level::Medium,
+                Level::Low,
+                "human review".into(),
+                "alice".into(),
+            )],
             planned_end: None,
+            senior_responsible_owner: String::new(),
+            phase: String::new(),
+            function: String::new(),
+            region: String::new(),
         }
     }
 
@@ -342,23 +497,38 @@ mod tests {
         let now = SystemTime::now();
         let mut e = Experiment::new("exp-1".into(), "alice", "a", new(Classification::OfficialSensitive), now).unwrap();
         assert_eq!(e.status, Status::Proposed);
-        let self_approval = e.decide("amy", "a", Decision::Approved, String::new(), now).unwrap_err();
+        let sign = |who, team, decision, conditions: &str| SignOff {
+            approver: who,
+            team,
+            functions: &[],
+            function: "",
+            decision,
+            conditions: conditions.into(),
+        };
+        let self_approval = e.sign_off(sign("amy", "a", Decision::Approved, ""), &[], now).unwrap_err();
         assert!(matches!(self_approval, Error::Denied { rule: Rule::SelfApproval, .. }));
-        e.decide("zed", "alg", Decision::Approved, "review monthly".into(), now).unwrap();
+        e.sign_off(sign("zed", "alg", Decision::Approved, "review monthly"), &[], now).unwrap();
         assert_eq!(e.status, Status::Approved);
         assert_eq!(e.approvals[0].conditions, "review monthly");
         assert!(matches!(
-            e.decide("zed", "alg", Decision::Rejected, String::new(), now),
+            e.sign_off(sign("zed", "alg", Decision::Rejected, ""), &[], now),
             Err(Error::FailedPrecondition(_))
         ));
         assert!(matches!(
-            e.close("zed", "alg", ExperimentOutcome::Succeeded, "".into(), now),
+            e.close("zed", "alg", ExperimentOutcome::Succeeded, Lessons::summary(""), now),
             Err(Error::InvalidArgument { field: "lessons_learnt", .. })
         ));
-        e.close("zed", "alg", ExperimentOutcome::Succeeded, "works".into(), now).unwrap();
+        let lessons = Lessons {
+            summary: "works".into(),
+            what_worked: "embeddings".into(),
+            what_did_not: "rules".into(),
+            artefacts: vec!["git://notebooks".into()],
+        };
+        e.close("zed", "alg", ExperimentOutcome::Succeeded, lessons, now).unwrap();
         assert_eq!((e.status, e.outcome), (Status::Closed, Some(ExperimentOutcome::Succeeded)));
         assert_eq!((e.closed_by.as_str(), e.closed_by_team.as_str()), ("zed", "alg"));
-        assert!(e.close("zed", "alg", ExperimentOutcome::Failed, "again".into(), now).is_err());
+        assert_eq!((e.what_worked.as_str(), e.artefacts.len()), ("embeddings", 1));
+        assert!(e.close("zed", "alg", ExperimentOutcome::Failed, Lessons::summary("again"), now).is_err());
     }
 
     #[test]

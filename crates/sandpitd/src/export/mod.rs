@@ -1,0 +1,233 @@
+//! Exports for the AI Leadership Group and for publication: the register
+//! and live sandboxes (JSON, CSV), each experiment as an ATRS record
+//! ([`atrs`]), and lessons learnt as a publishable document ([`lessons`]).
+
+pub mod atrs;
+pub mod lessons;
+
+use sandpit_core::Error;
+
+use crate::proto;
+
+/// The proto3 JSON mapping of a list, one document.
+pub fn json<T: serde::Serialize>(list: &[T]) -> Result<Vec<u8>, Error> {
+    let mut out = serde_json::to_vec_pretty(list).map_err(|e| Error::Internal(e.to_string()))?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// A cell a spreadsheet would take for a formula (leading `=`, `+`, `-`,
+/// `@`, tab or carriage return: titles and reasons are written by callers),
+/// neutralised as OWASP recommends: prefixed with `'`, so it shows as text.
+fn neutralised(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}").into()
+    } else {
+        s.into()
+    }
+}
+
+/// A CSV document (RFC 4180: CRLF, a field quoted only when it must be),
+/// every cell [`neutralised`].
+pub fn csv(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result<Vec<u8>, Error> {
+    let mut out = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        // OWASP also has a neutralised cell quoted. Naming `'` as the
+        // comment byte makes the writer quote every field holding one (all
+        // neutralised cells, and any other with an apostrophe: the same
+        // value to any reader); the export has no comments.
+        .comment(Some(b'\''))
+        .from_writer(Vec::new());
+    let failed = |e: csv::Error| Error::Internal(format!("csv export: {e}"));
+    out.write_record(header).map_err(failed)?;
+    for row in rows {
+        out.write_record(row.iter().map(|c| neutralised(c).into_owned())).map_err(failed)?;
+    }
+    out.into_inner().map_err(|e| Error::Internal(format!("csv export: {}", e.error())))
+}
+
+pub fn time(t: Option<&pbjson_types::Timestamp>) -> String {
+    t.map(|t| {
+        sandpit_core::time::rfc3339(sandpit_core::time::from_millis(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000))
+    })
+    .unwrap_or_default()
+}
+
+pub fn register_csv(list: &[proto::Experiment]) -> Result<Vec<u8>, Error> {
+    let header = [
+        "id",
+        "title",
+        "team",
+        "owner",
+        "purpose",
+        "classification",
+        "status",
+        "ai_tools",
+        "models",
+        "datasets",
+        "risks",
+        "approvals",
+        "outcome",
+        "lessons_learnt",
+        "created_at",
+        "planned_end",
+        "closed_at",
+        "closed_by",
+        "closed_by_team",
+        "required_functions",
+        "pending_functions",
+        "assessments",
+        "senior_responsible_owner",
+        "phase",
+        "function",
+        "region",
+        "what_worked",
+        "what_did_not",
+        "artefacts",
+    ];
+    let rows = list.iter().map(|e| {
+        let status = proto::shown::<proto::ExperimentStatus>(e.status);
+        let outcome = proto::shown::<proto::ExperimentOutcome>(e.outcome);
+        let risks: Vec<String> = e
+            .risks
+            .iter()
+            .map(|r| {
+                let review = match (&r.review_by, r.overdue) {
+                    (None, _) => String::new(),
+                    (Some(t), false) => format!("; review by {}", time(Some(t))),
+                    (Some(t), true) => format!("; review OVERDUE since {}", time(Some(t))),
+                };
+                format!(
+                    "{} {} (likelihood {}, impact {}; {}; mitigation: {}; owner: {}{review})",
+                    r.id, r.description, r.likelihood, r.impact, r.status, r.mitigation, r.owner
+                )
+            })
+            .collect();
+        let approvals: Vec<String> = e
+            .approvals
+            .iter()
+            .map(|a| {
+                let function = if a.function.is_empty() { String::new() } else { format!(" for {}", a.function) };
+                format!(
+                    "{}{function} by {} ({}) at {}: {}",
+                    a.decision,
+                    a.approver,
+                    a.approver_team,
+                    time(a.time.as_ref()),
+                    a.conditions
+                )
+            })
+            .collect();
+        let assessments: Vec<String> = e
+            .assessments
+            .iter()
+            .map(|a| format!("{} {} ({}) {}", a.kind, a.status, a.reference, time(a.date.as_ref())))
+            .collect();
+        vec![
+            e.id.clone(),
+            e.title.clone(),
+            e.team.clone(),
+            e.owner.clone(),
+            e.purpose.clone(),
+            e.classification.clone(),
+            status,
+            e.ai_tools.join("; "),
+            e.models.join("; "),
+            e.datasets.join("; "),
+            risks.join(" | "),
+            approvals.join(" | "),
+            outcome,
+            e.lessons_learnt.clone(),
+            time(e.created_at.as_ref()),
+            time(e.planned_end.as_ref()),
+            time(e.closed_at.as_ref()),
+            e.closed_by.clone(),
+            e.closed_by_team.clone(),
+            e.required_functions.join("; "),
+            e.pending_functions.join("; "),
+            assessments.join(" | "),
+            e.senior_responsible_owner.clone(),
+            e.phase.clone(),
+            e.function.clone(),
+            e.region.clone(),
+            e.what_worked.clone(),
+            e.what_did_not.clone(),
+            e.artefacts.join("; "),
+        ]
+    });
+    csv(&header, rows)
+}
+
+pub fn sandboxes_csv(list: &[proto::Sandbox]) -> Result<Vec<u8>, Error> {
+    let header = [
+        "id",
+        "experiment",
+        "owner",
+        "team",
+        "profile",
+        "classification",
+        "image",
+        "state",
+        "created_at",
+        "expires_at",
+        "container_id",
+        "node",
+    ];
+    let rows = list.iter().map(|s| {
+        let state = proto::shown::<proto::SandboxState>(s.state);
+        vec![
+            s.id.clone(),
+            s.experiment.clone(),
+            s.owner.clone(),
+            s.team.clone(),
+            s.profile.clone(),
+            s.classification.clone(),
+            s.image.clone(),
+            state,
+            time(s.created_at.as_ref()),
+            time(s.expires_at.as_ref()),
+            s.container_id.clone(),
+            s.node.clone(),
+        ]
+    });
+    csv(&header, rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The export of one row under a two-column header, and that row as a reader parses it.
+    fn one_row(a: &str, b: &str) -> (String, Vec<String>) {
+        let out = csv(&["a", "b"], [vec![a.to_string(), b.to_string()]].into_iter()).unwrap();
+        let mut reader = csv::Reader::from_reader(out.as_slice());
+        let parsed = reader.records().next().unwrap().unwrap().iter().map(String::from).collect();
+        (String::from_utf8(out).unwrap(), parsed)
+    }
+
+    #[test]
+    fn csv_quotes_what_it_must() {
+        assert_eq!(one_row("plain", "").0, "a,b\r\nplain,\r\n");
+        assert_eq!(one_row("a,b", "say \"hi\"").0, "a,b\r\n\"a,b\",\"say \"\"hi\"\"\"\r\n");
+        assert_eq!(one_row("1", "x\ny").0, "a,b\r\n1,\"x\ny\"\r\n");
+        assert_eq!(one_row("a,b", "x\r\ny").1, ["a,b", "x\r\ny"], "a reader gets the values back");
+    }
+
+    #[test]
+    fn csv_cells_a_spreadsheet_would_run_are_neutralised() {
+        let (out, parsed) = one_row("=HYPERLINK(\"http://x\",\"y\")", "ok");
+        assert_eq!(out, "a,b\r\n\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",ok\r\n");
+        assert_eq!(parsed[0], "'=HYPERLINK(\"http://x\",\"y\")");
+        for lead in ["=", "+", "-", "@", "\t", "\r"] {
+            let cell = format!("{lead}cmd|' /C calc'!A0");
+            let (out, parsed) = one_row("x", &cell);
+            assert!(out.ends_with(&format!(",\"'{lead}cmd|' /C calc'!A0\"\r\n")), "{lead:?}: {out}");
+            assert_eq!(parsed[1], format!("'{cell}"), "{lead:?}");
+            let (out, _) = one_row("x", &format!("{lead}2"));
+            assert!(out.ends_with(&format!(",\"'{lead}2\"\r\n")), "quoted though nothing else needs it: {out}");
+        }
+        assert_eq!(one_row("Bob's", "x").0, "a,b\r\n\"Bob's\",x\r\n", "an apostrophe is quoted too");
+        assert_eq!(one_row("a=b", "x").0, "a,b\r\na=b,x\r\n", "only a leading character is a formula");
+        assert_eq!(one_row("", "x").0, "a,b\r\n,x\r\n");
+    }
+}
