@@ -21,6 +21,7 @@ mod lifecycle;
 mod limits;
 mod network;
 mod observability;
+mod oversight;
 mod pools;
 mod profiles;
 mod reconcile;

@@ -88,7 +88,7 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", hex::encode(b))
 }
 
-fn sha256(s: &str) -> String {
+pub fn sha256(s: &str) -> String {
     sandpitd::identity::sha256_hex(s.as_bytes())
 }
 
@@ -120,6 +120,10 @@ pub struct Options {
     /// The isolation of every test profile (the harness's own and
     /// `profiles`) that does not name one.
     pub isolation: Isolation,
+    /// TOML appended to the config for a governance policy (`[governance]`,
+    /// approvers with functions). With one, `exp_a` is left proposed: the
+    /// harness's approver signs for no function.
+    pub governance: String,
 }
 
 impl Default for Options {
@@ -138,6 +142,7 @@ impl Default for Options {
             min_ttl: "1s",
             minimum_isolation: "\"OFFICIAL-SENSITIVE\" = \"container\"",
             isolation: Isolation::Container,
+            governance: String::new(),
         }
     }
 }
@@ -291,6 +296,8 @@ roles = ["approver"]
 token_sha256 = "{appr_a}"
 
 {extra}
+
+{governance}
 "#,
                 data = dir.path().join("data").display(),
                 profiles = profiles.display(),
@@ -304,6 +311,7 @@ token_sha256 = "{appr_a}"
                 appr = sha256(APPROVER),
                 appr_a = sha256(APPROVER_A),
                 extra = opts.extra_config,
+                governance = opts.governance,
                 limits = opts.limits,
                 quotas = opts.quotas,
                 min_ttl = opts.min_ttl,
@@ -316,6 +324,9 @@ token_sha256 = "{appr_a}"
         let mut d = Daemon { run, exp_a: String::new(), server_ca, dir, addr: String::new(), child: None, config };
         d.spawn().await;
         d.exp_a = d.experiment(TEAM_A, "OFFICIAL-SENSITIVE").await;
+        if !opts.governance.is_empty() {
+            return d;
+        }
         d.register(APPROVER)
             .await
             .approve_experiment(proto::DecideExperimentRequest {

@@ -78,7 +78,8 @@ fn md(s: &str) -> String {
         out.push_str(&line[..line.len() - body.len()]);
         let digits = body.chars().take_while(char::is_ascii_digit).count();
         for (j, c) in body.chars().enumerate() {
-            let opens_list = j == 0 && matches!(c, '-' | '+' | '=') || (j == digits && digits > 0 && matches!(c, '.' | ')'));
+            let opens_list =
+                j == 0 && matches!(c, '-' | '+' | '=') || (j == digits && digits > 0 && matches!(c, '.' | ')'));
             if opens_list || "\\`*_{}[]<>#|~&!".contains(c) {
                 out.push('\\');
             }
@@ -142,10 +143,7 @@ fn scope(chosen: &Chosen<'_>, selection: &Selection) -> String {
     let n = chosen.experiments.len();
     let mut s = format!("{n} experiment{}{period}.", if n == 1 { "" } else { "s" });
     if chosen.withheld > 0 {
-        s += &format!(
-            " {} above OFFICIAL left out (include_above_official to include them).",
-            chosen.withheld
-        );
+        s += &format!(" {} above OFFICIAL left out (include_above_official to include them).", chosen.withheld);
     }
     if selection.include_above_official {
         s += " Includes experiments above OFFICIAL: check before publishing.";
