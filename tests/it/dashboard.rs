@@ -8,7 +8,13 @@ use sandpit_proto as proto;
 use crate::support::*;
 
 /// One HTTP/1.1 exchange on a fresh connection: status, head, body.
-async fn http(base: &str, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> (u16, String, String) {
+pub(crate) async fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = base.trim_start_matches("http://").trim_end_matches('/');
     let mut s = tokio::net::TcpStream::connect(host).await.expect("connect to the dashboard");
@@ -35,7 +41,7 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Signs in with `token`: the session cookie (`name=value`) and the Set-Cookie line.
-async fn sign_in(base: &str, token: &str) -> (String, String) {
+pub(crate) async fn sign_in(base: &str, token: &str) -> (String, String) {
     let (status, head, body) = http(base, "POST", "/sign-in", None, Some(&format!("token={token}&next=/audit"))).await;
     assert_eq!(status, 303, "{head}\n{body}");
     assert_eq!(header(&head, "location"), Some("/audit"));
@@ -43,7 +49,7 @@ async fn sign_in(base: &str, token: &str) -> (String, String) {
     (set.split(';').next().unwrap().to_string(), set)
 }
 
-fn base(d: &Daemon) -> String {
+pub(crate) fn base(d: &Daemon) -> String {
     std::fs::read_to_string(d.data_dir().join("dashboard.addr")).expect("dashboard.addr").trim().to_string()
 }
 

@@ -285,6 +285,10 @@ async fn an_overdue_high_impact_risk_refuses_new_sandboxes_until_it_is_reviewed(
         active.into_inner().experiments.into_iter().find_map(|a| a.experiment.filter(|x| x.id == e.id)).unwrap();
     assert!(shown.risks[0].overdue, "audit active shows the overdue review");
     assert!(d.scrape().await.get("sandpit_risk_reviews_overdue", &[("impact", "high")]) >= 1.0);
+    let base = crate::dashboard::base(&d);
+    let (auditor, _) = crate::dashboard::sign_in(&base, AUDITOR).await;
+    let (_, _, page) = crate::dashboard::http(&base, "GET", "/active", Some(&auditor), None).await;
+    assert!(page.contains("overdue for review") && page.contains("review overdue since"), "{page}");
 
     // A review (changing nothing) lifts it; it is on the risk's history and in the log.
     let review = proto::UpdateRiskRequest {
@@ -568,4 +572,76 @@ async fn lessons_export_leaves_out_everything_above_official_unless_asked() {
     assert_eq!(export(&d, not_closed).await.unwrap_err().code(), Code::FailedPrecondition);
     let wrong = lessons(proto::ExportFormat::Json, false);
     assert_eq!(export(&d, wrong).await.unwrap_err().code(), Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_shows_sign_offs_risks_assessments_and_transparency_and_serves_the_exports() {
+    use crate::dashboard::{base, http, sign_in};
+    let d = daemon().await;
+    let req = proto::RegisterExperimentRequest {
+        title: "Linkage <b>pilot</b>".into(),
+        purpose: "Link survey returns".into(),
+        classification: "OFFICIAL-SENSITIVE".into(),
+        risks: vec![proto::Risk {
+            description: "re-identification".into(),
+            likelihood: "low".into(),
+            impact: "medium".into(),
+            owner: "alice".into(),
+            ..Default::default()
+        }],
+        senior_responsible_owner: "Director of Methods".into(),
+        ..Default::default()
+    };
+    let e = d.register(TEAM_A).await.register_experiment(req).await.unwrap().into_inner();
+    d.register(DORA).await.approve_experiment(sign(&e.id, "")).await.unwrap();
+    let review = proto::UpdateRiskRequest {
+        experiment: e.id.clone(),
+        risk_id: "r1".into(),
+        reason: "k-anonymity <checked>".into(),
+        status: "mitigated".into(),
+        ..Default::default()
+    };
+    d.register(TEAM_A).await.update_risk(review).await.unwrap();
+    let dpia = proto::RecordAssessmentRequest {
+        experiment: e.id.clone(),
+        kind: "dpia".into(),
+        status: "in-progress".into(),
+        reference: "DPIA-7".into(),
+        date: None,
+    };
+    d.register(TEAM_A).await.record_assessment(dpia).await.unwrap();
+
+    let base = base(&d);
+    let (auditor, _) = sign_in(&base, AUDITOR).await;
+    let (_, _, page) = http(&base, "GET", "/approvals", Some(&auditor), None).await;
+    assert!(
+        page.contains("awaiting sign-off by security") && page.contains("Approved for data-protection by dora"),
+        "{page}"
+    );
+    let (status, _, page) = http(&base, "GET", &format!("/experiments/{}", e.id), Some(&auditor), None).await;
+    assert_eq!(status, 200);
+    for want in [
+        "Sign-off needed from: data-protection, security.",
+        "<code>r1</code> re-identification",
+        "mitigated</span>",
+        "status open -&gt; mitigated by alice (team-a): k-anonymity &lt;checked&gt;",
+        "Data Protection Impact Assessment",
+        "DPIA-7",
+        "Director of Methods",
+        "/exports/atrs.json?experiment=",
+    ] {
+        assert!(page.contains(want), "{want} on the experiment page: {page}");
+    }
+    let (status, head, body) =
+        http(&base, "GET", &format!("/exports/atrs.json?experiment={}", e.id), Some(&auditor), None).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-disposition: attachment"), "{head}");
+    let records: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    validate(&records[0], &standard());
+    let (status, _, _) = http(&base, "GET", "/exports/secrets.txt", Some(&auditor), None).await;
+    assert_eq!(status, 404);
+    // Exports are the auditors': an approver is turned away.
+    let (approver, _) = sign_in(&base, DORA).await;
+    let (status, _, _) = http(&base, "GET", "/exports/atrs.json", Some(&approver), None).await;
+    assert_eq!(status, 403);
 }

@@ -279,6 +279,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 Arc::clone(&identities),
                 d.session_ttl,
                 tls.is_some(),
+                cfg.governance.transparency.clone(),
             );
             Some(AbortOnDrop(tokio::spawn(crate::dashboard::serve(
                 listener,

@@ -13,15 +13,11 @@ use crate::checkpoints::Checkpointer;
 use crate::export;
 use crate::proto;
 use crate::proto::audit_service_server::AuditService;
-use sandpit_core::audit::action;
 use sandpit_core::audit::checkpoint::{Checkpoint, VerifierKey};
-use sandpit_core::auth::Caller;
 use sandpit_core::lifecycle::Manager;
-use sandpit_core::policy::Classification;
 use sandpit_core::store::AuditQuery;
 use sandpit_core::Error;
 use std::collections::BTreeMap;
-use std::time::SystemTime;
 
 type StatusStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -44,95 +40,6 @@ impl AuditApi {
         transparency: BTreeMap<String, String>,
     ) -> Self {
         AuditApi { manager, gate, checkpoints, transparency }
-    }
-
-    /// One export, whole: its kind in its format.
-    async fn export_data(&self, caller: &Caller, r: proto::ExportRequest) -> Result<Vec<u8>, Error> {
-        use proto::{ExportFormat as F, ExportKind as K};
-        let kind = K::try_from(r.kind).unwrap_or(K::Unspecified);
-        let format = F::try_from(r.format).unwrap_or(F::Unspecified);
-        let tabular = |format: F| match format {
-            F::Json => Ok(false),
-            F::Csv => Ok(true),
-            _ => Err(Error::invalid("format", "must be json or csv for this kind")),
-        };
-        if !r.experiment.is_empty() {
-            sandpit_core::policy::admission::validate_name("experiment", &r.experiment)?;
-        }
-        match kind {
-            K::Register => {
-                let csv = tabular(format)?;
-                let list: Vec<proto::Experiment> =
-                    self.manager.all_experiments().await?.into_iter().map(Into::into).collect();
-                if csv {
-                    export::register_csv(&list)
-                } else {
-                    export::json(&list)
-                }
-            }
-            K::ActiveSandboxes => {
-                let csv = tabular(format)?;
-                let list: Vec<proto::Sandbox> =
-                    self.manager.active_sandboxes().await?.into_iter().map(Into::into).collect();
-                if csv {
-                    export::sandboxes_csv(&list)
-                } else {
-                    export::json(&list)
-                }
-            }
-            K::Atrs => {
-                let csv = tabular(format)?;
-                let mut all = self.manager.all_experiments().await?;
-                if !r.experiment.is_empty() {
-                    all.retain(|e| e.id == r.experiment);
-                    if all.is_empty() {
-                        return Err(Error::not_found("experiment", r.experiment));
-                    }
-                }
-                let records: Vec<_> = all.iter().map(|e| export::atrs::record(e, &self.transparency)).collect();
-                if csv {
-                    export::atrs::csv(&records)
-                } else {
-                    export::atrs::json(&records)
-                }
-            }
-            K::Lessons => {
-                let format = match format {
-                    F::Markdown => export::lessons::Format::Markdown,
-                    F::Html => export::lessons::Format::Html,
-                    _ => return Err(Error::invalid("format", "must be markdown or html for lessons")),
-                };
-                let time = |field, t: Option<pbjson_types::Timestamp>| {
-                    t.map(|t| sandpit_proto::convert::system_time(field, &t)).transpose()
-                };
-                let selection = export::lessons::Selection {
-                    experiment: (!r.experiment.is_empty()).then_some(r.experiment),
-                    since: time("since", r.since)?,
-                    until: time("until", r.until)?,
-                    include_above_official: r.include_above_official,
-                };
-                let all = self.manager.all_experiments().await?;
-                let chosen = export::lessons::choose(&all, &selection)?;
-                let above = chosen.experiments.iter().filter(|e| e.classification > Classification::Official).count();
-                if above > 0 {
-                    // Lessons above OFFICIAL leaving the register are on record.
-                    let reason = format!(
-                        "lessons export including {above} experiment(s) above OFFICIAL: {}",
-                        chosen
-                            .experiments
-                            .iter()
-                            .filter(|e| e.classification > Classification::Official)
-                            .map(|e| e.id.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
-                    let entry = sandpit_core::lifecycle::audit_entry(Some(caller), action::EXPORT, "", "", Ok(reason));
-                    self.manager.record(entry).await;
-                }
-                Ok(export::lessons::document(&chosen, &selection, format, SystemTime::now()))
-            }
-            K::Unspecified => Err(Error::invalid("kind", "must be register, active_sandboxes, atrs or lessons")),
-        }
     }
 
     /// The chain against a signed checkpoint: its signature (with `key`),
@@ -247,7 +154,7 @@ impl AuditService for AuditApi {
         let call = self.gate.authorize(&req, Method::Export).await.map_err(to_status)?;
         let caller = call.caller.clone();
         let r = req.into_inner();
-        let data = self.export_data(&caller, r).await.map_err(to_status)?;
+        let data = export::produce(&self.manager, &self.transparency, &caller, r).await.map_err(to_status)?;
         let chunks: Vec<Result<proto::ExportChunk, Status>> =
             data.chunks(EXPORT_CHUNK).map(|c| Ok(proto::ExportChunk { data: c.to_vec() })).collect();
         Ok(Response::new(call.hold(futures_util::stream::iter(chunks)).boxed()))

@@ -59,6 +59,8 @@ pub struct Dashboard {
     sessions: Sessions,
     /// Served over TLS: the cookie is Secure (and `__Host-` named).
     secure: bool,
+    /// The host's ATRS defaults, for the exports.
+    transparency: std::collections::BTreeMap<String, String>,
 }
 
 /// The connection a request came on: its peer, and the identity of the
@@ -76,8 +78,10 @@ impl Dashboard {
         identities: Arc<Identities>,
         session_ttl: Duration,
         secure: bool,
+        transparency: std::collections::BTreeMap<String, String>,
     ) -> Arc<Dashboard> {
-        Arc::new(Dashboard { manager, checkpoints, identities, sessions: Sessions::new(session_ttl), secure })
+        let sessions = Sessions::new(session_ttl);
+        Arc::new(Dashboard { manager, checkpoints, identities, sessions, secure, transparency })
     }
 
     fn cookie_name(&self) -> &'static str {
@@ -208,6 +212,7 @@ fn router(dashboard: Arc<Dashboard>) -> Router {
         .route("/experiments/{id}", get(pages::experiment))
         .route("/audit", get(pages::audit))
         .route("/verification", get(pages::verification))
+        .route("/exports/{file}", get(pages::export))
         .fallback(|| async {
             let body = "<p>There is no such page. <a href=\"/active\">Start again</a>.</p>";
             (StatusCode::NOT_FOUND, html_response(html::page("Not found", None, Nav::None, "", body)))

@@ -15,7 +15,7 @@ use crate::checkpoints::ChainStatus;
 use sandpit_core::auth::{Caller, Role};
 use sandpit_core::error::Code;
 use sandpit_core::lifecycle::ActiveExperiment;
-use sandpit_core::register::{Decision, Experiment, Risk, Status};
+use sandpit_core::register::{AssessmentStatus, Decision, Experiment, Risk, RiskStatus, Status};
 use sandpit_core::sandbox::Sandbox;
 use sandpit_core::store::AuditQuery;
 use sandpit_core::Error;
@@ -57,10 +57,15 @@ fn status_badge(s: Status) -> String {
 
 fn decision(e: &Experiment) -> String {
     let mut out = status_badge(e.status);
-    if e.approvals.is_empty() {
-        if e.status == Status::Proposed {
+    let pending = e.pending_functions();
+    if e.status == Status::Proposed {
+        if !pending.is_empty() {
+            let _ = write!(out, " awaiting sign-off by {}", esc(&pending.join(", ")));
+        } else if e.approvals.is_empty() {
             out.push_str(" awaiting a decision");
         }
+    }
+    if e.approvals.is_empty() {
         return out;
     }
     out.push_str("<ul>");
@@ -69,7 +74,14 @@ fn decision(e: &Experiment) -> String {
             Decision::Approved => "Approved",
             Decision::Rejected => "Rejected",
         };
-        let _ = write!(out, "<li>{verb} by {} ({}) on {}", esc(&a.approver), esc(&a.approver_team), time_el(a.time));
+        let function = if a.function.is_empty() { String::new() } else { format!(" for {}", esc(&a.function)) };
+        let _ = write!(
+            out,
+            "<li>{verb}{function} by {} ({}) on {}",
+            esc(&a.approver),
+            esc(&a.approver_team),
+            time_el(a.time)
+        );
         if !a.conditions.is_empty() {
             let _ = write!(out, "; conditions: {}", esc(&a.conditions));
         }
@@ -79,29 +91,84 @@ fn decision(e: &Experiment) -> String {
     out
 }
 
-fn risks(list: &[Risk]) -> String {
+/// Risks with their status, owner and review date, overdue reviews marked;
+/// `history` adds every change and review.
+fn risks(list: &[Risk], now: SystemTime, history: bool) -> String {
     if list.is_empty() {
         return "<span class=\"empty\">none recorded</span>".into();
     }
     let mut out = String::from("<ul>");
     for r in list {
+        let status_class = match r.status {
+            RiskStatus::Open => "warn",
+            RiskStatus::Closed => "",
+            RiskStatus::Mitigated | RiskStatus::Accepted => "ok",
+        };
         let _ = write!(
             out,
-            "<li>{} <span class=\"badge\">likelihood {}, impact {}</span>",
+            "<li><code>{}</code> {} <span class=\"badge\">likelihood {}, impact {}</span> \
+             <span class=\"badge {status_class}\">{}</span>",
+            esc(&r.id),
             esc(&r.description),
             r.likelihood,
-            r.impact
+            r.impact,
+            r.status
         );
+        match r.review_by {
+            Some(t) if r.overdue(now) => {
+                let _ = write!(out, " <span class=\"badge bad\">review overdue since {}</span>", time_el(t));
+            }
+            Some(t) => {
+                let _ = write!(out, "<br>Review by {}", time_el(t));
+            }
+            None => {}
+        }
         if !r.mitigation.is_empty() {
             let _ = write!(out, "<br>Mitigation: {}", esc(&r.mitigation));
         }
         if !r.owner.is_empty() {
             let _ = write!(out, "<br>Owner: {}", esc(&r.owner));
         }
+        if history && !r.history.is_empty() {
+            out.push_str("<details><summary>History</summary><ol>");
+            for u in &r.history {
+                let _ = write!(
+                    out,
+                    "<li>{}: {} by {} ({}){}</li>",
+                    time_el(u.time),
+                    esc(&u.changes),
+                    esc(&u.by),
+                    esc(&u.team),
+                    if u.reason.is_empty() { String::new() } else { format!(": {}", esc(&u.reason)) }
+                );
+            }
+            out.push_str("</ol></details>");
+        }
         out.push_str("</li>");
     }
     out.push_str("</ul>");
     out
+}
+
+fn assessments(e: &Experiment) -> String {
+    if e.assessments.is_empty() {
+        return "<span class=\"empty\">none recorded</span>".into();
+    }
+    let rows: Vec<Vec<String>> = e
+        .assessments
+        .iter()
+        .map(|a| {
+            let class = if a.status == AssessmentStatus::Completed { "ok" } else { "warn" };
+            vec![
+                esc(a.kind.title()),
+                format!("<span class=\"badge {class}\">{}</span>", a.status.as_str()),
+                esc(&a.reference),
+                time_el(a.date),
+                format!("{} on {}", esc(&a.recorded_by), time_el(a.recorded_at)),
+            ]
+        })
+        .collect();
+    table("Impact assessments on record", &["Assessment", "Status", "Reference", "Date", "Recorded"], &rows, "")
 }
 
 fn live_sandboxes(list: &[(Sandbox, Duration)]) -> String {
@@ -133,6 +200,8 @@ pub async fn active(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Resp
         Err(e) => return failed(e, &caller, &csrf),
     };
     let live: usize = list.iter().map(|a| a.sandboxes.len()).sum();
+    let now = SystemTime::now();
+    let overdue: usize = list.iter().map(|a| a.experiment.overdue_risks(now).count()).sum();
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|a| {
@@ -142,14 +211,18 @@ pub async fn active(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Resp
                 esc(&e.team),
                 esc(e.classification.as_str()),
                 decision(e),
-                risks(&e.risks),
+                risks(&e.risks, now, false),
                 live_sandboxes(&a.sandboxes),
             ]
         })
         .collect();
     let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let overdue = match overdue {
+        0 => String::new(),
+        n => format!(" <strong class=\"bad\">{} overdue for review.</strong>", plural(n, "risk is", "risks are")),
+    };
     let body = format!(
-        "<p>{} have sandboxes or may have them; {} live.</p>{}",
+        "<p>{} have sandboxes or may have them; {} live.{overdue}</p>{}",
         plural(list.len(), "experiment", "experiments"),
         plural(live, "sandbox is", "sandboxes are"),
         table(
@@ -171,6 +244,7 @@ pub async fn approvals(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> R
         Ok(l) => l,
         Err(e) => return failed(e, &caller, &csrf),
     };
+    let now = SystemTime::now();
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|e| {
@@ -179,21 +253,29 @@ pub async fn approvals(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> R
                 format!("{}<br>{}", esc(&e.team), esc(&e.owner)),
                 esc(e.classification.as_str()),
                 esc(&e.purpose),
-                risks(&e.risks),
+                decision(e),
+                risks(&e.risks, now, false),
                 time_el(e.created_at),
             ]
         })
         .collect();
     let mut body = table(
         "Experiments awaiting a decision",
-        &["Experiment", "Team and owner", "Classification", "Purpose", "Risks", "Registered"],
+        &["Experiment", "Team and owner", "Classification", "Purpose", "Sign-offs", "Risks", "Registered"],
         &rows,
         "Nothing is waiting for a decision.",
     );
     if caller.has(Role::Approver) {
-        body.push_str(
-            "<p>An approver outside the requesting team decides with \
-             <code>sandpit register approve ID --conditions \"...\"</code> or <code>reject</code>.</p>",
+        let functions = if caller.functions.is_empty() {
+            "no particular function".to_string()
+        } else {
+            esc(&caller.functions.join(", "))
+        };
+        let _ = write!(
+            body,
+            "<p>You sign for {functions}. An approver outside the requesting team signs off with \
+             <code>sandpit approve ID --function FUNCTION --conditions \"...\"</code> or <code>sandpit reject</code>; \
+             an experiment is approved once every function its classification needs has signed.</p>"
         );
     }
     html_response(html::page("Pending approvals", Some(&caller), Nav::Approvals, &csrf, &body))
@@ -349,11 +431,51 @@ pub async fn experiment(
             e.outcome.map_or("", |o| o.as_str()),
             esc(&e.lessons_learnt)
         );
+        for (k, v) in [("What worked", &e.what_worked), ("What did not work", &e.what_did_not)] {
+            if !v.is_empty() {
+                let _ = write!(body, "<dt>{k}</dt><dd>{}</dd>", esc(v));
+            }
+        }
+        if !e.artefacts.is_empty() {
+            let _ = write!(body, "<dt>Reusable artefacts</dt><dd>{}</dd>", list(&e.artefacts));
+        }
     }
     body.push_str("</dl><h2>Approval</h2>");
+    if !e.required_functions.is_empty() {
+        let _ = write!(body, "<p>Sign-off needed from: {}.</p>", esc(&e.required_functions.join(", ")));
+    }
     body.push_str(&decision(&e));
     body.push_str("<h2>Risks</h2>");
-    body.push_str(&risks(&e.risks));
+    body.push_str(&risks(&e.risks, SystemTime::now(), true));
+    body.push_str("<h2>Impact assessments</h2>");
+    body.push_str(&assessments(&e));
+    body.push_str("<h2>Transparency record (ATRS)</h2><dl>");
+    let text = |v: &str| if v.is_empty() { "<span class=\"empty\">not set</span>".to_string() } else { esc(v) };
+    for (k, v) in [
+        ("Senior responsible owner", &e.senior_responsible_owner),
+        ("Phase", &e.phase),
+        ("Function", &e.function),
+        ("Region", &e.region),
+    ] {
+        let _ = write!(body, "<dt>{k}</dt><dd>{}</dd>", text(v));
+    }
+    for (k, v) in &e.transparency {
+        let _ = write!(body, "<dt><code>{}</code></dt><dd>{}</dd>", esc(k), esc(v));
+    }
+    body.push_str("</dl>");
+    if Nav::Audit.allows(&caller) {
+        let id = html::url(&e.id);
+        let _ = write!(
+            body,
+            "<p>Export: ATRS record <a href=\"/exports/atrs.json?experiment={id}\">JSON</a> or \
+             <a href=\"/exports/atrs.csv?experiment={id}\">CSV</a>{}</p>",
+            if e.status == Status::Closed {
+                format!("; lessons learnt <a href=\"/exports/lessons.md?experiment={id}\">Markdown</a> or <a href=\"/exports/lessons.html?experiment={id}\">HTML</a>")
+            } else {
+                String::new()
+            }
+        );
+    }
 
     let sandboxes = match d.manager.list(&caller, Some(e.id.clone()), true).await {
         Ok(l) => l,
@@ -611,4 +733,62 @@ pub async fn verification(State(d): State<Arc<Dashboard>>, headers: HeaderMap, Q
          <button type=\"submit\">Recompute every hash</button></form>",
     );
     html_response(html::page("Verification", Some(&caller), Nav::Verification, &csrf, &body))
+}
+
+#[derive(serde::Deserialize, Default)]
+pub struct ExportQuery {
+    #[serde(default)]
+    experiment: String,
+    #[serde(default)]
+    include_above_official: bool,
+}
+
+/// An export as a download, for auditors: `register.{json,csv}`,
+/// `sandboxes.{json,csv}`, `atrs.{json,csv}`, `lessons.{md,html}`, through
+/// the same code as the gRPC Export (lessons above OFFICIAL only when asked,
+/// and then on record).
+pub async fn export(
+    State(d): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    Path(file): Path<String>,
+    Query(q): Query<ExportQuery>,
+) -> Response {
+    use crate::proto::{ExportFormat as F, ExportKind as K};
+    let here = format!("/exports/{}", html::url(&file));
+    let (caller, csrf) = match d.signed_in(&headers, Nav::Audit, &here) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let (kind, format, content_type) = match file.as_str() {
+        "register.json" => (K::Register, F::Json, "application/json"),
+        "register.csv" => (K::Register, F::Csv, "text/csv; charset=utf-8"),
+        "sandboxes.json" => (K::ActiveSandboxes, F::Json, "application/json"),
+        "sandboxes.csv" => (K::ActiveSandboxes, F::Csv, "text/csv; charset=utf-8"),
+        "atrs.json" => (K::Atrs, F::Json, "application/json"),
+        "atrs.csv" => (K::Atrs, F::Csv, "text/csv; charset=utf-8"),
+        "lessons.md" => (K::Lessons, F::Markdown, "text/markdown; charset=utf-8"),
+        "lessons.html" => (K::Lessons, F::Html, "text/html; charset=utf-8"),
+        _ => return failed(Error::not_found("export", file), &caller, &csrf),
+    };
+    let req = crate::proto::ExportRequest {
+        kind: kind as i32,
+        format: format as i32,
+        experiment: q.experiment,
+        include_above_official: q.include_above_official,
+        ..Default::default()
+    };
+    match crate::export::produce(&d.manager, &d.transparency, &caller, req).await {
+        Ok(data) => {
+            let disposition = format!("attachment; filename=\"sandpit-{file}\"");
+            (
+                [
+                    (axum::http::header::CONTENT_TYPE, content_type.to_string()),
+                    (axum::http::header::CONTENT_DISPOSITION, disposition),
+                ],
+                data,
+            )
+                .into_response()
+        }
+        Err(e) => failed(e, &caller, &csrf),
+    }
 }

@@ -5,9 +5,110 @@
 pub mod atrs;
 pub mod lessons;
 
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use sandpit_core::audit::action;
+use sandpit_core::auth::Caller;
+use sandpit_core::lifecycle::Manager;
+use sandpit_core::policy::Classification;
 use sandpit_core::Error;
 
 use crate::proto;
+
+/// One export, whole: its kind in its format, for `caller` (an auditor);
+/// `transparency` are the host's ATRS defaults. Served by the gRPC API and
+/// the dashboard alike.
+pub async fn produce(
+    manager: &Manager,
+    transparency: &BTreeMap<String, String>,
+    caller: &Caller,
+    r: proto::ExportRequest,
+) -> Result<Vec<u8>, Error> {
+    use proto::{ExportFormat as F, ExportKind as K};
+    let kind = K::try_from(r.kind).unwrap_or(K::Unspecified);
+    let format = F::try_from(r.format).unwrap_or(F::Unspecified);
+    let tabular = |format: F| match format {
+        F::Json => Ok(false),
+        F::Csv => Ok(true),
+        _ => Err(Error::invalid("format", "must be json or csv for this kind")),
+    };
+    if !r.experiment.is_empty() {
+        sandpit_core::policy::admission::validate_name("experiment", &r.experiment)?;
+    }
+    match kind {
+        K::Register => {
+            let csv = tabular(format)?;
+            let list: Vec<proto::Experiment> = manager.all_experiments().await?.into_iter().map(Into::into).collect();
+            if csv {
+                register_csv(&list)
+            } else {
+                json(&list)
+            }
+        }
+        K::ActiveSandboxes => {
+            let csv = tabular(format)?;
+            let list: Vec<proto::Sandbox> = manager.active_sandboxes().await?.into_iter().map(Into::into).collect();
+            if csv {
+                sandboxes_csv(&list)
+            } else {
+                json(&list)
+            }
+        }
+        K::Atrs => {
+            let csv = tabular(format)?;
+            let mut all = manager.all_experiments().await?;
+            if !r.experiment.is_empty() {
+                all.retain(|e| e.id == r.experiment);
+                if all.is_empty() {
+                    return Err(Error::not_found("experiment", r.experiment));
+                }
+            }
+            let records: Vec<_> = all.iter().map(|e| atrs::record(e, transparency)).collect();
+            if csv {
+                atrs::csv(&records)
+            } else {
+                atrs::json(&records)
+            }
+        }
+        K::Lessons => {
+            let format = match format {
+                F::Markdown => lessons::Format::Markdown,
+                F::Html => lessons::Format::Html,
+                _ => return Err(Error::invalid("format", "must be markdown or html for lessons")),
+            };
+            let time = |field, t: Option<pbjson_types::Timestamp>| {
+                t.map(|t| sandpit_proto::convert::system_time(field, &t)).transpose()
+            };
+            let selection = lessons::Selection {
+                experiment: (!r.experiment.is_empty()).then_some(r.experiment),
+                since: time("since", r.since)?,
+                until: time("until", r.until)?,
+                include_above_official: r.include_above_official,
+            };
+            let all = manager.all_experiments().await?;
+            let chosen = lessons::choose(&all, &selection)?;
+            let above = chosen.experiments.iter().filter(|e| e.classification > Classification::Official).count();
+            if above > 0 {
+                // Lessons above OFFICIAL leaving the register are on record.
+                let reason = format!(
+                    "lessons export including {above} experiment(s) above OFFICIAL: {}",
+                    chosen
+                        .experiments
+                        .iter()
+                        .filter(|e| e.classification > Classification::Official)
+                        .map(|e| e.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let entry = sandpit_core::lifecycle::audit_entry(Some(caller), action::EXPORT, "", "", Ok(reason));
+                manager.record(entry).await;
+            }
+            Ok(lessons::document(&chosen, &selection, format, SystemTime::now()))
+        }
+        K::Unspecified => Err(Error::invalid("kind", "must be register, active_sandboxes, atrs or lessons")),
+    }
+}
 
 /// The proto3 JSON mapping of a list, one document.
 pub fn json<T: serde::Serialize>(list: &[T]) -> Result<Vec<u8>, Error> {
