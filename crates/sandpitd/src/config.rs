@@ -1016,6 +1016,39 @@ mod tests {
     }
 
     #[test]
+    fn governance_defaults_and_bad_values_are_named() {
+        use sandpit_core::register::Level;
+        let c = Config::load_from(None, env(&[])).unwrap();
+        let g = c.governance();
+        assert!(g.functions.is_empty() && g.required(Classification::Secret).is_empty(), "one approver decides");
+        assert_eq!(g.review.high, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!((c.refuse_overdue_risk(), c.dpia_required()), (Some(Level::High), None));
+        let good = "[governance]\nfunctions = [\"ethics\", \"data-protection\"]\nrefuse_overdue_risk = \"never\"\n\
+                    dpia_required = \"OFFICIAL-SENSITIVE\"\n[governance.sign_offs]\n\"OFFICIAL\" = [\"ethics\"]\n\
+                    \"OFFICIAL-SENSITIVE\" = [\"data-protection\"]\n[governance.transparency]\ncontact_email = \"x@example\"\n";
+        let c = Config::load_from(Some(file(good).path()), env(&[])).unwrap();
+        assert_eq!(c.governance().required(Classification::OfficialSensitive), ["ethics", "data-protection"]);
+        assert_eq!((c.refuse_overdue_risk(), c.dpia_required()), (None, Some(Classification::OfficialSensitive)));
+        for (toml, named) in [
+            ("[governance]\nfunctions = [\"Ethics Board\"]\n", "governance.functions[0]"),
+            ("[governance]\nfunctions = [\"a\", \"a\"]\n", "governance.functions[1]"),
+            ("[governance.sign_offs]\n\"OFFICIAL\" = [\"legal\"]\n", "governance.sign_offs"),
+            ("[governance]\nrefuse_overdue_risk = \"severe\"\n", "governance.refuse_overdue_risk"),
+            ("[governance]\ndpia_required = \"RESTRICTED\"\n", "governance.dpia_required"),
+            ("[governance.review]\nhigh = \"0s\"\n", "governance.review.high"),
+            ("[governance.transparency]\ntitle = \"x\"\n", "governance.transparency.title"),
+            (
+                "[[identities]]\nname = \"a\"\nteam = \"t\"\nroles = [\"approver\"]\nfunctions = [\"ethics\"]\n\
+                 token_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n",
+                "identities[0].functions",
+            ),
+        ] {
+            let e = Config::load_from(Some(file(toml).path()), env(&[])).unwrap_err().to_string();
+            assert!(e.contains(named), "{named}: {e}");
+        }
+    }
+
+    #[test]
     fn audit_keys_default_into_the_data_dir_and_bad_ones_are_named() {
         let c = Config::load_from(None, env(&[("SANDPIT__DATA_DIR", "/srv/sp")])).unwrap();
         assert_eq!(c.signing_key(), Path::new("/srv/sp/audit-signing.key"));

@@ -11,6 +11,10 @@
 //!    `experiment-status`: it is neither rejected nor closed;
 //!    `experiment-approval`: it is approved when the classification is
 //!    OFFICIAL-SENSITIVE or above, or the profile requires approval;
+//!    `risk-review-overdue`: no risk at or above the host's (or the
+//!    profile's, if lower) impact threshold is overdue for review;
+//!    `dpia-required`: a completed DPIA is on record at or above the host's
+//!    `dpia_required` classification;
 //! 4. `image-allowlist`: the image is one the profile allows;
 //! 5. `ttl` and `max-lifetime`: within the profile's lifetime limits;
 //!    `isolation-available`: the runtime can give the profile's isolation
@@ -746,6 +750,56 @@ mod tests {
         let strict = ProfileSet::from_profiles([strict]);
         let e = admit(&req(Classification::Official), "u", "t", Some(&proposed), &strict, &host(), now).unwrap_err();
         assert_eq!(rule_of(e), Rule::ExperimentApproval);
+    }
+
+    #[test]
+    fn overdue_reviews_and_a_missing_dpia_refuse_by_rule() {
+        use crate::register::{Assessment, AssessmentKind, AssessmentStatus, ReviewCadence, Risk};
+        let now = SystemTime::now();
+        let s = set(Classification::TopSecret);
+        let mut e = exp(Classification::OfficialSensitive, Status::Approved);
+        let cadence = ReviewCadence {
+            low: Duration::from_secs(60),
+            medium: Duration::from_secs(60),
+            high: Duration::from_secs(60),
+        };
+        let medium = Risk::new("drift".into(), Level::Low, Level::Medium, String::new(), String::new());
+        e.add_risk(medium, ("u", "t"), "", &cadence, now - Duration::from_secs(120)).unwrap();
+        let os = req(Classification::OfficialSensitive);
+        let high_only = HostPolicy { refuse_overdue_risk: Some(Level::High), ..host() };
+        assert!(
+            admit(&os, "u", "t", Some(&e), &s, &high_only, now).is_ok(),
+            "a medium risk overdue: below the host's threshold"
+        );
+        // A profile may lower the threshold; never raise it.
+        let mut strict = profile(Classification::TopSecret);
+        strict.refuse_overdue_risk = Some(Level::Medium);
+        let strict = ProfileSet::from_profiles([strict]);
+        let refused = admit(&os, "u", "t", Some(&e), &strict, &high_only, now).unwrap_err();
+        assert_eq!(rule_of(refused), Rule::RiskReviewOverdue);
+        let mut lax = profile(Classification::TopSecret);
+        lax.refuse_overdue_risk = Some(Level::High);
+        let medium_host = HostPolicy { refuse_overdue_risk: Some(Level::Medium), ..host() };
+        let refused = admit(&os, "u", "t", Some(&e), &ProfileSet::from_profiles([lax]), &medium_host, now).unwrap_err();
+        assert_eq!(rule_of(refused), Rule::RiskReviewOverdue);
+        // Never refusing is the host's to choose.
+        assert!(admit(&os, "u", "t", Some(&e), &s, &host(), now).is_ok());
+
+        let dpia_host = HostPolicy { dpia_required: Some(Classification::OfficialSensitive), ..host() };
+        assert_eq!(rule_of(admit(&os, "u", "t", Some(&e), &s, &dpia_host, now).unwrap_err()), Rule::DpiaRequired);
+        assert!(admit(&req(Classification::Official), "u", "t", Some(&e), &s, &dpia_host, now).is_ok());
+        let dpia = |status| Assessment {
+            kind: AssessmentKind::Dpia,
+            status,
+            reference: "DPIA-1".into(),
+            date: now,
+            recorded_by: "u".into(),
+            recorded_at: now,
+        };
+        e.record_assessment(dpia(AssessmentStatus::InProgress)).unwrap();
+        assert_eq!(rule_of(admit(&os, "u", "t", Some(&e), &s, &dpia_host, now).unwrap_err()), Rule::DpiaRequired);
+        e.record_assessment(dpia(AssessmentStatus::Completed)).unwrap();
+        assert!(admit(&os, "u", "t", Some(&e), &s, &dpia_host, now).is_ok());
     }
 
     #[test]
