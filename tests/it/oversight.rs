@@ -645,3 +645,111 @@ async fn the_dashboard_shows_sign_offs_risks_assessments_and_transparency_and_se
     let (status, _, _) = http(&base, "GET", "/exports/atrs.json", Some(&approver), None).await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_carries_sign_offs_risks_assessments_transparency_and_the_exports() {
+    use crate::cli::sandpit;
+    let d = daemon().await;
+    let ok = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let registered = ok(sandpit(
+        &d,
+        TEAM_A,
+        &[
+            "register",
+            "--title",
+            "Coding assistant",
+            "--purpose",
+            "Suggest codes",
+            "--classification",
+            "OFFICIAL-SENSITIVE",
+            "--risk",
+            "misclassification;medium;high;human review;alice",
+            "--sro",
+            "Director of Methods",
+            "--json",
+        ],
+    ));
+    let e: serde_json::Value = serde_json::from_str(&registered).unwrap();
+    let id = e["id"].as_str().unwrap().to_string();
+    assert_eq!(e["risks"][0]["id"], "r1");
+    assert_eq!(e["pendingFunctions"], serde_json::json!(["data-protection", "security"]));
+
+    // Sign-offs: the first awaits the second; the same function again is refused.
+    let shown = ok(sandpit(&d, DORA, &["approve", &id, "--conditions", "aggregates only"]));
+    assert!(shown.contains("still to sign: security"), "{shown}");
+    assert!(shown.contains("approved for data-protection by dora"), "{shown}");
+    let again = sandpit(&d, DAN, &["approve", &id, "--function", "data-protection"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("FAILED_PRECONDITION"), "{again:?}");
+    let shown = ok(sandpit(&d, SAM, &["approve", &id]));
+    assert!(shown.contains("status          approved") || shown.contains("approved"), "{shown}");
+
+    // Risks, an assessment, transparency fields.
+    let shown = ok(sandpit(
+        &d,
+        TEAM_A,
+        &[
+            "risk",
+            "add",
+            &id,
+            "--description",
+            "drift",
+            "--likelihood",
+            "low",
+            "--impact",
+            "medium",
+            "--reason",
+            "found",
+        ],
+    ));
+    assert!(shown.contains("r2 drift"), "{shown}");
+    let shown =
+        ok(sandpit(&d, TEAM_A, &["risk", "update", &id, "r1", "--status", "mitigated", "--reason", "review queue"]));
+    assert!(shown.contains("last: status open -> mitigated by alice"), "{shown}");
+    let shown = ok(sandpit(&d, TEAM_A, &["risk", "review", &id, "r2", "--reason", "no change"]));
+    assert!(shown.contains("last: reviewed by alice"), "{shown}");
+    let shown = ok(sandpit(&d, TEAM_A, &["assess", &id, "dpia", "completed", "--reference", "DPIA-9"]));
+    assert!(shown.contains("dpia completed DPIA-9"), "{shown}");
+    let shown =
+        ok(sandpit(&d, TEAM_A, &["transparency", &id, "--phase", "Pre-deployment", "--set", "benefit=Faster coding"]));
+    assert!(shown.contains("phase           Pre-deployment") && shown.contains("benefit: Faster coding"), "{shown}");
+    let bad = sandpit(&d, TEAM_A, &["transparency", &id, "--set", "nonsense"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--set nonsense: use NAME=VALUE"), "{bad:?}");
+
+    // The ATRS export names what is still empty on stderr.
+    let out = sandpit(&d, AUDITOR, &["audit", "export", "--kind", "atrs", "--experiment", &id]);
+    let records: Vec<serde_json::Value> = serde_json::from_str(&ok(out.clone())).unwrap();
+    assert_eq!(records[0]["tier_2_description_and_rationale"]["benefit"], "Faster coding");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{id}: ")) && stderr.contains("1.4 contact_email"), "{stderr}");
+
+    // Close with lessons; the lessons export (nothing above OFFICIAL unless asked).
+    ok(sandpit(
+        &d,
+        APPROVER,
+        &[
+            "close",
+            &id,
+            "--outcome",
+            "succeeded",
+            "--lessons",
+            "Useful with review",
+            "--what-worked",
+            "Short labels",
+            "--artefact",
+            "https://git.example/coding",
+        ],
+    ));
+    let md = ok(sandpit(&d, AUDITOR, &["audit", "export", "--kind", "lessons", "--experiment", &id]));
+    assert!(md.contains("1 above OFFICIAL left out") && !md.contains("Short labels"), "{md}");
+    let md = ok(sandpit(
+        &d,
+        AUDITOR,
+        &["audit", "export", "--kind", "lessons", "--experiment", &id, "--include-above-official"],
+    ));
+    assert!(md.contains("### What worked\n\nShort labels") && md.contains("https://git.example/coding"), "{md}");
+}
