@@ -42,6 +42,7 @@ from .errors import (
 from .experiment import Experiment
 from .models import (
     Approval,
+    Assessment,
     AuditEvent,
     AuditVerification,
     Checkpoint,
@@ -61,6 +62,7 @@ from .models import (
     PullProgress,
     Resources,
     Risk,
+    RiskUpdate,
     SandboxEventKind,
     SandboxState,
 )
@@ -77,6 +79,7 @@ __all__ = [
     "ActiveSandbox",
     "AlreadyExists",
     "Approval",
+    "Assessment",
     "AuditEvent",
     "AuditVerification",
     "Cancelled",
@@ -112,6 +115,7 @@ __all__ = [
     "ResourceExhausted",
     "Resources",
     "Risk",
+    "RiskUpdate",
     "Sandbox",
     "SandboxEvent",
     "SandboxEventKind",

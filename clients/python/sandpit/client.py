@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from types import TracebackType
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Type, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Type, Union
 
 import grpc
 
@@ -38,8 +38,41 @@ ExperimentRef = Union[str, Experiment]
 When = Union[datetime, date, str]
 
 
-def _id(ref: Union[str, Experiment, Sandbox]) -> str:
+def _id(ref: Union[str, Experiment, Sandbox, Risk]) -> str:
     return ref if isinstance(ref, str) else ref.id
+
+
+def _unchanged_or(what: str, value: Optional[str]) -> str:
+    """A risk field for UpdateRisk: None is sent empty (unchanged). An empty
+    string would say the same, not clear it, so it is refused."""
+    if value is None:
+        return ""
+    if not value.strip():
+        raise InvalidArgument(f"{what}: empty; leave it None to keep it as it is")
+    return value
+
+
+def _set_or_clear(value: Optional[str]) -> str:
+    """A transparency field for UpdateTransparency: None unchanged (sent empty), "" cleared (sent as "-")."""
+    if value is None:
+        return ""
+    return value if value.strip() else "-"
+
+
+_EXPORT_KINDS = {
+    "register": audit_pb2.EXPORT_KIND_REGISTER,
+    "sandboxes": audit_pb2.EXPORT_KIND_ACTIVE_SANDBOXES,
+    "active-sandboxes": audit_pb2.EXPORT_KIND_ACTIVE_SANDBOXES,
+    "atrs": audit_pb2.EXPORT_KIND_ATRS,
+    "lessons": audit_pb2.EXPORT_KIND_LESSONS,
+}
+_EXPORT_FORMATS = {
+    "json": audit_pb2.EXPORT_FORMAT_JSON,
+    "csv": audit_pb2.EXPORT_FORMAT_CSV,
+    "markdown": audit_pb2.EXPORT_FORMAT_MARKDOWN,
+    "md": audit_pb2.EXPORT_FORMAT_MARKDOWN,
+    "html": audit_pb2.EXPORT_FORMAT_HTML,
+}
 
 
 class Client:
@@ -126,12 +159,19 @@ class Client:
         datasets: Iterable[str] = (),
         risks: Iterable[Union[Risk, str]] = (),
         planned_end: Optional[When] = None,
+        senior_responsible_owner: str = "",
+        phase: str = "",
+        function: str = "",
+        region: str = "",
     ) -> Experiment:
         """Adds an experiment to the AI register (requesters); it starts ``proposed``.
 
         ``risks`` are :class:`Risk` or the CLI's
         ``"description;likelihood;impact;mitigation;owner"``; ``planned_end`` a
-        date, datetime or ``YYYY-MM-DD``.
+        date, datetime or ``YYYY-MM-DD``. ``senior_responsible_owner`` (a role
+        title), ``phase``, ``function`` (the public-sector function it serves,
+        e.g. ``"Economic affairs"``) and ``region`` are ATRS transparency
+        fields; :meth:`update_transparency` changes them later.
         """
         req = register_pb2.RegisterExperimentRequest(
             title=title,
@@ -141,6 +181,10 @@ class Client:
             models=list(models),
             datasets=list(datasets),
             risks=[Risk.parse(r).to_proto() for r in risks],
+            senior_responsible_owner=senior_responsible_owner,
+            phase=phase,
+            function=function,
+            region=region,
         )
         if planned_end is not None:
             req.planned_end.CopyFrom(timestamp_proto(planned_end))
@@ -161,24 +205,171 @@ class Client:
         answer = self._rpc.unary(self._rpc.register.ListExperiments, req)
         return [self._experiment(e) for e in answer.experiments]
 
-    def approve(self, id: ExperimentRef, conditions: str = "") -> Experiment:
-        """Approves another team's experiment (approvers)."""
-        req = register_pb2.DecideExperimentRequest(id=_id(id), conditions=conditions)
+    def approve(self, id: ExperimentRef, conditions: str = "", function: str = "") -> Experiment:
+        """Signs off another team's experiment (approvers).
+
+        Where the host policy lists functions that must sign off its
+        classification (``Experiment.required_functions``), this approval
+        counts for ``function`` (e.g. ``"data-protection"``), which the
+        approver must hold; empty: the one function the approver holds among
+        those still to sign. The experiment is approved once every required
+        function has; a second sign-off for the same function is
+        ``FailedPrecondition`` and changes nothing.
+        """
+        req = register_pb2.DecideExperimentRequest(id=_id(id), conditions=conditions, function=function)
         return self._experiment(self._rpc.unary(self._rpc.register.ApproveExperiment, req))
 
-    def reject(self, id: ExperimentRef, conditions: str = "") -> Experiment:
-        """Rejects another team's experiment and tears down its sandboxes (approvers)."""
-        req = register_pb2.DecideExperimentRequest(id=_id(id), conditions=conditions)
+    def reject(self, id: ExperimentRef, conditions: str = "", function: str = "") -> Experiment:
+        """Rejects another team's experiment and tears down its sandboxes (approvers).
+        Any required function's rejection rejects it; ``function`` as for :meth:`approve`."""
+        req = register_pb2.DecideExperimentRequest(id=_id(id), conditions=conditions, function=function)
         return self._experiment(self._rpc.unary(self._rpc.register.RejectExperiment, req))
 
-    def close_experiment(self, id: ExperimentRef, outcome: Union[ExperimentOutcome, str], lessons: str) -> Experiment:
+    def close_experiment(
+        self,
+        id: ExperimentRef,
+        outcome: Union[ExperimentOutcome, str],
+        lessons: str,
+        what_worked: str = "",
+        what_did_not: str = "",
+        artefacts: Iterable[str] = (),
+    ) -> Experiment:
         """Closes an experiment with its outcome (succeeded, failed or abandoned) and
-        lessons learnt, tearing down its sandboxes (approvers)."""
+        lessons learnt, tearing down its sandboxes (approvers).
+
+        ``lessons`` is the summary (required); ``what_worked``, ``what_did_not``
+        and ``artefacts`` (reusable repositories, notebooks, documents) go to
+        the lessons export with it.
+        """
         o = ExperimentOutcome.parse(outcome)
         if o is ExperimentOutcome.UNSPECIFIED:
             raise InvalidArgument("outcome: use succeeded, failed or abandoned")
-        req = register_pb2.CloseExperimentRequest(id=_id(id), outcome=o.proto_name(), lessons_learnt=lessons)
+        if isinstance(artefacts, str):
+            raise InvalidArgument("artefacts: a list of strings, not one string")
+        req = register_pb2.CloseExperimentRequest(
+            id=_id(id),
+            outcome=o.proto_name(),
+            lessons_learnt=lessons,
+            what_worked=what_worked,
+            what_did_not=what_did_not,
+            artefacts=list(artefacts),
+        )
         return self._experiment(self._rpc.unary(self._rpc.register.CloseExperiment, req))
+
+    def add_risk(
+        self,
+        experiment: ExperimentRef,
+        description: str,
+        likelihood: str,
+        impact: str,
+        mitigation: str = "",
+        owner: str = "",
+        reason: str = "",
+    ) -> Experiment:
+        """Records a new risk of an experiment: open, ``id`` r1, r2, ... in order,
+        its first review due after the host's cadence for its ``impact``.
+        ``likelihood`` and ``impact``: low, medium or high (the experiment's
+        team's requesters, and approvers)."""
+        risk = Risk(description, likelihood, impact, mitigation, owner).to_proto()
+        req = register_pb2.AddRiskRequest(experiment=_id(experiment), risk=risk, reason=reason)
+        return self._experiment(self._rpc.unary(self._rpc.register.AddRisk, req))
+
+    def update_risk(
+        self,
+        experiment: ExperimentRef,
+        risk_id: Union[str, Risk],
+        reason: str,
+        status: Optional[str] = None,
+        likelihood: Optional[str] = None,
+        impact: Optional[str] = None,
+        mitigation: Optional[str] = None,
+        owner: Optional[str] = None,
+    ) -> Experiment:
+        """Changes a risk; every call is also its review. ``reason`` (required)
+        is the review's finding; each field left None stays as it is
+        (``status``: open, mitigated, accepted or closed). Who, when, what
+        changed and why go on the risk's ``history``, and its next review
+        falls due by its (new) impact; a closed risk has none (the
+        experiment's team's requesters, and approvers)."""
+        req = register_pb2.UpdateRiskRequest(
+            experiment=_id(experiment),
+            risk_id=_id(risk_id),
+            reason=reason,
+            status=_unchanged_or("status", status),
+            likelihood=_unchanged_or("likelihood", likelihood),
+            impact=_unchanged_or("impact", impact),
+            mitigation=_unchanged_or("mitigation", mitigation),
+            owner=_unchanged_or("owner", owner),
+        )
+        return self._experiment(self._rpc.unary(self._rpc.register.UpdateRisk, req))
+
+    def review_risk(self, experiment: ExperimentRef, risk_id: Union[str, Risk], reason: str) -> Experiment:
+        """Reviews a risk, changing nothing: recorded as ``"reviewed"`` with
+        ``reason``, and its next review falls due again (which lifts a
+        ``risk-review-overdue`` refusal)."""
+        return self.update_risk(experiment, risk_id, reason)
+
+    def record_assessment(
+        self,
+        experiment: ExperimentRef,
+        kind: str,
+        status: str,
+        reference: str = "",
+        date: Optional[When] = None,
+    ) -> Experiment:
+        """Records an impact assessment, replacing the one of the same kind
+        (the experiment's team's requesters, and approvers).
+
+        Args:
+            kind: ``dpia``, ``equality-impact`` or ``security-risk``.
+            status: ``not-started``, ``in-progress``, ``completed`` (needs a
+                ``reference``) or ``not-required``.
+            reference: where it is kept (a document reference or URL).
+            date: when it was completed or last changed (a datetime, date or
+                ``YYYY-MM-DD``); None: now.
+        """
+        req = register_pb2.RecordAssessmentRequest(
+            experiment=_id(experiment), kind=kind, status=status, reference=reference
+        )
+        if date is not None:
+            req.date.CopyFrom(timestamp_proto(date))
+        return self._experiment(self._rpc.unary(self._rpc.register.RecordAssessment, req))
+
+    def update_transparency(
+        self,
+        experiment: ExperimentRef,
+        senior_responsible_owner: Optional[str] = None,
+        phase: Optional[str] = None,
+        function: Optional[str] = None,
+        region: Optional[str] = None,
+        fields: Optional[Mapping[str, Optional[str]]] = None,
+    ) -> Experiment:
+        """Sets the transparency fields the register keeps for the experiment's
+        ATRS record (the experiment's team's requesters, and approvers).
+
+        Each of ``senior_responsible_owner``, ``phase``, ``function`` and
+        ``region`` left None stays as it is; ``""`` clears it. ``fields`` sets
+        other ATRS fields by the standard's name (e.g. ``contact_email``); a
+        value of None or ``""`` removes one. A field the register fills
+        itself (e.g. ``title``), or one the standard lacks, is
+        ``InvalidArgument``.
+        """
+        transparency: Dict[str, str] = {}
+        for name, value in (fields or {}).items():
+            if not isinstance(name, str) or not name.strip():
+                raise InvalidArgument(f"fields: {name!r} is not an ATRS field name")
+            if value is not None and not isinstance(value, str):
+                raise InvalidArgument(f"fields[{name!r}]: {value!r} is not text")
+            transparency[name.strip()] = value or ""
+        req = register_pb2.UpdateTransparencyRequest(
+            experiment=_id(experiment),
+            senior_responsible_owner=_set_or_clear(senior_responsible_owner),
+            phase=_set_or_clear(phase),
+            function=_set_or_clear(function),
+            region=_set_or_clear(region),
+            transparency=transparency,
+        )
+        return self._experiment(self._rpc.unary(self._rpc.register.UpdateTransparency, req))
 
     def _experiment(self, m: register_pb2.Experiment) -> Experiment:
         return Experiment.from_proto(m, self)
@@ -353,17 +544,47 @@ class Client:
         """A signed checkpoint of the audit chain as it is now (auditors)."""
         return Checkpoint.from_proto(self._rpc.unary(self._rpc.audit.GetCheckpoint, audit_pb2.GetCheckpointRequest()))
 
-    def export(self, kind: str = "register", format: str = "json") -> bytes:
-        """The register (``kind="register"``) or the active sandboxes (``"sandboxes"``)
-        as ``"json"`` or ``"csv"`` (auditors)."""
-        kinds = {"register": audit_pb2.EXPORT_KIND_REGISTER, "sandboxes": audit_pb2.EXPORT_KIND_ACTIVE_SANDBOXES,
-                 "active-sandboxes": audit_pb2.EXPORT_KIND_ACTIVE_SANDBOXES}  # fmt: skip
-        formats = {"json": audit_pb2.EXPORT_FORMAT_JSON, "csv": audit_pb2.EXPORT_FORMAT_CSV}
-        if kind not in kinds:
-            raise InvalidArgument(f"kind {kind!r}: use register or sandboxes")
-        if format not in formats:
-            raise InvalidArgument(f"format {format!r}: use json or csv")
-        req = audit_pb2.ExportRequest(kind=kinds[kind], format=formats[format])
+    def export(
+        self,
+        kind: str = "register",
+        format: Optional[str] = None,
+        experiment: Optional[ExperimentRef] = None,
+        since: Optional[When] = None,
+        until: Optional[When] = None,
+        include_above_official: bool = False,
+    ) -> bytes:
+        """An export, as bytes (auditors).
+
+        Args:
+            kind: ``"register"``, ``"sandboxes"`` (the active ones), ``"atrs"``
+                (each experiment as an Algorithmic Transparency Recording
+                Standard record, with ``missing_required`` naming the required
+                fields still empty) or ``"lessons"`` (lessons learnt of closed
+                experiments, as a publishable document).
+            format: ``"json"`` or ``"csv"`` (default json) for register,
+                sandboxes and atrs; ``"markdown"`` or ``"html"`` (default
+                markdown) for lessons.
+            experiment: only this experiment (atrs, lessons).
+            since, until: lessons: only experiments closed in ``[since, until)``.
+            include_above_official: lessons: also experiments classified above
+                OFFICIAL, which are otherwise left out (asking is audited).
+        """
+        if kind not in _EXPORT_KINDS:
+            raise InvalidArgument(f"kind {kind!r}: use register, sandboxes, atrs or lessons")
+        if format is None:
+            format = "markdown" if kind == "lessons" else "json"
+        if format not in _EXPORT_FORMATS:
+            raise InvalidArgument(f"format {format!r}: use json, csv, markdown or html")
+        req = audit_pb2.ExportRequest(
+            kind=_EXPORT_KINDS[kind],
+            format=_EXPORT_FORMATS[format],
+            experiment=_id(experiment) if experiment is not None else "",
+            include_above_official=include_above_official,
+        )
+        if since is not None:
+            req.since.CopyFrom(timestamp_proto(since))
+        if until is not None:
+            req.until.CopyFrom(timestamp_proto(until))
         return b"".join(self._rpc.stream(self._rpc.audit.Export, req, lambda c: bytes(c.data)))
 
     def active_experiments(self) -> List["ActiveExperiment"]:

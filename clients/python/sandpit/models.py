@@ -24,7 +24,9 @@ __all__ = [
     "ExperimentOutcome",
     "Resources",
     "Risk",
+    "RiskUpdate",
     "Approval",
+    "Assessment",
     "ExecResult",
     "FileTransfer",
     "PullProgress",
@@ -185,14 +187,45 @@ class Resources:
 
 
 @dataclass
+class RiskUpdate:
+    """One change or review of a risk: who, their team, when, what changed
+    (``"status open -> mitigated"``; ``"recorded"`` when it was added,
+    ``"reviewed"`` when nothing changed) and why."""
+
+    by: str
+    team: str
+    time: Optional[datetime]
+    changes: str
+    reason: str
+
+    @classmethod
+    def from_proto(cls, m: register_pb2.RiskUpdate) -> "RiskUpdate":
+        return cls(m.by, m.team, to_datetime(m, "time"), m.changes, m.reason)
+
+
+@dataclass
 class Risk:
-    """One risk of an experiment. ``likelihood`` and ``impact``: low, medium or high."""
+    """One risk of an experiment. ``likelihood`` and ``impact``: low, medium or high.
+
+    The daemon sets the rest: ``id`` (r1, r2, ... in the order recorded),
+    ``status`` (open, mitigated, accepted or closed), ``review_by`` (when its
+    next review falls due; None once closed), ``overdue`` (that date has
+    passed) and ``history`` (every change and review, oldest first). When a
+    Risk is given to :meth:`Client.register` only the first five are sent,
+    and only they are compared: a Risk as registered equals the one the
+    daemon answers with.
+    """
 
     description: str
     likelihood: str = ""
     impact: str = ""
     mitigation: str = ""
     owner: str = ""
+    id: str = field(default="", compare=False)
+    status: str = field(default="", compare=False)
+    review_by: Optional[datetime] = field(default=None, compare=False)
+    overdue: bool = field(default=False, compare=False)
+    history: List[RiskUpdate] = field(default_factory=list, compare=False)
 
     @classmethod
     def parse(cls, value: "Risk | str") -> "Risk":
@@ -204,13 +237,26 @@ class Risk:
             from .errors import InvalidArgument
 
             raise InvalidArgument(f"risk {value!r}: expected description;likelihood;impact;mitigation;owner")
-        return cls(*parts)
+        description, likelihood, impact, mitigation, owner = parts
+        return cls(description, likelihood, impact, mitigation, owner)
 
     @classmethod
     def from_proto(cls, m: register_pb2.Risk) -> "Risk":
-        return cls(m.description, m.likelihood, m.impact, m.mitigation, m.owner)
+        return cls(
+            description=m.description,
+            likelihood=m.likelihood,
+            impact=m.impact,
+            mitigation=m.mitigation,
+            owner=m.owner,
+            id=m.id,
+            status=m.status,
+            review_by=to_datetime(m, "review_by"),
+            overdue=m.overdue,
+            history=[RiskUpdate.from_proto(h) for h in m.history],
+        )
 
     def to_proto(self) -> register_pb2.Risk:
+        """What a request carries: description, likelihood, impact, mitigation and owner."""
         return register_pb2.Risk(
             description=self.description,
             likelihood=self.likelihood,
@@ -222,17 +268,38 @@ class Risk:
 
 @dataclass
 class Approval:
-    """An approver's decision on an experiment."""
+    """An approver's decision on an experiment: ``function`` is the one signed
+    for (e.g. data-protection), empty where the classification needs none."""
 
     approver: str
     approver_team: str
     decision: str  # approved or rejected
     conditions: str
     time: Optional[datetime]
+    function: str = ""
 
     @classmethod
     def from_proto(cls, m: register_pb2.Approval) -> "Approval":
-        return cls(m.approver, m.approver_team, m.decision, m.conditions, to_datetime(m, "time"))
+        return cls(m.approver, m.approver_team, m.decision, m.conditions, to_datetime(m, "time"), m.function)
+
+
+@dataclass
+class Assessment:
+    """An impact assessment on record: ``kind`` dpia, equality-impact or
+    security-risk; ``status`` not-started, in-progress, completed or
+    not-required; ``reference`` where it is kept; ``date`` when it was
+    completed (or last changed)."""
+
+    kind: str
+    status: str
+    reference: str
+    date: Optional[datetime]
+    recorded_by: str
+    recorded_at: Optional[datetime]
+
+    @classmethod
+    def from_proto(cls, m: register_pb2.Assessment) -> "Assessment":
+        return cls(m.kind, m.status, m.reference, to_datetime(m, "date"), m.recorded_by, to_datetime(m, "recorded_at"))
 
 
 @dataclass

@@ -306,9 +306,14 @@ class Daemon:
 
 
 def write_config(
-    dir: Path, run: str, image: str, *, identities: bool = True, profiles: Optional[Dict[str, str]] = None
+    dir: Path, run: str, image: str, *, identities: bool = True, profiles: Optional[Dict[str, str]] = None,
+    extra_config: str = "",
 ) -> Path:
-    """The daemon's config (and its profiles directory) under ``dir``."""
+    """The daemon's config (and its profiles directory) under ``dir``.
+
+    ``extra_config`` is TOML appended to it (e.g. a ``[governance]`` policy
+    and more ``[[identities]]``), as the Rust harness's ``Options::governance``.
+    """
     prof_dir = dir / "profiles"
     prof_dir.mkdir(parents=True, exist_ok=True)
     for name, body in (profiles if profiles is not None else _PROFILES).items():
@@ -362,15 +367,16 @@ expiry_warning = "3s"
 shutdown_grace = "3s"
 min_ttl = "1s"
 {ids}
+{extra_config}
 """
     )
     return config
 
 
 def start_daemon(binary: Path, run: str, image: str, *, identities: bool = True,
-                 profiles: Optional[Dict[str, str]] = None) -> Daemon:  # fmt: skip
+                 profiles: Optional[Dict[str, str]] = None, extra_config: str = "") -> Daemon:  # fmt: skip
     dir = Path(tempfile.mkdtemp(prefix=f"sandpit-pytest-{run}-"))
-    config = write_config(dir, run, image, identities=identities, profiles=profiles)
+    config = write_config(dir, run, image, identities=identities, profiles=profiles, extra_config=extra_config)
     d = Daemon(run=run, dir=dir, config=config, image=image)
     try:
         d.start(binary)

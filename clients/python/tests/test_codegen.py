@@ -63,6 +63,10 @@ WRAPPED = {
     "RegisterService/ApproveExperiment": "Client.approve",
     "RegisterService/RejectExperiment": "Client.reject",
     "RegisterService/CloseExperiment": "Client.close_experiment",
+    "RegisterService/AddRisk": "Client.add_risk",
+    "RegisterService/UpdateRisk": "Client.update_risk",  # and Client.review_risk
+    "RegisterService/RecordAssessment": "Client.record_assessment",
+    "RegisterService/UpdateTransparency": "Client.update_transparency",
     "AuditService/QueryAuditLog": "Client.audit_log",
     "AuditService/WatchAuditLog": "Client.watch_audit_log",
     "AuditService/VerifyAuditLog": "Client.verify_audit_log",

@@ -199,8 +199,8 @@ pub fn register_csv(list: &[proto::Experiment]) -> Result<Vec<u8>, Error> {
                     (Some(t), true) => format!("; review OVERDUE since {}", time(Some(t))),
                 };
                 format!(
-                    "{} {} (likelihood {}, impact {}; {}; mitigation: {}; owner: {}{review})",
-                    r.id, r.description, r.likelihood, r.impact, r.status, r.mitigation, r.owner
+                    "{} (likelihood {}, impact {}; mitigation: {}; owner: {}; {} {}{review})",
+                    r.description, r.likelihood, r.impact, r.mitigation, r.owner, r.id, r.status
                 )
             })
             .collect();

@@ -28,17 +28,17 @@ from sandpit._proto.sandpit.v1 import register_pb2 as sandpit_dot_v1_dot_registe
 from sandpit._proto.sandpit.v1 import sandbox_pb2 as sandpit_dot_v1_dot_sandbox__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sandpit/v1/audit.proto\x12\nsandpit.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sandpit/v1/register.proto\x1a\x18sandpit/v1/sandbox.proto\"\x85\x02\n\nAuditEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0e\n\x06target\x18\x06 \x01(\t\x12\x12\n\nexperiment\x18\x07 \x01(\t\x12\x0f\n\x07sandbox\x18\x08 \x01(\t\x12\x0f\n\x07outcome\x18\t \x01(\t\x12\x0c\n\x04\x63ode\x18\n \x01(\t\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x0e\n\x06source\x18\x0c \x01(\t\x12\x11\n\tprev_hash\x18\r \x01(\t\x12\x0c\n\x04hash\x18\x0e \x01(\t\"\xd7\x01\n\x14QueryAuditLogRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x12\n\nexperiment\x18\x04 \x01(\t\x12\x0f\n\x07sandbox\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x11\n\tpage_size\x18\x07 \x01(\r\x12\x12\n\npage_token\x18\x08 \x01(\t\"X\n\x15QueryAuditLogResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.sandpit.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14WatchAuditLogRequest\"A\n\x15VerifyAuditLogRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x14\n\x0cverifier_key\x18\x02 \x01(\t\"\xb9\x01\n\x16VerifyAuditLogResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07records\x18\x02 \x01(\x04\x12\x15\n\rfirst_bad_seq\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\thead_hash\x18\x05 \x01(\t\x12\x17\n\x0f\x63heckpoint_size\x18\x06 \x01(\x04\x12\x19\n\x11\x63heckpoint_origin\x18\x07 \x01(\t\x12\x14\n\x0cverifier_key\x18\x08 \x01(\t\"\x16\n\x14GetCheckpointRequest\"a\n\nCheckpoint\x12\x0c\n\x04note\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x11\n\thead_hash\x18\x04 \x01(\t\x12\x14\n\x0cverifier_key\x18\x05 \x01(\t\"_\n\rExportRequest\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.sandpit.v1.ExportKind\x12(\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x18.sandpit.v1.ExportFormat\"\x1b\n\x0b\x45xportChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x1e\n\x1cListActiveExperimentsRequest\"c\n\rActiveSandbox\x12$\n\x07sandbox\x18\x01 \x01(\x0b\x32\x13.sandpit.v1.Sandbox\x12,\n\ttime_left\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"l\n\x10\x41\x63tiveExperiment\x12*\n\nexperiment\x18\x01 \x01(\x0b\x32\x16.sandpit.v1.Experiment\x12,\n\tsandboxes\x18\x02 \x03(\x0b\x32\x19.sandpit.v1.ActiveSandbox\"R\n\x1dListActiveExperimentsResponse\x12\x31\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x1c.sandpit.v1.ActiveExperiment*e\n\nExportKind\x12\x1b\n\x17\x45XPORT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45XPORT_KIND_REGISTER\x10\x01\x12 \n\x1c\x45XPORT_KIND_ACTIVE_SANDBOXES\x10\x02*\\\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XPORT_FORMAT_JSON\x10\x01\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x02\x32\x83\x04\n\x0c\x41uditService\x12T\n\rQueryAuditLog\x12 .sandpit.v1.QueryAuditLogRequest\x1a!.sandpit.v1.QueryAuditLogResponse\x12K\n\rWatchAuditLog\x12 .sandpit.v1.WatchAuditLogRequest\x1a\x16.sandpit.v1.AuditEvent0\x01\x12W\n\x0eVerifyAuditLog\x12!.sandpit.v1.VerifyAuditLogRequest\x1a\".sandpit.v1.VerifyAuditLogResponse\x12I\n\rGetCheckpoint\x12 .sandpit.v1.GetCheckpointRequest\x1a\x16.sandpit.v1.Checkpoint\x12>\n\x06\x45xport\x12\x19.sandpit.v1.ExportRequest\x1a\x17.sandpit.v1.ExportChunk0\x01\x12l\n\x15ListActiveExperiments\x12(.sandpit.v1.ListActiveExperimentsRequest\x1a).sandpit.v1.ListActiveExperimentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sandpit/v1/audit.proto\x12\nsandpit.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sandpit/v1/register.proto\x1a\x18sandpit/v1/sandbox.proto\"\x85\x02\n\nAuditEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0e\n\x06target\x18\x06 \x01(\t\x12\x12\n\nexperiment\x18\x07 \x01(\t\x12\x0f\n\x07sandbox\x18\x08 \x01(\t\x12\x0f\n\x07outcome\x18\t \x01(\t\x12\x0c\n\x04\x63ode\x18\n \x01(\t\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x0e\n\x06source\x18\x0c \x01(\t\x12\x11\n\tprev_hash\x18\r \x01(\t\x12\x0c\n\x04hash\x18\x0e \x01(\t\"\xd7\x01\n\x14QueryAuditLogRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x12\n\nexperiment\x18\x04 \x01(\t\x12\x0f\n\x07sandbox\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x11\n\tpage_size\x18\x07 \x01(\r\x12\x12\n\npage_token\x18\x08 \x01(\t\"X\n\x15QueryAuditLogResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.sandpit.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14WatchAuditLogRequest\"A\n\x15VerifyAuditLogRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x14\n\x0cverifier_key\x18\x02 \x01(\t\"\xb9\x01\n\x16VerifyAuditLogResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07records\x18\x02 \x01(\x04\x12\x15\n\rfirst_bad_seq\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\thead_hash\x18\x05 \x01(\t\x12\x17\n\x0f\x63heckpoint_size\x18\x06 \x01(\x04\x12\x19\n\x11\x63heckpoint_origin\x18\x07 \x01(\t\x12\x14\n\x0cverifier_key\x18\x08 \x01(\t\"\x16\n\x14GetCheckpointRequest\"a\n\nCheckpoint\x12\x0c\n\x04note\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x11\n\thead_hash\x18\x04 \x01(\t\x12\x14\n\x0cverifier_key\x18\x05 \x01(\t\"\xe9\x01\n\rExportRequest\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.sandpit.v1.ExportKind\x12(\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x18.sandpit.v1.ExportFormat\x12\x12\n\nexperiment\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16include_above_official\x18\x06 \x01(\x08\"\x1b\n\x0b\x45xportChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x1e\n\x1cListActiveExperimentsRequest\"c\n\rActiveSandbox\x12$\n\x07sandbox\x18\x01 \x01(\x0b\x32\x13.sandpit.v1.Sandbox\x12,\n\ttime_left\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"l\n\x10\x41\x63tiveExperiment\x12*\n\nexperiment\x18\x01 \x01(\x0b\x32\x16.sandpit.v1.Experiment\x12,\n\tsandboxes\x18\x02 \x03(\x0b\x32\x19.sandpit.v1.ActiveSandbox\"R\n\x1dListActiveExperimentsResponse\x12\x31\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x1c.sandpit.v1.ActiveExperiment*\x94\x01\n\nExportKind\x12\x1b\n\x17\x45XPORT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45XPORT_KIND_REGISTER\x10\x01\x12 \n\x1c\x45XPORT_KIND_ACTIVE_SANDBOXES\x10\x02\x12\x14\n\x10\x45XPORT_KIND_ATRS\x10\x03\x12\x17\n\x13\x45XPORT_KIND_LESSONS\x10\x04*\x90\x01\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XPORT_FORMAT_JSON\x10\x01\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x02\x12\x1a\n\x16\x45XPORT_FORMAT_MARKDOWN\x10\x03\x12\x16\n\x12\x45XPORT_FORMAT_HTML\x10\x04\x32\x83\x04\n\x0c\x41uditService\x12T\n\rQueryAuditLog\x12 .sandpit.v1.QueryAuditLogRequest\x1a!.sandpit.v1.QueryAuditLogResponse\x12K\n\rWatchAuditLog\x12 .sandpit.v1.WatchAuditLogRequest\x1a\x16.sandpit.v1.AuditEvent0\x01\x12W\n\x0eVerifyAuditLog\x12!.sandpit.v1.VerifyAuditLogRequest\x1a\".sandpit.v1.VerifyAuditLogResponse\x12I\n\rGetCheckpoint\x12 .sandpit.v1.GetCheckpointRequest\x1a\x16.sandpit.v1.Checkpoint\x12>\n\x06\x45xport\x12\x19.sandpit.v1.ExportRequest\x1a\x17.sandpit.v1.ExportChunk0\x01\x12l\n\x15ListActiveExperiments\x12(.sandpit.v1.ListActiveExperimentsRequest\x1a).sandpit.v1.ListActiveExperimentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandpit._proto.sandpit.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXPORTKIND']._serialized_start=1583
-  _globals['_EXPORTKIND']._serialized_end=1684
-  _globals['_EXPORTFORMAT']._serialized_start=1686
-  _globals['_EXPORTFORMAT']._serialized_end=1778
+  _globals['_EXPORTKIND']._serialized_start=1723
+  _globals['_EXPORTKIND']._serialized_end=1871
+  _globals['_EXPORTFORMAT']._serialized_start=1874
+  _globals['_EXPORTFORMAT']._serialized_end=2018
   _globals['_AUDITEVENT']._serialized_start=157
   _globals['_AUDITEVENT']._serialized_end=418
   _globals['_QUERYAUDITLOGREQUEST']._serialized_start=421
@@ -55,18 +55,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCHECKPOINTREQUEST']._serialized_end=1029
   _globals['_CHECKPOINT']._serialized_start=1031
   _globals['_CHECKPOINT']._serialized_end=1128
-  _globals['_EXPORTREQUEST']._serialized_start=1130
-  _globals['_EXPORTREQUEST']._serialized_end=1225
-  _globals['_EXPORTCHUNK']._serialized_start=1227
-  _globals['_EXPORTCHUNK']._serialized_end=1254
-  _globals['_LISTACTIVEEXPERIMENTSREQUEST']._serialized_start=1256
-  _globals['_LISTACTIVEEXPERIMENTSREQUEST']._serialized_end=1286
-  _globals['_ACTIVESANDBOX']._serialized_start=1288
-  _globals['_ACTIVESANDBOX']._serialized_end=1387
-  _globals['_ACTIVEEXPERIMENT']._serialized_start=1389
-  _globals['_ACTIVEEXPERIMENT']._serialized_end=1497
-  _globals['_LISTACTIVEEXPERIMENTSRESPONSE']._serialized_start=1499
-  _globals['_LISTACTIVEEXPERIMENTSRESPONSE']._serialized_end=1581
-  _globals['_AUDITSERVICE']._serialized_start=1781
-  _globals['_AUDITSERVICE']._serialized_end=2296
+  _globals['_EXPORTREQUEST']._serialized_start=1131
+  _globals['_EXPORTREQUEST']._serialized_end=1364
+  _globals['_EXPORTCHUNK']._serialized_start=1366
+  _globals['_EXPORTCHUNK']._serialized_end=1393
+  _globals['_LISTACTIVEEXPERIMENTSREQUEST']._serialized_start=1395
+  _globals['_LISTACTIVEEXPERIMENTSREQUEST']._serialized_end=1425
+  _globals['_ACTIVESANDBOX']._serialized_start=1427
+  _globals['_ACTIVESANDBOX']._serialized_end=1526
+  _globals['_ACTIVEEXPERIMENT']._serialized_start=1528
+  _globals['_ACTIVEEXPERIMENT']._serialized_end=1636
+  _globals['_LISTACTIVEEXPERIMENTSRESPONSE']._serialized_start=1638
+  _globals['_LISTACTIVEEXPERIMENTSRESPONSE']._serialized_end=1720
+  _globals['_AUDITSERVICE']._serialized_start=2021
+  _globals['_AUDITSERVICE']._serialized_end=2536
 # @@protoc_insertion_point(module_scope)

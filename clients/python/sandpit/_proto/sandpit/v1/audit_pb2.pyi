@@ -18,18 +18,26 @@ class ExportKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPORT_KIND_UNSPECIFIED: _ClassVar[ExportKind]
     EXPORT_KIND_REGISTER: _ClassVar[ExportKind]
     EXPORT_KIND_ACTIVE_SANDBOXES: _ClassVar[ExportKind]
+    EXPORT_KIND_ATRS: _ClassVar[ExportKind]
+    EXPORT_KIND_LESSONS: _ClassVar[ExportKind]
 
 class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EXPORT_FORMAT_UNSPECIFIED: _ClassVar[ExportFormat]
     EXPORT_FORMAT_JSON: _ClassVar[ExportFormat]
     EXPORT_FORMAT_CSV: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_MARKDOWN: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_HTML: _ClassVar[ExportFormat]
 EXPORT_KIND_UNSPECIFIED: ExportKind
 EXPORT_KIND_REGISTER: ExportKind
 EXPORT_KIND_ACTIVE_SANDBOXES: ExportKind
+EXPORT_KIND_ATRS: ExportKind
+EXPORT_KIND_LESSONS: ExportKind
 EXPORT_FORMAT_UNSPECIFIED: ExportFormat
 EXPORT_FORMAT_JSON: ExportFormat
 EXPORT_FORMAT_CSV: ExportFormat
+EXPORT_FORMAT_MARKDOWN: ExportFormat
+EXPORT_FORMAT_HTML: ExportFormat
 
 class AuditEvent(_message.Message):
     __slots__ = ("seq", "time", "actor", "role", "action", "target", "experiment", "sandbox", "outcome", "code", "reason", "source", "prev_hash", "hash")
@@ -142,12 +150,20 @@ class Checkpoint(_message.Message):
     def __init__(self, note: _Optional[str] = ..., origin: _Optional[str] = ..., size: _Optional[int] = ..., head_hash: _Optional[str] = ..., verifier_key: _Optional[str] = ...) -> None: ...
 
 class ExportRequest(_message.Message):
-    __slots__ = ("kind", "format")
+    __slots__ = ("kind", "format", "experiment", "since", "until", "include_above_official")
     KIND_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_ABOVE_OFFICIAL_FIELD_NUMBER: _ClassVar[int]
     kind: ExportKind
     format: ExportFormat
-    def __init__(self, kind: _Optional[_Union[ExportKind, str]] = ..., format: _Optional[_Union[ExportFormat, str]] = ...) -> None: ...
+    experiment: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    include_above_official: bool
+    def __init__(self, kind: _Optional[_Union[ExportKind, str]] = ..., format: _Optional[_Union[ExportFormat, str]] = ..., experiment: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., include_above_official: bool = ...) -> None: ...
 
 class ExportChunk(_message.Message):
     __slots__ = ("data",)

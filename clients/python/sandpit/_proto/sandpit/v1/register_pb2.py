@@ -25,35 +25,55 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sandpit/v1/register.proto\x12\nsandpit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n\x04Risk\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x12\n\nlikelihood\x18\x02 \x01(\t\x12\x0e\n\x06impact\x18\x03 \x01(\t\x12\x12\n\nmitigation\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\"\x83\x01\n\x08\x41pproval\x12\x10\n\x08\x61pprover\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65\x63ision\x18\x03 \x01(\t\x12\x12\n\nconditions\x18\x04 \x01(\t\x12\x15\n\rapprover_team\x18\x05 \x01(\t\"\x9c\x04\n\nExperiment\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04team\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x10\n\x08\x61i_tools\x18\x06 \x03(\t\x12\x0e\n\x06models\x18\x07 \x03(\t\x12\x16\n\x0e\x63lassification\x18\x08 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\t \x03(\t\x12\x1f\n\x05risks\x18\n \x03(\x0b\x32\x10.sandpit.v1.Risk\x12,\n\x06status\x18\x0b \x01(\x0e\x32\x1c.sandpit.v1.ExperimentStatus\x12\'\n\tapprovals\x18\x0c \x03(\x0b\x32\x14.sandpit.v1.Approval\x12.\n\x07outcome\x18\r \x01(\x0e\x32\x1d.sandpit.v1.ExperimentOutcome\x12\x16\n\x0elessons_learnt\x18\x0e \x01(\t\x12.\n\ncreated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bplanned_end\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tclosed_by\x18\x12 \x01(\t\x12\x16\n\x0e\x63losed_by_team\x18\x13 \x01(\t\"\xd9\x01\n\x19RegisterExperimentRequest\x12\r\n\x05title\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x10\n\x08\x61i_tools\x18\x03 \x03(\t\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x16\n\x0e\x63lassification\x18\x05 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x06 \x03(\t\x12\x1f\n\x05risks\x18\x07 \x03(\x0b\x32\x10.sandpit.v1.Risk\x12/\n\x0bplanned_end\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\"\n\x14GetExperimentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"T\n\x16ListExperimentsRequest\x12\x0c\n\x04team\x18\x01 \x01(\t\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.sandpit.v1.ExperimentStatus\"F\n\x17ListExperimentsResponse\x12+\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x16.sandpit.v1.Experiment\"9\n\x17\x44\x65\x63ideExperimentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nconditions\x18\x02 \x01(\t\"l\n\x16\x43loseExperimentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.sandpit.v1.ExperimentOutcome\x12\x16\n\x0elessons_learnt\x18\x03 \x01(\t*\xb3\x01\n\x10\x45xperimentStatus\x12!\n\x1d\x45XPERIMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45XPERIMENT_STATUS_PROPOSED\x10\x01\x12\x1e\n\x1a\x45XPERIMENT_STATUS_APPROVED\x10\x02\x12\x1e\n\x1a\x45XPERIMENT_STATUS_REJECTED\x10\x03\x12\x1c\n\x18\x45XPERIMENT_STATUS_CLOSED\x10\x04*\x9a\x01\n\x11\x45xperimentOutcome\x12\"\n\x1e\x45XPERIMENT_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1c\x45XPERIMENT_OUTCOME_SUCCEEDED\x10\x01\x12\x1d\n\x19\x45XPERIMENT_OUTCOME_FAILED\x10\x02\x12 \n\x1c\x45XPERIMENT_OUTCOME_ABANDONED\x10\x03\x32\xff\x03\n\x0fRegisterService\x12S\n\x12RegisterExperiment\x12%.sandpit.v1.RegisterExperimentRequest\x1a\x16.sandpit.v1.Experiment\x12I\n\rGetExperiment\x12 .sandpit.v1.GetExperimentRequest\x1a\x16.sandpit.v1.Experiment\x12Z\n\x0fListExperiments\x12\".sandpit.v1.ListExperimentsRequest\x1a#.sandpit.v1.ListExperimentsResponse\x12P\n\x11\x41pproveExperiment\x12#.sandpit.v1.DecideExperimentRequest\x1a\x16.sandpit.v1.Experiment\x12O\n\x10RejectExperiment\x12#.sandpit.v1.DecideExperimentRequest\x1a\x16.sandpit.v1.Experiment\x12M\n\x0f\x43loseExperiment\x12\".sandpit.v1.CloseExperimentRequest\x1a\x16.sandpit.v1.Experimentb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sandpit/v1/register.proto\x12\nsandpit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x01\n\x04Risk\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x12\n\nlikelihood\x18\x02 \x01(\t\x12\x0e\n\x06impact\x18\x03 \x01(\t\x12\x12\n\nmitigation\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\x12\n\n\x02id\x18\x06 \x01(\t\x12\x0e\n\x06status\x18\x07 \x01(\t\x12-\n\treview_by\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07overdue\x18\t \x01(\x08\x12\'\n\x07history\x18\n \x03(\x0b\x32\x16.sandpit.v1.RiskUpdate\"q\n\nRiskUpdate\x12\n\n\x02\x62y\x18\x01 \x01(\t\x12\x0c\n\x04team\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63hanges\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x95\x01\n\x08\x41pproval\x12\x10\n\x08\x61pprover\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65\x63ision\x18\x03 \x01(\t\x12\x12\n\nconditions\x18\x04 \x01(\t\x12\x15\n\rapprover_team\x18\x05 \x01(\t\x12\x10\n\x08\x66unction\x18\x06 \x01(\t\"\xad\x01\n\nAssessment\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12(\n\x04\x64\x61te\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0brecorded_by\x18\x05 \x01(\t\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x07\n\nExperiment\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04team\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x10\n\x08\x61i_tools\x18\x06 \x03(\t\x12\x0e\n\x06models\x18\x07 \x03(\t\x12\x16\n\x0e\x63lassification\x18\x08 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\t \x03(\t\x12\x1f\n\x05risks\x18\n \x03(\x0b\x32\x10.sandpit.v1.Risk\x12,\n\x06status\x18\x0b \x01(\x0e\x32\x1c.sandpit.v1.ExperimentStatus\x12\'\n\tapprovals\x18\x0c \x03(\x0b\x32\x14.sandpit.v1.Approval\x12.\n\x07outcome\x18\r \x01(\x0e\x32\x1d.sandpit.v1.ExperimentOutcome\x12\x16\n\x0elessons_learnt\x18\x0e \x01(\t\x12.\n\ncreated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bplanned_end\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tclosed_by\x18\x12 \x01(\t\x12\x16\n\x0e\x63losed_by_team\x18\x13 \x01(\t\x12\x1a\n\x12required_functions\x18\x14 \x03(\t\x12\x19\n\x11pending_functions\x18\x15 \x03(\t\x12+\n\x0b\x61ssessments\x18\x16 \x03(\x0b\x32\x16.sandpit.v1.Assessment\x12 \n\x18senior_responsible_owner\x18\x17 \x01(\t\x12\r\n\x05phase\x18\x18 \x01(\t\x12\x10\n\x08\x66unction\x18\x19 \x01(\t\x12\x0e\n\x06region\x18\x1a \x01(\t\x12>\n\x0ctransparency\x18\x1b \x03(\x0b\x32(.sandpit.v1.Experiment.TransparencyEntry\x12\x13\n\x0bwhat_worked\x18\x1c \x01(\t\x12\x14\n\x0cwhat_did_not\x18\x1d \x01(\t\x12\x11\n\tartefacts\x18\x1e \x03(\t\x1a\x33\n\x11TransparencyEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xac\x02\n\x19RegisterExperimentRequest\x12\r\n\x05title\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x10\n\x08\x61i_tools\x18\x03 \x03(\t\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x16\n\x0e\x63lassification\x18\x05 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x06 \x03(\t\x12\x1f\n\x05risks\x18\x07 \x03(\x0b\x32\x10.sandpit.v1.Risk\x12/\n\x0bplanned_end\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x18senior_responsible_owner\x18\t \x01(\t\x12\r\n\x05phase\x18\n \x01(\t\x12\x10\n\x08\x66unction\x18\x0b \x01(\t\x12\x0e\n\x06region\x18\x0c \x01(\t\"\"\n\x14GetExperimentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"T\n\x16ListExperimentsRequest\x12\x0c\n\x04team\x18\x01 \x01(\t\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.sandpit.v1.ExperimentStatus\"F\n\x17ListExperimentsResponse\x12+\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x16.sandpit.v1.Experiment\"K\n\x17\x44\x65\x63ideExperimentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nconditions\x18\x02 \x01(\t\x12\x10\n\x08\x66unction\x18\x03 \x01(\t\"\xaa\x01\n\x16\x43loseExperimentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.sandpit.v1.ExperimentOutcome\x12\x16\n\x0elessons_learnt\x18\x03 \x01(\t\x12\x13\n\x0bwhat_worked\x18\x04 \x01(\t\x12\x14\n\x0cwhat_did_not\x18\x05 \x01(\t\x12\x11\n\tartefacts\x18\x06 \x03(\t\"T\n\x0e\x41\x64\x64RiskRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x1e\n\x04risk\x18\x02 \x01(\x0b\x32\x10.sandpit.v1.Risk\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x9f\x01\n\x11UpdateRiskRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0f\n\x07risk_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nlikelihood\x18\x05 \x01(\t\x12\x0e\n\x06impact\x18\x06 \x01(\t\x12\x12\n\nmitigation\x18\x07 \x01(\t\x12\r\n\x05owner\x18\x08 \x01(\t\"\x88\x01\n\x17RecordAssessmentRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x11\n\treference\x18\x04 \x01(\t\x12(\n\x04\x64\x61te\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x02\n\x19UpdateTransparencyRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12 \n\x18senior_responsible_owner\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x10\n\x08\x66unction\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12M\n\x0ctransparency\x18\x06 \x03(\x0b\x32\x37.sandpit.v1.UpdateTransparencyRequest.TransparencyEntry\x1a\x33\n\x11TransparencyEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xb3\x01\n\x10\x45xperimentStatus\x12!\n\x1d\x45XPERIMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45XPERIMENT_STATUS_PROPOSED\x10\x01\x12\x1e\n\x1a\x45XPERIMENT_STATUS_APPROVED\x10\x02\x12\x1e\n\x1a\x45XPERIMENT_STATUS_REJECTED\x10\x03\x12\x1c\n\x18\x45XPERIMENT_STATUS_CLOSED\x10\x04*\x9a\x01\n\x11\x45xperimentOutcome\x12\"\n\x1e\x45XPERIMENT_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1c\x45XPERIMENT_OUTCOME_SUCCEEDED\x10\x01\x12\x1d\n\x19\x45XPERIMENT_OUTCOME_FAILED\x10\x02\x12 \n\x1c\x45XPERIMENT_OUTCOME_ABANDONED\x10\x03\x32\xa9\x06\n\x0fRegisterService\x12S\n\x12RegisterExperiment\x12%.sandpit.v1.RegisterExperimentRequest\x1a\x16.sandpit.v1.Experiment\x12I\n\rGetExperiment\x12 .sandpit.v1.GetExperimentRequest\x1a\x16.sandpit.v1.Experiment\x12Z\n\x0fListExperiments\x12\".sandpit.v1.ListExperimentsRequest\x1a#.sandpit.v1.ListExperimentsResponse\x12P\n\x11\x41pproveExperiment\x12#.sandpit.v1.DecideExperimentRequest\x1a\x16.sandpit.v1.Experiment\x12O\n\x10RejectExperiment\x12#.sandpit.v1.DecideExperimentRequest\x1a\x16.sandpit.v1.Experiment\x12M\n\x0f\x43loseExperiment\x12\".sandpit.v1.CloseExperimentRequest\x1a\x16.sandpit.v1.Experiment\x12=\n\x07\x41\x64\x64Risk\x12\x1a.sandpit.v1.AddRiskRequest\x1a\x16.sandpit.v1.Experiment\x12\x43\n\nUpdateRisk\x12\x1d.sandpit.v1.UpdateRiskRequest\x1a\x16.sandpit.v1.Experiment\x12O\n\x10RecordAssessment\x12#.sandpit.v1.RecordAssessmentRequest\x1a\x16.sandpit.v1.Experiment\x12S\n\x12UpdateTransparency\x12%.sandpit.v1.UpdateTransparencyRequest\x1a\x16.sandpit.v1.Experimentb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandpit._proto.sandpit.v1.register_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXPERIMENTSTATUS']._serialized_start=1435
-  _globals['_EXPERIMENTSTATUS']._serialized_end=1614
-  _globals['_EXPERIMENTOUTCOME']._serialized_start=1617
-  _globals['_EXPERIMENTOUTCOME']._serialized_end=1771
-  _globals['_RISK']._serialized_start=74
-  _globals['_RISK']._serialized_end=172
-  _globals['_APPROVAL']._serialized_start=175
-  _globals['_APPROVAL']._serialized_end=306
-  _globals['_EXPERIMENT']._serialized_start=309
-  _globals['_EXPERIMENT']._serialized_end=849
-  _globals['_REGISTEREXPERIMENTREQUEST']._serialized_start=852
-  _globals['_REGISTEREXPERIMENTREQUEST']._serialized_end=1069
-  _globals['_GETEXPERIMENTREQUEST']._serialized_start=1071
-  _globals['_GETEXPERIMENTREQUEST']._serialized_end=1105
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=1107
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=1191
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=1193
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=1263
-  _globals['_DECIDEEXPERIMENTREQUEST']._serialized_start=1265
-  _globals['_DECIDEEXPERIMENTREQUEST']._serialized_end=1322
-  _globals['_CLOSEEXPERIMENTREQUEST']._serialized_start=1324
-  _globals['_CLOSEEXPERIMENTREQUEST']._serialized_end=1432
-  _globals['_REGISTERSERVICE']._serialized_start=1774
-  _globals['_REGISTERSERVICE']._serialized_end=2285
+  _globals['_EXPERIMENT_TRANSPARENCYENTRY']._loaded_options = None
+  _globals['_EXPERIMENT_TRANSPARENCYENTRY']._serialized_options = b'8\001'
+  _globals['_UPDATETRANSPARENCYREQUEST_TRANSPARENCYENTRY']._loaded_options = None
+  _globals['_UPDATETRANSPARENCYREQUEST_TRANSPARENCYENTRY']._serialized_options = b'8\001'
+  _globals['_EXPERIMENTSTATUS']._serialized_start=3056
+  _globals['_EXPERIMENTSTATUS']._serialized_end=3235
+  _globals['_EXPERIMENTOUTCOME']._serialized_start=3238
+  _globals['_EXPERIMENTOUTCOME']._serialized_end=3392
+  _globals['_RISK']._serialized_start=75
+  _globals['_RISK']._serialized_end=306
+  _globals['_RISKUPDATE']._serialized_start=308
+  _globals['_RISKUPDATE']._serialized_end=421
+  _globals['_APPROVAL']._serialized_start=424
+  _globals['_APPROVAL']._serialized_end=573
+  _globals['_ASSESSMENT']._serialized_start=576
+  _globals['_ASSESSMENT']._serialized_end=749
+  _globals['_EXPERIMENT']._serialized_start=752
+  _globals['_EXPERIMENT']._serialized_end=1654
+  _globals['_EXPERIMENT_TRANSPARENCYENTRY']._serialized_start=1603
+  _globals['_EXPERIMENT_TRANSPARENCYENTRY']._serialized_end=1654
+  _globals['_REGISTEREXPERIMENTREQUEST']._serialized_start=1657
+  _globals['_REGISTEREXPERIMENTREQUEST']._serialized_end=1957
+  _globals['_GETEXPERIMENTREQUEST']._serialized_start=1959
+  _globals['_GETEXPERIMENTREQUEST']._serialized_end=1993
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=1995
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=2079
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=2081
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=2151
+  _globals['_DECIDEEXPERIMENTREQUEST']._serialized_start=2153
+  _globals['_DECIDEEXPERIMENTREQUEST']._serialized_end=2228
+  _globals['_CLOSEEXPERIMENTREQUEST']._serialized_start=2231
+  _globals['_CLOSEEXPERIMENTREQUEST']._serialized_end=2401
+  _globals['_ADDRISKREQUEST']._serialized_start=2403
+  _globals['_ADDRISKREQUEST']._serialized_end=2487
+  _globals['_UPDATERISKREQUEST']._serialized_start=2490
+  _globals['_UPDATERISKREQUEST']._serialized_end=2649
+  _globals['_RECORDASSESSMENTREQUEST']._serialized_start=2652
+  _globals['_RECORDASSESSMENTREQUEST']._serialized_end=2788
+  _globals['_UPDATETRANSPARENCYREQUEST']._serialized_start=2791
+  _globals['_UPDATETRANSPARENCYREQUEST']._serialized_end=3053
+  _globals['_UPDATETRANSPARENCYREQUEST_TRANSPARENCYENTRY']._serialized_start=1603
+  _globals['_UPDATETRANSPARENCYREQUEST_TRANSPARENCYENTRY']._serialized_end=1654
+  _globals['_REGISTERSERVICE']._serialized_start=3395
+  _globals['_REGISTERSERVICE']._serialized_end=4204
 # @@protoc_insertion_point(module_scope)

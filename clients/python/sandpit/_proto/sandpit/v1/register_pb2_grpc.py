@@ -66,6 +66,26 @@ class RegisterServiceStub(object):
                 request_serializer=sandpit_dot_v1_dot_register__pb2.CloseExperimentRequest.SerializeToString,
                 response_deserializer=sandpit_dot_v1_dot_register__pb2.Experiment.FromString,
                 _registered_method=True)
+        self.AddRisk = channel.unary_unary(
+                '/sandpit.v1.RegisterService/AddRisk',
+                request_serializer=sandpit_dot_v1_dot_register__pb2.AddRiskRequest.SerializeToString,
+                response_deserializer=sandpit_dot_v1_dot_register__pb2.Experiment.FromString,
+                _registered_method=True)
+        self.UpdateRisk = channel.unary_unary(
+                '/sandpit.v1.RegisterService/UpdateRisk',
+                request_serializer=sandpit_dot_v1_dot_register__pb2.UpdateRiskRequest.SerializeToString,
+                response_deserializer=sandpit_dot_v1_dot_register__pb2.Experiment.FromString,
+                _registered_method=True)
+        self.RecordAssessment = channel.unary_unary(
+                '/sandpit.v1.RegisterService/RecordAssessment',
+                request_serializer=sandpit_dot_v1_dot_register__pb2.RecordAssessmentRequest.SerializeToString,
+                response_deserializer=sandpit_dot_v1_dot_register__pb2.Experiment.FromString,
+                _registered_method=True)
+        self.UpdateTransparency = channel.unary_unary(
+                '/sandpit.v1.RegisterService/UpdateTransparency',
+                request_serializer=sandpit_dot_v1_dot_register__pb2.UpdateTransparencyRequest.SerializeToString,
+                response_deserializer=sandpit_dot_v1_dot_register__pb2.Experiment.FromString,
+                _registered_method=True)
 
 
 class RegisterServiceServicer(object):
@@ -110,6 +130,36 @@ class RegisterServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddRisk(self, request, context):
+        """Risks that live: add one, or update or review one (every call is a
+        review: it records who, when, what changed and why, and sets the next
+        review date from the risk's impact).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRisk(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordAssessment(self, request, context):
+        """Records an impact assessment (DPIA, equality impact, security risk),
+        replacing the one of the same kind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTransparency(self, request, context):
+        """Sets the transparency fields the register keeps for the ATRS record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegisterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +191,26 @@ def add_RegisterServiceServicer_to_server(servicer, server):
             'CloseExperiment': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseExperiment,
                     request_deserializer=sandpit_dot_v1_dot_register__pb2.CloseExperimentRequest.FromString,
+                    response_serializer=sandpit_dot_v1_dot_register__pb2.Experiment.SerializeToString,
+            ),
+            'AddRisk': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddRisk,
+                    request_deserializer=sandpit_dot_v1_dot_register__pb2.AddRiskRequest.FromString,
+                    response_serializer=sandpit_dot_v1_dot_register__pb2.Experiment.SerializeToString,
+            ),
+            'UpdateRisk': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRisk,
+                    request_deserializer=sandpit_dot_v1_dot_register__pb2.UpdateRiskRequest.FromString,
+                    response_serializer=sandpit_dot_v1_dot_register__pb2.Experiment.SerializeToString,
+            ),
+            'RecordAssessment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordAssessment,
+                    request_deserializer=sandpit_dot_v1_dot_register__pb2.RecordAssessmentRequest.FromString,
+                    response_serializer=sandpit_dot_v1_dot_register__pb2.Experiment.SerializeToString,
+            ),
+            'UpdateTransparency': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTransparency,
+                    request_deserializer=sandpit_dot_v1_dot_register__pb2.UpdateTransparencyRequest.FromString,
                     response_serializer=sandpit_dot_v1_dot_register__pb2.Experiment.SerializeToString,
             ),
     }
@@ -307,6 +377,114 @@ class RegisterService(object):
             target,
             '/sandpit.v1.RegisterService/CloseExperiment',
             sandpit_dot_v1_dot_register__pb2.CloseExperimentRequest.SerializeToString,
+            sandpit_dot_v1_dot_register__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddRisk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandpit.v1.RegisterService/AddRisk',
+            sandpit_dot_v1_dot_register__pb2.AddRiskRequest.SerializeToString,
+            sandpit_dot_v1_dot_register__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRisk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandpit.v1.RegisterService/UpdateRisk',
+            sandpit_dot_v1_dot_register__pb2.UpdateRiskRequest.SerializeToString,
+            sandpit_dot_v1_dot_register__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordAssessment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandpit.v1.RegisterService/RecordAssessment',
+            sandpit_dot_v1_dot_register__pb2.RecordAssessmentRequest.SerializeToString,
+            sandpit_dot_v1_dot_register__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTransparency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandpit.v1.RegisterService/UpdateTransparency',
+            sandpit_dot_v1_dot_register__pb2.UpdateTransparencyRequest.SerializeToString,
             sandpit_dot_v1_dot_register__pb2.Experiment.FromString,
             options,
             channel_credentials,
