@@ -513,6 +513,8 @@ class Profile:
     isolation: str
     unavailable: str
     port_forward_ports: List[int]
+    #: Creates wait while a risk of at least this impact is overdue for review ("": the host's threshold alone).
+    refuse_overdue_risk: str = ""
     raw: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -542,6 +544,7 @@ class Profile:
             isolation=m.isolation,
             unavailable=m.unavailable,
             port_forward_ports=list(m.port_forward_ports),
+            refuse_overdue_risk=m.refuse_overdue_risk,
             raw=m,
         )
 

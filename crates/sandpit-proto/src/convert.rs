@@ -587,6 +587,7 @@ impl From<&Profile> for proto::Profile {
             description: p.description.clone(),
             max_classification: p.max_classification.to_string(),
             requires_approval: p.requires_approval,
+            refuse_overdue_risk: p.refuse_overdue_risk.map(|l| l.as_str().to_string()).unwrap_or_default(),
             images: p.images.clone(),
             command: p.command.clone(),
             resources: Some(proto::ProfileResources {

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sandpit/v1/profile.proto\x12\nsandpit.v1\x1a\x1egoogle/protobuf/duration.proto\"\xc7\x03\n\x07Profile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1a\n\x12max_classification\x18\x03 \x01(\t\x12\x19\n\x11requires_approval\x18\x04 \x01(\x08\x12\x0e\n\x06images\x18\x05 \x03(\t\x12\x0f\n\x07\x63ommand\x18\x06 \x03(\t\x12/\n\tresources\x18\x07 \x01(\x0b\x32\x1c.sandpit.v1.ProfileResources\x12-\n\x08lifetime\x18\x08 \x01(\x0b\x32\x1b.sandpit.v1.ProfileLifetime\x12+\n\x07network\x18\t \x01(\x0b\x32\x1a.sandpit.v1.ProfileNetwork\x12\x10\n\x08\x64\x61tasets\x18\n \x03(\t\x12\x36\n\rfile_transfer\x18\x0b \x01(\x0b\x32\x1f.sandpit.v1.ProfileFileTransfer\x12\x16\n\x0ewarm_pool_size\x18\x0c \x01(\r\x12\x0e\n\x06source\x18\r \x01(\t\x12\x11\n\tisolation\x18\x0e \x01(\t\x12\x13\n\x0bunavailable\x18\x0f \x01(\t\x12\x1a\n\x12port_forward_ports\x18\x10 \x03(\r\"Y\n\x10ProfileResources\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04pids\x18\x03 \x01(\x03\x12\x13\n\x0btmpfs_bytes\x18\x04 \x01(\x03\"\x9e\x01\n\x0fProfileLifetime\x12.\n\x0b\x64\x65\x66\x61ult_ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07max_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cmax_lifetime\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x0eProfileNetwork\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12&\n\x05\x61llow\x18\x02 \x03(\x0b\x32\x17.sandpit.v1.Destination\"<\n\x0b\x44\x65stination\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x11\n\tresidency\x18\x03 \x01(\t\"W\n\x13ProfileFileTransfer\x12\x0f\n\x07\x63opy_in\x18\x01 \x01(\x08\x12\x10\n\x08\x63opy_out\x18\x02 \x01(\x08\x12\x1d\n\x15max_exec_output_bytes\x18\x03 \x01(\x04\"\x15\n\x13ListProfilesRequest\"=\n\x14ListProfilesResponse\x12%\n\x08profiles\x18\x01 \x03(\x0b\x32\x13.sandpit.v1.Profile\"!\n\x11GetProfileRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x16ValidateProfileRequest\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\";\n\x0cProfileError\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"x\n\x17ValidateProfileResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12(\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x18.sandpit.v1.ProfileError\x12$\n\x07profile\x18\x03 \x01(\x0b\x32\x13.sandpit.v1.Profile\"\x17\n\x15ReloadProfilesRequest\"c\n\x16ReloadProfilesResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0e\n\x06loaded\x18\x02 \x03(\t\x12(\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x18.sandpit.v1.ProfileError\"\x12\n\x10ListPoolsRequest\"[\n\nPoolStatus\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\r\x12\x0c\n\x04warm\x18\x03 \x01(\r\x12\x0e\n\x06\x63laims\x18\x04 \x01(\x04\x12\x0e\n\x06misses\x18\x05 \x01(\x04\":\n\x11ListPoolsResponse\x12%\n\x05pools\x18\x01 \x03(\x0b\x32\x16.sandpit.v1.PoolStatus2\xa4\x03\n\x0eProfileService\x12Q\n\x0cListProfiles\x12\x1f.sandpit.v1.ListProfilesRequest\x1a .sandpit.v1.ListProfilesResponse\x12@\n\nGetProfile\x12\x1d.sandpit.v1.GetProfileRequest\x1a\x13.sandpit.v1.Profile\x12Z\n\x0fValidateProfile\x12\".sandpit.v1.ValidateProfileRequest\x1a#.sandpit.v1.ValidateProfileResponse\x12W\n\x0eReloadProfiles\x12!.sandpit.v1.ReloadProfilesRequest\x1a\".sandpit.v1.ReloadProfilesResponse\x12H\n\tListPools\x12\x1c.sandpit.v1.ListPoolsRequest\x1a\x1d.sandpit.v1.ListPoolsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sandpit/v1/profile.proto\x12\nsandpit.v1\x1a\x1egoogle/protobuf/duration.proto\"\xe4\x03\n\x07Profile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1a\n\x12max_classification\x18\x03 \x01(\t\x12\x19\n\x11requires_approval\x18\x04 \x01(\x08\x12\x0e\n\x06images\x18\x05 \x03(\t\x12\x0f\n\x07\x63ommand\x18\x06 \x03(\t\x12/\n\tresources\x18\x07 \x01(\x0b\x32\x1c.sandpit.v1.ProfileResources\x12-\n\x08lifetime\x18\x08 \x01(\x0b\x32\x1b.sandpit.v1.ProfileLifetime\x12+\n\x07network\x18\t \x01(\x0b\x32\x1a.sandpit.v1.ProfileNetwork\x12\x10\n\x08\x64\x61tasets\x18\n \x03(\t\x12\x36\n\rfile_transfer\x18\x0b \x01(\x0b\x32\x1f.sandpit.v1.ProfileFileTransfer\x12\x16\n\x0ewarm_pool_size\x18\x0c \x01(\r\x12\x0e\n\x06source\x18\r \x01(\t\x12\x11\n\tisolation\x18\x0e \x01(\t\x12\x13\n\x0bunavailable\x18\x0f \x01(\t\x12\x1a\n\x12port_forward_ports\x18\x10 \x03(\r\x12\x1b\n\x13refuse_overdue_risk\x18\x11 \x01(\t\"Y\n\x10ProfileResources\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04pids\x18\x03 \x01(\x03\x12\x13\n\x0btmpfs_bytes\x18\x04 \x01(\x03\"\x9e\x01\n\x0fProfileLifetime\x12.\n\x0b\x64\x65\x66\x61ult_ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07max_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cmax_lifetime\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x0eProfileNetwork\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12&\n\x05\x61llow\x18\x02 \x03(\x0b\x32\x17.sandpit.v1.Destination\"<\n\x0b\x44\x65stination\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x11\n\tresidency\x18\x03 \x01(\t\"W\n\x13ProfileFileTransfer\x12\x0f\n\x07\x63opy_in\x18\x01 \x01(\x08\x12\x10\n\x08\x63opy_out\x18\x02 \x01(\x08\x12\x1d\n\x15max_exec_output_bytes\x18\x03 \x01(\x04\"\x15\n\x13ListProfilesRequest\"=\n\x14ListProfilesResponse\x12%\n\x08profiles\x18\x01 \x03(\x0b\x32\x13.sandpit.v1.Profile\"!\n\x11GetProfileRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x16ValidateProfileRequest\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\";\n\x0cProfileError\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"x\n\x17ValidateProfileResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12(\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x18.sandpit.v1.ProfileError\x12$\n\x07profile\x18\x03 \x01(\x0b\x32\x13.sandpit.v1.Profile\"\x17\n\x15ReloadProfilesRequest\"c\n\x16ReloadProfilesResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0e\n\x06loaded\x18\x02 \x03(\t\x12(\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x18.sandpit.v1.ProfileError\"\x12\n\x10ListPoolsRequest\"[\n\nPoolStatus\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\r\x12\x0c\n\x04warm\x18\x03 \x01(\r\x12\x0e\n\x06\x63laims\x18\x04 \x01(\x04\x12\x0e\n\x06misses\x18\x05 \x01(\x04\":\n\x11ListPoolsResponse\x12%\n\x05pools\x18\x01 \x03(\x0b\x32\x16.sandpit.v1.PoolStatus2\xa4\x03\n\x0eProfileService\x12Q\n\x0cListProfiles\x12\x1f.sandpit.v1.ListProfilesRequest\x1a .sandpit.v1.ListProfilesResponse\x12@\n\nGetProfile\x12\x1d.sandpit.v1.GetProfileRequest\x1a\x13.sandpit.v1.Profile\x12Z\n\x0fValidateProfile\x12\".sandpit.v1.ValidateProfileRequest\x1a#.sandpit.v1.ValidateProfileResponse\x12W\n\x0eReloadProfiles\x12!.sandpit.v1.ReloadProfilesRequest\x1a\".sandpit.v1.ReloadProfilesResponse\x12H\n\tListPools\x12\x1c.sandpit.v1.ListPoolsRequest\x1a\x1d.sandpit.v1.ListPoolsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,39 +33,39 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandpit._proto.sandpit.v1.p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROFILE']._serialized_start=73
-  _globals['_PROFILE']._serialized_end=528
-  _globals['_PROFILERESOURCES']._serialized_start=530
-  _globals['_PROFILERESOURCES']._serialized_end=619
-  _globals['_PROFILELIFETIME']._serialized_start=622
-  _globals['_PROFILELIFETIME']._serialized_end=780
-  _globals['_PROFILENETWORK']._serialized_start=782
-  _globals['_PROFILENETWORK']._serialized_end=852
-  _globals['_DESTINATION']._serialized_start=854
-  _globals['_DESTINATION']._serialized_end=914
-  _globals['_PROFILEFILETRANSFER']._serialized_start=916
-  _globals['_PROFILEFILETRANSFER']._serialized_end=1003
-  _globals['_LISTPROFILESREQUEST']._serialized_start=1005
-  _globals['_LISTPROFILESREQUEST']._serialized_end=1026
-  _globals['_LISTPROFILESRESPONSE']._serialized_start=1028
-  _globals['_LISTPROFILESRESPONSE']._serialized_end=1089
-  _globals['_GETPROFILEREQUEST']._serialized_start=1091
-  _globals['_GETPROFILEREQUEST']._serialized_end=1124
-  _globals['_VALIDATEPROFILEREQUEST']._serialized_start=1126
-  _globals['_VALIDATEPROFILEREQUEST']._serialized_end=1186
-  _globals['_PROFILEERROR']._serialized_start=1188
-  _globals['_PROFILEERROR']._serialized_end=1247
-  _globals['_VALIDATEPROFILERESPONSE']._serialized_start=1249
-  _globals['_VALIDATEPROFILERESPONSE']._serialized_end=1369
-  _globals['_RELOADPROFILESREQUEST']._serialized_start=1371
-  _globals['_RELOADPROFILESREQUEST']._serialized_end=1394
-  _globals['_RELOADPROFILESRESPONSE']._serialized_start=1396
-  _globals['_RELOADPROFILESRESPONSE']._serialized_end=1495
-  _globals['_LISTPOOLSREQUEST']._serialized_start=1497
-  _globals['_LISTPOOLSREQUEST']._serialized_end=1515
-  _globals['_POOLSTATUS']._serialized_start=1517
-  _globals['_POOLSTATUS']._serialized_end=1608
-  _globals['_LISTPOOLSRESPONSE']._serialized_start=1610
-  _globals['_LISTPOOLSRESPONSE']._serialized_end=1668
-  _globals['_PROFILESERVICE']._serialized_start=1671
-  _globals['_PROFILESERVICE']._serialized_end=2091
+  _globals['_PROFILE']._serialized_end=557
+  _globals['_PROFILERESOURCES']._serialized_start=559
+  _globals['_PROFILERESOURCES']._serialized_end=648
+  _globals['_PROFILELIFETIME']._serialized_start=651
+  _globals['_PROFILELIFETIME']._serialized_end=809
+  _globals['_PROFILENETWORK']._serialized_start=811
+  _globals['_PROFILENETWORK']._serialized_end=881
+  _globals['_DESTINATION']._serialized_start=883
+  _globals['_DESTINATION']._serialized_end=943
+  _globals['_PROFILEFILETRANSFER']._serialized_start=945
+  _globals['_PROFILEFILETRANSFER']._serialized_end=1032
+  _globals['_LISTPROFILESREQUEST']._serialized_start=1034
+  _globals['_LISTPROFILESREQUEST']._serialized_end=1055
+  _globals['_LISTPROFILESRESPONSE']._serialized_start=1057
+  _globals['_LISTPROFILESRESPONSE']._serialized_end=1118
+  _globals['_GETPROFILEREQUEST']._serialized_start=1120
+  _globals['_GETPROFILEREQUEST']._serialized_end=1153
+  _globals['_VALIDATEPROFILEREQUEST']._serialized_start=1155
+  _globals['_VALIDATEPROFILEREQUEST']._serialized_end=1215
+  _globals['_PROFILEERROR']._serialized_start=1217
+  _globals['_PROFILEERROR']._serialized_end=1276
+  _globals['_VALIDATEPROFILERESPONSE']._serialized_start=1278
+  _globals['_VALIDATEPROFILERESPONSE']._serialized_end=1398
+  _globals['_RELOADPROFILESREQUEST']._serialized_start=1400
+  _globals['_RELOADPROFILESREQUEST']._serialized_end=1423
+  _globals['_RELOADPROFILESRESPONSE']._serialized_start=1425
+  _globals['_RELOADPROFILESRESPONSE']._serialized_end=1524
+  _globals['_LISTPOOLSREQUEST']._serialized_start=1526
+  _globals['_LISTPOOLSREQUEST']._serialized_end=1544
+  _globals['_POOLSTATUS']._serialized_start=1546
+  _globals['_POOLSTATUS']._serialized_end=1637
+  _globals['_LISTPOOLSRESPONSE']._serialized_start=1639
+  _globals['_LISTPOOLSRESPONSE']._serialized_end=1697
+  _globals['_PROFILESERVICE']._serialized_start=1700
+  _globals['_PROFILESERVICE']._serialized_end=2120
 # @@protoc_insertion_point(module_scope)

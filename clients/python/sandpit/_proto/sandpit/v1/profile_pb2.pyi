@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Profile(_message.Message):
-    __slots__ = ("name", "description", "max_classification", "requires_approval", "images", "command", "resources", "lifetime", "network", "datasets", "file_transfer", "warm_pool_size", "source", "isolation", "unavailable", "port_forward_ports")
+    __slots__ = ("name", "description", "max_classification", "requires_approval", "images", "command", "resources", "lifetime", "network", "datasets", "file_transfer", "warm_pool_size", "source", "isolation", "unavailable", "port_forward_ports", "refuse_overdue_risk")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MAX_CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class Profile(_message.Message):
     ISOLATION_FIELD_NUMBER: _ClassVar[int]
     UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     PORT_FORWARD_PORTS_FIELD_NUMBER: _ClassVar[int]
+    REFUSE_OVERDUE_RISK_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     max_classification: str
@@ -43,7 +44,8 @@ class Profile(_message.Message):
     isolation: str
     unavailable: str
     port_forward_ports: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., max_classification: _Optional[str] = ..., requires_approval: bool = ..., images: _Optional[_Iterable[str]] = ..., command: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[ProfileResources, _Mapping]] = ..., lifetime: _Optional[_Union[ProfileLifetime, _Mapping]] = ..., network: _Optional[_Union[ProfileNetwork, _Mapping]] = ..., datasets: _Optional[_Iterable[str]] = ..., file_transfer: _Optional[_Union[ProfileFileTransfer, _Mapping]] = ..., warm_pool_size: _Optional[int] = ..., source: _Optional[str] = ..., isolation: _Optional[str] = ..., unavailable: _Optional[str] = ..., port_forward_ports: _Optional[_Iterable[int]] = ...) -> None: ...
+    refuse_overdue_risk: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., max_classification: _Optional[str] = ..., requires_approval: bool = ..., images: _Optional[_Iterable[str]] = ..., command: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[ProfileResources, _Mapping]] = ..., lifetime: _Optional[_Union[ProfileLifetime, _Mapping]] = ..., network: _Optional[_Union[ProfileNetwork, _Mapping]] = ..., datasets: _Optional[_Iterable[str]] = ..., file_transfer: _Optional[_Union[ProfileFileTransfer, _Mapping]] = ..., warm_pool_size: _Optional[int] = ..., source: _Optional[str] = ..., isolation: _Optional[str] = ..., unavailable: _Optional[str] = ..., port_forward_ports: _Optional[_Iterable[int]] = ..., refuse_overdue_risk: _Optional[str] = ...) -> None: ...
 
 class ProfileResources(_message.Message):
     __slots__ = ("cpus", "memory_bytes", "pids", "tmpfs_bytes")
