@@ -324,6 +324,18 @@ async fn two_hundred_isolated_sandboxes_then_all_removed_with_their_networks() {
     assert_eq!(subnets.len(), N, "every sandbox its own network");
     let live = c.clone().list_sandboxes(proto::ListSandboxesRequest::default()).await.unwrap().into_inner();
     assert_eq!(live.sandboxes.iter().filter(|s| state(s) == SandboxState::Running).count(), N);
+    // Creates that raced each other left one consistent rule set: a hook
+    // per network into the host chain and the forward chain, no more.
+    let labels = docker().await.inspect_container(&created[0].container_id, None).await.unwrap().config.unwrap();
+    let short = labels.labels.unwrap()["sandpit.instance"][..12].to_string();
+    let rules = rules_of(&short);
+    let hooks = |chain: &str, prefix: &str| {
+        let target = format!("-j {prefix}{short}");
+        rules.iter().filter(|l| l.starts_with(&format!("-A {chain} -s ")) && l.ends_with(&target)).count()
+    };
+    assert_eq!(hooks("INPUT", "SANDPIT-"), N, "{rules:#?}");
+    let forward = if rules.iter().any(|l| l.starts_with("-A DOCKER-USER ")) { "DOCKER-USER" } else { "FORWARD" };
+    assert_eq!(hooks(forward, "SANDPITF-"), N, "{rules:#?}");
 
     let deleted: Vec<proto::Sandbox> = futures_util::stream::iter(created.iter().map(|s| s.id.clone()))
         .map(|id| {
@@ -338,6 +350,14 @@ async fn two_hundred_isolated_sandboxes_then_all_removed_with_their_networks() {
     let filters = HashMap::from([("label".to_string(), vec![format!("{TEST_RUN_LABEL}={}", d.run)])]);
     let opts = bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&filters).build();
     assert!(docker().await.list_networks(Some(opts)).await.unwrap().is_empty(), "every network removed");
+    assert!(rules_of(&short).is_empty() && chains_left(&short).is_empty(), "the rules went with the networks");
+    // Each network came and went through the firewall; changes that met
+    // waiting for it went in one transaction (how many met depends on timing).
+    let m = d.scrape().await;
+    let (transactions, changes) =
+        (m.get("sandpit_firewall_transactions_total", &[]), m.get("sandpit_firewall_changes_total", &[]));
+    assert!(changes >= (2 * N) as f64 && transactions >= 1.0 && transactions <= changes, "{transactions} / {changes}");
+    eprintln!("firewall: {changes} network changes in {transactions} transactions");
 }
 
 /// A TCP connection from inside the sandbox to `host:port`: `Ok` when

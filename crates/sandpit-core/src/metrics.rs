@@ -123,6 +123,8 @@ pub struct Metrics {
     audit_chain_ok: Family<Unlabelled, Gauge>,
     checkpoints: Counter,
     egress_strangers: Counter,
+    firewall_transactions: Counter,
+    firewall_changes: Counter,
 }
 
 /// Registers `metric` with `help` as written: prometheus-client ends every
@@ -154,6 +156,8 @@ impl Metrics {
             audit_chain_ok: Family::default(),
             checkpoints: Counter::default(),
             egress_strangers: Counter::default(),
+            firewall_transactions: Counter::default(),
+            firewall_changes: Counter::default(),
         };
         // The metrics share their state with the clones registered here.
         let mut r = Registry::default();
@@ -197,6 +201,18 @@ impl Metrics {
             "sandpit_egress_refused_strangers",
             "Connections to the egress proxy from sources that are no allowlist sandbox, closed unread and unaudited.",
             m.egress_strangers.clone(),
+        );
+        register(
+            &mut r,
+            "sandpit_firewall_transactions",
+            "Host firewall transactions (one iptables-restore each) made for sandbox networks coming and going.",
+            m.firewall_transactions.clone(),
+        );
+        register(
+            &mut r,
+            "sandpit_firewall_changes",
+            "Sandbox network changes (made or removed) applied to the host firewall; above sandpit_firewall_transactions when changes were batched.",
+            m.firewall_changes.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -251,6 +267,12 @@ impl Metrics {
     /// A refusal was counted into its window's summary record instead of being recorded alone.
     pub fn refusal_summarised(&self) {
         self.refusals_summarised.inc();
+    }
+
+    /// One host firewall transaction applied `changes` network changes.
+    pub fn firewall_transaction(&self, changes: usize) {
+        self.firewall_transactions.inc();
+        self.firewall_changes.inc_by(changes as u64);
     }
 
     /// The egress proxy closed a connection from a source that is no allowlist sandbox.

@@ -542,9 +542,27 @@ pub struct Firewall {
     names: Names,
     egress_port: u16,
     pool: Ipv4Net,
-    /// Serialises changes: each is read, planned and applied whole.
+    /// Serialises transactions: each is read, planned and applied whole.
     state: tokio::sync::Mutex<State>,
+    /// Changes waiting for the next transaction: whoever holds `state` next
+    /// applies every one queued by then, in one transaction (group commit),
+    /// so a burst of creates or teardowns rewrites the rules a few times
+    /// rather than once per network.
+    queue: Mutex<Vec<Queued>>,
     own: Arc<Mutex<VecDeque<u32>>>,
+}
+
+/// A change asked for, and where its outcome goes.
+struct Queued {
+    change: Change,
+    done: tokio::sync::oneshot::Sender<std::result::Result<(), String>>,
+}
+
+enum Change {
+    /// Networks made or adopted, and whether each may reach the proxy.
+    Add(Vec<(Ipv4Net, bool)>),
+    /// A network going away: its hooks go with it.
+    Drop(Ipv4Net),
 }
 
 #[derive(Default)]
@@ -569,6 +587,7 @@ impl Firewall {
             egress_port,
             pool,
             state: tokio::sync::Mutex::new(State::default()),
+            queue: Mutex::new(Vec::new()),
             own: Arc::new(Mutex::new(VecDeque::new())),
         }
     }
@@ -621,8 +640,8 @@ impl Firewall {
     }
 
     /// Puts `nets`' rules in place with the rest of the rule set, in one
-    /// transaction. Anything else it had to put back is reported by the next
-    /// [`Firewall::repair`].
+    /// transaction (shared with the changes queued beside it). Anything else
+    /// it had to put back is reported by the next [`Firewall::repair`].
     pub async fn isolate(&self, nets: &[Isolation]) -> Result<()> {
         let parsed = nets
             .iter()
@@ -632,29 +651,73 @@ impl Firewall {
                     .ok_or_else(|| Error::Internal(format!("not an IPv4 subnet: {}", n.subnet)))
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut st = self.state.lock().await;
-        let known = st.nets.clone();
-        let applied = st.applied.clone();
-        st.nets.extend(parsed);
-        let plan = self.apply(&mut st, &[], None).await?;
-        let r = repairs(&self.names, &plan, &known, applied.as_ref(), &[]);
-        let repaired = self.note(&st, r);
-        self.defer(&mut st, &repaired);
-        Ok(())
+        self.commit(Change::Add(parsed)).await
     }
 
     /// Removes `subnet`'s rules, and the chains when no network needs them.
     pub async fn release(&self, subnet: &str) -> Result<()> {
         let Some(net) = parse_net(subnet) else { return Ok(()) };
-        let mut st = self.state.lock().await;
+        self.commit(Change::Drop(net)).await
+    }
+
+    /// Queues `change` and returns once a transaction holding it is applied
+    /// (or failed): the one this call makes, or one another call made with
+    /// it while this one waited for the lock.
+    async fn commit(&self, change: Change) -> Result<()> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(Queued { change, done });
+        let mine = {
+            let mut st = self.state.lock().await;
+            let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+            if batch.is_empty() {
+                None
+            } else {
+                Some(self.apply_batch(&mut st, batch).await)
+            }
+        };
+        // Ours went in the batch just applied, or in one applied (and
+        // answered) by another call before it let go of the lock.
+        match (mine, outcome.await) {
+            (Some(Err(e)), Err(_) | Ok(Err(_))) => Err(e),
+            (_, Ok(Ok(()))) => Ok(()),
+            (_, Ok(Err(msg))) => Err(Error::Internal(format!("host firewall: {msg}"))),
+            (_, Err(_)) => Err(Error::Internal("host firewall: the change was dropped unapplied".into())),
+        }
+    }
+
+    /// Applies every queued change in one transaction and answers each.
+    /// Returns the transaction's own error, if it failed.
+    async fn apply_batch(&self, st: &mut State, batch: Vec<Queued>) -> Result<()> {
         let known = st.nets.clone();
         let applied = st.applied.clone();
-        st.nets.remove(&net);
-        let plan = self.apply(&mut st, &[net], None).await?;
-        let r = repairs(&self.names, &plan, &known, applied.as_ref(), &[net]);
-        let repaired = self.note(&st, r);
-        self.defer(&mut st, &repaired);
-        Ok(())
+        let mut drop: Vec<Ipv4Net> = Vec::new();
+        for q in &batch {
+            match &q.change {
+                Change::Add(nets) => {
+                    for (net, egress) in nets {
+                        st.nets.insert(*net, *egress);
+                        drop.retain(|d| d != net);
+                    }
+                }
+                Change::Drop(net) => {
+                    st.nets.remove(net);
+                    if !drop.contains(net) {
+                        drop.push(*net);
+                    }
+                }
+            }
+        }
+        sandpit_core::metrics::global().firewall_transaction(batch.len());
+        let result = self.apply(st, &drop, None).await.map(|plan| {
+            let r = repairs(&self.names, &plan, &known, applied.as_ref(), &drop);
+            let repaired = self.note(st, r);
+            self.defer(st, &repaired);
+        });
+        let answer = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        for q in batch {
+            let _ = q.done.send(answer.clone());
+        }
+        result
     }
 
     /// Keeps repairs made in passing for the next check to report.
