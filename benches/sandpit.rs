@@ -31,6 +31,8 @@
 //! sandbox was handed out once and prints the issue's floors beside the
 //! figures without asserting them.
 
+#[path = "sandpit/density.rs"]
+mod density;
 #[path = "sandpit/exit.rs"]
 mod exit;
 #[path = "sandpit/harness.rs"]
@@ -108,6 +110,8 @@ enum Scenario {
     Work,
     /// Only when named (minutes, and a correctness check rather than a measurement).
     Soak,
+    /// Only when named (minutes): 1,000 live sandboxes, half isolated.
+    Density,
 }
 
 impl Scenario {
@@ -118,7 +122,7 @@ impl Scenario {
 
     /// Whether it runs only when named with `--only`.
     fn on_request(self) -> bool {
-        self == Scenario::Soak
+        matches!(self, Scenario::Soak | Scenario::Density)
     }
 }
 
@@ -290,6 +294,7 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
             Scenario::Isolation => isolation::isolation(&mut ctx, sizes.isolation, sizes.isolation_warm).await,
             Scenario::Work => work::work(&mut ctx, sizes.work_file, sizes.work, sizes.work_rtt).await,
             Scenario::Soak => soak::soak(&mut ctx, soak::SoakSize::new(args.quick)).await,
+            Scenario::Density => density::density(&mut ctx, density::DensitySize::new(args.quick)).await,
         };
         match result {
             Ok(v) => {
@@ -1559,6 +1564,62 @@ async fn scale(ctx: &mut Ctx, n: usize, list_calls: usize) -> Result<Value> {
     }
     let s_list = Summary::of(&list_lat);
 
+    let restart = restart_to_serving(ctx, live).await?;
+    let rss_restarted = ctx.daemon.rss_kib();
+
+    // Delete everything.
+    let (del, del_fail, del_wall) = sp_delete_many(&ctx.client, &ids).await;
+    let live_after = live_count(&mut ctx.client).await?;
+    let labelled_after = ctx.raw.count_labelled().await?;
+
+    header();
+    row("sandpit CreateSandbox (concurrency 16)", Summary::of(&create_lat));
+    row(&format!("ListSandboxes ({already_live} live) x{EMPTY_LIST_CALLS}"), s_list_empty);
+    row(&format!("ListSandboxes ({live} live) x{list_calls}"), s_list);
+    row("DeleteSandbox (concurrency 16)", Summary::of(&del));
+    if list_wrong > 0 {
+        println!("    {list_wrong} ListSandboxes call(s) returned a count other than {live}");
+    }
+    println!(
+        "    daemon VmRSS after restart: {}; deleted {}/{live} ({} failed) in {:.1} s; \
+         live after: {live_after}; containers with the run label after: {labelled_after}",
+        kib(rss_restarted),
+        del.len(),
+        del_fail.len(),
+        del_wall.as_secs_f64()
+    );
+    Ok(json!({
+        "n": n,
+        "create": {
+            "concurrency": CONCURRENCY,
+            "succeeded": live,
+            "failed": failures.len(),
+            "failures": failures,
+            "wall_ms": round3(ms(create_wall)),
+            "latency": stats::json_opt(Summary::of(&create_lat)),
+        },
+        "rss_kib": {"before": rss_before, "live": rss_live, "after_restart": rss_restarted},
+        "list": {"calls": list_calls, "live": live, "wrong_count": list_wrong, "latency": stats::json_opt(s_list)},
+        "list_before_create": {"calls": EMPTY_LIST_CALLS, "live": already_live, "latency": stats::json_opt(s_list_empty)},
+        "restart": restart,
+        "delete": {
+            "concurrency": CONCURRENCY,
+            "succeeded": del.len(),
+            "failed": del_fail.len(),
+            "failures": del_fail,
+            "wall_ms": round3(ms(del_wall)),
+            "latency": stats::json_opt(Summary::of(&del)),
+        },
+        "live_after_delete": live_after,
+        "labelled_containers_after": labelled_after,
+    }))
+}
+
+/// Kills the daemon with SIGKILL and starts it again on the same config and
+/// data dir: how long until a ListSandboxes returns all `live` sandboxes,
+/// and when the first reconcile pass was logged. Prints the figures and
+/// returns them as JSON; `ctx.client` is the new daemon's.
+async fn restart_to_serving(ctx: &mut Ctx, live: usize) -> Result<Value> {
     // Restart: SIGKILL, respawn on the same config and data dir.
     let log_from = ctx.daemon.log_len();
     ctx.daemon.kill9();
@@ -1609,21 +1670,7 @@ async fn scale(ctx: &mut Ctx, n: usize, list_calls: usize) -> Result<Value> {
         .find(|l| l.contains("sandpitd serving"))
         .and_then(harness::log_time)
         .and_then(|t| t.duration_since(spawned_wall).ok());
-    let rss_restarted = ctx.daemon.rss_kib();
 
-    // Delete everything.
-    let (del, del_fail, del_wall) = sp_delete_many(&ctx.client, &ids).await;
-    let live_after = live_count(&mut ctx.client).await?;
-    let labelled_after = ctx.raw.count_labelled().await?;
-
-    header();
-    row("sandpit CreateSandbox (concurrency 16)", Summary::of(&create_lat));
-    row(&format!("ListSandboxes ({already_live} live) x{EMPTY_LIST_CALLS}"), s_list_empty);
-    row(&format!("ListSandboxes ({live} live) x{list_calls}"), s_list);
-    row("DeleteSandbox (concurrency 16)", Summary::of(&del));
-    if list_wrong > 0 {
-        println!("    {list_wrong} ListSandboxes call(s) returned a count other than {live}");
-    }
     println!(
         "    restart after SIGKILL: address file after {:.0} ms; 'sandpitd serving' logged at {}; \
          first ListSandboxes returning all {live} at {:.0} ms ({attempts} attempt(s){})",
@@ -1640,47 +1687,15 @@ async fn scale(ctx: &mut Ctx, n: usize, list_calls: usize) -> Result<Value> {
         ),
         None => println!("    no 'reconciled with Docker' line within 60 s of the restart"),
     }
-    println!(
-        "    daemon VmRSS after restart: {}; deleted {}/{live} ({} failed) in {:.1} s; \
-         live after: {live_after}; containers with the run label after: {labelled_after}",
-        kib(rss_restarted),
-        del.len(),
-        del_fail.len(),
-        del_wall.as_secs_f64()
-    );
     Ok(json!({
-        "n": n,
-        "create": {
-            "concurrency": CONCURRENCY,
-            "succeeded": live,
-            "failed": failures.len(),
-            "failures": failures,
-            "wall_ms": round3(ms(create_wall)),
-            "latency": stats::json_opt(Summary::of(&create_lat)),
-        },
-        "rss_kib": {"before": rss_before, "live": rss_live, "after_restart": rss_restarted},
-        "list": {"calls": list_calls, "live": live, "wrong_count": list_wrong, "latency": stats::json_opt(s_list)},
-        "list_before_create": {"calls": EMPTY_LIST_CALLS, "live": already_live, "latency": stats::json_opt(s_list_empty)},
-        "restart": {
-            "signal": "SIGKILL",
-            "addr_file_ms": round3(ms(addr_at)),
-            "serving_logged_ms": serving_log.map(|d| round3(ms(d))),
-            "first_full_list_ms": round3(ms(serving_at)),
-            "attempts": attempts,
-            "first_partial_count": first_partial,
-            "first_reconcile_logged_ms": reconcile.as_ref().and_then(|(d, _)| d.map(|d| round3(ms(d)))),
-            "first_reconcile_report": reconcile.and_then(|(_, r)| r),
-        },
-        "delete": {
-            "concurrency": CONCURRENCY,
-            "succeeded": del.len(),
-            "failed": del_fail.len(),
-            "failures": del_fail,
-            "wall_ms": round3(ms(del_wall)),
-            "latency": stats::json_opt(Summary::of(&del)),
-        },
-        "live_after_delete": live_after,
-        "labelled_containers_after": labelled_after,
+        "signal": "SIGKILL",
+        "addr_file_ms": round3(ms(addr_at)),
+        "serving_logged_ms": serving_log.map(|d| round3(ms(d))),
+        "first_full_list_ms": round3(ms(serving_at)),
+        "attempts": attempts,
+        "first_partial_count": first_partial,
+        "first_reconcile_logged_ms": reconcile.as_ref().and_then(|(d, _)| d.map(|d| round3(ms(d)))),
+        "first_reconcile_report": reconcile.and_then(|(_, r)| r),
     }))
 }
 

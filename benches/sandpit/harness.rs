@@ -438,6 +438,18 @@ token_sha256 = "{op_sha}"
         Ok(id)
     }
 
+    /// The daemon's metrics exposition, read once over HTTP.
+    pub async fn metrics(&self) -> Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = std::fs::read_to_string(self.dir.path().join("data").join("metrics.addr"))?;
+        let host = addr.trim().trim_start_matches("http://").trim_end_matches('/').trim_end_matches("/metrics");
+        let mut s = tokio::net::TcpStream::connect(host).await?;
+        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    }
+
     /// VmRSS of the daemon process, in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
@@ -604,6 +616,63 @@ impl Raw {
         let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         self.docker.remove_container(id, Some(opts)).await?;
         Ok(t.elapsed())
+    }
+
+    /// As [`Raw::create`], on an internal bridge network of its own made
+    /// first with `subnet` (Docker's default address pools hold about 31
+    /// networks, so a host of hundreds names each range, as the daemon
+    /// does). Returns the container, its network and the time all took.
+    pub async fn create_isolated(&self, subnet: &str, gateway: &str) -> Result<(String, String, Duration)> {
+        use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
+        let id = unique("rn");
+        let t = Instant::now();
+        let labels = HashMap::from([(RUN_LABEL.to_string(), self.run.clone()), (RAW_LABEL.to_string(), "true".into())]);
+        let body = NetworkCreateRequest {
+            name: format!("sandpit-bench-raw-{id}"),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some(subnet.to_string()),
+                    gateway: Some(gateway.to_string()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            options: Some(HashMap::from([("com.docker.network.bridge.enable_icc".to_string(), "false".to_string())])),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let network = self.docker.create_network(body).await?.id;
+        self.docker.inspect_image(&self.image).await?;
+        let request = sandpit_docker::spec::NetworkRequest {
+            name: format!("sandpit-bench-raw-{id}"),
+            internal: true,
+            egress: false,
+        };
+        let spec = ContainerSpec { network: Some(request), ..self.spec(&id) };
+        let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let body = sandpit_docker::create_body(&spec, None, 0, &Default::default());
+        let created = match self.docker.create_container(Some(opts), body).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.docker.remove_network(&network).await;
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            let _ = self.remove(&created.id).await;
+            let _ = self.docker.remove_network(&network).await;
+            return Err(e.into());
+        }
+        Ok((created.id, network, t.elapsed()))
+    }
+
+    /// Networks of this run, by label.
+    pub async fn count_labelled_networks(&self) -> Result<usize> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{RUN_LABEL}={}", self.run)])]);
+        let opts = bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&filters).build();
+        Ok(self.docker.list_networks(Some(opts)).await?.len())
     }
 
     /// Containers of this run, by label.
