@@ -16,6 +16,7 @@
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
@@ -220,7 +221,19 @@ pub struct SqliteStore {
     writer: Worker<Writer>,
     readers: Vec<Worker<Connection>>,
     next_reader: AtomicUsize,
+    /// Live sandbox records as last decoded, by id, with the version they
+    /// were at: a list decodes only the records written since (every write
+    /// bumps the version), where decoding a thousand JSON bodies, profile
+    /// and all, was most of a ListSandboxes call.
+    decoded: Arc<Mutex<Decoded>>,
 }
+
+/// See [`SqliteStore::decoded`].
+type Decoded = std::collections::HashMap<String, (i64, Sandbox)>;
+
+/// More cached records than this and the cache starts again (only a host
+/// with more live sandboxes than this would see it).
+const DECODED_MAX: usize = 20_000;
 
 fn decode<T: serde::de::DeserializeOwned>(body: String) -> Result<T> {
     serde_json::from_str(&body).map_err(|e| Error::Store(format!("corrupt record: {e}")).into())
@@ -396,7 +409,13 @@ impl SqliteStore {
         let readers = (0..READERS)
             .map(|i| Worker::spawn(&format!("sqlite-reader-{i}"), open_read_only(path)?))
             .collect::<Result<Vec<_>>>()?;
-        Ok(SqliteStore { path: path.to_path_buf(), writer, readers, next_reader: AtomicUsize::new(0) })
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer,
+            readers,
+            next_reader: AtomicUsize::new(0),
+            decoded: Arc::default(),
+        })
     }
 
     /// Runs a read on one of the reader threads.
@@ -715,14 +734,44 @@ impl Store for SqliteStore {
 
     async fn list(&self, f: &ListFilter) -> CoreResult<Vec<Sandbox>> {
         let f = f.clone();
+        let decoded = Arc::clone(&self.decoded);
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT body, version FROM sandboxes
+                "SELECT id, version, ended, body FROM sandboxes
                  WHERE (?1 OR ended = 0) AND (?2 IS NULL OR team = ?2) AND (?3 IS NULL OR experiment = ?3)
                  ORDER BY created_ms, id",
             )?;
-            let rows = stmt.query_map(params![f.include_ended, f.team, f.experiment], versioned_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?.into_iter().map(decode_sandbox).collect()
+            let mut rows = stmt.query(params![f.include_ended, f.team, f.experiment])?;
+            let mut out = Vec::new();
+            let mut cache = decoded.lock().unwrap_or_else(|p| p.into_inner());
+            let whole = !f.include_ended && f.team.is_none() && f.experiment.is_none();
+            let mut seen = std::collections::HashSet::new();
+            while let Some(row) = rows.next()? {
+                let (id, version, ended): (String, i64, bool) = (row.get(0)?, row.get(1)?, row.get(2)?);
+                let sb = match cache.get(&id) {
+                    // The body is read from the row only when it must be decoded.
+                    Some((v, sb)) if *v == version => sb.clone(),
+                    _ => {
+                        let sb = decode_sandbox((row.get(3)?, version))?;
+                        if !ended {
+                            if cache.len() >= DECODED_MAX {
+                                cache.clear();
+                            }
+                            cache.insert(id.clone(), (version, sb.clone()));
+                        }
+                        sb
+                    }
+                };
+                if whole {
+                    seen.insert(id);
+                }
+                out.push(sb);
+            }
+            // Every live record was just listed: the rest have ended (or gone).
+            if whole {
+                cache.retain(|id, _| seen.contains(id));
+            }
+            Ok(out)
         })
         .await
     }
@@ -943,6 +992,34 @@ mod tests {
         s.append_audit(entry("y")).await.unwrap();
         let report = s.verify_audit().await.unwrap();
         assert!(report.ok && report.records == 2, "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn lists_decode_only_what_changed_and_never_show_an_old_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        for id in ["sb-1", "sb-2", "sb-3"] {
+            s.insert_sandbox(&record(id, "a"), None).await.unwrap();
+        }
+        let first = s.list(&ListFilter::default()).await.unwrap();
+        assert_eq!(first.len(), 3);
+        assert_eq!(s.decoded.lock().unwrap().len(), 3, "the live records are kept decoded");
+        // A write after the list: the next list shows it, from the row.
+        let mut changed = first[1].clone();
+        changed.expires_at += std::time::Duration::from_secs(60);
+        assert!(matches!(s.update_sandbox(&changed, None).await.unwrap(), Versioned::Written(_)));
+        let second = s.list(&ListFilter::default()).await.unwrap();
+        assert_eq!(second[1], Sandbox { version: changed.version + 1, ..changed.clone() });
+        assert_eq!(second[0], first[0], "unchanged records as they were");
+        // An ended one leaves the list and, with the next whole list, the cache.
+        let mut ended = second[2].clone();
+        ended.end(SandboxState::Deleted, "test", SystemTime::now());
+        s.update_sandbox(&ended, None).await.unwrap();
+        let third = s.list(&ListFilter::default()).await.unwrap();
+        assert_eq!(third.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(), ["sb-1", "sb-2"]);
+        assert_eq!(s.decoded.lock().unwrap().len(), 2);
+        let all = s.list(&ListFilter { include_ended: true, ..Default::default() }).await.unwrap();
+        assert_eq!(all[2].state, SandboxState::Deleted);
     }
 
     /// How many of `team`'s sandboxes have not ended.
