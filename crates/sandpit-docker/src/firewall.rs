@@ -558,6 +558,7 @@ struct Queued {
     done: tokio::sync::oneshot::Sender<std::result::Result<(), String>>,
 }
 
+#[derive(Clone)]
 enum Change {
     /// Networks made or adopted, and whether each may reach the proxy.
     Add(Vec<(Ipv4Net, bool)>),
@@ -662,27 +663,33 @@ impl Firewall {
 
     /// Queues `change` and returns once a transaction holding it is applied
     /// (or failed): the one this call makes, or one another call made with
-    /// it while this one waited for the lock.
+    /// it while this one waited for the lock. Should that other call be
+    /// dropped before it answered, the change is queued again: changes are
+    /// to a desired state, so applying one twice is harmless.
     async fn commit(&self, change: Change) -> Result<()> {
-        let (done, outcome) = tokio::sync::oneshot::channel();
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(Queued { change, done });
-        let mine = {
-            let mut st = self.state.lock().await;
-            let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
-            if batch.is_empty() {
-                None
-            } else {
-                Some(self.apply_batch(&mut st, batch).await)
+        for _ in 0..RESTORE_TRIES {
+            let (done, outcome) = tokio::sync::oneshot::channel();
+            self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(Queued { change: change.clone(), done });
+            let mine = {
+                let mut st = self.state.lock().await;
+                let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+                if batch.is_empty() {
+                    None
+                } else {
+                    Some(self.apply_batch(&mut st, batch).await)
+                }
+            };
+            // Ours went in the batch just applied, or in one applied (and
+            // answered) by another call before it let go of the lock.
+            match (outcome.await, mine) {
+                (Ok(Ok(())), _) => return Ok(()),
+                // Ours failed in our own transaction: its error as it was.
+                (Ok(Err(_)), Some(Err(e))) => return Err(e),
+                (Ok(Err(msg)), _) => return Err(Error::Internal(format!("host firewall: {msg}"))),
+                (Err(_), _) => continue,
             }
-        };
-        // Ours went in the batch just applied, or in one applied (and
-        // answered) by another call before it let go of the lock.
-        match (mine, outcome.await) {
-            (Some(Err(e)), Err(_) | Ok(Err(_))) => Err(e),
-            (_, Ok(Ok(()))) => Ok(()),
-            (_, Ok(Err(msg))) => Err(Error::Internal(format!("host firewall: {msg}"))),
-            (_, Err(_)) => Err(Error::Internal("host firewall: the change was dropped unapplied".into())),
         }
+        Err(Error::Internal("host firewall: the change was dropped unapplied".into()))
     }
 
     /// Applies every queued change in one transaction and answers each.
