@@ -464,6 +464,7 @@ mod tests {
         m.audit_chain(true);
         m.checkpoint_signed();
         m.egress_stranger_refused();
+        m.firewall_transaction(3);
         let mut readings = Readings::default();
         readings.gauge("sandpit_warm_pool_ready", "Warm sandboxes ready to be claimed.").sample(&[("profile", "p")], 1);
         readings.counter("sandpit_warm_pool_claims", "Creates served from a warm pool.").sample(&[("profile", "p")], 4);
@@ -486,9 +487,12 @@ mod tests {
                 "sandpit_audit_chain_ok gauge",
                 "sandpit_audit_checkpoints_total counter",
                 "sandpit_egress_refused_strangers_total counter",
+                "sandpit_firewall_transactions_total counter",
+                "sandpit_firewall_changes_total counter",
             ]
         );
         assert!(out.contains("\nsandpit_warm_pool_claims_total{profile=\"p\"} 4\n"), "{out}");
+        assert!(out.contains("\nsandpit_firewall_changes_total 3\n"), "{out}");
         assert!(out.contains("# HELP sandpit_warm_pool_ready Warm sandboxes ready to be claimed.\n"), "{out}");
         assert!(out.contains("# HELP sandpit_calls_total Authorized API calls by method.\n"), "{out}");
         let helps = out.lines().filter(|l| l.starts_with("# HELP "));
