@@ -61,43 +61,39 @@ def daemon(request: pytest.FixtureRequest, run_id: str, sandpitd_bin: Path) -> I
         harness.remove_labelled(run_id)
 
 
-def _client(daemon: harness.Daemon, token: str) -> Iterator[sandpit.Client]:
-    with sandpit.Client(daemon.addr, token) as c:
-        yield c
-
 
 @pytest.fixture(scope="session")
 def alice(daemon: harness.Daemon) -> Iterator[sandpit.Client]:
     """A requester in team-a."""
-    yield from _client(daemon, harness.TEAM_A)
+    yield from harness.client(daemon, harness.TEAM_A)
 
 
 @pytest.fixture(scope="session")
 def bob(daemon: harness.Daemon) -> Iterator[sandpit.Client]:
     """A requester in team-b."""
-    yield from _client(daemon, harness.TEAM_B)
+    yield from harness.client(daemon, harness.TEAM_B)
 
 
 @pytest.fixture(scope="session")
 def approver(daemon: harness.Daemon) -> Iterator[sandpit.Client]:
     """An approver in the AI Leadership Group's team."""
-    yield from _client(daemon, harness.APPROVER)
+    yield from harness.client(daemon, harness.APPROVER)
 
 
 @pytest.fixture(scope="session")
 def approver_a(daemon: harness.Daemon) -> Iterator[sandpit.Client]:
     """An approver in team-a (may not decide on team-a's experiments)."""
-    yield from _client(daemon, harness.APPROVER_A)
+    yield from harness.client(daemon, harness.APPROVER_A)
 
 
 @pytest.fixture(scope="session")
 def auditor(daemon: harness.Daemon) -> Iterator[sandpit.Client]:
-    yield from _client(daemon, harness.AUDITOR)
+    yield from harness.client(daemon, harness.AUDITOR)
 
 
 @pytest.fixture(scope="session")
 def operator(daemon: harness.Daemon) -> Iterator[sandpit.Client]:
-    yield from _client(daemon, harness.OPERATOR)
+    yield from harness.client(daemon, harness.OPERATOR)
 
 
 @pytest.fixture(scope="session")

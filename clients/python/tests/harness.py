@@ -18,7 +18,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional
+
+if TYPE_CHECKING:
+    import sandpit
 
 TEST_RUN_LABEL = "sandpit.test-run"
 
@@ -384,3 +387,11 @@ def start_daemon(binary: Path, run: str, image: str, *, identities: bool = True,
         d.stop()
         raise
     return d
+
+
+def client(daemon: Daemon, token: str) -> Iterator[sandpit.Client]:
+    """A client of `daemon` as `token`'s identity, closed after use (for fixtures: `yield from`)."""
+    import sandpit
+
+    with sandpit.Client(daemon.addr, token) as c:
+        yield c

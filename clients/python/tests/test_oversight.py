@@ -86,50 +86,46 @@ def gov(daemon: harness.Daemon, run_id: str, sandpitd_bin: Path) -> Iterator[har
         shutil.rmtree(d.dir, ignore_errors=True)
 
 
-def _client(d: harness.Daemon, token: str) -> Iterator[sandpit.Client]:
-    with sandpit.Client(d.addr, token) as c:
-        yield c
-
 
 @pytest.fixture(scope="module")
 def alice(gov: harness.Daemon) -> Iterator[sandpit.Client]:
-    yield from _client(gov, harness.TEAM_A)
+    yield from harness.client(gov, harness.TEAM_A)
 
 
 @pytest.fixture(scope="module")
 def bob(gov: harness.Daemon) -> Iterator[sandpit.Client]:
-    yield from _client(gov, harness.TEAM_B)
+    yield from harness.client(gov, harness.TEAM_B)
 
 
 @pytest.fixture(scope="module")
 def auditor(gov: harness.Daemon) -> Iterator[sandpit.Client]:
-    yield from _client(gov, harness.AUDITOR)
+    yield from harness.client(gov, harness.AUDITOR)
 
 
 @pytest.fixture(scope="module")
 def amir(gov: harness.Daemon) -> Iterator[sandpit.Client]:
     """An approver of no function."""
-    yield from _client(gov, harness.APPROVER)
+    yield from harness.client(gov, harness.APPROVER)
 
 
 @pytest.fixture(scope="module")
 def dora(gov: harness.Daemon) -> Iterator[sandpit.Client]:
-    yield from _client(gov, DORA)
+    yield from harness.client(gov, DORA)
 
 
 @pytest.fixture(scope="module")
 def dan(gov: harness.Daemon) -> Iterator[sandpit.Client]:
-    yield from _client(gov, DAN)
+    yield from harness.client(gov, DAN)
 
 
 @pytest.fixture(scope="module")
 def sam(gov: harness.Daemon) -> Iterator[sandpit.Client]:
-    yield from _client(gov, SAM)
+    yield from harness.client(gov, SAM)
 
 
 @pytest.fixture(scope="module")
 def pat(gov: harness.Daemon) -> Iterator[sandpit.Client]:
-    yield from _client(gov, PAT)
+    yield from harness.client(gov, PAT)
 
 
 def _register(client: sandpit.Client, classification: str = "OFFICIAL-SENSITIVE", **kwargs: object) -> sandpit.Experiment:

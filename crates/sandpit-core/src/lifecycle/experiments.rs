@@ -183,12 +183,24 @@ impl Manager {
         act: &str,
         change: impl Fn(&mut Experiment) -> Result<String>,
     ) -> Result<(Experiment, Vec<Sandbox>)> {
-        let mut e = self.get_experiment(caller, id).await?;
+        let e = self.get_experiment(caller, id).await?;
+        self.transition_from(caller, e, act, change).await
+    }
+
+    /// [`Manager::transition`] of an experiment the caller has just read.
+    async fn transition_from(
+        &self,
+        caller: &Caller,
+        mut e: Experiment,
+        act: &str,
+        change: impl Fn(&mut Experiment) -> Result<String>,
+    ) -> Result<(Experiment, Vec<Sandbox>)> {
+        let id = e.id.clone();
         let mut attempts = 0;
         loop {
             attempts += 1;
             let reason = change(&mut e)?;
-            let entry = audit_log::entry(Some(caller), act, id, "", Ok(reason));
+            let entry = audit_log::entry(Some(caller), act, &id, "", Ok(reason));
             match self.store.update_experiment(&e, entry).await? {
                 Versioned::Written(rec) => {
                     self.audit.published(rec.map(|r| *r));
@@ -225,7 +237,7 @@ impl Manager {
                     caller.name, e.team
                 )));
             }
-            self.transition(caller, id, act, change).await
+            self.transition_from(caller, e, act, change).await
         }
         .await;
         Ok(self.register_result(caller, act, id, result).await?.0)

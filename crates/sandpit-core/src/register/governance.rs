@@ -364,16 +364,6 @@ impl Experiment {
         }
     }
 
-    fn changeable(&self, what: &str) -> Result<()> {
-        if self.status == Status::Closed {
-            return Err(Error::FailedPrecondition(format!(
-                "experiment '{}' is closed; its {what} can no longer change",
-                self.id
-            )));
-        }
-        Ok(())
-    }
-
     /// Adds a risk: open, its first review due after the cadence for its
     /// impact. Returns its id.
     pub fn add_risk(

@@ -377,7 +377,7 @@ impl Experiment {
     /// Changes the transparency fields; `known` says whether a name is an
     /// ATRS field the register keeps in `transparency`. Returns the names changed.
     pub fn update_transparency(&mut self, t: Transparency, known: impl Fn(&str) -> bool) -> Result<Vec<String>> {
-        self.changeable_fields()?;
+        self.changeable("record")?;
         let mut changed = Vec::new();
         for (name, field, value) in [
             ("senior_responsible_owner", &mut self.senior_responsible_owner, t.senior_responsible_owner),
@@ -419,10 +419,11 @@ impl Experiment {
         Ok(changed)
     }
 
-    fn changeable_fields(&self) -> Result<()> {
+    /// Refuses a change to `what` (its record, risks, assessments) once the experiment is closed.
+    fn changeable(&self, what: &str) -> Result<()> {
         if self.status == Status::Closed {
             return Err(Error::FailedPrecondition(format!(
-                "experiment '{}' is closed; its record can no longer change",
+                "experiment '{}' is closed; its {what} can no longer change",
                 self.id
             )));
         }

@@ -112,10 +112,6 @@ pub struct Record {
     pub missing_required: Vec<String>,
 }
 
-fn date(t: SystemTime) -> String {
-    sandpit_core::time::rfc3339(t).chars().take(10).collect()
-}
-
 /// The register's value for `name`, where it keeps one.
 fn from_register(e: &Experiment, name: &str) -> Option<Value> {
     let s = |v: &str| Some(Value::String(v.to_string()));
@@ -131,14 +127,14 @@ fn from_register(e: &Experiment, name: &str) -> Option<Value> {
         "team" => s(&e.team),
         "models" => list(&e.models),
         "datasets" | "source_data_name" => list(&e.datasets),
-        "date_updated" => Some(Value::Array(vec![Value::String(date(last_change(e)))])),
-        "date_archived" => s(&e.closed_at.filter(|_| e.status == Status::Closed).map(date).unwrap_or_default()),
+        "date_updated" => Some(Value::Array(vec![Value::String(super::day(last_change(e)))])),
+        "date_archived" => s(&e.closed_at.filter(|_| e.status == Status::Closed).map(super::day).unwrap_or_default()),
         "impact_assessment" => s(&e
             .assessments
             .iter()
             .map(|a| {
                 let reference = if a.reference.is_empty() { String::new() } else { format!(", {}", a.reference) };
-                format!("{}: {} ({}{reference})", a.kind.title(), a.status.as_str(), date(a.date))
+                format!("{}: {} ({}{reference})", a.kind.title(), a.status.as_str(), super::day(a.date))
             })
             .collect::<Vec<_>>()
             .join("; ")),

@@ -94,7 +94,7 @@ fn html(s: &str) -> String {
 }
 
 fn date(t: Option<SystemTime>) -> String {
-    t.map(|t| sandpit_core::time::rfc3339(t).chars().take(10).collect()).unwrap_or_else(|| "-".into())
+    t.map(super::day).unwrap_or_else(|| "-".into())
 }
 
 /// One experiment's lessons as (heading, facts, sections of (title, paragraphs or items)).

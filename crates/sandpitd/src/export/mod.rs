@@ -147,6 +147,11 @@ pub fn csv(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result<V
     out.into_inner().map_err(|e| Error::Internal(format!("csv export: {}", e.error())))
 }
 
+/// A day as `YYYY-MM-DD` (UTC), as published records give dates.
+pub fn day(t: SystemTime) -> String {
+    sandpit_core::time::rfc3339(t).chars().take(10).collect()
+}
+
 pub fn time(t: Option<&pbjson_types::Timestamp>) -> String {
     t.map(|t| {
         sandpit_core::time::rfc3339(sandpit_core::time::from_millis(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000))
