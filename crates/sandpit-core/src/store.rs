@@ -92,6 +92,15 @@ pub trait Store: Send + Sync + 'static {
         admission: Admission,
     ) -> Result<Admitted<Versioned<Sandbox>>>;
     async fn get(&self, id: &str) -> Result<Option<Sandbox>>;
+    /// The records of those of `ids` that exist, in one read where the
+    /// backend can (expiry reads every sandbox falling due at one instant).
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Sandbox>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.get(id).await?);
+        }
+        Ok(out)
+    }
     /// Records matching `filter`, oldest first.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<Sandbox>>;
     /// A stable id for this daemon's data, put in the labels of everything it

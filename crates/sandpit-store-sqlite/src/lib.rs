@@ -10,6 +10,11 @@
 //! thread, so it holds up neither reads nor writes. Calls reach those threads
 //! as jobs and await their answers.
 //!
+//! The process that opens the store is the only one that may write it (an
+//! exclusive lock on the file, held while the store is open), so the writer
+//! keeps the live sandbox records in memory as it commits them: listing and
+//! reading live sandboxes (every ListSandboxes, every expiry) reads no rows.
+//!
 //! The schema is versioned (`PRAGMA user_version`); [`MIGRATIONS`] brings a
 //! store written by any earlier daemon up to date at open, in one transaction.
 
@@ -204,6 +209,46 @@ struct Writer {
     conn: Connection,
     /// The chain's last (seq, hash), as committed.
     head: (u64, Hash),
+    live: Arc<Mutex<Live>>,
+}
+
+impl Writer {
+    /// After a commit that stored `record` (at its new version): the live view follows.
+    fn stored(&self, record: Option<Sandbox>) {
+        if let Some(sb) = record {
+            self.live.lock().unwrap_or_else(|p| p.into_inner()).put(sb);
+        }
+    }
+}
+
+/// The live (not ended) sandbox records as committed.
+#[derive(Default)]
+struct Live {
+    by_id: std::collections::HashMap<String, Sandbox>,
+    /// (created_ms, id) of each: oldest first, as the store lists.
+    by_age: std::collections::BTreeSet<(i64, String)>,
+}
+
+impl Live {
+    /// Puts `sb` as stored: replaces its earlier version, or removes it once ended.
+    fn put(&mut self, sb: Sandbox) {
+        if let Some(old) = self.by_id.remove(&sb.id) {
+            self.by_age.remove(&(to_millis(old.created_at), old.id));
+        }
+        if !sb.state.is_ended() {
+            self.by_age.insert((to_millis(sb.created_at), sb.id.clone()));
+            self.by_id.insert(sb.id.clone(), sb);
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<&Sandbox> {
+        self.by_id.get(id)
+    }
+
+    /// Oldest first.
+    fn iter(&self) -> impl Iterator<Item = &Sandbox> {
+        self.by_age.iter().filter_map(|(_, id)| self.by_id.get(id))
+    }
 }
 
 /// Read connections: enough that a slow query does not hold up the rest.
@@ -221,19 +266,13 @@ pub struct SqliteStore {
     writer: Worker<Writer>,
     readers: Vec<Worker<Connection>>,
     next_reader: AtomicUsize,
-    /// Live sandbox records as last decoded, by id, with the version they
-    /// were at: a list decodes only the records written since (every write
-    /// bumps the version), where decoding a thousand JSON bodies, profile
-    /// and all, was most of a ListSandboxes call.
-    decoded: Arc<Mutex<Decoded>>,
+    /// Live sandbox records as committed, kept by the writer: lists and
+    /// reads of live sandboxes need no row read, no JSON decoded (decoding a
+    /// thousand bodies, profile and all, was most of a ListSandboxes call).
+    live: Arc<Mutex<Live>>,
+    /// Held while the store is open: this process is the file's only writer.
+    _lock: std::fs::File,
 }
-
-/// See [`SqliteStore::decoded`].
-type Decoded = std::collections::HashMap<String, (i64, Sandbox)>;
-
-/// More cached records than this and the cache starts again (only a host
-/// with more live sandboxes than this would see it).
-const DECODED_MAX: usize = 20_000;
 
 fn decode<T: serde::de::DeserializeOwned>(body: String) -> Result<T> {
     serde_json::from_str(&body).map_err(|e| Error::Store(format!("corrupt record: {e}")).into())
@@ -328,11 +367,13 @@ struct SandboxRow {
     version: i64,
     /// The record as it will be stored: at `version + 1`.
     body: String,
+    record: Sandbox,
 }
 
 impl SandboxRow {
     fn new(sb: &Sandbox) -> Result<SandboxRow> {
-        let body = encode(&Sandbox { version: sb.version + 1, ..sb.clone() })?;
+        let record = Sandbox { version: sb.version + 1, ..sb.clone() };
+        let body = encode(&record)?;
         Ok(SandboxRow {
             id: sb.id.clone(),
             team: sb.team.clone(),
@@ -342,6 +383,7 @@ impl SandboxRow {
             created_ms: to_millis(sb.created_at),
             version: sb.version as i64,
             body,
+            record,
         })
     }
 
@@ -393,9 +435,42 @@ fn read_sandbox(tx: &Transaction<'_>, id: &str) -> Result<Option<Sandbox>> {
         .transpose()
 }
 
+/// An exclusive lock on the store's file (flock(2), apart from SQLite's own
+/// byte-range locks), or an error naming it when another process holds it:
+/// two daemons on one file would each believe they alone manage its sandboxes.
+fn lock_exclusive(path: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let failed = |e: &dyn std::fmt::Display| Error::Store(format!("{}: cannot lock: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| failed(&e))?;
+    // SAFETY: flock(2) on a descriptor this function owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(file);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        return Err(Error::Store(format!(
+            "{} is in use by another process (a sandpitd on the same data directory?)",
+            path.display()
+        ))
+        .into());
+    }
+    Err(failed(&e).into())
+}
+
+/// Every live sandbox record, decoded: the writer's view at open.
+fn read_live(conn: &Connection) -> Result<Live> {
+    let mut live = Live::default();
+    let mut stmt = conn.prepare("SELECT body, version FROM sandboxes WHERE ended = 0")?;
+    for row in stmt.query_map([], versioned_row)? {
+        live.put(decode_sandbox(row?)?);
+    }
+    Ok(live)
+}
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore> {
         let mut conn = Connection::open(path)?;
+        let lock = lock_exclusive(path)?;
         // WAL with synchronous=NORMAL survives a crash of the daemon without
         // losing a committed record, and keeps commits cheap.
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -405,7 +480,8 @@ impl SqliteStore {
         conn.pragma_update(None, "soft_heap_limit", SQLITE_SOFT_HEAP_LIMIT)?;
         migrate(&mut conn)?;
         let head = read_head(&conn)?.unwrap_or((0, [0; 32]));
-        let writer = Worker::spawn("sqlite-writer", Writer { conn, head })?;
+        let live = Arc::new(Mutex::new(read_live(&conn)?));
+        let writer = Worker::spawn("sqlite-writer", Writer { conn, head, live: Arc::clone(&live) })?;
         let readers = (0..READERS)
             .map(|i| Worker::spawn(&format!("sqlite-reader-{i}"), open_read_only(path)?))
             .collect::<Result<Vec<_>>>()?;
@@ -414,8 +490,13 @@ impl SqliteStore {
             writer,
             readers,
             next_reader: AtomicUsize::new(0),
-            decoded: Arc::default(),
+            live,
+            _lock: lock,
         })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs a read on one of the reader threads.
@@ -428,9 +509,11 @@ impl SqliteStore {
     }
 
     /// Runs `change` and appends `audit` in one transaction on the writer.
+    /// `stored`: the sandbox record the change stores, for the live view.
     async fn write(
         &self,
         audit: Option<AuditEntry>,
+        stored: Option<Sandbox>,
         change: impl FnOnce(&Transaction<'_>) -> Result<()> + Send + 'static,
     ) -> CoreResult<Option<AuditRecord>> {
         self.writer
@@ -440,6 +523,7 @@ impl SqliteStore {
                 change(&tx)?;
                 let rec = audit.map(|e| append_in(&tx, head, e)).transpose()?;
                 tx.commit()?;
+                w.stored(stored);
                 if let Some(r) = &rec {
                     w.head = (r.seq, r.hash);
                 }
@@ -456,6 +540,7 @@ impl SqliteStore {
         update: impl FnOnce(&Transaction<'_>) -> Result<usize> + Send + 'static,
         current: impl FnOnce(&Transaction<'_>) -> Result<Option<T>> + Send + 'static,
         audit: Option<AuditEntry>,
+        stored: Option<Sandbox>,
     ) -> CoreResult<Versioned<T>> {
         self.writer
             .call(move |w| {
@@ -468,6 +553,7 @@ impl SqliteStore {
                 }
                 let rec = audit.map(|e| append_in(&tx, head, e)).transpose()?;
                 tx.commit()?;
+                w.stored(stored);
                 if let Some(r) = &rec {
                     w.head = (r.seq, r.hash);
                 }
@@ -658,13 +744,15 @@ fn query_audit(conn: &Connection, q: &AuditQuery) -> Result<AuditPage> {
 impl Store for SqliteStore {
     async fn insert_sandbox(&self, sb: &Sandbox, audit: Option<AuditEntry>) -> CoreResult<Option<AuditRecord>> {
         let row = SandboxRow::new(sb)?;
-        self.write(audit, move |tx| row.insert(tx)).await
+        let stored = Some(row.record.clone());
+        self.write(audit, stored, move |tx| row.insert(tx)).await
     }
 
     async fn update_sandbox(&self, sb: &Sandbox, audit: Option<AuditEntry>) -> CoreResult<Versioned<Sandbox>> {
         let row = SandboxRow::new(sb)?;
         let read_id = sb.id.clone();
-        self.update_versioned(move |tx| row.update(tx), move |tx| read_sandbox(tx, &read_id), audit).await
+        let stored = Some(row.record.clone());
+        self.update_versioned(move |tx| row.update(tx), move |tx| read_sandbox(tx, &read_id), audit, stored).await
     }
 
     async fn write_admitted(
@@ -699,6 +787,7 @@ impl Store for SqliteStore {
                 }
                 let rec = audit.map(|e| append_in(&tx, head, e)).transpose()?;
                 tx.commit()?;
+                w.stored(Some(row.record));
                 if let Some(r) = &rec {
                     w.head = (r.seq, r.hash);
                 }
@@ -722,6 +811,9 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> CoreResult<Option<Sandbox>> {
+        if let Some(sb) = self.live().get(id) {
+            return Ok(Some(sb.clone()));
+        }
         let id = id.to_string();
         self.read(move |c| {
             c.query_row("SELECT body, version FROM sandboxes WHERE id = ?1", [id], versioned_row)
@@ -732,46 +824,59 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn get_many(&self, ids: &[String]) -> CoreResult<Vec<Sandbox>> {
+        let (mut out, mut ended) = (Vec::with_capacity(ids.len()), Vec::new());
+        {
+            let live = self.live();
+            for id in ids {
+                match live.get(id) {
+                    Some(sb) => out.push(Some(sb.clone())),
+                    None => {
+                        out.push(None);
+                        ended.push(id.clone());
+                    }
+                }
+            }
+        }
+        if !ended.is_empty() {
+            let mut read = self
+                .read(move |c| {
+                    let mut stmt = c.prepare_cached("SELECT body, version FROM sandboxes WHERE id = ?1")?;
+                    let mut found = std::collections::HashMap::new();
+                    for id in ended {
+                        if let Some(row) = stmt.query_row([&id], versioned_row).optional()? {
+                            found.insert(id, decode_sandbox(row)?);
+                        }
+                    }
+                    Ok(found)
+                })
+                .await?;
+            for (slot, id) in out.iter_mut().zip(ids) {
+                if slot.is_none() {
+                    *slot = read.remove(id);
+                }
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
     async fn list(&self, f: &ListFilter) -> CoreResult<Vec<Sandbox>> {
+        if !f.include_ended {
+            let wanted = |sb: &&Sandbox| {
+                f.team.as_ref().is_none_or(|t| *t == sb.team)
+                    && f.experiment.as_ref().is_none_or(|e| *e == sb.experiment)
+            };
+            return Ok(self.live().iter().filter(wanted).cloned().collect());
+        }
         let f = f.clone();
-        let decoded = Arc::clone(&self.decoded);
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, version, ended, body FROM sandboxes
-                 WHERE (?1 OR ended = 0) AND (?2 IS NULL OR team = ?2) AND (?3 IS NULL OR experiment = ?3)
+                "SELECT body, version FROM sandboxes
+                 WHERE (?1 IS NULL OR team = ?1) AND (?2 IS NULL OR experiment = ?2)
                  ORDER BY created_ms, id",
             )?;
-            let mut rows = stmt.query(params![f.include_ended, f.team, f.experiment])?;
-            let mut out = Vec::new();
-            let mut cache = decoded.lock().unwrap_or_else(|p| p.into_inner());
-            let whole = !f.include_ended && f.team.is_none() && f.experiment.is_none();
-            let mut seen = std::collections::HashSet::new();
-            while let Some(row) = rows.next()? {
-                let (id, version, ended): (String, i64, bool) = (row.get(0)?, row.get(1)?, row.get(2)?);
-                let sb = match cache.get(&id) {
-                    // The body is read from the row only when it must be decoded.
-                    Some((v, sb)) if *v == version => sb.clone(),
-                    _ => {
-                        let sb = decode_sandbox((row.get(3)?, version))?;
-                        if !ended {
-                            if cache.len() >= DECODED_MAX {
-                                cache.clear();
-                            }
-                            cache.insert(id.clone(), (version, sb.clone()));
-                        }
-                        sb
-                    }
-                };
-                if whole {
-                    seen.insert(id);
-                }
-                out.push(sb);
-            }
-            // Every live record was just listed: the rest have ended (or gone).
-            if whole {
-                cache.retain(|id, _| seen.contains(id));
-            }
-            Ok(out)
+            let rows = stmt.query_map(params![f.team, f.experiment], versioned_row)?;
+            rows.map(|r| decode_sandbox(r?)).collect()
         })
         .await
     }
@@ -798,7 +903,7 @@ impl Store for SqliteStore {
     async fn insert_experiment(&self, e: &Experiment, audit: Option<AuditEntry>) -> CoreResult<Option<AuditRecord>> {
         let e = Experiment { version: 1, ..e.clone() };
         let body = encode(&e)?;
-        self.write(audit, move |tx| {
+        self.write(audit, None, move |tx| {
             tx.prepare_cached(
                 "INSERT INTO experiments (id, team, status, created_ms, body, version) VALUES (?1, ?2, ?3, ?4, ?5, 1)",
             )?
@@ -828,6 +933,7 @@ impl Store for SqliteStore {
                     .transpose()
             },
             Some(audit),
+            None,
         )
         .await
     }
@@ -857,7 +963,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> CoreResult<AuditRecord> {
-        self.write(Some(entry), |_| Ok(()))
+        self.write(Some(entry), None, |_| Ok(()))
             .await?
             .ok_or_else(|| Error::Internal("audit append returned nothing".into()))
     }
@@ -981,6 +1087,12 @@ mod tests {
         assert_eq!(s.instance_id().await.unwrap(), id);
         assert_eq!(s.get("sb-2").await.unwrap().unwrap().state, SandboxState::Deleted);
         assert!(s.get("sb-3").await.unwrap().is_none());
+        let many = s.get_many(&["sb-2".into(), "sb-3".into(), "sb-1".into()]).await.unwrap();
+        assert_eq!(
+            many.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["sb-2", "sb-1"],
+            "those that exist, in order"
+        );
         let active = s.list(&ListFilter::default()).await.unwrap();
         assert_eq!(active.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["sb-1"]);
         let all = s.list(&ListFilter { include_ended: true, ..Default::default() }).await.unwrap();
@@ -994,32 +1106,66 @@ mod tests {
         assert!(report.ok && report.records == 2, "{report:?}");
     }
 
+    /// The live records as the rows have them (read from SQL, not the view).
+    async fn live_rows(s: &SqliteStore) -> Vec<Sandbox> {
+        let all = s.list(&ListFilter { include_ended: true, ..Default::default() }).await.unwrap();
+        all.into_iter().filter(|sb| !sb.state.is_ended()).collect()
+    }
+
+    /// Lists and reads of live sandboxes come from the writer's view; it
+    /// follows every committed write (never an old version, nothing a stale
+    /// write tried), drops ended records, and is read again at open.
     #[tokio::test]
-    async fn lists_decode_only_what_changed_and_never_show_an_old_version() {
+    async fn the_live_view_follows_every_write_and_agrees_with_the_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let path = dir.path().join("s.db");
+        let s = SqliteStore::open(&path).unwrap();
         for id in ["sb-1", "sb-2", "sb-3"] {
             s.insert_sandbox(&record(id, "a"), None).await.unwrap();
         }
         let first = s.list(&ListFilter::default()).await.unwrap();
-        assert_eq!(first.len(), 3);
-        assert_eq!(s.decoded.lock().unwrap().len(), 3, "the live records are kept decoded");
-        // A write after the list: the next list shows it, from the row.
+        assert_eq!(first.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(), ["sb-1", "sb-2", "sb-3"]);
+        assert_eq!(first, live_rows(&s).await);
         let mut changed = first[1].clone();
         changed.expires_at += std::time::Duration::from_secs(60);
         assert!(matches!(s.update_sandbox(&changed, None).await.unwrap(), Versioned::Written(_)));
+        // The same write again is stale: nothing changes.
+        assert!(matches!(s.update_sandbox(&changed, None).await.unwrap(), Versioned::Stale(_)));
         let second = s.list(&ListFilter::default()).await.unwrap();
         assert_eq!(second[1], Sandbox { version: changed.version + 1, ..changed.clone() });
         assert_eq!(second[0], first[0], "unchanged records as they were");
-        // An ended one leaves the list and, with the next whole list, the cache.
+        assert_eq!(second, live_rows(&s).await);
+        assert_eq!(s.get("sb-2").await.unwrap().unwrap(), second[1]);
+        // An ended one leaves the view; it is still read, from its row.
         let mut ended = second[2].clone();
         ended.end(SandboxState::Deleted, "test", SystemTime::now());
         s.update_sandbox(&ended, None).await.unwrap();
         let third = s.list(&ListFilter::default()).await.unwrap();
         assert_eq!(third.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(), ["sb-1", "sb-2"]);
-        assert_eq!(s.decoded.lock().unwrap().len(), 2);
-        let all = s.list(&ListFilter { include_ended: true, ..Default::default() }).await.unwrap();
-        assert_eq!(all[2].state, SandboxState::Deleted);
+        assert_eq!(third, live_rows(&s).await);
+        assert_eq!(s.get("sb-3").await.unwrap().unwrap().state, SandboxState::Deleted);
+        let many = s.get_many(&["sb-3".into(), "sb-1".into()]).await.unwrap();
+        assert_eq!((many[0].state, many[1].id.as_str()), (SandboxState::Deleted, "sb-1"));
+        // Filters as SQL's.
+        let team_b = s.list(&ListFilter { team: Some("b".into()), ..Default::default() }).await.unwrap();
+        assert!(team_b.is_empty());
+        drop(s);
+        let reopened = SqliteStore::open(&path).unwrap();
+        assert_eq!(reopened.list(&ListFilter::default()).await.unwrap(), third, "read again at open");
+    }
+
+    /// The store's file is one process's to write: a second open while the
+    /// first is held is refused, naming the file; once closed it opens.
+    #[tokio::test]
+    async fn a_store_in_use_is_not_opened_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let s = SqliteStore::open(&path).unwrap();
+        let refused = SqliteStore::open(&path).err().expect("in use");
+        assert!(refused.to_string().contains("in use by another process"), "{refused}");
+        assert!(refused.to_string().contains("s.db"), "{refused}");
+        drop(s);
+        SqliteStore::open(&path).unwrap();
     }
 
     /// How many of `team`'s sandboxes have not ended.
