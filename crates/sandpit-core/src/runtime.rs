@@ -204,6 +204,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// A sandbox already stopped or gone is fine.
     async fn kill(&self, sandbox: &Sandbox) -> Result<()>;
 
+    /// [`Runtime::kill`] for many sandboxes at one instant (expiry), each
+    /// result in the order given. A runtime that can stop them with less
+    /// than one call each does so.
+    async fn kill_all(&self, sandboxes: &[Sandbox]) -> Vec<Result<()>> {
+        futures_util::future::join_all(sandboxes.iter().map(|sb| self.kill(sb))).await
+    }
+
     /// The state of the sandbox's main process; `None` if it does not exist.
     async fn status(&self, sandbox: &Sandbox) -> Result<Option<ContainerStatus>>;
 

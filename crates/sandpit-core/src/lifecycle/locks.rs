@@ -17,21 +17,27 @@ pub struct KeyedLocks {
 
 impl KeyedLocks {
     pub async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
-        let lock = {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            if map.len() >= PRUNE_AT {
-                map.retain(|_, w| w.strong_count() > 0);
+        self.entry(key).lock_owned().await
+    }
+
+    /// The lock of `key` if nobody holds it, without waiting.
+    pub fn try_lock(&self, key: &str) -> Option<OwnedMutexGuard<()>> {
+        self.entry(key).try_lock_owned().ok()
+    }
+
+    fn entry(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= PRUNE_AT {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        match map.get(key).and_then(Weak::upgrade) {
+            Some(l) => l,
+            None => {
+                let l = Arc::new(tokio::sync::Mutex::new(()));
+                map.insert(key.to_string(), Arc::downgrade(&l));
+                l
             }
-            match map.get(key).and_then(Weak::upgrade) {
-                Some(l) => l,
-                None => {
-                    let l = Arc::new(tokio::sync::Mutex::new(()));
-                    map.insert(key.to_string(), Arc::downgrade(&l));
-                    l
-                }
-            }
-        };
-        lock.lock_owned().await
+        }
     }
 }
 
@@ -49,5 +55,15 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(50), locks.lock("a")).await.is_err());
         drop(g);
         tokio::time::timeout(Duration::from_millis(50), locks.lock("a")).await.expect("a is free again");
+    }
+
+    #[tokio::test]
+    async fn try_lock_takes_only_a_free_lock() {
+        let locks = KeyedLocks::default();
+        let g = locks.try_lock("a").expect("a is free");
+        assert!(locks.try_lock("a").is_none(), "a is held");
+        assert!(locks.try_lock("b").is_some());
+        drop(g);
+        assert!(locks.try_lock("a").is_some(), "a is free again");
     }
 }

@@ -2,10 +2,11 @@
 //! and expiries dispatched as they fall due (killed at once, removed in
 //! bounded parallel, retried with backoff while the runtime refuses).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedMutexGuard, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::expiry::Due;
@@ -80,72 +81,125 @@ impl Manager {
         self.oom_seen.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
-    /// Handles due deadlines: warnings at once, expiries in bounded parallel,
-    /// each retried with backoff while the engine is unavailable.
+    /// Handles due deadlines: everything due at one instant together, its
+    /// expiries first (killed in one batch, then removed in bounded
+    /// parallel, each retried with backoff while the engine is
+    /// unavailable), then its warnings.
     pub(super) async fn dispatch_due(self: Arc<Self>, mut due: mpsc::UnboundedReceiver<Due>) {
         let permits = Arc::new(Semaphore::new(EXPIRY_PARALLELISM));
-        while let Some(d) = due.recv().await {
-            match d {
-                Due::Warn(id) => {
-                    if let Ok(Some(sb)) = self.store.get(&id).await {
-                        if !sb.state.is_ended() {
-                            let left = sb.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
-                            self.emit(
-                                EventKind::ExpiringSoon,
-                                &sb,
-                                format!("expires in {}", crate::time::format_duration(left)),
-                            );
-                        }
-                    }
-                }
-                Due::Expire(id) => {
-                    {
+        while let Some(first) = due.recv().await {
+            // The scheduler hands out an instant's deadlines in one go: take
+            // all that have arrived.
+            let (mut expire, mut warn) = (Vec::new(), Vec::new());
+            let mut next = Some(first);
+            while let Some(d) = next.take().or_else(|| due.try_recv().ok()) {
+                match d {
+                    Due::Warn(id) => warn.push(id),
+                    Due::Expire(id) => {
                         let mut expiring = self.expiring.lock().unwrap_or_else(|p| p.into_inner());
-                        if expiring.contains_key(&id) {
-                            // Already being expired (reconcile put the deadline back meanwhile).
-                            continue;
+                        // Already being expired (reconcile put the deadline back meanwhile).
+                        if !expiring.contains_key(&id) {
+                            expiring.insert(id.clone(), false);
+                            expire.push(id);
                         }
-                        expiring.insert(id.clone(), false);
                     }
-                    let this = Arc::clone(&self);
-                    let permits = Arc::clone(&permits);
-                    self.tasks.spawn(async move {
-                        // Stop it now; removing it (slower, and Docker does
-                        // removals one at a time) can wait for a permit.
-                        let killed = this.stop_expired(&id).await;
-                        let _permit = permits.acquire_owned().await;
-                        this.expire(&id, killed).await;
-                        this.expiring.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                    });
                 }
+            }
+            if !expire.is_empty() {
+                let this = Arc::clone(&self);
+                let permits = Arc::clone(&permits);
+                self.tasks.spawn(async move {
+                    // Stop them all now; removing them (slower, and Docker
+                    // does removals one at a time) can wait for permits.
+                    let mut killed = this.stop_expired(&expire).await;
+                    let tasks = this.tasks.clone();
+                    for id in expire {
+                        let (this, permits, killed) = (Arc::clone(&this), Arc::clone(&permits), killed.remove(&id));
+                        tasks.spawn(async move {
+                            let _permit = permits.acquire_owned().await;
+                            this.expire(&id, killed).await;
+                            this.expiring.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                        });
+                    }
+                });
+            }
+            for id in warn {
+                self.warn_expiring(&id).await;
             }
         }
     }
 
-    /// Kills an expired sandbox's container at once, so that many sandboxes
-    /// falling due together all stop on time. Best effort: the teardown that
-    /// follows kills and removes in any case. When it stopped the sandbox.
-    pub(super) async fn stop_expired(&self, id: &str) -> Option<SystemTime> {
-        let _guard = self.locks.lock(id).await;
-        let Ok(Some(sb)) = self.store.get(id).await else { return None };
-        if sb.state.is_ended() || sb.expires_at > SystemTime::now() {
-            return None;
-        }
-        sb.container_id.as_ref()?;
-        let late = |t: SystemTime| t.duration_since(sb.expires_at).unwrap_or_default().as_secs_f64() * 1e3;
-        let asked = SystemTime::now();
-        match self.runtime.kill(&sb).await {
-            Ok(()) => {
-                tracing::debug!(sandbox = %id, asked_ms = late(asked), killed_ms = late(SystemTime::now()), "killed at expiry");
-                // Its process is gone: an extension waiting on the lock must not revive the record.
-                self.expiring.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), true);
-                Some(SystemTime::now())
+    async fn warn_expiring(&self, id: &str) {
+        if let Ok(Some(sb)) = self.store.get(id).await {
+            if !sb.state.is_ended() {
+                let left = sb.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+                self.emit(EventKind::ExpiringSoon, &sb, format!("expires in {}", crate::time::format_duration(left)));
             }
+        }
+    }
+
+    /// Kills the containers of sandboxes that fell due at once, so that
+    /// many falling due together all stop on time: one read of their
+    /// records and one batch of kills for all whose locks are free, the
+    /// rest each as its lock comes free. Best effort: the teardown that
+    /// follows kills and removes in any case. When each was stopped.
+    pub(super) async fn stop_expired(&self, ids: &[String]) -> HashMap<String, SystemTime> {
+        let (mut free, mut busy) = (Vec::new(), Vec::new());
+        for id in ids {
+            match self.locks.try_lock(id) {
+                Some(guard) => free.push((id.clone(), guard)),
+                None => busy.push(id.clone()),
+            }
+        }
+        let waiting = futures_util::future::join_all(busy.into_iter().map(|id| async move {
+            let guard = self.locks.lock(&id).await;
+            self.kill_due(vec![(id, guard)]).await
+        }));
+        let (mut killed, rest) = tokio::join!(self.kill_due(free), waiting);
+        killed.extend(rest.into_iter().flatten());
+        killed
+    }
+
+    /// Kills those of `locked` (each with its lock held) still running past
+    /// their deadline: a sandbox extended meanwhile is left alone.
+    async fn kill_due(&self, locked: Vec<(String, OwnedMutexGuard<()>)>) -> HashMap<String, SystemTime> {
+        let mut killed = HashMap::new();
+        if locked.is_empty() {
+            return killed;
+        }
+        let ids: Vec<String> = locked.iter().map(|(id, _)| id.clone()).collect();
+        let records = match self.store.get_many(&ids).await {
+            Ok(r) => r,
             Err(e) => {
-                tracing::debug!(sandbox = %id, error = %e, "kill at expiry failed; the teardown will retry");
-                None
+                tracing::debug!(error = %e, sandboxes = ids.len(), "reading records at expiry failed; the teardowns will kill");
+                return killed;
+            }
+        };
+        let now = SystemTime::now();
+        let due: Vec<Sandbox> = records
+            .into_iter()
+            .filter(|sb| !sb.state.is_ended() && sb.expires_at <= now && sb.container_id.is_some())
+            .collect();
+        let asked = SystemTime::now();
+        let results = self.runtime.kill_all(&due).await;
+        let at = SystemTime::now();
+        let late =
+            |sb: &Sandbox, t: SystemTime| t.duration_since(sb.expires_at).unwrap_or_default().as_secs_f64() * 1e3;
+        let mut expiring = self.expiring.lock().unwrap_or_else(|p| p.into_inner());
+        for (sb, result) in due.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    tracing::debug!(sandbox = %sb.id, asked_ms = late(sb, asked), killed_ms = late(sb, at), "killed at expiry");
+                    // Its process is gone: an extension waiting on the lock must not revive the record.
+                    expiring.insert(sb.id.clone(), true);
+                    killed.insert(sb.id.clone(), at);
+                }
+                Err(e) => {
+                    tracing::debug!(sandbox = %sb.id, error = %e, "kill at expiry failed; the teardown will retry")
+                }
             }
         }
+        killed
     }
 
     /// Tears an expired sandbox down, retrying while Docker refuses. `killed`:

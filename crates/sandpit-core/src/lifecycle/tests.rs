@@ -686,6 +686,40 @@ async fn an_expiry_the_engine_refuses_is_retried_with_backoff_and_recorded_once(
     rig.shutdown().await;
 }
 
+/// Sandboxes falling due at one instant are stopped together: one batch of
+/// kills for all whose locks are free, while one whose lock another call
+/// holds is stopped on its own once the lock is free, holding up none of
+/// the rest.
+#[tokio::test(start_paused = true)]
+async fn sandboxes_due_at_one_instant_are_killed_in_one_batch() {
+    let rig = Rig::new([short()]).await;
+    rig.manager.start().await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(rig.create("short").await.unwrap().id);
+    }
+    let held = rig.manager.locks.lock(&ids[0]).await;
+    std::thread::sleep(PAST_SHORT);
+    eventually("the nine with free locks are stopped", || async {
+        ids[1..].iter().all(|id| !rig.runtime.is_running(id))
+    })
+    .await;
+    assert!(rig.runtime.is_running(&ids[0]), "its lock is held");
+    assert_eq!((rig.runtime.calls(Op::KillAll), rig.runtime.calls(Op::Kill)), (1, 9), "one batch");
+    drop(held);
+    eventually("all have expired", || async {
+        let mut all = true;
+        for id in &ids {
+            all &= rig.record(id).await.state == SandboxState::Expired;
+        }
+        all
+    })
+    .await;
+    assert_eq!((rig.runtime.calls(Op::KillAll), rig.runtime.calls(Op::Kill)), (2, 10), "and the held one alone");
+    assert_eq!(rig.audit(action::EXPIRE).await.len(), 10);
+    rig.shutdown().await;
+}
+
 /// An extension holding the sandbox's lock when its expiry fires wins: the
 /// expiry, waiting for the lock, finds the new deadline and does nothing.
 #[tokio::test(start_paused = true)]

@@ -49,6 +49,8 @@ pub enum Op {
     Provision,
     Destroy,
     Kill,
+    /// One batch of kills (each then counted as a [`Op::Kill`]).
+    KillAll,
     Status,
     Adopt,
     Owned,
@@ -74,6 +76,7 @@ impl Op {
             Op::Provision => "create container",
             Op::Destroy => "remove container",
             Op::Kill => "kill container",
+            Op::KillAll => "kill containers",
             Op::Status => "inspect container",
             Op::Adopt => "adopt",
             Op::Owned => "list containers",
@@ -603,6 +606,17 @@ impl Runtime for FakeRuntime {
             self.emit(RuntimeEvent::Died { container_id, sandbox_id: sb.id.clone(), exit_code: Some(137) });
         }
         Ok(())
+    }
+
+    async fn kill_all(&self, sandboxes: &[Sandbox]) -> Vec<Result<()>> {
+        let (delay, fault) = self.decide(Op::KillAll, "");
+        if let Some(d) = delay.filter(|d| !d.is_zero()) {
+            tokio::time::sleep(d).await;
+        }
+        if let Some(f) = fault {
+            return sandboxes.iter().map(|_| Err(f.error(Op::KillAll))).collect();
+        }
+        futures_util::future::join_all(sandboxes.iter().map(|sb| self.kill(sb))).await
     }
 
     async fn status(&self, sb: &Sandbox) -> Result<Option<ContainerStatus>> {
