@@ -1093,6 +1093,10 @@ const DAEMON_EXPIRY_PARALLELISM: usize = 64;
 /// `(container id, action, time_nano)` of Docker's kill, die and destroy events.
 type Seen = Vec<(String, String, i64)>;
 
+/// How late each `die` event reached this subscriber (received - time_nano,
+/// ms): the engine's own delivery delay, which the daemon's follower has too.
+type DieLag = Vec<f64>;
+
 /// A container's `cgroup.procs`, where the engine's cgroupfs or systemd
 /// driver puts it under cgroup v2 or v1 (the freezer hierarchy).
 fn cgroup_procs(cid: &str) -> Option<PathBuf> {
@@ -1160,7 +1164,7 @@ fn follow_events(
     run: &str,
     want: HashSet<String>,
     limit: Duration,
-) -> Result<tokio::task::JoinHandle<(Seen, Option<String>)>> {
+) -> Result<tokio::task::JoinHandle<(Seen, DieLag, Option<String>)>> {
     let since = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs().saturating_sub(1);
     let filters = HashMap::from([
         ("label".to_string(), vec![format!("{RUN_LABEL}={run}")]),
@@ -1172,6 +1176,7 @@ fn follow_events(
     let until = tokio::time::Instant::now() + limit;
     Ok(tokio::spawn(async move {
         let mut seen = Vec::new();
+        let mut lag = Vec::new();
         let mut destroyed = HashSet::new();
         let mut error = None;
         while destroyed.len() < want.len() {
@@ -1190,6 +1195,9 @@ fn follow_events(
                     if action == "destroy" {
                         destroyed.insert(id.clone());
                     }
+                    if action == "die" {
+                        lag.push((nanos(SystemTime::now()) - t) as f64 / 1e6);
+                    }
                     seen.push((id, action, t));
                 }
                 Some(Err(e)) => {
@@ -1199,7 +1207,7 @@ fn follow_events(
                 None => break,
             }
         }
-        (seen, error)
+        (seen, lag, error)
     }))
 }
 
@@ -1362,7 +1370,7 @@ async fn expiry(ctx: &mut Ctx, n: usize) -> Result<Value> {
     );
 
     let emptied = cgroups.await?;
-    let (seen, stream_error) = collector.await?;
+    let (seen, _, stream_error) = collector.await?;
     let sp = Lateness::of(&seen, &deadlines, &emptied);
 
     // What the daemon recorded, and anything that did not go. A record says
@@ -1500,7 +1508,7 @@ async fn raw_expiry(ctx: &mut Ctx, n: usize, how: RawStop) -> Result<Lateness> {
         t.await??;
     }
     let emptied = cgroups.await?;
-    let (seen, _) = collector.await?;
+    let (seen, _, _) = collector.await?;
     let deadlines = cids.iter().map(|c| (c.clone(), deadline)).collect();
     let l = Lateness::of(&seen, &deadlines, &emptied);
     if !l.not_gone.is_empty() {

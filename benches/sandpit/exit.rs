@@ -4,7 +4,10 @@
 //! latency of each is the time of its `exited` event on WatchSandboxes (the
 //! daemon stamps it after the record is committed) minus Docker's `die`
 //! event for its container (time_nano). Raw Docker keeps no record to
-//! compare with: the die events themselves are the reference.
+//! compare with: the die events themselves are the reference. Beside it,
+//! how late the engine delivered each `die` event to a subscriber of its
+//! own (the daemon follows the same stream): when the engine is busy, that
+//! delay is most of the latency.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -67,7 +70,7 @@ pub async fn exit(ctx: &mut Ctx, n: usize) -> Result<Value> {
     // The containers stay (an exited sandbox keeps its container until
     // deleted): stop following Docker once the records are in.
     sp_delete_many(&ctx.client, &ids).await;
-    let (seen, stream_error) = docker_events.await?;
+    let (seen, die_lag, stream_error) = docker_events.await?;
 
     let mut latency = Vec::new();
     let mut missing = Vec::new();
@@ -81,6 +84,10 @@ pub async fn exit(ctx: &mut Ctx, n: usize) -> Result<Value> {
     header();
     let s = Summary::of_ms(&latency);
     row("exited recorded - die event", s);
+    // What bounds it: the engine hands out its events late when it is busy,
+    // to the daemon as to this subscriber.
+    let lag = Summary::of_ms(&die_lag);
+    row("die event received - die event (engine)", lag);
     println!(
         "    {} of {n} measured{}",
         latency.len(),
@@ -90,7 +97,8 @@ pub async fn exit(ctx: &mut Ctx, n: usize) -> Result<Value> {
         "n": n,
         "method": "SIGTERM to every main process at once through the Docker API; latency = WatchSandboxes exited event time - Docker die event time_nano",
         "exit_detection_latency": super::stats::json_opt(s),
-        "samples_ms": {"exit_detection_latency": samples_json(&latency)},
+        "die_event_delivery_lag": super::stats::json_opt(lag),
+        "samples_ms": {"exit_detection_latency": samples_json(&latency), "die_event_delivery_lag": samples_json(&die_lag)},
         "unmeasured": missing,
         "event_stream_error": stream_error,
         "max_ms": latency.iter().copied().fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x)))).map(round3),
