@@ -108,20 +108,7 @@ impl Manager {
             if !expire.is_empty() {
                 let this = Arc::clone(&self);
                 let permits = Arc::clone(&permits);
-                self.tasks.spawn(async move {
-                    // Stop them all now; removing them (slower, and Docker
-                    // does removals one at a time) can wait for permits.
-                    let mut killed = this.stop_expired(&expire).await;
-                    let tasks = this.tasks.clone();
-                    for id in expire {
-                        let (this, permits, killed) = (Arc::clone(&this), Arc::clone(&permits), killed.remove(&id));
-                        tasks.spawn(async move {
-                            let _permit = permits.acquire_owned().await;
-                            this.expire(&id, killed).await;
-                            this.expiring.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                        });
-                    }
-                });
+                self.tasks.spawn(async move { this.expire_together(expire, permits).await });
             }
             for id in warn {
                 self.warn_expiring(&id).await;
@@ -138,26 +125,42 @@ impl Manager {
         }
     }
 
-    /// Kills the containers of sandboxes that fell due at once, so that
-    /// many falling due together all stop on time: one read of their
-    /// records and one batch of kills for all whose locks are free, the
-    /// rest each as its lock comes free. Best effort: the teardown that
-    /// follows kills and removes in any case. When each was stopped.
-    pub(super) async fn stop_expired(&self, ids: &[String]) -> HashMap<String, SystemTime> {
+    /// Expires sandboxes that fell due at one instant. They are stopped
+    /// first, so that many falling due together all stop on time: one read
+    /// of their records and one batch of kills for all whose locks are free;
+    /// each of the rest as its lock comes free, holding up none of the
+    /// others. Each is then torn down, which is slower (Docker removes one
+    /// at a time) and waits for one of `permits`.
+    async fn expire_together(self: Arc<Self>, ids: Vec<String>, permits: Arc<Semaphore>) {
         let (mut free, mut busy) = (Vec::new(), Vec::new());
         for id in ids {
-            match self.locks.try_lock(id) {
-                Some(guard) => free.push((id.clone(), guard)),
-                None => busy.push(id.clone()),
+            match self.locks.try_lock(&id) {
+                Some(guard) => free.push((id, guard)),
+                None => busy.push(id),
             }
         }
-        let waiting = futures_util::future::join_all(busy.into_iter().map(|id| async move {
-            let guard = self.locks.lock(&id).await;
-            self.kill_due(vec![(id, guard)]).await
-        }));
-        let (mut killed, rest) = tokio::join!(self.kill_due(free), waiting);
-        killed.extend(rest.into_iter().flatten());
-        killed
+        let free_ids: Vec<String> = free.iter().map(|(id, _)| id.clone()).collect();
+        let mut killed = self.kill_due(free).await;
+        for id in free_ids {
+            let killed = killed.remove(&id);
+            self.tasks.spawn(Arc::clone(&self).expire_after_kill(id, killed, Arc::clone(&permits)));
+        }
+        for id in busy {
+            let (this, permits) = (Arc::clone(&self), Arc::clone(&permits));
+            self.tasks.spawn(async move {
+                let guard = this.locks.lock(&id).await;
+                let killed = this.kill_due(vec![(id.clone(), guard)]).await.remove(&id);
+                this.expire_after_kill(id, killed, permits).await;
+            });
+        }
+    }
+
+    /// The teardown of an expired sandbox, once a permit is free. `killed`:
+    /// when the kill at expiry stopped it.
+    async fn expire_after_kill(self: Arc<Self>, id: String, killed: Option<SystemTime>, permits: Arc<Semaphore>) {
+        let _permit = permits.acquire_owned().await;
+        self.expire(&id, killed).await;
+        self.expiring.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
 
     /// Kills those of `locked` (each with its lock held) still running past

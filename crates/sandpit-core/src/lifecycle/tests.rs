@@ -689,7 +689,7 @@ async fn an_expiry_the_engine_refuses_is_retried_with_backoff_and_recorded_once(
 /// Sandboxes falling due at one instant are stopped together: one batch of
 /// kills for all whose locks are free, while one whose lock another call
 /// holds is stopped on its own once the lock is free, holding up none of
-/// the rest.
+/// the rest (they are killed and recorded expired meanwhile).
 #[tokio::test(start_paused = true)]
 async fn sandboxes_due_at_one_instant_are_killed_in_one_batch() {
     let rig = Rig::new([short()]).await;
@@ -706,6 +706,15 @@ async fn sandboxes_due_at_one_instant_are_killed_in_one_batch() {
     .await;
     assert!(rig.runtime.is_running(&ids[0]), "its lock is held");
     assert_eq!((rig.runtime.calls(Op::KillAll), rig.runtime.calls(Op::Kill)), (1, 9), "one batch");
+    eventually("the nine are recorded expired while the tenth waits", || async {
+        let mut all = true;
+        for id in &ids[1..] {
+            all &= rig.record(id).await.state == SandboxState::Expired;
+        }
+        all
+    })
+    .await;
+    assert_eq!(rig.record(&ids[0]).await.state, SandboxState::Running);
     drop(held);
     eventually("all have expired", || async {
         let mut all = true;
