@@ -140,25 +140,13 @@ impl Runtime for DockerRuntime {
     /// Through the container's cgroup when this host lets us (no queue in
     /// the engine: what expiry needs), else through the engine.
     async fn kill(&self, sb: &Sandbox) -> Result<()> {
-        self.kill_all(std::slice::from_ref(sb)).await.pop().unwrap_or(Ok(()))
-    }
-
-    /// Every cgroup in one blocking task; the engine only for those whose
-    /// cgroup this host does not let us reach.
-    async fn kill_all(&self, sandboxes: &[Sandbox]) -> Vec<Result<()>> {
-        let ids: Vec<String> = sandboxes.iter().map(container).collect();
-        let through_cgroups = crate::cgroup::kill_all(ids.clone()).await;
-        let results = ids.iter().zip(through_cgroups).map(|(id, r)| async move {
-            match r {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::debug!(container = %id, error = %e, "kill through the cgroup failed; asking the engine")
-                }
-            }
-            self.kill_container(id).await
-        });
-        futures_util::future::join_all(results).await
+        let id = container(sb);
+        match crate::cgroup::kill(&id).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(container = %id, error = %e, "kill through the cgroup failed; asking the engine"),
+        }
+        self.kill_container(&id).await
     }
 
     async fn status(&self, sb: &Sandbox) -> Result<Option<ContainerStatus>> {
