@@ -213,9 +213,14 @@ struct Writer {
 }
 
 impl Writer {
-    /// After a commit that stored `record` (at its new version): the live view follows.
-    fn stored(&self, record: Option<Sandbox>) {
-        if let Some(sb) = record {
+    /// After a commit: the chain's head moves to `audit` (if one was
+    /// appended) and the live view takes `stored` (the sandbox record the
+    /// change stored, at its new version).
+    fn committed(&mut self, audit: Option<&AuditRecord>, stored: Option<Sandbox>) {
+        if let Some(r) = audit {
+            self.head = (r.seq, r.hash);
+        }
+        if let Some(sb) = stored {
             self.live.lock().unwrap_or_else(|p| p.into_inner()).put(sb);
         }
     }
@@ -367,14 +372,14 @@ struct SandboxRow {
     version: i64,
     /// The record as it will be stored: at `version + 1`.
     body: String,
-    record: Sandbox,
 }
 
 impl SandboxRow {
-    fn new(sb: &Sandbox) -> Result<SandboxRow> {
+    /// The row, and the record it stores (for the writer's live view).
+    fn new(sb: &Sandbox) -> Result<(SandboxRow, Sandbox)> {
         let record = Sandbox { version: sb.version + 1, ..sb.clone() };
         let body = encode(&record)?;
-        Ok(SandboxRow {
+        let row = SandboxRow {
             id: sb.id.clone(),
             team: sb.team.clone(),
             experiment: sb.experiment.clone(),
@@ -383,8 +388,8 @@ impl SandboxRow {
             created_ms: to_millis(sb.created_at),
             version: sb.version as i64,
             body,
-            record,
-        })
+        };
+        Ok((row, record))
     }
 
     /// A new row at version 1. Fails if the id exists.
@@ -428,8 +433,10 @@ impl SandboxRow {
     }
 }
 
-fn read_sandbox(tx: &Transaction<'_>, id: &str) -> Result<Option<Sandbox>> {
-    tx.query_row("SELECT body, version FROM sandboxes WHERE id = ?1", [id], versioned_row)
+/// One sandbox's row, decoded (a transaction derefs to its connection).
+fn read_sandbox(c: &Connection, id: &str) -> Result<Option<Sandbox>> {
+    c.prepare_cached("SELECT body, version FROM sandboxes WHERE id = ?1")?
+        .query_row([id], versioned_row)
         .optional()?
         .map(decode_sandbox)
         .transpose()
@@ -523,10 +530,7 @@ impl SqliteStore {
                 change(&tx)?;
                 let rec = audit.map(|e| append_in(&tx, head, e)).transpose()?;
                 tx.commit()?;
-                w.stored(stored);
-                if let Some(r) = &rec {
-                    w.head = (r.seq, r.hash);
-                }
+                w.committed(rec.as_ref(), stored);
                 Ok(rec)
             })
             .await
@@ -553,10 +557,7 @@ impl SqliteStore {
                 }
                 let rec = audit.map(|e| append_in(&tx, head, e)).transpose()?;
                 tx.commit()?;
-                w.stored(stored);
-                if let Some(r) = &rec {
-                    w.head = (r.seq, r.hash);
-                }
+                w.committed(rec.as_ref(), stored);
                 Ok(Versioned::Written(rec.map(Box::new)))
             })
             .await
@@ -743,16 +744,14 @@ fn query_audit(conn: &Connection, q: &AuditQuery) -> Result<AuditPage> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_sandbox(&self, sb: &Sandbox, audit: Option<AuditEntry>) -> CoreResult<Option<AuditRecord>> {
-        let row = SandboxRow::new(sb)?;
-        let stored = Some(row.record.clone());
-        self.write(audit, stored, move |tx| row.insert(tx)).await
+        let (row, record) = SandboxRow::new(sb)?;
+        self.write(audit, Some(record), move |tx| row.insert(tx)).await
     }
 
     async fn update_sandbox(&self, sb: &Sandbox, audit: Option<AuditEntry>) -> CoreResult<Versioned<Sandbox>> {
-        let row = SandboxRow::new(sb)?;
+        let (row, record) = SandboxRow::new(sb)?;
         let read_id = sb.id.clone();
-        let stored = Some(row.record.clone());
-        self.update_versioned(move |tx| row.update(tx), move |tx| read_sandbox(tx, &read_id), audit, stored).await
+        self.update_versioned(move |tx| row.update(tx), move |tx| read_sandbox(tx, &read_id), audit, Some(record)).await
     }
 
     async fn write_admitted(
@@ -761,7 +760,7 @@ impl Store for SqliteStore {
         audit: Option<AuditEntry>,
         admission: Admission,
     ) -> CoreResult<Admitted<Versioned<Sandbox>>> {
-        let row = SandboxRow::new(sb)?;
+        let (row, record) = SandboxRow::new(sb)?;
         self.writer
             .call(move |w| {
                 let head = w.head;
@@ -787,10 +786,7 @@ impl Store for SqliteStore {
                 }
                 let rec = audit.map(|e| append_in(&tx, head, e)).transpose()?;
                 tx.commit()?;
-                w.stored(Some(row.record));
-                if let Some(r) = &rec {
-                    w.head = (r.seq, r.hash);
-                }
+                w.committed(rec.as_ref(), Some(record));
                 Ok(Admitted::Written(Versioned::Written(rec.map(Box::new))))
             })
             .await
@@ -815,49 +811,25 @@ impl Store for SqliteStore {
             return Ok(Some(sb.clone()));
         }
         let id = id.to_string();
-        self.read(move |c| {
-            c.query_row("SELECT body, version FROM sandboxes WHERE id = ?1", [id], versioned_row)
-                .optional()?
-                .map(decode_sandbox)
-                .transpose()
-        })
-        .await
+        self.read(move |c| read_sandbox(c, &id)).await
     }
 
     async fn get_many(&self, ids: &[String]) -> CoreResult<Vec<Sandbox>> {
-        let (mut out, mut ended) = (Vec::with_capacity(ids.len()), Vec::new());
-        {
+        let mut found: std::collections::HashMap<String, Sandbox> = {
             let live = self.live();
-            for id in ids {
-                match live.get(id) {
-                    Some(sb) => out.push(Some(sb.clone())),
-                    None => {
-                        out.push(None);
-                        ended.push(id.clone());
-                    }
-                }
-            }
-        }
+            ids.iter().filter_map(|id| live.get(id).map(|sb| (id.clone(), sb.clone()))).collect()
+        };
+        // Ended ones (not in the live view) in one job on a reader.
+        let ended: Vec<String> = ids.iter().filter(|id| !found.contains_key(*id)).cloned().collect();
         if !ended.is_empty() {
-            let mut read = self
+            let read = self
                 .read(move |c| {
-                    let mut stmt = c.prepare_cached("SELECT body, version FROM sandboxes WHERE id = ?1")?;
-                    let mut found = std::collections::HashMap::new();
-                    for id in ended {
-                        if let Some(row) = stmt.query_row([&id], versioned_row).optional()? {
-                            found.insert(id, decode_sandbox(row)?);
-                        }
-                    }
-                    Ok(found)
+                    ended.iter().filter_map(|id| read_sandbox(c, id).transpose()).collect::<Result<Vec<_>>>()
                 })
                 .await?;
-            for (slot, id) in out.iter_mut().zip(ids) {
-                if slot.is_none() {
-                    *slot = read.remove(id);
-                }
-            }
+            found.extend(read.into_iter().map(|sb| (sb.id.clone(), sb)));
         }
-        Ok(out.into_iter().flatten().collect())
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
     }
 
     async fn list(&self, f: &ListFilter) -> CoreResult<Vec<Sandbox>> {

@@ -183,7 +183,7 @@ impl Manager {
             .into_iter()
             .filter(|sb| !sb.state.is_ended() && sb.expires_at <= now && sb.container_id.is_some())
             .collect();
-        let asked = SystemTime::now();
+        let asked = now;
         let results = self.runtime.kill_all(&due).await;
         let at = SystemTime::now();
         let late =
