@@ -147,7 +147,8 @@ pub(crate) fn random_id<const N: usize>(prefix: &str) -> String {
 }
 
 /// Something that happened to a sandbox, for watchers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Created,
     Extended,

@@ -6,16 +6,22 @@
 //! A state change and the audit record that describes it are written in one
 //! transaction: if the audit log cannot be written, the change does not happen.
 //!
-//! `sandpit_store_sqlite::SqliteStore` keeps it in a SQLite file;
-//! [`memory::MemoryStore`] in memory, for tests.
+//! `sandpit_store_sqlite::SqliteStore` keeps it in a SQLite file (one
+//! daemon); `sandpit_store_postgres::PostgresStore` in PostgreSQL (several
+//! daemons, see [`Shared`]); [`memory::MemoryStore`] in memory, for tests.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod contract;
 pub mod memory;
 
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use tokio::sync::{broadcast, watch};
 
 use crate::audit::{AuditEntry, AuditRecord, Hash, VerifyReport};
 use crate::register::{Experiment, Status};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{EventKind, Sandbox};
 use crate::Result;
 
 /// Which records [`Store::list`] returns.
@@ -137,6 +143,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// Totals for metrics: ended sandboxes by final state, and the audit log's length.
     async fn stats(&self) -> Result<StoreStats>;
+
+    /// Where several daemons share this store: the lease on the duties one
+    /// runs at a time, and the notices they send each other. `None` (the
+    /// default): this process is the store's only user, and holds every duty.
+    fn shared(&self) -> Option<Arc<dyn Shared>> {
+        None
+    }
+}
+
+/// Several daemons on one store ([`Store::shared`]).
+#[async_trait::async_trait]
+pub trait Shared: Send + Sync + 'static {
+    /// Whether this daemon holds the lease on the singleton duties (expiry,
+    /// reconcile, warm-pool refill, checkpoints), now and as it changes. The
+    /// implementation keeps trying to take it while it is not held.
+    fn lease(&self) -> watch::Receiver<bool>;
+    /// Tells the other daemons of an event (best effort: a failure is logged).
+    async fn publish(&self, notice: &Notice);
+    /// Notices the other daemons publish, from now on.
+    fn notices(&self) -> broadcast::Receiver<Notice>;
+}
+
+/// An event one daemon tells the others sharing its store of, so that
+/// watchers on every daemon see it and each keeps the sandbox's deadlines.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Notice {
+    pub kind: EventKind,
+    pub sandbox: String,
+    /// The record's version after the event: a receiver reads at least this one.
+    pub version: u64,
+    pub message: String,
 }
 
 /// The outcome of a compare-and-set write.

@@ -967,74 +967,20 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use sandpit_core::policy::{admit, Classification, CreateSandbox, HostPolicy, Profile, ProfileSet};
-    use sandpit_core::register::NewExperiment;
     use sandpit_core::sandbox::SandboxState;
+    use sandpit_core::store::contract::{self, entry, record};
 
     fn experiment(team: &str) -> Experiment {
-        let n = NewExperiment {
-            title: "t".into(),
-            purpose: "p".into(),
-            ai_tools: vec![],
-            models: vec![],
-            classification: Classification::Official,
-            datasets: vec![],
-            risks: vec![],
-            planned_end: None,
-            senior_responsible_owner: String::new(),
-            phase: String::new(),
-            function: String::new(),
-            region: String::new(),
-        };
-        Experiment::new("exp-1".into(), "o", team, n, SystemTime::now()).unwrap()
+        contract::experiment("exp-1", team)
     }
 
-    fn record(id: &str, team: &str) -> Sandbox {
-        let p = Profile::parse(Path::new("p.toml"), "max_classification = \"OFFICIAL\"\nimages = [\"i\"]\n").unwrap();
-        let req = CreateSandbox {
-            experiment: "exp-1".into(),
-            profile: "p".into(),
-            classification: Classification::Official,
-            ttl: Some(Duration::from_secs(60)),
-            image: None,
-            datasets: vec![],
-            resources: Default::default(),
-        };
-        let plan = admit(
-            &req,
-            "o",
-            team,
-            Some(&experiment(team)),
-            &ProfileSet::from_profiles([p]),
-            &HostPolicy {
-                max_classification: Classification::Official,
-                datasets: vec![],
-                min_ttl: Duration::ZERO,
-                minimum_isolation: Default::default(),
-                refuse_overdue_risk: None,
-                dpia_required: None,
-            },
-            SystemTime::now(),
-        )
-        .unwrap();
-        Sandbox::provisioning(id.into(), "local".into(), plan)
+    async fn open() -> Option<(std::sync::Arc<dyn Store>, tempfile::TempDir)> {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        Some((std::sync::Arc::new(s), dir))
     }
 
-    pub fn entry(actor: &str) -> AuditEntry {
-        AuditEntry {
-            time: SystemTime::now(),
-            actor: actor.into(),
-            role: "requester".into(),
-            action: "test".into(),
-            target: "sb-1".into(),
-            experiment: "exp-1".into(),
-            sandbox: "sb-1".into(),
-            outcome: Outcome::Succeeded,
-            code: "OK".into(),
-            reason: String::new(),
-            source: "test".into(),
-        }
-    }
+    sandpit_core::store_contract_tests!(open);
 
     #[tokio::test]
     async fn records_survive_reopen_and_filter() {
@@ -1155,7 +1101,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_claimed_warm_sandbox_counts_and_lists_as_its_teams() {
+    async fn an_older_stores_claimed_warm_sandbox_is_repaired_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let s = SqliteStore::open(&path).unwrap();
@@ -1182,114 +1128,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn racing_admitted_writes_never_overrun_a_quota_or_pass_a_decision() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = std::sync::Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
-        s.insert_experiment(&experiment("a"), None).await.unwrap();
-        let admission = Admission { max_live: 3, experiment_version: 1 };
-        let mut racing = tokio::task::JoinSet::new();
-        for i in 0..8 {
-            let s = std::sync::Arc::clone(&s);
-            racing.spawn(
-                async move { s.write_admitted(&record(&format!("sb-{i}"), "a"), None, admission).await.unwrap() },
-            );
-        }
-        let (mut written, mut over) = (0, 0);
-        while let Some(done) = racing.join_next().await {
-            match done.unwrap() {
-                Admitted::Written(Versioned::Written(_)) => written += 1,
-                Admitted::OverQuota(live) => {
-                    assert_eq!(live, 3);
-                    over += 1;
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        assert_eq!((written, over, live(&s, "a").await), (3, 5, 3));
-        // A claim into the full team is refused and changes nothing; into another it is written.
-        let mut warm = record("sb-warm", "");
-        s.insert_sandbox(&warm, None).await.unwrap();
-        warm.version = 1;
-        let into = |team: &str| Sandbox { team: team.into(), ..warm.clone() };
-        assert!(matches!(s.write_admitted(&into("a"), None, admission).await.unwrap(), Admitted::OverQuota(3)));
-        assert_eq!(s.get("sb-warm").await.unwrap().unwrap().team, "");
-        let roomy = Admission { max_live: 1, ..admission };
-        assert!(matches!(
-            s.write_admitted(&into("b"), None, roomy).await.unwrap(),
-            Admitted::Written(Versioned::Written(_))
-        ));
-        // A record's own row does not count against it.
-        let mut own = s.get("sb-warm").await.unwrap().unwrap();
-        own.state = SandboxState::Running;
-        assert!(matches!(s.write_admitted(&own, None, roomy).await.unwrap(), Admitted::Written(Versioned::Written(_))));
-        // A decision on the experiment since admission: nothing is written.
-        let mut decided = s.get_experiment("exp-1").await.unwrap().unwrap();
-        decided.status = sandpit_core::register::Status::Rejected;
-        assert!(matches!(s.update_experiment(&decided, entry("rejecter")).await.unwrap(), Versioned::Written(_)));
-        let late = Admission { max_live: 100, experiment_version: 1 };
-        assert!(matches!(
-            s.write_admitted(&record("sb-late", "a"), None, late).await.unwrap(),
-            Admitted::ExperimentChanged
-        ));
-        assert!(s.get("sb-late").await.unwrap().is_none());
-        let unknown = Sandbox { experiment: "exp-none".into(), ..record("sb-x", "a") };
-        assert!(matches!(s.write_admitted(&unknown, None, late).await.unwrap(), Admitted::ExperimentChanged));
-    }
-
-    #[tokio::test]
-    async fn experiments_round_trip_and_filter() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let e = experiment("a");
-        s.insert_experiment(&e, Some(entry("a"))).await.unwrap();
-        assert_eq!(s.get_experiment("exp-1").await.unwrap().unwrap(), Experiment { version: 1, ..e.clone() });
-        assert!(s.insert_experiment(&e, None).await.is_err(), "an id is registered once");
-        assert_eq!(
-            s.list_experiments(&ExperimentFilter { team: Some("a".into()), status: None }).await.unwrap().len(),
-            1
-        );
-        assert!(s
-            .list_experiments(&ExperimentFilter { team: Some("b".into()), status: None })
-            .await
-            .unwrap()
-            .is_empty());
-    }
-
-    #[tokio::test]
-    async fn experiment_updates_are_compare_and_set() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        s.insert_experiment(&experiment("a"), None).await.unwrap();
-        // Two decisions read the same version; only the first write lands.
-        let read = s.get_experiment("exp-1").await.unwrap().unwrap();
-        let mut approve = read.clone();
-        approve.status = sandpit_core::register::Status::Approved;
-        let mut close = read.clone();
-        close.status = sandpit_core::register::Status::Closed;
-        assert!(matches!(s.update_experiment(&close, entry("closer")).await.unwrap(), Versioned::Written(_)));
-        match s.update_experiment(&approve, entry("approver")).await.unwrap() {
-            Versioned::Stale(Some(now)) => {
-                assert_eq!((now.status, now.version), (sandpit_core::register::Status::Closed, 2));
-            }
-            other => panic!("a stale write must not land: {other:?}"),
-        }
-        assert_eq!(s.get_experiment("exp-1").await.unwrap().unwrap().status, sandpit_core::register::Status::Closed);
-        // The loser's audit record was not written either.
-        let actors: Vec<String> = s
-            .query_audit(&AuditQuery { limit: 10, ..Default::default() })
-            .await
-            .unwrap()
-            .records
-            .into_iter()
-            .map(|r| r.entry.actor)
-            .collect();
-        assert_eq!(actors, ["closer"]);
-        let mut ghost = read;
-        ghost.id = "exp-none".into();
-        assert!(matches!(s.update_experiment(&ghost, entry("x")).await.unwrap(), Versioned::Stale(None)));
-    }
-
-    #[tokio::test]
     async fn a_store_without_experiment_versions_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
@@ -1304,22 +1142,6 @@ mod tests {
         drop(raw);
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.get_experiment("exp-1").await.unwrap().unwrap().version, 1);
-    }
-
-    #[tokio::test]
-    async fn audit_query_filters_and_pages() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        for i in 0..10 {
-            s.append_audit(entry(if i % 2 == 0 { "even" } else { "odd" })).await.unwrap();
-        }
-        let q = AuditQuery { actor: Some("even".into()), limit: 3, ..Default::default() };
-        let page = s.query_audit(&q).await.unwrap();
-        assert_eq!(page.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3, 5]);
-        assert!(page.more);
-        let next = s.query_audit(&AuditQuery { after_seq: 5, ..q }).await.unwrap();
-        assert_eq!(next.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [7, 9]);
-        assert!(!next.more);
     }
 
     #[tokio::test]

@@ -400,6 +400,12 @@ mod tests {
         }
     }
 
+    async fn open() -> Option<(std::sync::Arc<dyn Store>, ())> {
+        Some((std::sync::Arc::new(MemoryStore::with_instance("inst")), ()))
+    }
+
+    crate::store_contract_tests!(open);
+
     #[tokio::test]
     async fn sandboxes_are_versioned_filtered_and_ordered() {
         let s = MemoryStore::with_instance("inst");
@@ -452,7 +458,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn experiment_updates_are_compare_and_set() {
+    async fn experiment_writes_are_compare_and_set_in_memory() {
         let s = MemoryStore::new();
         s.insert_experiment(&experiment("exp-1", "a"), None).await.unwrap();
         assert!(s.insert_experiment(&experiment("exp-1", "a"), None).await.is_err(), "an id is registered once");
