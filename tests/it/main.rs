@@ -15,6 +15,7 @@ mod deploy;
 mod docker_outage;
 mod escape;
 mod faults;
+mod fleet;
 mod governance;
 mod gvisor;
 mod lifecycle;

@@ -33,12 +33,19 @@ fn lost_race(e: &tonic::Status) {
 #[tokio::test(flavor = "multi_thread")]
 async fn racing_decisions_have_one_winner_and_never_reopen_a_closed_experiment() {
     let d = Daemon::start().await;
+    race_decisions(&d, &d).await;
+}
+
+/// Approves on `d` against rejects and closes on `other` (the same daemon,
+/// or another on the same store), and checks what stood and what the audit
+/// log says.
+pub async fn race_decisions(d: &Daemon, other: &Daemon) {
     let mut ids = Vec::new();
     for _ in 0..16 {
         ids.push(d.experiment(TEAM_A, "OFFICIAL").await);
     }
-    let (approvers, closers) = (d.register(APPROVER).await, d.register(APPROVER).await);
-    let rejecters = d.register(APPROVER).await;
+    let (approvers, closers) = (d.register(APPROVER).await, other.register(APPROVER).await);
+    let rejecters = other.register(APPROVER).await;
 
     // Approve against reject: exactly one decision stands.
     let races = ids[..8].iter().map(|id| {

@@ -124,6 +124,15 @@ pub struct Options {
     /// approvers with functions). With one, `exp_a` is left proposed: the
     /// harness's approver signs for no function.
     pub governance: String,
+    /// `store.url`: empty for the SQLite file in the data directory.
+    pub store_url: String,
+    /// `(second octet of the subnet pool, egress port)`: daemons sharing a
+    /// store on one host must agree on both (the firewall's rules name them);
+    /// by default each daemon gets its own.
+    pub network: Option<(u32, u16)>,
+    /// Where the audit signing key and checkpoints are kept: daemons sharing
+    /// a store share them. Default: the data directory.
+    pub audit_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -143,6 +152,9 @@ impl Default for Options {
             minimum_isolation: "\"OFFICIAL-SENSITIVE\" = \"container\"",
             isolation: Isolation::Container,
             governance: String::new(),
+            store_url: String::new(),
+            network: None,
+            audit_dir: None,
         }
     }
 }
@@ -216,6 +228,18 @@ mode = "none"
         // Each daemon its own address range and proxy port, so parallel tests never collide.
         static NEXT_POOL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let pool = NEXT_POOL.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 200 + 20;
+        let (pool, egress_port) = opts.network.unwrap_or((pool, 0));
+        let mut store = String::new();
+        if !opts.store_url.is_empty() {
+            store = format!("[store]\nurl = \"{}\"\nlease_retry = \"1s\"\npool_size = 8\n", opts.store_url);
+        }
+        if let Some(audit) = &opts.audit_dir {
+            store.push_str(&format!(
+                "[audit]\nsigning_key = \"{}\"\ncheckpoint_dir = \"{}\"\n",
+                audit.join("signing.key").display(),
+                audit.join("checkpoints").display()
+            ));
+        }
         let config = dir.path().join("sandpit.toml");
         std::fs::write(
             &config,
@@ -232,7 +256,7 @@ max_classification = "OFFICIAL-SENSITIVE"
 [network]
 subnet_pool = "10.{pool}.0.0/16"
 subnet_prefix = 28
-egress_port = 0
+egress_port = {egress_port}
 
 [docker]
 {host}timeout = "{docker_timeout}"
@@ -298,6 +322,8 @@ token_sha256 = "{appr_a}"
 {extra}
 
 {governance}
+
+{store}
 "#,
                 data = dir.path().join("data").display(),
                 profiles = profiles.display(),
@@ -509,13 +535,21 @@ impl Daemon {
     /// Removes this daemon's host firewall chains and the rules jumping to
     /// them (left behind when a test ends with sandboxes the daemon never tore down).
     fn remove_firewall(&self) {
-        let Ok(conn) = rusqlite::Connection::open(self.data_dir().join("sandpit.db")) else { return };
-        let Ok(instance) =
-            conn.query_row("SELECT value FROM meta WHERE key = 'instance_id'", [], |r| r.get::<_, String>(0))
-        else {
-            return;
-        };
-        remove_firewall_of(&instance);
+        if let Some(instance) = self.instance() {
+            remove_firewall_of(&instance);
+        }
+    }
+
+    /// The instance id: from the SQLite store, or (on PostgreSQL) as the daemon logged it.
+    pub fn instance(&self) -> Option<String> {
+        let db = self.data_dir().join("sandpit.db");
+        if db.is_file() {
+            let conn = rusqlite::Connection::open(db).ok()?;
+            return conn.query_row("SELECT value FROM meta WHERE key = 'instance_id'", [], |r| r.get(0)).ok();
+        }
+        let log = self.log();
+        let at = log.find(" instance=")? + " instance=".len();
+        Some(log[at..].split_whitespace().next()?.trim_matches('"').to_string())
     }
 }
 

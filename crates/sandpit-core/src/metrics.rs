@@ -125,6 +125,7 @@ pub struct Metrics {
     egress_strangers: Counter,
     firewall_transactions: Counter,
     firewall_changes: Counter,
+    on_duty: Gauge,
 }
 
 /// Registers `metric` with `help` as written: prometheus-client ends every
@@ -158,6 +159,7 @@ impl Metrics {
             egress_strangers: Counter::default(),
             firewall_transactions: Counter::default(),
             firewall_changes: Counter::default(),
+            on_duty: Gauge::default(),
         };
         // The metrics share their state with the clones registered here.
         let mut r = Registry::default();
@@ -189,6 +191,7 @@ impl Metrics {
             "Refusals counted into a summary audit record (repeats, or over a source's share) instead of recorded one by one.",
             m.refusals_summarised.clone(),
         );
+        register(&mut r, "sandpit_on_duty", "1 while this daemon runs expiry, reconcile, warm-pool refill and checkpoints: always when it is its store's only user; with several daemons on PostgreSQL, while it holds the lease.", m.on_duty.clone());
         register(&mut r, "sandpit_audit_chain_ok", "1 when the audit chain verified at start (against the newest checkpoint too) and before every checkpoint since; 0 when it did not (the log says why, and no checkpoint is signed). Absent until the check at start ends.", m.audit_chain_ok.clone());
         register(
             &mut r,
@@ -215,6 +218,11 @@ impl Metrics {
             m.firewall_changes.clone(),
         );
         Metrics { registry: r, ..m }
+    }
+
+    /// Whether this daemon runs the singleton duties now.
+    pub fn on_duty(&self, held: bool) {
+        self.on_duty.set(i64::from(held));
     }
 
     /// Whether the audit chain verified (at start, and before each checkpoint since).

@@ -428,6 +428,146 @@ impl PostgresStore {
         Ok(PostgresStore { pool, coordination })
     }
 
+    /// The instance id of the database at `settings.url`, if a daemon has
+    /// run on it: reading only, taking no lease.
+    pub async fn read_instance_id(settings: &Settings) -> Result<Option<String>> {
+        let mut config: tokio_postgres::Config = settings
+            .url
+            .parse()
+            .map_err(|e| Error::Store(format!("store.url {}: {}", redacted(&settings.url), db_error_text(&e))))?;
+        let tls = tls::connector(&mut config, settings.ca_file.as_deref())?;
+        let (client, connection) = config.connect(tls).await?;
+        let _conn = coordination::AbortOnDrop(tokio::spawn(async move {
+            let _ = connection.await;
+        }));
+        let has_meta: bool = client.query_one("SELECT to_regclass('meta') IS NOT NULL", &[]).await?.try_get(0)?;
+        if !has_meta {
+            return Ok(None);
+        }
+        let row = client.query_opt("SELECT value FROM meta WHERE key = 'instance_id'", &[]).await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Moves another store's contents into this database, which must hold
+    /// none yet: experiments and sandboxes at their versions, the audit
+    /// records verbatim (`next_audit` pages them in order; the chain's
+    /// hashes cover the records, not where they are kept), and the
+    /// instance id the sandboxes' Docker objects are labelled with. One
+    /// transaction: all of it or nothing.
+    pub async fn import<F, Fut>(
+        &self,
+        instance_id: &str,
+        experiments: &[Experiment],
+        sandboxes: &[Sandbox],
+        mut next_audit: F,
+    ) -> CoreResult<u64>
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = CoreResult<Vec<AuditRecord>>>,
+    {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(StoreError::from)?;
+        // Nobody appends while the log moves in.
+        let head =
+            tx.prepare_cached("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE").await.map_err(StoreError::from)?;
+        let at: i64 = tx.query_one(&head, &[]).await.map_err(StoreError::from)?.get(0);
+        let used: i64 = tx
+            .query_one("SELECT (SELECT COUNT(*) FROM sandboxes) + (SELECT COUNT(*) FROM experiments) + (SELECT COUNT(*) FROM audit)", &[])
+            .await
+            .map_err(StoreError::from)?
+            .get(0);
+        if at != 0 || used != 0 {
+            return Err(Error::FailedPrecondition(
+                "the database already holds sandboxes, experiments or audit records: migrate into a new, empty one"
+                    .into(),
+            ));
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('instance_id', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&instance_id],
+        )
+        .await
+        .map_err(StoreError::from)?;
+        let exp = tx
+            .prepare(
+                "INSERT INTO experiments (id, team, status, created_ms, body, version) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .await
+            .map_err(StoreError::from)?;
+        for e in experiments {
+            let body = encode(e)?;
+            tx.execute(
+                &exp,
+                &[&e.id, &e.team, &e.status.as_str(), &to_millis(e.created_at), &body, &(e.version as i64)],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        }
+        let sbx = tx
+            .prepare(
+                "INSERT INTO sandboxes (id, team, experiment, state, ended, created_ms, body, version)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .await
+            .map_err(StoreError::from)?;
+        for sb in sandboxes {
+            let body = encode(sb)?;
+            let params: [&(dyn ToSql + Sync); 8] = [
+                &sb.id,
+                &sb.team,
+                &sb.experiment,
+                &sb.state.as_str(),
+                &sb.state.is_ended(),
+                &to_millis(sb.created_at),
+                &body,
+                &(sb.version as i64),
+            ];
+            tx.execute(&sbx, &params).await.map_err(StoreError::from)?;
+        }
+        let rec = tx
+            .prepare(&format!(
+                "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            ))
+            .await
+            .map_err(StoreError::from)?;
+        let mut last: Option<(u64, Hash)> = None;
+        loop {
+            let page = next_audit(last.map_or(0, |l| l.0)).await?;
+            if page.is_empty() {
+                break;
+            }
+            for r in &page {
+                let e = &r.entry;
+                let seq = r.seq as i64;
+                let params: [&(dyn ToSql + Sync); 14] = [
+                    &seq,
+                    &to_millis(e.time),
+                    &e.actor,
+                    &e.role,
+                    &e.action,
+                    &e.target,
+                    &e.experiment,
+                    &e.sandbox,
+                    &e.outcome.as_str(),
+                    &e.code,
+                    &e.reason,
+                    &e.source,
+                    &&r.prev_hash[..],
+                    &&r.hash[..],
+                ];
+                tx.execute(&rec, &params).await.map_err(StoreError::from)?;
+                last = Some((r.seq, r.hash));
+            }
+        }
+        if let Some((seq, hash)) = last {
+            tx.execute("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", &[&(seq as i64), &&hash[..]])
+                .await
+                .map_err(StoreError::from)?;
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(last.map_or(0, |l| l.0))
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Client> {
         Ok(self.pool.get().await?)
     }

@@ -588,6 +588,17 @@ impl SqliteStore {
         verify_conn(&open_read_only(path)?, Some(checkpoint))
     }
 
+    /// Up to `limit` audit records after `after`, whole and as stored (for
+    /// moving the log elsewhere: queries cut long fields, this does not).
+    pub fn audit_records(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let conn = open_read_only(&self.path)?;
+        let mut stmt =
+            conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"))?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![after, limit as i64], row_to_record)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     /// The instance id of the store at `path`, reading only: `None` when
     /// there is no store there or it has no id yet.
     pub fn read_instance_id(path: &Path) -> Result<Option<String>> {

@@ -216,6 +216,10 @@ pub struct Checkpointer {
     /// Mirrors of the state for the schedule, which must not wait on a signing in progress.
     signed_size: AtomicU64,
     broken: AtomicBool,
+    /// With several daemons on one store: whether this one holds the lease.
+    /// Only the holder signs; the others answer with the newest checkpoint
+    /// in the (shared) checkpoint directory.
+    duty: std::sync::OnceLock<watch::Receiver<bool>>,
 }
 
 impl Checkpointer {
@@ -251,7 +255,30 @@ impl Checkpointer {
             ready: watch::channel(false).0,
             signed_size: AtomicU64::new(0),
             broken: AtomicBool::new(false),
+            duty: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Signs only while `duty` says so (several daemons on one store: one
+    /// signer at a time, the lease holder).
+    pub fn sign_only_on_duty(&self, duty: watch::Receiver<bool>) {
+        let _ = self.duty.set(duty);
+    }
+
+    fn on_duty(&self) -> bool {
+        self.duty.get().is_none_or(|d| *d.borrow())
+    }
+
+    /// Off duty: the newest checkpoint the signer wrote to the directory.
+    fn newest_signed(&self) -> Result<Option<Signed>> {
+        let found = newest(&self.settings.checkpoint_dir, self.verifier()).map_err(Error::Internal)?;
+        match found {
+            Some((_, checkpoint, note)) => Ok(Some(Signed { checkpoint, note })),
+            None => Err(Error::Unavailable(format!(
+                "checkpoints are signed by the daemon that holds the lease, and none is in {} yet: try again shortly",
+                self.settings.checkpoint_dir.display()
+            ))),
+        }
     }
 
     pub fn verifier(&self) -> &VerifierKey {
@@ -361,6 +388,9 @@ impl Checkpointer {
     /// appended since the newest one, after checking they follow on from
     /// what was verified. The newest checkpoint; None while the log is empty.
     pub async fn checkpoint(&self, why: &str) -> Result<Option<Signed>> {
+        if !self.on_duty() {
+            return self.newest_signed();
+        }
         let mut state = self.state().await;
         let (verified, latest) = match &mut *state {
             State::Starting => return Err(Error::Unavailable("the audit chain is still being verified".into())),

@@ -33,6 +33,11 @@ struct Args {
     /// all of that instance's (one whose daemon and data are gone for good).
     #[arg(long, value_name = "INSTANCE", num_args = 0..=1, default_missing_value = "", conflicts_with = "check")]
     cleanup: Option<String>,
+    /// Move a SQLite store (`sqlite:PATH`, its daemon stopped) into the
+    /// empty PostgreSQL database `store.url` names: register, sandboxes and
+    /// the audit chain, verified after the move; then exit.
+    #[arg(long, value_name = "sqlite:PATH", conflicts_with_all = ["check", "cleanup", "init_audit_key"])]
+    migrate_from: Option<String>,
 }
 
 /// `sandpitd`'s `main`.
@@ -66,6 +71,29 @@ pub fn main() -> ExitCode {
                     eprintln!("sandpitd: {e}");
                 }
                 ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
+    if let Some(from) = &args.migrate_from {
+        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("sandpitd: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match runtime.block_on(server::migrate_from(&cfg, from)) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(StartError::Config(e)) => {
+                eprintln!("sandpitd: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+            Err(StartError::Io(e)) => {
+                eprintln!("sandpitd: {e}");
+                ExitCode::FAILURE
             }
         };
     }
@@ -120,12 +148,26 @@ pub fn main() -> ExitCode {
 
 /// `--cleanup [INSTANCE]`: lists leftovers, or removes one instance's.
 async fn cleanup(cfg: &Config, target: &str) -> ExitCode {
-    let store = cfg.data_dir.join(crate::config::DATABASE_FILE);
-    let own = match SqliteStore::read_instance_id(&store) {
-        Ok(own) => own,
-        Err(e) => {
-            eprintln!("sandpitd: cannot read {}: {e}", store.display());
-            return ExitCode::FAILURE;
+    let own = if cfg.store.is_postgres() {
+        let settings = server::postgres_settings(cfg);
+        match sandpit_store_postgres::PostgresStore::read_instance_id(&settings).await {
+            Ok(own) => own,
+            Err(e) => {
+                eprintln!(
+                    "sandpitd: cannot read the instance id from {}: {e}",
+                    sandpit_store_postgres::redacted(&settings.url)
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let store = cfg.data_dir.join(crate::config::DATABASE_FILE);
+        match SqliteStore::read_instance_id(&store) {
+            Ok(own) => own,
+            Err(e) => {
+                eprintln!("sandpitd: cannot read {}: {e}", store.display());
+                return ExitCode::FAILURE;
+            }
         }
     };
     let pool = match sandpit_docker::subnet::Pool::new(&cfg.network.subnet_pool, cfg.network.subnet_prefix) {

@@ -59,6 +59,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub quotas: QuotasConfig,
     pub audit: AuditConfig,
+    pub store: StoreConfig,
     pub isolation: IsolationConfig,
     pub images: ImagesConfig,
     pub governance: GovernanceConfig,
@@ -159,6 +160,35 @@ pub struct AuditConfig {
     pub origin: Option<String>,
     /// Name of the key in signatures and the verifier key. Default: `sandpit-<instance id>`.
     pub key_name: Option<String>,
+}
+
+/// Where the state lives: the SQLite file in `data_dir` (one daemon), or
+/// PostgreSQL (several daemons sharing it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Empty: `sandpit.db` in `data_dir`. `postgres://user:password@host/db`
+    /// (add `?sslmode=require` for TLS, verified): PostgreSQL, shared by
+    /// every daemon given the same URL.
+    pub url: String,
+    /// PostgreSQL: connections in this daemon's pool.
+    pub pool_size: usize,
+    /// PostgreSQL with `sslmode=require`: the CA that signed the server's
+    /// certificate (PEM). Default: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PostgreSQL: how often a daemon without the lease on the singleton
+    /// duties (expiry, reconcile, pool refill, checkpoints) tries to take
+    /// it, and how often its holder checks its connection. A dead holder's
+    /// duties are taken over within this.
+    #[serde(deserialize_with = "de_duration")]
+    pub lease_retry: Duration,
+}
+
+impl StoreConfig {
+    /// Whether the store is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -381,6 +411,11 @@ teams = {{}}
 [audit]
 checkpoint_every = 1000
 checkpoint_interval = "5m"
+
+[store]
+url = ""
+pool_size = 16
+lease_retry = "1s"
 
 [isolation]
 minimum = {{ "OFFICIAL" = "container", "OFFICIAL-SENSITIVE" = "gvisor" }}
@@ -696,7 +731,25 @@ impl Config {
         Ok(())
     }
 
+    fn validate_store(&self) -> Result<(), String> {
+        let s = &self.store;
+        if !s.url.is_empty() && !s.is_postgres() {
+            return Err(format!(
+                "store.url: '{}' is neither empty (SQLite in data_dir) nor a postgres:// URL",
+                s.url.split('@').next_back().unwrap_or_default()
+            ));
+        }
+        if !(1..=1000).contains(&s.pool_size) {
+            return Err(format!("store.pool_size: {} is not between 1 and 1000", s.pool_size));
+        }
+        if s.lease_retry < Duration::from_millis(100) || s.lease_retry > Duration::from_secs(60) {
+            return Err(format!("store.lease_retry: {:?} is not between 100ms and 60s", s.lease_retry));
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), String> {
+        self.validate_store()?;
         self.validate_isolation()?;
         self.validate_governance()?;
         for (i, b) in self.images.build.iter().enumerate() {

@@ -28,6 +28,7 @@ use sandpit_core::policy::{HostPolicy, ProfileSet};
 use sandpit_core::store::Store;
 use sandpit_docker::subnet::Pool;
 use sandpit_docker::{DockerRuntime, NetworkSettings, SandboxDefaults};
+use sandpit_store_postgres::PostgresStore;
 use sandpit_store_sqlite::SqliteStore;
 
 /// Why the daemon could not start.
@@ -80,6 +81,105 @@ fn key_error(cfg: &Config, e: KeyError) -> StartError {
     }
 }
 
+/// The egress proxy's listener. With a shared store, daemons on one host
+/// share the port (SO_REUSEPORT, which the kernel allows only to processes
+/// of the same user): the host firewall's rules name one port, and each
+/// daemon's proxy knows every allowlist sandbox (from the other daemons'
+/// notices), so it does not matter which of them a connection reaches.
+fn egress_listener(addr: std::net::SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    if shared {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// The store `[store]` names: the SQLite file in the data directory, or PostgreSQL.
+pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
+    if cfg.store.is_postgres() {
+        let store = PostgresStore::open(&postgres_settings(cfg)).await.map_err(|e| StartError::Io(e.to_string()))?;
+        tracing::info!(url = %sandpit_store_postgres::redacted(&cfg.store.url), "store: PostgreSQL, shared with every daemon on it");
+        return Ok(Arc::new(store));
+    }
+    let store = SqliteStore::open(&cfg.data_dir.join(crate::config::DATABASE_FILE))
+        .map_err(|e| StartError::Io(e.to_string()))?;
+    Ok(Arc::new(store))
+}
+
+pub fn postgres_settings(cfg: &Config) -> sandpit_store_postgres::Settings {
+    sandpit_store_postgres::Settings {
+        url: cfg.store.url.clone(),
+        pool_size: cfg.store.pool_size,
+        ca_file: cfg.store.ca_file.clone(),
+        lease_retry: cfg.store.lease_retry,
+    }
+}
+
+/// `sandpitd --migrate-from sqlite:PATH`: moves that SQLite store into the
+/// empty PostgreSQL database `store.url` names, then verifies the chain
+/// there. The SQLite store is opened as a daemon would (so its daemon must
+/// be stopped) and left as it was. A summary of what moved.
+pub async fn migrate_from(cfg: &Config, from: &str) -> Result<String, StartError> {
+    let Some(path) = from.strip_prefix("sqlite:") else {
+        return Err(StartError::Config(format!("--migrate-from: '{from}' is not sqlite:PATH")));
+    };
+    if !cfg.store.is_postgres() {
+        return Err(StartError::Config(
+            "--migrate-from: store.url must name the PostgreSQL database to move into".into(),
+        ));
+    }
+    let io = |e: &dyn std::fmt::Display| StartError::Io(e.to_string());
+    let path = Path::new(path);
+    if !path.is_file() {
+        return Err(StartError::Config(format!("--migrate-from: {}: no such store", path.display())));
+    }
+    let sqlite = Arc::new(SqliteStore::open(path).map_err(|e| io(&e))?);
+    let before = sqlite.verify_audit().await.map_err(|e| io(&e))?;
+    if !before.ok {
+        return Err(StartError::Io(format!(
+            "the audit chain in {} does not verify (record {}: {}); nothing was moved",
+            path.display(),
+            before.first_bad_seq,
+            before.reason
+        )));
+    }
+    let instance = sqlite.instance_id().await.map_err(|e| io(&e))?;
+    let experiments = sqlite.list_experiments(&Default::default()).await.map_err(|e| io(&e))?;
+    let all = sandpit_core::store::ListFilter { include_ended: true, ..Default::default() };
+    let sandboxes = sqlite.list(&all).await.map_err(|e| io(&e))?;
+    let pg = PostgresStore::open(&postgres_settings(cfg)).await.map_err(|e| io(&e))?;
+    let pages = Arc::clone(&sqlite);
+    let moved = pg
+        .import(&instance, &experiments, &sandboxes, move |after| {
+            let pages = Arc::clone(&pages);
+            async move { Ok(pages.audit_records(after, 5_000)?) }
+        })
+        .await
+        .map_err(|e| io(&e))?;
+    let after = pg.verify_audit().await.map_err(|e| io(&e))?;
+    if !after.ok || (after.records, after.head_hash) != (before.records, before.head_hash) {
+        return Err(StartError::Io(format!(
+            "the audit chain in PostgreSQL does not match the one moved ({} records, head {}; moved {} records, head {}): {}",
+            after.records,
+            hex::encode(after.head_hash),
+            before.records,
+            hex::encode(before.head_hash),
+            after.reason
+        )));
+    }
+    Ok(format!(
+        "moved {} experiments, {} sandboxes and {moved} audit records from {} into {} (instance {instance}); the chain verifies there: {} records, head {}",
+        experiments.len(),
+        sandboxes.len(),
+        path.display(),
+        sandpit_store_postgres::redacted(&cfg.store.url),
+        after.records,
+        hex::encode(after.head_hash),
+    ))
+}
+
 /// `sandpitd --init-audit-key`: creates the audit signing key (never
 /// replacing one) and its `.pub`, for a daemon that may not write where the
 /// key lives. Returns the key's path, whether it was created, the `.pub`
@@ -88,8 +188,7 @@ pub async fn init_audit_key(
     cfg: &Config,
 ) -> Result<(std::path::PathBuf, bool, std::path::PathBuf, String), StartError> {
     data_dir(&cfg.data_dir)?;
-    let store = SqliteStore::open(&cfg.data_dir.join(crate::config::DATABASE_FILE))
-        .map_err(|e| StartError::Io(e.to_string()))?;
+    let store = open_store(cfg).await?;
     let instance = store.instance_id().await.map_err(|e| StartError::Io(e.to_string()))?;
     let settings = cfg.checkpoint_settings(&instance);
     let (key, created) = crate::checkpoints::load_or_create_key(&settings.signing_key, &settings.key_name)
@@ -130,10 +229,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let profiles = ProfileSet::load_dir_with(&cfg.profiles_dir, &cfg.host_rules())
         .map_err(|errors| StartError::Config(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
     data_dir(&cfg.data_dir)?;
-    let store = Arc::new(
-        SqliteStore::open(&cfg.data_dir.join(crate::config::DATABASE_FILE))
-            .map_err(|e| StartError::Io(e.to_string()))?,
-    );
+    let store = open_store(&cfg).await?;
 
     let mut identities = Identities::from_config(&cfg.identities);
     if identities.is_empty() {
@@ -149,8 +245,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         tracing::warn!(min_ttl = ?cfg.lifecycle.min_ttl, "lifecycle.min_ttl is below 10s: sandboxes may be asked to live only seconds");
     }
     let instance = store.instance_id().await.map_err(|e| StartError::Io(e.to_string()))?;
-    let checkpoints = Checkpointer::new(Arc::clone(&store) as Arc<dyn Store>, cfg.checkpoint_settings(&instance))
-        .map_err(|e| key_error(&cfg, e))?;
+    let checkpoints =
+        Checkpointer::new(Arc::clone(&store), cfg.checkpoint_settings(&instance)).map_err(|e| key_error(&cfg, e))?;
     tracing::info!(
         verifier_key = %checkpoints.verifier(),
         signing_key = %cfg.signing_key().display(),
@@ -161,8 +257,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     // and go. The host firewall lets only allowlist sandboxes (and loopback)
     // reach the port, and the proxy closes any other source unread.
     let egress_addr = std::net::SocketAddr::from(([0, 0, 0, 0], cfg.network.egress_port));
-    let egress = TcpListener::bind(egress_addr)
-        .await
+    let egress = egress_listener(egress_addr, cfg.store.is_postgres())
         .map_err(|e| StartError::Io(format!("egress proxy listen {egress_addr}: {e}")))?;
     let egress_port = egress.local_addr().map_err(|e| StartError::Io(e.to_string()))?.port();
     let net = NetworkSettings {
@@ -219,6 +314,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     };
     let manager =
         Manager::new(Arc::new(runtime), store, profiles, settings).await.map_err(|e| StartError::Io(e.to_string()))?;
+    checkpoints.sign_only_on_duty(manager.duty());
     manager.start().await.map_err(|e| StartError::Io(e.to_string()))?;
     // Verifies the chain (in a blocking task: serving starts meanwhile), then signs on schedule.
     let _checkpointing = AbortOnDrop(tokio::spawn(Arc::clone(&checkpoints).run(manager.watch_audit())));

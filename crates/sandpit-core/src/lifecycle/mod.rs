@@ -22,6 +22,7 @@ mod locks;
 mod pool;
 mod reconcile;
 mod requests;
+mod shared;
 mod teardown;
 #[cfg(test)]
 mod tests;
@@ -35,7 +36,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -52,7 +53,7 @@ use crate::egress;
 use crate::policy::{HostPolicy, ProfileSet};
 use crate::runtime::Runtime;
 use crate::sandbox::{EventKind, Sandbox, SandboxEvent, SandboxState};
-use crate::store::{Admission, Admitted, ListFilter, Store, Versioned};
+use crate::store::{Admission, Admitted, ListFilter, Notice, Shared, Store, Versioned};
 use crate::{Error, Result};
 
 /// Events kept for slow watchers before they miss some.
@@ -121,6 +122,17 @@ pub struct Manager {
     due_rx: Mutex<Option<mpsc::UnboundedReceiver<Due>>>,
     /// Profiles the runtime cannot run now, and why, as last said in the log.
     unrunnable: Mutex<BTreeMap<String, String>>,
+    /// Other daemons on the same store, if any ([`Store::shared`]).
+    shared: Option<Arc<dyn Shared>>,
+    /// Whether this daemon runs the duties one daemon runs at a time
+    /// (expiry, reconcile, warm-pool refill, host-rule repair): always when
+    /// it is the store's only user, else while it holds the lease.
+    duty: watch::Receiver<bool>,
+    /// Keeps `duty` at true when there is no lease.
+    _sole: Option<watch::Sender<bool>>,
+    /// This daemon's events for the others, in order (see `publish_notices`).
+    notices: Option<mpsc::UnboundedSender<Notice>>,
+    notices_rx: Mutex<Option<mpsc::UnboundedReceiver<Notice>>>,
 }
 
 impl Manager {
@@ -133,6 +145,21 @@ impl Manager {
         let instance = store.instance_id().await?;
         let (due_tx, due_rx) = mpsc::unbounded_channel();
         let audit = AuditLog::new(Arc::clone(&store), settings.refusals);
+        let shared = store.shared();
+        let (duty, sole) = match &shared {
+            Some(s) => (s.lease(), None),
+            None => {
+                let (tx, rx) = watch::channel(true);
+                (rx, Some(tx))
+            }
+        };
+        let (notices, notices_rx) = match &shared {
+            Some(_) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         Ok(Arc::new(Manager {
             runtime,
             store,
@@ -154,6 +181,11 @@ impl Manager {
             stopping: std::sync::OnceLock::new(),
             due_rx: Mutex::new(Some(due_rx)),
             unrunnable: Mutex::new(BTreeMap::new()),
+            shared,
+            duty,
+            _sole: sole,
+            notices,
+            notices_rx: Mutex::new(notices_rx),
         }))
     }
 
@@ -177,7 +209,31 @@ impl Manager {
         self.spawn_until_shutdown(Arc::clone(self).pool_loop());
         self.spawn_until_shutdown(Arc::clone(self).refusal_loop());
         self.spawn_until_shutdown(Arc::clone(self).watch_runtime());
+        crate::metrics::global().on_duty(self.on_duty());
+        if let Some(shared) = &self.shared {
+            let rx = self.notices_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(rx) = rx {
+                self.spawn_until_shutdown(shared::publish_notices(Arc::clone(shared), rx));
+            }
+            self.spawn_until_shutdown(Arc::clone(self).follow_notices(Arc::clone(shared)));
+            self.spawn_until_shutdown(Arc::clone(self).follow_lease());
+        }
         Ok(())
+    }
+
+    /// Whether this daemon runs the singleton duties now (see `duty`).
+    pub fn on_duty(&self) -> bool {
+        *self.duty.borrow()
+    }
+
+    /// [`Manager::on_duty`], now and as it changes (the checkpointer signs only on duty).
+    pub fn duty(&self) -> watch::Receiver<bool> {
+        self.duty.clone()
+    }
+
+    /// Whether other daemons may share the store.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     pub fn instance(&self) -> &str {
@@ -294,13 +350,17 @@ impl Manager {
     }
 
     fn emit(&self, kind: EventKind, sandbox: &Sandbox, message: impl Into<String>) {
+        let message = message.into();
+        if let Some(tx) = &self.notices {
+            let _ = tx.send(Notice {
+                kind,
+                sandbox: sandbox.id.clone(),
+                version: sandbox.version,
+                message: message.clone(),
+            });
+        }
         // No receivers is fine: nobody is watching.
-        let _ = self.events.send(SandboxEvent {
-            kind,
-            time: SystemTime::now(),
-            sandbox: sandbox.clone(),
-            message: message.into(),
-        });
+        let _ = self.events.send(SandboxEvent { kind, time: SystemTime::now(), sandbox: sandbox.clone(), message });
     }
 
     /// Writes a sandbox record and the audit record of its change, atomically,

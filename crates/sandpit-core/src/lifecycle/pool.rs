@@ -74,6 +74,15 @@ impl Pools {
         Arc::clone(m.entry(profile.to_string()).or_default())
     }
 
+    /// The warm sandboxes on record, in place of what the pools held.
+    fn replace(&self, warm: impl Iterator<Item = Sandbox>) {
+        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        ready.clear();
+        for sb in warm {
+            ready.entry(sb.profile.name.clone()).or_default().push_back(sb);
+        }
+    }
+
     fn push(&self, sb: Sandbox) {
         let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
         ready.entry(sb.profile.name.clone()).or_default().push_back(sb);
@@ -104,11 +113,10 @@ impl Pools {
 }
 
 impl Manager {
-    /// Puts the warm sandboxes on record back in their pools (at start).
+    /// Puts the warm sandboxes on record in their pools (at start, and when
+    /// this daemon takes the lease: the last holder refilled them).
     pub(super) fn load_pools(&self, records: &[Sandbox]) {
-        for sb in records.iter().filter(|s| s.state == SandboxState::Warm) {
-            self.pools.push(sb.clone());
-        }
+        self.pools.replace(records.iter().filter(|s| s.state == SandboxState::Warm).cloned());
     }
 
     /// Hands a warm sandbox of the plan's profile to the caller, if one is
@@ -245,7 +253,7 @@ impl Manager {
     /// Drains what no longer fits and adds at most one warm sandbox.
     /// Returns whether it added one (then it is called again at once).
     async fn refill_once(&self, verify: bool) -> bool {
-        if self.cancel.is_cancelled() {
+        if self.cancel.is_cancelled() || !self.on_duty() {
             return false;
         }
         let profiles = self.profiles();

@@ -172,7 +172,7 @@ impl Manager {
 
         let mut adopting = Vec::new();
         for sb in records {
-            if self.is_creating(&sb.id) {
+            if self.is_creating(&sb.id) || self.may_be_creating_elsewhere(&sb, now) {
                 continue;
             }
             let objects = sandbox_objects.remove(&sb.id).unwrap_or_default();
@@ -223,6 +223,16 @@ impl Manager {
         Ok(report)
     }
 
+    /// Whether `sb` may be a create in flight on another daemon sharing the
+    /// store: provisioning for less than the orphan grace period. Alone on
+    /// the store, a provisioning record this process is not creating was
+    /// cut short by a crash, and is failed at once.
+    fn may_be_creating_elsewhere(&self, sb: &Sandbox, now: SystemTime) -> bool {
+        self.is_shared()
+            && sb.state == SandboxState::Provisioning
+            && now.duration_since(sb.created_at).unwrap_or_default() < self.settings.orphan_grace
+    }
+
     /// Takes over sandboxes an earlier process made: under their locks
     /// (taken in id order, so that two passes cannot deadlock), and only
     /// those still live (a teardown meanwhile must not be undone). How many.
@@ -266,6 +276,9 @@ impl Manager {
 
     /// The repair on its own, when the runtime says host state changed.
     async fn repair_logged(&self, why: &str) {
+        if !self.on_duty() {
+            return;
+        }
         let mut report = ReconcileReport::default();
         let result = self.repair_runtime(&mut report).await;
         let metrics = crate::metrics::global();
@@ -402,11 +415,13 @@ impl Manager {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.reconcile_logged("periodic").await;
+            if self.on_duty() {
+                self.reconcile_logged("periodic").await;
+            }
         }
     }
 
-    async fn reconcile_logged(&self, why: &str) {
+    pub(super) async fn reconcile_logged(&self, why: &str) {
         let metrics = crate::metrics::global();
         match self.reconcile().await {
             Ok(r) => {

@@ -88,6 +88,12 @@ impl Manager {
     pub(super) async fn dispatch_due(self: Arc<Self>, mut due: mpsc::UnboundedReceiver<Due>) {
         let permits = Arc::new(Semaphore::new(EXPIRY_PARALLELISM));
         while let Some(first) = due.recv().await {
+            if !self.on_duty() {
+                // Another daemon holds the lease and has these deadlines too
+                // (it put them back from the store when it took the lease).
+                while due.try_recv().is_ok() {}
+                continue;
+            }
             // The scheduler hands out an instant's deadlines in one go: take
             // all that have arrived.
             let (mut expire, mut warn) = (Vec::new(), Vec::new());
