@@ -2,6 +2,9 @@
 //!
 //!     cargo bench --bench sandpit -- [--quick] [--json-out FILE] [--only SCENARIO[,SCENARIO...]]
 //!
+//! `fleet` and `failover` (several daemons on PostgreSQL, see
+//! benches/sandpit/fleet.rs) run only when named, like `soak` and `density`.
+//!
 //! Spawns the real release `sandpitd` on a temporary config and data
 //! directory and drives it over gRPC; the baseline drives the same Docker
 //! engine directly through bollard with the daemon's own hardened container
@@ -35,6 +38,8 @@
 mod density;
 #[path = "sandpit/exit.rs"]
 mod exit;
+#[path = "sandpit/fleet.rs"]
+mod fleet;
 #[path = "sandpit/harness.rs"]
 mod harness;
 #[path = "sandpit/isolation.rs"]
@@ -112,6 +117,12 @@ enum Scenario {
     Soak,
     /// Only when named (minutes): 1,000 live sandboxes, half isolated.
     Density,
+    /// Only when named (PostgreSQL): create throughput and ListSandboxes
+    /// with 1, 2 and 3 daemons on PostgreSQL beside SQLite.
+    Fleet,
+    /// Only when named (PostgreSQL): kill -9 of the lease holder to another
+    /// daemon on duty, and an expiry due during the handover.
+    Failover,
 }
 
 impl Scenario {
@@ -122,7 +133,7 @@ impl Scenario {
 
     /// Whether it runs only when named with `--only`.
     fn on_request(self) -> bool {
-        matches!(self, Scenario::Soak | Scenario::Density)
+        matches!(self, Scenario::Soak | Scenario::Density | Scenario::Fleet | Scenario::Failover)
     }
 }
 
@@ -157,6 +168,10 @@ struct Sizes {
     work: usize,
     /// Round trips over one forwarded connection.
     work_rtt: usize,
+    /// Creates (and live sandboxes listed) per configuration in the fleet scenario.
+    fleet: usize,
+    /// Kills of the lease holder in the failover scenario.
+    failover: usize,
 }
 
 impl Sizes {
@@ -175,6 +190,8 @@ impl Sizes {
                 work_file: 10_000_000,
                 work: 5,
                 work_rtt: 100,
+                fleet: 30,
+                failover: 3,
             }
         } else {
             Sizes {
@@ -190,6 +207,8 @@ impl Sizes {
                 work_file: 50_000_000,
                 work: 10,
                 work_rtt: 500,
+                fleet: 100,
+                failover: 5,
             }
         }
     }
@@ -295,6 +314,8 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
             Scenario::Work => work::work(&mut ctx, sizes.work_file, sizes.work, sizes.work_rtt).await,
             Scenario::Soak => soak::soak(&mut ctx, soak::SoakSize::new(args.quick)).await,
             Scenario::Density => density::density(&mut ctx, density::DensitySize::new(args.quick)).await,
+            Scenario::Fleet => fleet::fleet(&mut ctx, sizes.fleet, sizes.list_calls).await,
+            Scenario::Failover => fleet::failover(&mut ctx, sizes.failover).await,
         };
         match result {
             Ok(v) => {

@@ -200,6 +200,12 @@ pub struct Daemon {
 impl Daemon {
     /// Writes the profile and config. Does not start the daemon.
     pub fn prepare(run: &str) -> Result<Daemon> {
+        Self::prepare_with(run, 0, "")
+    }
+
+    /// [`Daemon::prepare`] with the egress port given and `extra` TOML
+    /// appended (`[store]`, `[audit]`): daemons sharing a store share both.
+    pub fn prepare_with(run: &str, egress_port: u16, extra: &str) -> Result<Daemon> {
         let dir = tempfile::Builder::new().prefix("sandpit-bench-").tempdir()?;
         let profiles = dir.path().join("profiles");
         std::fs::create_dir(&profiles)?;
@@ -229,7 +235,7 @@ max_classification = "OFFICIAL-SENSITIVE"
 
 [network]
 subnet_pool = "{SUBNET_POOL}"
-egress_port = 0
+egress_port = {egress_port}
 
 [docker]
 timeout = "{timeout}s"
@@ -268,6 +274,8 @@ name = "bench-operator"
 team = "bench"
 roles = ["operator"]
 token_sha256 = "{op_sha}"
+
+{extra}
 "#,
                 data = dir.path().join("data").display(),
                 profiles = profiles.display(),
@@ -420,6 +428,13 @@ token_sha256 = "{op_sha}"
     /// Registers the run's experiment (OFFICIAL, so no approval is needed)
     /// and makes it the one every create names.
     pub async fn register_experiment(&self) -> Result<String> {
+        let id = self.new_experiment().await?;
+        EXPERIMENT.set(id.clone()).map_err(|_| "the experiment was registered twice")?;
+        Ok(id)
+    }
+
+    /// Registers an OFFICIAL experiment of team bench (no approval needed).
+    pub async fn new_experiment(&self) -> Result<String> {
         let channel = Channel::from_shared(self.addr.clone())?.connect().await?;
         let mut register =
             RegisterServiceClient::with_interceptor(channel, Bearer(format!("Bearer {}", self.token).parse()?));
@@ -434,7 +449,6 @@ token_sha256 = "{op_sha}"
             .await?
             .into_inner()
             .id;
-        EXPERIMENT.set(id.clone()).map_err(|_| "the experiment was registered twice")?;
         Ok(id)
     }
 

@@ -210,3 +210,61 @@ fn a_malformed_profile_stops_a_normal_start_naming_file_and_field() {
     }
     assert!(!stderr.contains("good.toml"), "{stderr}");
 }
+
+/// `KEY=value` lines of an environment file.
+fn env_file(path: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo(path)).unwrap();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+/// The several-daemon files in deploy/fleet agree with each other and the
+/// daemon: each instance's config (the shared file and its environment
+/// file) passes `sandpitd --check`, the instances differ where they must
+/// (addresses, data directories) and agree where they must (store, pool
+/// and egress port, audit key and checkpoints), the balancer sends to
+/// their addresses, and the template unit gives each its files.
+#[test]
+fn the_fleet_deployment_files_agree() {
+    let config = repo("deploy/fleet/sandpit.toml");
+    let haproxy = std::fs::read_to_string(repo("deploy/fleet/haproxy.cfg")).unwrap();
+    let unit = std::fs::read_to_string(repo("deploy/fleet/sandpitd@.service")).unwrap();
+    let settings = unit_settings(&unit);
+    let get = |key: &str| settings.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v).collect::<Vec<_>>();
+    assert_eq!(get("EnvironmentFile"), ["/etc/sandpit/fleet/store.env", "/etc/sandpit/fleet/instance-%i.env"]);
+    assert_eq!(get("ExecStart"), ["/usr/local/bin/sandpitd --config /etc/sandpit/fleet/sandpit.toml"]);
+    assert_eq!(get("StateDirectory"), ["sandpit/%i"]);
+
+    let mut seen = Vec::new();
+    for instance in ["a", "b"] {
+        let mut env = env_file(&format!("deploy/fleet/instance-{instance}.env"));
+        env.push(("SANDPIT__PROFILES_DIR".into(), repo("sandbox-profiles").display().to_string()));
+        let cfg = Config::load_from(Some(&config), env.clone()).unwrap();
+        assert!(cfg.store.is_postgres(), "{instance}: on PostgreSQL");
+        assert_eq!(cfg.data_dir, Path::new("/var/lib/sandpit").join(instance), "StateDirectory sandpit/%i");
+        assert!(
+            haproxy.contains(&format!("server {instance} {} check", cfg.listen)),
+            "the balancer sends to {instance}'s gRPC address {}",
+            cfg.listen
+        );
+        assert!(haproxy.contains(&format!("server {instance} {} check", cfg.dashboard.listen)));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandpitd"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SANDPIT__")) {
+            cmd.env_remove(k);
+        }
+        let out = cmd.arg("--config").arg(&config).arg("--check").envs(env).output().unwrap();
+        assert!(out.status.success(), "{instance}: {}", String::from_utf8_lossy(&out.stderr));
+        seen.push(cfg);
+    }
+    let (a, b) = (&seen[0], &seen[1]);
+    assert_ne!(a.listen, b.listen);
+    assert_ne!(a.metrics.listen, b.metrics.listen);
+    assert_ne!(a.dashboard.listen, b.dashboard.listen);
+    assert_eq!(a.store.url, b.store.url);
+    assert_eq!((a.network.egress_port, &a.network.subnet_pool), (b.network.egress_port, &b.network.subnet_pool));
+    assert_eq!((a.signing_key(), a.checkpoint_dir()), (b.signing_key(), b.checkpoint_dir()), "one signer's files");
+    assert_eq!(a.identities.len(), b.identities.len());
+}

@@ -105,6 +105,21 @@ async fn two_daemons_serve_one_register_and_each_others_sandboxes() {
     let on_a_now = on_a.get_sandbox(proto::GetSandboxRequest { id: sb.id.clone() }).await.unwrap().into_inner();
     assert_eq!(state(&on_a_now), SandboxState::Deleted, "A reads what B did");
 
+    // Deletes on B of sandboxes made on A, while A follows the engine's
+    // events too (it sees each container die): every delete succeeds.
+    let mut made = Vec::new();
+    for _ in 0..6 {
+        made.push(create(&mut on_a, &a.exp_a, 300).await.id);
+    }
+    let deletes = made.iter().map(|id| {
+        let mut c = on_b.clone();
+        let id = id.clone();
+        async move { c.delete_sandbox(proto::DeleteSandboxRequest { id }).await }
+    });
+    for r in futures_util::future::join_all(deletes).await {
+        assert_eq!(state(&r.expect("a delete on B of A's sandbox succeeds").into_inner()), SandboxState::Deleted);
+    }
+
     // Experiments registered on either are one register.
     let e = b.experiment(TEAM_B, "OFFICIAL").await;
     let read = a.register(TEAM_B).await.get_experiment(proto::GetExperimentRequest { id: e.clone() }).await;
@@ -315,6 +330,20 @@ async fn a_sqlite_store_moves_into_postgres() {
     assert!(after.ok && after.records >= before.records, "{after:?}");
     assert!(d.log().contains("audit chain verified at start"), "verified against its checkpoints at start");
     c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap();
+
+    // The CLI verifies the database directly (as for a restored backup),
+    // against the newest checkpoint, checking its signature with the .pub.
+    let signed = d.data_dir().join("checkpoints").join("latest");
+    let public = d.data_dir().join("audit-signing.key.pub");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandpit"))
+        .args(["audit", "verify", "--store-url", &url, "--checkpoint"])
+        .arg(&signed)
+        .arg("--public-key")
+        .arg(&public)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("audit log verified"), "{said}");
     // Put the file back so the harness finds the instance id for cleanup.
     std::fs::rename(&db_moved, &db).unwrap();
 }

@@ -388,8 +388,13 @@ enum AuditCommand {
     /// hold that signed checkpoint's head at its size. Exits 1 when the chain
     /// is broken, does not hold the checkpoint, or the signature fails.
     Verify {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "store_url")]
         data_dir: Option<PathBuf>,
+        /// Reads a PostgreSQL store directly (`postgres://...`, as
+        /// `store.url`; e.g. a backup restored into a scratch database),
+        /// taking no lease and changing nothing.
+        #[arg(long, value_name = "URL")]
+        store_url: Option<String>,
         /// A signed checkpoint: a file from audit.checkpoint_dir, or the
         /// output of `sandpit audit checkpoint`, kept off the host.
         #[arg(long)]
@@ -637,8 +642,13 @@ fn json_line<T: serde::Serialize>(msg: &T) -> Result<(), Failure> {
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     // Offline verification needs no daemon.
-    if let Command::Audit(AuditCommand::Verify { data_dir: Some(dir), checkpoint, public_key }) = &cli.command {
-        return verify_offline(dir, checkpoint.as_deref(), public_key.as_deref(), cli.json);
+    if let Command::Audit(AuditCommand::Verify { data_dir: Some(dir), checkpoint, public_key, .. }) = &cli.command {
+        let store = Offline::Sqlite(dir.join(DATABASE_FILE));
+        return verify_offline(store, checkpoint.as_deref(), public_key.as_deref(), cli.json).await;
+    }
+    if let Command::Audit(AuditCommand::Verify { store_url: Some(url), checkpoint, public_key, .. }) = &cli.command {
+        let store = Offline::Postgres(url.clone());
+        return verify_offline(store, checkpoint.as_deref(), public_key.as_deref(), cli.json).await;
     }
     let clients = connect(&cli).await?;
     let mut client = clients.sandboxes();
@@ -1225,23 +1235,59 @@ fn refuse_checkpoint(file: &Path, key: &VerifierKey, why: &str, as_json: bool) -
     Ok(ExitCode::FAILURE)
 }
 
-/// `audit verify --data-dir`: the store read directly, no daemon.
-fn verify_offline(
-    dir: &Path,
+/// A store read directly by `audit verify`.
+enum Offline {
+    /// `--data-dir`: its SQLite file.
+    Sqlite(PathBuf),
+    /// `--store-url`.
+    Postgres(String),
+}
+
+impl Offline {
+    /// The whole chain, against a checkpoint's `(size, head)` if given.
+    async fn verify(
+        &self,
+        checkpoint: Option<(u64, sandpit_core::audit::Hash)>,
+    ) -> Result<sandpit_core::audit::VerifyReport, Failure> {
+        let local = |e: &dyn std::fmt::Display| Failure::Local(e.to_string());
+        match (self, checkpoint) {
+            (Offline::Sqlite(db), None) => sandpit_store_sqlite::SqliteStore::verify_file(db).map_err(|e| local(&e)),
+            (Offline::Sqlite(db), Some(cp)) => {
+                sandpit_store_sqlite::SqliteStore::verify_file_against(db, cp).map_err(|e| local(&e))
+            }
+            (Offline::Postgres(url), cp) => {
+                use sandpit_core::store::Store as _;
+                let settings =
+                    sandpit_store_postgres::Settings { pool_size: 1, ..sandpit_store_postgres::Settings::new(url) };
+                let store =
+                    sandpit_store_postgres::PostgresStore::open_read_only(&settings).await.map_err(|e| local(&e))?;
+                match cp {
+                    None => store.verify_audit().await,
+                    Some(cp) => store.verify_audit_against(cp).await,
+                }
+                .map_err(|e| local(&e))
+            }
+        }
+    }
+}
+
+/// `audit verify --data-dir` or `--store-url`: the store read directly, no daemon.
+async fn verify_offline(
+    store: Offline,
     checkpoint: Option<&Path>,
     public_key: Option<&Path>,
     as_json: bool,
 ) -> Result<ExitCode, Failure> {
-    let db = dir.join(DATABASE_FILE);
     let Some(file) = checkpoint else {
-        let report = sandpit_store_sqlite::SqliteStore::verify_file(&db).map_err(|e| Failure::Local(e.to_string()))?;
+        let report = store.verify(None).await?;
         return print_verify(report.into(), None, as_json);
     };
     let Some(key_file) = public_key else {
         complain!(
-            "sandpit: --checkpoint with --data-dir needs --public-key FILE: offline, nothing else can vouch for the \
-             checkpoint's signature. Use the verifier key written beside audit.signing_key (<signing_key>.pub), \
-             from a copy kept off this host, or verify online, where the daemon checks it with its own key."
+            "sandpit: --checkpoint with --data-dir or --store-url needs --public-key FILE: offline, nothing else can \
+             vouch for the checkpoint's signature. Use the verifier key written beside audit.signing_key \
+             (<signing_key>.pub), from a copy kept off this host, or verify online, where the daemon checks it with \
+             its own key."
         );
         return Ok(ExitCode::from(EXIT_USAGE));
     };
@@ -1251,8 +1297,7 @@ fn verify_offline(
         Ok(cp) => cp,
         Err(e) => return refuse_checkpoint(file, &key, &e.to_string(), as_json),
     };
-    let report = sandpit_store_sqlite::SqliteStore::verify_file_against(&db, (cp.size, cp.head))
-        .map_err(|e| Failure::Local(e.to_string()))?;
+    let report = store.verify(Some((cp.size, cp.head))).await?;
     let report = proto::VerifyAuditLogResponse {
         checkpoint_size: cp.size,
         checkpoint_origin: cp.origin,

@@ -169,7 +169,8 @@ const VERIFY_PAGE: i64 = 5_000;
 
 pub struct PostgresStore {
     pool: Pool,
-    coordination: Arc<Coordination>,
+    /// The lease and notices; none for a store opened only to read.
+    coordination: Option<Arc<Coordination>>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(body: &str) -> Result<T> {
@@ -386,6 +387,28 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()> {
     Ok(())
 }
 
+/// The connection pool `settings` describe, and the configuration and TLS
+/// connector it connects with.
+fn pool(settings: &Settings) -> Result<(Pool, tokio_postgres::Config, tokio_postgres_rustls::MakeRustlsConnect)> {
+    let shown = redacted(&settings.url);
+    let mut config: tokio_postgres::Config =
+        settings.url.parse().map_err(|e| Error::Store(format!("store.url {shown}: {}", db_error_text(&e))))?;
+    let tls = tls::connector(&mut config, settings.ca_file.as_deref())?;
+    let manager = deadpool_postgres::Manager::from_config(
+        config.clone(),
+        tls.clone(),
+        deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(settings.pool_size.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| Error::Store(format!("store pool: {e}")))?;
+    Ok((pool, config, tls))
+}
+
 /// The URL without its password, for messages and logs.
 pub fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -404,28 +427,33 @@ impl PostgresStore {
     /// Connects, brings the schema up to date and starts the coordination
     /// connection (lease and notices).
     pub async fn open(settings: &Settings) -> Result<PostgresStore> {
-        let shown = redacted(&settings.url);
-        let mut config: tokio_postgres::Config =
-            settings.url.parse().map_err(|e| Error::Store(format!("store.url {shown}: {}", db_error_text(&e))))?;
-        let tls = tls::connector(&mut config, settings.ca_file.as_deref())?;
-        let manager = deadpool_postgres::Manager::from_config(
-            config.clone(),
-            tls.clone(),
-            deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(settings.pool_size.max(1))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .create_timeout(Some(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| Error::Store(format!("store pool: {e}")))?;
-        let mut client =
-            pool.get().await.map_err(|e| Error::Store(format!("store.url {shown}: cannot connect: {e}")))?;
+        let (pool, config, tls) = pool(settings)?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| Error::Store(format!("store.url {}: cannot connect: {e}", redacted(&settings.url))))?;
         migrate(&mut client).await?;
         drop(client);
         let coordination = Coordination::start(config, tls, pool.clone(), settings.lease_retry);
-        Ok(PostgresStore { pool, coordination })
+        Ok(PostgresStore { pool, coordination: Some(coordination) })
+    }
+
+    /// Connects to read only (verification, by hand or from a backup): no
+    /// schema change, no lease taken, no notices.
+    pub async fn open_read_only(settings: &Settings) -> Result<PostgresStore> {
+        let (pool, _, _) = pool(settings)?;
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| Error::Store(format!("store.url {}: cannot connect: {e}", redacted(&settings.url))))?;
+        let at: Option<i32> = match client.query_opt("SELECT version FROM schema_version", &[]).await {
+            Ok(row) => row.map(|r| r.get(0)),
+            Err(_) => None,
+        };
+        if at.is_none_or(|v| v < 1) {
+            return Err(Error::Store(format!("{}: no Sandpit store there", redacted(&settings.url))).into());
+        }
+        Ok(PostgresStore { pool, coordination: None })
     }
 
     /// The instance id of the database at `settings.url`, if a daemon has
@@ -926,7 +954,7 @@ impl Store for PostgresStore {
     }
 
     fn shared(&self) -> Option<Arc<dyn Shared>> {
-        Some(Arc::clone(&self.coordination) as Arc<dyn Shared>)
+        self.coordination.as_ref().map(|c| Arc::clone(c) as Arc<dyn Shared>)
     }
 }
 

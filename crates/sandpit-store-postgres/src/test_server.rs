@@ -5,6 +5,13 @@
 //! with the process (PR_SET_PDEATHSIG), and the next test process removes
 //! data directories whose process is gone.
 //!
+//! The server trades durability for speed (`fsync=off`), which a test
+//! does not need; `SANDPIT_TEST_POSTGRES_DURABLE=1` (the benchmark sets it)
+//! keeps fsync and full-page writes, with `synchronous_commit=off`: the
+//! guarantee the SQLite store gives (WAL, `synchronous=NORMAL`), that a
+//! crash of the daemon loses nothing committed and one of the machine may
+//! lose the last moments.
+//!
 //! `SANDPIT_TEST_POSTGRES_URL` points the tests at a server of your own
 //! instead (its user may create databases). With neither, [`database`]
 //! answers `None` and the tests say they were skipped, unless
@@ -152,6 +159,12 @@ fn start() -> Result<String, String> {
     // follows the thread that forked, not the process.
     let (tx, rx) = std::sync::mpsc::channel();
     let (postgres, log) = (bin.join("postgres"), dir.join("server.log"));
+    let durable = std::env::var_os("SANDPIT_TEST_POSTGRES_DURABLE").is_some();
+    let durability: &[&str] = if durable {
+        &["-c", "synchronous_commit=off"]
+    } else {
+        &["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+    };
     std::thread::Builder::new()
         .name("test-postgres".into())
         .spawn(move || {
@@ -160,7 +173,7 @@ fn start() -> Result<String, String> {
                     .arg("-D")
                     .arg(&data)
                     .args(["-p", &port.to_string(), "-k", "", "-c", "listen_addresses=127.0.0.1"])
-                    .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+                    .args(durability)
                     .args(["-c", "max_connections=300", "-c", "shared_buffers=64MB"])
                     .stdout(Stdio::null())
                     .stderr(log)

@@ -55,9 +55,29 @@ impl Manager {
         }
         self.runtime.destroy(&sb).await?;
         self.egress_forget(&sb);
-        sb.end(state, reason, SystemTime::now());
-        self.commit(&mut sb, |sb| audit_log::entry(caller, action, &sb.experiment, id, Ok(sb.state_reason.clone())))
-            .await?;
+        let reason = reason.into();
+        let ended_at = SystemTime::now();
+        // Another daemon on a shared store may write the record between the
+        // read and this write (recording the exit this destroy caused):
+        // the sandbox is gone either way, so end it as it now stands,
+        // unless someone else already ended it.
+        let mut tries = 0;
+        loop {
+            sb.end(state, reason.clone(), ended_at);
+            let entry = audit_log::entry(caller, action, &sb.experiment, id, Ok(sb.state_reason.clone()));
+            match self.update(&mut sb, Some(entry)).await {
+                Ok(()) => break,
+                Err(Error::Conflict(_)) if tries < 3 => {
+                    tries += 1;
+                    match self.store.get(id).await? {
+                        Some(now) if !now.state.is_ended() => sb = now,
+                        Some(now) => return Ok((now, false)),
+                        None => return Err(Error::not_found("sandbox", id)),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
         self.scheduler.cancel(id);
         self.untrack(id);
         let kind = match state {
