@@ -10,10 +10,11 @@
 //!   concurrency in the same run.
 //! - `failover`: two daemons; the lease holder is killed with SIGKILL `rounds`
 //!   times. Takeover is the time from the kill to the survivor saying it is
-//!   on duty (`sandpit_on_duty`, polled every 10 ms); a sandbox due 300 ms
-//!   after each kill (while nobody holds the lease) shows how late an expiry
-//!   that falls due during the handover runs. The killed daemon is started
-//!   again between rounds.
+//!   on duty (`sandpit_on_duty`, polled every 10 ms), at a random phase of
+//!   the survivor's once-a-second tries; a sandbox due 300 ms after each
+//!   kill (while nobody holds the lease, unless the survivor's next try
+//!   comes sooner) shows how late an expiry that falls due during the
+//!   handover runs. The killed daemon is started again between rounds.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -257,6 +258,11 @@ pub async fn failover(ctx: &mut Ctx, rounds: usize) -> Result<Value> {
     for round in 0..rounds {
         let h = holder(&fleet.daemons, Duration::from_secs(30)).await?;
         let other = 1 - h;
+        // A random phase against the survivor's once-a-second tries, so
+        // that the takeover samples the whole retry interval.
+        let mut jitter = [0u8; 2];
+        getrandom::fill(&mut jitter).map_err(|e| e.to_string())?;
+        tokio::time::sleep(Duration::from_millis(u64::from(u16::from_le_bytes(jitter)) % 1000)).await;
         // Due about 300 ms after the kill: in the handover.
         let mut c = fleet.daemons[other].client().await?;
         let (sb, _) = create_in(&mut c, &fleet.experiment, Duration::from_secs(3)).await?;

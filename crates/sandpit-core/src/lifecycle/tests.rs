@@ -808,6 +808,59 @@ async fn an_expiry_happens_once_even_when_its_deadline_is_scheduled_again() {
     rig.shutdown().await;
 }
 
+// ---- several daemons on one store --------------------------------------------
+
+/// Two daemons on one store and one engine: a sandbox created on the one
+/// off duty is expired by the lease holder (which heard of it, and whose
+/// watchers saw it made); while nobody holds the lease nothing expires, and
+/// the daemon that takes it expires at once what fell due meanwhile.
+/// Every expiry is recorded once.
+#[tokio::test(start_paused = true)]
+async fn on_a_shared_store_only_the_lease_holder_expires_and_a_new_holder_catches_up() {
+    use crate::store::memory::Hub;
+    let rig = Rig::new([standard(), short()]).await;
+    let hub = Arc::new(Hub::default());
+    let (lease_a, lease_b) = (hub.member(true), hub.member(false));
+    let daemon = |member: Arc<crate::store::memory::Member>| {
+        let store = Arc::new(rig.store.sharing(member)) as Arc<dyn Store>;
+        let runtime = Arc::clone(&rig.runtime) as Arc<dyn crate::runtime::Runtime>;
+        Manager::new(runtime, store, (*rig.manager.profiles()).clone(), settings())
+    };
+    let (a, b) = (daemon(Arc::clone(&lease_a)).await.unwrap(), daemon(Arc::clone(&lease_b)).await.unwrap());
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    assert!(a.on_duty() && !b.on_duty());
+
+    let mut on_a = a.watch(&rig.caller, None, None);
+    let first = b.create(&rig.caller, rig.request("short")).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), on_a.next()).await.unwrap().unwrap();
+    assert_eq!((seen.kind, seen.sandbox.id.as_str()), (EventKind::Created, first.id.as_str()), "A's watcher");
+    std::thread::sleep(PAST_SHORT);
+    eventually("the holder expired B's sandbox", || async {
+        rig.record(&first.id).await.state == SandboxState::Expired
+    })
+    .await;
+    let seen = tokio::time::timeout(Duration::from_secs(5), on_a.next()).await.unwrap().unwrap();
+    assert_eq!((seen.kind, seen.sandbox.id.as_str()), (EventKind::Expired, first.id.as_str()));
+
+    // Nobody holds the lease: a sandbox falls due and stays.
+    lease_a.set_lease(false);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let second = a.create(&rig.caller, rig.request("short")).await.unwrap();
+    std::thread::sleep(PAST_SHORT);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(rig.record(&second.id).await.state, SandboxState::Running, "nobody on duty");
+    assert!(rig.runtime.is_running(&second.id));
+    // B takes the lease: what fell due is expired at once.
+    lease_b.set_lease(true);
+    eventually("the new holder caught up", || async { rig.record(&second.id).await.state == SandboxState::Expired })
+        .await;
+    let expired = rig.audit(action::EXPIRE).await;
+    let ids: Vec<&str> = expired.iter().map(|r| r.entry.sandbox.as_str()).collect();
+    assert_eq!(ids, [first.id.as_str(), second.id.as_str()], "each expired once");
+    assert!(a.shutdown(Duration::from_secs(5)).await && b.shutdown(Duration::from_secs(5)).await);
+}
+
 // ---- requests -------------------------------------------------------------
 
 /// Deleting twice returns the same ended record and tears down once; a delete

@@ -20,8 +20,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    Admission, Admitted, AuditPage, AuditQuery, ExperimentFilter, ListFilter, Store, StoreStats, Versioned,
-    QUERY_FIELD_MAX,
+    Admission, Admitted, AuditPage, AuditQuery, ExperimentFilter, ListFilter, Notice, Shared, Store, StoreStats,
+    Versioned, QUERY_FIELD_MAX,
 };
 use crate::audit::{self, AuditEntry, AuditRecord, Hash, VerifyReport};
 use crate::register::Experiment;
@@ -59,7 +59,9 @@ impl Inner {
 /// The in-memory store; see the module documentation.
 pub struct MemoryStore {
     instance: String,
-    inner: Mutex<Inner>,
+    /// Shared by every handle ([`MemoryStore::sharing`]).
+    inner: std::sync::Arc<Mutex<Inner>>,
+    shared: Option<std::sync::Arc<dyn Shared>>,
 }
 
 impl Default for MemoryStore {
@@ -97,7 +99,13 @@ impl MemoryStore {
 
     /// An empty store whose [`Store::instance_id`] is `instance`.
     pub fn with_instance(instance: &str) -> MemoryStore {
-        MemoryStore { instance: instance.to_string(), inner: Mutex::new(Inner::default()) }
+        MemoryStore { instance: instance.to_string(), inner: Default::default(), shared: None }
+    }
+
+    /// Another handle on the same records, as another daemon on a shared
+    /// database has, with `shared` as its lease and notices (see [`Hub`]).
+    pub fn sharing(&self, shared: std::sync::Arc<dyn Shared>) -> MemoryStore {
+        MemoryStore { instance: self.instance.clone(), inner: std::sync::Arc::clone(&self.inner), shared: Some(shared) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -155,6 +163,10 @@ fn matches(q: &AuditQuery, r: &AuditRecord) -> bool {
 
 #[async_trait]
 impl Store for MemoryStore {
+    fn shared(&self) -> Option<std::sync::Arc<dyn Shared>> {
+        self.shared.clone()
+    }
+
     async fn insert_sandbox(&self, sb: &Sandbox, audit: Option<AuditEntry>) -> Result<Option<AuditRecord>> {
         self.lock().insert_sandbox(sb, audit)
     }
@@ -321,6 +333,59 @@ impl Store for MemoryStore {
             ended: ended.into_iter().map(|(s, n)| (s.to_string(), n)).collect(),
             audit_records: inner.head.0,
         })
+    }
+}
+
+/// Daemons on one shared store, in memory, for tests: each member is one
+/// daemon's lease (set by the test) and notices (what one member publishes
+/// reaches every other, in order).
+#[derive(Default)]
+pub struct Hub {
+    members: Mutex<Vec<tokio::sync::broadcast::Sender<Notice>>>,
+}
+
+/// One daemon's view of a [`Hub`].
+pub struct Member {
+    hub: std::sync::Arc<Hub>,
+    me: usize,
+    lease: tokio::sync::watch::Sender<bool>,
+}
+
+impl Hub {
+    /// A new daemon on the hub, holding the lease or not.
+    pub fn member(self: &std::sync::Arc<Self>, holds_lease: bool) -> std::sync::Arc<Member> {
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        members.push(tokio::sync::broadcast::channel(1024).0);
+        std::sync::Arc::new(Member {
+            hub: std::sync::Arc::clone(self),
+            me: members.len() - 1,
+            lease: tokio::sync::watch::channel(holds_lease).0,
+        })
+    }
+}
+
+impl Member {
+    /// Gives or takes away this daemon's lease.
+    pub fn set_lease(&self, held: bool) {
+        self.lease.send_replace(held);
+    }
+}
+
+#[async_trait]
+impl Shared for Member {
+    fn lease(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.lease.subscribe()
+    }
+
+    async fn publish(&self, notice: &Notice) {
+        let members = self.hub.members.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, m) in members.iter().enumerate().filter(|(i, _)| *i != self.me) {
+            let _ = m.send(notice.clone());
+        }
+    }
+
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice> {
+        self.hub.members.lock().unwrap_or_else(|p| p.into_inner())[self.me].subscribe()
     }
 }
 
