@@ -492,6 +492,7 @@ mod tests {
                 "sandpit_calls_total counter",
                 "sandpit_calls_refused_total counter",
                 "sandpit_audit_refusals_summarised_total counter",
+                "sandpit_on_duty gauge",
                 "sandpit_audit_chain_ok gauge",
                 "sandpit_audit_checkpoints_total counter",
                 "sandpit_egress_refused_strangers_total counter",

@@ -12,6 +12,9 @@
 //! crash of the daemon loses nothing committed and one of the machine may
 //! lose the last moments.
 //!
+//! It serves TLS too (a certificate for `localhost`, signed by a CA made for
+//! the run: [`ca_file`]), so that `sslmode=require` is tested for real.
+//!
 //! `SANDPIT_TEST_POSTGRES_URL` points the tests at a server of your own
 //! instead (its user may create databases). With neither, [`database`]
 //! answers `None` and the tests say they were skipped, unless
@@ -59,6 +62,38 @@ fn with_database(url: &str, name: &str) -> String {
         out.push_str(q);
     }
     out
+}
+
+/// The PEM file of the CA that signed the test server's certificate (for
+/// `localhost`), once the server is up; `None` for a server of your own.
+pub fn ca_file() -> Option<PathBuf> {
+    CA.get().cloned()
+}
+
+static CA: OnceLock<PathBuf> = OnceLock::new();
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1 it signed,
+/// written to `dir`: (ca.crt, server.crt, server.key).
+fn certificates(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let e = |e: rcgen::Error| e.to_string();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.distinguished_name.push(DnType::CommonName, "sandpit test PostgreSQL CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().map_err(e)?;
+    let ca_pem = ca.self_signed(&ca_key).map_err(e)?.pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).map_err(e)?;
+    let key = KeyPair::generate().map_err(e)?;
+    let cert = leaf.signed_by(&key, &issuer).map_err(e)?;
+    let paths = (dir.join("ca.crt"), dir.join("server.crt"), dir.join("server.key"));
+    let write = |p: &Path, s: &str| std::fs::write(p, s).map_err(|e| format!("{}: {e}", p.display()));
+    write(&paths.0, &ca_pem)?;
+    write(&paths.1, &cert.pem())?;
+    write(&paths.2, &key.serialize_pem())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&paths.2, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+    Ok(paths)
 }
 
 /// The URL of the process's server (started on first use).
@@ -153,6 +188,20 @@ fn start() -> Result<String, String> {
     if !out.status.success() {
         return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
+    let (ca, cert, key) = certificates(&dir)?;
+    if let Some((uid, gid)) = owner {
+        for f in [&cert, &key] {
+            std::os::unix::fs::chown(f, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", f.display()))?;
+        }
+    }
+    let tls = [
+        "-c".to_string(),
+        "ssl=on".to_string(),
+        "-c".to_string(),
+        format!("ssl_cert_file={}", cert.display()),
+        "-c".to_string(),
+        format!("ssl_key_file={}", key.display()),
+    ];
     let port =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     // Started from a thread that lives as long as the process: PDEATHSIG
@@ -174,6 +223,7 @@ fn start() -> Result<String, String> {
                     .arg(&data)
                     .args(["-p", &port.to_string(), "-k", "", "-c", "listen_addresses=127.0.0.1"])
                     .args(durability)
+                    .args(&tls)
                     .args(["-c", "max_connections=300", "-c", "shared_buffers=64MB"])
                     .stdout(Stdio::null())
                     .stderr(log)
@@ -194,5 +244,6 @@ fn start() -> Result<String, String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = CA.set(ca);
     Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
 }

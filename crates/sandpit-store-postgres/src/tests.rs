@@ -154,3 +154,30 @@ async fn a_bad_url_or_unreachable_database_says_so_without_the_password() {
     let e = PostgresStore::open(&tls).await.err().expect("no CA");
     assert!(e.to_string().contains("store.ca_file /nonexistent/ca.pem"), "{e}");
 }
+
+/// `sslmode=require`: TLS, the server's certificate verified against
+/// `ca_file` and its name; another CA's certificate is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_when_the_url_requires_it_verified_against_the_ca() {
+    let Some(url) = test_server::database().await else { return };
+    let Some(ca) = test_server::ca_file() else { return };
+    let tls_url = format!("{}?sslmode=require", url.replace("127.0.0.1", "localhost"));
+    let s = PostgresStore::open(&Settings { ca_file: Some(ca.clone()), ..settings(&tls_url) }).await.unwrap();
+    s.append_audit(entry("over TLS")).await.unwrap();
+    let ssl = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let row = s.client().await.unwrap().query_one(ssl, &[]).await.unwrap();
+    assert!(row.get::<_, bool>(0), "the pool's connections are TLS");
+    // Without sslmode=require: in the clear.
+    let plain = PostgresStore::open(&settings(&url)).await.unwrap();
+    let row = plain.client().await.unwrap().query_one(ssl, &[]).await.unwrap();
+    assert!(!row.get::<_, bool>(0));
+    // A CA that did not sign the server's certificate: refused.
+    let dir = tempfile::tempdir().unwrap();
+    let mut other = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let pem = other.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem();
+    std::fs::write(dir.path().join("other.crt"), pem).unwrap();
+    let wrong = Settings { ca_file: Some(dir.path().join("other.crt")), ..settings(&tls_url) };
+    let refused = PostgresStore::open(&wrong).await.err().expect("refused");
+    assert!(refused.to_string().contains("cannot connect"), "{refused}");
+}
