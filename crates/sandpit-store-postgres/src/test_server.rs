@@ -43,8 +43,18 @@ pub async fn database() -> Option<String> {
     let mut b = [0u8; 6];
     getrandom::fill(&mut b).expect("random");
     let name = format!("sandpit_t_{}", hex::encode(b));
-    let (client, connection) =
-        tokio_postgres::connect(&server, tokio_postgres::NoTls).await.expect("connect to the test server");
+    // The server listens a moment before it accepts sessions ("the
+    // database system is starting up"): try for a while.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (client, connection) = loop {
+        match tokio_postgres::connect(&server, tokio_postgres::NoTls).await {
+            Ok(c) => break c,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot connect to the test PostgreSQL server at {server}: {e}"),
+        }
+    };
     let conn = tokio::spawn(connection);
     client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create a test database");
     drop(client);
