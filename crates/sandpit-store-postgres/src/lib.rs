@@ -312,36 +312,39 @@ async fn append_in(tx: &deadpool_postgres::Transaction<'_>, entry: AuditEntry) -
     let head = tx.prepare_cached("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE").await?;
     let row = tx.query_one(&head, &[]).await?;
     let rec = audit::seal(row.try_get::<_, i64>(0)? as u64, hash_from(&row, 1)?, entry.bounded());
-    let e = &rec.entry;
-    let insert = tx
+    insert_record(tx, &rec).await?;
+    let moved = tx.prepare_cached("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1").await?;
+    tx.execute(&moved, &[&(rec.seq as i64), &&rec.hash[..]]).await?;
+    Ok(rec)
+}
+
+/// Writes one audit record's row, as it is (the head is the caller's).
+async fn insert_record(c: &impl GenericClient, rec: &AuditRecord) -> Result<()> {
+    let insert = c
         .prepare_cached(&format!(
             "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         ))
         .await?;
+    let e = &rec.entry;
     let seq = rec.seq as i64;
-    tx.execute(
-        &insert,
-        &[
-            &seq,
-            &to_millis(e.time),
-            &e.actor,
-            &e.role,
-            &e.action,
-            &e.target,
-            &e.experiment,
-            &e.sandbox,
-            &e.outcome.as_str(),
-            &e.code,
-            &e.reason,
-            &e.source,
-            &&rec.prev_hash[..],
-            &&rec.hash[..],
-        ],
-    )
-    .await?;
-    let moved = tx.prepare_cached("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1").await?;
-    tx.execute(&moved, &[&seq, &&rec.hash[..]]).await?;
-    Ok(rec)
+    let params: [&(dyn ToSql + Sync); 14] = [
+        &seq,
+        &to_millis(e.time),
+        &e.actor,
+        &e.role,
+        &e.action,
+        &e.target,
+        &e.experiment,
+        &e.sandbox,
+        &e.outcome.as_str(),
+        &e.code,
+        &e.reason,
+        &e.source,
+        &&rec.prev_hash[..],
+        &&rec.hash[..],
+    ];
+    c.execute(&insert, &params).await?;
+    Ok(())
 }
 
 async fn read_head(c: &impl GenericClient) -> Result<(u64, Hash)> {
@@ -552,12 +555,6 @@ impl PostgresStore {
             ];
             tx.execute(&sbx, &params).await.map_err(StoreError::from)?;
         }
-        let rec = tx
-            .prepare(&format!(
-                "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-            ))
-            .await
-            .map_err(StoreError::from)?;
         let mut last: Option<(u64, Hash)> = None;
         loop {
             let page = next_audit(last.map_or(0, |l| l.0)).await?;
@@ -565,25 +562,7 @@ impl PostgresStore {
                 break;
             }
             for r in &page {
-                let e = &r.entry;
-                let seq = r.seq as i64;
-                let params: [&(dyn ToSql + Sync); 14] = [
-                    &seq,
-                    &to_millis(e.time),
-                    &e.actor,
-                    &e.role,
-                    &e.action,
-                    &e.target,
-                    &e.experiment,
-                    &e.sandbox,
-                    &e.outcome.as_str(),
-                    &e.code,
-                    &e.reason,
-                    &e.source,
-                    &&r.prev_hash[..],
-                    &&r.hash[..],
-                ];
-                tx.execute(&rec, &params).await.map_err(StoreError::from)?;
+                insert_record(&tx, r).await?;
                 last = Some((r.seq, r.hash));
             }
         }

@@ -75,65 +75,50 @@ pub fn main() -> ExitCode {
         };
     }
     if let Some(from) = &args.migrate_from {
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        let runtime = match runtime(true) {
             Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("sandpitd: cannot start the async runtime: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(code) => return code,
         };
-        return match runtime.block_on(server::migrate_from(&cfg, from)) {
-            Ok(summary) => {
-                println!("{summary}");
-                ExitCode::SUCCESS
-            }
-            Err(StartError::Config(e)) => {
-                eprintln!("sandpitd: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-            Err(StartError::Io(e)) => {
-                eprintln!("sandpitd: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return exit_code(runtime.block_on(server::migrate_from(&cfg, from)).map(|summary| println!("{summary}")));
     }
     if args.init_audit_key {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let runtime = match runtime(false) {
             Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("sandpitd: cannot start the async runtime: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(code) => return code,
         };
-        return match runtime.block_on(server::init_audit_key(&cfg)) {
-            Ok((key, created, public, vkey)) => {
-                let what = if created { "created" } else { "already there, kept" };
-                println!("audit signing key: {} ({what})", key.display());
-                println!("verifier key, also in {} (keep a copy off this host):", public.display());
-                println!("{vkey}");
-                ExitCode::SUCCESS
-            }
-            Err(StartError::Config(e)) => {
-                eprintln!("sandpitd: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-            Err(StartError::Io(e)) => {
-                eprintln!("sandpitd: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return exit_code(runtime.block_on(server::init_audit_key(&cfg)).map(|(key, created, public, vkey)| {
+            let what = if created { "created" } else { "already there, kept" };
+            println!("audit signing key: {} ({what})", key.display());
+            println!("verifier key, also in {} (keep a copy off this host):", public.display());
+            println!("{vkey}");
+        }));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime(true) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sandpitd: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     if let Some(target) = args.cleanup {
         return runtime.block_on(cleanup(&cfg, &target));
     }
-    match runtime.block_on(server::run(cfg, shutdown_signal())) {
+    exit_code(runtime.block_on(server::run(cfg, shutdown_signal())))
+}
+
+/// The async runtime a command runs on; failing that, the exit code.
+fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("sandpitd: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// A command's outcome as the exit code: 64 for bad configuration, said on stderr.
+fn exit_code(result: Result<(), StartError>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(StartError::Config(e)) => {
             eprintln!("sandpitd: {e}");

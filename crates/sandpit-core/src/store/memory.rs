@@ -391,79 +391,12 @@ impl Shared for Member {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::audit::Outcome;
-    use crate::policy::{admit, Classification, CreateSandbox, HostPolicy, Profile, ProfileSet};
-    use crate::register::NewExperiment;
     use crate::sandbox::SandboxState;
 
-    fn experiment(id: &str, team: &str) -> Experiment {
-        let n = NewExperiment {
-            title: "t".into(),
-            purpose: "p".into(),
-            ai_tools: vec![],
-            models: vec![],
-            classification: Classification::Official,
-            datasets: vec![],
-            risks: vec![],
-            planned_end: None,
-            senior_responsible_owner: String::new(),
-            phase: String::new(),
-            function: String::new(),
-            region: String::new(),
-        };
-        Experiment::new(id.into(), "o", team, n, SystemTime::now()).unwrap()
-    }
-
-    fn record(id: &str, team: &str) -> Sandbox {
-        let p = Profile::parse(Path::new("p.toml"), "max_classification = \"OFFICIAL\"\nimages = [\"i\"]\n").unwrap();
-        let req = CreateSandbox {
-            experiment: "exp-1".into(),
-            profile: "p".into(),
-            classification: Classification::Official,
-            ttl: Some(Duration::from_secs(60)),
-            image: None,
-            datasets: vec![],
-            resources: Default::default(),
-        };
-        let plan = admit(
-            &req,
-            "o",
-            team,
-            Some(&experiment("exp-1", team)),
-            &ProfileSet::from_profiles([p]),
-            &HostPolicy {
-                max_classification: Classification::Official,
-                datasets: vec![],
-                min_ttl: Duration::ZERO,
-                minimum_isolation: Default::default(),
-                refuse_overdue_risk: None,
-                dpia_required: None,
-            },
-            SystemTime::now(),
-        )
-        .unwrap();
-        Sandbox::provisioning(id.into(), "local".into(), plan)
-    }
-
-    fn entry(actor: &str) -> AuditEntry {
-        AuditEntry {
-            time: SystemTime::now(),
-            actor: actor.into(),
-            role: "requester".into(),
-            action: "test".into(),
-            target: "sb-1".into(),
-            experiment: "exp-1".into(),
-            sandbox: "sb-1".into(),
-            outcome: Outcome::Succeeded,
-            code: "OK".into(),
-            reason: String::new(),
-            source: "test".into(),
-        }
-    }
+    use crate::store::contract::{entry, experiment, record};
 
     async fn open() -> Option<(std::sync::Arc<dyn Store>, ())> {
         Some((std::sync::Arc::new(MemoryStore::with_instance("inst")), ()))
