@@ -277,6 +277,50 @@ async fn expired_once_and_chain_verifies(d: &Daemon, sandboxes: &[proto::Sandbox
     assert!(report.ok, "{report:?}");
 }
 
+/// Isolated sandboxes made on the lease holder, then deleted on the other
+/// daemon: their host rules go with them, and none comes back when the
+/// holder, which made them, repairs host rules (it stops keeping the rules
+/// of a sandbox another daemon tore down).
+#[tokio::test(flavor = "multi_thread")]
+async fn host_rules_of_sandboxes_deleted_on_another_daemon_do_not_come_back() {
+    let isolated = crate::network::profile("isolated", "OFFICIAL", "");
+    let Some((daemons, _audit)) = fleet(2, |o| o.profiles = vec![("fleet-isolated".into(), isolated.clone())]).await
+    else {
+        return;
+    };
+    let h = holder(&daemons).await;
+    let (maker, deleter) = (&daemons[h], &daemons[1 - h]);
+    let mut c = maker.client(TEAM_A).await;
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        let req = proto::CreateSandboxRequest { profile: "fleet-isolated".into(), ..create_req(&maker.exp_a, 300) };
+        made.push(c.create_sandbox(req).await.unwrap().into_inner());
+    }
+    let mut subnets = Vec::new();
+    for sb in &made {
+        let net = docker().await.inspect_network(&format!("sandpit-{}", sb.id), None).await.unwrap();
+        let ipam = net.ipam.and_then(|i| i.config).unwrap_or_default();
+        subnets.push(ipam.first().and_then(|c| c.subnet.clone()).expect("the sandbox network's subnet"));
+    }
+    let hooked = |subnet: &str| {
+        let out = std::process::Command::new("iptables").args(["-S", "INPUT"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.contains(&format!("-s {subnet} ")) && l.contains("SANDPIT"))
+    };
+    assert!(subnets.iter().all(|s| hooked(s)), "each isolated sandbox is fenced off the host: {subnets:?}");
+    let mut d = deleter.client(TEAM_A).await;
+    for sb in &made {
+        d.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap();
+    }
+    // The holder sees its chains' hooks change and repairs; several
+    // reconcile passes (every 2 s here) later, still gone.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for s in &subnets {
+        assert!(!hooked(s), "the host rules of {s} came back after its sandbox was deleted");
+    }
+}
+
 /// A SQLite store moved into PostgreSQL: a daemon on PostgreSQL takes over
 /// its sandboxes, register and audit chain (verifying against the
 /// checkpoints the SQLite daemon signed).

@@ -220,6 +220,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// sandboxes' locks held and each of them live.
     async fn adopt(&self, sandboxes: &[Sandbox]) -> Result<()>;
 
+    /// Stops keeping the host state of a sandbox another daemon sharing the
+    /// store tore down (it removed that state itself), without touching it:
+    /// otherwise this runtime would put back rules for a network that is
+    /// gone, or that another sandbox now has. Idempotent.
+    async fn disown(&self, _sandbox: &Sandbox) {}
+
     /// Every object this daemon instance owns on the engine.
     async fn owned(&self) -> Result<Vec<Owned>>;
 

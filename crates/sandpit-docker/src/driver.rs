@@ -167,6 +167,24 @@ impl Runtime for DockerRuntime {
         self.isolate(&nets).await
     }
 
+    async fn disown(&self, sb: &Sandbox) {
+        let Some(n) = &sb.network else { return };
+        self.inner.firewall.disown(&n.subnet).await;
+        // A repair of ours may have put the hooks back between the other
+        // daemon's removal and its notice: once no network has the subnet,
+        // they go (a network that took the subnet since keeps its own).
+        let Some(net) = sandpit_core::egress::addr::parse_net(&n.subnet) else { return };
+        match self.subnets_in_use().await {
+            Ok(used) if !used.contains(&net) => {
+                if let Err(e) = self.inner.firewall.forget(&[net]).await {
+                    tracing::warn!(subnet = %n.subnet, error = %e, "removing the host rules of a network another daemon removed failed; the next check retries");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot list networks; host rules of a removed network stay for now"),
+        }
+    }
+
     async fn owned(&self) -> Result<Vec<Owned>> {
         let selector = labels::selector(&self.inner.instance);
         let mut out: Vec<Owned> = self

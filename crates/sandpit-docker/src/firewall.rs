@@ -788,6 +788,16 @@ impl Firewall {
         Ok((out, strays))
     }
 
+    /// Stops keeping `subnet`'s rules without touching them (another
+    /// daemon on the same host tore its network down and removed them).
+    /// Should its hooks still be there, they are strays from now on
+    /// ([`Firewall::repair`]): removed once no network has the subnet.
+    pub async fn disown(&self, subnet: &str) {
+        if let Some(net) = parse_net(subnet) {
+            self.state.lock().await.nets.remove(&net);
+        }
+    }
+
     /// Removes the hooks of `nets` that are still unknown: networks gone
     /// without their rules (removed behind the daemon's back), whose hooks
     /// would otherwise keep the chains, and fence whatever network takes

@@ -435,7 +435,7 @@ impl DockerRuntime {
     }
 
     /// The subnets of every network on the engine, ours or not.
-    async fn subnets_in_use(&self) -> Result<Vec<Ipv4Net>> {
+    pub(crate) async fn subnets_in_use(&self) -> Result<Vec<Ipv4Net>> {
         let d = self.docker().await?;
         let nets = d
             .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)

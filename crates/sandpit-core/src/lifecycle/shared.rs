@@ -92,6 +92,7 @@ impl Manager {
             self.scheduler.cancel(&sb.id);
             self.untrack(&sb.id);
             self.egress_forget(&sb);
+            self.runtime.disown(&sb).await;
         } else if sb.state != SandboxState::Provisioning {
             self.schedule(&sb);
             self.egress_learn(&sb);
