@@ -1147,6 +1147,28 @@ mod tests {
     }
 
     #[test]
+    fn the_store_is_sqlite_by_default_and_bad_store_keys_are_named_without_the_password() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert!(!c.store.is_postgres() && c.store.url.is_empty());
+        assert_eq!((c.store.pool_size, c.store.lease_retry), (16, Duration::from_secs(1)));
+        let url = "postgresql://sandpit:pw@db.example/sandpit?sslmode=require";
+        let c = Config::load_from(None, env(&[("SANDPIT__STORE__URL", url)])).unwrap();
+        assert!(c.store.is_postgres());
+        for (vars, key) in [
+            (vec![("SANDPIT__STORE__URL", "mysql://u:secret@db/x")], "store.url"),
+            (vec![("SANDPIT__STORE__POOL_SIZE", "0")], "store.pool_size"),
+            (vec![("SANDPIT__STORE__POOL_SIZE", "5000")], "store.pool_size"),
+            (vec![("SANDPIT__STORE__LEASE_RETRY", "10ms")], "store.lease_retry"),
+            (vec![("SANDPIT__STORE__LEASE_RETRY", "5m")], "store.lease_retry"),
+            (vec![("SANDPIT__STORE__LEASE", "1s")], "lease"),
+        ] {
+            let e = Config::load_from(None, env(&vars)).unwrap_err().to_string();
+            assert!(e.contains(key), "{vars:?}: {e}");
+            assert!(!e.contains("secret"), "the password is not repeated: {e}");
+        }
+    }
+
+    #[test]
     fn example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/sandpit.example.toml");
         Config::load_from(Some(&path), env(&[])).unwrap();
