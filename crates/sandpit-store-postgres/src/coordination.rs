@@ -123,15 +123,17 @@ async fn run(
     lease: watch::Sender<bool>,
     notices: broadcast::Sender<Notice>,
 ) {
-    let mut logged_down = false;
+    // Said once per outage, not at every retry.
+    let mut said = false;
     loop {
-        match session(&config, tls.clone(), retry, &origin, &lease, &notices).await {
-            Ok(()) => {}
-            Err(e) if !logged_down => {
-                tracing::warn!(error = %e, "store coordination connection failed; retrying (no lease while it is down)");
-                logged_down = true;
-            }
-            Err(_) => {}
+        let mut connected = false;
+        let e = session(&config, tls.clone(), retry, &origin, &lease, &notices, &mut connected).await;
+        if connected {
+            said = false;
+        }
+        if !said {
+            tracing::warn!(error = %e, "store coordination connection failed; retrying (no lease while it is down)");
+            said = true;
         }
         if lease.send_replace(false) {
             tracing::warn!("gave up the lease on expiry, reconcile, pool refill and checkpoints (connection lost)");
@@ -140,7 +142,8 @@ async fn run(
     }
 }
 
-/// One connection's life: returns when it fails.
+/// One connection's life, until it fails: why. `connected` says whether it
+/// got as far as listening.
 async fn session(
     config: &tokio_postgres::Config,
     tls: MakeRustlsConnect,
@@ -148,7 +151,23 @@ async fn session(
     origin: &str,
     lease: &watch::Sender<bool>,
     notices: &broadcast::Sender<Notice>,
-) -> Result<(), String> {
+    connected: &mut bool,
+) -> String {
+    match hold(config, tls, retry, origin, lease, notices, connected).await {
+        Ok(never) => match never {},
+        Err(why) => why,
+    }
+}
+
+async fn hold(
+    config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    retry: Duration,
+    origin: &str,
+    lease: &watch::Sender<bool>,
+    notices: &broadcast::Sender<Notice>,
+    connected: &mut bool,
+) -> Result<std::convert::Infallible, String> {
     let (client, mut connection) = config.connect(tls).await.map_err(|e| db_error_text(&e))?;
     // The connection's messages: notifications are passed on; it ends when the connection does.
     let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<String>();
@@ -176,6 +195,7 @@ async fn session(
     });
     let _reader = AbortOnDrop(reader);
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(|e| db_error_text(&e))?;
+    *connected = true;
     let try_lock = client.prepare("SELECT pg_try_advisory_lock($1, $2)").await.map_err(|e| db_error_text(&e))?;
     loop {
         if !*lease.borrow() {

@@ -71,7 +71,11 @@ impl Manager {
                     tries += 1;
                     match self.store.get(id).await? {
                         Some(now) if !now.state.is_ended() => sb = now,
-                        Some(now) => return Ok((now, false)),
+                        Some(now) => {
+                            self.scheduler.cancel(id);
+                            self.untrack(id);
+                            return Ok((now, false));
+                        }
                         None => return Err(Error::not_found("sandbox", id)),
                     }
                 }
