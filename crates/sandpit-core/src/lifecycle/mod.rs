@@ -351,16 +351,23 @@ impl Manager {
 
     fn emit(&self, kind: EventKind, sandbox: &Sandbox, message: impl Into<String>) {
         let message = message.into();
+        self.tell_others(kind, sandbox, &message);
+        // No receivers is fine: nobody is watching.
+        let _ = self.events.send(SandboxEvent { kind, time: SystemTime::now(), sandbox: sandbox.clone(), message });
+    }
+
+    /// Tells the other daemons sharing the store of an event (in order with
+    /// the rest); watchers here are not told. A warm sandbox made is told
+    /// this way only: nobody watches it, but every daemon may claim it.
+    fn tell_others(&self, kind: EventKind, sandbox: &Sandbox, message: &str) {
         if let Some(tx) = &self.notices {
             let _ = tx.send(Notice {
                 kind,
                 sandbox: sandbox.id.clone(),
                 version: sandbox.version,
-                message: message.clone(),
+                message: message.to_string(),
             });
         }
-        // No receivers is fine: nobody is watching.
-        let _ = self.events.send(SandboxEvent { kind, time: SystemTime::now(), sandbox: sandbox.clone(), message });
     }
 
     /// Writes a sandbox record and the audit record of its change, atomically,

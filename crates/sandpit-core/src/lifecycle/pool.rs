@@ -83,7 +83,7 @@ impl Pools {
         }
     }
 
-    fn push(&self, sb: Sandbox) {
+    pub(super) fn push(&self, sb: Sandbox) {
         let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
         ready.entry(sb.profile.name.clone()).or_default().push_back(sb);
     }
@@ -92,7 +92,7 @@ impl Pools {
         self.ready.lock().unwrap_or_else(|p| p.into_inner()).get_mut(profile)?.pop_front()
     }
 
-    fn remove(&self, profile: &str, id: &str) {
+    pub(super) fn remove(&self, profile: &str, id: &str) {
         if let Some(q) = self.ready.lock().unwrap_or_else(|p| p.into_inner()).get_mut(profile) {
             q.retain(|x| x.id != id);
         }
@@ -351,6 +351,7 @@ impl Manager {
                     self.track(&sb.id);
                     self.schedule(&sb);
                     self.pools.push(sb.clone());
+                    self.tell_others(EventKind::Created, &sb, "warm");
                     Ok(())
                 }
                 Err(e) => {

@@ -11,7 +11,9 @@
 //!   during the handover runs then), and reconciles.
 //! - Each daemon sends its events to the others in order; a daemon that
 //!   receives one reads the record, keeps (or cancels) its deadlines and
-//!   passes the event to its own watchers.
+//!   passes the event to its own watchers. Warm sandboxes the holder makes
+//!   are told too (to no watcher): every daemon's pool holds them, and a
+//!   claim on any daemon is a compare-and-set that one claim wins.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -88,6 +90,14 @@ impl Manager {
                 return;
             }
         };
+        // Another daemon's warm sandbox is this one's to claim too; one no
+        // longer warm (claimed, drained, ended) leaves the pool.
+        self.pools.remove(&sb.profile.name, &sb.id);
+        if sb.state == SandboxState::Warm {
+            self.schedule(&sb);
+            self.pools.push(sb);
+            return;
+        }
         if sb.state.is_ended() {
             self.scheduler.cancel(&sb.id);
             self.untrack(&sb.id);

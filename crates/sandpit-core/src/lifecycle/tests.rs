@@ -861,6 +861,43 @@ async fn on_a_shared_store_only_the_lease_holder_expires_and_a_new_holder_catche
     assert!(a.shutdown(Duration::from_secs(5)).await && b.shutdown(Duration::from_secs(5)).await);
 }
 
+/// The lease holder fills the warm pool; the other daemon hears of each
+/// warm sandbox and claims from it without provisioning anything, and a
+/// sandbox claimed on one daemon leaves the other's pool.
+#[tokio::test(start_paused = true)]
+async fn a_daemon_off_duty_claims_the_holders_warm_sandboxes() {
+    use crate::store::memory::Hub;
+    let rig = Rig::new([profile("pooled", 2, ["10m", "1h", "1h"])]).await;
+    let hub = Arc::new(Hub::default());
+    let daemon = |member: Arc<crate::store::memory::Member>| {
+        let store = Arc::new(rig.store.sharing(member)) as Arc<dyn Store>;
+        let runtime = Arc::clone(&rig.runtime) as Arc<dyn crate::runtime::Runtime>;
+        Manager::new(runtime, store, (*rig.manager.profiles()).clone(), settings())
+    };
+    let (a, b) = (daemon(hub.member(true)).await.unwrap(), daemon(hub.member(false)).await.unwrap());
+    b.start().await.unwrap();
+    a.start().await.unwrap();
+    let warm_on = |m: &Arc<Manager>| {
+        let m = Arc::clone(m);
+        async move { m.pool_status().await.first().map_or(0, |s| s.warm) }
+    };
+    eventually("the holder filled its pool and the other heard of it", || async {
+        warm_on(&a).await == 2 && warm_on(&b).await == 2
+    })
+    .await;
+    assert_eq!(rig.runtime.calls(Op::Provision), 2, "only the holder fills");
+    let claimed = b.create(&rig.caller, rig.request("pooled")).await.unwrap();
+    assert_eq!(rig.runtime.calls(Op::Provision), 2, "claimed on B, provisioning nothing");
+    assert_eq!(b.pool_status().await[0].claims, 1);
+    eventually("A's pool no longer holds the one B claimed", || async {
+        !a.warm_sandboxes().await.unwrap().iter().any(|s| s.id == claimed.id) || warm_on(&a).await < 2
+    })
+    .await;
+    let second = a.create(&rig.caller, rig.request("pooled")).await.unwrap();
+    assert_ne!(second.id, claimed.id, "never handed out twice");
+    assert!(a.shutdown(Duration::from_secs(5)).await && b.shutdown(Duration::from_secs(5)).await);
+}
+
 // ---- requests -------------------------------------------------------------
 
 /// Deleting twice returns the same ended record and tears down once; a delete
