@@ -321,6 +321,40 @@ async fn host_rules_of_sandboxes_deleted_on_another_daemon_do_not_come_back() {
     }
 }
 
+/// The lease holder fills the warm pool; the other daemon's creates claim
+/// from it (nothing is provisioned for them, and no sandbox twice).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_other_daemon_claims_the_holders_warm_sandboxes() {
+    use crate::pools::{pool, wait_warm, warm_profile};
+    let Some((daemons, _audit)) = fleet(2, |o| o.profiles = vec![("test-warm".into(), warm_profile(2))]).await else {
+        return;
+    };
+    let h = holder(&daemons).await;
+    let (holder_d, other) = (&daemons[h], &daemons[1 - h]);
+    wait_warm(holder_d, 2).await;
+    let warm = wait_warm(other, 2).await;
+    assert_eq!(warm.claims, 0);
+    let mut op = holder_d.client(OPERATOR).await;
+    let listed = op.list_sandboxes(proto::ListSandboxesRequest::default()).await.unwrap().into_inner().sandboxes;
+    let warm_ids: Vec<String> =
+        listed.iter().filter(|s| state(s) == SandboxState::Warm).map(|s| s.id.clone()).collect();
+    assert_eq!(warm_ids.len(), 2);
+    let mut c = other.client(TEAM_A).await;
+    let mut claimed = Vec::new();
+    for _ in 0..2 {
+        let req = proto::CreateSandboxRequest { profile: "test-warm".into(), ..create_req(&other.exp_a, 120) };
+        claimed.push(c.create_sandbox(req).await.unwrap().into_inner().id);
+    }
+    assert!(
+        claimed.iter().all(|id| warm_ids.contains(id)),
+        "both claimed from the holder's pool: {claimed:?} {warm_ids:?}"
+    );
+    assert_ne!(claimed[0], claimed[1]);
+    assert_eq!(pool(other).await.claims, 2);
+    // The holder refills.
+    wait_warm(holder_d, 2).await;
+}
+
 /// A SQLite store moved into PostgreSQL: a daemon on PostgreSQL takes over
 /// its sandboxes, register and audit chain (verifying against the
 /// checkpoints the SQLite daemon signed).

@@ -7,19 +7,19 @@ use sandpit_proto::{self as proto, SandboxState};
 
 use crate::support::*;
 
-fn warm_profile(size: u32) -> String {
+pub fn warm_profile(size: u32) -> String {
     format!(
         "max_classification = \"OFFICIAL\"\nimages = [\"{{image}}\", \"sandpit-test/absent:never\"]\ncommand = [\"sleep\", \"infinity\"]\nwarm_pool = {size}\n"
     )
 }
 
-async fn pool(d: &Daemon) -> proto::PoolStatus {
+pub async fn pool(d: &Daemon) -> proto::PoolStatus {
     let mut p = d.profile_client(OPERATOR).await;
     let pools = p.list_pools(proto::ListPoolsRequest {}).await.unwrap().into_inner().pools;
     pools.into_iter().find(|p| p.profile == "test-warm").unwrap_or_default()
 }
 
-async fn wait_warm(d: &Daemon, n: u32) -> proto::PoolStatus {
+pub async fn wait_warm(d: &Daemon, n: u32) -> proto::PoolStatus {
     eventually(Duration::from_secs(20), "pool filled", || async move {
         let p = pool(d).await;
         (p.warm == n).then_some(p)

@@ -137,7 +137,7 @@ impl Manager {
         let mut stale = Vec::new();
         let claimed = loop {
             let Some(pooled) = self.pools.pop(&profile.name) else { break Ok(Claim::Missed) };
-            if pooled.profile != *profile {
+            if !pooled.profile.same_policy(profile) {
                 stale.push(pooled);
                 continue;
             }
@@ -192,7 +192,7 @@ impl Manager {
         let mut outcome = self.commit_admitted(&mut sb, entry, admission).await;
         if matches!(outcome, Err(Error::Conflict(_))) {
             match self.store.get(&pooled.id).await {
-                Ok(Some(fresh)) if fresh.state == SandboxState::Warm && fresh.profile == plan.profile => {
+                Ok(Some(fresh)) if fresh.state == SandboxState::Warm && fresh.profile.same_policy(&plan.profile) => {
                     sb = claimed(fresh, plan);
                     let entry = audit(&sb);
                     outcome = self.commit_admitted(&mut sb, entry, admission).await;
@@ -273,7 +273,7 @@ impl Manager {
                 } else {
                     pooled
                 };
-                let fits = current.is_some_and(|p| sb.profile == *p && keep < p.warm_pool);
+                let fits = current.is_some_and(|p| sb.profile.same_policy(p) && keep < p.warm_pool);
                 if fits {
                     keep += 1;
                     continue;

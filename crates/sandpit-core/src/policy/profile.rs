@@ -316,6 +316,16 @@ impl fmt::Display for ProfileError {
 }
 
 impl Profile {
+    /// Whether `other` promises what this one does: equal in everything
+    /// but the file each was read from (daemons sharing a store may read
+    /// one profile from directories of their own).
+    pub fn same_policy(&self, other: &Profile) -> bool {
+        if self.source == other.source {
+            return self == other;
+        }
+        Profile { source: other.source.clone(), ..self.clone() } == *other
+    }
+
     /// Parses and validates one profile. The name is the file stem.
     pub fn parse(file: &Path, content: &str) -> Result<Profile, Vec<ProfileError>> {
         Self::parse_with(file, content, &HostRules::default())
@@ -659,6 +669,17 @@ mod tests {
         assert_eq!(p.resources.memory, 256 << 20);
         assert_eq!(p.lifetime.max_ttl, Duration::from_secs(3600));
         assert_eq!(p.default_image(), "sandpit/base:local");
+    }
+
+    #[test]
+    fn the_same_policy_read_from_another_directory_is_the_same_profile() {
+        let here = parse(GOOD).unwrap();
+        let there = Profile::parse(Path::new("/elsewhere/official-none.toml"), GOOD).unwrap();
+        assert!(here.same_policy(&there) && there.same_policy(&here) && here.same_policy(&here));
+        let changed = Profile::parse(Path::new("/elsewhere/official-none.toml"), &GOOD.replace("4h", "3h")).unwrap();
+        assert!(!here.same_policy(&changed) && !there.same_policy(&changed));
+        let moved_and_changed = Profile { warm_pool: 3, ..there.clone() };
+        assert!(!there.same_policy(&moved_and_changed), "same file, other content");
     }
 
     #[test]
