@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use super::harness::{ttl, Client, Daemon, Result, PROFILE};
 use super::stats::{header, ms, round3, row, Summary};
-use super::{live_count, sp_delete_many, Ctx, CONCURRENCY, LONG_TTL};
+use super::{live_count, raw_remove_many, sp_delete_many, Ctx, CONCURRENCY, LONG_TTL};
 
 /// A few daemons on one new database, sharing what daemons on one host
 /// must share (egress port, audit key and checkpoints), and an experiment
@@ -167,9 +167,7 @@ pub async fn fleet(ctx: &mut Ctx, n: usize, list_calls: usize) -> Result<Value> 
     let raw_wall = t.elapsed();
     let raw_ids: Vec<String> = raw.iter().filter_map(|r| r.as_ref().ok().map(|(id, _)| id.clone())).collect();
     let raw_lat: Vec<Duration> = raw.iter().filter_map(|r| r.as_ref().ok().map(|(_, d)| *d)).collect();
-    for id in &raw_ids {
-        let _ = ctx.raw.remove(id).await;
-    }
+    raw_remove_many(&ctx.raw, &raw_ids).await;
     let raw_rate = raw_ids.len() as f64 / raw_wall.as_secs_f64();
     out.insert(
         "raw".into(),

@@ -65,6 +65,32 @@ pub struct AuditPage {
     pub more: bool,
 }
 
+impl AuditPage {
+    /// The page `q` asks for, from the matching records in sequence order
+    /// (at least `q.limit + 1` of them, when there are that many): up to
+    /// `q.limit` records or about `q.max_bytes`, and at least one record
+    /// when any match. Every backend fills its pages with this.
+    pub fn fill<E>(
+        q: &AuditQuery,
+        records: impl IntoIterator<Item = std::result::Result<AuditRecord, E>>,
+    ) -> std::result::Result<AuditPage, E> {
+        let mut page = AuditPage::default();
+        let mut bytes = 0usize;
+        for rec in records {
+            let rec = rec?;
+            let size = rec.entry.approx_size();
+            let full = page.records.len() >= q.limit || (q.max_bytes > 0 && bytes + size > q.max_bytes);
+            if full && !page.records.is_empty() {
+                page.more = true;
+                break;
+            }
+            bytes += size;
+            page.records.push(rec);
+        }
+        Ok(page)
+    }
+}
+
 /// The longest any text field of a record is returned by a query (legacy
 /// records written before caller input was bounded can hold megabytes);
 /// longer ones are cut, saying how long they were. Verification always reads

@@ -127,7 +127,7 @@ async fn run(
     let mut said = false;
     loop {
         let mut connected = false;
-        let e = session(&config, tls.clone(), retry, &origin, &lease, &notices, &mut connected).await;
+        let Err(e) = hold(&config, tls.clone(), retry, &origin, &lease, &notices, &mut connected).await;
         if connected {
             said = false;
         }
@@ -142,23 +142,8 @@ async fn run(
     }
 }
 
-/// One connection's life, until it fails: why. `connected` says whether it
-/// got as far as listening.
-async fn session(
-    config: &tokio_postgres::Config,
-    tls: MakeRustlsConnect,
-    retry: Duration,
-    origin: &str,
-    lease: &watch::Sender<bool>,
-    notices: &broadcast::Sender<Notice>,
-    connected: &mut bool,
-) -> String {
-    match hold(config, tls, retry, origin, lease, notices, connected).await {
-        Ok(never) => match never {},
-        Err(why) => why,
-    }
-}
-
+/// One connection's life: it only ever ends in why it failed. `connected`
+/// says whether it got as far as listening.
 async fn hold(
     config: &tokio_postgres::Config,
     tls: MakeRustlsConnect,

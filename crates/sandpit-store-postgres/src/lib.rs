@@ -680,20 +680,7 @@ async fn query_audit(c: &impl GenericClient, q: &AuditQuery) -> Result<AuditPage
         &limit,
     ];
     let rows = c.query(&stmt, &params).await?;
-    let mut page = AuditPage::default();
-    let mut bytes = 0usize;
-    for row in rows {
-        let rec = record_from(&row)?;
-        let size = rec.entry.approx_size();
-        let full = page.records.len() >= q.limit || (q.max_bytes > 0 && bytes + size > q.max_bytes);
-        if full && !page.records.is_empty() {
-            page.more = true;
-            break;
-        }
-        bytes += size;
-        page.records.push(rec);
-    }
-    Ok(page)
+    AuditPage::fill(q, rows.iter().map(record_from))
 }
 
 type Change<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;

@@ -723,7 +723,7 @@ fn query_audit(conn: &Connection, q: &AuditQuery) -> Result<AuditPage> {
          ORDER BY seq LIMIT ?8",
         columns.join(", ")
     ))?;
-    let mut rows = stmt.query_map(
+    let rows = stmt.query_map(
         params![
             q.after_seq as i64,
             q.since.map(to_millis),
@@ -736,20 +736,7 @@ fn query_audit(conn: &Connection, q: &AuditQuery) -> Result<AuditPage> {
         ],
         row_to_record,
     )?;
-    let mut page = AuditPage::default();
-    let mut bytes = 0usize;
-    for row in rows.by_ref() {
-        let rec = row?;
-        let size = rec.entry.approx_size();
-        let full = page.records.len() >= q.limit || (q.max_bytes > 0 && bytes + size > q.max_bytes);
-        if full && !page.records.is_empty() {
-            page.more = true;
-            break;
-        }
-        bytes += size;
-        page.records.push(rec);
-    }
-    Ok(page)
+    Ok(AuditPage::fill(q, rows)?)
 }
 
 #[async_trait]

@@ -299,9 +299,21 @@ pub async fn audit_pages_are_bounded_in_bytes(s: Arc<dyn Store>) {
     assert!(page.more && !page.records.is_empty() && page.records.len() < 20, "{}", page.records.len());
     let bytes: usize = page.records.iter().map(|r| r.entry.approx_size()).sum();
     assert!(bytes <= 2000, "{bytes}");
+    // Paging on reaches every record.
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s.query_audit(&AuditQuery { after_seq: after, ..q.clone() }).await.unwrap();
+        seen.extend(page.records.iter().map(|r| r.seq));
+        after = page.records.last().unwrap().seq;
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(seen, (1..=20).collect::<Vec<_>>());
     // A page holds at least one record, however small the bound.
     let one = s.query_audit(&AuditQuery { max_bytes: 1, ..q }).await.unwrap();
-    assert_eq!(one.records.len(), 1);
+    assert_eq!((one.records.len(), one.more), (1, true));
 }
 
 pub async fn the_chain_verifies_from_checkpoints_and_hashes(s: Arc<dyn Store>) {

@@ -265,22 +265,9 @@ impl Store for MemoryStore {
         let inner = self.lock();
         let mut by_seq: Vec<&AuditRecord> = inner.audit.iter().filter(|r| matches(q, r)).collect();
         by_seq.sort_by_key(|r| r.seq);
-        // As the SQL: at most `limit + 1` rows are read, then the page is
-        // filled up to `limit` records or `max_bytes`, at least one record.
-        let mut page = AuditPage::default();
-        let mut bytes = 0usize;
-        for rec in by_seq.into_iter().take(q.limit.saturating_add(1)) {
-            let rec = cut_record(rec.clone());
-            let size = rec.entry.approx_size();
-            let full = page.records.len() >= q.limit || (q.max_bytes > 0 && bytes + size > q.max_bytes);
-            if full && !page.records.is_empty() {
-                page.more = true;
-                break;
-            }
-            bytes += size;
-            page.records.push(rec);
-        }
-        Ok(page)
+        // As the SQL: at most `limit + 1` rows are read, then the page is filled.
+        let rows = by_seq.into_iter().take(q.limit.saturating_add(1)).map(|r| Ok(cut_record(r.clone())));
+        AuditPage::fill(q, rows)
     }
 
     async fn verify_audit(&self) -> Result<VerifyReport> {
@@ -396,7 +383,7 @@ mod tests {
     use super::*;
     use crate::sandbox::SandboxState;
 
-    use crate::store::contract::{entry, experiment, record};
+    use crate::store::contract::{entry, record};
 
     async fn open() -> Option<(std::sync::Arc<dyn Store>, ())> {
         Some((std::sync::Arc::new(MemoryStore::with_instance("inst")), ()))
@@ -453,76 +440,6 @@ mod tests {
         // The stale write's audit record was not written either.
         let page = s.query_audit(&AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
         assert_eq!(page.records.iter().map(|r| r.entry.actor.as_str()).collect::<Vec<_>>(), ["x"]);
-    }
-
-    #[tokio::test]
-    async fn experiment_writes_are_compare_and_set_in_memory() {
-        let s = MemoryStore::new();
-        s.insert_experiment(&experiment("exp-1", "a"), None).await.unwrap();
-        assert!(s.insert_experiment(&experiment("exp-1", "a"), None).await.is_err(), "an id is registered once");
-        s.insert_experiment(&experiment("exp-2", "b"), None).await.unwrap();
-        let read = s.get_experiment("exp-1").await.unwrap().unwrap();
-        assert_eq!(read.version, 1);
-        let mut approve = read.clone();
-        approve.status = crate::register::Status::Approved;
-        let mut close = read.clone();
-        close.status = crate::register::Status::Closed;
-        assert!(matches!(s.update_experiment(&close, entry("closer")).await.unwrap(), Versioned::Written(Some(_))));
-        match s.update_experiment(&approve, entry("approver")).await.unwrap() {
-            Versioned::Stale(Some(now)) => assert_eq!((now.status, now.version), (crate::register::Status::Closed, 2)),
-            other => panic!("a stale write must not land: {other:?}"),
-        }
-        let actors: Vec<String> = s
-            .query_audit(&AuditQuery { limit: 10, ..Default::default() })
-            .await
-            .unwrap()
-            .records
-            .into_iter()
-            .map(|r| r.entry.actor)
-            .collect();
-        assert_eq!(actors, ["closer"]);
-        let closed = ExperimentFilter { team: None, status: Some(crate::register::Status::Closed) };
-        assert_eq!(s.list_experiments(&closed).await.unwrap().len(), 1);
-        let b = ExperimentFilter { team: Some("b".into()), status: None };
-        assert_eq!(s.list_experiments(&b).await.unwrap()[0].id, "exp-2");
-    }
-
-    #[tokio::test]
-    async fn audit_query_filters_pages_and_bounds_bytes() {
-        let s = MemoryStore::new();
-        for i in 0..10 {
-            s.append_audit(entry(if i % 2 == 0 { "even" } else { "odd" })).await.unwrap();
-        }
-        let q = AuditQuery { actor: Some("even".into()), limit: 3, ..Default::default() };
-        let page = s.query_audit(&q).await.unwrap();
-        assert_eq!(page.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3, 5]);
-        assert!(page.more);
-        let next = s.query_audit(&AuditQuery { after_seq: 5, ..q }).await.unwrap();
-        assert_eq!(next.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [7, 9]);
-        assert!(!next.more);
-        // Bounded in bytes: pages hold fewer records, paging on reaches them all.
-        let q = AuditQuery { limit: 1000, max_bytes: 700, ..Default::default() };
-        let mut seen = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = s.query_audit(&AuditQuery { after_seq: after, ..q.clone() }).await.unwrap();
-            assert!(!page.records.is_empty() && page.records.len() < 10);
-            seen.extend(page.records.iter().map(|r| r.seq));
-            after = page.records.last().unwrap().seq;
-            if !page.more {
-                break;
-            }
-        }
-        assert_eq!(seen, (1..=10).collect::<Vec<_>>());
-        // A page holds one record even when it alone is over the bound.
-        let tiny = s.query_audit(&AuditQuery { limit: 10, max_bytes: 1, ..Default::default() }).await.unwrap();
-        assert_eq!((tiny.records.len(), tiny.more), (1, true));
-        // Time bounds: `since` inclusive, `until` exclusive.
-        let future = SystemTime::now() + Duration::from_secs(60);
-        let none = AuditQuery { since: Some(future), limit: 10, ..Default::default() };
-        assert!(s.query_audit(&none).await.unwrap().records.is_empty());
-        let all = AuditQuery { until: Some(future), limit: 10, ..Default::default() };
-        assert_eq!(s.query_audit(&all).await.unwrap().records.len(), 10);
     }
 
     #[tokio::test]
