@@ -28,6 +28,7 @@ mod profiles;
 mod reconcile;
 mod register;
 mod requests;
+mod swarm;
 mod tls;
 mod transfer;
 mod work;

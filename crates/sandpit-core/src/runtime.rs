@@ -38,6 +38,9 @@ pub struct NetworkInfo {
 pub struct Provisioned {
     pub container_id: String,
     pub network: Option<NetworkInfo>,
+    /// The node it landed on, when the runtime places sandboxes itself
+    /// (a cluster's scheduler); `None`: [`Runtime::node`].
+    pub node: Option<String>,
 }
 
 /// The state of a container's main process.
@@ -55,6 +58,10 @@ pub enum RuntimeEvent {
     Died { container_id: String, sandbox_id: String, exit_code: Option<i64> },
     /// The kernel OOM killer struck inside the container.
     Oom { container_id: String, sandbox_id: String },
+    /// The sandbox is gone with the node it ran on (the node died or left
+    /// the cluster), or was stopped because its node no longer may run it;
+    /// `reason` says which, for the record.
+    Lost { sandbox_id: String, reason: String },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -126,6 +133,9 @@ pub struct Capabilities {
     /// Confinement it applies to every sandbox beyond the common hardening
     /// (e.g. `seccomp`, `apparmor`), as the engine reports it.
     pub confinement: Vec<String>,
+    /// Whether it can give an experiment's sandboxes one workspace that
+    /// outlives each of them (a volume on one engine; not across nodes).
+    pub workspaces: bool,
 }
 
 impl Capabilities {

@@ -111,6 +111,7 @@ impl Runtime for DockerRuntime {
             isolation,
             unavailable,
             confinement,
+            workspaces: true,
         }
     }
 

@@ -114,6 +114,13 @@ mod tests {
         let out = std::process::Command::new(&path).arg("nonsense").output().unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
+        // nnp: the command runs with no_new_privs set, as Docker's no-new-privileges gives.
+        let status = |args: &[&str]| {
+            let out = std::process::Command::new(&path).args(args).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).lines().find(|l| l.starts_with("NoNewPrivs:")).map(str::to_string)
+        };
+        assert_eq!(status(&["nnp", "--", "cat", "/proc/self/status"]).as_deref(), Some("NoNewPrivs:\t1"));
+        assert_eq!(status(&["run", "t", "--", "cat", "/proc/self/status"]).as_deref(), Some("NoNewPrivs:\t0"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -33,6 +33,7 @@ pub mod isolation;
 pub mod labels;
 pub mod spec;
 pub mod subnet;
+pub mod swarm;
 
 mod cgroup;
 pub mod cleanup;
@@ -1016,7 +1017,7 @@ impl DockerRuntime {
                 message: format!("runtime '{runtime}' did not start the sandbox within {within}: it may be hung"),
             });
         }
-        Ok(Provisioned { container_id: created.id, network })
+        Ok(Provisioned { container_id: created.id, network, node: None })
     }
 
     /// Kills (no stop grace) and removes a container by id or name, then its

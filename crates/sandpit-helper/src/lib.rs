@@ -18,6 +18,8 @@
 //!   double forks included.
 //! - `connect PORT`: joins stdin and stdout to a TCP connection to
 //!   `127.0.0.1:PORT` (port forwarding, in every network mode).
+//! - `nnp -- COMMAND...`: runs `COMMAND` (it replaces the helper) with
+//!   no_new_privs set, for engines that cannot set it on a container.
 //!
 //! Standard library only, so that it builds with `rustc` alone into one
 //! static binary (sandpit-docker's build script), without a registry or a
@@ -36,7 +38,7 @@ pub const PATH_IN_SANDBOX: &str = "/.sandpit/helper";
 pub const TAG_VAR: &str = "SANDPIT_EXEC";
 
 const USAGE: &str =
-    "usage: sandpit-helper unpack DIR | pack PATH | run TAG [--tty] -- COMMAND... | kill TAG | connect PORT";
+    "usage: sandpit-helper unpack DIR | pack PATH | run TAG [--tty] -- COMMAND... | kill TAG | connect PORT | nnp -- COMMAND...";
 
 /// Runs one subcommand; its exit code.
 pub fn main(args: Vec<OsString>) -> ExitCode {
@@ -64,6 +66,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             Some(tag) => tree::kill(&tag).map(|n| println!("{n}")),
             None => Err(std::io::Error::other(USAGE)),
         },
+        [cmd, sep, command @ ..] if *cmd == "nnp" && *sep == "--" && !command.is_empty() => {
+            return tree::no_new_privs(command);
+        }
         [cmd, port] if *cmd == "connect" => match text(port).and_then(|p| p.parse::<u16>().ok()) {
             Some(port) => tree::connect(port),
             None => Err(std::io::Error::other("connect: PORT must be a number from 1 to 65535")),

@@ -63,6 +63,46 @@ pub struct Config {
     pub isolation: IsolationConfig,
     pub images: ImagesConfig,
     pub governance: GovernanceConfig,
+    /// Sandboxes on a Docker Swarm instead of the one engine of `[docker]`.
+    #[serde(default)]
+    pub swarm: Option<SwarmConfig>,
+}
+
+/// A Docker Swarm to run sandboxes on: each sandbox a service of one task,
+/// placed by Swarm on a node labelled for its classification and isolation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmConfig {
+    /// The engine address of a manager of the swarm (unix://...).
+    pub manager: String,
+    /// How long a sandbox's task may take to run before its create fails.
+    #[serde(default = "SwarmConfig::default_start_timeout", deserialize_with = "de_duration")]
+    pub start_timeout: Duration,
+    /// How often the manager's node list is read: sandboxes on a node Swarm
+    /// reports down are recorded lost within Swarm's detection plus this.
+    #[serde(default = "SwarmConfig::default_node_check", deserialize_with = "de_duration")]
+    pub node_check: Duration,
+    /// Each node's own engine, by its hostname in the swarm: exec, copies
+    /// and port forwarding reach a sandbox through it.
+    pub nodes: Vec<SwarmNodeConfig>,
+}
+
+impl SwarmConfig {
+    fn default_start_timeout() -> Duration {
+        Duration::from_secs(120)
+    }
+    fn default_node_check() -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmNodeConfig {
+    /// The node's hostname as `docker node ls` shows it.
+    pub name: String,
+    /// Its engine's address (unix://...).
+    pub host: String,
 }
 
 /// How the AI Leadership Group's process runs in the register: who must
@@ -731,6 +771,42 @@ impl Config {
         Ok(())
     }
 
+    fn validate_swarm(&self) -> Result<(), String> {
+        let Some(sw) = &self.swarm else { return Ok(()) };
+        // Only local sockets: an engine's TCP port without TLS is root on its
+        // host to anyone who reaches it, and TLS endpoints are not built yet.
+        let local = |h: &str| h.starts_with("unix:///");
+        if !local(&sw.manager) {
+            return Err(format!(
+                "swarm.manager: '{}' is not a unix:/// socket (TCP endpoints are not supported: forward the engine's socket)",
+                sw.manager
+            ));
+        }
+        if sw.nodes.is_empty() {
+            return Err("swarm.nodes: at least one node's engine is needed".into());
+        }
+        for (i, n) in sw.nodes.iter().enumerate() {
+            if n.name.trim().is_empty() || n.name.contains('/') {
+                return Err(format!("swarm.nodes[{i}].name: '{}' is not a node hostname", n.name));
+            }
+            if sw.nodes[..i].iter().any(|o| o.name == n.name) {
+                return Err(format!("swarm.nodes[{i}].name: '{}' is listed twice", n.name));
+            }
+            if !local(&n.host) {
+                return Err(format!(
+                    "swarm.nodes[{i}].host: '{}' is not a unix:/// socket (TCP endpoints are not supported: forward the engine's socket)",
+                    n.host
+                ));
+            }
+        }
+        for (key, d) in [("start_timeout", sw.start_timeout), ("node_check", sw.node_check)] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return Err(format!("swarm.{key}: {d:?} is not between 100ms and 1h"));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_store(&self) -> Result<(), String> {
         let s = &self.store;
         if !s.url.is_empty() && !s.is_postgres() {
@@ -750,6 +826,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.validate_store()?;
+        self.validate_swarm()?;
         self.validate_isolation()?;
         self.validate_governance()?;
         for (i, b) in self.images.build.iter().enumerate() {

@@ -184,6 +184,33 @@ pub async fn migrate_from(cfg: &Config, from: &str) -> Result<String, StartError
 /// replacing one) and its `.pub`, for a daemon that may not write where the
 /// key lives. Returns the key's path, whether it was created, the `.pub`
 /// path and the verifier key.
+/// The Swarm runtime `[swarm]` describes: a client of the manager and one
+/// of each node's engine. The daemon's own `[docker]` engine is not used.
+async fn swarm_runtime(
+    cfg: &Config,
+    sw: &crate::config::SwarmConfig,
+    net: NetworkSettings,
+    sandboxes: SandboxDefaults,
+) -> Result<sandpit_docker::swarm::SwarmRuntime, StartError> {
+    let engine = |host: &str| {
+        let net = NetworkSettings { pool: net.pool, egress_port: net.egress_port, instance: net.instance.clone() };
+        DockerRuntime::new(Some(host.to_string()), cfg.docker.timeout, cfg.docker.node.clone(), net, sandboxes.clone())
+    };
+    let manager = engine(&sw.manager);
+    if let Err(e) = manager.ping().await {
+        tracing::warn!(manager = %sw.manager, error = %e, "the swarm's manager is not reachable yet; serving anyway and retrying");
+    }
+    let nodes = sw.nodes.iter().map(|n| (n.name.clone(), engine(&n.host))).collect();
+    let timings = sandpit_docker::swarm::SwarmTimings { start_timeout: sw.start_timeout, node_check: sw.node_check };
+    tracing::info!(
+        manager = %sw.manager,
+        nodes = sw.nodes.len(),
+        "sandboxes run on a Docker Swarm: each a service, placed on nodes labelled for its classification"
+    );
+    sandpit_docker::swarm::SwarmRuntime::new(manager, nodes, cfg.docker.node.clone(), net.instance, sandboxes, timings)
+        .map_err(|e| StartError::Config(e.to_string()))
+}
+
 pub async fn init_audit_key(
     cfg: &Config,
 ) -> Result<(std::path::PathBuf, bool, std::path::PathBuf, String), StartError> {
@@ -276,11 +303,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         helper: Some(helper),
         builders: cfg.images.build.iter().map(|b| (b.image.clone(), b.command.clone())).collect(),
     };
-    let runtime =
-        DockerRuntime::new(cfg.docker.host.clone(), cfg.docker.timeout, cfg.docker.node.clone(), net, sandboxes);
-    if let Err(e) = runtime.ping().await {
-        tracing::warn!(error = %e, "Docker is not reachable yet; serving anyway and retrying");
-    }
+    let runtime: Arc<dyn sandpit_core::runtime::Runtime> = match &cfg.swarm {
+        None => {
+            let runtime = DockerRuntime::new(
+                cfg.docker.host.clone(),
+                cfg.docker.timeout,
+                cfg.docker.node.clone(),
+                net,
+                sandboxes,
+            );
+            if let Err(e) = runtime.ping().await {
+                tracing::warn!(error = %e, "Docker is not reachable yet; serving anyway and retrying");
+            }
+            Arc::new(runtime)
+        }
+        Some(sw) => Arc::new(swarm_runtime(&cfg, sw, net, sandboxes).await?),
+    };
     let settings = Settings {
         host: HostPolicy {
             max_classification: cfg.max_classification,
@@ -312,8 +350,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             per_source: cfg.limits.refusals_per_source,
         },
     };
-    let manager =
-        Manager::new(Arc::new(runtime), store, profiles, settings).await.map_err(|e| StartError::Io(e.to_string()))?;
+    let manager = Manager::new(runtime, store, profiles, settings).await.map_err(|e| StartError::Io(e.to_string()))?;
     checkpoints.sign_only_on_duty(manager.duty());
     manager.start().await.map_err(|e| StartError::Io(e.to_string()))?;
     // Verifies the chain (in a blocking task: serving starts meanwhile), then signs on schedule.

@@ -339,6 +339,9 @@ impl Manager {
                 Ok(p) => {
                     sb.container_id = Some(p.container_id);
                     sb.network = p.network;
+                    if let Some(node) = p.node {
+                        sb.node = node;
+                    }
                     sb.state = SandboxState::Warm;
                     let reason = format!("warm sandbox for profile {}", profile.name);
                     if let Err(e) = self

@@ -319,24 +319,31 @@ impl Manager {
 
     /// Marks a record `lost` if its container is really gone.
     async fn mark_lost(&self, id: &str) -> Result<bool> {
+        self.record_lost(id, None).await
+    }
+
+    /// Marks a record `lost`: with `reason`, because the runtime said so
+    /// (its node is gone, or may no longer run it); without, once its
+    /// container is confirmed gone.
+    async fn record_lost(&self, id: &str, reason: Option<&str>) -> Result<bool> {
         let _guard = self.locks.lock(id).await;
         let Some(mut sb) = self.store.get(id).await? else {
             return Ok(false);
         };
-        if sb.state.is_ended() {
+        if sb.state.is_ended() || sb.state == SandboxState::Provisioning {
             return Ok(false);
         }
-        if self.runtime.status(&sb).await?.is_some() {
+        if reason.is_none() && self.runtime.status(&sb).await?.is_some() {
             return Ok(false);
         }
-        sb.end(SandboxState::Lost, "its container vanished from the engine", SystemTime::now());
+        sb.end(SandboxState::Lost, reason.unwrap_or("its container vanished from the engine"), SystemTime::now());
         self.commit(&mut sb, |sb| {
             audit_log::entry(None, action::LOST, &sb.experiment, id, Ok(sb.state_reason.clone()))
         })
         .await?;
         self.scheduler.cancel(id);
         self.untrack(id);
-        tracing::warn!(sandbox = %id, "sandbox lost: its container is gone");
+        tracing::warn!(sandbox = %id, reason = %sb.state_reason, "sandbox lost");
         self.emit(EventKind::Lost, &sb, sb.state_reason.clone());
         Ok(true)
     }
@@ -518,6 +525,9 @@ impl Manager {
                                 this.handled(this.record_exit(&sandbox_id, exit_code).await.map(|_| ()));
                             });
                         }
+                    }
+                    Ok(RuntimeEvent::Lost { sandbox_id, reason }) => {
+                        self.handled(self.record_lost(&sandbox_id, Some(&reason)).await.map(|_| ()));
                     }
                     Ok(RuntimeEvent::Oom { sandbox_id, .. }) => {
                         self.handled(self.record_oom(&sandbox_id).await);

@@ -52,6 +52,14 @@ impl Manager {
                 ),
             ));
         }
+        if profile.workspace && !caps.workspaces {
+            return Err(Error::FailedPrecondition(format!(
+                "profile '{}' keeps a workspace for its experiment, which the runtime on node '{}' cannot give \
+                 (its sandboxes may land on different nodes)",
+                profile.name,
+                self.runtime.node()
+            )));
+        }
         let mode = profile.network.mode;
         if caps.network_modes.contains(&mode) {
             return Ok(());
@@ -221,6 +229,9 @@ impl Manager {
         };
         let container_id = provisioned.container_id;
         sb.container_id = Some(container_id.clone());
+        if let Some(node) = provisioned.node {
+            sb.node = node;
+        }
         sb.network = provisioned.network;
         sb.state = SandboxState::Running;
         let reason = format!(

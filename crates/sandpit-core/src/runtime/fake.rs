@@ -503,7 +503,7 @@ impl FakeRuntime {
                 address: Ipv4Addr::from(base + 2),
             }
         });
-        Provisioned { container_id, network }
+        Provisioned { container_id, network, node: None }
     }
 
     /// A running sandbox's container, or the error an exec or transfer gets.
@@ -536,6 +536,7 @@ impl Runtime for FakeRuntime {
             isolation: Isolation::ALL.into_iter().filter(|i| !unavailable.iter().any(|(u, _)| u == i)).collect(),
             unavailable,
             confinement: vec!["seccomp".to_string()],
+            workspaces: true,
         }
     }
 

@@ -1,0 +1,937 @@
+//! Docker Swarm as a sandbox runtime: each sandbox is a Swarm service of one
+//! task that is never restarted, placed by Swarm's own scheduler on a node
+//! accredited for its classification, with the profile's limits as both
+//! reservations and limits.
+//!
+//! - The service is made through a manager's engine; the task's container
+//!   is reached through its node's engine (`[[swarm.nodes]]`): exec,
+//!   copies, port forwarding, kills and exit codes go there, each through a
+//!   [`DockerRuntime`] of that node, exactly as on one host.
+//! - Isolated sandboxes get an internal overlay network of their own.
+//! - Placement: a node runs a sandbox only if it carries the labels
+//!   `sandpit.classification.<CLASSIFICATION>=true` and
+//!   `sandpit.isolation.<level>=true`, as constraints Swarm enforces; the
+//!   node watcher stops (and reports lost) a sandbox whose node loses them.
+//! - Node loss: the watcher reads the manager's node list every
+//!   `node_check`; tasks of this instance on a node that is not ready are
+//!   reported [`RuntimeEvent::Lost`].
+//! - What a Swarm service cannot be asked for on engine API 1.41
+//!   (no-new-privileges, a runtime such as runsc, memory+swap) is either
+//!   closed another way (the helper sets no_new_privs on every process it
+//!   starts) or refused ([`Capabilities`]); the README has the table.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bollard::models::{
+    Limit, Mount as DockerMount, MountTmpfsOptions, MountType as MountTypeEnum, NetworkAttachmentConfig,
+    NetworkCreateRequest, NodeState, ResourceObject, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, Task,
+    TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecDnsConfig, TaskSpecLogDriver, TaskSpecPlacement,
+    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+};
+use bollard::query_parameters::{ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+use crate::driver::{container_name, network_name};
+use crate::{host_pids_limit, is_not_found, label_filters, labels, map_err, DockerRuntime, SandboxDefaults};
+use sandpit_core::policy::{Isolation as Level, NetworkMode};
+use sandpit_core::runtime::{
+    BoxStream, Capabilities, Connection, ContainerStatus, ExecSession, ExecSpec, NetworkInfo, Owned, OwnedKind,
+    Provisioned, PullProgress, Repair, Runtime, RuntimeEvent, TerminalSize,
+};
+use sandpit_core::sandbox::{Sandbox, DATASETS_DIR};
+use sandpit_core::{Error, Result};
+
+/// The node label that accredits a node for a classification:
+/// `sandpit.classification.OFFICIAL-SENSITIVE=true`.
+pub fn classification_label(c: sandpit_core::policy::Classification) -> String {
+    format!("sandpit.classification.{c}")
+}
+
+/// The node label that says a node can run sandboxes at an isolation level.
+pub fn isolation_label(level: Level) -> String {
+    format!("sandpit.isolation.{level}")
+}
+
+/// Swarm's placement constraints for a sandbox: both labels, `true`.
+pub fn constraints(sb: &Sandbox) -> Vec<String> {
+    [classification_label(sb.classification), isolation_label(sb.profile.isolation)]
+        .into_iter()
+        .map(|l| format!("node.labels.{l}==true"))
+        .collect()
+}
+
+/// How the Swarm driver watches and waits.
+#[derive(Debug, Clone)]
+pub struct SwarmTimings {
+    /// How long a sandbox's task may take to run before its create fails.
+    pub start_timeout: Duration,
+    /// How often the manager's node list is read (node loss is reported
+    /// within Swarm's own detection plus this).
+    pub node_check: Duration,
+}
+
+/// A Swarm node as the driver sees it.
+#[derive(Debug, Clone)]
+struct NodeView {
+    hostname: String,
+    ready: bool,
+    state: String,
+    labels: HashMap<String, String>,
+}
+
+impl NodeView {
+    fn accredits(&self, sb: &Sandbox) -> bool {
+        [classification_label(sb.classification), isolation_label(sb.profile.isolation)]
+            .iter()
+            .all(|l| self.labels.get(l).is_some_and(|v| v == "true"))
+    }
+}
+
+/// Cheap to clone: clones share everything.
+#[derive(Clone)]
+pub struct SwarmRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Its client reaches a manager of the swarm.
+    manager: DockerRuntime,
+    /// Each node's engine, by the node's hostname in the swarm.
+    nodes: BTreeMap<String, DockerRuntime>,
+    /// The daemon's name for the swarm, until a sandbox is placed.
+    node: String,
+    instance: String,
+    sandboxes: SandboxDefaults,
+    timings: SwarmTimings,
+    /// Node id to hostname, as last read.
+    names: RwLock<HashMap<String, String>>,
+}
+
+/// The node watcher reads placement (every task and its node's labels)
+/// once in this many node checks.
+const PLACEMENT_EVERY: u64 = 5;
+
+/// The engine states of a task that can still become running.
+fn on_its_way(state: TaskState) -> bool {
+    matches!(
+        state,
+        TaskState::NEW
+            | TaskState::ALLOCATED
+            | TaskState::PENDING
+            | TaskState::ASSIGNED
+            | TaskState::ACCEPTED
+            | TaskState::PREPARING
+            | TaskState::READY
+            | TaskState::STARTING
+    )
+}
+
+fn task_state(t: &Task) -> TaskState {
+    t.status.as_ref().and_then(|s| s.state).unwrap_or(TaskState::NEW)
+}
+
+fn task_container(t: &Task) -> Option<String> {
+    t.status.as_ref()?.container_status.as_ref()?.container_id.clone().filter(|c| !c.is_empty())
+}
+
+fn task_sandbox(t: &Task) -> Option<String> {
+    t.spec.as_ref()?.container_spec.as_ref()?.labels.as_ref()?.get(labels::SANDBOX).cloned()
+}
+
+fn task_instance(t: &Task) -> Option<&str> {
+    t.spec.as_ref()?.container_spec.as_ref()?.labels.as_ref()?.get(labels::INSTANCE).map(String::as_str)
+}
+
+fn bollard_time(t: Option<&bollard::models::BollardDate>) -> SystemTime {
+    t.and_then(|d| sandpit_core::time::parse_rfc3339(&d.to_string())).unwrap_or(UNIX_EPOCH)
+}
+
+/// The newest task of a service's tasks.
+fn newest(mut tasks: Vec<Task>) -> Option<Task> {
+    tasks.sort_by_key(|t| bollard_time(t.created_at.as_ref()));
+    tasks.pop()
+}
+
+impl SwarmRuntime {
+    /// `manager`: a runtime whose engine is a manager of the swarm;
+    /// `nodes`: each node's engine by its hostname in the swarm. The
+    /// helper is required: it is how every process gets no_new_privs.
+    pub fn new(
+        manager: DockerRuntime,
+        nodes: BTreeMap<String, DockerRuntime>,
+        node: String,
+        instance: String,
+        sandboxes: SandboxDefaults,
+        timings: SwarmTimings,
+    ) -> Result<SwarmRuntime> {
+        if sandboxes.helper.is_none() {
+            return Err(Error::FailedPrecondition(
+                "the Swarm driver needs the helper (it sets no_new_privs on every sandbox process)".into(),
+            ));
+        }
+        Ok(SwarmRuntime {
+            inner: Arc::new(Inner { manager, nodes, node, instance, sandboxes, timings, names: RwLock::default() }),
+        })
+    }
+
+    async fn client(&self) -> Result<Docker> {
+        self.inner.manager.docker().await
+    }
+
+    /// The engine of node `name`.
+    fn endpoint(&self, name: &str) -> Result<&DockerRuntime> {
+        self.inner.nodes.get(name).ok_or_else(|| {
+            Error::FailedPrecondition(format!("node '{name}' has no engine endpoint in [[swarm.nodes]]"))
+        })
+    }
+
+    /// Every node, by id.
+    async fn nodes(&self, d: &Docker) -> Result<HashMap<String, NodeView>> {
+        let list = d.list_nodes(None::<ListNodesOptions>).await.map_err(|e| map_err("list nodes", e))?;
+        let mut out = HashMap::new();
+        for n in list {
+            let Some(id) = n.id else { continue };
+            let hostname = n.description.and_then(|d| d.hostname).unwrap_or_else(|| id.clone());
+            let status = n.status.unwrap_or_default();
+            let state = status.state.unwrap_or(NodeState::UNKNOWN);
+            out.insert(
+                id,
+                NodeView {
+                    hostname,
+                    ready: state == NodeState::READY,
+                    state: format!("{state}{}", status.message.map(|m| format!(" ({m})")).unwrap_or_default()),
+                    labels: n.spec.and_then(|s| s.labels).unwrap_or_default(),
+                },
+            );
+        }
+        *self.inner.names.write().unwrap_or_else(|p| p.into_inner()) =
+            out.iter().map(|(id, n)| (id.clone(), n.hostname.clone())).collect();
+        Ok(out)
+    }
+
+    /// The tasks of this instance's services (all of them, or those on one node).
+    async fn tasks(&self, d: &Docker, filters: HashMap<String, Vec<String>>) -> Result<Vec<Task>> {
+        let opts = ListTasksOptionsBuilder::default().filters(&filters).build();
+        let list = d.list_tasks(Some(opts)).await.map_err(|e| map_err("list tasks", e))?;
+        Ok(list.into_iter().filter(|t| task_instance(t) == Some(self.inner.instance.as_str())).collect())
+    }
+
+    /// The newest task of a sandbox's service; `None` without one.
+    async fn task_of(&self, d: &Docker, id: &str) -> Result<Option<Task>> {
+        let filters = HashMap::from([("service".to_string(), vec![container_name(id)])]);
+        let tasks = self.tasks(d, filters).await?;
+        Ok(newest(tasks.into_iter().filter(|t| task_sandbox(t).as_deref() == Some(id)).collect()))
+    }
+
+    /// Refuses a sandbox no ready node may run, before anything is made.
+    async fn check_placement(&self, d: &Docker, sb: &Sandbox) -> Result<()> {
+        let nodes = self.nodes(d).await?;
+        if nodes.values().any(|n| n.ready && n.accredits(sb)) {
+            return Ok(());
+        }
+        Err(Error::FailedPrecondition(format!(
+            "no ready node of the swarm is accredited for {} at isolation '{}' (node labels {}=true and {}=true)",
+            sb.classification,
+            sb.profile.isolation,
+            classification_label(sb.classification),
+            isolation_label(sb.profile.isolation)
+        )))
+    }
+
+    /// The sandbox's command line, started through the helper's `nnp`: the
+    /// image's entrypoint and the profile's command (or the image's).
+    async fn command(&self, d: &Docker, sb: &Sandbox) -> Result<Vec<String>> {
+        let image = match d.inspect_image(&sb.image).await {
+            Ok(i) => i,
+            Err(e) if is_not_found(&e) => {
+                // The manager may run no sandboxes: ask a node that has it.
+                let mut found = None;
+                for rt in self.inner.nodes.values() {
+                    if let Ok(d) = rt.docker().await {
+                        if let Ok(i) = d.inspect_image(&sb.image).await {
+                            found = Some(i);
+                            break;
+                        }
+                    }
+                }
+                found.ok_or_else(|| Error::ImageUnavailable {
+                    image: sb.image.clone(),
+                    reason: "not present on any node of the swarm".into(),
+                })?
+            }
+            Err(e) => return Err(map_err("inspect image", e)),
+        };
+        let config = image.config.unwrap_or_default();
+        let cmd =
+            if sb.profile.command.is_empty() { config.cmd.unwrap_or_default() } else { sb.profile.command.clone() };
+        let line: Vec<String> = config.entrypoint.unwrap_or_default().into_iter().chain(cmd).collect();
+        if line.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "image '{}' has no command and profile '{}' gives none",
+                sb.image, sb.profile.name
+            )));
+        }
+        Ok(crate::helper::command(["nnp", "--"]).into_iter().chain(line).collect())
+    }
+
+    /// The service a sandbox is.
+    fn service_spec(&self, sb: &Sandbox, command: Vec<String>, network: Option<&str>) -> ServiceSpec {
+        let defaults = &self.inner.sandboxes;
+        let spec = self.inner.manager.spec(sb);
+        let r = &sb.profile.resources;
+        let memory = i64::try_from(r.memory).unwrap_or(i64::MAX);
+        let cpus = (r.cpus * 1e9) as i64;
+        let bind = |source: &std::path::Path, target: &str| DockerMount {
+            target: Some(target.to_string()),
+            source: Some(source.display().to_string()),
+            typ: Some(MountTypeEnum::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        };
+        let mut mounts: Vec<DockerMount> = sb
+            .datasets
+            .iter()
+            .map(|ds| bind(&ds.source, &format!("{DATASETS_DIR}/{}", ds.name)))
+            .chain(defaults.helper.as_deref().map(|h| bind(h, crate::helper::PATH_IN_SANDBOX)))
+            .collect();
+        mounts.push(DockerMount {
+            target: Some(crate::SCRATCH_DIR.into()),
+            typ: Some(MountTypeEnum::TMPFS),
+            tmpfs_options: Some(MountTmpfsOptions {
+                size_bytes: Some(i64::try_from(r.tmpfs).unwrap_or(i64::MAX)),
+                mode: Some(0o1777),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let internal = sb.profile.network.mode != NetworkMode::Open;
+        ServiceSpec {
+            name: Some(container_name(&sb.id)),
+            labels: Some(spec.labels.clone()),
+            task_template: Some(TaskSpec {
+                container_spec: Some(TaskSpecContainerSpec {
+                    image: Some(sb.image.clone()),
+                    labels: Some(spec.labels),
+                    command: Some(command),
+                    hostname: Some(spec.hostname),
+                    env: Some(spec.env),
+                    dir: Some(crate::SCRATCH_DIR.into()),
+                    user: Some(spec.user),
+                    read_only: Some(true),
+                    mounts: Some(mounts),
+                    stop_signal: Some("SIGKILL".into()),
+                    stop_grace_period: Some(0),
+                    dns_config: network.filter(|_| internal).map(|_| TaskSpecContainerSpecDnsConfig {
+                        nameservers: Some(vec![crate::BLACKHOLE_DNS.into()]),
+                        ..Default::default()
+                    }),
+                    init: Some(true),
+                    capability_drop: Some(vec!["ALL".into()]),
+                    ..Default::default()
+                }),
+                resources: Some(TaskSpecResources {
+                    limits: Some(Limit {
+                        nano_cpus: Some(cpus),
+                        memory_bytes: Some(memory),
+                        pids: Some(host_pids_limit(sb.profile.isolation, r.pids)),
+                    }),
+                    reservations: Some(ResourceObject {
+                        nano_cpus: Some(cpus),
+                        memory_bytes: Some(memory),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                restart_policy: Some(TaskSpecRestartPolicy {
+                    condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
+                    max_attempts: Some(0),
+                    ..Default::default()
+                }),
+                placement: Some(TaskSpecPlacement { constraints: Some(constraints(sb)), ..Default::default() }),
+                networks: network
+                    .map(|n| vec![NetworkAttachmentConfig { target: Some(n.into()), ..Default::default() }]),
+                log_driver: Some(TaskSpecLogDriver {
+                    name: Some("json-file".into()),
+                    options: Some(HashMap::from([
+                        ("max-size".to_string(), crate::LOG_MAX_SIZE.to_string()),
+                        ("max-file".to_string(), "1".to_string()),
+                    ])),
+                }),
+                ..Default::default()
+            }),
+            mode: Some(ServiceSpecMode {
+                replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// An overlay network of the sandbox's own; its id.
+    async fn create_network(&self, d: &Docker, sb: &Sandbox, name: &str) -> Result<String> {
+        let body = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("overlay".into()),
+            internal: Some(sb.profile.network.mode != NetworkMode::Open),
+            attachable: Some(false),
+            enable_ipv6: Some(false),
+            labels: Some(labels::for_sandbox(sb, &self.inner.instance, &self.inner.sandboxes.labels)),
+            ..Default::default()
+        };
+        let created = d.create_network(body).await.map_err(|e| map_err("create network", e))?;
+        Ok(created.id)
+    }
+
+    /// Removes a sandbox's overlay network, once Swarm has let go of it
+    /// (its task's endpoint goes a moment after the service). Gone is fine.
+    async fn remove_network(&self, d: &Docker, name: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.inner.timings.start_timeout;
+        loop {
+            match d.remove_network(name).await {
+                Ok(()) => return Ok(()),
+                Err(e) if is_not_found(&e) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(network = name, error = %e, "overlay network still in use; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(map_err("remove network", e)),
+            }
+        }
+    }
+
+    async fn remove_service(&self, d: &Docker, name: &str) -> Result<()> {
+        match d.delete_service(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(map_err("remove service", e)),
+        }
+    }
+
+    /// Waits until the sandbox's task runs; the task.
+    async fn wait_running(&self, d: &Docker, sb: &Sandbox) -> Result<Task> {
+        let deadline = tokio::time::Instant::now() + self.inner.timings.start_timeout;
+        let mut last = String::new();
+        loop {
+            if let Some(task) = self.task_of(d, &sb.id).await? {
+                let state = task_state(&task);
+                let status = task.status.clone().unwrap_or_default();
+                let said = status.err.clone().or(status.message.clone()).unwrap_or_default();
+                if state == TaskState::RUNNING && task_container(&task).is_some() {
+                    return Ok(task);
+                }
+                if !on_its_way(state) {
+                    return Err(Error::Docker {
+                        op: "start service",
+                        message: format!("the sandbox's task ended {state} before it ran: {said}"),
+                    });
+                }
+                if said.contains("constraints not satisfied") {
+                    return Err(Error::FailedPrecondition(format!(
+                        "no node of the swarm may run a {} sandbox at isolation '{}': {said}",
+                        sb.classification, sb.profile.isolation
+                    )));
+                }
+                last = format!("{state}: {said}");
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let within = sandpit_core::time::format_duration_ms(self.inner.timings.start_timeout);
+                return Err(if last.contains("insufficient resources") {
+                    Error::ResourceExhausted(format!("no node of the swarm has room for the sandbox ({last})"))
+                } else {
+                    Error::Docker {
+                        op: "start service",
+                        message: format!("the task did not run within {within} ({last})"),
+                    }
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The hostname of node `id`, reading the node list again if unknown.
+    async fn hostname(&self, d: &Docker, id: &str) -> Result<String> {
+        if let Some(h) = self.inner.names.read().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(h.clone());
+        }
+        self.nodes(d)
+            .await?
+            .remove(id)
+            .map(|n| n.hostname)
+            .ok_or_else(|| Error::Docker { op: "inspect node", message: format!("node {id} is not in the swarm") })
+    }
+
+    async fn provision_on(&self, d: &Docker, sb: &Sandbox) -> Result<Provisioned> {
+        self.check_placement(d, sb).await?;
+        let command = self.command(d, sb).await?;
+        let net_name = network_name(sb);
+        let network = match &net_name {
+            Some(name) => Some(self.create_network(d, sb, name).await?),
+            None => None,
+        };
+        d.create_service(self.service_spec(sb, command, network.as_deref()), None)
+            .await
+            .map_err(|e| map_err("create service", e))?;
+        let task = self.wait_running(d, sb).await?;
+        let container_id = task_container(&task).expect("waited for it");
+        let node = self.hostname(d, task.node_id.as_deref().unwrap_or_default()).await?;
+        let network = match &net_name {
+            Some(name) => Some(self.network_info(d, &node, &container_id, name).await?),
+            None => None,
+        };
+        Ok(Provisioned { container_id, network, node: Some(node) })
+    }
+
+    /// The overlay network as the sandbox's record keeps it.
+    async fn network_info(&self, d: &Docker, node: &str, container: &str, name: &str) -> Result<NetworkInfo> {
+        let net = d.inspect_network(name, None).await.map_err(|e| map_err("inspect network", e))?;
+        let ipam = net.ipam.and_then(|i| i.config).unwrap_or_default().into_iter().next().unwrap_or_default();
+        let on_node = self.endpoint(node)?.docker().await?;
+        let c = on_node.inspect_container(container, None).await.map_err(|e| map_err("inspect container", e))?;
+        let address = c
+            .network_settings
+            .and_then(|s| s.networks)
+            .and_then(|mut n| n.remove(name))
+            .and_then(|e| e.ip_address)
+            .and_then(|a| a.parse().ok());
+        let parse = |s: Option<String>| s.and_then(|s| s.parse().ok());
+        match (ipam.subnet, parse(ipam.gateway), address) {
+            (Some(subnet), Some(gateway), Some(address)) => {
+                Ok(NetworkInfo { name: name.to_string(), subnet, gateway, address })
+            }
+            _ => Err(Error::Docker { op: "inspect network", message: format!("overlay {name} has no address yet") }),
+        }
+    }
+
+    /// Reports lost sandboxes: those on nodes that are not ready (or gone
+    /// from the swarm), and those on nodes that no longer carry their
+    /// placement labels (stopped first). Each task once.
+    /// Placement is read only when `placement` (every few checks); the
+    /// tasks only then or when a node is not ready.
+    async fn check_nodes(
+        &self,
+        d: &Docker,
+        reported: &mut HashSet<String>,
+        placement: bool,
+    ) -> Result<Vec<RuntimeEvent>> {
+        let nodes = self.nodes(d).await?;
+        if !placement && nodes.values().all(|n| n.ready) {
+            return Ok(Vec::new());
+        }
+        // Every task: Swarm sets a task's desired state to shutdown when
+        // its node goes down, while its last known state stays running.
+        // A task whose service was removed (desired `remove`) is over.
+        let tasks = self.tasks(d, HashMap::new()).await?;
+        let mut out = Vec::new();
+        for t in tasks {
+            let (Some(task_id), Some(sandbox_id)) = (t.id.clone(), task_sandbox(&t)) else { continue };
+            let live = task_state(&t) == TaskState::RUNNING || on_its_way(task_state(&t));
+            if reported.contains(&task_id) || !live || t.desired_state == Some(TaskState::REMOVE) {
+                continue;
+            }
+            let Some(node_id) = t.node_id.as_deref().filter(|n| !n.is_empty()) else { continue };
+            let reason = match nodes.get(node_id) {
+                None => format!("its node {node_id} left the swarm"),
+                Some(n) if !n.ready => format!("its node {} is {}", n.hostname, n.state),
+                Some(n) if placement && task_state(&t) == TaskState::RUNNING => {
+                    let Some(record) = self.placement_of(&t) else { continue };
+                    if n.labels.get(&record.0).is_some_and(|v| v == "true")
+                        && n.labels.get(&record.1).is_some_and(|v| v == "true")
+                    {
+                        continue;
+                    }
+                    // Stop it where it runs before it is reported.
+                    if let (Ok(rt), Some(c)) = (self.endpoint(&n.hostname), task_container(&t)) {
+                        rt.kill_container(&c).await?;
+                    }
+                    format!(
+                        "its node {} is no longer labelled {}=true and {}=true: stopped",
+                        n.hostname, record.0, record.1
+                    )
+                }
+                Some(_) => continue,
+            };
+            reported.insert(task_id);
+            out.push(RuntimeEvent::Lost { sandbox_id, reason });
+        }
+        Ok(out)
+    }
+
+    /// A sandbox whose container died because Swarm shut its task down
+    /// (its node no longer meets its placement: Swarm's constraint
+    /// enforcer), reported lost rather than exited: the daemon never asks
+    /// Swarm to shut a task down (a sandbox ends with its service).
+    async fn stopped_by_swarm(&self, sandbox_id: &str) -> Option<RuntimeEvent> {
+        let d = self.client().await.ok()?;
+        let task = self.task_of(&d, sandbox_id).await.ok()??;
+        if task.desired_state != Some(TaskState::SHUTDOWN) {
+            return None;
+        }
+        let node = task.node_id.as_deref().unwrap_or_default();
+        let nodes = self.nodes(&d).await.ok()?;
+        let reason = match (nodes.get(node), self.placement_of(&task)) {
+            (Some(n), Some((a, b)))
+                if !(n.labels.get(&a).is_some_and(|v| v == "true")
+                    && n.labels.get(&b).is_some_and(|v| v == "true")) =>
+            {
+                format!("Swarm stopped it: its node {} is no longer labelled {a}=true and {b}=true", n.hostname)
+            }
+            (n, _) => {
+                let said = task.status.as_ref().and_then(|s| s.err.clone().or(s.message.clone())).unwrap_or_default();
+                let host = n.map_or(node, |n| n.hostname.as_str());
+                format!("Swarm shut its task down on node {host} ({said})")
+            }
+        };
+        Some(RuntimeEvent::Lost { sandbox_id: sandbox_id.to_string(), reason })
+    }
+
+    /// The two node labels a task's sandbox needs, from its own labels.
+    fn placement_of(&self, t: &Task) -> Option<(String, String)> {
+        let constraints = t.spec.as_ref()?.placement.as_ref()?.constraints.as_ref()?;
+        let mut labels = constraints
+            .iter()
+            .filter_map(|c| c.strip_prefix("node.labels.")?.strip_suffix("==true").map(str::to_string));
+        Some((labels.next()?, labels.next()?))
+    }
+
+    /// Container events of every node, kept followed (a node that goes
+    /// away is followed again once back), and the node watcher.
+    fn watch(&self) -> BoxStream<Result<RuntimeEvent>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<RuntimeEvent>(1024);
+        let mut tasks = tokio::task::JoinSet::new();
+        let selector = labels::selector(&self.inner.instance);
+        for (name, rt) in &self.inner.nodes {
+            let (rt, tx, selector, name) = (rt.clone(), tx.clone(), selector.clone(), name.clone());
+            let this = self.clone();
+            tasks.spawn(async move {
+                loop {
+                    let mut events = rt.container_events(&selector);
+                    while let Some(ev) = events.next().await {
+                        match ev {
+                            Ok(ev) => {
+                                let ev = match &ev {
+                                    RuntimeEvent::Died { sandbox_id, .. } => {
+                                        this.stopped_by_swarm(sandbox_id).await.unwrap_or(ev)
+                                    }
+                                    _ => ev,
+                                };
+                                if tx.send(ev).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(node = %name, error = %e, "node's event stream failed; following again");
+                                break;
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+        let this = self.clone();
+        tasks.spawn(async move {
+            let mut reported = HashSet::new();
+            let mut tick = tokio::time::interval(this.inner.timings.node_check);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for n in 0u64.. {
+                tick.tick().await;
+                let checked = match this.client().await {
+                    Ok(d) => this.check_nodes(&d, &mut reported, n % PLACEMENT_EVERY == 0).await,
+                    Err(e) => Err(e),
+                };
+                match checked {
+                    Ok(lost) => {
+                        for ev in lost {
+                            if tx.send(ev).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading the swarm's nodes failed; retrying"),
+                }
+            }
+        });
+        // The tasks end with the stream.
+        futures_util::stream::unfold((rx, tasks), |(mut rx, tasks)| async move {
+            rx.recv().await.map(|ev| (Ok(ev), (rx, tasks)))
+        })
+        .boxed()
+    }
+}
+
+/// The engine's exec id with the node it runs on: `node/exec`.
+fn exec_on(node: &str, id: &str) -> String {
+    format!("{node}/{id}")
+}
+
+impl SwarmRuntime {
+    fn split_exec<'a>(&self, exec_id: &'a str) -> Result<(&DockerRuntime, &'a str)> {
+        let (node, id) = exec_id
+            .split_once('/')
+            .ok_or_else(|| Error::Internal(format!("exec id '{exec_id}' does not name its node")))?;
+        Ok((self.endpoint(node)?, id))
+    }
+}
+
+#[async_trait]
+impl Runtime for SwarmRuntime {
+    fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // Not `none`: a Swarm task cannot join the engine's `none`
+            // network (it is not swarm-scoped), and with no network it gets
+            // the node's default bridge. Not `allowlist` or `open`: no egress
+            // proxy is reachable from an overlay yet.
+            network_modes: vec![NetworkMode::Isolated],
+            isolation: vec![Level::Container],
+            unavailable: vec![(
+                Level::Gvisor,
+                "a Swarm service cannot choose its container runtime (engine API 1.41)".to_string(),
+            )],
+            confinement: vec!["seccomp".to_string(), "no-new-privileges (helper)".to_string()],
+            workspaces: false,
+        }
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<()> {
+        let d = self.client().await?;
+        let nodes = self.nodes(&d).await?;
+        let mut missing = Vec::new();
+        for n in nodes.values().filter(|n| n.ready) {
+            let Ok(rt) = self.endpoint(&n.hostname) else { continue };
+            if let Err(e) = rt.ensure_image(image).await {
+                missing.push(format!("{}: {e}", n.hostname));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::ImageUnavailable { image: image.to_string(), reason: missing.join("; ") })
+    }
+
+    fn pull_image(&self, image: &str) -> BoxStream<Result<PullProgress>> {
+        let pulls: Vec<_> = self.inner.nodes.values().map(|rt| rt.pull_image(image)).collect();
+        futures_util::stream::iter(pulls).flatten().boxed()
+    }
+
+    async fn provision(&self, sb: &Sandbox) -> Result<Provisioned> {
+        let d = self.client().await?;
+        match self.provision_on(&d, sb).await {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                // Whatever was made goes before the error is returned.
+                if let Err(undo) = self.destroy(sb).await {
+                    tracing::warn!(sandbox = %sb.id, error = %undo, "removing a failed create's service failed; reconcile retries");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn destroy(&self, sb: &Sandbox) -> Result<()> {
+        let d = self.client().await?;
+        // Killed where it runs first: a service's removal stops its task in the background.
+        if let (Some(c), Ok(rt)) = (sb.container_id.as_deref(), self.endpoint(&sb.node)) {
+            if let Err(e) = rt.kill_container(c).await {
+                tracing::debug!(sandbox = %sb.id, error = %e, "kill on the node failed; removing the service regardless");
+            }
+            rt.forget_helper(c);
+        }
+        self.remove_service(&d, &container_name(&sb.id)).await?;
+        match network_name(sb) {
+            Some(n) => self.remove_network(&d, &n).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn kill(&self, sb: &Sandbox) -> Result<()> {
+        let Some(c) = sb.container_id.as_deref() else { return Ok(()) };
+        self.endpoint(&sb.node)?.kill_container(c).await
+    }
+
+    async fn status(&self, sb: &Sandbox) -> Result<Option<ContainerStatus>> {
+        let d = self.client().await?;
+        let Some(task) = self.task_of(&d, &sb.id).await? else { return Ok(None) };
+        let nodes = self.nodes(&d).await?;
+        let node = task.node_id.as_deref().and_then(|id| nodes.get(id));
+        if !node.is_some_and(|n| n.ready) {
+            // Gone with its node.
+            return Ok(None);
+        }
+        if let (Some(c), Some(n)) = (task_container(&task), node) {
+            if let Ok(rt) = self.endpoint(&n.hostname) {
+                match rt.container_status(&c).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => {
+                        tracing::debug!(sandbox = %sb.id, error = %e, "node's engine unreachable; the manager's view")
+                    }
+                }
+            }
+        }
+        let state = task_state(&task);
+        let exit_code = task.status.as_ref().and_then(|s| s.container_status.as_ref()).and_then(|c| c.exit_code);
+        Ok(Some(ContainerStatus { running: state == TaskState::RUNNING, exit_code, oom_killed: false }))
+    }
+
+    async fn adopt(&self, _sandboxes: &[Sandbox]) -> Result<()> {
+        // No host state: Swarm keeps the overlay networks' rules on each node.
+        Ok(())
+    }
+
+    async fn owned(&self) -> Result<Vec<Owned>> {
+        let d = self.client().await?;
+        let selector = labels::selector(&self.inner.instance);
+        let opts = ListServicesOptionsBuilder::default().filters(&label_filters(&selector)).build();
+        let services = d.list_services(Some(opts)).await.map_err(|e| map_err("list services", e))?;
+        let nodes = self.nodes(&d).await?;
+        let mut by_service: HashMap<String, Vec<Task>> = HashMap::new();
+        for t in self.tasks(&d, HashMap::new()).await? {
+            by_service.entry(t.service_id.clone().unwrap_or_default()).or_default().push(t);
+        }
+        let mut out = Vec::new();
+        for s in services {
+            let (Some(id), Some(spec)) = (s.id, s.spec) else { continue };
+            let task = newest(by_service.remove(&id).unwrap_or_default());
+            let running = task.as_ref().is_some_and(|t| {
+                let ready = t.node_id.as_deref().and_then(|n| nodes.get(n)).is_some_and(|n| n.ready);
+                ready && (task_state(t) == TaskState::RUNNING || on_its_way(task_state(t)))
+            });
+            out.push(Owned {
+                kind: OwnedKind::Sandbox,
+                id: spec.name.unwrap_or(id),
+                sandbox_id: spec.labels.unwrap_or_default().remove(labels::SANDBOX),
+                running,
+                created: bollard_time(s.created_at.as_ref()),
+            });
+        }
+        let opts =
+            bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&label_filters(&selector)).build();
+        for n in d.list_networks(Some(opts)).await.map_err(|e| map_err("list networks", e))? {
+            let Some(name) = n.name else { continue };
+            out.push(Owned {
+                kind: OwnedKind::Network,
+                id: name,
+                sandbox_id: n.labels.unwrap_or_default().remove(labels::SANDBOX),
+                running: false,
+                created: n.created.as_deref().and_then(sandpit_core::time::parse_rfc3339).unwrap_or(UNIX_EPOCH),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn remove_owned(&self, o: &Owned) -> Result<()> {
+        let d = self.client().await?;
+        let service = match (&o.kind, &o.sandbox_id) {
+            (_, Some(id)) => Some(container_name(id)),
+            (OwnedKind::Sandbox, None) => Some(o.id.clone()),
+            (OwnedKind::Network, None) => None,
+        };
+        if let Some(s) = service {
+            self.remove_service(&d, &s).await?;
+        }
+        let network = match (&o.kind, &o.sandbox_id) {
+            (OwnedKind::Network, _) => Some(o.id.clone()),
+            (OwnedKind::Sandbox, Some(id)) => Some(container_name(id)),
+            (OwnedKind::Sandbox, None) => None,
+        };
+        match network {
+            Some(n) => self.remove_network(&d, &n).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn repair(&self) -> Result<Repair> {
+        Ok(Repair::default())
+    }
+
+    fn repair_needed(&self) -> BoxStream<()> {
+        // Nothing of the host's to repair: never yields.
+        futures_util::stream::pending().boxed()
+    }
+
+    async fn exec(&self, sb: &Sandbox, mut spec: ExecSpec) -> Result<ExecSession> {
+        // Every process started in the sandbox gets no_new_privs.
+        spec.command = crate::helper::command(["nnp", "--"]).into_iter().chain(spec.command).collect();
+        let mut session = self.endpoint(&sb.node)?.exec(sb, spec).await?;
+        session.exec_id = exec_on(&sb.node, &session.exec_id);
+        Ok(session)
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
+        let (rt, id) = self.split_exec(exec_id)?;
+        rt.exec_exit_code(id).await
+    }
+
+    async fn exec_resize(&self, exec_id: &str, size: TerminalSize) -> Result<()> {
+        let (rt, id) = self.split_exec(exec_id)?;
+        rt.exec_resize(id, size).await
+    }
+
+    async fn exec_kill(&self, sb: &Sandbox, tag: &str) -> Result<u64> {
+        self.endpoint(&sb.node)?.exec_kill(sb, tag).await
+    }
+
+    async fn remove_workspace(&self, _experiment: &str) -> Result<bool> {
+        Ok(false)
+    }
+
+    async fn port_connect(&self, sb: &Sandbox, port: u16) -> Result<Connection> {
+        self.endpoint(&sb.node)?.port_connect(sb, port).await
+    }
+
+    async fn copy_in(&self, sb: &Sandbox, dir: &str, archive: BoxStream<Result<Vec<u8>>>) -> Result<()> {
+        self.endpoint(&sb.node)?.copy_in(sb, dir, archive).await
+    }
+
+    async fn copy_out(&self, sb: &Sandbox, path: &str) -> Result<BoxStream<Result<Vec<u8>>>> {
+        self.endpoint(&sb.node)?.copy_out(sb, path).await
+    }
+
+    fn events(&self) -> BoxStream<Result<RuntimeEvent>> {
+        self.watch()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sandbox_is_constrained_to_nodes_accredited_for_its_classification_and_isolation() {
+        let mut sb = sandpit_core::store::contract::record("sb-1", "team-a");
+        sb.classification = sandpit_core::policy::Classification::OfficialSensitive;
+        assert_eq!(
+            constraints(&sb),
+            vec![
+                "node.labels.sandpit.classification.OFFICIAL-SENSITIVE==true".to_string(),
+                "node.labels.sandpit.isolation.container==true".to_string(),
+            ]
+        );
+        let node = |labels: &[(&str, &str)]| NodeView {
+            hostname: "n1".into(),
+            ready: true,
+            state: "ready".into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        assert!(node(&[
+            ("sandpit.classification.OFFICIAL-SENSITIVE", "true"),
+            ("sandpit.isolation.container", "true")
+        ])
+        .accredits(&sb));
+        assert!(!node(&[("sandpit.classification.OFFICIAL", "true"), ("sandpit.isolation.container", "true")])
+            .accredits(&sb));
+        assert!(!node(&[("sandpit.classification.OFFICIAL-SENSITIVE", "true")]).accredits(&sb));
+        assert!(!node(&[
+            ("sandpit.classification.OFFICIAL-SENSITIVE", "yes"),
+            ("sandpit.isolation.container", "true")
+        ])
+        .accredits(&sb));
+    }
+}

@@ -1,0 +1,451 @@
+//! Sandboxes on a Docker Swarm: a real three-node swarm on this machine
+//! (`scripts/swarm-harness.sh`: extra engines in network namespaces of their
+//! own, joined by a bridge), driven by the real `sandpitd` with `[swarm]`.
+//! Each test's swarm, with every namespace, engine, bridge and rule it
+//! made, is removed when the test ends, pass or fail.
+//!
+//! Nodes: n1 is the manager and accredited for nothing; n2 for OFFICIAL;
+//! n3 for OFFICIAL and OFFICIAL-SENSITIVE. All run `container` isolation.
+//! A swarm gives the `isolated` network mode only: every sandbox here is isolated.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use futures_util::StreamExt;
+use sandpit_proto::{self as proto, SandboxEventKind, SandboxState};
+
+use crate::lifecycle::exec;
+use crate::support::*;
+use crate::transfer::copy_in_stream;
+
+const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/swarm-harness.sh");
+/// Where the harness keeps its runtime files; the owner's pid goes there.
+const RUN_DIR: &str = "/run/sp-swarm";
+
+/// One node of a [`Swarm`].
+pub struct Node {
+    pub socket: PathBuf,
+    pub hostname: String,
+    pub address: String,
+}
+
+/// A Docker Swarm of engines on this machine; torn down on drop.
+pub struct Swarm {
+    pub name: String,
+    pub nodes: Vec<Node>,
+}
+
+fn harness(args: &[&str]) -> std::process::Output {
+    Command::new("bash").arg(HARNESS).args(args).output().expect("run swarm-harness.sh")
+}
+
+impl Swarm {
+    /// Builds a swarm of `n` nodes with `labels` (`(node, "key=value")`,
+    /// nodes from 1) and the test image on every node. Swarms of earlier
+    /// test processes that died without tearing theirs down go first.
+    pub fn up(n: usize, labels: &[(usize, &str)]) -> Swarm {
+        sweep_stale();
+        let mut b = [0u8; 3];
+        getrandom::fill(&mut b).unwrap();
+        let name = format!("it{}", hex::encode(b));
+        let mut args: Vec<String> = vec![
+            "up".into(),
+            name.clone(),
+            n.to_string(),
+            "--image".into(),
+            image().into(),
+            "--heartbeat".into(),
+            "1s".into(),
+        ];
+        for (node, label) in labels {
+            args.push("--label".into());
+            args.push(format!("n{node}:{label}"));
+        }
+        let started = Instant::now();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = harness(&args);
+        // Owned by this process from now on, whatever happened.
+        let _ = std::fs::write(Path::new(RUN_DIR).join(&name).join("owner"), std::process::id().to_string());
+        let mut swarm = Swarm { name, nodes: Vec::new() };
+        assert!(out.status.success(), "building the swarm failed: {}", String::from_utf8_lossy(&out.stderr));
+        let nodes = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 6 && f[0] == "node").then(|| Node {
+                    socket: PathBuf::from(f[2]),
+                    hostname: f[4].to_string(),
+                    address: f[5].to_string(),
+                })
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(nodes.len(), n, "{}", String::from_utf8_lossy(&out.stdout));
+        eprintln!("swarm {} of {n} nodes up in {:?}", swarm.name, started.elapsed());
+        swarm.nodes = nodes;
+        swarm
+    }
+
+    /// The `[swarm]` config of a daemon on this swarm.
+    pub fn config(&self, node_check: &str) -> String {
+        let mut c = format!(
+            "[swarm]\nmanager = \"unix://{}\"\nnode_check = \"{node_check}\"\nstart_timeout = \"60s\"\n",
+            self.nodes[0].socket.display()
+        );
+        for n in &self.nodes {
+            c.push_str(&format!(
+                "[[swarm.nodes]]\nname = \"{}\"\nhost = \"unix://{}\"\n",
+                n.hostname,
+                n.socket.display()
+            ));
+        }
+        c
+    }
+
+    pub fn docker(&self, node: usize) -> Docker {
+        let socket = self.nodes[node - 1].socket.display().to_string();
+        Docker::connect_with_unix(&socket, 30, bollard::API_DEFAULT_VERSION).unwrap()
+    }
+
+    /// Which node (from 1) has this hostname.
+    pub fn index_of(&self, hostname: &str) -> usize {
+        self.nodes.iter().position(|n| n.hostname == hostname).unwrap_or_else(|| panic!("no node {hostname}")) + 1
+    }
+
+    /// Kills node `node` outright and cuts its link.
+    pub fn kill(&self, node: usize) {
+        let out = harness(&["kill", &self.name, &node.to_string()]);
+        assert!(out.status.success(), "killing node {node} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `docker node update` on the manager.
+    pub fn label(&self, node: usize, change: &str, label: &str) {
+        let out = Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.nodes[0].socket.display()))
+            .args(["node", "update", change, label, &self.nodes[node - 1].hostname])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "node update failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The sandbox services on the manager.
+    pub async fn services(&self) -> Vec<String> {
+        let list = self.docker(1).list_services(None::<bollard::query_parameters::ListServicesOptions>).await.unwrap();
+        list.into_iter().filter_map(|s| s.spec?.name).filter(|n| n.starts_with("sandpit-")).collect()
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        let out = harness(&["down", &self.name]);
+        if !out.status.success() {
+            eprintln!("tearing down swarm {} failed: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+/// Tears down test swarms whose owning process is gone.
+fn sweep_stale() {
+    let out = harness(&["list"]);
+    for name in String::from_utf8_lossy(&out.stdout).lines().filter(|n| n.starts_with("it")) {
+        let owner = std::fs::read_to_string(Path::new(RUN_DIR).join(name).join("owner")).ok();
+        let alive =
+            owner.and_then(|p| p.trim().parse::<u32>().ok()).is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = harness(&["down", name]);
+        }
+    }
+}
+
+const ACCREDITED: &[(usize, &str)] = &[
+    (1, "sandpit.isolation.container=true"),
+    (2, "sandpit.isolation.container=true"),
+    (3, "sandpit.isolation.container=true"),
+    (2, "sandpit.classification.OFFICIAL=true"),
+    (3, "sandpit.classification.OFFICIAL=true"),
+    (3, "sandpit.classification.OFFICIAL-SENSITIVE=true"),
+];
+
+const ISOLATED: &str = r#"max_classification = "OFFICIAL"
+images = ["{image}"]
+command = ["sleep", "infinity"]
+[resources]
+cpus = 0.25
+memory = "32MiB"
+pids = 32
+tmpfs = "16MiB"
+[lifetime]
+default_ttl = "5m"
+max_ttl = "10m"
+max_lifetime = "10m"
+[network]
+mode = "isolated"
+"#;
+
+async fn on_swarm(swarm: &Swarm, node_check: &str) -> Daemon {
+    let sensitive =
+        ISOLATED.replace(r#"max_classification = "OFFICIAL""#, r#"max_classification = "OFFICIAL-SENSITIVE""#);
+    Daemon::with(Options {
+        extra_config: swarm.config(node_check),
+        profiles: vec![("isolated".into(), ISOLATED.into()), ("isolated-sensitive".into(), sensitive)],
+        ..Options::default()
+    })
+    .await
+}
+
+/// An isolated sandbox (the mode a swarm gives) of `d.exp_a`.
+fn isolated(d: &Daemon, ttl: i64) -> proto::CreateSandboxRequest {
+    proto::CreateSandboxRequest { profile: "isolated".into(), ..create_req(&d.exp_a, ttl) }
+}
+
+async fn create_isolated(c: &mut Client, d: &Daemon, ttl: i64) -> proto::Sandbox {
+    c.create_sandbox(isolated(d, ttl)).await.expect("create").into_inner()
+}
+
+async fn get(c: &mut Client, id: &str) -> proto::Sandbox {
+    c.get_sandbox(proto::GetSandboxRequest { id: id.into() }).await.unwrap().into_inner()
+}
+
+async fn verify(d: &Daemon) {
+    let mut audit = d.audit(AUDITOR).await;
+    let v = audit.verify_audit_log(proto::VerifyAuditLogRequest::default()).await.unwrap().into_inner();
+    assert!(v.ok, "audit chain verifies: {v:?}");
+}
+
+/// Whether the node's engine still has the container.
+async fn on_node(swarm: &Swarm, sb: &proto::Sandbox) -> bool {
+    swarm.docker(swarm.index_of(&sb.node)).inspect_container(&sb.container_id, None).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxes_spread_over_a_three_node_swarm_only_onto_accredited_nodes() {
+    let swarm = tokio::task::spawn_blocking(|| Swarm::up(3, ACCREDITED)).await.unwrap();
+    let d = on_swarm(&swarm, "500ms").await;
+    let mut c = d.client(TEAM_A).await;
+
+    // A promise the swarm cannot keep is refused, before anything is made.
+    let e = c.create_sandbox(create_req(&d.exp_a, 300)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("network mode 'none'"), "{}", e.message());
+    assert!(swarm.services().await.is_empty());
+
+    // Six OFFICIAL sandboxes at once: all on n2 or n3 (n1 is not
+    // accredited), spread over both.
+    let started = Instant::now();
+    let made = futures_util::future::join_all((0..6).map(|_| {
+        let mut c = c.clone();
+        let req = isolated(&d, 300);
+        async move { c.create_sandbox(req).await.expect("create").into_inner() }
+    }))
+    .await;
+    eprintln!("6 creates on the swarm took {:?}", started.elapsed());
+    let nodes: std::collections::BTreeSet<usize> = made.iter().map(|sb| swarm.index_of(&sb.node)).collect();
+    assert!(!nodes.contains(&1), "nothing lands on the unaccredited manager: {nodes:?}");
+    assert_eq!(nodes.len(), 2, "Swarm spread them over both accredited nodes: {nodes:?}");
+    for sb in &made {
+        assert_eq!(state(sb), SandboxState::Running);
+        assert!(on_node(&swarm, sb).await, "{} runs on {}", sb.id, sb.node);
+    }
+
+    // Hardening, as the node's engine made the container and as the sandbox sees it.
+    let sb = &made[0];
+    let info = swarm.docker(swarm.index_of(&sb.node)).inspect_container(&sb.container_id, None).await.unwrap();
+    let host = info.host_config.unwrap();
+    assert_eq!(host.readonly_rootfs, Some(true));
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(host.memory, Some(32 << 20));
+    assert_eq!(host.pids_limit, Some(32));
+    assert_eq!(host.nano_cpus, Some(250_000_000));
+    assert_eq!(host.init, Some(true));
+    let (out, _, code) = exec(
+        &mut c,
+        &sb.id,
+        &["sh", "-c", "id -u; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; ls /sys/class/net"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "65534", "runs as nobody");
+    assert!(lines.contains(&"NoNewPrivs:\t1") || out.contains("NoNewPrivs:\t1"), "every exec has no_new_privs: {out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "no capabilities: {out}");
+    let mut ifaces = lines[3..].to_vec();
+    ifaces.sort();
+    assert_eq!(ifaces, ["eth0", "lo"], "its overlay and loopback only: {out}");
+    // The main process too (its parent is the engine's init).
+    let (out, _, _) = exec(&mut c, &sb.id, &["sh", "-c", "grep NoNewPrivs /proc/[0-9]*/status | sort -u"]).await;
+    let main_nnp = out.lines().filter(|l| !l.starts_with("/proc/1/")).all(|l| l.ends_with("\t1"));
+    assert!(main_nnp, "every process but the engine's init has no_new_privs: {out}");
+    let (_, err, code) = exec(&mut c, &sb.id, &["touch", "/bin/evil"]).await;
+    assert!(code != 0 && err.contains("Read-only"), "read-only root: {err}");
+
+    // Files in and out through the node's engine.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "swarm\n").unwrap();
+    let tar = Command::new("tar").arg("-c").arg("-C").arg(dir.path()).arg("notes.txt").output().unwrap().stdout;
+    c.copy_in(copy_in_stream(&sb.id, "/tmp", tar)).await.unwrap();
+    let (out, _, code) = exec(&mut c, &sb.id, &["cat", "/tmp/notes.txt"]).await;
+    assert_eq!((out.as_str(), code), ("swarm\n", 0));
+
+    // OFFICIAL-SENSITIVE lands only on n3.
+    let mut req = isolated(&d, 300);
+    req.classification = "OFFICIAL-SENSITIVE".into();
+    req.profile = "isolated-sensitive".into();
+    for _ in 0..2 {
+        let s = c.create_sandbox(req.clone()).await.unwrap().into_inner();
+        assert_eq!(swarm.index_of(&s.node), 3, "OFFICIAL-SENSITIVE only where accredited");
+        c.delete_sandbox(proto::DeleteSandboxRequest { id: s.id.clone() }).await.unwrap();
+    }
+
+    // Delete: the service and its container go.
+    let gone = made[1].clone();
+    c.delete_sandbox(proto::DeleteSandboxRequest { id: gone.id.clone() }).await.unwrap();
+    assert!(!swarm.services().await.contains(&format!("sandpit-{}", gone.id)), "service removed");
+    eventually(Duration::from_secs(30), "the deleted sandbox's container to go", || async {
+        (!on_node(&swarm, &gone).await).then_some(())
+    })
+    .await;
+
+    // A node that loses its accreditation: its sandboxes are stopped and recorded lost.
+    let mut watch = c.watch_sandboxes(proto::WatchSandboxesRequest::default()).await.unwrap().into_inner();
+    let on_n2: Vec<String> = made[2..].iter().filter(|s| swarm.index_of(&s.node) == 2).map(|s| s.id.clone()).collect();
+    let on_n3: Vec<String> = made[2..].iter().filter(|s| swarm.index_of(&s.node) == 3).map(|s| s.id.clone()).collect();
+    swarm.label(2, "--label-rm", "sandpit.classification.OFFICIAL");
+    let mut lost = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lost.len() < on_n2.len() {
+        let ev = tokio::time::timeout_at(deadline.into(), watch.next()).await.expect("lost events").unwrap().unwrap();
+        if ev.kind() == SandboxEventKind::Lost {
+            assert!(ev.message.contains("no longer labelled sandpit.classification.OFFICIAL=true"), "{}", ev.message);
+            lost.insert(ev.sandbox.unwrap().id);
+        }
+    }
+    assert_eq!(lost, on_n2.iter().cloned().collect(), "exactly n2's sandboxes were lost");
+    for id in &on_n3 {
+        assert_eq!(state(&get(&mut c, id).await), SandboxState::Running, "n3's sandboxes go on");
+    }
+    for id in &on_n2 {
+        let s = get(&mut c, id).await;
+        assert_eq!(state(&s), SandboxState::Lost);
+        let st = swarm.docker(2).inspect_container(&s.container_id, None).await.map(|i| i.state.unwrap().running);
+        assert!(!matches!(st, Ok(Some(true))), "stopped on n2: {st:?}");
+    }
+    // Now nothing OFFICIAL may land on n2.
+    let s = create_isolated(&mut c, &d, 300).await;
+    assert_eq!(swarm.index_of(&s.node), 3);
+    verify(&d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn isolated_sandboxes_on_a_swarm_reach_nothing_but_themselves_and_expire_and_survive_a_restart() {
+    let swarm = tokio::task::spawn_blocking(|| Swarm::up(3, ACCREDITED)).await.unwrap();
+    let mut d = on_swarm(&swarm, "500ms").await;
+    let mut c = d.client(TEAM_A).await;
+    let req = isolated(&d, 300);
+    let a = c.create_sandbox(req.clone()).await.unwrap().into_inner();
+    let b = c.create_sandbox(req.clone()).await.unwrap().into_inner();
+    assert!(!a.address.is_empty() && !b.address.is_empty(), "each on an overlay of its own");
+    assert_ne!(a.address, b.address);
+
+    // B listens on 8080; B reaches itself; A reaches neither B, the nodes nor the host.
+    let listen = "busybox nc -ll -p 8080 -e busybox echo hi >/dev/null 2>&1 & sleep 0.3; echo started";
+    let (out, _, _) = exec(&mut c, &b.id, &["sh", "-c", listen]).await;
+    assert!(out.contains("started"), "{out}");
+    let probe = |addr: &str, port: u16| format!("busybox timeout 3 busybox nc {addr} {port} </dev/null; echo rc=$?");
+    let (out, _, _) = exec(&mut c, &b.id, &["sh", "-c", &probe(&b.address, 8080)]).await;
+    assert!(out.contains("hi"), "B answers on its own address: {out}");
+    let (out, _, _) = exec(&mut c, &a.id, &["sh", "-c", &probe(&b.address, 8080)]).await;
+    assert!(!out.contains("hi"), "A cannot reach B: {out}");
+    let host = swarm.nodes[0].address.rsplit_once('.').map(|(net, _)| format!("{net}.1")).unwrap();
+    for (addr, port) in
+        [(swarm.nodes[0].address.as_str(), 2377u16), (swarm.nodes[1].address.as_str(), 7946), (host.as_str(), 22)]
+    {
+        let (out, _, _) = exec(&mut c, &a.id, &["sh", "-c", &probe(addr, port)]).await;
+        assert!(!out.contains("rc=0"), "A cannot reach {addr}:{port}: {out}");
+    }
+    let (out, _, _) = exec(&mut c, &a.id, &["sh", "-c", "cat /etc/resolv.conf"]).await;
+    assert!(out.contains("127.0.0.1") || out.contains("127.0.0.11"), "names resolve nowhere: {out}");
+
+    // Expiry on the swarm: stopped, its service and overlay removed.
+    let short = create_isolated(&mut c, &d, 3).await;
+    let expired = eventually(Duration::from_secs(30), "expiry", || {
+        let mut c = c.clone();
+        let id = short.id.clone();
+        async move { Some(get(&mut c, &id).await).filter(|s| state(s) == SandboxState::Expired) }
+    })
+    .await;
+    assert!(!swarm.services().await.contains(&format!("sandpit-{}", expired.id)));
+
+    // A restart: the daemon finds its sandboxes on the swarm and goes on serving them;
+    // one that fell due while it was down expires once it is back.
+    let due = create_isolated(&mut c, &d, 4).await;
+    d.kill9();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    d.spawn().await;
+    let mut c = d.client(TEAM_A).await;
+    let (out, _, code) = exec(&mut c, &a.id, &["echo", "still here"]).await;
+    assert_eq!((out.as_str(), code), ("still here\n", 0), "adopted after the restart");
+    eventually(Duration::from_secs(30), "the sandbox due while down to expire", || {
+        let mut c = c.clone();
+        let id = due.id.clone();
+        async move { Some(get(&mut c, &id).await).filter(|s| state(s) == SandboxState::Expired) }
+    })
+    .await;
+    for sb in [&a, &b] {
+        c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap();
+    }
+    eventually(Duration::from_secs(30), "every service and overlay to go", || async {
+        let nets = swarm.docker(1).list_networks(None::<bollard::query_parameters::ListNetworksOptions>).await.unwrap();
+        let left = nets.iter().filter(|n| n.name.as_deref().is_some_and(|n| n.starts_with("sandpit-"))).count();
+        (swarm.services().await.is_empty() && left == 0).then_some(())
+    })
+    .await;
+    verify(&d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxes_on_a_node_that_dies_are_recorded_lost() {
+    let swarm = tokio::task::spawn_blocking(|| Swarm::up(3, ACCREDITED)).await.unwrap();
+    let d = on_swarm(&swarm, "500ms").await;
+    let mut c = d.client(TEAM_A).await;
+    let made = futures_util::future::join_all((0..4).map(|_| {
+        let mut c = c.clone();
+        let req = isolated(&d, 300);
+        async move { c.create_sandbox(req).await.expect("create").into_inner() }
+    }))
+    .await;
+    let victim = swarm.index_of(&made[0].node);
+    let on_victim: std::collections::BTreeSet<String> =
+        made.iter().filter(|s| swarm.index_of(&s.node) == victim).map(|s| s.id.clone()).collect();
+    let mut watch = c.watch_sandboxes(proto::WatchSandboxesRequest::default()).await.unwrap().into_inner();
+
+    let killed = Instant::now();
+    swarm.kill(victim);
+    let mut lost = std::collections::BTreeSet::new();
+    let deadline = killed + Duration::from_secs(60);
+    while lost.len() < on_victim.len() {
+        let ev = tokio::time::timeout_at(deadline.into(), watch.next()).await.expect("lost events").unwrap().unwrap();
+        if ev.kind() == SandboxEventKind::Lost {
+            assert!(ev.message.contains(&swarm.nodes[victim - 1].hostname), "{}", ev.message);
+            lost.insert(ev.sandbox.unwrap().id);
+        }
+    }
+    eprintln!("{} sandboxes on a killed node recorded lost {:?} after the kill", lost.len(), killed.elapsed());
+    assert_eq!(lost, on_victim);
+    for sb in made.iter().filter(|s| !on_victim.contains(&s.id)) {
+        let (out, _, code) = exec(&mut c, &sb.id, &["echo", "alive"]).await;
+        assert_eq!((out.as_str(), code), ("alive\n", 0), "the other nodes' sandboxes go on");
+    }
+    // New sandboxes go to the nodes that are left.
+    let s = create_isolated(&mut c, &d, 300).await;
+    assert_ne!(swarm.index_of(&s.node), victim);
+    let mut audit = d.audit(AUDITOR).await;
+    let page = audit
+        .query_audit_log(proto::QueryAuditLogRequest { action: "reconcile-lost".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.events.len(), on_victim.len(), "each loss audited once");
+    verify(&d).await;
+}
