@@ -3,7 +3,9 @@
 //!     cargo bench --bench sandpit -- [--quick] [--json-out FILE] [--only SCENARIO[,SCENARIO...]]
 //!
 //! `fleet` and `failover` (several daemons on PostgreSQL, see
-//! benches/sandpit/fleet.rs) run only when named, like `soak` and `density`.
+//! benches/sandpit/fleet.rs) and `swarm` (a swarm of 3 engines against 1 on
+//! this machine, see benches/sandpit/swarm.rs) run only when named, like
+//! `soak` and `density`.
 //!
 //! Spawns the real release `sandpitd` on a temporary config and data
 //! directory and drives it over gRPC; the baseline drives the same Docker
@@ -48,6 +50,8 @@ mod isolation;
 mod soak;
 #[path = "sandpit/stats.rs"]
 mod stats;
+#[path = "sandpit/swarm.rs"]
+mod swarm;
 #[path = "sandpit/work.rs"]
 mod work;
 
@@ -123,6 +127,9 @@ enum Scenario {
     /// Only when named (PostgreSQL): kill -9 of the lease holder to another
     /// daemon on duty, and an expiry due during the handover.
     Failover,
+    /// Only when named (a swarm of engines on this machine): cold create,
+    /// warm claim and a burst on 3 nodes against 1, raw Swarm beside.
+    Swarm,
 }
 
 impl Scenario {
@@ -133,7 +140,7 @@ impl Scenario {
 
     /// Whether it runs only when named with `--only`.
     fn on_request(self) -> bool {
-        matches!(self, Scenario::Soak | Scenario::Density | Scenario::Fleet | Scenario::Failover)
+        matches!(self, Scenario::Soak | Scenario::Density | Scenario::Fleet | Scenario::Failover | Scenario::Swarm)
     }
 }
 
@@ -172,6 +179,8 @@ struct Sizes {
     fleet: usize,
     /// Kills of the lease holder in the failover scenario.
     failover: usize,
+    swarm_cold: usize,
+    swarm_warm: usize,
 }
 
 impl Sizes {
@@ -192,6 +201,8 @@ impl Sizes {
                 work_rtt: 100,
                 fleet: 30,
                 failover: 3,
+                swarm_cold: 5,
+                swarm_warm: 5,
             }
         } else {
             Sizes {
@@ -209,6 +220,8 @@ impl Sizes {
                 work_rtt: 500,
                 fleet: 100,
                 failover: 5,
+                swarm_cold: 10,
+                swarm_warm: 10,
             }
         }
     }
@@ -316,6 +329,7 @@ async fn bench(args: &Args, run: &str) -> Result<()> {
             Scenario::Density => density::density(&mut ctx, density::DensitySize::new(args.quick)).await,
             Scenario::Fleet => fleet::fleet(&mut ctx, sizes.fleet, sizes.list_calls).await,
             Scenario::Failover => fleet::failover(&mut ctx, sizes.failover).await,
+            Scenario::Swarm => swarm::swarm(&mut ctx, sizes.swarm_cold, sizes.swarm_warm, sizes.burst).await,
         };
         match result {
             Ok(v) => {

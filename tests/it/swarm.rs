@@ -50,15 +50,11 @@ impl Swarm {
         let mut b = [0u8; 3];
         getrandom::fill(&mut b).unwrap();
         let name = format!("it{}", hex::encode(b));
-        let mut args: Vec<String> = vec![
-            "up".into(),
-            name.clone(),
-            n.to_string(),
-            "--image".into(),
-            image().into(),
-            "--heartbeat".into(),
-            "1s".into(),
-        ];
+        let mut args: Vec<String> = vec!["up".into(), name.clone(), n.to_string(), "--heartbeat".into(), "1s".into()];
+        for img in [image(), volume_image()] {
+            args.push("--image".into());
+            args.push(img.into());
+        }
         for (node, label) in labels {
             args.push("--label".into());
             args.push(format!("n{node}:{label}"));
@@ -146,6 +142,26 @@ impl Drop for Swarm {
     }
 }
 
+/// The test image with a `VOLUME` declared, built once per test process
+/// from [`image`] (no registry: the base is local).
+fn volume_image() -> &'static str {
+    static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let tag = "sandpit-test/volume:latest".to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let dockerfile = format!("FROM {}\nVOLUME /cache\nLABEL sandpit.test-image=true\n", image());
+        std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+        let out = Command::new("docker")
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["build", "-q", "-t", &tag])
+            .arg(dir.path())
+            .output()
+            .expect("docker build");
+        assert!(out.status.success(), "building the volume image failed: {}", String::from_utf8_lossy(&out.stderr));
+        tag
+    })
+}
+
 /// Tears down test swarms whose owning process is gone.
 fn sweep_stale() {
     let out = harness(&["list"]);
@@ -169,7 +185,7 @@ const ACCREDITED: &[(usize, &str)] = &[
 ];
 
 const ISOLATED: &str = r#"max_classification = "OFFICIAL"
-images = ["{image}"]
+images = ["{image}", "sandpit-test/volume:latest"]
 command = ["sleep", "infinity"]
 [resources]
 cpus = 0.25
@@ -366,6 +382,15 @@ async fn isolated_sandboxes_on_a_swarm_reach_nothing_but_themselves_and_expire_a
     }
     let (out, _, _) = exec(&mut c, &a.id, &["sh", "-c", "cat /etc/resolv.conf"]).await;
     assert!(out.contains("127.0.0.1") || out.contains("127.0.0.11"), "names resolve nowhere: {out}");
+
+    // An image's VOLUME is masked by an empty read-only tmpfs, as on one host.
+    let mut with_volume = req.clone();
+    with_volume.image = volume_image().into();
+    let v = c.create_sandbox(with_volume).await.unwrap().into_inner();
+    let (out, err, code) = exec(&mut c, &v.id, &["sh", "-c", "grep ' /cache ' /proc/mounts; touch /cache/x"]).await;
+    assert!(out.contains("tmpfs /cache tmpfs ro,"), "masked read-only: {out}");
+    assert!(code != 0 && err.contains("Read-only"), "nothing written there: {err}");
+    c.delete_sandbox(proto::DeleteSandboxRequest { id: v.id.clone() }).await.unwrap();
 
     // Expiry on the swarm: stopped, its service and overlay removed.
     let short = create_isolated(&mut c, &d, 3).await;

@@ -111,6 +111,10 @@ struct Inner {
     names: RwLock<HashMap<String, String>>,
 }
 
+/// How long a create waits while Swarm finds no node with room before it
+/// is refused `RESOURCE_EXHAUSTED`.
+const FULL_GRACE: Duration = Duration::from_secs(2);
+
 /// The node watcher reads placement (every task and its node's labels)
 /// once in this many node checks.
 const PLACEMENT_EVERY: u64 = 5;
@@ -242,9 +246,11 @@ impl SwarmRuntime {
         )))
     }
 
-    /// The sandbox's command line, started through the helper's `nnp`: the
-    /// image's entrypoint and the profile's command (or the image's).
-    async fn command(&self, d: &Docker, sb: &Sandbox) -> Result<Vec<String>> {
+    /// What the image makes of the sandbox: its command line, started
+    /// through the helper's `nnp` (the image's entrypoint and the profile's
+    /// command, or the image's), and its declared VOLUMEs to mask, as the
+    /// Docker driver masks them.
+    async fn read_image(&self, d: &Docker, sb: &Sandbox) -> Result<(Vec<String>, Vec<String>)> {
         let image = match d.inspect_image(&sb.image).await {
             Ok(i) => i,
             Err(e) if is_not_found(&e) => {
@@ -266,6 +272,12 @@ impl SwarmRuntime {
             Err(e) => return Err(map_err("inspect image", e)),
         };
         let config = image.config.unwrap_or_default();
+        let declared = config.volumes.clone().unwrap_or_default();
+        let masked =
+            crate::masked_volumes(&declared, &self.inner.manager.spec(sb)).map_err(Error::FailedPrecondition)?;
+        if !masked.is_empty() {
+            tracing::info!(image = %sb.image, sandbox = %sb.id, masked = ?masked, "the image declares VOLUMEs: each is masked by an empty read-only tmpfs");
+        }
         let cmd =
             if sb.profile.command.is_empty() { config.cmd.unwrap_or_default() } else { sb.profile.command.clone() };
         let line: Vec<String> = config.entrypoint.unwrap_or_default().into_iter().chain(cmd).collect();
@@ -275,11 +287,17 @@ impl SwarmRuntime {
                 sb.image, sb.profile.name
             )));
         }
-        Ok(crate::helper::command(["nnp", "--"]).into_iter().chain(line).collect())
+        Ok((crate::helper::command(["nnp", "--"]).into_iter().chain(line).collect(), masked))
     }
 
     /// The service a sandbox is.
-    fn service_spec(&self, sb: &Sandbox, command: Vec<String>, network: Option<&str>) -> ServiceSpec {
+    fn service_spec(
+        &self,
+        sb: &Sandbox,
+        command: Vec<String>,
+        masked: &[String],
+        network: Option<&str>,
+    ) -> ServiceSpec {
         let defaults = &self.inner.sandboxes;
         let spec = self.inner.manager.spec(sb);
         let r = &sb.profile.resources;
@@ -308,6 +326,13 @@ impl SwarmRuntime {
             }),
             ..Default::default()
         });
+        mounts.extend(masked.iter().map(|v| DockerMount {
+            target: Some(v.clone()),
+            typ: Some(MountTypeEnum::TMPFS),
+            read_only: Some(true),
+            tmpfs_options: Some(MountTmpfsOptions { size_bytes: Some(4096), ..Default::default() }),
+            ..Default::default()
+        }));
         let internal = sb.profile.network.mode != NetworkMode::Open;
         ServiceSpec {
             name: Some(container_name(&sb.id)),
@@ -415,6 +440,7 @@ impl SwarmRuntime {
     async fn wait_running(&self, d: &Docker, sb: &Sandbox) -> Result<Task> {
         let deadline = tokio::time::Instant::now() + self.inner.timings.start_timeout;
         let mut last = String::new();
+        let mut full_since = None;
         loop {
             if let Some(task) = self.task_of(d, &sb.id).await? {
                 let state = task_state(&task);
@@ -435,17 +461,27 @@ impl SwarmRuntime {
                         sb.classification, sb.profile.isolation
                     )));
                 }
+                // Every node's reservations are taken: the swarm is full.
+                // Briefly, a delete in flight may free room; past that the
+                // create is refused, as over a quota, rather than left waiting.
+                if said.contains("insufficient resources") {
+                    let since = *full_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= FULL_GRACE {
+                        return Err(Error::ResourceExhausted(format!(
+                            "no node of the swarm has room for the sandbox's reservations ({} CPUs, {} bytes of memory): {said}",
+                            sb.profile.resources.cpus, sb.profile.resources.memory
+                        )));
+                    }
+                } else {
+                    full_since = None;
+                }
                 last = format!("{state}: {said}");
             }
             if tokio::time::Instant::now() >= deadline {
                 let within = sandpit_core::time::format_duration_ms(self.inner.timings.start_timeout);
-                return Err(if last.contains("insufficient resources") {
-                    Error::ResourceExhausted(format!("no node of the swarm has room for the sandbox ({last})"))
-                } else {
-                    Error::Docker {
-                        op: "start service",
-                        message: format!("the task did not run within {within} ({last})"),
-                    }
+                return Err(Error::Docker {
+                    op: "start service",
+                    message: format!("the task did not run within {within} ({last})"),
                 });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -465,17 +501,23 @@ impl SwarmRuntime {
     }
 
     async fn provision_on(&self, d: &Docker, sb: &Sandbox) -> Result<Provisioned> {
+        let started = std::time::Instant::now();
+        let step = |what: &str| tracing::debug!(sandbox = %sb.id, elapsed_ms = started.elapsed().as_millis() as u64, "swarm create: {what}");
         self.check_placement(d, sb).await?;
-        let command = self.command(d, sb).await?;
+        let (command, masked) = self.read_image(d, sb).await?;
+        step("placement and image checked");
         let net_name = network_name(sb);
         let network = match &net_name {
             Some(name) => Some(self.create_network(d, sb, name).await?),
             None => None,
         };
-        d.create_service(self.service_spec(sb, command, network.as_deref()), None)
+        step("overlay made");
+        d.create_service(self.service_spec(sb, command, &masked, network.as_deref()), None)
             .await
             .map_err(|e| map_err("create service", e))?;
+        step("service made");
         let task = self.wait_running(d, sb).await?;
+        step("task running");
         let container_id = task_container(&task).expect("waited for it");
         let node = self.hostname(d, task.node_id.as_deref().unwrap_or_default()).await?;
         let network = match &net_name {

@@ -1103,6 +1103,36 @@ async fn a_died_event_records_the_exit_at_once() {
     rig.shutdown().await;
 }
 
+/// A runtime that reports a sandbox lost (its node died) has it recorded
+/// `lost` at once with the runtime's reason, audited once, and seen by
+/// watchers; a report for an ended sandbox changes nothing.
+#[tokio::test(start_paused = true)]
+async fn a_lost_event_records_the_loss_with_its_reason() {
+    let rig = Rig::new([standard()]).await;
+    rig.manager.start().await.unwrap();
+    let mut events = rig.manager.watch(&rig.caller, None, None);
+    let sb = rig.create("std").await.unwrap();
+    let other = rig.create("std").await.unwrap();
+    rig.runtime.lose(&sb.id, "its node n2 is down (heartbeat failure)");
+    eventually("the loss is on record", || async { rig.record(&sb.id).await.state == SandboxState::Lost }).await;
+    assert_eq!(rig.record(&sb.id).await.state_reason, "its node n2 is down (heartbeat failure)");
+    assert_eq!(rig.record(&other.id).await.state, SandboxState::Running, "only the one reported");
+    let lost = loop {
+        let ev = events.next().await.unwrap();
+        if ev.kind == EventKind::Lost {
+            break ev;
+        }
+    };
+    assert_eq!(lost.sandbox.id, sb.id);
+    rig.runtime.lose(&sb.id, "reported twice");
+    rig.manager.delete(&rig.caller, &other.id).await.unwrap();
+    rig.runtime.lose(&other.id, "after its delete");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rig.record(&other.id).await.state, SandboxState::Deleted);
+    assert_eq!(rig.audit(crate::audit::action::LOST).await.len(), 1, "one loss on record");
+    rig.shutdown().await;
+}
+
 /// An OOM kill of the main process is recorded as one whichever of the
 /// engine's `oom` and `die` events comes first; a SIGKILL with no OOM event
 /// is a plain exit 137.

@@ -333,6 +333,13 @@ impl FakeRuntime {
         }
     }
 
+    /// The sandbox is gone with its node (a cluster runtime's node died):
+    /// [`RuntimeEvent::Lost`] is reported with `reason`; its container is
+    /// left as it was, as a dead node's would be.
+    pub fn lose(&self, sandbox_id: &str, reason: &str) {
+        self.emit(RuntimeEvent::Lost { sandbox_id: sandbox_id.to_string(), reason: reason.to_string() });
+    }
+
     /// As [`FakeRuntime::exit_main`], with no event: only a reconcile can find out.
     pub fn exit_main_unseen(&self, sandbox_id: &str, code: i64) {
         self.stop(sandbox_id, code, false);
