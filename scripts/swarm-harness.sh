@@ -3,7 +3,7 @@
 # benchmarks. Run as root.
 #
 #   swarm-harness.sh up NAME N [--image IMG]... [--label nI:KEY=VALUE]...
-#                    [--subnet A.B.C.0/24] [--heartbeat DURATION]
+#                    [--subnet A.B.C.0/24] [--heartbeat DURATION] [--gvisor I]...
 #       Builds a swarm of N nodes (1 <= N <= 99): node 1 is the manager
 #       (swarm init), nodes 2..N join it as workers. NAME is [a-z0-9]{1,8}
 #       and must not exist yet; harnesses with different names coexist and
@@ -15,6 +15,8 @@
 #         --subnet         the nodes' link (default 10.251.K.0/24, K from a
 #                          hash of NAME, moved on if that /24 is taken);
 #                          bridge = .1 on the host, node I = .(10+I)
+#         --gvisor I       node I's engine runs every container under gVisor
+#                          (runsc registered as its default runtime); repeatable
 #         --heartbeat D    swarm init --dispatcher-heartbeat D (default: the
 #                          engine's, 5s; a node is marked Down after about
 #                          3 heartbeats without news)
@@ -379,7 +381,13 @@ start_dockerd() {
 	mkdir -p "$(node_exec_root "$i")" "$dr"
 	# Own config file: the host's /etc/docker/daemon.json must not apply,
 	# and the engine key (engine ID) must not be the host's.
-	printf '{ "deprecated-key-path": "%s/key.json" }\n' "$dr" >"$(node_conf "$i")"
+	if [[ " ${GVISOR_NODES:-} " == *" $i "* ]]; then
+		# gVisor as the engine's default runtime: every container of this node runs under runsc.
+		printf '{ "deprecated-key-path": "%s/key.json", "runtimes": { "runsc": { "path": "%s", "runtimeArgs": ["--network=none"] } }, "default-runtime": "runsc" }\n' \
+			"$dr" "$(command -v runsc)" >"$(node_conf "$i")"
+	else
+		printf '{ "deprecated-key-path": "%s/key.json" }\n' "$dr" >"$(node_conf "$i")"
+	fi
 	# DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1: a swarm task uses the image the
 	# node has instead of trying a registry first (nodes have no internet).
 	# shellcheck disable=SC2016 # $1 and $@ are the inner shell's
@@ -456,6 +464,9 @@ cmd_up() {
 		--label) [ $# -ge 2 ] || usage; labels+=("$2"); shift 2 ;;
 		--subnet) [ $# -ge 2 ] || usage; subnet=$2; shift 2 ;;
 		--heartbeat) [ $# -ge 2 ] || usage; heartbeat=$2; shift 2 ;;
+		--gvisor) [ $# -ge 2 ] || usage; [[ $2 =~ ^[1-9][0-9]?$ ]] || die "bad --gvisor '$2' (want a node number)"
+			command -v runsc >/dev/null || die "--gvisor needs runsc (apt-get install runsc)"
+			GVISOR_NODES="${GVISOR_NODES:-} $2"; shift 2 ;;
 		*) usage ;;
 		esac
 	done

@@ -4,9 +4,10 @@
 //! Each test's swarm, with every namespace, engine, bridge and rule it
 //! made, is removed when the test ends, pass or fail.
 //!
-//! Nodes: n1 is the manager and accredited for nothing; n2 for OFFICIAL;
-//! n3 for OFFICIAL and OFFICIAL-SENSITIVE. All run `container` isolation.
-//! A swarm gives the `isolated` network mode only: every sandbox here is isolated.
+//! Nodes (but in the gVisor test): n1 is the manager and accredited for
+//! nothing; n2 for OFFICIAL; n3 for OFFICIAL and OFFICIAL-SENSITIVE. All run
+//! `container` isolation. A swarm gives the `isolated` network mode only:
+//! every sandbox here is isolated.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,6 +47,12 @@ impl Swarm {
     /// nodes from 1) and the test image on every node. Swarms of earlier
     /// test processes that died without tearing theirs down go first.
     pub fn up(n: usize, labels: &[(usize, &str)]) -> Swarm {
+        Self::up_with(n, labels, &[])
+    }
+
+    /// [`Swarm::up`] with the nodes `gvisor` running every container under
+    /// gVisor (runsc as their engine's default runtime).
+    pub fn up_with(n: usize, labels: &[(usize, &str)], gvisor: &[usize]) -> Swarm {
         sweep_stale();
         let mut b = [0u8; 3];
         getrandom::fill(&mut b).unwrap();
@@ -58,6 +65,10 @@ impl Swarm {
         for (node, label) in labels {
             args.push("--label".into());
             args.push(format!("n{node}:{label}"));
+        }
+        for node in gvisor {
+            args.push("--gvisor".into());
+            args.push(node.to_string());
         }
         let started = Instant::now();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -325,8 +336,10 @@ async fn sandboxes_spread_over_a_three_node_swarm_only_onto_accredited_nodes() {
 
     // A node that loses its accreditation: its sandboxes are stopped and recorded lost.
     let mut watch = c.watch_sandboxes(proto::WatchSandboxesRequest::default()).await.unwrap().into_inner();
-    let on_n2: Vec<String> = made[2..].iter().filter(|s| swarm.index_of(&s.node) == 2).map(|s| s.id.clone()).collect();
-    let on_n3: Vec<String> = made[2..].iter().filter(|s| swarm.index_of(&s.node) == 3).map(|s| s.id.clone()).collect();
+    // Every sandbox of the six still live: all but the one deleted above.
+    let live: Vec<&proto::Sandbox> = made.iter().filter(|s| s.id != gone.id).collect();
+    let on_n2: Vec<String> = live.iter().filter(|s| swarm.index_of(&s.node) == 2).map(|s| s.id.clone()).collect();
+    let on_n3: Vec<String> = live.iter().filter(|s| swarm.index_of(&s.node) == 3).map(|s| s.id.clone()).collect();
     swarm.label(2, "--label-rm", "sandpit.classification.OFFICIAL");
     let mut lost = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -472,5 +485,70 @@ async fn sandboxes_on_a_node_that_dies_are_recorded_lost() {
         .unwrap()
         .into_inner();
     assert_eq!(page.events.len(), on_victim.len(), "each loss audited once");
+    verify(&d).await;
+}
+
+/// gVisor on a swarm: a gVisor sandbox lands only on a node labelled for it
+/// whose engine runs containers under runsc, and runs under gVisor there;
+/// a node labelled for gVisor whose engine does not is never used for one.
+#[tokio::test(flavor = "multi_thread")]
+async fn gvisor_sandboxes_run_only_on_nodes_that_give_gvisor() {
+    if Command::new("runsc").arg("--version").output().is_err() {
+        eprintln!("runsc is not installed: skipping (CI installs it)");
+        return;
+    }
+    let labels: &[(usize, &str)] = &[
+        (1, "sandpit.isolation.container=true"),
+        (1, "sandpit.classification.OFFICIAL-SENSITIVE=true"),
+        (2, "sandpit.isolation.gvisor=true"),
+        (2, "sandpit.classification.OFFICIAL-SENSITIVE=true"),
+    ];
+    let swarm = tokio::task::spawn_blocking(move || Swarm::up_with(2, labels, &[2])).await.unwrap();
+    let gvisor = ISOLATED.replace(
+        r#"max_classification = "OFFICIAL""#,
+        "isolation = \"gvisor\"\nmax_classification = \"OFFICIAL-SENSITIVE\"",
+    );
+    // Reconcile (which reads the nodes again) only at start: the label move
+    // below then reaches a daemon that still believes the old labels, and
+    // only the check after placement stands between it and runc.
+    let d = Daemon::with(Options {
+        extra_config: swarm.config("500ms"),
+        profiles: vec![("isolated-gvisor".into(), gvisor)],
+        reconcile_interval: "1h",
+        ..Options::default()
+    })
+    .await;
+    let mut c = d.client(TEAM_A).await;
+    let req = proto::CreateSandboxRequest {
+        profile: "isolated-gvisor".into(),
+        classification: "OFFICIAL-SENSITIVE".into(),
+        ..create_req(&d.exp_a, 300)
+    };
+    // gVisor becomes available once the daemon has read the nodes (its first reconcile).
+    let first = eventually(Duration::from_secs(30), "a gVisor create", || {
+        let mut c = c.clone();
+        let req = req.clone();
+        async move { c.create_sandbox(req).await.ok().map(|r| r.into_inner()) }
+    })
+    .await;
+    let second = c.create_sandbox(req.clone()).await.unwrap().into_inner();
+    for sb in [&first, &second] {
+        assert_eq!(swarm.index_of(&sb.node), 2, "only the gVisor node");
+        let (out, _, code) = exec(&mut c, &sb.id, &["cat", "/proc/version"]).await;
+        assert_eq!(code, 0);
+        assert!(out.contains("4.4.0"), "gVisor's kernel answers: {out}");
+        let info = swarm.docker(2).inspect_container(&sb.container_id, None).await.unwrap();
+        assert_eq!(info.host_config.unwrap().runtime.as_deref(), Some("runsc"));
+    }
+
+    // The label moves to the runc node: Swarm places the next one there, and
+    // the daemon refuses to run it under runc.
+    swarm.label(2, "--label-rm", "sandpit.isolation.gvisor");
+    swarm.label(1, "--label-add", "sandpit.isolation.gvisor=true");
+    let e = c.create_sandbox(req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("not runsc"), "{}", e.message());
+    let services = swarm.services().await;
+    assert_eq!(services.len(), 2, "nothing of the refused create is left: {services:?}");
     verify(&d).await;
 }

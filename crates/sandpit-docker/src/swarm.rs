@@ -15,10 +15,14 @@
 //! - Node loss: the watcher reads the manager's node list every
 //!   `node_check`; tasks of this instance on a node that is not ready are
 //!   reported [`RuntimeEvent::Lost`].
+//! - gVisor: a service cannot name a runtime, so gVisor sandboxes go to
+//!   nodes labelled `sandpit.isolation.gvisor=true` whose engine's default
+//!   runtime is runsc, checked at every refresh and after each placement.
 //! - What a Swarm service cannot be asked for on engine API 1.41
-//!   (no-new-privileges, a runtime such as runsc, memory+swap) is either
-//!   closed another way (the helper sets no_new_privs on every process it
-//!   starts) or refused ([`Capabilities`]); the README has the table.
+//!   (no-new-privileges, memory+swap, the network modes but `isolated`) is
+//!   either closed another way (the helper sets no_new_privs on every
+//!   process it starts) or refused ([`Capabilities`]); the README has the
+//!   table.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -109,7 +113,14 @@ struct Inner {
     timings: SwarmTimings,
     /// Node id to hostname, as last read.
     names: RwLock<HashMap<String, String>>,
+    /// Nodes labelled for gVisor whose engine's default runtime is runsc,
+    /// as of the last refresh; empty: gVisor unavailable.
+    gvisor_nodes: RwLock<Vec<String>>,
 }
+
+/// Why gVisor cannot be had when no node gives it.
+const NO_GVISOR: &str = "no ready node is labelled sandpit.isolation.gvisor=true with runsc as its engine's default \
+     runtime (a Swarm service cannot choose its runtime on engine API 1.41)";
 
 /// How long a create waits while Swarm finds no node with room before it
 /// is refused `RESOURCE_EXHAUSTED`.
@@ -178,7 +189,16 @@ impl SwarmRuntime {
             ));
         }
         Ok(SwarmRuntime {
-            inner: Arc::new(Inner { manager, nodes, node, instance, sandboxes, timings, names: RwLock::default() }),
+            inner: Arc::new(Inner {
+                manager,
+                nodes,
+                node,
+                instance,
+                sandboxes,
+                timings,
+                names: RwLock::default(),
+                gvisor_nodes: RwLock::default(),
+            }),
         })
     }
 
@@ -215,6 +235,56 @@ impl SwarmRuntime {
         *self.inner.names.write().unwrap_or_else(|p| p.into_inner()) =
             out.iter().map(|(id, n)| (id.clone(), n.hostname.clone())).collect();
         Ok(out)
+    }
+
+    /// The runtime node `name`'s engine runs containers under by default,
+    /// and whether it is gVisor's runsc (by the program's name).
+    async fn default_runtime(&self, name: &str) -> Result<(String, bool)> {
+        let info = self.endpoint(name)?.docker().await?.info().await.map_err(|e| map_err("info", e))?;
+        let default = info.default_runtime.unwrap_or_default();
+        let path = info.runtimes.unwrap_or_default().remove(&default).and_then(|r| r.path).unwrap_or_default();
+        let runsc = std::path::Path::new(&path).file_name().is_some_and(|f| f == "runsc");
+        Ok((default, runsc))
+    }
+
+    /// The ready nodes that give gVisor: labelled for it, and running
+    /// containers under runsc by default. A label whose engine does not is
+    /// ignored, and said in the log.
+    async fn gvisor_nodes(&self, d: &Docker) -> Result<Vec<String>> {
+        let label = isolation_label(Level::Gvisor);
+        let mut out = Vec::new();
+        for n in self.nodes(d).await?.into_values() {
+            if !n.ready || n.labels.get(&label).is_none_or(|v| v != "true") {
+                continue;
+            }
+            match self.default_runtime(&n.hostname).await {
+                Ok((_, true)) => out.push(n.hostname),
+                Ok((runtime, false)) => tracing::warn!(
+                    node = %n.hostname, %runtime,
+                    "node is labelled {label}=true but its engine's default runtime is not runsc: not used for gVisor"
+                ),
+                Err(e) => tracing::warn!(node = %n.hostname, error = %e, "cannot ask node's engine for its runtime"),
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// A gVisor sandbox must have landed on an engine that runs it under
+    /// runsc: a node labelled for gVisor whose engine does not is refused,
+    /// never run with less.
+    async fn check_isolation(&self, sb: &Sandbox, node: &str) -> Result<()> {
+        if sb.profile.isolation != Level::Gvisor {
+            return Ok(());
+        }
+        match self.default_runtime(node).await? {
+            (_, true) => Ok(()),
+            (runtime, false) => Err(Error::FailedPrecondition(format!(
+                "node '{node}' is labelled {}=true but its engine runs containers under '{runtime}', not runsc: \
+                 the gVisor sandbox was not run there",
+                isolation_label(Level::Gvisor)
+            ))),
+        }
     }
 
     /// The tasks of this instance's services (all of them, or those on one node).
@@ -520,6 +590,7 @@ impl SwarmRuntime {
         step("task running");
         let container_id = task_container(&task).expect("waited for it");
         let node = self.hostname(d, task.node_id.as_deref().unwrap_or_default()).await?;
+        self.check_isolation(sb, &node).await?;
         let network = match &net_name {
             Some(name) => Some(self.network_info(d, &node, &container_id, name).await?),
             None => None,
@@ -726,20 +797,35 @@ impl Runtime for SwarmRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
+        let gvisor = !self.inner.gvisor_nodes.read().unwrap_or_else(|p| p.into_inner()).is_empty();
+        let (isolation, unavailable) = if gvisor {
+            (vec![Level::Container, Level::Gvisor], Vec::new())
+        } else {
+            (vec![Level::Container], vec![(Level::Gvisor, NO_GVISOR.to_string())])
+        };
         Capabilities {
             // Not `none`: a Swarm task cannot join the engine's `none`
             // network (it is not swarm-scoped), and with no network it gets
             // the node's default bridge. Not `allowlist` or `open`: no egress
             // proxy is reachable from an overlay yet.
             network_modes: vec![NetworkMode::Isolated],
-            isolation: vec![Level::Container],
-            unavailable: vec![(
-                Level::Gvisor,
-                "a Swarm service cannot choose its container runtime (engine API 1.41)".to_string(),
-            )],
+            isolation,
+            unavailable,
             confinement: vec!["seccomp".to_string(), "no-new-privileges (helper)".to_string()],
             workspaces: false,
         }
+    }
+
+    /// Reads again which nodes give gVisor (reconcile calls it every pass).
+    async fn refresh(&self) -> Result<()> {
+        let d = self.client().await?;
+        let now = self.gvisor_nodes(&d).await?;
+        let mut known = self.inner.gvisor_nodes.write().unwrap_or_else(|p| p.into_inner());
+        if *known != now {
+            tracing::info!(nodes = ?now, "nodes giving gVisor isolation");
+            *known = now;
+        }
+        Ok(())
     }
 
     async fn ensure_image(&self, image: &str) -> Result<()> {
