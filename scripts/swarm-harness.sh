@@ -34,6 +34,9 @@
 #       sees it as lost. `down NAME` still cleans it up.
 #   swarm-harness.sh list
 #       Prints the names of the harnesses that exist, whole or in part.
+#       Each records its owner's pid in /run/sp-swarm/NAME/owner (written
+#       first thing by `up`: SP_SWARM_OWNER, or the caller's pid), so that a
+#       test run can sweep those whose owner is gone and no others.
 #
 # How a node is made: an extra dockerd in a network namespace of its own
 # (nsenter --net; NOT `ip netns exec`, which remounts /sys and hides the
@@ -486,6 +489,9 @@ cmd_up() {
 	if all_names | grep -qxF "$NAME" || ! mkdir "$(run_dir)" 2>/dev/null; then
 		die "harness '$NAME' exists (run: $0 down $NAME)"
 	fi
+	# Who owns it, for sweeps of harnesses whose owner died (SP_SWARM_OWNER:
+	# a pid; default this script's parent).
+	echo "${SP_SWARM_OWNER:-$PPID}" >"$(run_dir)/owner"
 	UP_OK=0
 	trap on_up_exit EXIT
 	trap 'exit 130' INT TERM

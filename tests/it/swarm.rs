@@ -72,9 +72,14 @@ impl Swarm {
         }
         let started = Instant::now();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = harness(&args);
-        // Owned by this process from now on, whatever happened.
-        let _ = std::fs::write(Path::new(RUN_DIR).join(&name).join("owner"), std::process::id().to_string());
+        // Owned by this process (the harness writes it first thing), so that
+        // no other test's sweep takes it for a dead run's.
+        let out = Command::new("bash")
+            .arg(HARNESS)
+            .args(&args)
+            .env("SP_SWARM_OWNER", std::process::id().to_string())
+            .output()
+            .expect("run swarm-harness.sh");
         let mut swarm = Swarm { name, nodes: Vec::new() };
         assert!(out.status.success(), "building the swarm failed: {}", String::from_utf8_lossy(&out.stderr));
         let nodes = String::from_utf8_lossy(&out.stdout)
@@ -173,18 +178,27 @@ fn volume_image() -> &'static str {
     })
 }
 
-/// Tears down test swarms whose owning process is gone.
+/// Tears down test swarms whose owning process is gone. One with no owner
+/// on record yet may be another test's `up` under way: it is left alone
+/// unless older than [`UNOWNED_STALE`].
 fn sweep_stale() {
     let out = harness(&["list"]);
     for name in String::from_utf8_lossy(&out.stdout).lines().filter(|n| n.starts_with("it")) {
-        let owner = std::fs::read_to_string(Path::new(RUN_DIR).join(name).join("owner")).ok();
-        let alive =
-            owner.and_then(|p| p.trim().parse::<u32>().ok()).is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-        if !alive {
+        let dir = Path::new(RUN_DIR).join(name);
+        let stale = match std::fs::read_to_string(dir.join("owner")) {
+            Ok(owner) => owner.trim().parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists()),
+            Err(_) => std::fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > UNOWNED_STALE),
+        };
+        if stale {
             let _ = harness(&["down", name]);
         }
     }
 }
+
+/// How old a test swarm with no owner on record must be to be swept.
+const UNOWNED_STALE: Duration = Duration::from_secs(600);
 
 const ACCREDITED: &[(usize, &str)] = &[
     (1, "sandpit.isolation.container=true"),
@@ -478,6 +492,18 @@ async fn sandboxes_on_a_node_that_dies_are_recorded_lost() {
     // New sandboxes go to the nodes that are left.
     let s = create_isolated(&mut c, &d, 300).await;
     assert_ne!(swarm.index_of(&s.node), victim);
+    // The lost sandboxes' services and overlays go at the next reconciles,
+    // so a node that comes back does not run them again.
+    eventually(Duration::from_secs(60), "the lost sandboxes' services and overlays to go", || async {
+        let services = swarm.services().await;
+        let nets = swarm.docker(1).list_networks(None::<bollard::query_parameters::ListNetworksOptions>).await.unwrap();
+        let left = on_victim.iter().any(|id| {
+            let name = format!("sandpit-{id}");
+            services.contains(&name) || nets.iter().any(|n| n.name.as_deref() == Some(name.as_str()))
+        });
+        (!left).then_some(())
+    })
+    .await;
     let mut audit = d.audit(AUDITOR).await;
     let page = audit
         .query_audit_log(proto::QueryAuditLogRequest { action: "reconcile-lost".into(), ..Default::default() })

@@ -88,10 +88,13 @@ struct NodeView {
 }
 
 impl NodeView {
+    /// Whether the node carries `label=true`.
+    fn has(&self, label: &str) -> bool {
+        self.labels.get(label).is_some_and(|v| v == "true")
+    }
+
     fn accredits(&self, sb: &Sandbox) -> bool {
-        [classification_label(sb.classification), isolation_label(sb.profile.isolation)]
-            .iter()
-            .all(|l| self.labels.get(l).is_some_and(|v| v == "true"))
+        self.has(&classification_label(sb.classification)) && self.has(&isolation_label(sb.profile.isolation))
     }
 }
 
@@ -121,6 +124,9 @@ struct Inner {
 /// Why gVisor cannot be had when no node gives it.
 const NO_GVISOR: &str = "no ready node is labelled sandpit.isolation.gvisor=true with runsc as its engine's default \
      runtime (a Swarm service cannot choose its runtime on engine API 1.41)";
+
+/// How long a removal waits for Swarm to let go of a sandbox's overlay.
+const NETWORK_RELEASE: Duration = Duration::from_secs(10);
 
 /// How long a create waits while Swarm finds no node with room before it
 /// is refused `RESOURCE_EXHAUSTED`.
@@ -254,7 +260,7 @@ impl SwarmRuntime {
         let label = isolation_label(Level::Gvisor);
         let mut out = Vec::new();
         for n in self.nodes(d).await?.into_values() {
-            if !n.ready || n.labels.get(&label).is_none_or(|v| v != "true") {
+            if !n.ready || !n.has(&label) {
                 continue;
             }
             match self.default_runtime(&n.hostname).await {
@@ -483,8 +489,10 @@ impl SwarmRuntime {
 
     /// Removes a sandbox's overlay network, once Swarm has let go of it
     /// (its task's endpoint goes a moment after the service). Gone is fine.
+    /// Waits at most [`NETWORK_RELEASE`]: a caller that gets the error
+    /// (teardown, reconcile) tries again later rather than stalling.
     async fn remove_network(&self, d: &Docker, name: &str) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + self.inner.timings.start_timeout;
+        let deadline = tokio::time::Instant::now() + NETWORK_RELEASE.min(self.inner.timings.start_timeout);
         loop {
             match d.remove_network(name).await {
                 Ok(()) => return Ok(()),
@@ -651,9 +659,7 @@ impl SwarmRuntime {
                 Some(n) if !n.ready => format!("its node {} is {}", n.hostname, n.state),
                 Some(n) if placement && task_state(&t) == TaskState::RUNNING => {
                     let Some(record) = self.placement_of(&t) else { continue };
-                    if n.labels.get(&record.0).is_some_and(|v| v == "true")
-                        && n.labels.get(&record.1).is_some_and(|v| v == "true")
-                    {
+                    if n.has(&record.0) && n.has(&record.1) {
                         continue;
                     }
                     // Stop it where it runs before it is reported.
@@ -686,10 +692,7 @@ impl SwarmRuntime {
         let node = task.node_id.as_deref().unwrap_or_default();
         let nodes = self.nodes(&d).await.ok()?;
         let reason = match (nodes.get(node), self.placement_of(&task)) {
-            (Some(n), Some((a, b)))
-                if !(n.labels.get(&a).is_some_and(|v| v == "true")
-                    && n.labels.get(&b).is_some_and(|v| v == "true")) =>
-            {
+            (Some(n), Some((a, b))) if !(n.has(&a) && n.has(&b)) => {
                 format!("Swarm stopped it: its node {} is no longer labelled {a}=true and {b}=true", n.hostname)
             }
             (n, _) => {
