@@ -3,7 +3,7 @@
 # benchmarks. Run as root.
 #
 #   swarm-harness.sh up NAME N [--image IMG]... [--label nI:KEY=VALUE]...
-#                    [--subnet A.B.C.0/24] [--heartbeat DURATION] [--gvisor I]...
+#                    [--subnet A.B.C.0/24] [--heartbeat DURATION] [--gvisor I]... [--tls]
 #       Builds a swarm of N nodes (1 <= N <= 99): node 1 is the manager
 #       (swarm init), nodes 2..N join it as workers. NAME is [a-z0-9]{1,8}
 #       and must not exist yet; harnesses with different names coexist and
@@ -15,6 +15,11 @@
 #         --subnet         the nodes' link (default 10.251.K.0/24, K from a
 #                          hash of NAME, moved on if that /24 is taken);
 #                          bridge = .1 on the host, node I = .(10+I)
+#         --tls            every engine also listens on tcp://ADDRESS:2376 with
+#                          TLS, verifying clients: a CA, each node's server
+#                          certificate (its address as IP SAN) and one client
+#                          certificate are made in /run/sp-swarm/NAME/tls/
+#                          (ca.pem, client-cert.pem, client-key.pem)
 #         --gvisor I       node I's engine runs every container under gVisor
 #                          (runsc registered as its default runtime); repeatable
 #         --heartbeat D    swarm init --dispatcher-heartbeat D (default: the
@@ -376,10 +381,40 @@ make_node_net() {
 
 node_addr() { echo "$SUBNET_PREFIX.$((10 + $1))"; }
 
+# A CA, a server certificate for each of N nodes (its address as IP SAN)
+# and one client certificate, in $(run_dir)/tls: P-256 keys, valid 2 days.
+make_tls() {
+	local n=$1 t i
+	command -v openssl >/dev/null || die "--tls needs openssl (apt-get install openssl)"
+	t="$(run_dir)/tls"
+	mkdir -p "$t"
+	chmod 700 "$t"
+	local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+	openssl req -x509 "${ec[@]}" -keyout "$t/ca-key.pem" -out "$t/ca.pem" -days 2 \
+		-subj "/CN=sp-swarm $NAME CA" 2>/dev/null
+	sign() { # name subject extensions
+		openssl req "${ec[@]}" -keyout "$t/$1-key.pem" -out "$t/$1.csr" -subj "$2" 2>/dev/null
+		openssl x509 -req -in "$t/$1.csr" -CA "$t/ca.pem" -CAkey "$t/ca-key.pem" -CAcreateserial \
+			-out "$t/$1-cert.pem" -days 2 -extfile <(printf '%b' "$3") 2>/dev/null
+		rm -f "$t/$1.csr"
+	}
+	for ((i = 1; i <= n; i++)); do
+		sign "n$i" "/CN=$(node_hostname "$i")" "subjectAltName=IP:$(node_addr "$i")\nextendedKeyUsage=serverAuth"
+	done
+	sign client "/CN=sandpit" "extendedKeyUsage=clientAuth"
+}
+
 # Starts node I's dockerd detached, in the node's netns and a new UTS
 # namespace named NAME-nI, with the host's mount namespace (/sys/fs/cgroup).
 start_dockerd() {
 	local i=$1 dr
+	local -a tls_args=()
+	if [ "${TLS:-0}" = 1 ]; then
+		local t
+		t="$(run_dir)/tls"
+		tls_args=(--host "tcp://$(node_addr "$i"):2376" --tlsverify --tlscacert "$t/ca.pem"
+			--tlscert "$t/n$i-cert.pem" --tlskey "$t/n$i-key.pem")
+	fi
 	dr=$(node_data_root "$i")
 	mkdir -p "$(node_exec_root "$i")" "$dr"
 	# Own config file: the host's /etc/docker/daemon.json must not apply,
@@ -404,6 +439,7 @@ start_dockerd() {
 		--host "unix://$(node_sock "$i")" \
 		--cgroup-parent "/$(node_cgroup "$i")" \
 		--storage-driver "$STORAGE_DRIVER" \
+		"${tls_args[@]}" \
 		</dev/null >"$(node_log "$i")" 2>&1 &
 	DOCKERD_PID[i]=$!
 }
@@ -467,6 +503,7 @@ cmd_up() {
 		--label) [ $# -ge 2 ] || usage; labels+=("$2"); shift 2 ;;
 		--subnet) [ $# -ge 2 ] || usage; subnet=$2; shift 2 ;;
 		--heartbeat) [ $# -ge 2 ] || usage; heartbeat=$2; shift 2 ;;
+		--tls) TLS=1; shift ;;
 		--gvisor) [ $# -ge 2 ] || usage; [[ $2 =~ ^[1-9][0-9]?$ ]] || die "bad --gvisor '$2' (want a node number)"
 			command -v runsc >/dev/null || die "--gvisor needs runsc (apt-get install runsc)"
 			GVISOR_NODES="${GVISOR_NODES:-} $2"; shift 2 ;;
@@ -502,6 +539,7 @@ cmd_up() {
 	log "subnet $SUBNET_PREFIX.0/24 on bridge $(bridge), storage driver $STORAGE_DRIVER"
 
 	local i
+	[ "${TLS:-0}" = 1 ] && make_tls "$n"
 	declare -ga DOCKERD_PID=()
 	for ((i = 1; i <= n; i++)); do
 		make_node_net "$i"

@@ -976,10 +976,12 @@ async fn a_main_process_killed_by_the_oom_killer_is_recorded(iso: Isolation) {
         .await;
         let s = docker().await.inspect_container(&sb.container_id, None).await.unwrap().state.unwrap();
         assert_eq!(s.exit_code, Some(137), "{profile}: Docker's view");
-        // Under gVisor the engine's `oom` event can trail `die`, and Docker
-        // then leaves OOMKilled unset: the daemon's record must not depend on it.
-        if iso == Isolation::Container {
-            assert_eq!(s.oom_killed, Some(true), "{profile}: Docker's view");
+        // The engine's `oom` event can trail `die`, and Docker then leaves
+        // OOMKilled unset: seen under gVisor, and under runc once with the
+        // machine loaded (a full suite beside a benchmark of four swarms).
+        // The daemon's record must not depend on it.
+        if s.oom_killed != Some(true) {
+            eprintln!("{profile} ({iso}): Docker left OOMKilled unset; the record must still say OOM");
         }
         assert!(rec.oom_killed, "{profile}: oom_killed on the record: {rec:?}");
         assert_eq!(rec.exit_code, Some(137), "{profile}");

@@ -36,6 +36,9 @@ pub struct Node {
 pub struct Swarm {
     pub name: String,
     pub nodes: Vec<Node>,
+    /// Whether the engines also listen on TCP with TLS (the daemon is
+    /// then given `tcp://` endpoints).
+    pub tls: bool,
 }
 
 fn harness(args: &[&str]) -> std::process::Output {
@@ -47,12 +50,13 @@ impl Swarm {
     /// nodes from 1) and the test image on every node. Swarms of earlier
     /// test processes that died without tearing theirs down go first.
     pub fn up(n: usize, labels: &[(usize, &str)]) -> Swarm {
-        Self::up_with(n, labels, &[])
+        Self::up_with(n, labels, &[], false)
     }
 
     /// [`Swarm::up`] with the nodes `gvisor` running every container under
-    /// gVisor (runsc as their engine's default runtime).
-    pub fn up_with(n: usize, labels: &[(usize, &str)], gvisor: &[usize]) -> Swarm {
+    /// gVisor (runsc as their engine's default runtime), and with `tls`
+    /// every engine also on `tcp://ADDRESS:2376`, verifying clients.
+    pub fn up_with(n: usize, labels: &[(usize, &str)], gvisor: &[usize], tls: bool) -> Swarm {
         sweep_stale();
         let mut b = [0u8; 3];
         getrandom::fill(&mut b).unwrap();
@@ -70,6 +74,9 @@ impl Swarm {
             args.push("--gvisor".into());
             args.push(node.to_string());
         }
+        if tls {
+            args.push("--tls".into());
+        }
         let started = Instant::now();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         // Owned by this process (the harness writes it first thing), so that
@@ -80,7 +87,7 @@ impl Swarm {
             .env("SP_SWARM_OWNER", std::process::id().to_string())
             .output()
             .expect("run swarm-harness.sh");
-        let mut swarm = Swarm { name, nodes: Vec::new() };
+        let mut swarm = Swarm { name, nodes: Vec::new(), tls };
         assert!(out.status.success(), "building the swarm failed: {}", String::from_utf8_lossy(&out.stderr));
         let nodes = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -99,18 +106,25 @@ impl Swarm {
         swarm
     }
 
-    /// The `[swarm]` config of a daemon on this swarm.
+    /// The `[swarm]` config of a daemon on this swarm: the engines' unix
+    /// sockets, or with TLS their TCP ports and the harness's certificates.
     pub fn config(&self, node_check: &str) -> String {
+        let endpoint = |n: &Node| match self.tls {
+            true => format!("tcp://{}:2376", n.address),
+            false => format!("unix://{}", n.socket.display()),
+        };
         let mut c = format!(
-            "[swarm]\nmanager = \"unix://{}\"\nnode_check = \"{node_check}\"\nstart_timeout = \"60s\"\n",
-            self.nodes[0].socket.display()
+            "[swarm]\nmanager = \"{}\"\nnode_check = \"{node_check}\"\nstart_timeout = \"60s\"\n",
+            endpoint(&self.nodes[0])
         );
+        if self.tls {
+            let t = Path::new(RUN_DIR).join(&self.name).join("tls");
+            for (key, file) in [("tls_ca", "ca.pem"), ("tls_cert", "client-cert.pem"), ("tls_key", "client-key.pem")] {
+                c.push_str(&format!("{key} = \"{}\"\n", t.join(file).display()));
+            }
+        }
         for n in &self.nodes {
-            c.push_str(&format!(
-                "[[swarm.nodes]]\nname = \"{}\"\nhost = \"unix://{}\"\n",
-                n.hostname,
-                n.socket.display()
-            ));
+            c.push_str(&format!("[[swarm.nodes]]\nname = \"{}\"\nhost = \"{}\"\n", n.hostname, endpoint(n)));
         }
         c
     }
@@ -262,7 +276,9 @@ async fn on_node(swarm: &Swarm, sb: &proto::Sandbox) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sandboxes_spread_over_a_three_node_swarm_only_onto_accredited_nodes() {
-    let swarm = tokio::task::spawn_blocking(|| Swarm::up(3, ACCREDITED)).await.unwrap();
+    // The daemon reaches every engine over TCP, with TLS verified both ways.
+    let swarm = tokio::task::spawn_blocking(|| Swarm::up_with(3, ACCREDITED, &[], true)).await.unwrap();
+    assert!(swarm.config("1s").contains("tcp://"));
     let d = on_swarm(&swarm, "500ms").await;
     let mut c = d.client(TEAM_A).await;
 
@@ -529,7 +545,7 @@ async fn gvisor_sandboxes_run_only_on_nodes_that_give_gvisor() {
         (2, "sandpit.isolation.gvisor=true"),
         (2, "sandpit.classification.OFFICIAL-SENSITIVE=true"),
     ];
-    let swarm = tokio::task::spawn_blocking(move || Swarm::up_with(2, labels, &[2])).await.unwrap();
+    let swarm = tokio::task::spawn_blocking(move || Swarm::up_with(2, labels, &[2], false)).await.unwrap();
     let gvisor = ISOLATED.replace(
         r#"max_classification = "OFFICIAL""#,
         "isolation = \"gvisor\"\nmax_classification = \"OFFICIAL-SENSITIVE\"",

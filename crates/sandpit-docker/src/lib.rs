@@ -71,6 +71,8 @@ pub struct DockerRuntime {
 
 struct Inner {
     host: Option<String>,
+    /// How to reach a `tcp://` host: TLS, verified both ways.
+    tls: Option<EngineTls>,
     /// This daemon's instance: in the labels of everything it makes.
     instance: String,
     sandboxes: SandboxDefaults,
@@ -96,6 +98,16 @@ struct Inner {
 }
 
 type IsolationState = (Vec<Level>, Vec<(Level, String)>);
+
+/// The files of a TLS connection to an engine's TCP endpoint: the CA its
+/// certificate must chain to, and the client certificate and key the
+/// daemon presents (the engine runs with `--tlsverify`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineTls {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
 
 /// What every sandbox container gets from the daemon's config.
 #[derive(Debug, Clone, Default)]
@@ -153,6 +165,7 @@ impl DockerRuntime {
         DockerRuntime {
             inner: Arc::new(Inner {
                 host,
+                tls: None,
                 instance: net.instance.clone(),
                 sandboxes,
                 timeout,
@@ -168,6 +181,13 @@ impl DockerRuntime {
                 building: tokio::sync::Mutex::default(),
             }),
         }
+    }
+
+    /// Reaches the engine's `tcp://` host over TLS with `tls`. Call before
+    /// the runtime is cloned or used.
+    pub fn with_tls(mut self, tls: EngineTls) -> DockerRuntime {
+        Arc::get_mut(&mut self.inner).expect("with_tls is called on a new runtime").tls = Some(tls);
+        self
     }
 
     /// Marks every subnet the engine already uses, once.
@@ -285,9 +305,17 @@ impl DockerRuntime {
         if let Some(d) = inner.client.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
             return Ok(d.clone());
         }
-        let mut d = match &inner.host {
-            Some(h) => Docker::connect_with_host(h),
-            None => Docker::connect_with_defaults(),
+        let mut d = match (&inner.host, &inner.tls) {
+            (Some(h), Some(t)) => Docker::connect_with_ssl(
+                h,
+                &t.key,
+                &t.cert,
+                &t.ca,
+                inner.timeout.as_secs().max(1),
+                bollard::API_DEFAULT_VERSION,
+            ),
+            (Some(h), None) => Docker::connect_with_host(h),
+            (None, _) => Docker::connect_with_defaults(),
         }
         .map_err(|e| Error::Unavailable(e.to_string()))?;
         d.set_timeout(inner.timeout);

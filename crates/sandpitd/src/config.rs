@@ -73,7 +73,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwarmConfig {
-    /// The engine address of a manager of the swarm (unix://...).
+    /// The engine address of a manager of the swarm: `unix://...`, or
+    /// `tcp://host:2376` with the `tls_*` files.
     pub manager: String,
     /// How long a sandbox's task may take to run before its create fails.
     #[serde(default = "SwarmConfig::default_start_timeout", deserialize_with = "de_duration")]
@@ -85,6 +86,26 @@ pub struct SwarmConfig {
     /// Each node's own engine, by its hostname in the swarm: exec, copies
     /// and port forwarding reach a sandbox through it.
     pub nodes: Vec<SwarmNodeConfig>,
+    /// For `tcp://` engines (manager and nodes): the CA their certificates
+    /// chain to, and the daemon's client certificate and key (PEM). The
+    /// engines must run with `--tlsverify`.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl SwarmConfig {
+    /// The TLS files for `tcp://` engines, when all three are given.
+    pub fn tls(&self) -> Option<sandpit_docker::EngineTls> {
+        Some(sandpit_docker::EngineTls {
+            ca: self.tls_ca.clone()?,
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
 }
 
 impl SwarmConfig {
@@ -101,7 +122,8 @@ impl SwarmConfig {
 pub struct SwarmNodeConfig {
     /// The node's hostname as `docker node ls` shows it.
     pub name: String,
-    /// Its engine's address (unix://...).
+    /// Its engine's address: `unix://...`, or `tcp://host:2376` with the
+    /// `[swarm] tls_*` files.
     pub host: String,
 }
 
@@ -773,15 +795,37 @@ impl Config {
 
     fn validate_swarm(&self) -> Result<(), String> {
         let Some(sw) = &self.swarm else { return Ok(()) };
-        // Only local sockets: an engine's TCP port without TLS is root on its
-        // host to anyone who reaches it, and TLS endpoints are not built yet.
-        let local = |h: &str| h.starts_with("unix:///");
-        if !local(&sw.manager) {
-            return Err(format!(
-                "swarm.manager: '{}' is not a unix:/// socket (TCP endpoints are not supported: forward the engine's socket)",
-                sw.manager
-            ));
+        // A local socket, or TCP with TLS verified both ways: an engine's
+        // TCP port without TLS is root on its host to anyone who reaches it.
+        let given = [("tls_ca", &sw.tls_ca), ("tls_cert", &sw.tls_cert), ("tls_key", &sw.tls_key)];
+        let some = given.iter().filter(|(_, p)| p.is_some()).count();
+        if some != 0 && some != 3 {
+            let missing: Vec<&str> = given.iter().filter(|(_, p)| p.is_none()).map(|(k, _)| *k).collect();
+            return Err(format!("swarm.{}: tls_ca, tls_cert and tls_key go together", missing[0]));
         }
+        for (key, path) in given {
+            if let Some(p) = path {
+                std::fs::metadata(p).map_err(|e| format!("swarm.{key}: {}: {e}", p.display()))?;
+            }
+        }
+        let endpoint = |key: String, h: &str| -> Result<(), String> {
+            if h.starts_with("unix:///") {
+                return Ok(());
+            }
+            if let Some(addr) = h.strip_prefix("tcp://") {
+                if addr.is_empty() || addr.contains('/') {
+                    return Err(format!("{key}: '{h}' is not tcp://HOST:PORT"));
+                }
+                if some == 0 {
+                    return Err(format!(
+                        "{key}: '{h}' needs swarm.tls_ca, tls_cert and tls_key (an engine's TCP port is only reached over TLS)"
+                    ));
+                }
+                return Ok(());
+            }
+            Err(format!("{key}: '{h}' is neither unix:///PATH nor tcp://HOST:PORT"))
+        };
+        endpoint("swarm.manager".into(), &sw.manager)?;
         if sw.nodes.is_empty() {
             return Err("swarm.nodes: at least one node's engine is needed".into());
         }
@@ -792,12 +836,7 @@ impl Config {
             if sw.nodes[..i].iter().any(|o| o.name == n.name) {
                 return Err(format!("swarm.nodes[{i}].name: '{}' is listed twice", n.name));
             }
-            if !local(&n.host) {
-                return Err(format!(
-                    "swarm.nodes[{i}].host: '{}' is not a unix:/// socket (TCP endpoints are not supported: forward the engine's socket)",
-                    n.host
-                ));
-            }
+            endpoint(format!("swarm.nodes[{i}].host"), &n.host)?;
         }
         for (key, d) in [("start_timeout", sw.start_timeout), ("node_check", sw.node_check)] {
             if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
@@ -1242,6 +1281,41 @@ mod tests {
             let e = Config::load_from(None, env(&vars)).unwrap_err().to_string();
             assert!(e.contains(key), "{vars:?}: {e}");
             assert!(!e.contains("secret"), "the password is not repeated: {e}");
+        }
+    }
+
+    #[test]
+    fn a_swarm_is_reached_by_local_sockets_or_by_tcp_with_tls_both_ways() {
+        assert!(Config::load_from(None, env(&[])).unwrap().swarm.is_none(), "one engine by default");
+        let pem = file("not checked here");
+        let p = pem.path().display().to_string();
+        let swarm = |manager: &str, node: &str, tls: &str| {
+            format!("[swarm]\nmanager = \"{manager}\"\n{tls}[[swarm.nodes]]\nname = \"n1\"\nhost = \"{node}\"\n")
+        };
+        let all = format!("tls_ca = \"{p}\"\ntls_cert = \"{p}\"\ntls_key = \"{p}\"\n");
+        let ok = file(&swarm("unix:///run/m.sock", "tcp://10.0.0.2:2376", &all));
+        let c = Config::load_from(Some(ok.path()), env(&[])).unwrap();
+        let sw = c.swarm.unwrap();
+        assert_eq!((sw.node_check, sw.start_timeout), (Duration::from_secs(1), Duration::from_secs(120)));
+        assert!(sw.tls().is_some());
+        for (body, key) in [
+            (swarm("tcp://10.0.0.1:2376", "unix:///run/n1.sock", ""), "swarm.manager"),
+            (swarm("unix:///run/m.sock", "tcp://10.0.0.2:2376", ""), "swarm.nodes[0].host"),
+            (swarm("unix:///run/m.sock", "http://10.0.0.2:2375", &all), "swarm.nodes[0].host"),
+            (swarm("unix:///run/m.sock", "unix:///run/n1.sock", &format!("tls_ca = \"{p}\"\n")), "swarm.tls_cert"),
+            (
+                swarm(
+                    "unix:///run/m.sock",
+                    "unix:///run/n1.sock",
+                    "tls_ca = \"/nonexistent\"\ntls_cert = \"/x\"\ntls_key = \"/y\"\n",
+                ),
+                "swarm.tls_ca",
+            ),
+            ("[swarm]\nmanager = \"unix:///run/m.sock\"\nnodes = []\n".to_string(), "swarm.nodes"),
+        ] {
+            let f = file(&body);
+            let e = Config::load_from(Some(f.path()), env(&[])).unwrap_err().to_string();
+            assert!(e.contains(key), "{body}: {e}");
         }
     }
 

@@ -192,9 +192,20 @@ async fn swarm_runtime(
     net: NetworkSettings,
     sandboxes: SandboxDefaults,
 ) -> Result<sandpit_docker::swarm::SwarmRuntime, StartError> {
+    let tls = sw.tls();
     let engine = |host: &str| {
         let net = NetworkSettings { pool: net.pool, egress_port: net.egress_port, instance: net.instance.clone() };
-        DockerRuntime::new(Some(host.to_string()), cfg.docker.timeout, cfg.docker.node.clone(), net, sandboxes.clone())
+        let rt = DockerRuntime::new(
+            Some(host.to_string()),
+            cfg.docker.timeout,
+            cfg.docker.node.clone(),
+            net,
+            sandboxes.clone(),
+        );
+        match &tls {
+            Some(t) if host.starts_with("tcp://") => rt.with_tls(t.clone()),
+            _ => rt,
+        }
     };
     let manager = engine(&sw.manager);
     if let Err(e) = manager.ping().await {
