@@ -140,7 +140,7 @@ all_names() {
 	{
 		local d
 		for d in "$RUN_BASE"/* "$LIB_BASE"/*; do
-			[ -d "$d" ] && basename "$d"
+			if [ -d "$d" ]; then basename "$d"; fi
 		done
 		ip netns list 2>/dev/null | sed -nE 's/^spsw-([a-z0-9]{1,8})-n[0-9]+( .*)?$/\1/p'
 		ip -o link show 2>/dev/null |
@@ -151,9 +151,9 @@ all_names() {
 				sed -nE 's/.*--comment "?sp-swarm-([a-z0-9]{1,8})"?( .*)?$/\1/p'
 		done
 		for d in "$CGROOT"/*/sp-swarm-*-n*; do
-			[ -d "$d" ] && basename "$d" | sed -nE 's/^sp-swarm-([a-z0-9]{1,8})-n[0-9]+$/\1/p'
+			if [ -d "$d" ]; then basename "$d" | sed -nE 's/^sp-swarm-([a-z0-9]{1,8})-n[0-9]+$/\1/p'; fi
 		done
-	} | grep -E '^[a-z0-9]{1,8}$' | sort -u
+	} | { grep -E '^[a-z0-9]{1,8}$' || true; } | sort -u
 }
 
 # Pids of processes that belong to this harness (or to node I if given):

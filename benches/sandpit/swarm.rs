@@ -8,11 +8,14 @@
 //! fail. Per swarm:
 //! - raw: `n_cold` sequential creates of an internal overlay and a service
 //!   of one task on it (the daemon's own recipe, through bollard: network
-//!   create, service create, task list polled every 50 ms until running),
-//!   then the same `n_burst` at a time 16 at once;
+//!   create, service create with the same CPU and memory limits and
+//!   reservations as Sandpit's profile of the phase, task list polled every
+//!   50 ms until running), then the same `n_burst` at a time 16 at once;
 //! - Sandpit (a `sandpitd` with `[swarm]`): `n_cold` sequential creates of
-//!   an isolated sandbox, `n_warm` claims each from a full warm pool, and a
-//!   burst of `n_burst` at 16 at once, with how the burst spread over the
+//!   an isolated sandbox (0.25 CPU), `n_warm` claims each from a full warm
+//!   pool, and a burst of `n_burst` at 16 at once (0.01 CPU each, so that
+//!   they fit on one node; a quota that small slows each start by about a
+//!   second, raw's too), with how the burst spread over the
 //!   nodes; then capacity: sandboxes reserving half a CPU each, created
 //!   until the swarm refuses one (`RESOURCE_EXHAUSTED`).
 //!
@@ -23,8 +26,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bollard::models::{
-    NetworkAttachmentConfig, NetworkCreateRequest, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec,
-    TaskSpecContainerSpec, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+    Limit, NetworkAttachmentConfig, NetworkCreateRequest, ResourceObject, ServiceSpec, ServiceSpecMode,
+    ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::Docker;
 use futures_util::{stream, StreamExt};
@@ -39,6 +43,12 @@ const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/swarm-harnes
 const SWARM_PROFILE: &str = "bench-swarm";
 const SWARM_WARM_PROFILE: &str = "bench-swarm-warm";
 const SWARM_BIG_PROFILE: &str = "bench-swarm-big";
+const SWARM_BURST_PROFILE: &str = "bench-swarm-burst";
+/// CPUs of the cold creates, as the one-engine benchmark's profile.
+const COLD_CPUS: f64 = 0.25;
+/// CPUs of the burst and the warm pool: small, so that 100 fit on one node
+/// (Swarm places by reservations: a node holds CPUs / cpus sandboxes).
+const BURST_CPUS: f64 = 0.01;
 /// CPUs each sandbox of the capacity check reserves.
 const BIG_CPUS: f64 = 0.5;
 
@@ -97,7 +107,7 @@ impl Drop for Swarm {
 
 /// An internal overlay and a service of one never-restarted task on it,
 /// until the task runs: the raw equivalent of one sandbox's create.
-async fn raw_create(d: &Docker, name: &str) -> Result<Duration> {
+async fn raw_create(d: &Docker, name: &str, cpus: f64) -> Result<Duration> {
     let t = Instant::now();
     let net = d
         .create_network(NetworkCreateRequest {
@@ -115,6 +125,22 @@ async fn raw_create(d: &Docker, name: &str) -> Result<Duration> {
                 command: Some(vec!["sleep".into(), "infinity".into()]),
                 read_only: Some(true),
                 init: Some(true),
+                ..Default::default()
+            }),
+            // The same limits and reservations as the Sandpit profile of
+            // the same phase: a small CPU quota slows a container's start
+            // (CFS throttles runc and the init), so both sides get the same.
+            resources: Some(TaskSpecResources {
+                limits: Some(Limit {
+                    nano_cpus: Some((cpus * 1e9) as i64),
+                    memory_bytes: Some(16 << 20),
+                    ..Default::default()
+                }),
+                reservations: Some(ResourceObject {
+                    nano_cpus: Some((cpus * 1e9) as i64),
+                    memory_bytes: Some(16 << 20),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             restart_policy: Some(TaskSpecRestartPolicy {
@@ -211,21 +237,19 @@ async fn on_swarm(ctx: &Ctx, nodes: usize, n_cold: usize, n_warm: usize, n_burst
     let mut raw_cold = Vec::new();
     for i in 0..n_cold {
         let name = format!("rawbench-{}-{i}", swarm.name);
-        raw_cold.push(raw_create(&d, &name).await?);
+        raw_cold.push(raw_create(&d, &name, COLD_CPUS).await?);
         raw_remove(&d, &name).await;
     }
     let names: Vec<String> = (0..n_burst).map(|i| format!("rawburst-{}-{i}", swarm.name)).collect();
     let t = Instant::now();
     let raw_burst: Vec<Result<Duration>> =
-        stream::iter(names.iter()).map(|n| raw_create(&d, n)).buffer_unordered(CONCURRENCY).collect().await;
+        stream::iter(names.iter()).map(|n| raw_create(&d, n, BURST_CPUS)).buffer_unordered(CONCURRENCY).collect().await;
     let raw_wall = t.elapsed();
     stream::iter(names.iter()).for_each_concurrent(CONCURRENCY, |n| raw_remove(&d, n)).await;
     let raw_ok: Vec<Duration> = raw_burst.into_iter().filter_map(|r| r.ok()).collect();
 
     // Sandpit: a daemon on this swarm with an isolated profile and a warm pool of it.
     let mut daemon = Daemon::prepare_with(&ctx.run, 0, &swarm.config())?;
-    // Small reservations, so that the burst fits on one node too (Swarm
-    // places by reservations: a node's CPUs hold CPUs / cpus sandboxes).
     let profile = |pool: usize, cpus: f64| {
         format!(
             "description = \"benchmark on a swarm\"\nmax_classification = \"OFFICIAL\"\nimages = [\"{IMAGE}\"]\n\
@@ -234,8 +258,12 @@ async fn on_swarm(ctx: &Ctx, nodes: usize, n_cold: usize, n_warm: usize, n_burst
              [network]\nmode = \"isolated\"\n"
         )
     };
-    std::fs::write(daemon.profiles_dir().join(format!("{SWARM_PROFILE}.toml")), profile(0, 0.01))?;
-    std::fs::write(daemon.profiles_dir().join(format!("{SWARM_WARM_PROFILE}.toml")), profile(n_warm.min(5), 0.01))?;
+    std::fs::write(daemon.profiles_dir().join(format!("{SWARM_PROFILE}.toml")), profile(0, COLD_CPUS))?;
+    std::fs::write(daemon.profiles_dir().join(format!("{SWARM_BURST_PROFILE}.toml")), profile(0, BURST_CPUS))?;
+    std::fs::write(
+        daemon.profiles_dir().join(format!("{SWARM_WARM_PROFILE}.toml")),
+        profile(n_warm.min(5), BURST_CPUS),
+    )?;
     std::fs::write(daemon.profiles_dir().join(format!("{SWARM_BIG_PROFILE}.toml")), profile(0, BIG_CPUS))?;
     daemon.start().await?;
     let experiment = daemon.new_experiment().await?;
@@ -271,7 +299,7 @@ async fn on_swarm(ctx: &Ctx, nodes: usize, n_cold: usize, n_warm: usize, n_burst
     wait_full(&mut profiles, pool).await?;
     let t = Instant::now();
     let burst: Vec<_> = stream::iter(0..n_burst)
-        .map(|_| create(&client, &experiment, SWARM_PROFILE))
+        .map(|_| create(&client, &experiment, SWARM_BURST_PROFILE))
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await;
