@@ -13,8 +13,9 @@
 //!   `sandpit.isolation.<level>=true`, as constraints Swarm enforces; the
 //!   node watcher stops (and reports lost) a sandbox whose node loses them.
 //! - Node loss: the watcher reads the manager's node list every
-//!   `node_check`; tasks of this instance on a node that is not ready are
-//!   reported [`RuntimeEvent::Lost`].
+//!   `node_check`; tasks of this instance on a node Swarm marks `down`
+//!   (or that left the swarm) are reported [`RuntimeEvent::Lost`]. A node
+//!   `unknown` (as all are just after a manager restarts) is not a loss.
 //! - gVisor: a service cannot name a runtime, so gVisor sandboxes go to
 //!   nodes labelled `sandpit.isolation.gvisor=true` whose engine's default
 //!   runtime is runsc, checked at every refresh and after each placement.
@@ -83,6 +84,10 @@ pub struct SwarmTimings {
 struct NodeView {
     hostname: String,
     ready: bool,
+    /// Swarm has marked it down (missed heartbeats, or it left). Not the
+    /// same as not ready: `unknown` (e.g. just after a manager restart,
+    /// until the node's next heartbeat) and `disconnected` are not losses.
+    down: bool,
     state: String,
     labels: HashMap<String, String>,
 }
@@ -233,6 +238,7 @@ impl SwarmRuntime {
                 NodeView {
                     hostname,
                     ready: state == NodeState::READY,
+                    down: state == NodeState::DOWN,
                     state: format!("{state}{}", status.message.map(|m| format!(" ({m})")).unwrap_or_default()),
                     labels: n.spec.and_then(|s| s.labels).unwrap_or_default(),
                 },
@@ -627,7 +633,7 @@ impl SwarmRuntime {
         }
     }
 
-    /// Reports lost sandboxes: those on nodes that are not ready (or gone
+    /// Reports lost sandboxes: those on nodes Swarm marks down (or gone
     /// from the swarm), and those on nodes that no longer carry their
     /// placement labels (stopped first). Each task once.
     /// Placement is read only when `placement` (every few checks); the
@@ -639,7 +645,7 @@ impl SwarmRuntime {
         placement: bool,
     ) -> Result<Vec<RuntimeEvent>> {
         let nodes = self.nodes(d).await?;
-        if !placement && nodes.values().all(|n| n.ready) {
+        if !placement && nodes.values().all(|n| !n.down) {
             return Ok(Vec::new());
         }
         // Every task: Swarm sets a task's desired state to shutdown when
@@ -656,7 +662,9 @@ impl SwarmRuntime {
             let Some(node_id) = t.node_id.as_deref().filter(|n| !n.is_empty()) else { continue };
             let reason = match nodes.get(node_id) {
                 None => format!("its node {node_id} left the swarm"),
-                Some(n) if !n.ready => format!("its node {} is {}", n.hostname, n.state),
+                Some(n) if n.down => format!("its node {} is {}", n.hostname, n.state),
+                // Unknown or disconnected: not known to be lost yet.
+                Some(n) if !n.ready => continue,
                 Some(n) if placement && task_state(&t) == TaskState::RUNNING => {
                     let Some(record) = self.placement_of(&t) else { continue };
                     if n.has(&record.0) && n.has(&record.1) {
@@ -892,7 +900,7 @@ impl Runtime for SwarmRuntime {
         let Some(task) = self.task_of(&d, &sb.id).await? else { return Ok(None) };
         let nodes = self.nodes(&d).await?;
         let node = task.node_id.as_deref().and_then(|id| nodes.get(id));
-        if !node.is_some_and(|n| n.ready) {
+        if node.is_none_or(|n| n.down) {
             // Gone with its node.
             return Ok(None);
         }
@@ -931,8 +939,8 @@ impl Runtime for SwarmRuntime {
             let (Some(id), Some(spec)) = (s.id, s.spec) else { continue };
             let task = newest(by_service.remove(&id).unwrap_or_default());
             let running = task.as_ref().is_some_and(|t| {
-                let ready = t.node_id.as_deref().and_then(|n| nodes.get(n)).is_some_and(|n| n.ready);
-                ready && (task_state(t) == TaskState::RUNNING || on_its_way(task_state(t)))
+                let up = t.node_id.as_deref().and_then(|n| nodes.get(n)).is_some_and(|n| !n.down);
+                up && (task_state(t) == TaskState::RUNNING || on_its_way(task_state(t)))
             });
             out.push(Owned {
                 kind: OwnedKind::Sandbox,
@@ -1048,6 +1056,7 @@ mod tests {
         let node = |labels: &[(&str, &str)]| NodeView {
             hostname: "n1".into(),
             ready: true,
+            down: false,
             state: "ready".into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
