@@ -278,7 +278,6 @@ async fn on_node(swarm: &Swarm, sb: &proto::Sandbox) -> bool {
 async fn sandboxes_spread_over_a_three_node_swarm_only_onto_accredited_nodes() {
     // The daemon reaches every engine over TCP, with TLS verified both ways.
     let swarm = tokio::task::spawn_blocking(|| Swarm::up_with(3, ACCREDITED, &[], true)).await.unwrap();
-    assert!(swarm.config("1s").contains("tcp://"));
     let d = on_swarm(&swarm, "500ms").await;
     let mut c = d.client(TEAM_A).await;
 

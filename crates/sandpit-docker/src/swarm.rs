@@ -176,6 +176,17 @@ fn bollard_time(t: Option<&bollard::models::BollardDate>) -> SystemTime {
     t.and_then(|d| sandpit_core::time::parse_rfc3339(&d.to_string())).unwrap_or(UNIX_EPOCH)
 }
 
+/// Why node `n` may no longer run task `t`: a node label its placement
+/// constraints ([`constraints`]) need that the node lacks; `None` when it
+/// has them all.
+fn misplaced(t: &Task, n: &NodeView) -> Option<String> {
+    let constraints = t.spec.as_ref()?.placement.as_ref()?.constraints.as_ref()?;
+    let needed: Vec<&str> =
+        constraints.iter().filter_map(|c| c.strip_prefix("node.labels.")?.strip_suffix("==true")).collect();
+    let lacking: Vec<String> = needed.iter().filter(|l| !n.has(l)).map(|l| format!("{l}=true")).collect();
+    (!lacking.is_empty()).then(|| format!("its node {} is no longer labelled {}", n.hostname, lacking.join(" and ")))
+}
+
 /// The newest task of a service's tasks.
 fn newest(mut tasks: Vec<Task>) -> Option<Task> {
     tasks.sort_by_key(|t| bollard_time(t.created_at.as_ref()));
@@ -666,18 +677,12 @@ impl SwarmRuntime {
                 // Unknown or disconnected: not known to be lost yet.
                 Some(n) if !n.ready => continue,
                 Some(n) if placement && task_state(&t) == TaskState::RUNNING => {
-                    let Some(record) = self.placement_of(&t) else { continue };
-                    if n.has(&record.0) && n.has(&record.1) {
-                        continue;
-                    }
+                    let Some(why) = misplaced(&t, n) else { continue };
                     // Stop it where it runs before it is reported.
                     if let (Ok(rt), Some(c)) = (self.endpoint(&n.hostname), task_container(&t)) {
                         rt.kill_container(&c).await?;
                     }
-                    format!(
-                        "its node {} is no longer labelled {}=true and {}=true: stopped",
-                        n.hostname, record.0, record.1
-                    )
+                    format!("{why}: stopped")
                 }
                 Some(_) => continue,
             };
@@ -699,26 +704,16 @@ impl SwarmRuntime {
         }
         let node = task.node_id.as_deref().unwrap_or_default();
         let nodes = self.nodes(&d).await.ok()?;
-        let reason = match (nodes.get(node), self.placement_of(&task)) {
-            (Some(n), Some((a, b))) if !(n.has(&a) && n.has(&b)) => {
-                format!("Swarm stopped it: its node {} is no longer labelled {a}=true and {b}=true", n.hostname)
-            }
-            (n, _) => {
+        let n = nodes.get(node);
+        let reason = match n.and_then(|n| misplaced(&task, n)) {
+            Some(why) => format!("Swarm stopped it: {why}"),
+            None => {
                 let said = task.status.as_ref().and_then(|s| s.err.clone().or(s.message.clone())).unwrap_or_default();
                 let host = n.map_or(node, |n| n.hostname.as_str());
                 format!("Swarm shut its task down on node {host} ({said})")
             }
         };
         Some(RuntimeEvent::Lost { sandbox_id: sandbox_id.to_string(), reason })
-    }
-
-    /// The two node labels a task's sandbox needs, from its own labels.
-    fn placement_of(&self, t: &Task) -> Option<(String, String)> {
-        let constraints = t.spec.as_ref()?.placement.as_ref()?.constraints.as_ref()?;
-        let mut labels = constraints
-            .iter()
-            .filter_map(|c| c.strip_prefix("node.labels.")?.strip_suffix("==true").map(str::to_string));
-        Some((labels.next()?, labels.next()?))
     }
 
     /// Container events of every node, kept followed (a node that goes
@@ -1073,5 +1068,20 @@ mod tests {
             ("sandpit.isolation.container", "true")
         ])
         .accredits(&sb));
+        // A running task is misplaced once its node lacks a label it needs, and says which.
+        let task = Task {
+            spec: Some(TaskSpec {
+                placement: Some(TaskSpecPlacement { constraints: Some(constraints(&sb)), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let full =
+            node(&[("sandpit.classification.OFFICIAL-SENSITIVE", "true"), ("sandpit.isolation.container", "true")]);
+        assert_eq!(misplaced(&task, &full), None);
+        assert_eq!(
+            misplaced(&task, &node(&[("sandpit.isolation.container", "true")])).as_deref(),
+            Some("its node n1 is no longer labelled sandpit.classification.OFFICIAL-SENSITIVE=true")
+        );
     }
 }
