@@ -363,6 +363,12 @@ impl Manager {
             return Ok(false);
         }
         if sb.state == SandboxState::Warm {
+            // Without an event's exit code (reconcile's listing), asked of
+            // the runtime first, as for a running one: a listing taken as
+            // the container started or under load must not fail a live one.
+            if exit_code.is_none() && self.runtime.status(&sb).await?.is_some_and(|s| s.running) {
+                return Ok(false);
+            }
             // A warm sandbox that died is no use to anyone: never hand it out.
             drop(guard);
             let reason = "warm sandbox's main process ended before it was claimed";
