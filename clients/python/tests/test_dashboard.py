@@ -56,13 +56,23 @@ def _shot(driver, name: str) -> None:
 
 
 def _click_and_load(driver, element) -> None:
-    """Clicks `element` and waits for the page it leads to (a click does not wait)."""
-    from selenium.webdriver.support import expected_conditions as ec
+    """Clicks `element` and waits for the page it leads to (a click does not wait).
+
+    The old page is marked before the click and the wait is for a complete
+    document without the mark. Selenium's `staleness_of` asks the old element
+    and chromedriver can answer that with "Node with given id does not belong
+    to the document" (not a stale-element error) while the page is swapped,
+    which failed CI once; questions asked mid-navigation are retried."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    driver.execute_script("window.__sandpitOldPage = true")
     element.click()
-    WebDriverWait(driver, 20).until(ec.staleness_of(element))
-    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(driver, 20, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script(
+            "return window.__sandpitOldPage === undefined && document.readyState === 'complete'"
+        )
+    )
 
 
 def _sign_in(driver, base: str, token: str) -> None:
