@@ -6,8 +6,9 @@
 //!
 //! Nodes (but in the gVisor test): n1 is the manager and accredited for
 //! nothing; n2 for OFFICIAL; n3 for OFFICIAL and OFFICIAL-SENSITIVE. All run
-//! `container` isolation. A swarm gives the `isolated` network mode only:
-//! every sandbox here is isolated.
+//! `container` isolation. A swarm gives the `isolated` network mode, and
+//! `allowlist` through a relay per sandbox when the daemon is given
+//! `egress_address`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,6 +29,8 @@ const RUN_DIR: &str = "/run/sp-swarm";
 /// One node of a [`Swarm`].
 pub struct Node {
     pub socket: PathBuf,
+    /// Its id in the swarm.
+    pub id: String,
     pub hostname: String,
     pub address: String,
 }
@@ -95,6 +98,7 @@ impl Swarm {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 (f.len() == 6 && f[0] == "node").then(|| Node {
                     socket: PathBuf::from(f[2]),
+                    id: f[3].to_string(),
                     hostname: f[4].to_string(),
                     address: f[5].to_string(),
                 })
@@ -591,5 +595,183 @@ async fn gvisor_sandboxes_run_only_on_nodes_that_give_gvisor() {
     assert!(e.message().contains("not runsc"), "{}", e.message());
     let services = swarm.services().await;
     assert_eq!(services.len(), 2, "nothing of the refused create is left: {services:?}");
+    verify(&d).await;
+}
+
+/// A free TCP port on this host (bound, then let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Sends `head` to the daemon's egress proxy from this host (an address in
+/// the relay sources), after `handshake`; everything it answers.
+async fn from_host(proxy: &str, handshake: &str, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy).await.expect("connect to the proxy");
+    s.write_all(format!("{handshake}{head}").as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// The token an allowlist sandbox's relay service holds.
+async fn relay_token(swarm: &Swarm, id: &str) -> String {
+    let s = swarm.docker(1).inspect_service(&format!("sandpit-{id}-relay"), None).await.expect("the relay's service");
+    let env = s.spec.unwrap().task_template.unwrap().container_spec.unwrap().env.unwrap_or_default();
+    env.iter().find_map(|e| e.strip_prefix("SANDPIT_RELAY_TOKEN=")).expect("the relay's token").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowlist_sandboxes_on_a_swarm_reach_listed_destinations_through_a_relay_of_their_own_and_nothing_else() {
+    use crate::network::{greeter, via_proxy};
+    let swarm = tokio::task::spawn_blocking(|| Swarm::up(3, ACCREDITED)).await.unwrap();
+    let allowed = greeter().await;
+    let other = greeter().await;
+    // The host as the nodes reach it, and the nodes' network (whence relays connect).
+    let (net, _) = swarm.nodes[0].address.rsplit_once('.').unwrap();
+    let host = format!("{net}.1");
+    let egress_port = free_port();
+    let config = swarm.config("500ms").replacen(
+        "[swarm]\n",
+        &format!("[swarm]\negress_address = \"{host}\"\negress_sources = [\"{net}.0/24\"]\n"),
+        1,
+    );
+    let allowlist = ISOLATED.replace(
+        "mode = \"isolated\"",
+        &format!(
+            "mode = \"allowlist\"\n[[network.allow]]\nhost = \"127.0.0.1\"\nport = {allowed}\nresidency = \"UK\"\n"
+        ),
+    );
+    let mut d = Daemon::with(Options {
+        extra_config: config,
+        profiles: vec![("allow".into(), allowlist), ("isolated".into(), ISOLATED.into())],
+        network: Some((230, egress_port)),
+        ..Options::default()
+    })
+    .await;
+    let mut c = d.client(TEAM_A).await;
+    let req = proto::CreateSandboxRequest { profile: "allow".into(), ..create_req(&d.exp_a, 300) };
+    let a = c.create_sandbox(req.clone()).await.expect("an allowlist create on the swarm").into_inner();
+    let b = c.create_sandbox(req.clone()).await.unwrap().into_inner();
+    let iso = create_isolated(&mut c, &d, 300).await;
+    assert_eq!(a.network_mode, "allowlist");
+    let services = swarm.services().await;
+    for sb in [&a, &b] {
+        assert!(services.contains(&format!("sandpit-{}-relay", sb.id)), "a relay each: {services:?}");
+    }
+
+    // Its proxy is its relay, on its own overlay.
+    let (proxy_env, _, _) = exec(&mut c, &a.id, &["sh", "-c", "echo $HTTP_PROXY"]).await;
+    let relay_addr =
+        proxy_env.trim().strip_prefix("http://").and_then(|p| p.strip_suffix(":3128")).unwrap().to_string();
+    let a_net = a.address.rsplit_once('.').unwrap().0;
+    assert!(relay_addr.starts_with(&format!("{a_net}.")), "relay {relay_addr} on A's overlay ({})", a.address);
+
+    // Through the relay: the listed destination, and nothing else.
+    let connect =
+        |host: &str, port: u16| format!("CONNECT {host}:{port} HTTP/1.1\\r\\nHost: {host}:{port}\\r\\n\\r\\n");
+    let out = via_proxy(&mut c, &a.id, &connect("127.0.0.1", allowed)).await;
+    assert!(out.starts_with("HTTP/1.1 200") && out.contains("hello"), "allowed through the relay: {out:?}");
+    for (h, port) in [("127.0.0.1", other), ("10.0.0.1", allowed), ("localhost", allowed)] {
+        let out = via_proxy(&mut c, &a.id, &connect(h, port)).await;
+        assert!(out.starts_with("HTTP/1.1 403") && !out.contains("hello"), "{h}:{port} refused: {out:?}");
+    }
+    let out = via_proxy(&mut c, &b.id, &connect("127.0.0.1", allowed)).await;
+    assert!(out.contains("hello"), "B through its own relay: {out:?}");
+
+    // Around the relay: not the host, its proxy, the nodes, B's relay or B.
+    let (b_relay, _, _) = exec(&mut c, &b.id, &["sh", "-c", "echo $HTTP_PROXY"]).await;
+    let b_relay = b_relay.trim().strip_prefix("http://").and_then(|p| p.strip_suffix(":3128")).unwrap().to_string();
+    for (addr, port) in [
+        (host.as_str(), allowed),
+        (host.as_str(), egress_port),
+        (swarm.nodes[1].address.as_str(), 7946),
+        (b_relay.as_str(), 3128),
+        (b.address.as_str(), 3128),
+    ] {
+        let (out, _, _) = exec(
+            &mut c,
+            &a.id,
+            &["sh", "-c", &format!("busybox timeout 3 busybox nc {addr} {port} </dev/null; echo rc=$?")],
+        )
+        .await;
+        assert!(!out.contains("rc=0"), "A connected to {addr}:{port}: {out}");
+    }
+    // An isolated sandbox on the same swarm gets no relay and no proxy.
+    let (out, _, _) = exec(&mut c, &iso.id, &["sh", "-c", "echo proxy=$HTTP_PROXY"]).await;
+    assert_eq!(out.trim(), "proxy=");
+    assert!(!swarm.services().await.contains(&format!("sandpit-{}-relay", iso.id)));
+
+    // The proxy knows a relay by its token alone: a wrong one, none, or a
+    // stranger's bytes are closed unanswered; A's own token is A.
+    let proxy = format!("{host}:{egress_port}");
+    let head = "CONNECT 127.0.0.1:{allowed} HTTP/1.1\r\n\r\n".replace("{allowed}", &allowed.to_string());
+    let token = relay_token(&swarm, &a.id).await;
+    for handshake in ["SANDPIT-RELAY 0000\n".to_string(), String::new(), format!("SANDPIT-RELAY {token}x\n")] {
+        let out = from_host(&proxy, &handshake, &head).await;
+        assert!(out.is_empty(), "{handshake:?} got an answer: {out:?}");
+    }
+    let out = from_host(&proxy, &format!("SANDPIT-RELAY {token}\n"), &head).await;
+    assert!(out.starts_with("HTTP/1.1 200") && out.contains("hello"), "A's token is A: {out:?}");
+
+    // Every decision is on record with A, from its relay's node.
+    let q = proto::QueryAuditLogRequest { sandbox: a.id.clone(), action: "egress".into(), ..Default::default() };
+    let events = d.audit(AUDITOR).await.query_audit_log(q).await.unwrap().into_inner().events;
+    let allowed_events = events.iter().filter(|e| e.outcome == "succeeded").count();
+    let denied_events = events.iter().filter(|e| e.outcome == "denied").count();
+    assert_eq!((allowed_events, denied_events), (2, 3), "{events:#?}");
+    assert!(events.iter().all(|e| e.experiment == d.exp_a && e.source.starts_with(&format!("{net}."))), "{events:#?}");
+
+    // A restart: the daemon knows A's relay again from A's record.
+    d.kill9();
+    d.spawn().await;
+    let mut c = d.client(TEAM_A).await;
+    let out = via_proxy(&mut c, &a.id, &connect("127.0.0.1", allowed)).await;
+    assert!(out.contains("hello"), "A's egress after the restart: {out:?}");
+
+    // A delete takes the relay with it; its token opens nothing any more.
+    c.delete_sandbox(proto::DeleteSandboxRequest { id: a.id.clone() }).await.unwrap();
+    assert!(!swarm.services().await.contains(&format!("sandpit-{}-relay", a.id)));
+    let out = from_host(&proxy, &format!("SANDPIT-RELAY {token}\n"), &head).await;
+    assert!(out.is_empty(), "a deleted sandbox's token: {out:?}");
+
+    // B's relay ends (it is never restarted: a new task would have a new
+    // address): B has no way out, and is recorded lost, saying why.
+    let relay = swarm.docker(1).list_tasks(None::<bollard::query_parameters::ListTasksOptions>).await.unwrap();
+    let relay = relay
+        .into_iter()
+        .find(|t| {
+            let labels = t.spec.as_ref().and_then(|s| s.container_spec.as_ref()).and_then(|c| c.labels.as_ref());
+            labels.and_then(|l| l.get("sandpit.relay-for")) == Some(&b.id)
+                && t.status.as_ref().and_then(|s| s.state) == Some(bollard::models::TaskState::RUNNING)
+        })
+        .expect("B's relay task");
+    let node = swarm.nodes.iter().position(|n| relay.node_id.as_deref() == Some(n.id.as_str())).unwrap() + 1;
+    let container = relay.status.unwrap().container_status.unwrap().container_id.unwrap();
+    swarm
+        .docker(node)
+        .kill_container(&container, None::<bollard::query_parameters::KillContainerOptions>)
+        .await
+        .unwrap();
+    let lost = eventually(Duration::from_secs(30), "B to be recorded lost", || {
+        let mut c = c.clone();
+        let id = b.id.clone();
+        async move { Some(get(&mut c, &id).await).filter(|s| state(s) == SandboxState::Lost) }
+    })
+    .await;
+    assert!(lost.state_reason.contains("egress relay ended"), "{}", lost.state_reason);
+    for sb in [&b, &iso] {
+        c.delete_sandbox(proto::DeleteSandboxRequest { id: sb.id.clone() }).await.unwrap();
+    }
+    eventually(Duration::from_secs(30), "every service and sandbox overlay to go", || async {
+        let nets = swarm.docker(1).list_networks(None::<bollard::query_parameters::ListNetworksOptions>).await.unwrap();
+        let left = nets
+            .iter()
+            .filter_map(|n| n.name.as_deref())
+            .filter(|n| n.starts_with("sandpit-") && !n.starts_with("sandpit-egress-"))
+            .count();
+        (swarm.services().await.is_empty() && left == 0).then_some(())
+    })
+    .await;
     verify(&d).await;
 }

@@ -32,6 +32,13 @@ pub trait Policy: Send + Sync + 'static {
     ///
     /// Called on the accept loop for every connection: it must be quick.
     fn lookup(&self, source: IpAddr) -> Option<(String, Vec<Destination>)>;
+    /// The sandbox whose egress relay presents a token with this SHA-256
+    /// (hex), and its allowed destinations; None when no allowlist sandbox
+    /// has it. Asked only for connections from the configured relay
+    /// sources (a swarm's nodes), after their relay handshake.
+    fn lookup_relay(&self, _token_sha256: &str) -> Option<(String, Vec<Destination>)> {
+        None
+    }
     /// Called once for every decision about an allowlist sandbox's request,
     /// allowed or denied (the daemon audits it). Strangers get no decision.
     ///

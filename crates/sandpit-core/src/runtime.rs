@@ -31,6 +31,12 @@ pub struct NetworkInfo {
     pub gateway: Ipv4Addr,
     /// The sandbox's own address.
     pub address: Ipv4Addr,
+    /// Where the egress proxy cannot know the sandbox by its address (on a
+    /// swarm, its traffic reaches the proxy through a relay of its own):
+    /// the SHA-256 (hex) of the token its relay presents. Only the hash is
+    /// kept; the token itself lives in the relay's service alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_key: Option<String>,
 }
 
 /// What [`Runtime::provision`] made.

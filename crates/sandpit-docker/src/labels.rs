@@ -18,6 +18,12 @@ pub const CLASSIFICATION: &str = "sandpit.classification";
 /// Expiry at creation (RFC 3339); the store holds later extensions.
 pub const EXPIRES_AT: &str = "sandpit.expires-at";
 pub const NODE: &str = "sandpit.node";
+/// On a swarm, an allowlist sandbox's egress relay (service and container)
+/// carries its sandbox's id under this label, and not [`SANDBOX`]: it is
+/// no sandbox, and goes with its sandbox's overlay.
+pub const RELAY_FOR: &str = "sandpit.relay-for";
+/// The swarm's egress network that relays reach the daemon's proxy by.
+pub const EGRESS_NETWORK: &str = "sandpit.egress-network";
 
 /// The labels that select everything one daemon instance manages.
 pub fn selector(instance: &str) -> HashMap<String, String> {

@@ -152,6 +152,12 @@ const SUBNET_TRIES: usize = 8;
 /// engines leaked DNS from internal networks, CVE-2024-29018).
 const BLACKHOLE_DNS: &str = "127.0.0.1";
 
+/// The environment that points an allowlist sandbox's HTTP clients at its
+/// way out (the proxy on its gateway, or its relay on a swarm).
+fn proxy_env(url: &str) -> impl Iterator<Item = String> + '_ {
+    ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"].into_iter().map(move |k| format!("{k}={url}"))
+}
+
 impl DockerRuntime {
     /// `host`: e.g. `unix:///var/run/docker.sock`; `None` uses DOCKER_HOST or the local socket.
     pub fn new(
@@ -270,6 +276,7 @@ impl DockerRuntime {
                 subnet: subnet.cidr(),
                 gateway: subnet.gateway(),
                 address: subnet.sandbox(),
+                egress_key: None,
             });
         }
         Err(Error::Unavailable("no free subnet found that the engine accepts".into()))
@@ -851,10 +858,7 @@ pub fn create_body(
     };
     let mut env = spec.env.clone();
     if let (Some(n), Some(true)) = (network, spec.network.as_ref().map(|r| r.egress)) {
-        let proxy = format!("http://{}:{egress_port}", n.gateway);
-        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-            env.push(format!("{k}={proxy}"));
-        }
+        env.extend(proxy_env(&format!("http://{}:{egress_port}", n.gateway)));
     }
     let networking_config = network.map(|n| NetworkingConfig {
         endpoints_config: Some(HashMap::from([(

@@ -8,6 +8,13 @@
 //!   copies, port forwarding, kills and exit codes go there, each through a
 //!   [`DockerRuntime`] of that node, exactly as on one host.
 //! - Isolated sandboxes get an internal overlay network of their own.
+//! - Allowlist sandboxes too, and a relay of their own on it
+//!   (`sandpit-<id>-relay`, the helper's `relay`): a service on that
+//!   overlay and on the swarm's egress network, which takes the sandbox's
+//!   proxy connections to the daemon's egress proxy with a token only that
+//!   relay holds (the proxy knows the sandbox by the token's hash, kept in
+//!   the sandbox's record). The sandbox reaches nothing else: its overlay
+//!   is internal, and its relay is the only other thing on it.
 //! - Placement: a node runs a sandbox only if it carries the labels
 //!   `sandpit.classification.<CLASSIFICATION>=true` and
 //!   `sandpit.isolation.<level>=true`, as constraints Swarm enforces; the
@@ -20,7 +27,7 @@
 //!   nodes labelled `sandpit.isolation.gvisor=true` whose engine's default
 //!   runtime is runsc, checked at every refresh and after each placement.
 //! - What a Swarm service cannot be asked for on engine API 1.41
-//!   (no-new-privileges, memory+swap, the network modes but `isolated`) is
+//!   (no-new-privileges, memory+swap, the network modes `none` and `open`) is
 //!   either closed another way (the helper sets no_new_privs on every
 //!   process it starts) or refused ([`Capabilities`]); the README has the
 //!   table.
@@ -31,10 +38,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bollard::models::{
-    Limit, Mount as DockerMount, MountTmpfsOptions, MountType as MountTypeEnum, NetworkAttachmentConfig,
-    NetworkCreateRequest, NodeState, ResourceObject, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, Task,
-    TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecDnsConfig, TaskSpecLogDriver, TaskSpecPlacement,
-    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+    EndpointSpec, EndpointSpecModeEnum, Limit, Mount as DockerMount, MountTmpfsOptions, MountType as MountTypeEnum,
+    NetworkAttachmentConfig, NetworkCreateRequest, NodeState, ResourceObject, ServiceSpec, ServiceSpecMode,
+    ServiceSpecModeReplicated, Task, TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecDnsConfig,
+    TaskSpecLogDriver, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
+    TaskState,
 };
 use bollard::query_parameters::{ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder};
 use bollard::Docker;
@@ -124,6 +132,25 @@ struct Inner {
     /// Nodes labelled for gVisor whose engine's default runtime is runsc,
     /// as of the last refresh; empty: gVisor unavailable.
     gvisor_nodes: RwLock<Vec<String>>,
+    /// The daemon's egress proxy as the nodes reach it; `None`: allowlist
+    /// sandboxes are refused.
+    egress: Option<std::net::SocketAddr>,
+    /// Held while the swarm's egress network is looked up or made.
+    egress_network: tokio::sync::Mutex<()>,
+}
+
+/// The port an allowlist sandbox's relay listens on, on its overlay.
+pub const RELAY_PORT: u16 = 3128;
+
+/// The service of an allowlist sandbox's egress relay.
+pub fn relay_name(id: &str) -> String {
+    format!("{}-relay", container_name(id))
+}
+
+/// The swarm's egress network of a daemon instance: relays reach the
+/// daemon's proxy through it (an overlay that is not internal).
+pub fn egress_network_name(instance: &str) -> String {
+    format!("sandpit-egress-{}", &instance[..instance.len().min(12)])
 }
 
 /// Why gVisor cannot be had when no node gives it.
@@ -140,6 +167,37 @@ const FULL_GRACE: Duration = Duration::from_secs(2);
 /// The node watcher reads placement (every task and its node's labels)
 /// once in this many node checks.
 const PLACEMENT_EVERY: u64 = 5;
+
+/// A relay's limits: it only copies bytes. Its threads are pids (two per
+/// connection, at most 128 connections).
+const RELAY_CPUS: i64 = 250_000_000;
+const RELAY_MEMORY: i64 = 64 << 20;
+const RELAY_PIDS: i64 = 512;
+
+fn log_driver() -> TaskSpecLogDriver {
+    TaskSpecLogDriver {
+        name: Some("json-file".into()),
+        options: Some(HashMap::from([
+            ("max-size".to_string(), crate::LOG_MAX_SIZE.to_string()),
+            ("max-file".to_string(), "1".to_string()),
+        ])),
+    }
+}
+
+/// `source` on the node, read-only at `target`.
+fn bind(source: &std::path::Path, target: &str) -> DockerMount {
+    DockerMount {
+        target: Some(target.to_string()),
+        source: Some(source.display().to_string()),
+        typ: Some(MountTypeEnum::BIND),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+fn one_replica() -> ServiceSpecMode {
+    ServiceSpecMode { replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }), ..Default::default() }
+}
 
 /// The engine states of a task that can still become running.
 fn on_its_way(state: TaskState) -> bool {
@@ -166,6 +224,11 @@ fn task_container(t: &Task) -> Option<String> {
 
 fn task_sandbox(t: &Task) -> Option<String> {
     t.spec.as_ref()?.container_spec.as_ref()?.labels.as_ref()?.get(labels::SANDBOX).cloned()
+}
+
+/// The sandbox whose egress relay task `t` is.
+fn task_relay(t: &Task) -> Option<String> {
+    t.spec.as_ref()?.container_spec.as_ref()?.labels.as_ref()?.get(labels::RELAY_FOR).cloned()
 }
 
 fn task_instance(t: &Task) -> Option<&str> {
@@ -220,8 +283,17 @@ impl SwarmRuntime {
                 timings,
                 names: RwLock::default(),
                 gvisor_nodes: RwLock::default(),
+                egress: None,
+                egress_network: tokio::sync::Mutex::new(()),
             }),
         })
+    }
+
+    /// Allowlist sandboxes get a relay to the daemon's egress proxy at
+    /// `proxy` (as the nodes reach it); `None` refuses them.
+    pub fn with_egress(mut self, proxy: Option<std::net::SocketAddr>) -> SwarmRuntime {
+        Arc::get_mut(&mut self.inner).expect("with_egress is called before the runtime is shared").egress = proxy;
+        self
     }
 
     async fn client(&self) -> Result<Docker> {
@@ -390,24 +462,18 @@ impl SwarmRuntime {
         command: Vec<String>,
         masked: &[String],
         network: Option<&str>,
+        proxy: Option<&str>,
     ) -> ServiceSpec {
-        let defaults = &self.inner.sandboxes;
-        let spec = self.inner.manager.spec(sb);
+        let mut spec = self.inner.manager.spec(sb);
+        spec.env.extend(proxy.map(crate::proxy_env).into_iter().flatten());
         let r = &sb.profile.resources;
         let memory = i64::try_from(r.memory).unwrap_or(i64::MAX);
         let cpus = (r.cpus * 1e9) as i64;
-        let bind = |source: &std::path::Path, target: &str| DockerMount {
-            target: Some(target.to_string()),
-            source: Some(source.display().to_string()),
-            typ: Some(MountTypeEnum::BIND),
-            read_only: Some(true),
-            ..Default::default()
-        };
         let mut mounts: Vec<DockerMount> = sb
             .datasets
             .iter()
             .map(|ds| bind(&ds.source, &format!("{DATASETS_DIR}/{}", ds.name)))
-            .chain(defaults.helper.as_deref().map(|h| bind(h, crate::helper::PATH_IN_SANDBOX)))
+            .chain(self.helper_mount())
             .collect();
         mounts.push(DockerMount {
             target: Some(crate::SCRATCH_DIR.into()),
@@ -472,20 +538,184 @@ impl SwarmRuntime {
                 placement: Some(TaskSpecPlacement { constraints: Some(constraints(sb)), ..Default::default() }),
                 networks: network
                     .map(|n| vec![NetworkAttachmentConfig { target: Some(n.into()), ..Default::default() }]),
-                log_driver: Some(TaskSpecLogDriver {
-                    name: Some("json-file".into()),
-                    options: Some(HashMap::from([
-                        ("max-size".to_string(), crate::LOG_MAX_SIZE.to_string()),
-                        ("max-file".to_string(), "1".to_string()),
-                    ])),
-                }),
+                log_driver: Some(log_driver()),
                 ..Default::default()
             }),
-            mode: Some(ServiceSpecMode {
-                replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
-                ..Default::default()
-            }),
+            mode: Some(one_replica()),
             ..Default::default()
+        }
+    }
+
+    /// The helper, bind-mounted read-only where every sandbox has it.
+    fn helper_mount(&self) -> Option<DockerMount> {
+        self.inner.sandboxes.helper.as_deref().map(|h| bind(h, crate::helper::PATH_IN_SANDBOX))
+    }
+
+    /// The service of an allowlist sandbox's relay: the helper's `relay`
+    /// in the sandbox's image (on every node already), as nobody, with
+    /// nothing writable and no capability, on the sandbox's overlay and the
+    /// egress network, placed as the sandbox is.
+    ///
+    /// The sandbox is told the relay's task address: a service's virtual
+    /// IP needs IPVS on every node (absent on some kernels, this machine's
+    /// among them), so the relay has none (`dnsrr`). A new task would have
+    /// a new address, so Swarm never restarts it: a relay that ends, or
+    /// whose node is lost, loses its sandbox ([`SwarmRuntime::check_nodes`]).
+    fn relay_spec(
+        &self,
+        sb: &Sandbox,
+        token: &str,
+        overlay: &str,
+        subnet: &str,
+        proxy: std::net::SocketAddr,
+        egress: &str,
+    ) -> ServiceSpec {
+        let mut labels = labels::for_sandbox(sb, &self.inner.instance, &self.inner.sandboxes.labels);
+        labels.remove(labels::SANDBOX);
+        labels.insert(labels::RELAY_FOR.to_string(), sb.id.clone());
+        let port = RELAY_PORT.to_string();
+        let proxy = proxy.to_string();
+        let command =
+            crate::helper::command(["nnp", "--", crate::helper::PATH_IN_SANDBOX, "relay", &port, &proxy, subnet]);
+        ServiceSpec {
+            name: Some(relay_name(&sb.id)),
+            labels: Some(labels.clone()),
+            task_template: Some(TaskSpec {
+                container_spec: Some(TaskSpecContainerSpec {
+                    image: Some(sb.image.clone()),
+                    labels: Some(labels),
+                    command: Some(command),
+                    env: Some(vec![format!("{}={token}", sandpit_helper::relay::TOKEN_VAR)]),
+                    user: Some("65534:65534".into()),
+                    read_only: Some(true),
+                    mounts: Some(self.helper_mount().into_iter().collect()),
+                    stop_signal: Some("SIGKILL".into()),
+                    stop_grace_period: Some(0),
+                    init: Some(true),
+                    capability_drop: Some(vec!["ALL".into()]),
+                    ..Default::default()
+                }),
+                resources: Some(TaskSpecResources {
+                    limits: Some(Limit {
+                        nano_cpus: Some(RELAY_CPUS),
+                        memory_bytes: Some(RELAY_MEMORY),
+                        pids: Some(RELAY_PIDS),
+                    }),
+                    ..Default::default()
+                }),
+                restart_policy: Some(TaskSpecRestartPolicy {
+                    condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
+                    max_attempts: Some(0),
+                    ..Default::default()
+                }),
+                placement: Some(TaskSpecPlacement { constraints: Some(constraints(sb)), ..Default::default() }),
+                networks: Some(
+                    [overlay, egress]
+                        .map(|n| NetworkAttachmentConfig { target: Some(n.into()), ..Default::default() })
+                        .to_vec(),
+                ),
+                log_driver: Some(log_driver()),
+                ..Default::default()
+            }),
+            mode: Some(one_replica()),
+            endpoint_spec: Some(EndpointSpec { mode: Some(EndpointSpecModeEnum::DNSRR), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    /// The swarm's egress network (made if missing); its id.
+    async fn egress_network(&self, d: &Docker) -> Result<String> {
+        let _one_at_a_time = self.inner.egress_network.lock().await;
+        let name = egress_network_name(&self.inner.instance);
+        match d.inspect_network(&name, None).await {
+            Ok(n) => {
+                return n
+                    .id
+                    .ok_or_else(|| Error::Docker { op: "inspect network", message: format!("{name} has no id") })
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(map_err("inspect network", e)),
+        }
+        let mut labels: HashMap<String, String> =
+            self.inner.sandboxes.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        labels.extend(labels::selector(&self.inner.instance));
+        labels.insert(labels::EGRESS_NETWORK.to_string(), "true".to_string());
+        let body = NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("overlay".into()),
+            internal: Some(false),
+            attachable: Some(false),
+            enable_ipv6: Some(false),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let created = d.create_network(body).await.map_err(|e| map_err("create network", e))?;
+        tracing::info!(network = %name, "made the swarm's egress network for allowlist sandboxes' relays");
+        Ok(created.id)
+    }
+
+    /// Starts an allowlist sandbox's relay on its overlay `overlay` (id)
+    /// and waits until it runs; its address there and the SHA-256 (hex) of
+    /// its token.
+    async fn start_relay(&self, d: &Docker, sb: &Sandbox, overlay: &str) -> Result<(String, String)> {
+        use sha2::Digest;
+        let proxy = self.inner.egress.ok_or_else(|| {
+            Error::FailedPrecondition("allowlist sandboxes on this swarm need [swarm] egress_address".into())
+        })?;
+        let subnet = self
+            .until("overlay subnet", || async {
+                let net = d.inspect_network(overlay, None).await.map_err(|e| map_err("inspect network", e))?;
+                Ok(net.ipam.and_then(|i| i.config).unwrap_or_default().into_iter().find_map(|c| c.subnet))
+            })
+            .await?;
+        let egress = self.egress_network(d).await?;
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| Error::Internal(format!("no randomness for a relay token: {e}")))?;
+        let token = hex::encode(raw);
+        let spec = self.relay_spec(sb, &token, overlay, &subnet, proxy, &egress);
+        d.create_service(spec, None).await.map_err(|e| map_err("create service", e))?;
+        let name = relay_name(&sb.id);
+        let task = self
+            .until("relay running", || async {
+                let filters = HashMap::from([("service".to_string(), vec![name.clone()])]);
+                let Some(t) = newest(self.tasks(d, filters).await?) else { return Ok(None) };
+                let state = task_state(&t);
+                if state == TaskState::RUNNING && task_container(&t).is_some() {
+                    return Ok(Some(t));
+                }
+                if !on_its_way(state) {
+                    let said = t.status.as_ref().and_then(|s| s.err.clone().or(s.message.clone())).unwrap_or_default();
+                    return Err(Error::Docker {
+                        op: "start relay",
+                        message: format!("the sandbox's egress relay ended {state} before it ran: {said}"),
+                    });
+                }
+                Ok(None)
+            })
+            .await?;
+        let node = self.hostname(d, task.node_id.as_deref().unwrap_or_default()).await?;
+        let container = task_container(&task).expect("waited for it");
+        let overlay_name = network_name(sb).expect("an allowlist sandbox has an overlay");
+        let at = self.network_info(d, &node, &container, &overlay_name).await?;
+        Ok((at.address.to_string(), hex::encode(sha2::Sha256::digest(token.as_bytes()))))
+    }
+
+    /// Asks `check` every 50 ms until it gives a value, within the start
+    /// timeout.
+    async fn until<T, F, Fut>(&self, what: &str, mut check: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.inner.timings.start_timeout;
+        loop {
+            if let Some(v) = check().await? {
+                return Ok(v);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Docker { op: "swarm", message: format!("no {what} within the start timeout") });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -607,7 +837,15 @@ impl SwarmRuntime {
             None => None,
         };
         step("overlay made");
-        d.create_service(self.service_spec(sb, command, &masked, network.as_deref()), None)
+        let relay = match (sb.profile.network.mode, &network) {
+            (NetworkMode::Allowlist, Some(overlay)) => Some(self.start_relay(d, sb, overlay).await?),
+            _ => None,
+        };
+        if relay.is_some() {
+            step("relay running");
+        }
+        let proxy = relay.as_ref().map(|(address, _)| format!("http://{address}:{RELAY_PORT}"));
+        d.create_service(self.service_spec(sb, command, &masked, network.as_deref(), proxy.as_deref()), None)
             .await
             .map_err(|e| map_err("create service", e))?;
         step("service made");
@@ -617,7 +855,10 @@ impl SwarmRuntime {
         let node = self.hostname(d, task.node_id.as_deref().unwrap_or_default()).await?;
         self.check_isolation(sb, &node).await?;
         let network = match &net_name {
-            Some(name) => Some(self.network_info(d, &node, &container_id, name).await?),
+            Some(name) => Some(NetworkInfo {
+                egress_key: relay.map(|(_, key)| key),
+                ..self.network_info(d, &node, &container_id, name).await?
+            }),
             None => None,
         };
         Ok(Provisioned { container_id, network, node: Some(node) })
@@ -638,7 +879,7 @@ impl SwarmRuntime {
         let parse = |s: Option<String>| s.and_then(|s| s.parse().ok());
         match (ipam.subnet, parse(ipam.gateway), address) {
             (Some(subnet), Some(gateway), Some(address)) => {
-                Ok(NetworkInfo { name: name.to_string(), subnet, gateway, address })
+                Ok(NetworkInfo { name: name.to_string(), subnet, gateway, address, egress_key: None })
             }
             _ => Err(Error::Docker { op: "inspect network", message: format!("overlay {name} has no address yet") }),
         }
@@ -665,9 +906,23 @@ impl SwarmRuntime {
         let tasks = self.tasks(d, HashMap::new()).await?;
         let mut out = Vec::new();
         for t in tasks {
-            let (Some(task_id), Some(sandbox_id)) = (t.id.clone(), task_sandbox(&t)) else { continue };
+            // A relay's task stands for its sandbox: the sandbox has no way
+            // out without it, and it is never restarted (see relay_spec).
+            let relay = task_relay(&t);
+            let (Some(task_id), Some(sandbox_id)) = (t.id.clone(), task_sandbox(&t).or(relay.clone())) else {
+                continue;
+            };
             let live = task_state(&t) == TaskState::RUNNING || on_its_way(task_state(&t));
-            if reported.contains(&task_id) || !live || t.desired_state == Some(TaskState::REMOVE) {
+            if reported.contains(&task_id) || t.desired_state == Some(TaskState::REMOVE) {
+                continue;
+            }
+            if !live {
+                if relay.is_some() && placement {
+                    let said = t.status.as_ref().and_then(|s| s.err.clone().or(s.message.clone())).unwrap_or_default();
+                    reported.insert(task_id);
+                    let reason = format!("its egress relay ended {}: {said}", task_state(&t));
+                    out.push(RuntimeEvent::Lost { sandbox_id, reason });
+                }
                 continue;
             }
             let Some(node_id) = t.node_id.as_deref().filter(|n| !n.is_empty()) else { continue };
@@ -686,6 +941,7 @@ impl SwarmRuntime {
                 }
                 Some(_) => continue,
             };
+            let reason = if relay.is_some() { format!("its egress relay is lost: {reason}") } else { reason };
             reported.insert(task_id);
             out.push(RuntimeEvent::Lost { sandbox_id, reason });
         }
@@ -812,9 +1068,13 @@ impl Runtime for SwarmRuntime {
         Capabilities {
             // Not `none`: a Swarm task cannot join the engine's `none`
             // network (it is not swarm-scoped), and with no network it gets
-            // the node's default bridge. Not `allowlist` or `open`: no egress
-            // proxy is reachable from an overlay yet.
-            network_modes: vec![NetworkMode::Isolated],
+            // the node's default bridge. `allowlist` with an egress relay
+            // (`[swarm] egress_address`). Not `open`: it would need every
+            // node's firewall to keep sandboxes off non-public ranges.
+            network_modes: match self.inner.egress {
+                Some(_) => vec![NetworkMode::Isolated, NetworkMode::Allowlist],
+                None => vec![NetworkMode::Isolated],
+            },
             isolation,
             unavailable,
             confinement: vec!["seccomp".to_string(), "no-new-privileges (helper)".to_string()],
@@ -879,6 +1139,8 @@ impl Runtime for SwarmRuntime {
             rt.forget_helper(c);
         }
         self.remove_service(&d, &container_name(&sb.id)).await?;
+        // Before the overlay, which it is on (so it never outlives it).
+        self.remove_service(&d, &relay_name(&sb.id)).await?;
         match network_name(sb) {
             Some(n) => self.remove_network(&d, &n).await,
             None => Ok(()),
@@ -932,6 +1194,10 @@ impl Runtime for SwarmRuntime {
         let mut out = Vec::new();
         for s in services {
             let (Some(id), Some(spec)) = (s.id, s.spec) else { continue };
+            // A relay goes with its sandbox's overlay (see remove_owned).
+            if spec.labels.as_ref().is_some_and(|l| l.contains_key(labels::RELAY_FOR)) {
+                continue;
+            }
             let task = newest(by_service.remove(&id).unwrap_or_default());
             let running = task.as_ref().is_some_and(|t| {
                 let up = t.node_id.as_deref().and_then(|n| nodes.get(n)).is_some_and(|n| !n.down);
@@ -949,6 +1215,10 @@ impl Runtime for SwarmRuntime {
             bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&label_filters(&selector)).build();
         for n in d.list_networks(Some(opts)).await.map_err(|e| map_err("list networks", e))? {
             let Some(name) = n.name else { continue };
+            // Shared by every relay; kept.
+            if n.labels.as_ref().is_some_and(|l| l.contains_key(labels::EGRESS_NETWORK)) {
+                continue;
+            }
             out.push(Owned {
                 kind: OwnedKind::Network,
                 id: name,
@@ -969,6 +1239,9 @@ impl Runtime for SwarmRuntime {
         };
         if let Some(s) = service {
             self.remove_service(&d, &s).await?;
+        }
+        if let Some(id) = &o.sandbox_id {
+            self.remove_service(&d, &relay_name(id)).await?;
         }
         let network = match (&o.kind, &o.sandbox_id) {
             (OwnedKind::Network, _) => Some(o.id.clone()),

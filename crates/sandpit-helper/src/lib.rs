@@ -20,11 +20,17 @@
 //!   `127.0.0.1:PORT` (port forwarding, in every network mode).
 //! - `nnp -- COMMAND...`: runs `COMMAND` (it replaces the helper) with
 //!   no_new_privs set, for engines that cannot set it on a container.
+//! - `relay PORT PROXY FROM`: an allowlist sandbox's relay to the egress
+//!   proxy on a swarm ([`relay`]): accepts on `PORT` from network `FROM`
+//!   only, and passes each connection to `PROXY` after a handshake with the
+//!   token in `SANDPIT_RELAY_TOKEN`. It runs in a service of its own, not
+//!   in the sandbox.
 //!
 //! Standard library only, so that it builds with `rustc` alone into one
 //! static binary (sandpit-docker's build script), without a registry or a
 //! toolchain download.
 
+pub mod relay;
 pub mod tar;
 pub mod tree;
 
@@ -38,7 +44,7 @@ pub const PATH_IN_SANDBOX: &str = "/.sandpit/helper";
 pub const TAG_VAR: &str = "SANDPIT_EXEC";
 
 const USAGE: &str =
-    "usage: sandpit-helper unpack DIR | pack PATH | run TAG [--tty] -- COMMAND... | kill TAG | connect PORT | nnp -- COMMAND...";
+    "usage: sandpit-helper unpack DIR | pack PATH | run TAG [--tty] -- COMMAND... | kill TAG | connect PORT | nnp -- COMMAND... | relay PORT PROXY FROM";
 
 /// Runs one subcommand; its exit code.
 pub fn main(args: Vec<OsString>) -> ExitCode {
@@ -73,6 +79,16 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             Some(port) => tree::connect(port),
             None => Err(std::io::Error::other("connect: PORT must be a number from 1 to 65535")),
         },
+        [cmd, port, proxy, from] if *cmd == "relay" => {
+            match (
+                text(port).and_then(|p| p.parse::<u16>().ok()),
+                text(proxy),
+                text(from).and_then(|f| relay::Net::parse(&f)),
+            ) {
+                (Some(port), Some(proxy), Some(from)) => relay::relay(port, &proxy, from),
+                _ => Err(std::io::Error::other("relay: PORT PROXY(host:port) FROM(A.B.C.D/N)")),
+            }
+        }
         _ => Err(std::io::Error::other(USAGE)),
     };
     match result {

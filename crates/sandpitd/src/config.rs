@@ -95,9 +95,27 @@ pub struct SwarmConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// The address (IPv4) the nodes reach this daemon's host at. With it,
+    /// `allowlist` profiles run on the swarm: each such sandbox gets a relay
+    /// of its own on its overlay, which takes its traffic to this daemon's
+    /// egress proxy (`network.egress_port`) with a token only that relay
+    /// holds. Without it, `allowlist` profiles are refused on the swarm.
+    #[serde(default)]
+    pub egress_address: Option<std::net::Ipv4Addr>,
+    /// Where relays' connections come from, as the daemon's host sees them
+    /// (the nodes' addresses, as CIDRs). The proxy reads a relay's
+    /// handshake only from these; every other source that is no sandbox is
+    /// closed unread. Required with `egress_address`.
+    #[serde(default)]
+    pub egress_sources: Vec<String>,
 }
 
 impl SwarmConfig {
+    /// The relay sources, parsed (validation has checked them).
+    pub fn egress_sources(&self) -> Vec<ipnet::Ipv4Net> {
+        self.egress_sources.iter().filter_map(|s| sandpit_core::egress::addr::parse_net(s)).collect()
+    }
+
     /// The TLS files for `tcp://` engines, when all three are given.
     pub fn tls(&self) -> Option<sandpit_docker::EngineTls> {
         Some(sandpit_docker::EngineTls {
@@ -843,7 +861,27 @@ impl Config {
                 return Err(format!("swarm.{key}: {d:?} is not between 100ms and 1h"));
             }
         }
-        Ok(())
+        for (i, net) in sw.egress_sources.iter().enumerate() {
+            if sandpit_core::egress::addr::parse_net(net).is_none() {
+                return Err(format!(
+                    "swarm.egress_sources[{i}]: '{net}' is not an IPv4 network (A.B.C.D/N, host bits zero)"
+                ));
+            }
+        }
+        match (&sw.egress_address, sw.egress_sources.is_empty()) {
+            (Some(a), true) => Err(format!(
+                "swarm.egress_sources: needed with egress_address {a} (the nodes' addresses, whence relays connect)"
+            )),
+            (Some(a), false) if a.is_unspecified() || a.is_loopback() => Err(format!(
+                "swarm.egress_address: {a} is not an address the nodes can reach this host at"
+            )),
+            (None, false) => Err("swarm.egress_address: needed with egress_sources".into()),
+            // Relays keep the proxy's address for their life, across restarts.
+            (Some(_), false) if self.network.egress_port == 0 => Err(
+                "network.egress_port: 0 (any free port) cannot be used with swarm.egress_address: relays on the swarm keep the proxy's port across restarts".into(),
+            ),
+            _ => Ok(()),
+        }
     }
 
     fn validate_store(&self) -> Result<(), String> {
@@ -1298,6 +1336,14 @@ mod tests {
         let sw = c.swarm.unwrap();
         assert_eq!((sw.node_check, sw.start_timeout), (Duration::from_secs(1), Duration::from_secs(120)));
         assert!(sw.tls().is_some());
+        assert!(sw.egress_address.is_none() && sw.egress_sources().is_empty(), "no relays unless asked for");
+        let relays = file(&swarm(
+            "unix:///run/m.sock",
+            "unix:///run/n1.sock",
+            "egress_address = \"10.0.0.9\"\negress_sources = [\"10.0.0.0/24\", \"10.1.0.0/16\"]\n",
+        ));
+        let sw = Config::load_from(Some(relays.path()), env(&[])).unwrap().swarm.unwrap();
+        assert_eq!(sw.egress_sources().len(), 2);
         for (body, key) in [
             (swarm("tcp://10.0.0.1:2376", "unix:///run/n1.sock", ""), "swarm.manager"),
             (swarm("unix:///run/m.sock", "tcp://10.0.0.2:2376", ""), "swarm.nodes[0].host"),
@@ -1312,6 +1358,30 @@ mod tests {
                 "swarm.tls_ca",
             ),
             ("[swarm]\nmanager = \"unix:///run/m.sock\"\nnodes = []\n".to_string(), "swarm.nodes"),
+            (
+                swarm("unix:///run/m.sock", "unix:///run/n1.sock", "egress_address = \"10.0.0.9\"\n"),
+                "swarm.egress_sources",
+            ),
+            (
+                swarm("unix:///run/m.sock", "unix:///run/n1.sock", "egress_sources = [\"10.0.0.0/24\"]\n"),
+                "swarm.egress_address",
+            ),
+            (
+                swarm(
+                    "unix:///run/m.sock",
+                    "unix:///run/n1.sock",
+                    "egress_address = \"10.0.0.9\"\negress_sources = [\"10.0.0.1/24\"]\n",
+                ),
+                "swarm.egress_sources[0]",
+            ),
+            (
+                swarm(
+                    "unix:///run/m.sock",
+                    "unix:///run/n1.sock",
+                    "egress_address = \"127.0.0.1\"\negress_sources = [\"10.0.0.0/24\"]\n",
+                ),
+                "swarm.egress_address",
+            ),
         ] {
             let f = file(&body);
             let e = Config::load_from(Some(f.path()), env(&[])).unwrap_err().to_string();

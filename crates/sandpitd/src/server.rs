@@ -213,12 +213,20 @@ async fn swarm_runtime(
     }
     let nodes = sw.nodes.iter().map(|n| (n.name.clone(), engine(&n.host))).collect();
     let timings = sandpit_docker::swarm::SwarmTimings { start_timeout: sw.start_timeout, node_check: sw.node_check };
+    let egress = sw.egress_address.map(|a| std::net::SocketAddr::from((a, net.egress_port)));
     tracing::info!(
         manager = %sw.manager,
         nodes = sw.nodes.len(),
         "sandboxes run on a Docker Swarm: each a service, placed on nodes labelled for its classification"
     );
+    match egress {
+        Some(proxy) => {
+            tracing::info!(%proxy, sources = ?sw.egress_sources, "allowlist sandboxes on the swarm reach the egress proxy through a relay of their own")
+        }
+        None => tracing::info!("no swarm.egress_address: allowlist profiles are refused on the swarm"),
+    }
     sandpit_docker::swarm::SwarmRuntime::new(manager, nodes, cfg.docker.node.clone(), net.instance, sandboxes, timings)
+        .map(|rt| rt.with_egress(egress))
         .map_err(|e| StartError::Config(e.to_string()))
 }
 
@@ -492,7 +500,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 
     let _egress = {
         let policy = Arc::clone(&manager) as Arc<dyn crate::egress::Policy>;
-        AbortOnDrop(tokio::spawn(crate::egress::serve(egress, policy, manager.shutdown_signal())))
+        // On a swarm, allowlist sandboxes' relays connect from the nodes.
+        let relays = match cfg.swarm.as_ref().filter(|sw| sw.egress_address.is_some()) {
+            Some(sw) => crate::egress::Relays::from(sw.egress_sources()),
+            None => crate::egress::Relays::none(),
+        };
+        let limits = crate::egress::ProxyLimits::default();
+        AbortOnDrop(tokio::spawn(crate::egress::serve_with(egress, policy, limits, relays, manager.shutdown_signal())))
     };
 
     // SIGHUP reloads the profiles, like ReloadProfiles.

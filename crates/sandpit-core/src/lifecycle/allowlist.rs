@@ -1,5 +1,6 @@
 //! The egress proxy's view of the manager: which allowlist sandbox an
-//! address belongs to and where it may go, and every decision on record.
+//! address (or egress relay token) belongs to and where it may go, and
+//! every decision on record.
 
 use std::net::IpAddr;
 
@@ -11,21 +12,39 @@ use crate::sandbox::Sandbox;
 use crate::Error;
 
 impl Manager {
-    /// Lets the egress proxy know an allowlist sandbox by its address.
+    /// Lets the egress proxy know an allowlist sandbox: by its address, or
+    /// by its relay's token where its traffic comes through a relay.
     pub(super) fn egress_learn(&self, sb: &Sandbox) {
         if let (NetworkMode::Allowlist, Some(n)) = (sb.profile.network.mode, &sb.network) {
-            let mut idx = self.egress.write().unwrap_or_else(|p| p.into_inner());
             let allow =
                 sb.profile.network.allow.iter().map(|d| egress::Destination::new(d.host.clone(), d.port)).collect();
-            idx.insert(IpAddr::V4(n.address), (sb.id.clone(), allow));
+            match &n.egress_key {
+                Some(key) => {
+                    let mut idx = self.egress_relays.write().unwrap_or_else(|p| p.into_inner());
+                    idx.insert(key.clone(), (sb.id.clone(), allow));
+                }
+                None => {
+                    let mut idx = self.egress.write().unwrap_or_else(|p| p.into_inner());
+                    idx.insert(IpAddr::V4(n.address), (sb.id.clone(), allow));
+                }
+            }
         }
     }
 
     pub(super) fn egress_forget(&self, sb: &Sandbox) {
-        if let Some(n) = &sb.network {
-            let mut idx = self.egress.write().unwrap_or_else(|p| p.into_inner());
-            if idx.get(&IpAddr::V4(n.address)).is_some_and(|(id, _)| *id == sb.id) {
-                idx.remove(&IpAddr::V4(n.address));
+        let Some(n) = &sb.network else { return };
+        match &n.egress_key {
+            Some(key) => {
+                let mut idx = self.egress_relays.write().unwrap_or_else(|p| p.into_inner());
+                if idx.get(key).is_some_and(|(id, _)| *id == sb.id) {
+                    idx.remove(key);
+                }
+            }
+            None => {
+                let mut idx = self.egress.write().unwrap_or_else(|p| p.into_inner());
+                if idx.get(&IpAddr::V4(n.address)).is_some_and(|(id, _)| *id == sb.id) {
+                    idx.remove(&IpAddr::V4(n.address));
+                }
             }
         }
     }
@@ -37,6 +56,10 @@ impl Manager {
 impl egress::Policy for Manager {
     fn lookup(&self, source: IpAddr) -> Option<(String, Vec<egress::Destination>)> {
         self.egress.read().unwrap_or_else(|p| p.into_inner()).get(&source).cloned()
+    }
+
+    fn lookup_relay(&self, token_sha256: &str) -> Option<(String, Vec<egress::Destination>)> {
+        self.egress_relays.read().unwrap_or_else(|p| p.into_inner()).get(token_sha256).cloned()
     }
 
     async fn decided(&self, d: &egress::Decision) {

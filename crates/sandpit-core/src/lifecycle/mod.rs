@@ -98,6 +98,9 @@ pub struct Manager {
     audit: AuditLog,
     /// Allowlist sandboxes by address, for the egress proxy.
     egress: RwLock<HashMap<IpAddr, (String, Vec<egress::Destination>)>>,
+    /// Allowlist sandboxes by the SHA-256 (hex) of their egress relay's
+    /// token, for the egress proxy (sandboxes on a swarm).
+    egress_relays: RwLock<HashMap<String, (String, Vec<egress::Destination>)>>,
     locks: locks::KeyedLocks,
     pools: pool::Pools,
     /// Sandboxes whose create is in flight in this process; reconcile leaves them be.
@@ -170,6 +173,7 @@ impl Manager {
             events: broadcast::channel(EVENT_BUFFER).0,
             audit,
             egress: RwLock::new(HashMap::new()),
+            egress_relays: RwLock::new(HashMap::new()),
             locks: locks::KeyedLocks::default(),
             pools: pool::Pools::default(),
             creating: Mutex::new(HashSet::new()),

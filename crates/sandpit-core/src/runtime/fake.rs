@@ -508,6 +508,7 @@ impl FakeRuntime {
                 subnet: format!("{}/28", Ipv4Addr::from(base)),
                 gateway: Ipv4Addr::from(base + 1),
                 address: Ipv4Addr::from(base + 2),
+                egress_key: None,
             }
         });
         Provisioned { container_id, network, node: None }

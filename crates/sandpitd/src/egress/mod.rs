@@ -18,6 +18,18 @@
 //!    and none can fill the audit log. They are counted instead
 //!    (`sandpit_egress_refused_strangers_total`) and logged at most every
 //!    [`STRANGER_LOG_EVERY`].
+//!
+//!    On a swarm the proxy cannot know a sandbox by its address: the
+//!    sandbox's traffic comes through a relay of its own (a service on the
+//!    sandbox's own overlay and nothing else of the sandboxes'), from its
+//!    node's address. A connection from a configured relay source
+//!    ([`Relays`]: the nodes) that is no allowlist sandbox's must begin with
+//!    the relay's handshake, `SANDPIT-RELAY <token>\n`, read within
+//!    [`RELAY_HANDSHAKE`] and [`RELAY_LINE_MAX`] bytes, at most
+//!    [`Relays::max_handshakes`] at once; the token's SHA-256 names the
+//!    sandbox ([`Policy::lookup_relay`]). A wrong or missing token is closed
+//!    unanswered and counted as a stranger. Sources outside the relay
+//!    sources get rule 1, unread.
 //! 2. The request head must parse ([`http`]), within [`ProxyLimits::head_timeout`] and
 //!    [`ProxyLimits::max_head`] bytes, else 400.
 //! 3. `(host, port)` must equal an allowlist entry, host compared in one canonical
@@ -88,6 +100,40 @@ impl Default for ProxyLimits {
     }
 }
 
+/// Where egress relays (a swarm's nodes) may connect from, and how many may
+/// be in their handshake at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relays {
+    pub sources: Vec<ipnet::Ipv4Net>,
+    pub max_handshakes: usize,
+}
+
+impl Relays {
+    /// No relays: every connection is known by its source address alone.
+    pub fn none() -> Relays {
+        Relays { sources: Vec::new(), max_handshakes: 0 }
+    }
+
+    /// Relays from `sources`, with the default bound on handshakes.
+    pub fn from(sources: Vec<ipnet::Ipv4Net>) -> Relays {
+        Relays { sources, max_handshakes: 64 }
+    }
+
+    fn admits(&self, ip: std::net::IpAddr) -> bool {
+        match ip.to_canonical() {
+            std::net::IpAddr::V4(v4) => self.sources.iter().any(|n| n.contains(&v4)),
+            std::net::IpAddr::V6(_) => false,
+        }
+    }
+}
+
+/// What a relay sends first: this, its token, a newline.
+pub const RELAY_PREFIX: &str = "SANDPIT-RELAY ";
+/// Time for a relay to send its handshake line.
+pub const RELAY_HANDSHAKE: Duration = Duration::from_secs(5);
+/// Longest handshake line, newline included.
+pub const RELAY_LINE_MAX: usize = 128;
+
 /// At most one log line per this long about strangers, however many there are.
 pub const STRANGER_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -112,13 +158,25 @@ pub async fn serve_with_limits(
     limits: ProxyLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    run(listener, Arc::new(Ctx::new(policy, limits)), shutdown).await;
+    serve_with(listener, policy, limits, Relays::none(), shutdown).await;
+}
+
+/// [`serve_with_limits`] that also serves sandboxes through `relays`.
+pub async fn serve_with(
+    listener: TcpListener,
+    policy: Arc<dyn Policy>,
+    limits: ProxyLimits,
+    relays: Relays,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    run(listener, Arc::new(Ctx::new(policy, limits).with_relays(relays)), shutdown).await;
 }
 
 /// What every connection task shares.
 struct Ctx {
     policy: Arc<dyn Policy>,
     limits: ProxyLimits,
+    relays: Relays,
     /// Connection attempts to destinations, so that tests can prove a denied
     /// request never reached the network.
     dials: AtomicU64,
@@ -133,10 +191,16 @@ impl Ctx {
         Ctx {
             policy,
             limits,
+            relays: Relays::none(),
             dials: AtomicU64::new(0),
             strangers: AtomicU64::new(0),
             stranger_log: std::sync::Mutex::new((None, 0)),
         }
+    }
+
+    fn with_relays(mut self, relays: Relays) -> Ctx {
+        self.relays = relays;
+        self
     }
 
     /// Counts a stranger, and logs one line per [`STRANGER_LOG_EVERY`] at
@@ -158,35 +222,35 @@ impl Ctx {
     }
 }
 
-/// Connections open per source address.
+/// Connections open per sandbox (one source address each, or one relay).
 #[derive(Default)]
-struct PerSource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+struct PerSource(std::sync::Mutex<std::collections::HashMap<String, usize>>);
 
-/// One open connection of a source; gives its place back when dropped.
+/// One open connection of a sandbox; gives its place back when dropped.
 struct SourceSlot {
     all: Arc<PerSource>,
-    ip: std::net::IpAddr,
+    sandbox: String,
 }
 
 impl PerSource {
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+    fn take(self: &Arc<Self>, sandbox: &str, max: usize) -> Option<SourceSlot> {
         let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(ip).or_default();
+        let n = open.entry(sandbox.to_string()).or_default();
         if *n >= max {
             return None;
         }
         *n += 1;
-        Some(SourceSlot { all: Arc::clone(self), ip })
+        Some(SourceSlot { all: Arc::clone(self), sandbox: sandbox.to_string() })
     }
 }
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
         let mut open = self.all.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
+        if let Some(n) = open.get_mut(&self.sandbox) {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.ip);
+                open.remove(&self.sandbox);
             }
         }
     }
@@ -195,6 +259,7 @@ impl Drop for SourceSlot {
 async fn run(listener: TcpListener, ctx: Arc<Ctx>, shutdown: impl Future<Output = ()> + Send) {
     let slots = Arc::new(Semaphore::new(ctx.limits.max_connections.min(Semaphore::MAX_PERMITS)));
     let per_source = Arc::new(PerSource::default());
+    let handshakes = Arc::new(Semaphore::new(ctx.relays.max_handshakes.min(Semaphore::MAX_PERMITS)));
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -210,22 +275,38 @@ async fn run(listener: TcpListener, ctx: Arc<Ctx>, shutdown: impl Future<Output 
                 Ok((stream, peer)) => {
                     // Before any slot is taken and without reading a byte.
                     let Some(owner) = ctx.policy.lookup(peer.ip().to_canonical()) else {
-                        ctx.stranger(peer);
-                        drop(stream);
+                        if !ctx.relays.admits(peer.ip()) {
+                            ctx.stranger(peer);
+                            drop(stream);
+                            continue;
+                        }
+                        // A relay: it says whose it is first, within bounds.
+                        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                            tracing::warn!(%peer, limit = ctx.relays.max_handshakes, "too many egress relay handshakes at once; closing connection");
+                            continue;
+                        };
+                        let (ctx, slots, per_source) = (ctx.clone(), slots.clone(), per_source.clone());
+                        tasks.spawn(async move {
+                            let mut stream = stream;
+                            let owner = relay_handshake(&mut stream, &ctx).await;
+                            drop(handshake);
+                            match owner {
+                                Some(owner) => {
+                                    if let Some(held) = admit(&ctx, &slots, &per_source, peer, &owner.0) {
+                                        handle(stream, peer, owner, &ctx).await;
+                                        drop(held);
+                                    }
+                                }
+                                None => ctx.stranger(peer),
+                            }
+                        });
                         continue;
                     };
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, limit = ctx.limits.max_connections, "egress proxy full; closing connection");
-                        continue;
-                    };
-                    let Some(slot) = per_source.take(peer.ip().to_canonical(), ctx.limits.max_per_source) else {
-                        tracing::warn!(%peer, limit = ctx.limits.max_per_source, "too many egress connections from one source; closing connection");
-                        continue;
-                    };
+                    let Some(held) = admit(&ctx, &slots, &per_source, peer, &owner.0) else { continue };
                     let ctx = ctx.clone();
                     tasks.spawn(async move {
                         handle(stream, peer, owner, &ctx).await;
-                        drop((permit, slot));
+                        drop(held);
                     });
                 }
                 Err(e) => {
@@ -238,6 +319,55 @@ async fn run(listener: TcpListener, ctx: Arc<Ctx>, shutdown: impl Future<Output 
     }
     drop(listener);
     tasks.shutdown().await;
+}
+
+/// A connection slot, and one of its sandbox's; `None` (and a warning) when
+/// either is full and the connection is to be closed unanswered.
+fn admit(
+    ctx: &Ctx,
+    slots: &Arc<Semaphore>,
+    per_source: &Arc<PerSource>,
+    peer: SocketAddr,
+    sandbox: &str,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, SourceSlot)> {
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, limit = ctx.limits.max_connections, "egress proxy full; closing connection");
+        return None;
+    };
+    let Some(slot) = per_source.take(sandbox, ctx.limits.max_per_source) else {
+        tracing::warn!(%peer, sandbox, limit = ctx.limits.max_per_source, "too many egress connections from one sandbox; closing connection");
+        return None;
+    };
+    Some((permit, slot))
+}
+
+/// Reads a relay's handshake line, a byte at a time so that nothing of the
+/// request after it is taken; the sandbox whose relay token it names.
+/// `None` for anything else: a line too long or too slow, another prefix,
+/// a token no allowlist sandbox's relay holds.
+async fn relay_handshake(stream: &mut TcpStream, ctx: &Ctx) -> Option<(String, Vec<Destination>)> {
+    use sha2::Digest;
+    let line = timeout(RELAY_HANDSHAKE, async {
+        let mut line = Vec::with_capacity(RELAY_LINE_MAX);
+        let mut byte = [0u8; 1];
+        while line.len() < RELAY_LINE_MAX {
+            if stream.read(&mut byte).await.ok()? == 0 {
+                return None;
+            }
+            if byte[0] == b'\n' {
+                return Some(line);
+            }
+            line.push(byte[0]);
+        }
+        None
+    })
+    .await
+    .ok()??;
+    let token = std::str::from_utf8(&line).ok()?.strip_prefix(RELAY_PREFIX)?;
+    if token.is_empty() {
+        return None;
+    }
+    ctx.policy.lookup_relay(&hex::encode(sha2::Sha256::digest(token.as_bytes())))
 }
 
 /// Serves one connection of `owner` (sandbox, allowlist): one request, one decision.

@@ -25,6 +25,8 @@ const WAIT: Duration = Duration::from_secs(5);
 /// allowlist, or none at all; and records decisions.
 struct Fake {
     known: Vec<IpAddr>,
+    /// SHA-256 (hex) of the relay tokens known, `relay-1` the first.
+    relay_keys: Vec<String>,
     allowlist: Option<Vec<Destination>>,
     decisions: Mutex<Vec<Decision>>,
 }
@@ -35,6 +37,12 @@ impl Policy for Fake {
         let list = self.allowlist.as_ref()?;
         let i = self.known.iter().position(|ip| *ip == source)?;
         Some((format!("sb-{}", i + 1), list.clone()))
+    }
+
+    fn lookup_relay(&self, token_sha256: &str) -> Option<(String, Vec<Destination>)> {
+        let list = self.allowlist.as_ref()?;
+        let i = self.relay_keys.iter().position(|k| k == token_sha256)?;
+        Some((format!("relay-{}", i + 1), list.clone()))
     }
 
     async fn decided(&self, decision: &Decision) {
@@ -58,10 +66,24 @@ impl Proxy {
 
     /// A proxy whose sandboxes are at `known`.
     async fn start_for(known: Vec<IpAddr>, allowlist: Option<Vec<Destination>>, limits: ProxyLimits) -> Proxy {
+        Proxy::start_with(known, allowlist, limits, Relays::none(), &[]).await
+    }
+
+    /// A proxy whose sandboxes are at `known` and behind relays holding
+    /// `tokens`, relays connecting from `relays`.
+    async fn start_with(
+        known: Vec<IpAddr>,
+        allowlist: Option<Vec<Destination>>,
+        limits: ProxyLimits,
+        relays: Relays,
+        tokens: &[&str],
+    ) -> Proxy {
+        use sha2::Digest;
         let listener = TcpListener::bind((LOCAL, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let policy = Arc::new(Fake { known, allowlist, decisions: Mutex::new(Vec::new()) });
-        let ctx = Arc::new(Ctx::new(policy.clone(), limits));
+        let relay_keys = tokens.iter().map(|t| hex::encode(sha2::Sha256::digest(t.as_bytes()))).collect();
+        let policy = Arc::new(Fake { known, relay_keys, allowlist, decisions: Mutex::new(Vec::new()) });
+        let ctx = Arc::new(Ctx::new(policy.clone(), limits).with_relays(relays));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(run(listener, ctx.clone(), async move {
             let _ = stopped.await;
@@ -623,4 +645,86 @@ fn only_public_resolved_addresses_are_acceptable() {
             .into())
     );
     assert_eq!(acceptable("empty.example", []), Err("empty.example resolves to no address".into()));
+}
+
+/// Relays from 127.0.0.0/8 (every test client), one relay token known.
+async fn behind_relays(allowlist: Vec<Destination>, limits: ProxyLimits) -> Proxy {
+    let relays = Relays::from(vec!["127.0.0.0/8".parse().unwrap()]);
+    Proxy::start_with(vec![], Some(allowlist), limits, relays, &["t0ken"]).await
+}
+
+#[tokio::test]
+async fn a_relay_with_a_known_token_is_served_as_its_sandbox() {
+    let echo = echo_server().await;
+    let proxy = behind_relays(vec![Destination::new("127.0.0.1", echo)], ProxyLimits::default()).await;
+    let mut client = proxy.connect().await;
+    // The handshake and the head in one write: nothing of the head is lost.
+    client
+        .write_all(format!("SANDPIT-RELAY t0ken\nCONNECT 127.0.0.1:{echo} HTTP/1.1\r\n\r\nearly").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_head(&mut client).await, "HTTP/1.1 200 Connection Established\r\n\r\n");
+    assert_eq!(read_exact(&mut client, 5).await, b"early");
+    let reason = format!("127.0.0.1:{echo}");
+    assert_eq!(proxy.decision(), expected(Some("relay-1"), &client, "CONNECT", "127.0.0.1", echo, true, &reason, 200));
+    drop(client);
+
+    // Its allowlist is applied as to any sandbox's.
+    let other = closed_port().await;
+    let answer =
+        proxy.exchange(format!("SANDPIT-RELAY t0ken\nCONNECT 127.0.0.1:{other} HTTP/1.1\r\n\r\n").as_bytes()).await;
+    assert_eq!(status_line(&answer), "HTTP/1.1 403 Forbidden");
+    assert_eq!(proxy.decision().sandbox.as_deref(), Some("relay-1"));
+    assert_eq!(proxy.strangers(), 0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_relay_handshake_that_names_no_sandbox_is_closed_unanswered_and_unaudited() {
+    let echo = echo_server().await;
+    let proxy = behind_relays(vec![Destination::new("127.0.0.1", echo)], ProxyLimits::default()).await;
+    let head = format!("CONNECT 127.0.0.1:{echo} HTTP/1.1\r\n\r\n");
+    let long = format!("SANDPIT-RELAY {}\n", "t".repeat(RELAY_LINE_MAX));
+    for first in
+        ["SANDPIT-RELAY wrong\n", "SANDPIT-RELAY \n", "SANDPIT-RELAY t0ken \n", "sandpit-relay t0ken\n", "", &long]
+    {
+        let mut client = proxy.connect().await;
+        let _ = client.write_all(format!("{first}{head}").as_bytes()).await;
+        assert_closed_unanswered(client).await;
+    }
+    assert_eq!(proxy.decisions(), vec![], "no sandbox, no decision");
+    assert_eq!(proxy.strangers(), 6);
+    assert_eq!(proxy.dials(), 0);
+    proxy.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_relay_that_says_nothing_is_closed_after_the_handshake_time() {
+    let proxy = behind_relays(vec![], ProxyLimits::default()).await;
+    let mut client = proxy.connect().await;
+    client.write_all(b"SANDPIT-RELAY t0k").await.unwrap();
+    let mut buf = Vec::new();
+    // Paused time: the proxy's handshake timer fires as soon as every task waits.
+    let closed = timeout(RELAY_HANDSHAKE + Duration::from_secs(1), client.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok_and(|r| r.is_err() || buf.is_empty()), "closed unanswered: {buf:?}");
+    assert_eq!(proxy.strangers(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn relay_handshakes_are_not_read_from_sources_outside_the_relay_sources() {
+    let echo = echo_server().await;
+    let relays = Relays::from(vec!["127.0.0.2/32".parse().unwrap()]);
+    let allow = vec![Destination::new("127.0.0.1", echo)];
+    let proxy = Proxy::start_with(vec![], Some(allow), ProxyLimits::default(), relays, &["t0ken"]).await;
+    let request = format!("SANDPIT-RELAY t0ken\nCONNECT 127.0.0.1:{echo} HTTP/1.1\r\n\r\n");
+    let mut outside = proxy.connect().await;
+    let _ = outside.write_all(request.as_bytes()).await;
+    assert_closed_unanswered(outside).await;
+    let mut inside = proxy.connect_from(Ipv4Addr::new(127, 0, 0, 2)).await;
+    inside.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_head(&mut inside).await, "HTTP/1.1 200 Connection Established\r\n\r\n");
+    assert_eq!(proxy.decision().sandbox.as_deref(), Some("relay-1"));
+    assert_eq!(proxy.strangers(), 1);
+    proxy.stop().await;
 }
