@@ -651,9 +651,16 @@ async fn allowlist_sandboxes_on_a_swarm_reach_listed_destinations_through_a_rela
     .await;
     let mut c = d.client(TEAM_A).await;
     let req = proto::CreateSandboxRequest { profile: "allow".into(), ..create_req(&d.exp_a, 300) };
+    let started = Instant::now();
     let a = c.create_sandbox(req.clone()).await.expect("an allowlist create on the swarm").into_inner();
     let b = c.create_sandbox(req.clone()).await.unwrap().into_inner();
+    let allowlist_creates = started.elapsed();
+    let started = Instant::now();
     let iso = create_isolated(&mut c, &d, 300).await;
+    eprintln!(
+        "2 allowlist creates (relay first) took {allowlist_creates:?}; 1 isolated create {:?}",
+        started.elapsed()
+    );
     assert_eq!(a.network_mode, "allowlist");
     let services = swarm.services().await;
     for sb in [&a, &b] {
