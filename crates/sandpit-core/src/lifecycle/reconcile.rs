@@ -343,6 +343,8 @@ impl Manager {
         .await?;
         self.scheduler.cancel(id);
         self.untrack(id);
+        // Its address or relay token opens the egress proxy no more.
+        self.egress_forget(&sb);
         tracing::warn!(sandbox = %id, reason = %sb.state_reason, "sandbox lost");
         self.emit(EventKind::Lost, &sb, sb.state_reason.clone());
         Ok(true)

@@ -1133,6 +1133,37 @@ async fn a_lost_event_records_the_loss_with_its_reason() {
     rig.shutdown().await;
 }
 
+/// Where the runtime relays egress (a swarm), the proxy knows an allowlist
+/// sandbox by its relay's key alone, and forgets it once the sandbox is
+/// lost or deleted.
+#[tokio::test]
+async fn an_allowlist_sandbox_behind_a_relay_is_known_to_the_proxy_by_its_key_until_it_ends() {
+    use crate::egress::Policy;
+    let toml = "max_classification = \"OFFICIAL\"\nimages = [\"img:1\"]\ncommand = [\"sleep\", \"infinity\"]\n\
+                [network]\nmode = \"allowlist\"\n[[network.allow]]\nhost = \"example.org\"\nport = 443\nresidency = \"UK\"\n";
+    let allow = Profile::parse(Path::new("allow.toml"), toml).unwrap();
+    let rig = Rig::new([allow]).await;
+    rig.runtime.relay_egress();
+    rig.manager.start().await.unwrap();
+    let a = rig.create("allow").await.unwrap();
+    let b = rig.create("allow").await.unwrap();
+    let key = |sb: &Sandbox| sb.network.as_ref().and_then(|n| n.egress_key.clone()).expect("a relay key");
+    let (ka, kb) = (key(&a), key(&b));
+    let known = rig.manager.lookup_relay(&ka).expect("A by its key");
+    assert_eq!(known.0, a.id);
+    assert_eq!(known.1, vec![crate::egress::Destination::new("example.org", 443)]);
+    assert_eq!(rig.manager.lookup_relay(&kb).map(|k| k.0), Some(b.id.clone()));
+    assert_eq!(rig.manager.lookup(std::net::IpAddr::V4(a.network.as_ref().unwrap().address)), None, "not by address");
+    assert_eq!(rig.manager.lookup_relay("relay-unknown"), None);
+
+    rig.runtime.lose(&a.id, "its egress relay ended");
+    eventually("A's loss is on record", || async { rig.record(&a.id).await.state == SandboxState::Lost }).await;
+    assert_eq!(rig.manager.lookup_relay(&ka), None, "a lost sandbox's key opens nothing");
+    rig.manager.delete(&rig.caller, &b.id).await.unwrap();
+    assert_eq!(rig.manager.lookup_relay(&kb), None, "nor a deleted one's");
+    rig.shutdown().await;
+}
+
 /// An OOM kill of the main process is recorded as one whichever of the
 /// engine's `oom` and `die` events comes first; a SIGKILL with no OOM event
 /// is a plain exit 137.

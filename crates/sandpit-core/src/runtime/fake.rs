@@ -179,6 +179,9 @@ struct State {
     /// Bytes by (sandbox id, path).
     files: BTreeMap<(String, String), Vec<u8>>,
     handler: Option<ExecHandler>,
+    /// Allowlist sandboxes' networks carry an egress relay key (as on a
+    /// swarm): `relay-<seq>`.
+    relay_keys: bool,
 }
 
 impl State {
@@ -336,6 +339,12 @@ impl FakeRuntime {
     /// The sandbox is gone with its node (a cluster runtime's node died):
     /// [`RuntimeEvent::Lost`] is reported with `reason`; its container is
     /// left as it was, as a dead node's would be.
+    /// From now on an allowlist sandbox's network carries an egress relay
+    /// key, `relay-<n>`, as the Swarm driver's do.
+    pub fn relay_egress(&self) {
+        self.lock().relay_keys = true;
+    }
+
     pub fn lose(&self, sandbox_id: &str, reason: &str) {
         self.emit(RuntimeEvent::Lost { sandbox_id: sandbox_id.to_string(), reason: reason.to_string() });
     }
@@ -508,7 +517,8 @@ impl FakeRuntime {
                 subnet: format!("{}/28", Ipv4Addr::from(base)),
                 gateway: Ipv4Addr::from(base + 1),
                 address: Ipv4Addr::from(base + 2),
-                egress_key: None,
+                egress_key: (s.relay_keys && sb.profile.network.mode == crate::policy::NetworkMode::Allowlist)
+                    .then(|| format!("relay-{n}")),
             }
         });
         Provisioned { container_id, network, node: None }
