@@ -184,6 +184,18 @@ fn log_driver() -> TaskSpecLogDriver {
     }
 }
 
+/// An empty read-only tmpfs over each of an image's `VOLUME`s, so that
+/// the engine makes no volume for them.
+fn masks(volumes: &[String]) -> impl Iterator<Item = DockerMount> + '_ {
+    volumes.iter().map(|v| DockerMount {
+        target: Some(v.clone()),
+        typ: Some(MountTypeEnum::TMPFS),
+        read_only: Some(true),
+        tmpfs_options: Some(MountTmpfsOptions { size_bytes: Some(4096), ..Default::default() }),
+        ..Default::default()
+    })
+}
+
 /// `source` on the node, read-only at `target`.
 fn bind(source: &std::path::Path, target: &str) -> DockerMount {
     DockerMount {
@@ -485,13 +497,7 @@ impl SwarmRuntime {
             }),
             ..Default::default()
         });
-        mounts.extend(masked.iter().map(|v| DockerMount {
-            target: Some(v.clone()),
-            typ: Some(MountTypeEnum::TMPFS),
-            read_only: Some(true),
-            tmpfs_options: Some(MountTmpfsOptions { size_bytes: Some(4096), ..Default::default() }),
-            ..Default::default()
-        }));
+        mounts.extend(masks(masked));
         let internal = sb.profile.network.mode != NetworkMode::Open;
         ServiceSpec {
             name: Some(container_name(&sb.id)),
@@ -554,7 +560,9 @@ impl SwarmRuntime {
     /// The service of an allowlist sandbox's relay: the helper's `relay`
     /// in the sandbox's image (on every node already), as nobody, with
     /// nothing writable and no capability, on the sandbox's overlay and the
-    /// egress network, placed as the sandbox is.
+    /// egress network, on a node accredited for the sandbox's
+    /// classification (whatever its isolation: the relay runs no code of
+    /// the team's), the image's `VOLUME`s masked as the sandbox's are.
     ///
     /// The sandbox is told the relay's task address: a service's virtual
     /// IP needs IPVS on every node (absent on some kernels, this machine's
@@ -565,10 +573,10 @@ impl SwarmRuntime {
         &self,
         sb: &Sandbox,
         token: &str,
-        overlay: &str,
-        subnet: &str,
+        (overlay, subnet): (&str, &str),
         proxy: std::net::SocketAddr,
         egress: &str,
+        masked: &[String],
     ) -> ServiceSpec {
         let mut labels = labels::for_sandbox(sb, &self.inner.instance, &self.inner.sandboxes.labels);
         labels.remove(labels::SANDBOX);
@@ -588,7 +596,7 @@ impl SwarmRuntime {
                     env: Some(vec![format!("{}={token}", sandpit_helper::relay::TOKEN_VAR)]),
                     user: Some("65534:65534".into()),
                     read_only: Some(true),
-                    mounts: Some(self.helper_mount().into_iter().collect()),
+                    mounts: Some(self.helper_mount().into_iter().chain(masks(masked)).collect()),
                     stop_signal: Some("SIGKILL".into()),
                     stop_grace_period: Some(0),
                     init: Some(true),
@@ -608,7 +616,10 @@ impl SwarmRuntime {
                     max_attempts: Some(0),
                     ..Default::default()
                 }),
-                placement: Some(TaskSpecPlacement { constraints: Some(constraints(sb)), ..Default::default() }),
+                placement: Some(TaskSpecPlacement {
+                    constraints: Some(vec![format!("node.labels.{}==true", classification_label(sb.classification))]),
+                    ..Default::default()
+                }),
                 networks: Some(
                     [overlay, egress]
                         .map(|n| NetworkAttachmentConfig { target: Some(n.into()), ..Default::default() })
@@ -657,7 +668,13 @@ impl SwarmRuntime {
     /// Starts an allowlist sandbox's relay on its overlay `overlay` (id)
     /// and waits until it runs; its address there and the SHA-256 (hex) of
     /// its token.
-    async fn start_relay(&self, d: &Docker, sb: &Sandbox, overlay: &str) -> Result<(String, String)> {
+    async fn start_relay(
+        &self,
+        d: &Docker,
+        sb: &Sandbox,
+        overlay: &str,
+        masked: &[String],
+    ) -> Result<(String, String)> {
         use sha2::Digest;
         let proxy = self.inner.egress.ok_or_else(|| {
             Error::FailedPrecondition("allowlist sandboxes on this swarm need [swarm] egress_address".into())
@@ -672,7 +689,7 @@ impl SwarmRuntime {
         let mut raw = [0u8; 32];
         getrandom::fill(&mut raw).map_err(|e| Error::Internal(format!("no randomness for a relay token: {e}")))?;
         let token = hex::encode(raw);
-        let spec = self.relay_spec(sb, &token, overlay, &subnet, proxy, &egress);
+        let spec = self.relay_spec(sb, &token, (overlay, &subnet), proxy, &egress, masked);
         d.create_service(spec, None).await.map_err(|e| map_err("create service", e))?;
         let name = relay_name(&sb.id);
         let task = self
@@ -838,7 +855,7 @@ impl SwarmRuntime {
         };
         step("overlay made");
         let relay = match (sb.profile.network.mode, &network) {
-            (NetworkMode::Allowlist, Some(overlay)) => Some(self.start_relay(d, sb, overlay).await?),
+            (NetworkMode::Allowlist, Some(overlay)) => Some(self.start_relay(d, sb, overlay, &masked).await?),
             _ => None,
         };
         if relay.is_some() {
