@@ -12,7 +12,8 @@
 //!   reservations as Sandpit's profile of the phase, task list polled every
 //!   50 ms until running), then the same `n_burst` at a time 16 at once;
 //! - Sandpit (a `sandpitd` with `[swarm]`): `n_cold` sequential creates of
-//!   an isolated sandbox (0.25 CPU), `n_warm` claims each from a full warm
+//!   an isolated sandbox (0.25 CPU), as many of an allowlist one (its
+//!   relay runs first), `n_warm` claims each from a full warm
 //!   pool, and a burst of `n_burst` at 16 at once (0.01 CPU each, so that
 //!   they fit on one node; a quota that small slows each start by about a
 //!   second, raw's too), with how the burst spread over the
@@ -44,6 +45,7 @@ const SWARM_PROFILE: &str = "bench-swarm";
 const SWARM_WARM_PROFILE: &str = "bench-swarm-warm";
 const SWARM_BIG_PROFILE: &str = "bench-swarm-big";
 const SWARM_BURST_PROFILE: &str = "bench-swarm-burst";
+const SWARM_ALLOW_PROFILE: &str = "bench-swarm-allow";
 /// CPUs of the cold creates, as the one-engine benchmark's profile.
 const COLD_CPUS: f64 = 0.25;
 /// CPUs of the burst and the warm pool: small, so that 100 fit on one node
@@ -57,6 +59,8 @@ struct Swarm {
     name: String,
     sockets: Vec<String>,
     hostnames: Vec<String>,
+    /// The nodes' addresses.
+    addresses: Vec<String>,
 }
 
 impl Swarm {
@@ -70,7 +74,7 @@ impl Swarm {
             }
         }
         let out = Command::new("bash").arg(HARNESS).args(&args).output()?;
-        let mut swarm = Swarm { name, sockets: Vec::new(), hostnames: Vec::new() };
+        let mut swarm = Swarm { name, sockets: Vec::new(), hostnames: Vec::new(), addresses: Vec::new() };
         if !out.status.success() {
             return Err(format!("swarm-harness.sh up failed: {}", String::from_utf8_lossy(&out.stderr)).into());
         }
@@ -79,6 +83,7 @@ impl Swarm {
             if f.len() == 6 {
                 swarm.sockets.push(format!("unix://{}", f[2]));
                 swarm.hostnames.push(f[4].to_string());
+                swarm.addresses.push(f[5].to_string());
             }
         }
         Ok(swarm)
@@ -88,8 +93,13 @@ impl Swarm {
         Ok(Docker::connect_with_unix(&self.sockets[0], 120, bollard::API_DEFAULT_VERSION)?)
     }
 
+    /// With the host as the nodes reach it for allowlist sandboxes' relays.
     fn config(&self) -> String {
-        let mut c = format!("[swarm]\nmanager = \"{}\"\n", self.sockets[0]);
+        let net = self.addresses[0].rsplit_once('.').map_or("", |(net, _)| net);
+        let mut c = format!(
+            "[swarm]\nmanager = \"{}\"\negress_address = \"{net}.1\"\negress_sources = [\"{net}.0/24\"]\n",
+            self.sockets[0]
+        );
         for (host, name) in self.sockets.iter().zip(&self.hostnames) {
             c.push_str(&format!("[[swarm.nodes]]\nname = \"{name}\"\nhost = \"{host}\"\n"));
         }
@@ -249,7 +259,9 @@ async fn on_swarm(ctx: &Ctx, nodes: usize, n_cold: usize, n_warm: usize, n_burst
     let raw_ok: Vec<Duration> = raw_burst.into_iter().filter_map(|r| r.ok()).collect();
 
     // Sandpit: a daemon on this swarm with an isolated profile and a warm pool of it.
-    let mut daemon = Daemon::prepare_with(&ctx.run, 0, &swarm.config())?;
+    // Relays keep the proxy's port: a fixed one (free now).
+    let egress_port = std::net::TcpListener::bind("0.0.0.0:0")?.local_addr()?.port();
+    let mut daemon = Daemon::prepare_with(&ctx.run, egress_port, &swarm.config())?;
     let profile = |pool: usize, cpus: f64| {
         format!(
             "description = \"benchmark on a swarm\"\nmax_classification = \"OFFICIAL\"\nimages = [\"{IMAGE}\"]\n\
@@ -265,6 +277,11 @@ async fn on_swarm(ctx: &Ctx, nodes: usize, n_cold: usize, n_warm: usize, n_burst
         profile(n_warm.min(5), BURST_CPUS),
     )?;
     std::fs::write(daemon.profiles_dir().join(format!("{SWARM_BIG_PROFILE}.toml")), profile(0, BIG_CPUS))?;
+    let allow = profile(0, COLD_CPUS).replace(
+        "mode = \"isolated\"\n",
+        "mode = \"allowlist\"\n[[network.allow]]\nhost = \"127.0.0.1\"\nport = 9\nresidency = \"UK\"\n",
+    );
+    std::fs::write(daemon.profiles_dir().join(format!("{SWARM_ALLOW_PROFILE}.toml")), allow)?;
     daemon.start().await?;
     let experiment = daemon.new_experiment().await?;
     let client = daemon.client().await?;
@@ -277,6 +294,13 @@ async fn on_swarm(ctx: &Ctx, nodes: usize, n_cold: usize, n_warm: usize, n_burst
     for _ in 0..n_cold {
         let (sb, took) = create(&client, &experiment, SWARM_PROFILE).await?;
         cold.push(took);
+        delete_all(&client, &[sb.id]).await;
+    }
+    // Allowlist: its relay runs before the sandbox's service is made.
+    let mut cold_allow = Vec::new();
+    for _ in 0..n_cold {
+        let (sb, took) = create(&client, &experiment, SWARM_ALLOW_PROFILE).await?;
+        cold_allow.push(took);
         delete_all(&client, &[sb.id]).await;
     }
 
@@ -338,6 +362,7 @@ async fn on_swarm(ctx: &Ctx, nodes: usize, n_cold: usize, n_warm: usize, n_burst
     header();
     row("      raw cold create (overlay + service)", Summary::of(&raw_cold));
     row("      Sandpit cold create", Summary::of(&cold));
+    row("      Sandpit cold create, allowlist (relay)", Summary::of(&cold_allow));
     row("      Sandpit warm claim", Summary::of(&warm));
     row("      raw burst create", Summary::of(&raw_ok));
     row("      Sandpit burst create", Summary::of(&lat));
@@ -354,6 +379,7 @@ async fn on_swarm(ctx: &Ctx, nodes: usize, n_cold: usize, n_warm: usize, n_burst
         "nodes": nodes,
         "raw_cold": json_opt(Summary::of(&raw_cold)),
         "cold": json_opt(Summary::of(&cold)),
+        "cold_allowlist": json_opt(Summary::of(&cold_allow)),
         "warm_claim": json_opt(Summary::of(&warm)),
         "warm_missed": missed,
         "raw_burst": {"created": raw_ok.len(), "wall_ms": round3(ms(raw_wall)), "per_second": round3(raw_rate), "latency": json_opt(Summary::of(&raw_ok))},
