@@ -502,7 +502,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let policy = Arc::clone(&manager) as Arc<dyn crate::egress::Policy>;
         // On a swarm, allowlist sandboxes' relays connect from the nodes.
         let relays = match cfg.swarm.as_ref().filter(|sw| sw.egress_address.is_some()) {
-            Some(sw) => crate::egress::Relays::from(sw.egress_sources()),
+            Some(sw) => crate::egress::Relays::new(sw.egress_sources()),
             None => crate::egress::Relays::none(),
         };
         let limits = crate::egress::ProxyLimits::default();

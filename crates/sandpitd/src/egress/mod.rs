@@ -115,7 +115,7 @@ impl Relays {
     }
 
     /// Relays from `sources`, with the default bound on handshakes.
-    pub fn from(sources: Vec<ipnet::Ipv4Net>) -> Relays {
+    pub fn new(sources: Vec<ipnet::Ipv4Net>) -> Relays {
         Relays { sources, max_handshakes: 64 }
     }
 

@@ -649,7 +649,7 @@ fn only_public_resolved_addresses_are_acceptable() {
 
 /// Relays from 127.0.0.0/8 (every test client), one relay token known.
 async fn behind_relays(allowlist: Vec<Destination>, limits: ProxyLimits) -> Proxy {
-    let relays = Relays::from(vec!["127.0.0.0/8".parse().unwrap()]);
+    let relays = Relays::new(vec!["127.0.0.0/8".parse().unwrap()]);
     Proxy::start_with(vec![], Some(allowlist), limits, relays, &["t0ken"]).await
 }
 
@@ -714,7 +714,7 @@ async fn a_relay_that_says_nothing_is_closed_after_the_handshake_time() {
 #[tokio::test]
 async fn relay_handshakes_are_not_read_from_sources_outside_the_relay_sources() {
     let echo = echo_server().await;
-    let relays = Relays::from(vec!["127.0.0.2/32".parse().unwrap()]);
+    let relays = Relays::new(vec!["127.0.0.2/32".parse().unwrap()]);
     let allow = vec![Destination::new("127.0.0.1", echo)];
     let proxy = Proxy::start_with(vec![], Some(allow), ProxyLimits::default(), relays, &["t0ken"]).await;
     let request = format!("SANDPIT-RELAY t0ken\nCONNECT 127.0.0.1:{echo} HTTP/1.1\r\n\r\n");
