@@ -604,13 +604,15 @@ fn free_port() -> u16 {
 }
 
 /// Sends `head` to the daemon's egress proxy from this host (an address in
-/// the relay sources), after `handshake`; everything it answers.
+/// the relay sources), after `handshake`; everything it answers before it
+/// closes (a reset counts as closed; a connection held open fails).
 async fn from_host(proxy: &str, handshake: &str, head: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(proxy).await.expect("connect to the proxy");
     s.write_all(format!("{handshake}{head}").as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the proxy neither closed nor finished answering {handshake:?} within 10 s");
     String::from_utf8_lossy(&out).to_string()
 }
 
